@@ -1,0 +1,164 @@
+"""``opu bench``: performance measured as ratios side by side in one run (never as timed tests).
+
+Benchmarks:
+- frames: emulated frames per second end to end through the driver (bytes both ways over the pyusb backend
+  and the wire codecs) at the reference geometry, feature frames and raw frames;
+- transform: ``opu.transform`` at 10,000 features -> 10,000 components, batch 1000, against a plain dense
+  complex64 ``abs(X @ R) ** 2`` of the same size, with peak memory of each, and the cost of the default
+  noise model on top of ``noise=0``.
+Each figure is the median of ``repeats`` runs; the machine is shared and noisy, so compare ratios.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import statistics
+import time
+import tracemalloc
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from .opu import open as open_opu
+
+__all__ = ["run_benchmarks", "BenchResult"]
+
+_log = logging.getLogger(__name__)
+
+REFERENCE_QUERY = "dmd=1140x912&camera=2048x1088"
+
+
+@dataclass
+class BenchResult:
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+def _median_time_s(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak memory traced while ``fn`` runs (numpy reports its buffers to tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def bench_frames(quick: bool, repeats: int) -> list[BenchResult]:
+    """Emulated device frames/s end to end through the driver."""
+    n_features, n_components = 1000, 4096
+    n_frames = 256 if quick else 2048
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 2, size=(n_frames, n_features), dtype=np.uint8)
+    results = []
+    with open_opu(f"sim://?seed=1&{REFERENCE_QUERY}") as opu:
+        opu.transform(X[:8], n_components)  # layout upload and optics fold happen once, not per frame
+        t = _median_time_s(lambda: opu.transform(X, n_components), repeats)
+        results.append(BenchResult(
+            "feature frames, 1000 features -> 4096 components, reference geometry", n_frames / t, "frames/s",
+            f"{n_frames} frames per run",
+        ))
+    n_raw = 16 if quick else 64
+    for cell in (8, 16):
+        with open_opu(f"sim://?seed=1&{REFERENCE_QUERY}&cell={cell}", frame_mode="raw") as opu:
+            opu.transform(X[:2], n_components)
+            t = _median_time_s(lambda: opu.transform(X[:n_raw], n_components), repeats)
+            modes = -(-1140 // cell) * -(-912 // cell)
+            results.append(BenchResult(
+                f"raw frames (129,960 bytes each), cell {cell} = {modes} input modes", n_raw / t, "frames/s",
+                "cost follows input modes, not mirrors",
+            ))
+    return results
+
+
+def bench_transform(quick: bool, repeats: int) -> list[BenchResult]:
+    """transform vs the dense complex64 product, same sizes, same run."""
+    n_features = n_components = 2000 if quick else 10_000
+    batch = 200 if quick else 1000
+    rng = np.random.default_rng(2)
+    X = rng.integers(0, 2, size=(batch, n_features), dtype=np.uint8)
+    results: list[BenchResult] = []
+
+    # The published simulator's method: a dense complex64 matrix and abs(X @ R) ** 2.
+    state: dict[str, object] = {}
+
+    def dense_setup() -> None:
+        g = np.random.default_rng(3)
+        R = np.empty((n_features, n_components), dtype=np.complex64)
+        R.real = g.standard_normal((n_features, n_components), dtype=np.float32)
+        R.imag = g.standard_normal((n_features, n_components), dtype=np.float32)
+        state["R"] = R
+
+    def dense_run() -> np.ndarray:
+        return np.abs(X.astype(np.complex64) @ state["R"]) ** 2
+
+    dense_peak = _peak_bytes(lambda: (dense_setup(), dense_run()))
+    dense_s = _median_time_s(dense_run, repeats)
+    state.clear()
+    gc.collect()
+
+    def opu_case(noise: bool) -> tuple[float, int]:
+        url = f"sim://?seed=2&{REFERENCE_QUERY}&grain=1" + ("" if noise else "&noise=0")
+        holder: dict[str, object] = {}
+
+        def setup_and_run() -> None:
+            opu = open_opu(url, pixel_format="MONO12")
+            holder["opu"] = opu
+            opu.transform(X, n_components)
+
+        peak = _peak_bytes(setup_and_run)
+        opu = holder["opu"]
+        try:
+            seconds = _median_time_s(lambda: opu.transform(X, n_components), repeats)
+        finally:
+            opu.close()
+        return seconds, peak
+
+    quiet_s, quiet_peak = opu_case(noise=False)
+    noisy_s, _ = opu_case(noise=True)
+    size = f"{n_features} -> {n_components}, batch {batch}"
+    results += [
+        BenchResult(f"dense complex64 abs(X @ R)**2, {size}", batch / dense_s, "vectors/s"),
+        BenchResult(f"opu.transform on sim:// noise=0, {size}", batch / quiet_s, "vectors/s",
+                    "end to end through the driver: feature frames, USB backend, camera frames MONO12"),
+        BenchResult("speed-up of transform (noise=0) over the dense product", dense_s / quiet_s, "x", "target >= 1.5"),
+        BenchResult("default noise model cost on top of noise=0", noisy_s / quiet_s - 1.0, "fraction",
+                    "target <= 0.25"),
+        BenchResult("peak memory, dense product (R + product)", dense_peak / 2**20, "MiB"),
+        BenchResult("peak memory, transform incl. setup (noise=0)", quiet_peak / 2**20, "MiB",
+                    "target <= 60% of the published simulator's 1.58 GB = 948 MB"),
+        BenchResult("peak memory ratio transform / dense", quiet_peak / dense_peak, "x"),
+    ]
+    return results
+
+
+def run_benchmarks(quick: bool = False, repeats: int = 5, only: str | None = None, json_path: str | None = None) -> int:
+    """Run the benchmarks and print a table (the command ``opu bench``)."""
+    results: list[BenchResult] = []
+    if only in (None, "frames"):
+        results += bench_frames(quick, repeats)
+    if only in (None, "transform"):
+        results += bench_transform(quick, repeats)
+    width = max(len(r.name) for r in results)
+    print(f"median of {repeats} runs{' (quick sizes)' if quick else ''}")
+    for r in results:
+        print(f"{r.name:<{width}}  {r.value:>12,.3f} {r.unit:<10} {r.note}")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump([asdict(r) for r in results], fh, indent=2)
+    return 0

@@ -1,0 +1,143 @@
+"""The USB link shared by the DMD and the camera: registers, packets out, packets in.
+
+It turns transport-level stalls into the device's own error codes (LAST_ERROR), and keeps one incremental
+parser for the camera stream so that no byte is lost between calls.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Iterator
+
+from ..errors import CommunicationTimeoutError, DeviceRefusedError, ProtocolError
+from ..protocol import (
+    CameraFrame,
+    DeviceErrorCode,
+    PacketFault,
+    PacketParser,
+    PacketType,
+    Register,
+    REQ_READ_REG,
+    REQ_WRITE_REG,
+)
+from ..transport import StallError, UsbTransport
+
+__all__ = ["UsbLink", "LinkSettings"]
+
+_log = logging.getLogger(__name__)
+
+_READ_CHUNK_BYTES = 1 << 20
+
+
+class LinkSettings:
+    """Timeouts of the USB link, in seconds."""
+
+    def __init__(self, control_timeout_s: float = 1.0, bulk_timeout_s: float = 1.0) -> None:
+        self.control_timeout_s = control_timeout_s
+        self.bulk_timeout_s = bulk_timeout_s
+
+
+class UsbLink:
+    """Registers and packets over one :class:`UsbTransport`."""
+
+    def __init__(self, transport: UsbTransport, settings: LinkSettings | None = None) -> None:
+        self.transport = transport
+        self.settings = settings or LinkSettings()
+        self._parser = PacketParser(accept=frozenset({PacketType.CAMERA_FRAME}))
+        self._pending: deque[CameraFrame | PacketFault] = deque()
+        self.faults: list[PacketFault] = []
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- registers ---------------------------------------------------------------------------------
+    def read_register(self, register: Register | int) -> int:
+        """Read a 32-bit register; a refused read raises DeviceRefusedError with the device's code."""
+        try:
+            data = self.transport.control_read(
+                REQ_READ_REG, int(register), 0, 4, timeout_s=self.settings.control_timeout_s
+            )
+        except StallError as exc:
+            raise self._refusal(f"reading register {_name(register)}") from exc
+        if len(data) != 4:
+            raise ProtocolError(f"register {_name(register)}: expected 4 bytes, got {len(data)}")
+        return int.from_bytes(bytes(data), "little")
+
+    def write_register(self, register: Register | int, value: int) -> None:
+        """Write a 32-bit register; a refused write raises DeviceRefusedError and changes nothing."""
+        value = int(value)
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise ValueError(f"register value {value} does not fit 32 bits")
+        _log.debug("write %s = %d", _name(register), value)
+        try:
+            self.transport.control_write(
+                REQ_WRITE_REG, int(register), 0, value.to_bytes(4, "little"),
+                timeout_s=self.settings.control_timeout_s,
+            )
+        except StallError as exc:
+            raise self._refusal(f"writing {value} to register {_name(register)}") from exc
+
+    def _refusal(self, what: str) -> DeviceRefusedError:
+        try:
+            code = self.read_last_error()
+        except Exception:  # the refusal itself is what matters; a second failure must not mask it
+            code = None
+        meaning = DeviceErrorCode.describe(code) if code else "no reason latched"
+        return DeviceRefusedError(f"device refused {what}: {meaning}", code)
+
+    def read_last_error(self) -> int:
+        data = self.transport.control_read(
+            REQ_READ_REG, int(Register.LAST_ERROR), 0, 4, timeout_s=self.settings.control_timeout_s
+        )
+        return int.from_bytes(bytes(data), "little")
+
+    # -- packets -----------------------------------------------------------------------------------
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send packets on the DMD OUT endpoint, with a timeout that grows with the size."""
+        timeout_s = self.settings.bulk_timeout_s + len(data) / 10e6
+        sent = self.transport.bulk_write(data, timeout_s=timeout_s)
+        if sent != len(data):
+            raise ProtocolError(f"short bulk write: {sent} of {len(data)} bytes")
+        self.bytes_sent += sent
+
+    def receive_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame]:
+        """Yield camera frames as they arrive until ``n_frames`` were yielded or ``timeout_s`` passes.
+
+        Raises CommunicationTimeoutError (with the count still missing) when the deadline passes first.
+        Corrupt packets are recorded in ``faults`` and skipped: they are never decoded as data.
+        """
+        deadline = time.monotonic() + timeout_s
+        remaining = n_frames
+        while remaining > 0:
+            while self._pending and remaining > 0:
+                item = self._pending.popleft()
+                if isinstance(item, CameraFrame):
+                    remaining -= 1
+                    yield item
+                else:
+                    _log.warning("discarded a corrupt packet from the camera: %s", item)
+                    self.faults.append(item)
+            if remaining == 0:
+                return
+            left_s = deadline - time.monotonic()
+            message = f"{remaining} of {n_frames} camera frames did not arrive within {timeout_s:.3g} s"
+            if left_s <= 0:
+                raise CommunicationTimeoutError(message)
+            try:
+                chunk = self.transport.bulk_read(_READ_CHUNK_BYTES, timeout_s=left_s)
+            except CommunicationTimeoutError as exc:
+                raise CommunicationTimeoutError(message) from exc
+            self.bytes_received += len(chunk)
+            self._pending.extend(self._parser.feed(chunk))
+
+    def reset_stream(self) -> None:
+        """Forget any partial packet (after an abort or a reset)."""
+        self._parser = PacketParser(accept=frozenset({PacketType.CAMERA_FRAME}))
+        self._pending.clear()
+
+
+def _name(register: Register | int) -> str:
+    try:
+        return Register(register).name
+    except ValueError:
+        return f"0x{int(register):04X}"

@@ -1,0 +1,165 @@
+"""Mirror layouts: which DMD mirrors each input feature drives.
+
+A layout is a list of runs (feature, first_mirror, n_mirrors) over the row-major mirror index
+``row * width + column``. That is exactly the LAYOUT packet of the wire protocol (docs/protocol.md 1.3), so
+the firmware can expand feature frames itself, and it is compact: runs of mirrors, never a per-mirror table.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InvalidInputError
+
+__all__ = ["Layout", "LinedLayout", "MacroPixelLayout", "make_layout", "LAYOUT_KINDS"]
+
+
+@dataclass(frozen=True)
+class Layout(ABC):
+    """Where features sit on a DMD of ``dmd_width`` x ``dmd_height`` mirrors."""
+
+    n_features: int
+    dmd_width: int
+    dmd_height: int
+    _runs: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n_mirrors = self.dmd_width * self.dmd_height
+        if not isinstance(self.n_features, (int, np.integer)) or self.n_features < 1:
+            raise InvalidInputError(f"n_features must be a positive integer, got {self.n_features!r}")
+        if self.n_features > n_mirrors:
+            raise InvalidInputError(
+                f"{self.n_features} features do not fit a DMD of {self.dmd_width}x{self.dmd_height} "
+                f"= {n_mirrors} mirrors"
+            )
+        runs = np.ascontiguousarray(self._build_runs(), dtype=np.uint32)
+        object.__setattr__(self, "_runs", runs)
+
+    @abstractmethod
+    def _build_runs(self) -> np.ndarray:
+        """Return the (M, 3) runs (feature, first_mirror, n_mirrors)."""
+
+    @property
+    def kind(self) -> str:
+        return type(self).kind_name
+
+    @property
+    def runs(self) -> npt.NDArray[np.uint32]:
+        """(M, 3) uint32 rows (feature, first_mirror, n_mirrors), read-only."""
+        view = self._runs.view()
+        view.flags.writeable = False
+        return view
+
+    def mirrors_per_feature(self) -> npt.NDArray[np.int64]:
+        """How many mirrors each feature drives (its weight in the optics)."""
+        counts = np.zeros(self.n_features, dtype=np.int64)
+        np.add.at(counts, self._runs[:, 0].astype(np.int64), self._runs[:, 2].astype(np.int64))
+        return counts
+
+    def mirror_feature_map(self) -> npt.NDArray[np.int32]:
+        """Feature index of every mirror (row-major, length width*height), -1 where no feature."""
+        n_mirrors = self.dmd_width * self.dmd_height
+        mapping = np.full(n_mirrors, -1, dtype=np.int32)
+        starts = self._runs[:, 1].astype(np.int64)
+        lengths = self._runs[:, 2].astype(np.int64)
+        # Expand runs to mirror indices without a Python loop per mirror.
+        offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+        mirrors = offsets + np.arange(int(lengths.sum()), dtype=np.int64)
+        mapping[mirrors] = np.repeat(self._runs[:, 0].astype(np.int32), lengths)
+        return mapping
+
+    def expand(self, bits: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+        """Packed raw mirror frames (n, ceil(W*H/8)) for binary feature frames ``bits`` (n, n_features).
+
+        This is the host-side twin of the firmware's expansion of a FEATURE_FRAME; used for raw-frame mode.
+        """
+        bits = np.asarray(bits)
+        if bits.ndim != 2 or bits.shape[1] != self.n_features:
+            raise InvalidInputError(f"expected shape (n, {self.n_features}), got {bits.shape}")
+        mapping = self.mirror_feature_map()
+        driven = mapping >= 0
+        frames = np.zeros((bits.shape[0], mapping.size), dtype=np.uint8)
+        frames[:, driven] = bits[:, mapping[driven]].astype(np.uint8)
+        return np.packbits(frames, axis=1)
+
+
+@dataclass(frozen=True)
+class LinedLayout(Layout):
+    """Spread n_features over the whole mirror array: feature f drives one run of about W*H/n mirrors.
+
+    Every mirror is used, so the light budget is the largest possible; features are lines of mirrors.
+    """
+
+    kind_name = "lined"
+
+    def _build_runs(self) -> np.ndarray:
+        n_mirrors = self.dmd_width * self.dmd_height
+        edges = (np.arange(self.n_features + 1, dtype=np.int64) * n_mirrors) // self.n_features
+        return np.stack(
+            [np.arange(self.n_features, dtype=np.int64), edges[:-1], np.diff(edges)], axis=1
+        )
+
+
+@dataclass(frozen=True)
+class MacroPixelLayout(Layout):
+    """Features as square macro-pixels of ``macro_px`` x ``macro_px`` mirrors on a 2-D grid, centred.
+
+    ``macro_px=None`` picks the largest square that fits all features. Square blocks match the input modes of
+    the optics (groups of neighbouring mirrors) better than lines do.
+    """
+
+    macro_px: int | None = None
+    kind_name = "macro"
+
+    def __post_init__(self) -> None:
+        if self.macro_px is not None and (int(self.macro_px) != self.macro_px or self.macro_px < 1):
+            raise InvalidInputError(f"macro_px must be a positive integer, got {self.macro_px!r}")
+        super().__post_init__()
+
+    def grid(self) -> tuple[int, int, int]:
+        """(side in mirrors, columns, rows) of the macro-pixel grid."""
+        side = self.macro_px or self.largest_side(self.n_features, self.dmd_width, self.dmd_height)
+        cols = self.dmd_width // side
+        rows = math.ceil(self.n_features / cols) if cols else 0
+        if cols == 0 or rows * side > self.dmd_height:
+            raise InvalidInputError(
+                f"{self.n_features} macro-pixels of {side}x{side} mirrors do not fit a "
+                f"{self.dmd_width}x{self.dmd_height} DMD"
+            )
+        return side, cols, rows
+
+    @staticmethod
+    def largest_side(n_features: int, width: int, height: int) -> int:
+        side = max(1, int(math.isqrt(width * height // n_features)))
+        while side > 1 and (width // side) * (height // side) < n_features:
+            side -= 1
+        return side
+
+    def _build_runs(self) -> np.ndarray:
+        side, cols, rows = self.grid()
+        x0 = (self.dmd_width - cols * side) // 2
+        y0 = (self.dmd_height - rows * side) // 2
+        feature = np.arange(self.n_features, dtype=np.int64)
+        fx = x0 + (feature % cols) * side
+        fy = y0 + (feature // cols) * side
+        line = np.arange(side, dtype=np.int64)
+        first = ((fy[:, None] + line[None, :]) * self.dmd_width + fx[:, None]).ravel()
+        return np.stack(
+            [np.repeat(feature, side), first, np.full(first.size, side, dtype=np.int64)], axis=1
+        )
+
+
+LAYOUT_KINDS = {"lined": LinedLayout, "macro": MacroPixelLayout}
+
+
+def make_layout(kind: str, n_features: int, dmd_width: int, dmd_height: int, **options) -> Layout:
+    """Build a layout by name ("lined" or "macro"); refuses unknown names and sizes that do not fit."""
+    try:
+        cls = LAYOUT_KINDS[kind]
+    except KeyError:
+        raise InvalidInputError(f"unknown layout {kind!r}; choose one of {sorted(LAYOUT_KINDS)}") from None
+    return cls(n_features, dmd_width, dmd_height, **options)

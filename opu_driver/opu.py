@@ -1,0 +1,392 @@
+"""The Opu facade: open a device by URL, project binary data, read status, close safely.
+
+    with opu_driver.open("sim://?seed=3") as opu:
+        print(opu.info)
+        Y = opu.transform(X, n_components=1000)   # X: (batch, n_features) of 0/1 -> raw camera intensities
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .acquisition import AcquisitionCounters, SequenceRunner
+from .connection import Connection, connect
+from .devices.camera import Camera, CameraSettings, Roi
+from .devices.controller import Controller
+from .devices.dmd import Dmd
+from .devices.usb_link import UsbLink
+from .encoding.layouts import LAYOUT_KINDS, Layout, make_layout
+from .errors import ConfigurationError, InvalidInputError, OpuError, ProtocolError
+from .protocol import PixelFormat, Register, decode_pixels, output_dtype
+
+__all__ = ["Opu", "OpuInfo", "OpuSettings", "open"]
+
+_log = logging.getLogger(__name__)
+
+FRAME_MODES = ("feature", "raw")
+
+
+@dataclass(frozen=True)
+class OpuSettings:
+    """How the Opu drives the device. ``None`` keeps the device's own value.
+
+    Attributes:
+        layout: "lined" (features spread over the whole mirror array) or "macro" (square macro-pixels).
+        macro_px: side of a macro-pixel in mirrors for layout "macro"; None picks the largest that fits.
+        frame_mode: "feature" (layout table uploaded once, n_features bits per frame) or "raw" (full mirror
+            bitmaps, 129,960 bytes per frame at the reference geometry).
+        exposure_us, frame_time_us, gain, pixel_format: camera settings.
+        laser_power_mw: laser setpoint; laser_on: switch the laser on and open the shutter at open.
+        chunk_frames: frames per sequence (memory stays bounded whatever the batch); None = as many as the
+            device's sequence memory and camera FIFO hold, at most 1024.
+        timeout_s: margin on top of the expected sequence duration for every blocking wait.
+        max_lag_frames: the largest DMD-to-camera lag the driver will flush through before giving up.
+    """
+
+    layout: str = "lined"
+    macro_px: int | None = None
+    frame_mode: str = "feature"
+    exposure_us: int | None = None
+    frame_time_us: int | None = None
+    gain: float | None = None
+    pixel_format: str | None = None
+    laser_power_mw: float | None = None
+    laser_on: bool = True
+    chunk_frames: int | None = None
+    timeout_s: float = 5.0
+    max_lag_frames: int = 64
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUT_KINDS:
+            raise ConfigurationError(f"layout={self.layout!r}; choose one of {sorted(LAYOUT_KINDS)}")
+        if self.frame_mode not in FRAME_MODES:
+            raise ConfigurationError(f"frame_mode={self.frame_mode!r}; choose one of {FRAME_MODES}")
+        if self.pixel_format is not None and self.pixel_format.upper() not in PixelFormat.__members__:
+            raise ConfigurationError(
+                f"pixel_format={self.pixel_format!r}; choose one of {list(PixelFormat.__members__)}"
+            )
+        if self.chunk_frames is not None and self.chunk_frames < 1:
+            raise ConfigurationError("chunk_frames must be >= 1")
+        if not self.timeout_s > 0:
+            raise ConfigurationError("timeout_s must be > 0")
+        if not 0 <= self.max_lag_frames <= 1024:
+            raise ConfigurationError("max_lag_frames must be within 0..1024")
+
+    def camera_settings(self) -> CameraSettings:
+        return CameraSettings(
+            exposure_us=self.exposure_us,
+            frame_time_us=self.frame_time_us,
+            gain=self.gain,
+            pixel_format=PixelFormat[self.pixel_format.upper()] if self.pixel_format else None,
+        )
+
+
+@dataclass(frozen=True)
+class OpuInfo:
+    """What the device says about itself, read at open."""
+
+    manufacturer: str
+    model: str
+    serial_number: str
+    firmware_version: str
+    protocol_version: int
+    dmd_width: int
+    dmd_height: int
+    camera_width: int
+    camera_height: int
+    pixel_formats: tuple[str, ...]
+    sequence_capacity: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Plan:
+    """The layout and ROI a transform uses; reused while the sizes stay the same."""
+
+    layout: Layout
+    roi: Roi
+    n_components: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Opu:
+    """An open OPU. Use :func:`open` to make one; close it (or use ``with``) to switch the laser off."""
+
+    def __init__(self, connection: Connection, settings: OpuSettings) -> None:
+        self._connection = connection
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._link = UsbLink(connection.usb)
+        self.dmd = Dmd(self._link)
+        self.camera = Camera(self._link)
+        self.controller = Controller(connection.serial)
+        self._runner: SequenceRunner | None = None
+        self._plan: _Plan | None = None
+        self._info: OpuInfo | None = None
+        self._closed = True
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def _open(self) -> None:
+        try:
+            self._connection.usb.open()
+            version = self._link.read_register(Register.PROTOCOL_VERSION)
+            if version != 1:
+                raise ProtocolError(f"device speaks protocol version {version}; this driver knows version 1")
+            self.dmd.open()
+            self.camera.open()
+            self.controller.open()
+            self._closed = False
+            self._info = self._read_info(version)
+            self.camera.configure(self.settings.camera_settings())
+            if self.settings.laser_power_mw is not None:
+                self.controller.set_laser_power_mw(self.settings.laser_power_mw)
+            if self.settings.laser_on:
+                self.controller.laser_on()
+                self.controller.open_shutter()
+            self._runner = SequenceRunner(self.dmd, self.camera, self.settings.timeout_s, self.settings.max_lag_frames)
+        except BaseException:
+            self.close()
+            raise
+        _log.info("opened %s %s (firmware %s)", self._info.model, self._info.serial_number, self._info.firmware_version)
+
+    def _read_info(self, protocol_version: int) -> OpuInfo:
+        identity = self.controller.identity
+        usb = self._connection.usb
+        if usb.serial_number and identity.serial_number != usb.serial_number:
+            raise ProtocolError(
+                f"USB device {usb.serial_number} and controller {identity.serial_number} are not the same OPU"
+            )
+        camera = self.camera.geometry
+        return OpuInfo(
+            manufacturer=identity.manufacturer,
+            model=identity.model,
+            serial_number=identity.serial_number,
+            firmware_version=identity.firmware_version,
+            protocol_version=protocol_version,
+            dmd_width=self.dmd.geometry.width,
+            dmd_height=self.dmd.geometry.height,
+            camera_width=camera.width,
+            camera_height=camera.height,
+            pixel_formats=tuple(fmt.name for fmt in camera.pixel_formats),
+            sequence_capacity=self.dmd.sequence_capacity,
+        )
+
+    def close(self) -> None:
+        """Laser off, shutter closed, devices released. Safe to call twice."""
+        with self._lock:
+            errors: list[BaseException] = []
+            for part in (self.controller, self.dmd, self.camera):
+                try:
+                    part.close()
+                except Exception as exc:  # keep closing the rest; report the first failure
+                    errors.append(exc)
+            try:
+                self._connection.close()
+            except Exception as exc:
+                errors.append(exc)
+            self._closed = True
+            if errors:
+                _log.warning("errors while closing: %s", errors)
+
+    def __enter__(self) -> "Opu":
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise OpuError("this Opu is closed")
+
+    # -- status -------------------------------------------------------------------------------------
+    @property
+    def info(self) -> OpuInfo:
+        """Model, serial number, firmware, geometry and pixel formats, as read from the device."""
+        self._require_open()
+        assert self._info is not None
+        return self._info
+
+    @property
+    def counters(self) -> AcquisitionCounters:
+        """Sequences, frames sent and matched, discarded frames, learned lag."""
+        self._require_open()
+        assert self._runner is not None
+        return self._runner.counters
+
+    @property
+    def emulator(self) -> Any | None:
+        """The in-process emulated device for ``sim://`` URLs (ground truth for tests), else None."""
+        return self._connection.emulator
+
+    # -- projection ---------------------------------------------------------------------------------
+    def transform(self, X: npt.ArrayLike, n_components: int) -> np.ndarray:
+        """Project binary vectors optically and return the raw camera intensities.
+
+        Args:
+            X: (batch, n_features) or (n_features,) array of 0/1 values, bool or integer dtype.
+            n_components: outputs per vector: the first n_components pixels of the camera ROI, row-major.
+
+        Returns:
+            (batch, n_components) array (or (n_components,) for 1-D X), uint8 for MONO8 else uint16.
+
+        Raises:
+            InvalidInputError: before anything is sent, for non-binary values, float input, NaN, wrong shape,
+                more features than mirrors, or n_components beyond the camera.
+        """
+        with self._lock:
+            self._require_open()
+            X2, squeeze = self._validate_input(X)
+            n_components = self._validate_components(n_components)
+            batch, n_features = X2.shape
+            dtype = output_dtype(self.camera.settings.pixel_format)
+            out = np.empty((batch, n_components), dtype=dtype)
+            if batch:
+                self._prepare(n_features, n_components)
+                self._project(X2, out)
+            return out[0] if squeeze else out
+
+    def _validate_input(self, X: npt.ArrayLike) -> tuple[np.ndarray, bool]:
+        if not isinstance(X, np.ndarray):
+            try:
+                X = np.asarray(X)
+            except Exception as exc:
+                raise InvalidInputError(f"X is not array-like: {type(X).__name__}") from exc
+        if X.dtype == object or not (X.dtype == np.bool_ or np.issubdtype(X.dtype, np.integer)):
+            raise InvalidInputError(
+                f"X must hold 0/1 values as bool or integers, got dtype {X.dtype}; encode real-valued data "
+                "first (threshold it) or use linear_transform"
+            )
+        squeeze = X.ndim == 1
+        if squeeze:
+            X = X[None, :]
+        if X.ndim != 2:
+            raise InvalidInputError(f"X must have shape (batch, n_features), got {X.shape}")
+        if X.shape[1] == 0:
+            raise InvalidInputError("X has zero features")
+        n_mirrors = self.info.dmd_width * self.info.dmd_height
+        if X.shape[1] > n_mirrors:
+            raise InvalidInputError(f"{X.shape[1]} features exceed the {n_mirrors} mirrors of the DMD")
+        if X.dtype != np.bool_:
+            # Chunked so that checking a huge batch does not double its memory.
+            step = max(1, (1 << 24) // max(1, X.shape[1]))
+            for start in range(0, X.shape[0], step):
+                part = X[start:start + step]
+                if ((part != 0) & (part != 1)).any():
+                    bad = part[(part != 0) & (part != 1)][0]
+                    raise InvalidInputError(f"X must be binary (0 or 1); found the value {bad!r}")
+        return X, squeeze
+
+    def _validate_components(self, n_components: int) -> int:
+        if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+            raise InvalidInputError(f"n_components must be an integer, got {n_components!r}")
+        n_pixels = self.info.camera_width * self.info.camera_height
+        if not 1 <= n_components <= n_pixels:
+            raise InvalidInputError(f"n_components={n_components} outside 1..{n_pixels} (camera pixels)")
+        return int(n_components)
+
+    def roi_for(self, n_components: int) -> Roi:
+        """The centred, nearly square camera region whose first n_components pixels are the outputs."""
+        cam_w, cam_h = self.info.camera_width, self.info.camera_height
+        width = min(cam_w, math.isqrt(n_components - 1) + 1)
+        height = -(-n_components // width)
+        return Roi((cam_w - width) // 2, (cam_h - height) // 2, width, height)
+
+    def _prepare(self, n_features: int, n_components: int) -> None:
+        """Upload the layout and set the ROI when they change; nothing is sent when they do not."""
+        layout_options = {"macro_px": self.settings.macro_px} if self.settings.layout == "macro" else {}
+        plan = self._plan
+        if plan is None or plan.layout.n_features != n_features:
+            layout = make_layout(
+                self.settings.layout, n_features, self.info.dmd_width, self.info.dmd_height, **layout_options
+            )
+        else:
+            layout = plan.layout
+        roi = self.roi_for(n_components)
+        if self.camera.settings.roi != roi:
+            self.camera.configure(CameraSettings(roi=roi))
+        if self.settings.frame_mode == "feature" and self.dmd.layout is not layout:
+            self.dmd.load_layout(layout)
+        self._plan = _Plan(layout, roi, n_components)
+
+    def _chunk_frames(self) -> int:
+        if self.settings.chunk_frames is not None:
+            return self.settings.chunk_frames
+        assert self._runner is not None
+        room = self.dmd.sequence_capacity - self.settings.max_lag_frames
+        fifo = self.camera.fifo_bytes // self.camera.frame_packet_bytes() - self.settings.max_lag_frames
+        return max(1, min(1024, room, fifo))
+
+    def _project(self, X: np.ndarray, out: np.ndarray) -> None:
+        assert self._plan is not None and self._runner is not None
+        plan = self._plan
+        n_components = plan.n_components
+        pixel_format = self.camera.settings.pixel_format
+        n_pixels = plan.roi.n_pixels
+        feature_mode = self.settings.frame_mode == "feature"
+        layout = plan.layout
+        chunk = self._chunk_frames()
+
+        for start in range(0, X.shape[0], chunk):
+            block = X[start:start + chunk]
+            if feature_mode:
+                packed = np.packbits(block.astype(np.bool_, copy=False), axis=1)
+            else:
+                packed = layout.expand(block)
+            blank = np.zeros((1, packed.shape[1]), dtype=np.uint8)
+
+            def queue(lo: int, hi: int, first_id: int, packed=packed) -> None:
+                if feature_mode:
+                    self.dmd.queue_feature_frames(first_id, packed[lo:hi])
+                else:
+                    self.dmd.queue_raw_frames(first_id, packed[lo:hi])
+
+            def queue_blank(first_id: int, count: int, blank=blank) -> None:
+                frames = np.broadcast_to(blank, (count, blank.shape[1]))
+                if feature_mode:
+                    self.dmd.queue_feature_frames(first_id, np.ascontiguousarray(frames))
+                else:
+                    self.dmd.queue_raw_frames(first_id, np.ascontiguousarray(frames))
+
+            def sink(index: int, frame, offset=start) -> None:
+                pixels = decode_pixels(pixel_format, frame.pixels, n_pixels)
+                out[offset + index] = pixels[:n_components]
+
+            self._runner.run(block.shape[0], queue, queue_blank, sink, plan.roi, pixel_format)
+
+
+def open(url: str = "sim://", **settings: Any) -> Opu:  # noqa: A001 - mirrors builtins.open on purpose
+    """Open the OPU at ``url`` and return a ready :class:`Opu` (laser on, shutter open).
+
+    Args:
+        url: ``sim://?seed=3&lag=1&noise=0`` for the built-in emulator, or
+            ``usb://1209:4f50[/SERIAL]?port=/dev/ttyACM0`` for a physical device.
+        **settings: fields of :class:`OpuSettings` (layout, frame_mode, exposure_us, pixel_format, ...).
+
+    Raises:
+        UnsupportedUrlError, ConfigurationError: bad URL or settings, before touching any device.
+        DeviceNotFoundError, CommunicationError: the device cannot be reached.
+    """
+    try:
+        opu_settings = OpuSettings(**settings)
+    except TypeError as exc:
+        known = sorted(OpuSettings.__dataclass_fields__)
+        raise ConfigurationError(f"unknown setting: {exc}; known settings: {', '.join(known)}") from None
+    connection = connect(url)
+    opu = Opu(connection, opu_settings)
+    opu._open()
+    return opu

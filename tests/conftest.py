@@ -1,0 +1,26 @@
+"""Shared pytest setup: the --hardware option and a small emulator geometry for fast tests."""
+from __future__ import annotations
+
+import pytest
+
+# A small device: tests must finish in seconds on 2 cores. The reference geometry is exercised by benchmarks.
+SMALL_SIM = "sim://?dmd=96x64&camera=64x48&cell=4"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--hardware", action="store", default=None, metavar="URL",
+                     help="run hardware tests against the physical OPU at URL (e.g. usb://1209:4f50?port=/dev/ttyACM0)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--hardware"):
+        return
+    skip = pytest.mark.skip(reason="needs a physical OPU: pass --hardware URL")
+    for item in items:
+        if "hardware" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def hardware_url(request: pytest.FixtureRequest) -> str:
+    return request.config.getoption("--hardware")

@@ -1,0 +1,199 @@
+"""The Opu facade end to end on the emulator: bytes through the pyusb backend and the wire codecs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import opu_driver
+from opu_driver.errors import ConfigurationError, InvalidInputError, UnsupportedUrlError
+
+from conftest import SMALL_SIM
+
+
+def _exact_dn(opu, X: np.ndarray, n_components: int) -> np.ndarray:
+    """Camera counts the noiseless model predicts from the emulator's ground truth."""
+    gt = opu.emulator.ground_truth
+    cfg = gt.config
+    settings = opu.camera.settings
+    bits = {"MONO8": 8, "MONO10": 10, "MONO12": 12, "MONO10P": 10, "MONO12P": 12}[settings.pixel_format.name]
+    scale = (cfg.signal_e * settings.exposure_us / 400.0 * opu.controller.laser_power_mw / 50.0
+             * settings.gain * (2**bits - 1) / cfg.full_well_e)
+    intensity = gt.expected_intensity_features(X)[:, :n_components]
+    return np.clip(np.round(intensity.astype(np.float64) * scale), 0, 2**bits - 1)
+
+
+@pytest.fixture
+def quiet_opu():
+    with opu_driver.open(SMALL_SIM + "&noise=0&seed=5") as opu:
+        yield opu
+
+
+def test_info_is_read_from_the_device(quiet_opu):
+    info = quiet_opu.info
+    cfg = quiet_opu.emulator.config
+    assert (info.dmd_width, info.dmd_height) == (96, 64)
+    assert (info.camera_width, info.camera_height) == (64, 48)
+    assert info.serial_number == quiet_opu.emulator.serial_number
+    assert info.model == cfg.model
+    assert info.protocol_version == 1
+    assert "MONO8" in info.pixel_formats and "MONO12P" in info.pixel_formats
+
+
+def test_transform_matches_the_noiseless_physics(quiet_opu):
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 2, size=(40, 300), dtype=np.uint8)
+    Y = quiet_opu.transform(X, 500)
+    assert Y.shape == (40, 500) and Y.dtype == np.uint8
+    expected = _exact_dn(quiet_opu, X, 500)
+    diff = np.abs(Y.astype(np.float64) - expected)
+    # float32 sums in the emulator vs complex64 in the ground truth: rounding at an ADC bin edge may differ by
+    # one count, on a tiny fraction of pixels; anything more is a real error.
+    assert diff.max() <= 1
+    assert (diff == 0).mean() > 0.995
+    assert Y.std() > 0  # not a constant
+
+
+def test_one_dimensional_input_and_bool_dtype(quiet_opu):
+    x = np.zeros(50, dtype=bool)
+    x[::3] = True
+    y = quiet_opu.transform(x, 64)
+    assert y.shape == (64,)
+    np.testing.assert_array_equal(y, quiet_opu.transform(x[None, :].astype(np.int64), 64)[0])
+
+
+def test_twelve_bit_output_is_uint16():
+    with opu_driver.open(SMALL_SIM + "&noise=0", pixel_format="MONO12P") as opu:
+        X = np.random.default_rng(1).integers(0, 2, size=(8, 100))
+        Y = opu.transform(X, 300)
+        assert Y.dtype == np.uint16
+        assert np.abs(Y.astype(np.float64) - _exact_dn(opu, X, 300)).max() <= 1
+        assert Y.max() > 255
+
+
+@pytest.mark.parametrize("lag", [1, 3])
+def test_lag_is_learned_and_results_match_no_lag(lag):
+    X = np.random.default_rng(2).integers(0, 2, size=(30, 64), dtype=np.uint8)
+    with opu_driver.open(SMALL_SIM + "&noise=0&seed=9") as opu:
+        reference = opu.transform(X, 200)
+    with opu_driver.open(SMALL_SIM + f"&noise=0&seed=9&lag={lag}", chunk_frames=8) as opu:
+        lagged = opu.transform(X, 200)
+        assert opu.counters.lag_frames == lag
+        # after learning the lag, each chunk appends exactly `lag` flush frames and needs one sequence
+        before = opu.counters.sequences
+        opu.transform(X[:8], 200)
+        assert opu.counters.sequences == before + 1
+    np.testing.assert_array_equal(lagged, reference)
+
+
+def test_chunking_does_not_change_results():
+    X = np.random.default_rng(3).integers(0, 2, size=(50, 80), dtype=np.uint8)
+    with opu_driver.open(SMALL_SIM + "&noise=0&seed=1") as opu:
+        whole = opu.transform(X, 100)
+    with opu_driver.open(SMALL_SIM + "&noise=0&seed=1", chunk_frames=7) as opu:
+        chunked = opu.transform(X, 100)
+        assert opu.counters.sequences == 8  # ceil(50 / 7)
+    np.testing.assert_array_equal(whole, chunked)
+
+
+def test_same_seed_reproduces_bytes_with_noise_and_different_seeds_differ():
+    X = np.random.default_rng(4).integers(0, 2, size=(20, 120), dtype=np.uint8)
+    outs = []
+    for seed in (11, 11, 12):
+        with opu_driver.open(SMALL_SIM + f"&seed={seed}") as opu:
+            outs.append(opu.transform(X, 400))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    a, c = outs[0].astype(np.float64).ravel(), outs[2].astype(np.float64).ravel()
+    # independent speckle: |corr| within 5 sigma of 0 for n samples (1/sqrt(n) each)
+    assert abs(np.corrcoef(a, c)[0, 1]) < 5 / np.sqrt(a.size)
+
+
+@pytest.mark.parametrize("layout", ["lined", "macro"])
+def test_raw_frames_equal_feature_frames(layout):
+    X = np.random.default_rng(5).integers(0, 2, size=(12, 40), dtype=np.uint8)
+    with opu_driver.open(SMALL_SIM + "&noise=0&seed=2", layout=layout) as opu:
+        features = opu.transform(X, 256)
+    with opu_driver.open(SMALL_SIM + "&noise=0&seed=2", layout=layout, frame_mode="raw") as opu:
+        raw = opu.transform(X, 256)
+    # same light on the same mirrors; only float32 summation order differs (one count at a bin edge at most)
+    assert np.abs(features.astype(int) - raw.astype(int)).max() <= 1
+    assert (features == raw).mean() > 0.995
+
+
+def test_empty_batch_sends_nothing(quiet_opu):
+    sent = quiet_opu._link.bytes_sent
+    out = quiet_opu.transform(np.zeros((0, 10), dtype=np.uint8), 20)
+    assert out.shape == (0, 20)
+    assert quiet_opu._link.bytes_sent == sent
+
+
+BAD_INPUTS = [
+    (np.array([[0.0, 1.0]]), "dtype"),
+    (np.array([[0, 2, 1]]), "binary"),
+    (np.array([[0, -1, 1]]), "binary"),
+    (np.array([[np.nan, 1.0]]), "dtype"),
+    (np.zeros((2, 3, 4), dtype=np.uint8), "shape"),
+    (np.zeros((2, 0), dtype=np.uint8), "zero features"),
+    (np.zeros((1, 96 * 64 + 1), dtype=np.uint8), "exceed"),
+    (np.array([["a", "b"]]), "dtype"),
+    ([[0, 1], [1]], "array-like|dtype|shape"),
+]
+
+
+@pytest.mark.parametrize("X,match", BAD_INPUTS)
+def test_bad_input_is_refused_before_anything_is_sent(quiet_opu, X, match):
+    emulator = quiet_opu.emulator
+    sent = quiet_opu._link.bytes_sent
+    frames = quiet_opu.dmd.frame_count
+    with pytest.raises(InvalidInputError, match=match):
+        quiet_opu.transform(X, 10)
+    assert quiet_opu._link.bytes_sent == sent
+    assert quiet_opu.dmd.frame_count == frames
+    assert emulator is quiet_opu.emulator
+
+
+@pytest.mark.parametrize("n_components", [0, -1, 64 * 48 + 1, 2.5, True, "10"])
+def test_bad_n_components_is_refused(quiet_opu, n_components):
+    sent = quiet_opu._link.bytes_sent
+    with pytest.raises(InvalidInputError):
+        quiet_opu.transform(np.zeros((1, 5), dtype=np.uint8), n_components)
+    assert quiet_opu._link.bytes_sent == sent
+
+
+@pytest.mark.parametrize("url", ["http://x", "sim:/", "nonsense", "sim://host/path", "usb://zz:11?port=/dev/null",
+                                 "usb://1209:4f50?colour=red", 42])
+def test_unknown_or_malformed_urls_are_refused(url):
+    with pytest.raises(UnsupportedUrlError):
+        opu_driver.open(url)
+
+
+def test_bad_settings_and_emulator_options_are_refused():
+    with pytest.raises(ConfigurationError):
+        opu_driver.open(SMALL_SIM, layout="spiral")
+    with pytest.raises(ConfigurationError):
+        opu_driver.open(SMALL_SIM, no_such_setting=1)
+    with pytest.raises(ConfigurationError):
+        opu_driver.open("sim://?seed=1&warp=9")
+    with pytest.raises(ConfigurationError):
+        opu_driver.open("sim://?lag=-2")
+
+
+def test_closing_switches_the_laser_off_and_is_idempotent():
+    opu = opu_driver.open(SMALL_SIM)
+    controller = opu.controller
+    assert controller.laser_is_on and controller.shutter_is_open
+    emulator = opu.emulator
+    opu.close()
+    opu.close()
+    assert opu.closed
+    assert not emulator.light_on
+    with pytest.raises(opu_driver.OpuError):
+        opu.transform(np.zeros((1, 4), dtype=np.uint8), 4)
+
+
+def test_laser_off_gives_dark_frames_near_the_dark_level():
+    with opu_driver.open(SMALL_SIM + "&seed=3", laser_on=False) as opu:
+        X = np.ones((16, 200), dtype=np.uint8)
+        dark = opu.transform(X, 400).astype(np.float64)
+    with opu_driver.open(SMALL_SIM + "&seed=3") as opu:
+        lit = opu.transform(X, 400).astype(np.float64)
+    assert lit.mean() > 5 * dark.mean()
