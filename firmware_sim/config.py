@@ -167,7 +167,7 @@ _KEYS_BY_NAME: dict[str, _QueryKey] = {entry.key: entry for entry in QUERY_KEYS}
 class SimConfig:
     """Every option of the emulated device (geometry, optics, camera physics, identity).
 
-    Defaults are the reference geometry of docs/DESIGN.md. ``noise=False`` turns every noise source off (shot
+    Defaults are the reference geometry of docs/emulator.md. ``noise=False`` turns every noise source off (shot
     and read noise, dark current and pattern, hot pixels, laser jitter); drift is not noise and stays. An empty
     ``serial_number`` becomes ``SIM-<seed:08d>`` at construction (so ``dataclasses.replace(cfg, seed=...)``
     keeps the old serial unless ``serial_number=""`` is passed too).

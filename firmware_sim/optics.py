@@ -1,6 +1,6 @@
 """The emulated optics: DMD frames in, noiseless speckle intensities on the camera ROI out.
 
-Model (docs/DESIGN.md section 4):
+Model (docs/emulator.md):
 - Input modes are cells of c x c mirrors (c = ``cell_mirrors``), row-major, partial at the right and bottom
   edges. A cell's amplitude is (mirrors ON in the cell) / c^2, so a partial cell passes light in proportion
   to its area.
@@ -335,8 +335,10 @@ class OpticalBench:
         logger.debug("layout: %d features, %d runs, %d (feature, cell) weights", n_features, len(table), cells.size)
 
     def clear_layout(self) -> None:
+        """Forget the layout table (feature frames are refused until the next one)."""
         self._layout = None
         self._folded.clear()
+        self._fold_streamed = False
 
     def set_roi(self, x: int, y: int, w: int, h: int) -> None:
         """Select the camera region (absolute pixels); pixels are row-major over it."""

@@ -15,7 +15,7 @@ from ..protocol import (
     Status,
     encode_feature_frames,
     encode_layout,
-    encode_raw_frame,
+    encode_raw_frames,
 )
 from .base import Device
 from .usb_link import UsbLink
@@ -119,10 +119,7 @@ class Dmd(Device):
         frame_bytes = self.geometry.frame_bytes
         if packed_mirrors.ndim != 2 or packed_mirrors.shape[1] != frame_bytes:
             raise InvalidInputError(f"raw frames must have shape (n, {frame_bytes}), got {packed_mirrors.shape}")
-        data = b"".join(
-            encode_raw_frame(first_id + i, packed_mirrors[i].tobytes()) for i in range(packed_mirrors.shape[0])
-        )
-        self._link.send(data)
+        self._link.send(encode_raw_frames(first_id, packed_mirrors))
 
     def start(self) -> None:
         """Display the queued frames (trigger mode INT: one per frame time)."""

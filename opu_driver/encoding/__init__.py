@@ -1,4 +1,4 @@
-"""Features <-> mirror layouts <-> packed DMD bytes (DESIGN.md layer "encoding")."""
+"""Features <-> mirror layouts <-> packed DMD bytes."""
 from .layouts import Layout, LinedLayout, MacroPixelLayout, make_layout
 
 __all__ = ["Layout", "LinedLayout", "MacroPixelLayout", "make_layout"]

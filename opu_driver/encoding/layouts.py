@@ -106,10 +106,12 @@ class LinedLayout(Layout):
 
 @dataclass(frozen=True)
 class MacroPixelLayout(Layout):
-    """Features as square macro-pixels of ``macro_px`` x ``macro_px`` mirrors on a 2-D grid, centred.
+    """Features as square macro-pixels of ``macro_px`` x ``macro_px`` mirrors on a 2-D grid.
 
-    ``macro_px=None`` picks the largest square that fits all features. Square blocks match the input modes of
-    the optics (groups of neighbouring mirrors) better than lines do.
+    ``macro_px=None`` picks the largest square that fits all features. The grid starts at the array's top-left
+    mirror, so macro-pixels whose side is a multiple of the optics' input-mode cell align with the cells: each
+    feature then drives whole input modes, and intensities grow exactly in proportion to the features ON.
+    Lines of mirrors (the lined layout) share cells between features instead, whose fields add coherently.
     """
 
     macro_px: int | None = None
@@ -141,11 +143,9 @@ class MacroPixelLayout(Layout):
 
     def _build_runs(self) -> np.ndarray:
         side, cols, rows = self.grid()
-        x0 = (self.dmd_width - cols * side) // 2
-        y0 = (self.dmd_height - rows * side) // 2
         feature = np.arange(self.n_features, dtype=np.int64)
-        fx = x0 + (feature % cols) * side
-        fy = y0 + (feature // cols) * side
+        fx = (feature % cols) * side
+        fy = (feature // cols) * side
         line = np.arange(side, dtype=np.int64)
         first = ((fy[:, None] + line[None, :]) * self.dmd_width + fx[:, None]).ravel()
         return np.stack(
