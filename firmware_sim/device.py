@@ -73,7 +73,7 @@ MAX_GAIN_MILLI = 16000
 FRAME_GAP_US = 50
 SUPPORTED_FORMATS = tuple(PixelFormat)
 # Camera frames are computed this many float32 intensities at a time at most (bounds the working memory).
-_BATCH_VALUES = 8 * 2**20
+_BATCH_VALUES = 2 * 2**20
 _MAX_BATCH_FRAMES = 512
 # Feature frames converted to mirror bitmaps this many at a time (bounds memory at large DMDs).
 _EXPAND_CHUNK_FRAMES = 32

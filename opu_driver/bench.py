@@ -59,26 +59,27 @@ def _peak_bytes(fn: Callable[[], object]) -> int:
         tracemalloc.stop()
 
 
-def bench_frames(quick: bool, repeats: int) -> list[BenchResult]:
-    """Emulated device frames/s end to end through the driver."""
-    n_features, n_components = 1000, 4096
+def bench_frames(
+    quick: bool, repeats: int, query: str = REFERENCE_QUERY, n_features: int = 1000, n_components: int = 4096
+) -> list[BenchResult]:
+    """Emulated device frames/s end to end through the driver (the sizes of the published optical-DFA work)."""
     n_frames = 256 if quick else 2048
     rng = np.random.default_rng(1)
     X = rng.integers(0, 2, size=(n_frames, n_features), dtype=np.uint8)
     results = []
-    with open_opu(f"sim://?seed=1&{REFERENCE_QUERY}") as opu:
+    with open_opu(f"sim://?seed=1&{query}") as opu:
         opu.transform(X[:8], n_components)  # layout upload and optics fold happen once, not per frame
         t = _median_time_s(lambda: opu.transform(X, n_components), repeats)
         results.append(BenchResult(
-            "feature frames, 1000 features -> 4096 components, reference geometry", n_frames / t, "frames/s",
+            f"feature frames, {n_features} features -> {n_components} components", n_frames / t, "frames/s",
             f"{n_frames} frames per run",
         ))
     n_raw = 16 if quick else 64
     for cell in (8, 16):
-        with open_opu(f"sim://?seed=1&{REFERENCE_QUERY}&cell={cell}", frame_mode="raw") as opu:
+        with open_opu(f"sim://?seed=1&{query}&cell={cell}", frame_mode="raw") as opu:
             opu.transform(X[:2], n_components)
             t = _median_time_s(lambda: opu.transform(X[:n_raw], n_components), repeats)
-            modes = -(-1140 // cell) * -(-912 // cell)
+            modes = -(-opu.info.dmd_width // cell) * -(-opu.info.dmd_height // cell)
             results.append(BenchResult(
                 f"raw frames (129,960 bytes each), cell {cell} = {modes} input modes", n_raw / t, "frames/s",
                 "cost follows input modes, not mirrors",

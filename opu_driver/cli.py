@@ -46,7 +46,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.url, n_features=args.features, n_components=args.components, batch=args.batch)
+    return run_demo(args.url, n_features=args.features, n_components=args.components, batch=args.batch,
+                    macro_px=args.macro_px)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=int, default=1000)
     p.add_argument("--components", type=int, default=1024)
     p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--macro-px", type=int, default=24,
+                   help="macro-pixel side in mirrors (24: whole input modes of the default emulator)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks: emulator frame rate, transform vs a dense complex product")

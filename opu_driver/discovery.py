@@ -62,8 +62,7 @@ def describe_devices(backend=None) -> str:
     try:
         devices = find_devices(backend)
     except Exception as exc:  # no libusb on this machine, for example
-        return (f"cannot scan USB: {exc}\nInstall libusb-1.0 (Debian: apt install libusb-1.0-0). "
-                "The emulator needs none of this: use sim:// URLs.")
+        return f"cannot scan USB: {exc}"
     if not devices:
         return ("no OPU found on USB (looking for 1209:4f50).\n"
                 "Without hardware, use the built-in emulator: opu info sim://   or   opu demo")
