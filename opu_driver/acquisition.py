@@ -4,10 +4,16 @@ The camera may trail the DMD by k frames (docs/protocol.md 1.6): the exposure ta
 frame displayed at trigger n - k. This runner never guesses: it matches each camera frame to the request by
 the DMD frame id in its metadata, learns k from what it receives, appends k blank "flush" frames to later
 sequences so that no extra round trip is needed, and flushes again when a result is still missing.
+
+Ids start at a random point of the 32-bit id space in every session, so frames left in the device's pipeline
+by an earlier session (or an interrupted request) never match a new request; they are discarded by id before
+anything else is looked at. A request that fails half-way aborts the device's queue and drains the camera
+stream, so the next request starts clean.
 """
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,20 +21,26 @@ import numpy as np
 
 from .devices.camera import Camera, Roi
 from .devices.dmd import Dmd
-from .errors import DroppedFramesError, ProtocolError
-from .protocol import BLANK_FRAME_ID, CameraFrame, PixelFormat
+from .errors import (
+    CommunicationTimeoutError,
+    DeviceRefusedError,
+    DroppedFramesError,
+    ProtocolError,
+)
+from .protocol import MAX_FRAME_ID, CameraFrame, DeviceErrorCode, PixelFormat
 
-__all__ = ["SequenceRunner", "AcquisitionCounters", "FrameSink"]
+__all__ = ["SequenceRunner", "AcquisitionCounters", "Expected", "FrameSink"]
 
 _log = logging.getLogger(__name__)
-
-_ID_SPACE = 0xFFFFFFFF  # ids 0 .. 0xFFFFFFFE; 0xFFFFFFFF means "blank DMD"
 
 FrameSink = Callable[[int, CameraFrame], None]
 """Receives (index of the frame in the request, its camera frame)."""
 
 QueueFn = Callable[[int, int, int], None]
 """Queues frames [start, stop) of the request with the first DMD frame id given."""
+
+_DRAIN_TIMEOUT_S = 0.05
+_DRAIN_MAX_READS = 10_000
 
 
 @dataclass
@@ -40,7 +52,19 @@ class AcquisitionCounters:
     flush_frames_sent: int = 0
     frames_matched: int = 0
     frames_discarded: int = 0
+    saturated_frames: int = 0
+    dark_frames: int = 0
+    recoveries: int = 0
     lag_frames: int = 0
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What every camera frame of a request must say about itself."""
+
+    roi: Roi
+    pixel_format: PixelFormat
+    exposure_us: int
 
 
 class SequenceRunner:
@@ -52,7 +76,7 @@ class SequenceRunner:
         self.timeout_s = timeout_s
         self.max_lag_frames = max_lag_frames
         self.counters = AcquisitionCounters()
-        self._next_id = 0
+        self._next_id = secrets.randbelow(MAX_FRAME_ID // 2)
 
     @property
     def lag_frames(self) -> int:
@@ -60,7 +84,7 @@ class SequenceRunner:
         return self.counters.lag_frames
 
     def _reserve_ids(self, count: int) -> int:
-        if self._next_id + count >= _ID_SPACE:
+        if self._next_id + count > MAX_FRAME_ID:
             self._next_id = 0
         first = self._next_id
         self._next_id += count
@@ -72,26 +96,57 @@ class SequenceRunner:
         queue: QueueFn,
         queue_blank: Callable[[int, int], None],
         sink: FrameSink,
-        expected_roi: Roi,
-        expected_format: PixelFormat,
+        expected: Expected,
     ) -> None:
         """Display ``n_frames`` frames queued by ``queue`` and hand each camera frame to ``sink``.
 
-        ``queue_blank(first_id, count)`` queues blank flush frames. Raises DroppedFramesError when some frames
-        never arrive, ProtocolError when a frame's metadata contradicts the camera settings, and
-        CommunicationTimeoutError when the device stops answering.
+        ``queue_blank(first_id, count)`` queues blank flush frames. Raises DeviceRefusedError when the device
+        refuses the frames, DroppedFramesError when frames never arrive, ProtocolError when a frame's metadata
+        contradicts the camera settings, CommunicationTimeoutError when the device stops answering. After any
+        failure (including KeyboardInterrupt) the device queue is aborted and the camera stream drained.
         """
+        try:
+            self._run(n_frames, queue, queue_blank, sink, expected)
+        except BaseException:
+            self.recover()
+            raise
+
+    def recover(self) -> None:
+        """Abort the device's queue and drain stale camera frames; never raises."""
+        self.counters.recoveries += 1
+        try:
+            self._dmd.abort()
+        except Exception as exc:  # the device may be gone; the caller sees the original error
+            _log.warning("abort after a failed request failed: %s", exc)
+        self._camera.drain(_DRAIN_TIMEOUT_S, _DRAIN_MAX_READS)
+
+    def _queue_checked(self, queue_some: Callable[[], None], count: int) -> None:
+        """Queue frames and verify the device took them all, before anything is displayed."""
+        before = self._dmd.queued_frames
+        queue_some()
+        after = self._dmd.queued_frames
+        if after - before != count:
+            code = self._dmd.last_error()
+            raise DeviceRefusedError(
+                f"device queued {after - before} of {count} frames: {DeviceErrorCode.describe(code)}", code or None
+            )
+
+    def _run(self, n_frames: int, queue: QueueFn, queue_blank, sink: FrameSink, expected: Expected) -> None:
         flush = min(self.lag_frames, self.max_lag_frames)
         first_id = self._reserve_ids(n_frames + self.max_lag_frames + flush)
         next_flush_id = first_id + n_frames
         done = np.zeros(n_frames, dtype=bool)
         n_done = 0
         camera_first = self._camera.frame_count
+        dropped_before = self._camera.dropped_frames
 
-        queue(0, n_frames, first_id)
-        if flush:
-            queue_blank(next_flush_id, flush)
-            next_flush_id += flush
+        def queue_main_and_flush() -> None:
+            queue(0, n_frames, first_id)
+            if flush:
+                queue_blank(next_flush_id, flush)
+
+        self._queue_checked(queue_main_and_flush, n_frames + flush)
+        next_flush_id += flush
         to_read = n_frames + flush
         self.counters.frames_sent += n_frames
         self.counters.flush_frames_sent += flush
@@ -100,21 +155,38 @@ class SequenceRunner:
             self._dmd.start()
             self.counters.sequences += 1
             timeout_s = self.timeout_s + to_read * self._camera.settings.frame_time_us * 1e-6
-            for frame in self._camera.read_frames(to_read, timeout_s):
-                self._check(frame, expected_roi, expected_format)
-                index = (frame.dmd_frame_id - first_id) & 0xFFFFFFFF
-                if frame.dmd_frame_id == BLANK_FRAME_ID or index >= n_frames or done[index]:
-                    self.counters.frames_discarded += 1
-                    continue
-                lag = ((frame.camera_frame_id - camera_first) & 0xFFFFFFFF) - index
-                if lag != self.counters.lag_frames:
-                    if lag < 0 or lag > self.max_lag_frames:
-                        raise ProtocolError(f"camera frame for DMD frame {index} arrived at an impossible lag {lag}")
-                    _log.info("DMD-to-camera lag is %d frames", lag)
-                    self.counters.lag_frames = lag
-                sink(index, frame)
-                done[index] = True
-                n_done += 1
+            try:
+                for frame in self._camera.read_frames(to_read, timeout_s):
+                    index = (frame.dmd_frame_id - first_id) & 0xFFFFFFFF
+                    if index >= n_frames or done[index]:
+                        # Blank, flush, or left over from an earlier request: never data for this one.
+                        self.counters.frames_discarded += 1
+                        continue
+                    self._check(frame, expected)
+                    lag = ((frame.camera_frame_id - camera_first) & 0xFFFFFFFF) - index
+                    if lag != self.counters.lag_frames:
+                        if lag < 0 or lag > self.max_lag_frames:
+                            raise ProtocolError(
+                                f"camera frame for DMD frame {index} arrived at an impossible lag {lag}"
+                            )
+                        _log.info("DMD-to-camera lag is %d frames", lag)
+                        self.counters.lag_frames = lag
+                    if frame.dark:
+                        self.counters.dark_frames += 1
+                    if frame.saturated:
+                        self.counters.saturated_frames += 1
+                    sink(index, frame)
+                    done[index] = True
+                    n_done += 1
+            except CommunicationTimeoutError as exc:
+                dropped = self._camera.dropped_frames - dropped_before
+                if dropped:
+                    raise DroppedFramesError(
+                        f"the device dropped {dropped} camera frames (its FIFO overflowed); "
+                        f"{n_frames - n_done} of {n_frames} results are missing",
+                        missing=n_frames - n_done,
+                    ) from exc
+                raise
             if n_done == n_frames:
                 self.counters.frames_matched += n_frames
                 return
@@ -128,23 +200,31 @@ class SequenceRunner:
                 raise DroppedFramesError(
                     f"{missing} of {n_frames} camera frames never arrived (first missing: frame {first_missing}; "
                     f"lag allowed up to {self.max_lag_frames} frames); the device counts "
-                    f"{self._camera.dropped_frames} dropped frames",
+                    f"{self._camera.dropped_frames - dropped_before} dropped frames",
                     missing=missing,
                 )
-            queue_blank(next_flush_id, more)
+            self._queue_checked(lambda: queue_blank(next_flush_id, more), more)
             next_flush_id += more
             flushed += more
             self.counters.flush_frames_sent += more
             to_read = more
 
     @staticmethod
-    def _check(frame: CameraFrame, roi: Roi, pixel_format: PixelFormat) -> None:
+    def _check(frame: CameraFrame, expected: Expected) -> None:
+        roi = expected.roi
         if (frame.roi_x, frame.roi_y, frame.roi_w, frame.roi_h) != (roi.x, roi.y, roi.width, roi.height):
             raise ProtocolError(
                 f"camera frame {frame.camera_frame_id} has ROI {frame.roi_x},{frame.roi_y},{frame.roi_w}x"
                 f"{frame.roi_h}, expected {roi}"
             )
-        if frame.pixel_format != pixel_format:
+        if frame.pixel_format != expected.pixel_format:
             raise ProtocolError(
-                f"camera frame {frame.camera_frame_id} has pixel format {frame.pixel_format}, expected {pixel_format!r}"
+                f"camera frame {frame.camera_frame_id} has pixel format {frame.pixel_format}, "
+                f"expected {expected.pixel_format!r}"
             )
+        if frame.exposure_us != expected.exposure_us:
+            raise ProtocolError(
+                f"camera frame {frame.camera_frame_id} was exposed {frame.exposure_us} us, "
+                f"expected {expected.exposure_us} us"
+            )
+

@@ -1,8 +1,10 @@
 """Device URLs: one string picks the emulator or the physical device.
 
-- ``sim://?seed=3&lag=1&noise=0`` : the in-process emulator (``firmware_sim``), options in the query
-  (``opu sim --help`` and docs/emulator.md list them). It plugs in under the driver as a pyusb backend and a
-  pyserial URL handler, so everything above the transports is the hardware code path.
+- ``sim://?seed=3&lag=1&noise=0`` : a new in-process emulator (``firmware_sim``), options in the query
+  (docs/emulator.md lists them), released when the Opu closes. It plugs in under the driver as a pyusb
+  backend and a pyserial URL handler, so everything above the transports is the hardware code path.
+- ``sim://NAME`` : an existing in-process emulated device (``firmware_sim.create_device``), which outlives the
+  Opu as a physical device does: open it, close it, open it again.
 - ``usb://[VID:PID][/SERIAL]?port=/dev/ttyACM0`` : a physical OPU by USB ids (default 1209:4f50) and serial
   number, with its controller line on ``port`` (found from the USB serial number when omitted).
 """
@@ -73,9 +75,11 @@ def parse_url(url: str) -> DeviceUrl:
     except ValueError as exc:
         raise UnsupportedUrlError(f"malformed query in {url!r}") from exc
     if scheme == "sim":
-        if parts.netloc not in ("", "default") or parts.path not in ("", "/"):
-            raise UnsupportedUrlError(f"sim URLs take options in the query only, e.g. sim://?seed=3; got {url!r}")
-        return DeviceUrl("sim", options=options)
+        if parts.path not in ("", "/") or (parts.netloc and options):
+            raise UnsupportedUrlError(
+                f"use sim://?seed=3 (a new emulator, options in the query) or sim://NAME (an existing one); got {url!r}"
+            )
+        return DeviceUrl("sim", serial_number=parts.netloc or None, options=options)
     vendor_id, product_id = USB_VENDOR_ID, USB_PRODUCT_ID
     if parts.netloc:
         try:
@@ -105,12 +109,17 @@ def _connect_sim(parsed: DeviceUrl) -> Connection:
         from firmware_sim.usb_backend import get_backend
     except ImportError as exc:  # pragma: no cover - firmware_sim ships with the driver
         raise LibraryLoadError("the emulator package firmware_sim is not installed") from exc
-    config = SimConfig.from_query(parsed.options)
-    device = firmware_sim.create_device(config)
-    _log.info("emulated OPU %s (serial %s) with %s", device.name, device.serial_number, config.to_query())
+    if parsed.serial_number is not None:  # sim://NAME: a device that lives on after this connection
+        device = firmware_sim.get_device(parsed.serial_number)
+        cleanup = None
+    else:
+        config = SimConfig.from_query(parsed.options)
+        device = firmware_sim.create_device(config)
+        _log.info("emulated OPU %s (serial %s) with %s", device.name, device.serial_number, config.to_query())
+        cleanup = lambda: firmware_sim.release_device(device)  # noqa: E731
     usb = UsbTransport(serial_number=device.serial_number, backend=get_backend([device]))
     serial = SerialTransport(f"opusim://{device.name}")
-    return Connection(parsed, usb, serial, emulator=device, _cleanup=lambda: firmware_sim.release_device(device))
+    return Connection(parsed, usb, serial, emulator=device, _cleanup=cleanup)
 
 
 def _connect_usb(parsed: DeviceUrl) -> Connection:

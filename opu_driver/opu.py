@@ -9,28 +9,38 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import asdict, dataclass, field, replace
+import weakref
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .acquisition import AcquisitionCounters, SequenceRunner
+from .acquisition import AcquisitionCounters, Expected, SequenceRunner
 from .connection import Connection, connect
 from .devices.camera import Camera, CameraSettings, Roi
 from .devices.controller import Controller
 from .devices.dmd import Dmd
 from .devices.usb_link import UsbLink
 from .encoding.layouts import LAYOUT_KINDS, Layout, make_layout
-from .errors import ConfigurationError, InvalidInputError, OpuError, ProtocolError
-from .protocol import PixelFormat, Register, decode_pixels, output_dtype
+from .errors import (
+    AcquisitionError,
+    ConfigurationError,
+    InterlockError,
+    InvalidInputError,
+    OpuError,
+    ProtocolError,
+)
+from .protocol import MAX_FEATURES, PixelFormat, Register, decode_pixels, output_dtype
 
 __all__ = ["Opu", "OpuInfo", "OpuSettings", "open"]
 
 _log = logging.getLogger(__name__)
 
 FRAME_MODES = ("feature", "raw")
+_FEATURE_CHUNK_FRAMES = 1024
+_RAW_CHUNK_FRAMES = 32  # a raw frame is 129,960 bytes at the reference geometry, plus its expansion
 
 
 @dataclass(frozen=True)
@@ -64,11 +74,28 @@ class OpuSettings:
     max_lag_frames: int = 64
 
     def __post_init__(self) -> None:
+        for name in ("exposure_us", "frame_time_us", "chunk_frames", "macro_px"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+        if isinstance(self.max_lag_frames, bool) or not isinstance(self.max_lag_frames, (int, np.integer)):
+            raise ConfigurationError(f"max_lag_frames must be an integer, got {self.max_lag_frames!r}")
+        for name in ("gain", "laser_power_mw", "timeout_s"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer))
+                                      or not math.isfinite(value)):
+                raise ConfigurationError(f"{name} must be a finite number, got {value!r}")
+        if self.exposure_us is not None and not 10 <= self.exposure_us <= 1_000_000:
+            raise ConfigurationError(f"exposure_us={self.exposure_us} outside 10..1000000")
+        if self.frame_time_us is not None and not 60 <= self.frame_time_us <= 0xFFFFFFFF:
+            raise ConfigurationError(f"frame_time_us={self.frame_time_us} outside 60..{0xFFFFFFFF}")
         if self.layout not in LAYOUT_KINDS:
             raise ConfigurationError(f"layout={self.layout!r}; choose one of {sorted(LAYOUT_KINDS)}")
         if self.frame_mode not in FRAME_MODES:
             raise ConfigurationError(f"frame_mode={self.frame_mode!r}; choose one of {FRAME_MODES}")
-        if self.pixel_format is not None and self.pixel_format.upper() not in PixelFormat.__members__:
+        if self.pixel_format is not None and (
+            not isinstance(self.pixel_format, str) or self.pixel_format.upper() not in PixelFormat.__members__
+        ):
             raise ConfigurationError(
                 f"pixel_format={self.pixel_format!r}; choose one of {list(PixelFormat.__members__)}"
             )
@@ -114,8 +141,7 @@ class _Plan:
 
     layout: Layout
     roi: Roi
-    n_components: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    n_components: int
 
 
 class Opu:
@@ -133,6 +159,9 @@ class Opu:
         self._plan: _Plan | None = None
         self._info: OpuInfo | None = None
         self._closed = True
+        self._dark_checked = False
+        # An Opu dropped without close() still releases its device (and an emulator's memory).
+        self._finalizer = weakref.finalize(self, connection.close)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -190,14 +219,16 @@ class Opu:
                 except Exception as exc:  # keep closing the rest; report the first failure
                     errors.append(exc)
             try:
-                self._connection.close()
+                self._finalizer()  # closes the connection once
             except Exception as exc:
                 errors.append(exc)
             self._closed = True
             if errors:
+                # Closing must not raise (it runs in __exit__ and finally blocks); say what went wrong.
                 _log.warning("errors while closing: %s", errors)
 
     def __enter__(self) -> "Opu":
+        self._require_open()
         return self
 
     def __exit__(
@@ -261,12 +292,14 @@ class Opu:
             return out[0] if squeeze else out
 
     def _validate_input(self, X: npt.ArrayLike) -> tuple[np.ndarray, bool]:
+        if isinstance(X, np.ma.MaskedArray):
+            raise InvalidInputError("X is a masked array: fill or drop the masked entries first")
         if not isinstance(X, np.ndarray):
             try:
                 X = np.asarray(X)
             except Exception as exc:
                 raise InvalidInputError(f"X is not array-like: {type(X).__name__}") from exc
-        if X.dtype == object or not (X.dtype == np.bool_ or np.issubdtype(X.dtype, np.integer)):
+        if X.dtype.kind not in "biu":
             raise InvalidInputError(
                 f"X must hold 0/1 values as bool or integers, got dtype {X.dtype}; encode real-valued data "
                 "first (threshold it) or use linear_transform"
@@ -281,6 +314,10 @@ class Opu:
         n_mirrors = self.info.dmd_width * self.info.dmd_height
         if X.shape[1] > n_mirrors:
             raise InvalidInputError(f"{X.shape[1]} features exceed the {n_mirrors} mirrors of the DMD")
+        if self.settings.frame_mode == "feature" and X.shape[1] > MAX_FEATURES:
+            raise InvalidInputError(
+                f"{X.shape[1]} features exceed the {MAX_FEATURES} a layout table holds; use frame_mode='raw'"
+            )
         if X.dtype != np.bool_:
             # Chunked so that checking a huge batch does not double its memory.
             step = max(1, (1 << 24) // max(1, X.shape[1]))
@@ -302,8 +339,10 @@ class Opu:
     def roi_for(self, n_components: int) -> Roi:
         """The centred, nearly square camera region whose first n_components pixels are the outputs."""
         cam_w, cam_h = self.info.camera_width, self.info.camera_height
-        width = min(cam_w, math.isqrt(n_components - 1) + 1)
-        height = -(-n_components // width)
+        height = min(cam_h, math.isqrt(n_components - 1) + 1)
+        width = -(-n_components // height)
+        if width > cam_w:  # cannot happen for n_components <= cam_w * cam_h; kept as a guard
+            raise InvalidInputError(f"n_components={n_components} does not fit the {cam_w}x{cam_h} camera")
         return Roi((cam_w - width) // 2, (cam_h - height) // 2, width, height)
 
     def _prepare(self, n_features: int, n_components: int) -> None:
@@ -317,19 +356,32 @@ class Opu:
         else:
             layout = plan.layout
         roi = self.roi_for(n_components)
+        # Everything above only computed; from here on the device is written.
         if self.camera.settings.roi != roi:
             self.camera.configure(CameraSettings(roi=roi))
         if self.settings.frame_mode == "feature" and self.dmd.layout is not layout:
             self.dmd.load_layout(layout)
         self._plan = _Plan(layout, roi, n_components)
 
+    def _check_dark(self) -> None:
+        """A dark frame: fine if the user switched the light off, an error if the device did it."""
+        if self._dark_checked:
+            return
+        self._dark_checked = True
+        if not self.controller.interlock_ok:
+            raise InterlockError("the laser interlock tripped: frames are dark; clear its cause, then "
+                                 "opu.controller.reset_interlock() and opu.controller.laser_on()")
+        if self.controller.laser_is_on and self.controller.shutter_is_open:
+            raise AcquisitionError("camera frames are dark although the laser is on and the shutter open")
+        _log.info("frames are dark: the laser is off or the shutter closed")
+
     def _chunk_frames(self) -> int:
-        if self.settings.chunk_frames is not None:
-            return self.settings.chunk_frames
-        assert self._runner is not None
+        """Frames per sequence: what the user asked, bounded by what the device's memories hold."""
         room = self.dmd.sequence_capacity - self.settings.max_lag_frames
         fifo = self.camera.fifo_bytes // self.camera.frame_packet_bytes() - self.settings.max_lag_frames
-        return max(1, min(1024, room, fifo))
+        limit = _RAW_CHUNK_FRAMES if self.settings.frame_mode == "raw" else _FEATURE_CHUNK_FRAMES
+        wanted = self.settings.chunk_frames or limit
+        return max(1, min(wanted, room, fifo))
 
     def _project(self, X: np.ndarray, out: np.ndarray) -> None:
         assert self._plan is not None and self._runner is not None
@@ -340,6 +392,10 @@ class Opu:
         feature_mode = self.settings.frame_mode == "feature"
         layout = plan.layout
         chunk = self._chunk_frames()
+        settings = self.camera.settings
+        expected = Expected(plan.roi, pixel_format, settings.exposure_us)
+        saturated_before = self._runner.counters.saturated_frames
+        self._dark_checked = False
 
         for start in range(0, X.shape[0], chunk):
             block = X[start:start + chunk]
@@ -363,10 +419,17 @@ class Opu:
                     self.dmd.queue_raw_frames(first_id, np.ascontiguousarray(frames))
 
             def sink(index: int, frame, offset=start) -> None:
+                if frame.dark:
+                    self._check_dark()
                 pixels = decode_pixels(pixel_format, frame.pixels, n_pixels)
                 out[offset + index] = pixels[:n_components]
 
-            self._runner.run(block.shape[0], queue, queue_blank, sink, plan.roi, pixel_format)
+            self._runner.run(block.shape[0], queue, queue_blank, sink, expected)
+        saturated = self._runner.counters.saturated_frames - saturated_before
+        if saturated:
+            _log.warning(
+                "%d of %d frames have saturated pixels: lower exposure_us, gain or laser power", saturated, X.shape[0]
+            )
 
 
 def open(url: str = "sim://", **settings: Any) -> Opu:  # noqa: A001 - mirrors builtins.open on purpose

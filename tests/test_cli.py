@@ -51,4 +51,4 @@ def test_bench_code_runs_at_a_small_size():
     from opu_driver.bench import bench_frames
 
     results = bench_frames(quick=True, repeats=1, query="dmd=96x64&camera=64x48", n_features=100, n_components=256)
-    assert len(results) == 3 and all(r.value > 0 for r in results)
+    assert len(results) == 5 and all(r.value > 0 for r in results)

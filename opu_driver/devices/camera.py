@@ -149,7 +149,20 @@ class Camera(Device):
         """Apply settings in an order the device accepts; returns what is now set."""
         self._require_open()
         new = self.validate(settings)
-        old = self._settings
+        try:
+            self._write(self._settings, new)
+        except BaseException:
+            # Some writes may have landed: believe the device, not the plan.
+            try:
+                self._settings = self._read_settings()
+            except Exception as exc:
+                _log.warning("could not re-read camera settings after a refused write: %s", exc)
+            raise
+        self._settings = new
+        _log.debug("camera settings: %s", new)
+        return new
+
+    def _write(self, old: CameraSettings, new: CameraSettings) -> None:
         write = self._link.write_register
         if new.pixel_format != old.pixel_format:
             write(Register.PIXEL_FORMAT, int(new.pixel_format))
@@ -170,9 +183,10 @@ class Camera(Device):
             write(Register.EXPOSURE_US, new.exposure_us)
         if new.frame_time_us < old.frame_time_us:
             write(Register.FRAME_TIME_US, new.frame_time_us)
-        self._settings = new
-        _log.debug("camera settings: %s", new)
-        return new
+
+    def drain(self, timeout_s: float, max_reads: int) -> int:
+        """Read and discard whatever the camera endpoint holds; returns the bytes discarded. Never raises."""
+        return self._link.drain(timeout_s, max_reads)
 
     def read_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame]:
         """Yield the next ``n_frames`` camera frames; CommunicationTimeoutError after ``timeout_s``."""

@@ -135,6 +135,10 @@ class Dmd(Device):
         self._require_open()
         self._link.write_register(Register.SOFT_TRIGGER, 1)
 
+    def last_error(self) -> int:
+        """The device's latched error code (0 when none); reading clears it."""
+        return self._link.read_last_error()
+
     @property
     def queued_frames(self) -> int:
         return self._link.read_register(Register.SEQ_QUEUED)

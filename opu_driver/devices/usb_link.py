@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from collections import deque
 from typing import Iterator
 
-from ..errors import CommunicationTimeoutError, DeviceRefusedError, ProtocolError
+from ..errors import CommunicationError, CommunicationTimeoutError, DeviceRefusedError, InvalidInputError, ProtocolError
 from ..protocol import (
+    CONTROL_TIMEOUT_S,
+    bulk_write_timeout_s,
     CameraFrame,
     DeviceErrorCode,
     PacketFault,
@@ -30,12 +33,11 @@ _log = logging.getLogger(__name__)
 _READ_CHUNK_BYTES = 1 << 20
 
 
+@dataclass(frozen=True)
 class LinkSettings:
-    """Timeouts of the USB link, in seconds."""
+    """Timeouts of the USB link, in seconds (docs/protocol.md section 3)."""
 
-    def __init__(self, control_timeout_s: float = 1.0, bulk_timeout_s: float = 1.0) -> None:
-        self.control_timeout_s = control_timeout_s
-        self.bulk_timeout_s = bulk_timeout_s
+    control_timeout_s: float = CONTROL_TIMEOUT_S
 
 
 class UsbLink:
@@ -46,7 +48,7 @@ class UsbLink:
         self.settings = settings or LinkSettings()
         self._parser = PacketParser(accept=frozenset({PacketType.CAMERA_FRAME}))
         self._pending: deque[CameraFrame | PacketFault] = deque()
-        self.faults: list[PacketFault] = []
+        self.faults: deque[PacketFault] = deque(maxlen=64)  # the latest corrupt packets, for diagnostics
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -67,7 +69,7 @@ class UsbLink:
         """Write a 32-bit register; a refused write raises DeviceRefusedError and changes nothing."""
         value = int(value)
         if not 0 <= value <= 0xFFFFFFFF:
-            raise ValueError(f"register value {value} does not fit 32 bits")
+            raise InvalidInputError(f"register value {value} does not fit 32 bits")
         _log.debug("write %s = %d", _name(register), value)
         try:
             self.transport.control_write(
@@ -94,7 +96,7 @@ class UsbLink:
     # -- packets -----------------------------------------------------------------------------------
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send packets on the DMD OUT endpoint, with a timeout that grows with the size."""
-        timeout_s = self.settings.bulk_timeout_s + len(data) / 10e6
+        timeout_s = bulk_write_timeout_s(len(data))
         sent = self.transport.bulk_write(data, timeout_s=timeout_s)
         if sent != len(data):
             raise ProtocolError(f"short bulk write: {sent} of {len(data)} bytes")
@@ -115,8 +117,8 @@ class UsbLink:
                     remaining -= 1
                     yield item
                 else:
-                    _log.warning("discarded a corrupt packet from the camera: %s", item)
                     self.faults.append(item)
+                    raise item.to_error()
             if remaining == 0:
                 return
             left_s = deadline - time.monotonic()
@@ -129,6 +131,25 @@ class UsbLink:
                 raise CommunicationTimeoutError(message) from exc
             self.bytes_received += len(chunk)
             self._pending.extend(self._parser.feed(chunk))
+
+    def drain(self, timeout_s: float, max_reads: int) -> int:
+        """Discard the IN stream until a read times out (or ``max_reads`` reads); forget partial packets.
+
+        Used after a failed or interrupted request, so that its frames cannot be taken for the next one's.
+        """
+        discarded = 0
+        for _ in range(max_reads):
+            try:
+                chunk = self.transport.bulk_read(_READ_CHUNK_BYTES, timeout_s=timeout_s)
+            except CommunicationError:
+                break
+            if not chunk:
+                break
+            discarded += len(chunk)
+        self.reset_stream()
+        if discarded:
+            _log.info("drained %d stale bytes from the camera endpoint", discarded)
+        return discarded
 
     def reset_stream(self) -> None:
         """Forget any partial packet (after an abort or a reset)."""

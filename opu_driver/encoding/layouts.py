@@ -81,10 +81,18 @@ class Layout(ABC):
         if bits.ndim != 2 or bits.shape[1] != self.n_features:
             raise InvalidInputError(f"expected shape (n, {self.n_features}), got {bits.shape}")
         mapping = self.mirror_feature_map()
-        driven = mapping >= 0
-        frames = np.zeros((bits.shape[0], mapping.size), dtype=np.uint8)
-        frames[:, driven] = bits[:, mapping[driven]].astype(np.uint8)
-        return np.packbits(frames, axis=1)
+        driven = np.flatnonzero(mapping >= 0)
+        sources = mapping[driven]
+        n_mirrors = mapping.size
+        out = np.empty((bits.shape[0], (n_mirrors + 7) // 8), dtype=np.uint8)
+        # A few frames at a time: one unpacked frame is W*H bytes (about 1 MB at the reference geometry).
+        frames = np.zeros((min(_EXPAND_FRAMES, bits.shape[0]), n_mirrors), dtype=np.bool_)
+        for start in range(0, bits.shape[0], _EXPAND_FRAMES):
+            block = bits[start:start + _EXPAND_FRAMES]
+            view = frames[: block.shape[0]]
+            view[:, driven] = block[:, sources] != 0
+            out[start:start + block.shape[0]] = np.packbits(view, axis=1)
+        return out
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,8 @@ class MacroPixelLayout(Layout):
             [np.repeat(feature, side), first, np.full(first.size, side, dtype=np.int64)], axis=1
         )
 
+
+_EXPAND_FRAMES = 16
 
 LAYOUT_KINDS = {"lined": LinedLayout, "macro": MacroPixelLayout}
 
