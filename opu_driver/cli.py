@@ -17,8 +17,9 @@ _log = logging.getLogger(__name__)
 def _cmd_list(args: argparse.Namespace) -> int:
     from .discovery import describe_devices
 
-    print(describe_devices())
-    return 0
+    text = describe_devices()
+    print(text)
+    return 1 if text.startswith("cannot scan USB") else 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

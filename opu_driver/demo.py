@@ -10,6 +10,10 @@ import time
 
 import numpy as np
 
+from dataclasses import replace
+
+from .encoding.layouts import MacroPixelLayout
+from .errors import InvalidInputError
 from .opu import open as open_opu
 
 __all__ = ["run_demo"]
@@ -23,8 +27,13 @@ def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: i
              macro_px: int = 24) -> int:
     """Run the demo; macro-pixels of 24 mirrors align with the emulator's default input-mode cells (8 mirrors)."""
     rng = np.random.default_rng(0)
-    with open_opu(url, layout="macro", macro_px=macro_px) as opu:
+    with open_opu(url, layout="macro") as opu:
         info = opu.info
+        try:
+            MacroPixelLayout(n_features, info.dmd_width, info.dmd_height, macro_px)
+        except InvalidInputError:
+            macro_px = MacroPixelLayout.largest_side(n_features, info.dmd_width, info.dmd_height)
+        opu.settings = replace(opu.settings, macro_px=macro_px)
         print(f"Device: {info.manufacturer} {info.model}, serial {info.serial_number}, firmware {info.firmware_version}")
         print(f"  DMD {info.dmd_width}x{info.dmd_height} mirrors, camera {info.camera_width}x{info.camera_height} "
               f"pixels, formats {', '.join(info.pixel_formats)}")

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import resources
 
 from .protocol import USB_PRODUCT_ID, USB_VENDOR_ID
-from .transport import find_usb_devices, list_serial_ports
+from .transport import UDEV_RULE, find_usb_devices, list_serial_ports
 
 __all__ = ["FoundDevice", "find_devices", "describe_devices", "udev_rule_path"]
 
@@ -35,7 +34,7 @@ class FoundDevice:
 
 def udev_rule_path() -> str:
     """Where the shipped udev rule lies (install it to give users access without root)."""
-    return str(resources.files("opu_driver") / "data" / "99-opu.rules")
+    return UDEV_RULE
 
 
 def find_devices(backend=None) -> list[FoundDevice]:

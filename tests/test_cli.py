@@ -41,7 +41,7 @@ def test_udev_rule_ships_with_the_package():
 
 
 def test_demo_runs_and_explains(capsys):
-    assert main(["demo", SMALL_SIM, "--features", "40", "--components", "64", "--batch", "220", "--macro-px", "8"]) == 0
+    assert main(["demo", SMALL_SIM, "--features", "40", "--components", "64", "--batch", "220"]) == 0
     out = capsys.readouterr().out
     assert "speckle contrast" in out and "theory" in out
 

@@ -24,6 +24,7 @@ from opu_driver.errors import (
     UnsupportedUrlError,
 )
 from opu_driver.protocol.scpi import MAX_REPLY_LINE_BYTES, LineReader
+from opu_driver.transport.usb import UDEV_RULE
 
 __all__ = ["SerialTransport", "SerialPortInfo", "list_serial_ports"]
 
@@ -125,7 +126,7 @@ class SerialTransport:
         except (serial.SerialException, OSError) as exc:
             raise DeviceNotFoundError(
                 f"cannot open the controller port {self.url!r}: {exc}. Check that the device is connected and "
-                "that you may use the port (on Linux: the udev rule opu_driver/data/99-opu.rules, or the "
+                f"that you may use the port (on Linux: the udev rule {UDEV_RULE}, or the "
                 "dialout group)"
             ) from exc
         self._port = port

@@ -7,6 +7,8 @@ request and latched the reason in LAST_ERROR), unplugs (``ConnectionLostError``)
 """
 from __future__ import annotations
 
+from importlib import resources
+
 import array
 import errno
 import logging
@@ -42,7 +44,8 @@ __all__ = ["StallError", "UsbTransport", "UsbDeviceInfo", "find_usb_devices", "U
 logger = logging.getLogger(__name__)
 
 #: The udev rule shipped with the package, which gives non-root users access to the device.
-UDEV_RULE = "opu_driver/data/99-opu.rules"
+UDEV_RULE = str(resources.files("opu_driver") / "data" / "99-opu.rules")
+"""Where the shipped udev rule lies once installed (copy it to /etc/udev/rules.d/)."""
 
 # libusb-1.0 error codes, for backends that leave errno unset
 _LIBUSB_ACCESS = -3
