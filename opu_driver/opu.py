@@ -301,8 +301,8 @@ class Opu:
                 raise InvalidInputError(f"X is not array-like: {type(X).__name__}") from exc
         if X.dtype.kind not in "biu":
             raise InvalidInputError(
-                f"X must hold 0/1 values as bool or integers, got dtype {X.dtype}; encode real-valued data "
-                "first (threshold it) or use linear_transform"
+                f"X must hold 0/1 values as bool or integers, got dtype {X.dtype}; threshold real-valued data "
+                "first (for example X > 0)"
             )
         squeeze = X.ndim == 1
         if squeeze:

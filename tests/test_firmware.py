@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -30,6 +29,7 @@ from hypothesis import strategies as st
 import firmware_sim
 from firmware_sim import device as device_module
 from firmware_sim import wire
+from firmware_sim.config import SimConfig
 from firmware_sim.controller import ERROR_QUEUE_LENGTH
 from firmware_sim.device import EmulatedDevice, Register, readout_us
 from firmware_sim.pty_server import PtyServer
@@ -43,24 +43,12 @@ E = wire.ErrorCode
 
 # -- stand-ins for the optics and the sensor -----------------------------------------------------------
 
-@dataclass(frozen=True)
-class StubConfig:
-    """The SimConfig fields the firmware reads, at a tiny geometry."""
-
-    seed: int = 0
-    dmd_width: int = 13
-    dmd_height: int = 5
-    camera_width: int = 8
-    camera_height: int = 6
-    lag_frames: int = 0
-    exposure_us: int = 400
-    frame_time_us: int = 500
-    gain: float = 1.0
-    laser_power_mw: float = 50.0
-    laser_power_max_mw: float = 100.0
-    model: str = "OPU-T"
-    serial_number: str = "SIM-TEST"
-    firmware_version: tuple = (1, 2, 3)
+def StubConfig(**overrides):
+    """A real SimConfig at a tiny geometry (the firmware reads only its fields)."""
+    values = dict(dmd_width=13, dmd_height=5, camera_width=8, camera_height=6, model="OPU-T",
+                  serial_number="SIM-TEST", firmware_version=(1, 2, 3))
+    values.update(overrides)
+    return SimConfig(**values)
 
 
 class StubBench:
@@ -1176,7 +1164,6 @@ def test_pty_server_serves_the_controller_line_on_a_real_terminal():
 
 
 def test_opu_sim_main_serves_until_sigterm():
-    pytest.importorskip("firmware_sim.config")
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from firmware_sim.pty_server import main; sys.exit(main(sys.argv[1:]))",
          "--url-query", "seed=3&dmd=16x8&camera=8x8"],
@@ -1200,7 +1187,6 @@ def test_opu_sim_main_serves_until_sigterm():
 
 
 def test_opu_sim_main_refuses_bad_options(capsys):
-    pytest.importorskip("firmware_sim.config")
     from firmware_sim.pty_server import main
 
     assert main(["--url-query", "warp=9"]) == 2
@@ -1212,10 +1198,6 @@ def test_opu_sim_main_refuses_bad_options(capsys):
 # ======================================================================================================
 
 def _real_device(query: str) -> EmulatedDevice:
-    pytest.importorskip("firmware_sim.optics", reason="the optics model (firmware_sim/optics.py) is not installed")
-    pytest.importorskip("firmware_sim.sensor", reason="the sensor model (firmware_sim/sensor.py) is not installed")
-    from firmware_sim.config import SimConfig
-
     return EmulatedDevice(SimConfig.from_query(query))
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from firmware_sim.config import SimConfig
 from firmware_sim import wire
 from firmware_sim.device import EmulatedDevice, Register
 
@@ -189,26 +189,6 @@ def test_streams_parse_the_same_in_any_chunking(name):
 
 # -- the same bytes fed to the firmware ----------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Config:
-    """A 13 x 5 DMD, like the raw-frame vector."""
-
-    seed: int = 0
-    dmd_width: int = 13
-    dmd_height: int = 5
-    camera_width: int = 4
-    camera_height: int = 4
-    lag_frames: int = 0
-    exposure_us: int = 400
-    frame_time_us: int = 500
-    gain: float = 1.0
-    laser_power_mw: float = 50.0
-    laser_power_max_mw: float = 100.0
-    model: str = "OPU-1"
-    serial_number: str = "SIM-00000000"
-    firmware_version: tuple = (1, 0, 0)
-
-
 class _NoOptics:
     """The firmware under test here only parses and queues: its optics are never asked for light."""
 
@@ -223,7 +203,9 @@ class _NoOptics:
 
 
 def _device() -> EmulatedDevice:
-    return EmulatedDevice(_Config(), bench=_NoOptics(), sensor=object())
+    return EmulatedDevice(
+        SimConfig(dmd_width=13, dmd_height=5, camera_width=4, camera_height=4), bench=_NoOptics(), sensor=object()
+    )
 
 
 def _layout_for(n_features: int) -> bytes:
@@ -264,8 +246,7 @@ def test_firmware_latches_e_crc_for_the_corrupt_packet_and_queues_the_next():
 
 
 def test_controller_session_gives_the_exact_replies():
-    config_module = pytest.importorskip("firmware_sim.config")
-    config = config_module.SimConfig()  # the session is written against the default options
+    config = SimConfig()  # the session is written against the default options
     device = EmulatedDevice(config, bench=_NoOptics(), sensor=object())
     exchanges = DESCRIPTION["controller"]["exchanges"]
     assert exchanges
