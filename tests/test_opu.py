@@ -9,6 +9,7 @@ import opu_driver
 from opu_driver.errors import (
     ConfigurationError,
     DeviceRefusedError,
+    DroppedFramesError,
     InterlockError,
     InvalidInputError,
     ProtocolError,
@@ -330,3 +331,16 @@ def test_an_opu_dropped_without_close_releases_its_emulator():
     del opu
     gc.collect()
     assert name not in [d.name for d in firmware_sim.list_devices()]
+
+
+def test_frames_dropped_by_a_full_device_fifo_raise_dropped_frames_error(quiet_opu):
+    X = np.ones((5, 20), dtype=np.uint8)
+    good = quiet_opu.transform(X, 40)
+    # Bytes nobody reads fill the camera FIFO (as when a host stalls): the next frames cannot fit.
+    fifo_bytes = quiet_opu.camera.fifo_bytes
+    quiet_opu.emulator.inject_in_bytes(bytes(fifo_bytes))
+    with pytest.raises(DroppedFramesError) as info:
+        quiet_opu.transform(X, 40)
+    assert info.value.missing == 5
+    # the junk was drained by the recovery: the device works again
+    np.testing.assert_array_equal(quiet_opu.transform(X, 40), good)
