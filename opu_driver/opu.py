@@ -40,6 +40,7 @@ _log = logging.getLogger(__name__)
 
 FRAME_MODES = ("feature", "raw")
 _FEATURE_CHUNK_FRAMES = 1024
+_SATURATION_WARNING = 1e-3  # speckle is exponential: a few saturated pixels are normal, many are not
 _RAW_CHUNK_FRAMES = 32  # a raw frame is 129,960 bytes at the reference geometry, plus its expansion
 
 
@@ -425,11 +426,12 @@ class Opu:
                 out[offset + index] = pixels[:n_components]
 
             self._runner.run(block.shape[0], queue, queue_blank, sink, expected)
-        saturated = self._runner.counters.saturated_frames - saturated_before
-        if saturated:
-            _log.warning(
-                "%d of %d frames have saturated pixels: lower exposure_us, gain or laser power", saturated, X.shape[0]
-            )
+        if self._runner.counters.saturated_frames > saturated_before:
+            fraction = np.count_nonzero(out == np.iinfo(out.dtype).max) / out.size
+            if fraction > _SATURATION_WARNING:
+                _log.warning(
+                    "%.2f%% of the outputs are saturated: lower exposure_us, gain or laser power", 100 * fraction
+                )
 
 
 def open(url: str = "sim://", **settings: Any) -> Opu:  # noqa: A001 - mirrors builtins.open on purpose

@@ -344,3 +344,11 @@ def test_frames_dropped_by_a_full_device_fifo_raise_dropped_frames_error(quiet_o
     assert info.value.missing == 5
     # the junk was drained by the recovery: the device works again
     np.testing.assert_array_equal(quiet_opu.transform(X, 40), good)
+
+
+def test_saturation_is_counted_and_warned_about(caplog):
+    with opu_driver.open(SMALL_SIM + "&signal_e=100000") as opu:
+        with caplog.at_level("WARNING", logger="opu_driver.opu"):
+            opu.transform(np.ones((3, 20), dtype=np.uint8), 100)
+        assert opu.counters.saturated_frames == 3
+    assert "saturated" in caplog.text
