@@ -20,7 +20,7 @@ import opu_driver
 from opu_driver.devices.camera import CameraSettings, Roi
 from opu_driver.devices.controller import Controller, TriggerMode
 from opu_driver.errors import ConfigurationError, DeviceRefusedError
-from opu_driver.protocol import DeviceErrorCode, Register
+from opu_driver.protocol import DeviceErrorCode, Register, Status
 from opu_driver.transport import SerialTransport
 
 from conftest import SMALL_SIM
@@ -157,12 +157,44 @@ class UsbDeviceConformance:
         new = camera.configure(CameraSettings(exposure_us=300, roi=Roi(2, 3, 10, 7)))
         assert camera._read_settings() == new
 
-    def test_sequence_returns_one_frame_per_dmd_frame_with_metadata(self, opu):
+    def test_sequence_returns_one_camera_frame_per_dmd_frame(self, opu):
         X = np.random.default_rng(0).integers(0, 2, size=(9, 20), dtype=np.uint8)
         before = opu.camera.frame_count
         opu.transform(X, 30)
         assert opu.camera.frame_count - before == 9 + opu.counters.flush_frames_sent
-        assert opu.counters.frames_matched >= 9
+        assert opu.counters.frames_matched == 9
+
+    def test_camera_frames_carry_their_metadata(self, opu):
+        opu.transform(np.ones((1, 16), dtype=np.uint8), 30)  # loads the layout and sets the ROI
+        packed = np.packbits(np.ones((2, 16), dtype=bool), axis=1)
+        opu.dmd.queue_feature_frames(1234, packed)
+        opu.dmd.start()
+        frames = list(opu.camera.read_frames(2 + opu.counters.lag_frames, timeout_s=5.0))
+        settings = opu.camera.settings
+        ours = [f for f in frames if f.dmd_frame_id in (1234, 1235)]
+        assert [f.dmd_frame_id for f in ours] == [1234, 1235][: len(ours)] and ours
+        for frame in ours:
+            assert (frame.roi_x, frame.roi_y, frame.roi_w, frame.roi_h) == (
+                settings.roi.x, settings.roi.y, settings.roi.width, settings.roi.height)
+            assert frame.exposure_us == settings.exposure_us and frame.pixel_format == settings.pixel_format
+            assert not frame.dark
+        assert frames[1].camera_frame_id == frames[0].camera_frame_id + 1
+        assert frames[1].timestamp_us - frames[0].timestamp_us == settings.frame_time_us
+
+    def test_last_error_clears_on_read_and_status_follows_the_controller(self, opu):
+        link = opu._link
+        with pytest.raises(DeviceRefusedError):
+            link.write_register(Register.EXPOSURE_US, 5)  # reading LAST_ERROR for the message cleared it
+        assert link.read_register(Register.LAST_ERROR) == 0
+        status = Status(link.read_register(Register.STATUS))
+        assert Status.LASER_ON in status and Status.SHUTTER_OPEN in status and Status.INTERLOCK_OK in status
+        opu.controller.close_shutter()
+        assert Status.SHUTTER_OPEN not in Status(link.read_register(Register.STATUS))
+
+    def test_layout_table_is_reported(self, opu):
+        opu.transform(np.ones((1, 37), dtype=np.uint8), 10)
+        assert opu._link.read_register(Register.LAYOUT_FEATURES) == 37
+        assert Status.LAYOUT_LOADED in Status(opu._link.read_register(Register.STATUS))
 
 
 class TestUsbEmulator(UsbDeviceConformance):
