@@ -352,3 +352,34 @@ def test_saturation_is_counted_and_warned_about(caplog):
             opu.transform(np.ones((3, 20), dtype=np.uint8), 100)
         assert opu.counters.saturated_frames == 3
     assert "saturated" in caplog.text
+
+
+def test_exact_traffic_of_a_repeated_transform(quiet_opu):
+    """Same sizes again: no layout, no camera writes; only the frames, one START, and reads."""
+    from firmware_sim import wire
+
+    X = np.random.default_rng(9).integers(0, 2, size=(6, 20), dtype=np.uint8)
+    quiet_opu.transform(X, 40)
+    usb = quiet_opu._connection.usb
+    writes, bulk = [], bytearray()
+    real_control_write, real_bulk_write = usb.control_write, usb.bulk_write
+
+    def control_write(request, value, index, data, timeout_s):
+        writes.append((request, value, bytes(data)))
+        return real_control_write(request, value, index, data, timeout_s)
+
+    def bulk_write(data, timeout_s):
+        bulk.extend(data)
+        return real_bulk_write(data, timeout_s)
+
+    usb.control_write, usb.bulk_write = control_write, bulk_write
+    quiet_opu.transform(X, 40)
+    usb.control_write, usb.bulk_write = real_control_write, real_bulk_write
+
+    assert writes == [(0x02, int(Register.SEQ_CONTROL), (1).to_bytes(4, "little"))]  # START, nothing else
+    packets = wire.PacketStream().feed(bytes(bulk))  # decoded by the firmware's own codec
+    assert [p.packet_type for p in packets] == [wire.PacketType.FEATURE_FRAME] * 6
+    for row, envelope in zip(X, packets):
+        payload = bytes(envelope.payload)
+        assert int.from_bytes(payload[4:8], "little") == 20
+        np.testing.assert_array_equal(np.unpackbits(np.frombuffer(payload[8:], np.uint8))[:20], row)
