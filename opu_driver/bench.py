@@ -177,6 +177,10 @@ def run_benchmarks(quick: bool = False, repeats: int = 5, only: str | None = Non
         results += bench_frames(quick, repeats)
     if only in (None, "transform"):
         results += bench_transform(quick, repeats)
+    if quick:
+        for r in results:
+            if "target" in r.note:
+                r.note = "(targets apply at the full sizes, without --quick)"
     width = max(len(r.name) for r in results)
     print(f"median of {repeats} runs{' (quick sizes)' if quick else ''}")
     for r in results:
