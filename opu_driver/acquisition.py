@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -97,16 +98,18 @@ class SequenceRunner:
         queue_blank: Callable[[int, int], None],
         sink: FrameSink,
         expected: Expected,
+        capacity: int,
     ) -> None:
         """Display ``n_frames`` frames queued by ``queue`` and hand each camera frame to ``sink``.
 
-        ``queue_blank(first_id, count)`` queues blank flush frames. Raises DeviceRefusedError when the device
+        ``queue_blank(first_id, count)`` queues blank flush frames. ``capacity`` is the most frames one sequence
+        may hold (sequence memory and camera FIFO); flushing is split over several sequences when needed. Raises DeviceRefusedError when the device
         refuses the frames, DroppedFramesError when frames never arrive, ProtocolError when a frame's metadata
         contradicts the camera settings, CommunicationTimeoutError when the device stops answering. After any
         failure (including KeyboardInterrupt) the device queue is aborted and the camera stream drained.
         """
         try:
-            self._run(n_frames, queue, queue_blank, sink, expected)
+            self._run(n_frames, queue, queue_blank, sink, expected, capacity)
         except BaseException:
             self.recover()
             raise
@@ -123,6 +126,10 @@ class SequenceRunner:
     def _queue_checked(self, queue_some: Callable[[], None], count: int) -> None:
         """Queue frames and verify the device took them all, before anything is displayed."""
         before = self._dmd.queued_frames
+        if before:
+            _log.warning("%d frames were queued on the device by someone else: aborting them", before)
+            self._dmd.abort()
+            before = self._dmd.queued_frames
         queue_some()
         after = self._dmd.queued_frames
         if after - before != count:
@@ -131,8 +138,12 @@ class SequenceRunner:
                 f"device queued {after - before} of {count} frames: {DeviceErrorCode.describe(code)}", code or None
             )
 
-    def _run(self, n_frames: int, queue: QueueFn, queue_blank, sink: FrameSink, expected: Expected) -> None:
-        flush = min(self.lag_frames, self.max_lag_frames)
+    def _run(
+        self, n_frames: int, queue: QueueFn, queue_blank, sink: FrameSink, expected: Expected, capacity: int
+    ) -> None:
+        if n_frames > capacity:
+            raise ValueError(f"{n_frames} frames exceed the {capacity} one sequence holds")  # caller's bug
+        flush = max(0, min(self.lag_frames, self.max_lag_frames, capacity - n_frames))
         first_id = self._reserve_ids(n_frames + self.max_lag_frames + flush)
         next_flush_id = first_id + n_frames
         done = np.zeros(n_frames, dtype=bool)
@@ -155,29 +166,37 @@ class SequenceRunner:
             self._dmd.start()
             self.counters.sequences += 1
             timeout_s = self.timeout_s + to_read * self._camera.settings.frame_time_us * 1e-6
+            deadline = time.monotonic() + timeout_s
             try:
-                for frame in self._camera.read_frames(to_read, timeout_s):
-                    index = (frame.dmd_frame_id - first_id) & 0xFFFFFFFF
-                    if index >= n_frames or done[index]:
-                        # Blank, flush, or left over from an earlier request: never data for this one.
-                        self.counters.frames_discarded += 1
-                        continue
-                    self._check(frame, expected)
-                    lag = ((frame.camera_frame_id - camera_first) & 0xFFFFFFFF) - index
-                    if lag != self.counters.lag_frames:
-                        if lag < 0 or lag > self.max_lag_frames:
-                            raise ProtocolError(
-                                f"camera frame for DMD frame {index} arrived at an impossible lag {lag}"
-                            )
-                        _log.info("DMD-to-camera lag is %d frames", lag)
-                        self.counters.lag_frames = lag
-                    if frame.dark:
-                        self.counters.dark_frames += 1
-                    if frame.saturated:
-                        self.counters.saturated_frames += 1
-                    sink(index, frame)
-                    done[index] = True
-                    n_done += 1
+                while to_read:
+                    left_s = max(deadline - time.monotonic(), 1e-3)
+                    for frame in self._camera.read_frames(to_read, left_s):
+                        if (frame.camera_frame_id - camera_first) & 0xFFFFFFFF >= 0x80000000:
+                            # Captured before this request's first trigger: not one of the frames we wait for.
+                            self.counters.frames_discarded += 1
+                            continue
+                        to_read -= 1
+                        index = (frame.dmd_frame_id - first_id) & 0xFFFFFFFF
+                        if index >= n_frames or done[index]:
+                            # Blank, flush, or from an earlier request: never data for this one.
+                            self.counters.frames_discarded += 1
+                            continue
+                        self._check(frame, expected)
+                        lag = ((frame.camera_frame_id - camera_first) & 0xFFFFFFFF) - index
+                        if lag != self.counters.lag_frames:
+                            if lag < 0 or lag > self.max_lag_frames:
+                                raise ProtocolError(
+                                    f"camera frame for DMD frame {index} arrived at an impossible lag {lag}"
+                                )
+                            _log.info("DMD-to-camera lag is %d frames", lag)
+                            self.counters.lag_frames = lag
+                        if frame.dark:
+                            self.counters.dark_frames += 1
+                        if frame.saturated:
+                            self.counters.saturated_frames += 1
+                        sink(index, frame)
+                        done[index] = True
+                        n_done += 1
             except CommunicationTimeoutError as exc:
                 dropped = self._camera.dropped_frames - dropped_before
                 if dropped:
@@ -194,7 +213,7 @@ class SequenceRunner:
             # The missing frames are the last ones, still in the camera pipeline: flush them out. With the
             # lag known, exactly enough blanks; otherwise as many as are missing, up to max_lag_frames.
             more = self.lag_frames - flushed if self.lag_frames > flushed else missing
-            more = min(more, self.max_lag_frames - flushed)
+            more = min(more, self.max_lag_frames - flushed, capacity)
             if more <= 0:
                 first_missing = int(np.flatnonzero(~done)[0])
                 raise DroppedFramesError(

@@ -183,6 +183,8 @@ class Opu:
                 self.controller.laser_on()
                 self.controller.open_shutter()
             self._runner = SequenceRunner(self.dmd, self.camera, self.settings.timeout_s, self.settings.max_lag_frames)
+            self._runner.recover()  # frames an earlier session left queued or unread must not reach this one
+            self._runner.counters.recoveries = 0
         except BaseException:
             self.close()
             raise
@@ -342,8 +344,9 @@ class Opu:
         cam_w, cam_h = self.info.camera_width, self.info.camera_height
         height = min(cam_h, math.isqrt(n_components - 1) + 1)
         width = -(-n_components // height)
-        if width > cam_w:  # cannot happen for n_components <= cam_w * cam_h; kept as a guard
-            raise InvalidInputError(f"n_components={n_components} does not fit the {cam_w}x{cam_h} camera")
+        if width > cam_w:  # a sensor narrower than tall: fill its width, then take the rows needed
+            width = cam_w
+            height = -(-n_components // width)  # <= cam_h because n_components <= cam_w * cam_h
         return Roi((cam_w - width) // 2, (cam_h - height) // 2, width, height)
 
     def _prepare(self, n_features: int, n_components: int) -> None:
@@ -360,7 +363,7 @@ class Opu:
         # Everything above only computed; from here on the device is written.
         if self.camera.settings.roi != roi:
             self.camera.configure(CameraSettings(roi=roi))
-        if self.settings.frame_mode == "feature" and self.dmd.layout is not layout:
+        if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
             self.dmd.load_layout(layout)
         self._plan = _Plan(layout, roi, n_components)
 
@@ -376,13 +379,17 @@ class Opu:
             raise AcquisitionError("camera frames are dark although the laser is on and the shutter open")
         _log.info("frames are dark: the laser is off or the shutter closed")
 
-    def _chunk_frames(self) -> int:
-        """Frames per sequence: what the user asked, bounded by what the device's memories hold."""
-        room = self.dmd.sequence_capacity - self.settings.max_lag_frames
-        fifo = self.camera.fifo_bytes // self.camera.frame_packet_bytes() - self.settings.max_lag_frames
+    def _sequence_capacity(self) -> int:
+        """Frames one sequence may hold: the sequence memory and the camera FIFO must both take them."""
+        fifo_frames = self.camera.fifo_bytes // self.camera.frame_packet_bytes()
+        return max(1, min(self.dmd.sequence_capacity, fifo_frames))
+
+    def _chunk_frames(self, capacity: int) -> int:
+        """Frames per request: what the user asked, leaving room in a sequence for the lag's flush frames."""
+        assert self._runner is not None
         limit = _RAW_CHUNK_FRAMES if self.settings.frame_mode == "raw" else _FEATURE_CHUNK_FRAMES
         wanted = self.settings.chunk_frames or limit
-        return max(1, min(wanted, room, fifo))
+        return max(1, min(wanted, capacity - self._runner.lag_frames))
 
     def _project(self, X: np.ndarray, out: np.ndarray) -> None:
         assert self._plan is not None and self._runner is not None
@@ -392,14 +399,15 @@ class Opu:
         n_pixels = plan.roi.n_pixels
         feature_mode = self.settings.frame_mode == "feature"
         layout = plan.layout
-        chunk = self._chunk_frames()
+        capacity = self._sequence_capacity()
         settings = self.camera.settings
         expected = Expected(plan.roi, pixel_format, settings.exposure_us)
         saturated_before = self._runner.counters.saturated_frames
         self._dark_checked = False
 
-        for start in range(0, X.shape[0], chunk):
-            block = X[start:start + chunk]
+        start = 0
+        while start < X.shape[0]:
+            block = X[start:start + self._chunk_frames(capacity)]
             if feature_mode:
                 packed = np.packbits(block.astype(np.bool_, copy=False), axis=1)
             else:
@@ -425,7 +433,8 @@ class Opu:
                 pixels = decode_pixels(pixel_format, frame.pixels, n_pixels)
                 out[offset + index] = pixels[:n_components]
 
-            self._runner.run(block.shape[0], queue, queue_blank, sink, expected)
+            self._runner.run(block.shape[0], queue, queue_blank, sink, expected, capacity)
+            start += block.shape[0]
         if self._runner.counters.saturated_frames > saturated_before:
             fraction = np.count_nonzero(out == np.iinfo(out.dtype).max) / out.size
             if fraction > _SATURATION_WARNING:

@@ -284,6 +284,9 @@ def test_an_interrupted_transform_leaves_the_next_one_correct(named_device, monk
             opu.transform(X, 100)
         monkeypatch.setattr(opu_driver.opu, "decode_pixels", real_decode)
         assert opu.counters.recoveries == 1
+        # the recovery aborted the queue and drained the camera stream
+        assert opu.dmd.queued_frames == 0
+        assert named_device.debug_counters["in_fifo_bytes"] == 0
         np.testing.assert_array_equal(opu.transform(X, 100), reference)
         np.testing.assert_array_equal(opu.transform(X[:7], 100), reference[:7])
 
@@ -291,25 +294,37 @@ def test_an_interrupted_transform_leaves_the_next_one_correct(named_device, monk
 def test_interlock_trip_is_an_interlock_error_not_dark_data():
     with opu_driver.open(SMALL_SIM + "&seed=2") as opu:
         X = np.ones((4, 30), dtype=np.uint8)
-        opu.transform(X, 50)
+        before = opu.transform(X, 50).astype(np.float64)
         opu.emulator.trip_interlock()
         with pytest.raises(InterlockError):
             opu.transform(X, 50)
         opu.emulator.clear_interlock_cause()
         opu.controller.reset_interlock()
         opu.controller.laser_on()
-        assert opu.transform(X, 50).mean() > 0
-        assert opu.counters.dark_frames >= 1
+        dark_frames = opu.counters.dark_frames
+        after = opu.transform(X, 50).astype(np.float64)
+        assert opu.counters.dark_frames == dark_frames  # lit again
+        # same speckle as before the trip, up to camera noise
+        assert np.corrcoef(before.ravel(), after.ravel())[0, 1] > 0.9
 
 
-def test_a_refused_frame_is_reported_with_the_device_code(quiet_opu):
+def test_a_layout_cleared_behind_the_drivers_back_is_reloaded(quiet_opu):
     X = np.ones((3, 20), dtype=np.uint8)
-    quiet_opu.transform(X, 40)
-    # The layout table vanishes behind the driver's back (as after a device reset): frames are refused.
-    quiet_opu._link.write_register(Register.SEQ_CONTROL, 3)
+    good = quiet_opu.transform(X, 40)
+    quiet_opu._link.write_register(Register.SEQ_CONTROL, 3)  # CLEAR_LAYOUT, as a device reset would
+    np.testing.assert_array_equal(quiet_opu.transform(X, 40), good)
+
+
+def test_frames_the_device_refuses_are_reported_with_its_code_before_start(quiet_opu, monkeypatch):
+    X = np.ones((30, 20), dtype=np.uint8)
+    quiet_opu.transform(X[:2], 40)
+    frames_before = quiet_opu.dmd.frame_count
+    monkeypatch.setattr(firmware_sim.device, "SEQ_CAPACITY", 10)  # smaller than the driver read at open
     with pytest.raises(DeviceRefusedError) as info:
         quiet_opu.transform(X, 40)
-    assert info.value.code == DeviceErrorCode.E_NO_LAYOUT
+    assert info.value.code == DeviceErrorCode.E_SEQ_FULL
+    assert quiet_opu.dmd.frame_count == frames_before  # nothing was displayed
+    assert quiet_opu.dmd.queued_frames == 0  # and the recovery emptied the queue
 
 
 def test_a_corrupt_camera_packet_is_a_protocol_error_and_the_next_call_recovers(quiet_opu):
@@ -383,3 +398,59 @@ def test_exact_traffic_of_a_repeated_transform(quiet_opu):
         payload = bytes(envelope.payload)
         assert int.from_bytes(payload[4:8], "little") == 20
         np.testing.assert_array_equal(np.unpackbits(np.frombuffer(payload[8:], np.uint8))[:20], row)
+
+
+def test_sessions_start_their_frame_ids_at_different_places(named_device):
+    firsts = []
+    for _ in range(2):
+        with opu_driver.open(f"sim://{named_device.name}") as opu:
+            firsts.append(opu._runner._next_id)
+    assert firsts[0] != firsts[1]  # random 31-bit starts: equal with probability 2**-31
+
+
+def test_frames_left_queued_by_an_earlier_session_do_not_reach_the_next(named_device):
+    X = np.random.default_rng(10).integers(0, 2, size=(5, 50), dtype=np.uint8)
+    with opu_driver.open(f"sim://{named_device.name}") as opu:
+        reference = opu.transform(X, 100)
+        opu.dmd.queue_feature_frames(7, np.packbits(np.ones((70, 50), dtype=bool), axis=1))
+    with opu_driver.open(f"sim://{named_device.name}") as opu:
+        np.testing.assert_array_equal(opu.transform(X, 100), reference)
+        assert opu.counters.lag_frames == 3
+
+
+def test_a_stale_camera_frame_in_the_stream_costs_no_extra_sequence(quiet_opu):
+    X = np.ones((4, 20), dtype=np.uint8)
+    good = quiet_opu.transform(X, 40)
+    emulator = quiet_opu.emulator
+    emulator.inject_in_bytes(_stale_frame(quiet_opu))
+    sequences = quiet_opu.counters.sequences
+    np.testing.assert_array_equal(quiet_opu.transform(X, 40), good)
+    assert quiet_opu.counters.sequences == sequences + 1
+
+
+def _stale_frame(opu) -> bytes:
+    from opu_driver.protocol import CameraFrame, encode_camera_frame
+
+    roi = opu.camera.settings.roi
+    count = opu.camera.frame_count
+    return encode_camera_frame(CameraFrame(
+        camera_frame_id=count - 1, dmd_frame_id=12345, timestamp_us=0, exposure_us=400, roi_x=roi.x, roi_y=roi.y,
+        roi_w=roi.width, roi_h=roi.height, pixel_format=1, flags=0, pixels=bytes(roi.n_pixels),
+    ))
+
+
+def test_a_sensor_narrower_than_tall_still_fits_every_n_components():
+    with opu_driver.open("sim://?dmd=32x32&camera=8x200&noise=0") as opu:
+        assert opu.transform(np.ones((1, 4), dtype=np.uint8), 100).shape == (1, 100)
+        assert opu.transform(np.ones((1, 4), dtype=np.uint8), 1600).shape == (1, 1600)
+
+
+def test_a_camera_fifo_smaller_than_the_lag_still_works(monkeypatch):
+    X = np.random.default_rng(11).integers(0, 2, size=(9, 30), dtype=np.uint8)
+    with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=4") as opu:
+        reference = opu.transform(X, 200)
+    packet = 16 + 32 + 200 + 4
+    monkeypatch.setattr(firmware_sim.device, "IN_FIFO_BYTES", 6 * packet)
+    with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=4&lag=8") as opu:
+        for _ in range(2):
+            np.testing.assert_array_equal(opu.transform(X, 200), reference)

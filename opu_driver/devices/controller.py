@@ -81,9 +81,12 @@ class Controller(Device):
             )
 
     def _do_close(self) -> None:
+        # Each safety step on its own: a failed laser command must not leave the shutter open.
         try:
-            self.laser_off()
-            self.close_shutter()
+            try:
+                self.laser_off()
+            finally:
+                self.close_shutter()
         finally:
             self._transport.close()
 

@@ -61,8 +61,8 @@ class Dmd(Device):
             raise DeviceError(f"device reports an unusable DMD: {self._geometry}, capacity {self._seq_capacity}")
 
     def _do_close(self) -> None:
-        if self._link.read_register(Register.STATUS) & Status.SEQ_RUNNING:
-            self.abort()
+        # Frames left queued (or a running sequence) must not reach the next session: ABORT is always accepted.
+        self.abort()
 
     @property
     def geometry(self) -> DmdGeometry:
@@ -80,6 +80,10 @@ class Dmd(Device):
     def layout(self) -> Layout | None:
         """The layout table loaded by this driver, if any."""
         return self._layout
+
+    def layout_is_loaded(self, layout: Layout) -> bool:
+        """Whether this layout is the device's current table (a device reset or another host clears it)."""
+        return self._layout is layout and self._link.read_register(Register.LAYOUT_FEATURES) == layout.n_features
 
     def load_layout(self, layout: Layout) -> None:
         """Upload the layout table once; feature frames are then expanded by the firmware."""

@@ -31,6 +31,7 @@ __all__ = ["UsbLink", "LinkSettings"]
 _log = logging.getLogger(__name__)
 
 _READ_CHUNK_BYTES = 1 << 20
+_DRAIN_LIMIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,11 @@ class UsbLink:
         Used after a failed or interrupted request, so that its frames cannot be taken for the next one's.
         """
         discarded = 0
+        deadline = time.monotonic() + _DRAIN_LIMIT_S
         for _ in range(max_reads):
+            if time.monotonic() > deadline:
+                _log.warning("the camera endpoint kept streaming for %.1f s while draining", _DRAIN_LIMIT_S)
+                break
             try:
                 chunk = self.transport.bulk_read(_READ_CHUNK_BYTES, timeout_s=timeout_s)
             except CommunicationError:
