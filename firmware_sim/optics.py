@@ -156,6 +156,8 @@ class _RoiModes:
         self.tile_col_stop = (self.u_stop - 1) // TILE_SIDE + 1
         self.col_offset = self.u_start - self.tile_col_start * TILE_SIDE
         self._interpolation: tuple[np.ndarray, np.ndarray] | None = None
+        # With grain 1 every pixel is exactly one mode: the interpolation is the identity and is skipped.
+        self.pixels_are_modes = grain_px == 1.0 and (self.n_u, self.n_v) == (self.width, self.height)
 
     @staticmethod
     def _axis(start: int, length: int, grain_px: float):
@@ -186,6 +188,11 @@ class _RoiModes:
         frame with a fixed shape: several times faster than gathers, and independent of the batch size.
         """
         n_frames = mode_fields.shape[0]
+        if self.pixels_are_modes:
+            n_px = self.width * self.height
+            out = np.square(mode_fields[:, :n_px])
+            out += np.square(mode_fields[:, n_px:])
+            return out
         columns_matrix, rows_matrix = self._matrices()
         out = np.empty((n_frames, self.width * self.height), dtype=np.float32)
         per_frame = 8 * (self.n_v * self.width + self.width * self.height)
