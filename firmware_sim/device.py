@@ -73,9 +73,9 @@ MAX_GAIN_MILLI = 16000
 FRAME_GAP_US = 50
 SUPPORTED_FORMATS = tuple(PixelFormat)
 # Camera frames are computed this many float32 intensities at a time at most (bounds the working memory).
-_BATCH_VALUES = 3 * 2**20
+_BATCH_VALUES = 6 * 2**20
 _MAX_BATCH_FRAMES = 512
-_OPTICS_BLOCK_FRAMES = 256
+_OPTICS_BLOCK_FRAMES = 512
 # Feature frames converted to mirror bitmaps this many at a time (bounds memory at large DMDs).
 _EXPAND_CHUNK_FRAMES = 32
 
@@ -753,7 +753,7 @@ class EmulatedDevice:
         n_px = roi[2] * roi[3]
         batch_max = max(1, min(_MAX_BATCH_FRAMES, _BATCH_VALUES // max(n_px, 1)))
         if batch_max >= _OPTICS_BLOCK_FRAMES:
-            # The optics multiply in fixed blocks of up to 256 rows (zero-padded): whole blocks waste nothing.
+            # The optics multiply in fixed blocks of up to 512 rows (zero-padded): whole blocks waste nothing.
             batch_max -= batch_max % _OPTICS_BLOCK_FRAMES
         start = 0
         for kind, group in _runs_of_kind(seen, light_on):

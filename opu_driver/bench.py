@@ -140,7 +140,7 @@ def bench_transform(quick: bool, repeats: int) -> list[BenchResult]:
         holder: dict[str, object] = {}
 
         def setup_and_run() -> None:
-            opu = open_opu(url, pixel_format="MONO12")
+            opu = open_opu(url)
             holder["opu"] = opu
             opu.transform(X, n_components)
 
@@ -158,7 +158,7 @@ def bench_transform(quick: bool, repeats: int) -> list[BenchResult]:
     results += [
         BenchResult(f"dense complex64 abs(X @ R)**2, {size}", batch / dense_s, "vectors/s"),
         BenchResult(f"opu.transform on sim:// noise=0, {size}", batch / quiet_s, "vectors/s",
-                    "end to end through the driver: feature frames, USB backend, camera frames MONO12"),
+                    "end to end through the driver: feature frames, USB backend, MONO8 camera frames"),
         BenchResult("speed-up of transform (noise=0) over the dense product", dense_s / quiet_s, "x", "target >= 1.5"),
         BenchResult("default noise model cost on top of noise=0", noisy_s / quiet_s - 1.0, "fraction",
                     "target <= 0.25"),
