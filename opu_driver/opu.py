@@ -398,6 +398,7 @@ class Opu:
         pixel_format = self.camera.settings.pixel_format
         n_pixels = plan.roi.n_pixels
         feature_mode = self.settings.frame_mode == "feature"
+        send = self.dmd.queue_feature_frames if feature_mode else self.dmd.queue_raw_frames
         layout = plan.layout
         capacity = self._sequence_capacity()
         settings = self.camera.settings
@@ -412,20 +413,12 @@ class Opu:
                 packed = np.packbits(block.astype(np.bool_, copy=False), axis=1)
             else:
                 packed = layout.expand(block)
-            blank = np.zeros((1, packed.shape[1]), dtype=np.uint8)
 
             def queue(lo: int, hi: int, first_id: int, packed=packed) -> None:
-                if feature_mode:
-                    self.dmd.queue_feature_frames(first_id, packed[lo:hi])
-                else:
-                    self.dmd.queue_raw_frames(first_id, packed[lo:hi])
+                send(first_id, packed[lo:hi])
 
-            def queue_blank(first_id: int, count: int, blank=blank) -> None:
-                frames = np.broadcast_to(blank, (count, blank.shape[1]))
-                if feature_mode:
-                    self.dmd.queue_feature_frames(first_id, np.ascontiguousarray(frames))
-                else:
-                    self.dmd.queue_raw_frames(first_id, np.ascontiguousarray(frames))
+            def queue_blank(first_id: int, count: int, width=packed.shape[1]) -> None:
+                send(first_id, np.zeros((count, width), dtype=np.uint8))
 
             def sink(index: int, frame, offset=start) -> None:
                 if frame.dark:
