@@ -1,4 +1,4 @@
 """Features <-> mirror layouts <-> packed DMD bytes."""
-from .layouts import Layout, LinedLayout, MacroPixelLayout, make_layout
+from .layouts import Layout, LinedLayout, MacroPixelLayout, SplitLayout, make_layout
 
-__all__ = ["Layout", "LinedLayout", "MacroPixelLayout", "make_layout"]
+__all__ = ["Layout", "LinedLayout", "MacroPixelLayout", "SplitLayout", "make_layout"]

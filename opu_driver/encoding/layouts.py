@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from ..errors import InvalidInputError
 
-__all__ = ["Layout", "LinedLayout", "MacroPixelLayout", "make_layout", "LAYOUT_KINDS"]
+__all__ = ["Layout", "LinedLayout", "MacroPixelLayout", "SplitLayout", "make_layout", "LAYOUT_KINDS"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ class Layout(ABC):
         bits = np.asarray(bits)
         if bits.ndim != 2 or bits.shape[1] != self.n_features:
             raise InvalidInputError(f"expected shape (n, {self.n_features}), got {bits.shape}")
+        return self._expand_table(bits)
+
+    def _expand_table(self, bits: np.ndarray) -> npt.NDArray[np.uint8]:
         mapping = self.mirror_feature_map()
         driven = np.flatnonzero(mapping >= 0)
         sources = mapping[driven]
@@ -161,15 +164,112 @@ class MacroPixelLayout(Layout):
         )
 
 
+def _remap_runs(runs: np.ndarray, sub_width: int, width: int, x0: int) -> np.ndarray:
+    """Runs over a sub-array of ``sub_width`` columns -> runs over the full array (columns x0..x0+sub_width).
+
+    A run that continues onto the next row of the sub-array is cut at each row end, because the rows of the
+    sub-array are not contiguous in the full array.
+    """
+    feature, start, length = (runs[:, i].astype(np.int64) for i in range(3))
+    first_row = start // sub_width
+    last_row = (start + length - 1) // sub_width
+    pieces = last_row - first_row + 1
+    run_of_piece = np.repeat(np.arange(runs.shape[0]), pieces)
+    row = np.repeat(first_row, pieces) + (
+        np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    )
+    row_start = row * sub_width
+    piece_start = np.maximum(start[run_of_piece], row_start)
+    piece_stop = np.minimum(start[run_of_piece] + length[run_of_piece], row_start + sub_width)
+    full_start = row * width + x0 + (piece_start - row_start)
+    return np.stack([feature[run_of_piece], full_start, piece_stop - piece_start], axis=1)
+
+
+@dataclass(frozen=True)
+class SplitLayout(Layout):
+    """Signal features on the left of the DMD, a disjoint reference region on the right (linear mode).
+
+    The reference region is one more feature, index ``n_features``, so a frame "signal + reference" is just a
+    feature frame with that bit set: the LAYOUT packet carries both, and the protocol needs nothing new.
+    ``n_features`` counts the signal features only; ``n_table_features`` = n_features + 1 is what the device
+    sees. ``reference_fraction`` is the share of mirror columns given to the reference; ``signal_layout`` lays
+    the signal out ("macro" or "lined") inside the remaining columns.
+    """
+
+    reference_fraction: float = 0.5
+    signal_layout: str = "macro"
+    kind_name = "split"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.reference_fraction) < 1.0:
+            raise InvalidInputError(f"reference_fraction must be within (0, 1), got {self.reference_fraction!r}")
+        if self.signal_layout not in ("macro", "lined"):
+            raise InvalidInputError(f"signal_layout must be 'macro' or 'lined', got {self.signal_layout!r}")
+        reference_cols = int(round(self.dmd_width * float(self.reference_fraction)))
+        if not 1 <= reference_cols < self.dmd_width:
+            raise InvalidInputError(
+                f"a reference of {self.reference_fraction:.0%} of {self.dmd_width} columns leaves no room for "
+                "the signal or for the reference"
+            )
+        signal_cols = self.dmd_width - reference_cols
+        if self.n_features > signal_cols * self.dmd_height:
+            raise InvalidInputError(
+                f"{self.n_features} features do not fit the {signal_cols}x{self.dmd_height} mirrors left beside "
+                f"the reference region"
+            )
+        super().__post_init__()
+
+    @property
+    def signal_width(self) -> int:
+        return self.dmd_width - int(round(self.dmd_width * float(self.reference_fraction)))
+
+    @property
+    def reference_feature(self) -> int:
+        """Index of the reference region in the layout table."""
+        return self.n_features
+
+    @property
+    def n_table_features(self) -> int:
+        return self.n_features + 1
+
+    def _build_runs(self) -> np.ndarray:
+        signal_width = self.signal_width
+        inner = LAYOUT_KINDS[self.signal_layout](self.n_features, signal_width, self.dmd_height)
+        signal = _remap_runs(inner.runs, signal_width, self.dmd_width, 0)
+        rows = np.arange(self.dmd_height, dtype=np.int64)
+        reference = np.stack(
+            [
+                np.full(self.dmd_height, self.n_features, dtype=np.int64),
+                rows * self.dmd_width + signal_width,
+                np.full(self.dmd_height, self.dmd_width - signal_width, dtype=np.int64),
+            ],
+            axis=1,
+        )
+        return np.concatenate([signal, reference])
+
+    def mirrors_per_feature(self) -> npt.NDArray[np.int64]:
+        """Mirrors of each signal feature, then of the reference region (length n_features + 1)."""
+        counts = np.zeros(self.n_table_features, dtype=np.int64)
+        np.add.at(counts, self._runs[:, 0].astype(np.int64), self._runs[:, 2].astype(np.int64))
+        return counts
+
+    def expand(self, bits: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+        """Like Layout.expand, with bits of shape (n, n_features + 1): the last column is the reference."""
+        bits = np.asarray(bits)
+        if bits.ndim != 2 or bits.shape[1] != self.n_table_features:
+            raise InvalidInputError(f"expected shape (n, {self.n_table_features}), got {bits.shape}")
+        return self._expand_table(bits)
+
+
 _EXPAND_FRAMES = 16
 
 LAYOUT_KINDS = {"lined": LinedLayout, "macro": MacroPixelLayout}
 
 
 def make_layout(kind: str, n_features: int, dmd_width: int, dmd_height: int, **options) -> Layout:
-    """Build a layout by name ("lined" or "macro"); refuses unknown names and sizes that do not fit."""
+    """Build a layout by name ("lined", "macro" or "split"); refuses unknown names and sizes that do not fit."""
     try:
-        cls = LAYOUT_KINDS[kind]
+        cls = {**LAYOUT_KINDS, "split": SplitLayout}[kind]
     except KeyError:
         raise InvalidInputError(f"unknown layout {kind!r}; choose one of {sorted(LAYOUT_KINDS)}") from None
     return cls(n_features, dmd_width, dmd_height, **options)
