@@ -161,6 +161,7 @@ class Opu:
         self._info: OpuInfo | None = None
         self._closed = True
         self._dark_checked = False
+        self._linear = None
         # An Opu dropped without close() still releases its device (and an emulator's memory).
         self._finalizer = weakref.finalize(self, connection.close)
 
@@ -290,9 +291,58 @@ class Opu:
             dtype = output_dtype(self.camera.settings.pixel_format)
             out = np.empty((batch, n_components), dtype=dtype)
             if batch:
-                self._prepare(n_features, n_components)
+                self._prepare(self._layout_for(n_features), n_components)
                 self._project(X2, out)
             return out[0] if squeeze else out
+
+    def linear_transform(
+        self, E: npt.ArrayLike, n_components: int, scheme: str = "four_frame", n_bits: int | None = None,
+        refresh_reference: bool = False,
+    ) -> np.ndarray:
+        """Real linear projections B e of error vectors, float32 (batch, n_components).
+
+        Ternary E (values -1, 0, 1) is projected directly; other real values through ``n_bits`` separated bit
+        planes per sign (default 8). ``scheme`` is "four_frame" (exact) or "two_frame" (strong reference,
+        half the frames, a small bias). B has unit-variance entries and is the same for every call with the same
+        sizes and settings (it is fixed by the optics and the reference calibration, which is measured once and
+        again when ``refresh_reference`` is True). All-zero vectors give zeros without using the device. See
+        opu_driver/linear.py for the physics and docs on the scale.
+        """
+        from .linear import SCHEMES, LinearMode
+
+        with self._lock:
+            self._require_open()
+            if scheme not in SCHEMES:
+                raise InvalidInputError(f"scheme={scheme!r}; choose one of {SCHEMES}")
+            if n_bits is not None and (isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer))
+                                       or not 1 <= n_bits <= 16):
+                raise InvalidInputError(f"n_bits must be an integer within 1..16, got {n_bits!r}")
+            E = np.asarray(E) if not isinstance(E, np.ma.MaskedArray) else None
+            if E is None or E.dtype.kind not in "biuf":
+                raise InvalidInputError("E must be a real-valued numeric array")
+            squeeze = E.ndim == 1
+            E2 = E[None, :] if squeeze else E
+            if E2.ndim != 2 or E2.shape[1] == 0:
+                raise InvalidInputError(f"E must have shape (batch, n_features), got {E.shape}")
+            if E2.dtype.kind == "f" and not np.isfinite(E2).all():
+                raise InvalidInputError("E contains NaN or Inf")
+            n_components = self._validate_components(n_components)
+            if self._linear is None:
+                self._linear = LinearMode(self)
+            self._linear.layout(E2.shape[1])  # refuses a signal that does not fit beside the reference
+            if refresh_reference:
+                self._linear.calibration(E2.shape[1], n_components, refresh=True)
+            out = self._linear.project(E2, n_components, scheme, n_bits)
+            return out[0] if squeeze else out
+
+    def _acquire(self, bits: np.ndarray, layout: Layout, n_components: int) -> np.ndarray:
+        """Raw intensities of validated binary frames over a given layout's table (used by the linear mode)."""
+        dtype = output_dtype(self.camera.settings.pixel_format)
+        out = np.empty((bits.shape[0], n_components), dtype=dtype)
+        if bits.shape[0]:
+            self._prepare(layout, n_components)
+            self._project(bits, out)
+        return out
 
     def _validate_input(self, X: npt.ArrayLike) -> tuple[np.ndarray, bool]:
         if isinstance(X, np.ma.MaskedArray):
@@ -349,16 +399,18 @@ class Opu:
             height = -(-n_components // width)  # <= cam_h because n_components <= cam_w * cam_h
         return Roi((cam_w - width) // 2, (cam_h - height) // 2, width, height)
 
-    def _prepare(self, n_features: int, n_components: int) -> None:
-        """Upload the layout and set the ROI when they change; nothing is sent when they do not."""
-        layout_options = {"macro_px": self.settings.macro_px} if self.settings.layout == "macro" else {}
+    def _layout_for(self, n_features: int) -> Layout:
+        """The layout of the settings for n_features (reused while the size stays the same); only computes."""
         plan = self._plan
-        if plan is None or plan.layout.n_features != n_features:
-            layout = make_layout(
-                self.settings.layout, n_features, self.info.dmd_width, self.info.dmd_height, **layout_options
-            )
-        else:
-            layout = plan.layout
+        if plan is not None and plan.layout.n_features == n_features and plan.layout.kind == self.settings.layout:
+            return plan.layout
+        layout_options = {"macro_px": self.settings.macro_px} if self.settings.layout == "macro" else {}
+        return make_layout(
+            self.settings.layout, n_features, self.info.dmd_width, self.info.dmd_height, **layout_options
+        )
+
+    def _prepare(self, layout: Layout, n_components: int) -> None:
+        """Upload the layout and set the ROI when they change; nothing is sent when they do not."""
         roi = self.roi_for(n_components)
         # Everything above only computed; from here on the device is written.
         if self.camera.settings.roi != roi:

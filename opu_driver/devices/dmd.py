@@ -83,7 +83,7 @@ class Dmd(Device):
 
     def layout_is_loaded(self, layout: Layout) -> bool:
         """Whether this layout is the device's current table (a device reset or another host clears it)."""
-        return self._layout is layout and self._link.read_register(Register.LAYOUT_FEATURES) == layout.n_features
+        return self._layout is layout and self._link.read_register(Register.LAYOUT_FEATURES) == layout.n_table_features
 
     def load_layout(self, layout: Layout) -> None:
         """Upload the layout table once; feature frames are then expanded by the firmware."""
@@ -94,11 +94,11 @@ class Dmd(Device):
                 f"layout is for a {layout.dmd_width}x{layout.dmd_height} DMD, device has "
                 f"{geometry.width}x{geometry.height}"
             )
-        _log.info("loading %s layout: %d features, %d runs", layout.kind, layout.n_features, len(layout.runs))
+        _log.info("loading %s layout: %d features, %d runs", layout.kind, layout.n_table_features, len(layout.runs))
         self._layout = None
-        self._link.send(encode_layout(layout.n_features, layout.runs))
+        self._link.send(encode_layout(layout.n_table_features, layout.runs))
         loaded = self._link.read_register(Register.LAYOUT_FEATURES)
-        if loaded != layout.n_features:
+        if loaded != layout.n_table_features:
             raise DeviceError(
                 f"device did not accept the layout table (it reports {loaded} features)",
                 self._link.read_last_error() or None,
@@ -115,7 +115,7 @@ class Dmd(Device):
         self._require_open()
         if self._layout is None:
             raise DeviceError("no layout table loaded: call load_layout first")
-        self._link.send(encode_feature_frames(first_id, self._layout.n_features, packed_bits))
+        self._link.send(encode_feature_frames(first_id, self._layout.n_table_features, packed_bits))
 
     def queue_raw_frames(self, first_id: int, packed_mirrors: npt.NDArray[np.uint8]) -> None:
         """Queue full mirror frames (n, frame_bytes), ids first_id, first_id+1, ..."""

@@ -48,6 +48,11 @@ class Layout(ABC):
         return type(self).kind_name
 
     @property
+    def n_table_features(self) -> int:
+        """Features in the device's layout table (a split layout adds its reference region)."""
+        return self.n_features
+
+    @property
     def runs(self) -> npt.NDArray[np.uint32]:
         """(M, 3) uint32 rows (feature, first_mirror, n_mirrors), read-only."""
         view = self._runs.view()

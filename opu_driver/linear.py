@@ -1,0 +1,169 @@
+"""Linear projections from an intensity camera (the linear mode).
+
+The camera sees |x R|^2. With a reference region r on mirrors disjoint from the signal's,
+
+    |R(x + r)|^2 - |R x|^2 - |R r|^2 = 2 Re[ conj(R r) . (R x) ]
+
+so dividing pixel i by 2 |R r|_i gives Re[exp(-i phi_i) R_i] x: a real Gaussian matrix applied to x.
+A ternary e = e+ - e- (disjoint binary parts) costs four frames (e+ + r), e+, (e- + r), e- ("four-frame",
+exact: |R r|^2 and |R e+-|^2 cancel); with a strong reference two frames (e+ + r), (e- + r) approximate it
+("two-frame": the leftover |R e+|^2 - |R e-|^2 shrinks relative to the reference term as r grows).
+Real-valued vectors go through separated bit planes (one ternary projection per plane).
+
+Output scale: entries of the effective matrix have unit variance. The reference calibration measures
+|R r|^2 per pixel (mean of reference-only frames minus dark frames), masks pixels whose reference is too weak
+(the division would amplify noise) or saturated (the difference would be clipped), and measures the variance
+of the entries of Re[exp(-i phi) R] by probing single features (two frames each, the camera noise measured on
+the reference frames subtracted); the output is divided by its square root. Masked outputs are 0.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from .encoding.encoders import BitPlaneEncoder
+from .encoding.layouts import SplitLayout
+from .errors import InvalidInputError
+
+__all__ = ["ReferenceCalibration", "LinearMode", "SCHEMES"]
+
+_log = logging.getLogger(__name__)
+
+SCHEMES = ("four_frame", "two_frame")
+
+
+@dataclass
+class ReferenceCalibration:
+    """What the linear mode measured for one (layout, n_components, camera settings)."""
+
+    reference_dn: npt.NDArray[np.float32]
+    dark_dn: npt.NDArray[np.float32]
+    mask: npt.NDArray[np.bool_]
+    entry_variance: float
+    n_frames: int
+    key: tuple = field(default=(), repr=False)
+
+    @property
+    def usable_fraction(self) -> float:
+        return float(self.mask.mean())
+
+
+class LinearMode:
+    """Turns an Opu's intensity measurements into real linear projections (``Opu.linear_transform``)."""
+
+    def __init__(self, opu, reference_fraction: float = 0.5, min_reference: float = 0.1,
+                 calibration_frames: int = 32) -> None:
+        self._opu = opu
+        self.reference_fraction = reference_fraction
+        self.min_reference = min_reference
+        self.calibration_frames = calibration_frames
+        self._layouts: dict[int, SplitLayout] = {}
+        self._calibrations: dict[tuple, ReferenceCalibration] = {}
+
+    def layout(self, n_features: int) -> SplitLayout:
+        if n_features not in self._layouts:
+            info = self._opu.info
+            self._layouts[n_features] = SplitLayout(
+                n_features, info.dmd_width, info.dmd_height, reference_fraction=self.reference_fraction
+            )
+        return self._layouts[n_features]
+
+    def _key(self, n_features: int, n_components: int) -> tuple:
+        s = self._opu.camera.settings
+        return (n_features, n_components, s.exposure_us, s.gain, s.pixel_format, self._opu.controller.laser_power_mw)
+
+    def calibration(self, n_features: int, n_components: int, refresh: bool = False) -> ReferenceCalibration:
+        """The reference calibration for these sizes and settings, measured once (or again with refresh)."""
+        key = self._key(n_features, n_components)
+        if refresh or key not in self._calibrations:
+            self._calibrations[key] = self._calibrate(n_features, n_components, key)
+        return self._calibrations[key]
+
+    def _calibrate(self, n_features: int, n_components: int, key: tuple) -> ReferenceCalibration:
+        layout = self.layout(n_features)
+        n = self.calibration_frames
+        probes = np.unique(np.linspace(0, n_features - 1, min(n_features, n)).astype(int))
+        k = probes.size
+        frames = np.zeros((2 * n + 2 * k, n_features + 1), dtype=np.uint8)
+        frames[n:2 * n, -1] = 1  # reference only
+        frames[2 * n + np.arange(k), probes] = 1  # one feature with the reference ...
+        frames[2 * n:2 * n + k, -1] = 1
+        frames[2 * n + k + np.arange(k), probes] = 1  # ... and without it
+        raw = self._opu._acquire(frames, layout, n_components)
+        full_scale = (1 << _bits(self._opu)) - 1
+        values = raw.astype(np.float32)
+        dark_frames, reference_frames = values[:n], values[n:2 * n]
+        dark = dark_frames.mean(axis=0)
+        reference_mean = reference_frames.mean(axis=0)
+        reference = reference_mean - dark
+        saturated = (raw[n:2 * n] >= full_scale).any(axis=0) | (raw[2 * n:2 * n + k] >= full_scale).any(axis=0)
+        positive = reference > 0
+        floor = self.min_reference * np.median(reference[positive]) if positive.any() else np.inf
+        mask = ~saturated & positive & (reference >= floor)
+        if not mask.any():
+            raise InvalidInputError("no camera pixel has a usable reference: raise the exposure or laser power")
+        # Probes give the scale of the effective matrix: z = I(f + r) - I(f) - |R r|^2 = 2 Re[conj(R r) R f] plus
+        # noise, so z^2 / (4 |R r|^2) averages var(B entry) plus the noise of the two frames and the mean.
+        z = values[2 * n:2 * n + k] - values[2 * n + k:] - reference
+        noise = reference_frames.var(axis=0) * (1 + 1 / n) + dark_frames.var(axis=0)
+        variance = float(((z[:, mask] ** 2 - noise[mask]) / (4 * reference[mask])).mean())
+        if variance <= 0:
+            raise InvalidInputError("the signal features give no measurable light: check the laser and exposure")
+        calibration = ReferenceCalibration(reference.astype(np.float32), dark.astype(np.float32), mask,
+                                           variance, n, key)
+        _log.info("linear-mode reference: %.1f%% of %d outputs usable", 100 * calibration.usable_fraction,
+                  n_components)
+        return calibration
+
+    def project_ternary(self, plus: np.ndarray, minus: np.ndarray, n_components: int, scheme: str) -> np.ndarray:
+        """Real projections of e = plus - minus (binary, disjoint), float32 (batch, n_components)."""
+        batch, n_features = plus.shape
+        out = np.zeros((batch, n_components), dtype=np.float32)
+        nonzero = np.flatnonzero(plus.any(axis=1) | minus.any(axis=1))
+        if nonzero.size == 0:
+            return out  # all-zero errors project to zero: nothing to send
+        calibration = self.calibration(n_features, n_components)
+        layout = self.layout(n_features)
+        p, m = plus[nonzero], minus[nonzero]
+        reference = np.ones((nonzero.size, 1), dtype=np.uint8)
+        if scheme == "four_frame":
+            per = 4
+            parts = [np.hstack([p, reference]), np.hstack([p, 0 * reference]),
+                     np.hstack([m, reference]), np.hstack([m, 0 * reference])]
+        else:
+            per = 2
+            parts = [np.hstack([p, reference]), np.hstack([m, reference])]
+        frames = np.stack(parts, axis=1).reshape(nonzero.size * per, n_features + 1)
+        raw = self._opu._acquire(frames, layout, n_components).astype(np.float32).reshape(nonzero.size, per, -1)
+        if scheme == "four_frame":
+            difference = (raw[:, 0] - raw[:, 1]) - (raw[:, 2] - raw[:, 3])
+        else:
+            difference = raw[:, 0] - raw[:, 1]
+        scale = np.zeros(n_components, dtype=np.float32)
+        usable = calibration.mask
+        # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance.
+        scale[usable] = 1.0 / (2.0 * np.sqrt(calibration.reference_dn[usable] * calibration.entry_variance))
+        out[nonzero] = difference * scale
+        return out
+
+    def project(self, E: np.ndarray, n_components: int, scheme: str, n_bits: int | None) -> np.ndarray:
+        """Real projections of E (batch, n_features): ternary values directly, real values through bit planes."""
+        ternary = np.isin(E, (-1, 0, 1)).all()
+        if ternary and n_bits is None:
+            plus = (E > 0).astype(np.uint8)
+            minus = (E < 0).astype(np.uint8)
+            return self.project_ternary(plus, minus, n_components, scheme)
+        encoder = BitPlaneEncoder(n_bits or 8).fit(E)
+        planes = encoder.transform(E)
+        # Plane b carries bit b of |e| on its positive and negative parts: one ternary projection per plane.
+        projected = np.zeros((planes.shape[0], 2, E.shape[0], n_components), dtype=np.float32)
+        for b in range(planes.shape[0]):
+            projected[b, 0] = self.project_ternary(planes[b, 0], planes[b, 1], n_components, scheme)
+        return encoder.decode(projected).astype(np.float32)
+
+
+def _bits(opu) -> int:
+    return {"MONO8": 8, "MONO10": 10, "MONO12": 12, "MONO10P": 10, "MONO12P": 12}[opu.camera.settings.pixel_format.name]
