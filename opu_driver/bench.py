@@ -5,7 +5,9 @@ Benchmarks:
   and the wire codecs) at the reference geometry, feature frames and raw frames;
 - transform: ``opu.transform`` at 10,000 features -> 10,000 components, batch 1000, against a plain dense
   complex64 ``abs(X @ R) ** 2`` of the same size, with peak memory of each, and the cost of the default
-  noise model on top of ``noise=0``.
+  noise model on top of ``noise=0``;
+- encoders: separated bit planes against a plain numpy version of the same algorithm (time, transient memory);
+- linear: ``opu.linear_transform`` throughput, four-frame and two-frame schemes.
 Each figure is the median of ``repeats`` runs; the machine is shared and noisy, so compare ratios.
 """
 from __future__ import annotations
@@ -170,6 +172,87 @@ def bench_transform(quick: bool, repeats: int) -> list[BenchResult]:
     return results
 
 
+def _plain_bit_planes(X: np.ndarray, n_bits: int) -> np.ndarray:
+    """The same separated bit planes written the plain numpy way (whole-array float64/int64 temporaries)."""
+    x = X.astype(np.float64)
+    scale = np.abs(x).max() or 1.0
+    q = np.rint(np.abs(x) / scale * (2**n_bits - 1)).astype(np.int64)
+    positive = x > 0
+    planes = np.empty((n_bits, 2, *X.shape), dtype=np.uint8)
+    for b in range(n_bits):
+        bit = ((q >> b) & 1).astype(np.uint8)
+        planes[b, 0] = bit * positive
+        planes[b, 1] = bit * ~positive
+    return planes
+
+
+def bench_encoders(quick: bool, repeats: int) -> list[BenchResult]:
+    """Separated bit planes, 6 bits, uint8 input: the encoder vs a plain numpy version, same run."""
+    from .encoding.encoders import BitPlaneEncoder
+
+    results = []
+    sizes = [(1000, 10_000)] if quick else [(1000, 10_000), (1000, 100_000)]
+    rng = np.random.default_rng(5)
+    for rows, cols in sizes:
+        X = rng.integers(0, 256, size=(rows, cols), dtype=np.uint8)
+        encoder = BitPlaneEncoder(6).fit(X)
+        out = np.empty((6, 2, rows, cols), dtype=np.uint8)
+        encoder.transform(X, out=out)  # the output pages exist before timing: both sides then write into memory
+        ours_s = _median_time_s(lambda: encoder.transform(X, out=out), repeats)
+        ours_peak = _peak_bytes(lambda: encoder.transform(X, out=out))
+        plain_s = _median_time_s(lambda: _plain_bit_planes(X, 6), max(1, repeats // 2))
+        plain_peak = _peak_bytes(lambda: _plain_bit_planes(X, 6)) - out.nbytes  # its output is not transient
+        size = f"uint8 {rows}x{cols}"
+        results += [
+            BenchResult(f"bit planes (6 bits), encoder, {size}", ours_s, "s", "published encoder: "
+                        + ("0.225 s" if cols == 10_000 else "3.05 s, ~3 GB transient")),
+            BenchResult(f"bit planes (6 bits), plain numpy, {size}", plain_s, "s"),
+            BenchResult(f"speed-up of the encoder over plain numpy, {size}", plain_s / ours_s, "x", "target >= 5"),
+            BenchResult(f"transient memory, encoder / plain numpy, {size}",
+                        ours_peak / max(plain_peak, 1), "x", f"encoder {ours_peak / 2**20:.1f} MiB; target <= 0.1"),
+        ]
+    return results
+
+
+def bench_linear(quick: bool, repeats: int) -> list[BenchResult]:
+    """linear_transform through the emulator, four- and two-frame schemes, 1000 features -> 4096 components."""
+    batch = 32 if quick else 256
+    E = np.random.default_rng(6).choice([-1, 0, 1], size=(batch, 1000), p=[0.25, 0.5, 0.25])
+    results = []
+    with open_opu(f"sim://?seed=6&{REFERENCE_QUERY}") as opu:
+        for scheme in ("four_frame", "two_frame"):
+            opu.linear_transform(E[:2], 4096, scheme=scheme)  # reference calibration, once
+            t = _median_time_s(lambda: opu.linear_transform(E, 4096, scheme=scheme), repeats)
+            results.append(BenchResult(f"linear_transform {scheme}, ternary, 1000 -> 4096", batch / t, "vectors/s",
+                                       f"batch {batch}, reference geometry"))
+    return results
+
+
+def bench_fidelity(quick: bool, repeats: int) -> list[BenchResult]:
+    """Correlation of linear_transform with the exact B e from the emulator's ground truth (default noise)."""
+    n_features, n_out = 256, 1024
+    rng = np.random.default_rng(7)
+    E = rng.choice([-1, 0, 1], size=(64, n_features), p=[0.2, 0.6, 0.2])
+    real = rng.normal(size=(32, n_features))
+    results = []
+    with open_opu("sim://?seed=7&dmd=320x256&camera=128x128") as opu:
+        def correlation(values: np.ndarray, vectors: np.ndarray) -> float:
+            mask = opu._linear.calibration(n_features, n_out).mask
+            F = opu.emulator.ground_truth.feature_matrix()[:, :n_out]
+            B = np.real(np.conj(F[n_features]) / np.abs(F[n_features]) * F[:n_features])
+            return float(np.corrcoef(values[:, mask].ravel(), (vectors @ B)[:, mask].ravel())[0, 1])
+
+        for scheme in ("four_frame", "two_frame"):
+            results.append(BenchResult(f"fidelity {scheme}, ternary, {n_features} -> {n_out}",
+                                       correlation(opu.linear_transform(E, n_out, scheme=scheme), E),
+                                       "corr", "vs exact B e; four-frame target >= 0.99"))
+        for n_bits in ((2, 4, 8) if quick else range(1, 9)):
+            results.append(BenchResult(f"fidelity four_frame, real values, {n_bits} bit planes",
+                                       correlation(opu.linear_transform(real, n_out, n_bits=n_bits), real),
+                                       "corr", "Gaussian inputs vs exact B x"))
+    return results
+
+
 def run_benchmarks(quick: bool = False, repeats: int = 5, only: str | None = None, json_path: str | None = None) -> int:
     """Run the benchmarks and print a table (the command ``opu bench``)."""
     results: list[BenchResult] = []
@@ -177,6 +260,11 @@ def run_benchmarks(quick: bool = False, repeats: int = 5, only: str | None = Non
         results += bench_frames(quick, repeats)
     if only in (None, "transform"):
         results += bench_transform(quick, repeats)
+    if only in (None, "encoders"):
+        results += bench_encoders(quick, repeats)
+    if only in (None, "linear"):
+        results += bench_linear(quick, repeats)
+        results += bench_fidelity(quick, repeats)
     if quick:
         for r in results:
             if "target" in r.note:
