@@ -20,7 +20,10 @@ def reference_codes(x: np.ndarray, scale: float, n_bits: int) -> np.ndarray:
     levels = 2**n_bits - 1
     if scale == 0:
         return np.zeros(x.shape, dtype=np.int64)
-    q = np.minimum(levels, np.rint(np.abs(x.astype(np.float64)) * (levels / scale)))
+    magnitude = np.abs(x.astype(np.float64))
+    factor = levels / scale
+    scaled = magnitude * factor if np.isfinite(factor) else magnitude / scale * levels  # subnormal scale
+    q = np.minimum(levels, np.rint(scaled))
     return (np.sign(x) * q).astype(np.int64)
 
 

@@ -321,7 +321,12 @@ class BitPlaneEncoder(_FittedMixin):
         if self.scale_ == 0.0:
             magnitudes[...] = 0.0
             return magnitudes
-        np.multiply(magnitudes, self.levels / self.scale_, out=magnitudes)
+        factor = self.levels / self.scale_
+        if np.isfinite(factor):
+            np.multiply(magnitudes, factor, out=magnitudes)
+        else:  # a subnormal scale: L / scale overflows, so divide first
+            np.divide(magnitudes, self.scale_, out=magnitudes)
+            np.multiply(magnitudes, self.levels, out=magnitudes)
         np.rint(magnitudes, out=magnitudes)
         np.minimum(magnitudes, self.levels, out=magnitudes)
         return magnitudes
