@@ -200,3 +200,13 @@ def test_opu_native_0_forces_numpy() -> None:
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "numpy"
+
+
+@pytest.mark.parametrize("fmt", [1, 2, 3, 4, 5])
+def test_an_empty_gather_decodes_nothing_and_reads_nothing_out_of_bounds(fmt):
+    # Regression: an empty index once reached the C kernel as NULL, which means "all pixels", into a NULL output.
+    from opu_driver.protocol import payload_size
+
+    data = bytes(payload_size(fmt, 9))
+    for decode in (native.decode_pixels, fallback.decode_pixels):
+        assert decode(fmt, data, 9, np.array([], dtype=np.int64)).shape == (0,)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -88,19 +89,18 @@ class Layout(ABC):
         return self._expand_table(bits)
 
     def _expand_table(self, bits: np.ndarray) -> npt.NDArray[np.uint8]:
-        mapping = self.mirror_feature_map()
-        driven = np.flatnonzero(mapping >= 0)
-        sources = mapping[driven]
-        n_mirrors = mapping.size
-        out = np.empty((bits.shape[0], (n_mirrors + 7) // 8), dtype=np.uint8)
-        # A few frames at a time: one unpacked frame is W*H bytes (about 1 MB at the reference geometry).
-        frames = np.zeros((min(_EXPAND_FRAMES, bits.shape[0]), n_mirrors), dtype=np.bool_)
-        for start in range(0, bits.shape[0], _EXPAND_FRAMES):
-            block = bits[start:start + _EXPAND_FRAMES]
-            view = frames[: block.shape[0]]
-            view[:, driven] = block[:, sources] != 0
-            out[start:start + block.shape[0]] = np.packbits(view, axis=1)
-        return out
+        from ..native import encode_frames
+
+        if bits.dtype not in (np.uint8, np.bool_):
+            bits = bits.astype(np.bool_)  # the kernels take bytes; any nonzero value is ON, as in a feature frame
+        return encode_frames(bits, self.run_table, self.dmd_width * self.dmd_height)
+
+    @cached_property
+    def run_table(self):
+        """The runs checked and planned once for the data path's kernels (opu_driver.native.RunTable)."""
+        from ..native import RunTable
+
+        return RunTable.from_layout(self)
 
 
 @dataclass(frozen=True)
@@ -265,8 +265,6 @@ class SplitLayout(Layout):
             raise InvalidInputError(f"expected shape (n, {self.n_table_features}), got {bits.shape}")
         return self._expand_table(bits)
 
-
-_EXPAND_FRAMES = 16
 
 LAYOUT_KINDS = {"lined": LinedLayout, "macro": MacroPixelLayout}
 

@@ -114,9 +114,12 @@ def _decode_native(mod: ModuleType, pf: int, frames: np.ndarray, n_pixels: int, 
     if frames.shape[0] == 0 or (n_out == 0 and not check) or n_pixels == 0:
         return out
     ffi, lib = mod.ffi, mod.lib  # type: ignore[attr-defined]
+    if idx is not None and idx.size == 0:
+        # The C kernel reads a NULL index as "every pixel": an empty gather needs a real (unused) pointer.
+        idx = np.zeros(1, dtype=np.int64)
     bad = lib.opu_decode_pixels(
         int(pf), ffi.from_buffer("uint8_t[]", frames), frames.shape[0], frames.shape[1], n_pixels,
-        ffi.from_buffer("int64_t[]", idx) if idx is not None and idx.size else ffi.NULL, n_out,
+        ffi.from_buffer("int64_t[]", idx) if idx is not None else ffi.NULL, n_out,
         ffi.from_buffer("float[]", out) if out.size else ffi.NULL, 1 if check else 0,
     )
     if bad:
