@@ -214,6 +214,41 @@ def bench_encoders(quick: bool, repeats: int) -> list[BenchResult]:
     return results
 
 
+def bench_frame_codec(quick: bool, repeats: int) -> list[BenchResult]:
+    """Per-frame host cost: features -> a full packed reference DMD frame, and a camera frame -> float32 vector."""
+    from . import native
+    from .encoding.layouts import make_layout
+    from .native import fallback
+    from .protocol import PixelFormat, encode_pixels
+
+    results = []
+    rng = np.random.default_rng(8)
+    n_frames = 16 if quick else 64
+    for kind in ("lined", "macro"):
+        for n_features in (1000, 10_000):
+            layout = make_layout(kind, n_features, 1140, 912)
+            table = layout.run_table
+            bits = rng.integers(0, 2, size=(n_frames, n_features), dtype=np.uint8)
+            native_s = _median_time_s(lambda: native.encode_frames(bits, table, 1140 * 912), repeats) / n_frames
+            numpy_s = _median_time_s(lambda: fallback.encode_frames(bits, table, 1140 * 912), repeats) / n_frames
+            results.append(BenchResult(
+                f"encode a 1140x912 DMD frame, {kind} layout, {n_features} features, {native.backend()} path",
+                native_s * 1e6, "us/frame", f"numpy fallback {numpy_s * 1e6:,.0f} us; target < 50 us (frame time 500 us)",
+            ))
+    n_pixels = 10_000
+    index = np.sort(rng.choice(n_pixels, size=4096, replace=False))
+    for fmt in (PixelFormat.MONO8, PixelFormat.MONO12P):
+        data = encode_pixels(fmt, rng.integers(0, 256 if fmt == PixelFormat.MONO8 else 4096, size=n_pixels))
+        frames = np.frombuffer(data, dtype=np.uint8)[None, :].repeat(n_frames, axis=0)
+        native_s = _median_time_s(lambda: native.decode_pixels_batch(fmt, frames, n_pixels, index), repeats)
+        numpy_s = _median_time_s(lambda: fallback.decode_pixels_batch(fmt, frames, n_pixels, index), repeats)
+        results.append(BenchResult(
+            f"decode a {n_pixels}-pixel {fmt.name} camera frame, gather 4096, {native.backend()} path",
+            native_s / n_frames * 1e6, "us/frame", f"numpy fallback {numpy_s / n_frames * 1e6:,.1f} us; target < 50 us",
+        ))
+    return results
+
+
 def bench_linear(quick: bool, repeats: int) -> list[BenchResult]:
     """linear_transform through the emulator, four- and two-frame schemes, 1000 features -> 4096 components."""
     batch = 32 if quick else 256
@@ -261,6 +296,7 @@ def run_benchmarks(quick: bool = False, repeats: int = 5, only: str | None = Non
     if only in (None, "transform"):
         results += bench_transform(quick, repeats)
     if only in (None, "encoders"):
+        results += bench_frame_codec(quick, repeats)
         results += bench_encoders(quick, repeats)
     if only in (None, "linear"):
         results += bench_linear(quick, repeats)

@@ -27,6 +27,7 @@ import numpy.typing as npt
 from .encoding.encoders import BitPlaneEncoder
 from .encoding.layouts import SplitLayout
 from .errors import InvalidInputError
+from .native import combine_four, combine_two
 
 __all__ = ["ReferenceCalibration", "LinearMode", "SCHEMES"]
 
@@ -138,15 +139,12 @@ class LinearMode:
             parts = [np.hstack([p, reference]), np.hstack([m, reference])]
         frames = np.stack(parts, axis=1).reshape(nonzero.size * per, n_features + 1)
         raw = self._opu._acquire(frames, layout, n_components).astype(np.float32).reshape(nonzero.size, per, -1)
-        if scheme == "four_frame":
-            difference = (raw[:, 0] - raw[:, 1]) - (raw[:, 2] - raw[:, 3])
-        else:
-            difference = raw[:, 0] - raw[:, 1]
         scale = np.zeros(n_components, dtype=np.float32)
         usable = calibration.mask
         # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance.
         scale[usable] = 1.0 / (2.0 * np.sqrt(calibration.reference_dn[usable] * calibration.entry_variance))
-        out[nonzero] = difference * scale
+        combine = combine_four if scheme == "four_frame" else combine_two
+        out[nonzero] = combine(np.ascontiguousarray(raw), scale)
         return out
 
     def project(self, E: np.ndarray, n_components: int, scheme: str, n_bits: int | None) -> np.ndarray:
