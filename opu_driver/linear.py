@@ -14,7 +14,8 @@ Output scale: entries of the effective matrix have unit variance. The reference 
 |R r|^2 per pixel (mean of reference-only frames minus dark frames), masks pixels whose reference is too weak
 (the division would amplify noise) or saturated (the difference would be clipped), and measures the variance
 of the entries of Re[exp(-i phi) R] by probing single features (two frames each, the camera noise measured on
-the reference frames subtracted); the output is divided by its square root. Masked outputs are 0.
+the reference frames subtracted); the output is divided by its square root. Masked outputs are 0, and so are
+outputs whose frames saturate in a call (counted in ``saturated_outputs`` and warned about).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from .encoding.encoders import BitPlaneEncoder
 from .encoding.layouts import SplitLayout
 from .errors import InvalidInputError
 from .native import combine_four, combine_two
+from .protocol import bits_per_pixel
 
 __all__ = ["ReferenceCalibration", "LinearMode", "SCHEMES"]
 
@@ -63,6 +65,7 @@ class LinearMode:
         self.calibration_frames = calibration_frames
         self._layouts: dict[int, SplitLayout] = {}
         self._calibrations: dict[tuple, ReferenceCalibration] = {}
+        self.saturated_outputs = 0
 
     def layout(self, n_features: int) -> SplitLayout:
         if n_features not in self._layouts:
@@ -94,7 +97,7 @@ class LinearMode:
         frames[2 * n:2 * n + k, -1] = 1
         frames[2 * n + k + np.arange(k), probes] = 1  # ... and without it
         raw = self._opu._acquire(frames, layout, n_components)
-        full_scale = (1 << _bits(self._opu)) - 1
+        full_scale = _full_scale(self._opu)
         values = raw.astype(np.float32)
         dark_frames, reference_frames = values[:n], values[n:2 * n]
         dark = dark_frames.mean(axis=0)
@@ -138,13 +141,21 @@ class LinearMode:
             per = 2
             parts = [np.hstack([p, reference]), np.hstack([m, reference])]
         frames = np.stack(parts, axis=1).reshape(nonzero.size * per, n_features + 1)
-        raw = self._opu._acquire(frames, layout, n_components).astype(np.float32).reshape(nonzero.size, per, -1)
+        counts = self._opu._acquire(frames, layout, n_components).reshape(nonzero.size, per, -1)
+        # A saturated frame breaks the difference: such outputs are set to 0, like masked ones, and counted.
+        clipped = (counts >= _full_scale(self._opu)).any(axis=1)
+        raw = counts.astype(np.float32)
         scale = np.zeros(n_components, dtype=np.float32)
         usable = calibration.mask
         # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance.
         scale[usable] = 1.0 / (2.0 * np.sqrt(calibration.reference_dn[usable] * calibration.entry_variance))
         combine = combine_four if scheme == "four_frame" else combine_two
         out[nonzero] = combine(np.ascontiguousarray(raw), scale)
+        if clipped.any():
+            out[nonzero] = np.where(clipped, np.float32(0), out[nonzero])
+            self.saturated_outputs += int(clipped.sum())
+            _log.warning("%.2f%% of the linear outputs came from saturated frames and were set to 0: lower the "
+                         "exposure, gain or laser power", 100 * clipped.mean())
         return out
 
     def project(self, E: np.ndarray, n_components: int, scheme: str, n_bits: int | None) -> np.ndarray:
@@ -163,5 +174,5 @@ class LinearMode:
         return encoder.decode(projected).astype(np.float32)
 
 
-def _bits(opu) -> int:
-    return {"MONO8": 8, "MONO10": 10, "MONO12": 12, "MONO10P": 10, "MONO12P": 12}[opu.camera.settings.pixel_format.name]
+def _full_scale(opu) -> int:
+    return (1 << bits_per_pixel(opu.camera.settings.pixel_format)) - 1

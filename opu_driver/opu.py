@@ -32,7 +32,7 @@ from .errors import (
     OpuError,
     ProtocolError,
 )
-from .protocol import MAX_FEATURES, PixelFormat, Register, decode_pixels, output_dtype
+from .protocol import MAX_FEATURES, PixelFormat, Register, bits_per_pixel, decode_pixels, output_dtype
 
 __all__ = ["Opu", "OpuInfo", "OpuSettings", "open"]
 
@@ -481,7 +481,8 @@ class Opu:
             self._runner.run(block.shape[0], queue, queue_blank, sink, expected, capacity)
             start += block.shape[0]
         if self._runner.counters.saturated_frames > saturated_before:
-            fraction = np.count_nonzero(out == np.iinfo(out.dtype).max) / out.size
+            full_scale = (1 << bits_per_pixel(pixel_format)) - 1
+            fraction = np.count_nonzero(out >= full_scale) / out.size
             if fraction > _SATURATION_WARNING:
                 _log.warning(
                     "%.2f%% of the outputs are saturated: lower exposure_us, gain or laser power", 100 * fraction

@@ -77,6 +77,17 @@ def test_effective_matrix_entries_are_zero_mean_unit_variance_gaussian():
     assert abs(entries.var() - 1) < 5 * np.sqrt(2 / n_eff) + 0.05
     kurtosis = ((entries - entries.mean()) ** 4).mean() / entries.var() ** 2
     assert abs(kurtosis - 3) < 5 * np.sqrt(24 / n_eff)
+    # Kolmogorov-Smirnov against N(0, 1) after standardising; 1.95 / sqrt(n) is the 0.1% critical value.
+    from math import erf
+
+    z = np.sort((entries - entries.mean()) / entries.std())
+    cdf = 0.5 * (1 + np.vectorize(erf)(z / np.sqrt(2)))
+    ecdf = np.arange(1, z.size + 1) / z.size
+    assert np.max(np.maximum(ecdf - cdf, cdf - (ecdf - 1 / z.size))) < 1.95 / np.sqrt(n_eff)
+    # independent columns: correlations between features are 0 within 5 / sqrt(n_eff per column)
+    corr = np.corrcoef(B[:, m])
+    off_diagonal = corr[~np.eye(corr.shape[0], dtype=bool)]
+    assert np.abs(off_diagonal).max() < 5 / np.sqrt(m.sum() / 4)
 
 
 def test_zero_vectors_give_zeros_without_using_the_device():
@@ -102,3 +113,23 @@ def test_bad_input_is_refused_before_anything_is_sent(E, kwargs):
         with pytest.raises(InvalidInputError):
             opu.linear_transform(E, N_OUT, **kwargs)
         assert opu._link.bytes_sent == sent
+
+
+def test_outputs_from_saturated_frames_are_zeroed_and_reported(caplog):
+    with opu_driver.open(SIM, pixel_format="MONO12", exposure_us=1500) as opu:
+        E = np.ones((10, N_FEATURES), dtype=np.int8)  # every feature on: the brightest frames
+        with caplog.at_level("WARNING", logger="opu_driver.linear"):
+            Y = opu.linear_transform(E, N_OUT)
+        mask = opu._linear.calibration(N_FEATURES, N_OUT).mask
+        exact = E @ _exact_matrix(opu)
+        assert opu._linear.saturated_outputs > 0 and "saturated" in caplog.text
+        kept = mask & (Y != 0).all(axis=0)
+        # what is returned is right; what could not be measured is 0, not wrong
+        assert np.corrcoef(Y[:, kept].ravel(), exact[:, kept].ravel())[0, 1] >= 0.99
+
+
+def test_saturation_warning_uses_the_formats_full_scale(caplog):
+    with opu_driver.open(SIM, pixel_format="MONO12", exposure_us=3000) as opu:
+        with caplog.at_level("WARNING", logger="opu_driver.opu"):
+            opu.transform(np.ones((4, 200), dtype=np.uint8), 300)
+    assert "saturated" in caplog.text

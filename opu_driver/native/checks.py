@@ -69,6 +69,15 @@ class RunTable:
         draw, ops = _plan_repeats(sorted_runs, self.n_mirrors, row_width)
         self.draw_runs = np.ascontiguousarray(draw, dtype=np.uint32)
         self.copy_ops = np.ascontiguousarray(ops, dtype=np.uint32).reshape(-1, 3)
+        # The C kernel trusts these checked values: nothing may change them afterwards.
+        self.draw_runs.flags.writeable = False
+        self.copy_ops.flags.writeable = False
+        self._frozen = True
+
+    def __setattr__(self, name: str, value) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"RunTable is read-only (checked once for the native kernels): {name}")
+        object.__setattr__(self, name, value)
 
     @classmethod
     def from_layout(cls, layout: "Layout") -> "RunTable":
