@@ -1,0 +1,101 @@
+"""Dark calibration: the camera's dark level, fixed pattern, temporal (read) noise and hot pixels.
+
+It uses the public Opu API only: the shutter is closed (or the laser switched off) through the controller
+line, blank frames are acquired over the camera region the projection uses, and the light is restored as it was.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..devices.camera import Roi
+from ..errors import InvalidInputError
+
+__all__ = ["DarkResult", "measure_dark"]
+
+_log = logging.getLogger(__name__)
+
+METHODS = ("shutter", "laser_off")
+
+
+@dataclass(frozen=True)
+class DarkResult:
+    """What the dark frames say, in ADC counts (DN) of the current pixel format.
+
+    Attributes:
+        roi: the camera region measured (the one ``n_components`` outputs use).
+        n_frames: dark frames averaged.
+        mean_dn: per-output dark level (offset + fixed pattern + dark current), length n_components.
+        level_dn: median of mean_dn over outputs.
+        fixed_pattern_dn: spatial standard deviation of mean_dn over the non-hot outputs, with the part that the
+            temporal noise of a mean of n_frames adds removed.
+        read_noise_dn: median over outputs of the temporal standard deviation (read noise with the dark
+            current's shot noise and the ADC rounding).
+        hot_pixels: outputs whose dark level stands out of the pattern (more than ``hot_sigma`` robust spreads).
+        method: how the light was blocked ("shutter" or "laser_off").
+    """
+
+    roi: Roi
+    n_frames: int
+    mean_dn: npt.NDArray[np.float32]
+    level_dn: float
+    fixed_pattern_dn: float
+    read_noise_dn: float
+    hot_pixels: npt.NDArray[np.bool_]
+    method: str
+
+    def summary(self) -> dict[str, float | int | str]:
+        return {
+            "n_frames": self.n_frames,
+            "level_dn": round(self.level_dn, 4),
+            "fixed_pattern_dn": round(self.fixed_pattern_dn, 4),
+            "read_noise_dn": round(self.read_noise_dn, 4),
+            "hot_pixels": int(self.hot_pixels.sum()),
+            "method": self.method,
+        }
+
+
+def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shutter",
+                 hot_sigma: float = 8.0) -> DarkResult:
+    """Acquire ``n_frames`` dark frames over the region of ``n_components`` outputs and characterise them.
+
+    Raises:
+        InvalidInputError: bad arguments (before anything is sent).
+    """
+    if method not in METHODS:
+        raise InvalidInputError(f"method={method!r}; choose one of {METHODS}")
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 2:
+        raise InvalidInputError(f"n_frames must be an integer >= 2 (a temporal spread needs two), got {n_frames!r}")
+    if not hot_sigma > 0:
+        raise InvalidInputError(f"hot_sigma must be > 0, got {hot_sigma!r}")
+    controller = opu.controller
+    was_open, was_on = controller.shutter_is_open, controller.laser_is_on
+    try:
+        if method == "shutter":
+            controller.close_shutter()
+        else:
+            controller.laser_off()
+        # No mirror on, no light: a one-feature blank frame is the cheapest thing to display.
+        frames = opu.transform(np.zeros((n_frames, 1), dtype=np.uint8), n_components).astype(np.float64)
+        roi = opu.roi_for(n_components)
+    finally:
+        if was_on and method == "laser_off":
+            controller.laser_on()
+        if was_open and method == "shutter":
+            controller.open_shutter()
+    mean = frames.mean(axis=0)
+    temporal_sd = frames.std(axis=0, ddof=1)
+    read_noise = float(np.median(temporal_sd))
+    level = float(np.median(mean))
+    # Robust spread of the pattern (median absolute deviation): hot pixels do not inflate it.
+    spread = 1.4826 * float(np.median(np.abs(mean - level)))
+    floor = max(spread, read_noise / np.sqrt(n_frames), 0.5)
+    hot = mean > level + hot_sigma * floor
+    pattern_var = float(mean[~hot].var()) - read_noise ** 2 / n_frames
+    result = DarkResult(roi, int(n_frames), mean.astype(np.float32), level, float(np.sqrt(max(pattern_var, 0.0))),
+                        read_noise, hot, method)
+    _log.info("dark: %s", result.summary())
+    return result
