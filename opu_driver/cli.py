@@ -57,6 +57,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(quick=args.quick, repeats=args.repeats, only=args.only, json_path=args.json)
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from . import open as open_opu
+    from .calibration import CalibrationRecord, CalibrationStore, measure_dark
+
+    with open_opu(args.url, pixel_format=args.pixel_format) as opu:
+        n_components = args.n_components or opu.info.camera_width * opu.info.camera_height
+        result = measure_dark(opu, n_components, n_frames=args.frames, method=args.method)
+        info, camera = opu.info, opu.camera.settings
+        settings = {"exposure_us": camera.exposure_us, "gain": camera.gain, "pixel_format": camera.pixel_format.name,
+                    "n_components": n_components}
+        summary = result.summary()
+        path = None
+        if args.out:
+            record = CalibrationRecord(
+                model=info.model, serial_number=info.serial_number, firmware_version=info.firmware_version,
+                settings=settings, results={"dark": summary},
+                arrays={"dark/mean_dn": result.mean_dn, "dark/hot_pixels": result.hot_pixels},
+            )
+            path = str(CalibrationStore(args.out).save(record))
+    if args.json:
+        print(json.dumps({"routine": "dark", "device": info.serial_number, "settings": settings,
+                          "result": summary, "saved": path}, indent=2))
+    else:
+        print(f"dark calibration of {info.model} {info.serial_number} ({settings['pixel_format']}, "
+              f"{settings['exposure_us']} us, {n_components} outputs)")
+        for key, value in summary.items():
+            print(f"  {key:<18} {value}")
+        if path:
+            print(f"saved to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opu", description="Drive an optical processing unit (OPU) or its emulator.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
@@ -83,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--macro-px", type=int, default=24,
                    help="macro-pixel side in mirrors (24: whole input modes of the default emulator)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("calibrate", help="calibration routines (dark so far); results to a calibration store")
+    p.add_argument("routine", choices=["dark"])
+    p.add_argument("--url", default="sim://", help="device URL (default: sim://)")
+    p.add_argument("--out", help="calibration store directory to save the result in")
+    p.add_argument("--n-components", type=int, default=None, help="outputs whose pixels to measure (default: all)")
+    p.add_argument("--frames", type=int, default=64, help="dark frames to average")
+    p.add_argument("--method", choices=["shutter", "laser_off"], default="shutter")
+    p.add_argument("--pixel-format", default=None, help="e.g. MONO12 (default: the device's)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("bench", help="benchmarks: emulator frame rate, transform vs a dense complex product")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for a smoke test")

@@ -48,3 +48,19 @@ def test_bad_arguments_are_refused_before_anything_happens():
             with pytest.raises(InvalidInputError):
                 measure_dark(opu, N_OUT, **kwargs)
         assert opu._link.bytes_sent == sent and opu.controller.shutter_is_open
+
+
+def test_opu_calibrate_dark_prints_json_and_saves_a_record(tmp_path, capsys):
+    import json
+
+    from opu_driver.calibration import CalibrationStore
+    from opu_driver.cli import main
+
+    url = "sim://?dmd=96x64&camera=32x24&seed=13"
+    assert main(["calibrate", "dark", "--url", url, "--out", str(tmp_path), "--frames", "8",
+                 "--pixel-format", "MONO12", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["result"]["n_frames"] == 8 and printed["settings"]["n_components"] == 32 * 24
+    record = CalibrationStore(tmp_path).latest("SIM-00000013")
+    assert record is not None and record.results["dark"]["level_dn"] == printed["result"]["level_dn"]
+    assert record.arrays["dark/mean_dn"].shape == (32 * 24,)

@@ -1,0 +1,27 @@
+"""Calibration of an OPU from scripts: routines built on the public device API, and the calibration store.
+
+The store (:mod:`opu_driver.calibration.store`) keeps each calibration as a versioned JSON + .npz pair,
+written atomically and verified on reading, so ``opu_driver.open`` can find and apply the latest one.
+"""
+from opu_driver.calibration.dark import DarkResult, measure_dark
+from opu_driver.calibration.store import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CalibrationError,
+    CalibrationRecord,
+    CalibrationStore,
+    CalibrationVersionError,
+    CorruptCalibrationError,
+)
+
+__all__ = [
+    "DarkResult",
+    "measure_dark",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "CalibrationError",
+    "CalibrationRecord",
+    "CalibrationStore",
+    "CalibrationVersionError",
+    "CorruptCalibrationError",
+]
