@@ -59,11 +59,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from . import open as open_opu
-    from .calibration import CalibrationRecord, CalibrationStore, measure_dark
+    from .calibration import CalibrationRecord, CalibrationStore, measure_dark, measure_latency
 
     with open_opu(args.url, pixel_format=args.pixel_format) as opu:
         n_components = args.n_components or opu.info.camera_width * opu.info.camera_height
-        result = measure_dark(opu, n_components, n_frames=args.frames, method=args.method)
+        if args.routine == "dark":
+            result = measure_dark(opu, n_components, n_frames=args.frames, method=args.method)
+            arrays = {"dark/mean_dn": result.mean_dn, "dark/hot_pixels": result.hot_pixels}
+        else:
+            n_components = min(n_components, 256)
+            result = measure_latency(opu, n_frames=max(args.frames, 17), n_components=n_components)
+            arrays = {}
         info, camera = opu.info, opu.camera.settings
         settings = {"exposure_us": camera.exposure_us, "gain": camera.gain, "pixel_format": camera.pixel_format.name,
                     "n_components": n_components}
@@ -72,15 +78,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if args.out:
             record = CalibrationRecord(
                 model=info.model, serial_number=info.serial_number, firmware_version=info.firmware_version,
-                settings=settings, results={"dark": summary},
-                arrays={"dark/mean_dn": result.mean_dn, "dark/hot_pixels": result.hot_pixels},
+                settings=settings, results={args.routine: summary}, arrays=arrays,
             )
             path = str(CalibrationStore(args.out).save(record))
     if args.json:
-        print(json.dumps({"routine": "dark", "device": info.serial_number, "settings": settings,
+        print(json.dumps({"routine": args.routine, "device": info.serial_number, "settings": settings,
                           "result": summary, "saved": path}, indent=2))
     else:
-        print(f"dark calibration of {info.model} {info.serial_number} ({settings['pixel_format']}, "
+        print(f"{args.routine} calibration of {info.model} {info.serial_number} ({settings['pixel_format']}, "
               f"{settings['exposure_us']} us, {n_components} outputs)")
         for key, value in summary.items():
             print(f"  {key:<18} {value}")
@@ -116,12 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="macro-pixel side in mirrors (24: whole input modes of the default emulator)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("calibrate", help="calibration routines (dark so far); results to a calibration store")
-    p.add_argument("routine", choices=["dark"])
+    p = sub.add_parser("calibrate", help="calibration routines (dark, latency so far); results to a calibration store")
+    p.add_argument("routine", choices=["dark", "latency"])
     p.add_argument("--url", default="sim://", help="device URL (default: sim://)")
     p.add_argument("--out", help="calibration store directory to save the result in")
     p.add_argument("--n-components", type=int, default=None, help="outputs whose pixels to measure (default: all)")
-    p.add_argument("--frames", type=int, default=64, help="dark frames to average")
+    p.add_argument("--frames", type=int, default=64, help="frames to average (dark) or patterns to show (latency)")
     p.add_argument("--method", choices=["shutter", "laser_off"], default="shutter")
     p.add_argument("--pixel-format", default=None, help="e.g. MONO12 (default: the device's)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")

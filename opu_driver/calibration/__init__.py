@@ -4,6 +4,7 @@ The store (:mod:`opu_driver.calibration.store`) keeps each calibration as a vers
 written atomically and verified on reading, so ``opu_driver.open`` can find and apply the latest one.
 """
 from opu_driver.calibration.dark import DarkResult, measure_dark
+from opu_driver.calibration.latency import LatencyResult, measure_latency
 from opu_driver.calibration.store import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -17,6 +18,8 @@ from opu_driver.calibration.store import (
 __all__ = [
     "DarkResult",
     "measure_dark",
+    "LatencyResult",
+    "measure_latency",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "CalibrationError",

@@ -1,0 +1,93 @@
+"""Latency calibration: the DMD-to-camera frame lag, measured optically with alternating patterns.
+
+A pseudo-random sequence of bright (every feature on) and dark (every feature off) DMD frames is displayed,
+and the camera frames are read in arrival order, ignoring their metadata. The brightness of camera frame t
+follows the pattern shown k frames earlier: the k that maximises the correlation is the optical lag. The lag
+the frame metadata implies is reported beside it; the two disagree on a device whose firmware mislabels frames.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import AcquisitionError, InvalidInputError
+from ..protocol import MAX_FRAME_ID, decode_pixels
+
+__all__ = ["LatencyResult", "measure_latency"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """The optical lag, the lag the metadata implies, and how clear the optical peak was."""
+
+    lag_frames: int
+    header_lag_frames: int | None
+    peak_correlation: float
+    second_correlation: float
+    n_frames: int
+
+    def summary(self) -> dict[str, float | int | None]:
+        return {"lag_frames": self.lag_frames, "header_lag_frames": self.header_lag_frames,
+                "peak_correlation": round(self.peak_correlation, 4),
+                "second_correlation": round(self.second_correlation, 4), "n_frames": self.n_frames}
+
+
+def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_components: int = 256,
+                    n_features: int = 64, timeout_s: float = 5.0) -> LatencyResult:
+    """Display ``n_frames`` alternating patterns plus ``max_lag_frames`` blanks and find the camera's lag.
+
+    Raises:
+        InvalidInputError: bad arguments (before anything is sent).
+        AcquisitionError: no clear correlation peak (no light, or a lag beyond max_lag_frames).
+    """
+    for name, value, low in (("n_frames", n_frames, 8), ("max_lag_frames", max_lag_frames, 1),
+                             ("n_components", n_components, 1), ("n_features", n_features, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
+    if max_lag_frames >= n_frames:
+        raise InvalidInputError("max_lag_frames must be smaller than n_frames")
+    # One ordinary projection loads a layout and sets the camera region; the patterns then reuse them.
+    opu.transform(np.zeros((1, n_features), dtype=np.uint8), n_components)
+    rng = np.random.default_rng(secrets.randbits(32))
+    pattern = rng.integers(0, 2, size=n_frames).astype(bool)
+    pattern[:2] = (True, False)  # never constant
+    bits = np.zeros((n_frames + max_lag_frames, n_features), dtype=bool)
+    bits[:n_frames] = pattern[:, None]
+    first_id = secrets.randbelow(MAX_FRAME_ID - len(bits))
+    settings = opu.camera.settings
+    opu.dmd.abort()
+    opu.camera.drain(0.05, 10_000)
+    camera_first = opu.camera.frame_count
+    opu.dmd.queue_feature_frames(first_id, np.packbits(bits, axis=1))
+    opu.dmd.start()
+    wait_s = timeout_s + len(bits) * settings.frame_time_us * 1e-6
+    brightness = np.empty(len(bits))
+    header_lags = []
+    for t, frame in enumerate(opu.camera.read_frames(len(bits), wait_s)):
+        brightness[t] = decode_pixels(settings.pixel_format, frame.pixels, frame.n_pixels).mean()
+        shown = (frame.dmd_frame_id - first_id) & 0xFFFFFFFF
+        if shown < n_frames:
+            header_lags.append(((frame.camera_frame_id - camera_first) & 0xFFFFFFFF) - shown)
+    centred = pattern - pattern.mean()
+    correlations = []
+    for lag in range(max_lag_frames + 1):
+        seen = brightness[lag:lag + n_frames]
+        correlations.append(float(np.corrcoef(seen, centred)[0, 1]) if seen.std() > 0 else 0.0)
+    order = np.argsort(correlations)[::-1]
+    best, second = int(order[0]), float(correlations[order[1]])
+    if correlations[best] < 0.5:
+        raise AcquisitionError(
+            f"no clear lag: the best correlation is {correlations[best]:.2f} (is the light on? is the lag "
+            f"beyond {max_lag_frames} frames?)"
+        )
+    header = int(np.median(header_lags)) if header_lags else None
+    result = LatencyResult(best, header, correlations[best], second, n_frames)
+    if header is not None and header != best:
+        _log.warning("the frame metadata implies a lag of %d frames, the light says %d", header, best)
+    _log.info("latency: %s", result.summary())
+    return result
