@@ -169,45 +169,39 @@ def test_changed_npz_fails_the_checksum_even_when_it_is_a_valid_npz(tmp_path):
         store.load(path)
 
 
-def test_npz_content_disagreeing_with_the_metadata_is_refused_even_with_a_matching_checksum(tmp_path):
+def _saved_with_edited_metadata(tmp_path, edit):
+    """A saved record whose JSON metadata ``edit(meta)`` then changed on disk: (store, path)."""
     store = CalibrationStore(tmp_path)
     path = store.save(make_record())
     meta = json.loads(path.read_text())
-    meta["arrays"]["dark/mean_dn"]["dtype"] = "<f8"
+    edit(meta)
     path.write_text(json.dumps(meta))
+    return store, path
+
+
+def test_npz_content_disagreeing_with_the_metadata_is_refused_even_with_a_matching_checksum(tmp_path):
+    store, path = _saved_with_edited_metadata(tmp_path, lambda meta: meta["arrays"]["dark/mean_dn"].update(dtype="<f8"))
     with pytest.raises(CorruptCalibrationError, match="dark/mean_dn"):
         store.load(path)
 
 
 @pytest.mark.parametrize("version", [0, 2, "1", None, True])
 def test_wrong_format_version_is_refused(tmp_path, version):
-    store = CalibrationStore(tmp_path)
-    path = store.save(make_record())
-    meta = json.loads(path.read_text())
-    meta["format_version"] = version
-    path.write_text(json.dumps(meta))
+    store, path = _saved_with_edited_metadata(tmp_path, lambda meta: meta.update(format_version=version))
     with pytest.raises(CalibrationVersionError, match="format version"):
         store.load(path)
     assert store.latest("OPU-0001") is None
 
 
 def test_a_renamed_or_mismatched_file_is_refused(tmp_path):
-    store = CalibrationStore(tmp_path)
-    path = store.save(make_record())
-    meta = json.loads(path.read_text())
-    meta["device"]["serial_number"] = "OPU-9999"
-    path.write_text(json.dumps(meta))
+    store, path = _saved_with_edited_metadata(tmp_path, lambda meta: meta["device"].update(serial_number="OPU-9999"))
     with pytest.raises(CorruptCalibrationError, match="file name does not match"):
         store.load(path)
     assert store.latest("OPU-0001") is None
 
 
 def test_an_arrays_file_name_that_escapes_the_directory_is_refused(tmp_path):
-    store = CalibrationStore(tmp_path)
-    path = store.save(make_record())
-    meta = json.loads(path.read_text())
-    meta["arrays_file"] = "../elsewhere.npz"
-    path.write_text(json.dumps(meta))
+    store, path = _saved_with_edited_metadata(tmp_path, lambda meta: meta.update(arrays_file="../elsewhere.npz"))
     with pytest.raises(CorruptCalibrationError, match="plain file name"):
         store.load(path)
 
