@@ -103,8 +103,8 @@ class SequenceRunner:
         """Display ``n_frames`` frames queued by ``queue`` and hand each camera frame to ``sink``.
 
         ``queue_blank(first_id, count)`` queues blank flush frames. ``capacity`` is the most frames one sequence
-        may hold (sequence memory and camera FIFO); flushing is split over several sequences when needed. Raises DeviceRefusedError when the device
-        refuses the frames, DroppedFramesError when frames never arrive, ProtocolError when a frame's metadata
+        may hold (sequence memory and camera FIFO); flushing is split over several sequences when needed.
+        Raises DeviceRefusedError when the device refuses the frames, DroppedFramesError when frames never arrive, ProtocolError when a frame's metadata
         contradicts the camera settings, CommunicationTimeoutError when the device stops answering. After any
         failure (including KeyboardInterrupt) the device queue is aborted and the camera stream drained.
         """

@@ -150,9 +150,10 @@ class LinearMode:
         # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance.
         scale[usable] = 1.0 / (2.0 * np.sqrt(calibration.reference_dn[usable] * calibration.entry_variance))
         combine = combine_four if scheme == "four_frame" else combine_two
-        out[nonzero] = combine(np.ascontiguousarray(raw), scale)
+        projected = combine(np.ascontiguousarray(raw), scale)
+        projected[clipped] = 0.0
+        out[nonzero] = projected
         if clipped.any():
-            out[nonzero] = np.where(clipped, np.float32(0), out[nonzero])
             self.saturated_outputs += int(clipped.sum())
             _log.warning("%.2f%% of the linear outputs came from saturated frames and were set to 0: lower the "
                          "exposure, gain or laser power", 100 * clipped.mean())
@@ -167,10 +168,16 @@ class LinearMode:
             return self.project_ternary(plus, minus, n_components, scheme)
         encoder = BitPlaneEncoder(n_bits or 8).fit(E)
         planes = encoder.transform(E)
-        # Plane b carries bit b of |e| on its positive and negative parts: one ternary projection per plane.
-        projected = np.zeros((planes.shape[0], 2, E.shape[0], n_components), dtype=np.float32)
-        for b in range(planes.shape[0]):
-            projected[b, 0] = self.project_ternary(planes[b, 0], planes[b, 1], n_components, scheme)
+        # Plane b carries bit b of |e| on its positive and negative parts: a ternary vector. All planes of all
+        # vectors go to the device as one batch; decode then weighs plane b by 2^b (its negative slot stays 0,
+        # the sign is already in the ternary projection).
+        n_planes, _, batch, n_features = planes.shape
+        ternary_planes = self.project_ternary(
+            planes[:, 0].reshape(n_planes * batch, n_features), planes[:, 1].reshape(n_planes * batch, n_features),
+            n_components, scheme,
+        )
+        projected = np.zeros((n_planes, 2, batch, n_components), dtype=np.float32)
+        projected[:, 0] = ternary_planes.reshape(n_planes, batch, n_components)
         return encoder.decode(projected).astype(np.float32)
 
 
