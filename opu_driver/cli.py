@@ -65,11 +65,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         n_components = args.n_components or opu.info.camera_width * opu.info.camera_height
         if args.routine == "dark":
             result = measure_dark(opu, n_components, n_frames=args.frames, method=args.method)
-            arrays = {"dark/mean_dn": result.mean_dn, "dark/hot_pixels": result.hot_pixels}
         else:
             n_components = min(n_components, 256)
             result = measure_latency(opu, n_frames=max(args.frames, 17), n_components=n_components)
-            arrays = {}
+        arrays = {f"{args.routine}/{name}": value for name, value in result.arrays().items()}
         info, camera = opu.info, opu.camera.settings
         settings = {"exposure_us": camera.exposure_us, "gain": camera.gain, "pixel_format": camera.pixel_format.name,
                     "n_components": n_components}

@@ -96,7 +96,7 @@ class LinearMode:
         frames[2 * n + np.arange(k), probes] = 1  # one feature with the reference ...
         frames[2 * n:2 * n + k, -1] = 1
         frames[2 * n + k + np.arange(k), probes] = 1  # ... and without it
-        raw = self._opu._acquire(frames, layout, n_components)
+        raw = self._opu.acquire(frames, layout, n_components)
         full_scale = _full_scale(self._opu)
         values = raw.astype(np.float32)
         dark_frames, reference_frames = values[:n], values[n:2 * n]
@@ -141,7 +141,7 @@ class LinearMode:
             per = 2
             parts = [np.hstack([p, reference]), np.hstack([m, reference])]
         frames = np.stack(parts, axis=1).reshape(nonzero.size * per, n_features + 1)
-        counts = self._opu._acquire(frames, layout, n_components).reshape(nonzero.size, per, -1)
+        counts = self._opu.acquire(frames, layout, n_components).reshape(nonzero.size, per, -1)
         # A saturated frame breaks the difference: such outputs are set to 0, like masked ones, and counted.
         clipped = (counts >= _full_scale(self._opu)).any(axis=1)
         raw = counts.astype(np.float32)

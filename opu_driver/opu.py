@@ -335,14 +335,38 @@ class Opu:
             out = self._linear.project(E2, n_components, scheme, n_bits)
             return out[0] if squeeze else out
 
-    def _acquire(self, bits: np.ndarray, layout: Layout, n_components: int) -> np.ndarray:
-        """Raw intensities of validated binary frames over a given layout's table (used by the linear mode)."""
-        dtype = output_dtype(self.camera.settings.pixel_format)
-        out = np.empty((bits.shape[0], n_components), dtype=dtype)
-        if bits.shape[0]:
-            self._prepare(layout, n_components)
-            self._project(bits, out)
-        return out
+    def acquire(self, bits: npt.ArrayLike, layout: Layout, n_components: int) -> np.ndarray:
+        """Raw intensities of binary feature frames displayed through a layout of the caller's choice.
+
+        ``transform`` lays features out as the settings say; calibration routines (the linear mode's
+        reference, the matrix estimate's two references) need their own layouts, for example a
+        :class:`~opu_driver.encoding.layouts.SplitLayout`. ``bits`` is (batch, layout.n_table_features).
+
+        Raises:
+            InvalidInputError: before anything is sent, for a layout made for another DMD, frames whose width is
+                not the layout's table width, non-binary values, or n_components beyond the camera.
+        """
+        with self._lock:
+            self._require_open()
+            if not isinstance(layout, Layout):
+                raise InvalidInputError(f"layout must be a Layout, got {type(layout).__name__}")
+            if (layout.dmd_width, layout.dmd_height) != (self.info.dmd_width, self.info.dmd_height):
+                raise InvalidInputError(
+                    f"the layout is for a {layout.dmd_width}x{layout.dmd_height} DMD; this one is "
+                    f"{self.info.dmd_width}x{self.info.dmd_height}"
+                )
+            bits2, _ = self._validate_input(bits)
+            if bits2.shape[1] != layout.n_table_features:
+                raise InvalidInputError(
+                    f"frames have {bits2.shape[1]} features; the layout's table has {layout.n_table_features}"
+                )
+            n_components = self._validate_components(n_components)
+            dtype = output_dtype(self.camera.settings.pixel_format)
+            out = np.empty((bits2.shape[0], n_components), dtype=dtype)
+            if bits2.shape[0]:
+                self._prepare(layout, n_components)
+                self._project(bits2, out)
+            return out
 
     def _validate_input(self, X: npt.ArrayLike) -> tuple[np.ndarray, bool]:
         if isinstance(X, np.ma.MaskedArray):

@@ -55,7 +55,12 @@ class DarkResult:
             "read_noise_dn": round(self.read_noise_dn, 4),
             "hot_pixels": int(self.hot_pixels.sum()),
             "method": self.method,
+            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
         }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a calibration record keeps (stored as ``dark/<name>``)."""
+        return {"mean_dn": self.mean_dn, "hot_pixels": self.hot_pixels}
 
 
 def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shutter",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,11 +30,16 @@ class LatencyResult:
     peak_correlation: float
     second_correlation: float
     n_frames: int
+    correlations: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def summary(self) -> dict[str, float | int | None]:
         return {"lag_frames": self.lag_frames, "header_lag_frames": self.header_lag_frames,
                 "peak_correlation": round(self.peak_correlation, 4),
                 "second_correlation": round(self.second_correlation, 4), "n_frames": self.n_frames}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Correlation of camera brightness with the pattern, per candidate lag 0..max_lag_frames."""
+        return {"correlations": np.asarray(self.correlations, dtype=np.float32)}
 
 
 def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_components: int = 256,
@@ -86,7 +91,7 @@ def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_compone
             f"beyond {max_lag_frames} frames?)"
         )
     header = int(np.median(header_lags)) if header_lags else None
-    result = LatencyResult(best, header, correlations[best], second, n_frames)
+    result = LatencyResult(best, header, correlations[best], second, n_frames, np.array(correlations))
     if header is not None and header != best:
         _log.warning("the frame metadata implies a lag of %d frames, the light says %d", header, best)
     _log.info("latency: %s", result.summary())
