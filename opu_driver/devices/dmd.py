@@ -151,3 +151,9 @@ class Dmd(Device):
     def frame_count(self) -> int:
         """Frames displayed since the device's reset."""
         return self._link.read_register(Register.DMD_FRAME_COUNT)
+
+    @property
+    def device_time_us(self) -> int:
+        """The device clock in microseconds (64 bits: reading the low word latches the high one)."""
+        low = self._link.read_register(Register.DEVICE_TIME_LO)
+        return (self._link.read_register(Register.DEVICE_TIME_HI) << 32) | low
