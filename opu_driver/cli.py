@@ -59,37 +59,47 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from . import open as open_opu
-    from .calibration import CalibrationRecord, CalibrationStore, measure_dark, measure_latency
+    from .calibration import CalibrationPlan, CalibrationStore, calibrate, default_store_dir, summary_table
 
-    with open_opu(args.url, pixel_format=args.pixel_format) as opu:
-        n_components = args.n_components or opu.info.camera_width * opu.info.camera_height
-        if args.routine == "dark":
-            result = measure_dark(opu, n_components, n_frames=args.frames, method=args.method)
-        else:
-            n_components = min(n_components, 256)
-            result = measure_latency(opu, n_frames=max(args.frames, 17), n_components=n_components)
-        arrays = {f"{args.routine}/{name}": value for name, value in result.arrays().items()}
-        info, camera = opu.info, opu.camera.settings
-        settings = {"exposure_us": camera.exposure_us, "gain": camera.gain, "pixel_format": camera.pixel_format.name,
-                    "n_components": n_components}
-        summary = result.summary()
-        path = None
-        if args.out:
-            record = CalibrationRecord(
-                model=info.model, serial_number=info.serial_number, firmware_version=info.firmware_version,
-                settings=settings, results={args.routine: summary}, arrays=arrays,
-            )
-            path = str(CalibrationStore(args.out).save(record))
+    store_dir = args.out or default_store_dir()
+    store = None if args.no_save else CalibrationStore(store_dir)
+    progress = not args.no_progress and sys.stderr.isatty()
+    # The stored calibration of this device is applied first (settings, lag, references) so a single routine
+    # extends it; its drift check is skipped: a calibration run is about to measure afresh.
+    settings = {"pixel_format": args.pixel_format} if args.pixel_format else {}
+    with open_opu(args.url, calibration=None if args.no_save else str(store_dir), drift_check=False,
+                  **settings) as opu:
+        info = opu.info
+        n_pixels = info.camera_width * info.camera_height
+        plan = CalibrationPlan(
+            n_features=args.n_features or 1000, n_components=args.n_components or min(4096, n_pixels),
+            dark_frames=args.frames, dark_method=args.method,
+        )
+        if not args.json:
+            print(f"calibrating {info.model} {info.serial_number} (firmware {info.firmware_version}): "
+                  f"{plan.n_features} features -> {plan.n_components} outputs", flush=True)
+
+        def report_progress(name: str, result) -> None:
+            if not args.json:
+                print(f"  {name:<10} done", flush=True)
+
+        record = calibrate(opu, [args.routine], store, plan, resume=args.resume, progress=progress,
+                           on_result=report_progress)
+    report = None
+    if args.report:
+        from .calibration.report import render_report
+
+        report = str(render_report(record, args.report))
+    saved = str(record.path) if record.path else None
     if args.json:
-        print(json.dumps({"routine": args.routine, "device": info.serial_number, "settings": settings,
-                          "result": summary, "saved": path}, indent=2))
+        print(json.dumps({"routine": args.routine, "device": info.serial_number, "settings": record.settings,
+                          "results": record.results, "saved": saved, "report": report}, indent=2))
     else:
-        print(f"{args.routine} calibration of {info.model} {info.serial_number} ({settings['pixel_format']}, "
-              f"{settings['exposure_us']} us, {n_components} outputs)")
-        for key, value in summary.items():
-            print(f"  {key:<18} {value}")
-        if path:
-            print(f"saved to {path}")
+        print(summary_table(record))
+        if saved:
+            print(f"saved to {saved}")
+        if report:
+            print(f"report written to {report}")
     return 0
 
 
@@ -120,14 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="macro-pixel side in mirrors (24: whole input modes of the default emulator)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("calibrate", help="calibration routines (dark, latency so far); results to a calibration store")
-    p.add_argument("routine", choices=["dark", "latency"])
+    from .calibration.run import ROUTINES
+
+    p = sub.add_parser("calibrate", help="calibration routines; results saved to a calibration store that open applies")
+    p.add_argument("routine", choices=[*ROUTINES, "all"],
+                   help="one routine, or all of them in order (exposure first, drift baseline last)")
     p.add_argument("--url", default="sim://", help="device URL (default: sim://)")
-    p.add_argument("--out", help="calibration store directory to save the result in")
-    p.add_argument("--n-components", type=int, default=None, help="outputs whose pixels to measure (default: all)")
-    p.add_argument("--frames", type=int, default=64, help="frames to average (dark) or patterns to show (latency)")
-    p.add_argument("--method", choices=["shutter", "laser_off"], default="shutter")
+    p.add_argument("--out", help="calibration store directory (default: $OPU_CALIBRATION_DIR or "
+                   "~/.local/share/opu-driver/calibrations, where opu_driver.open looks)")
+    p.add_argument("--no-save", action="store_true", help="measure only; neither read nor write a store")
+    p.add_argument("--resume", action="store_true", help="with 'all': continue the last unfinished run")
+    p.add_argument("--n-features", type=int, default=None, help="features of the projection (default: 1000)")
+    p.add_argument("--n-components", type=int, default=None,
+                   help="outputs of the projection (default: 4096, or all pixels of a smaller camera)")
+    p.add_argument("--frames", type=int, default=64, help="dark frames to average")
+    p.add_argument("--method", choices=["shutter", "laser_off"], default="shutter", help="how the dark is made")
     p.add_argument("--pixel-format", default=None, help="e.g. MONO12 (default: the device's)")
+    p.add_argument("--report", metavar="PNG", help="also draw the record's plots to this PNG (needs the plot extra)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=_cmd_calibrate)
 

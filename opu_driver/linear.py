@@ -86,6 +86,12 @@ class LinearMode:
             self._calibrations[key] = self._calibrate(n_features, n_components, key)
         return self._calibrations[key]
 
+    def install(self, n_features: int, n_components: int, calibration: ReferenceCalibration) -> None:
+        """Use a stored calibration for these sizes under the current settings (instead of measuring one)."""
+        key = self._key(n_features, n_components)
+        calibration.key = key
+        self._calibrations[key] = calibration
+
     def _calibrate(self, n_features: int, n_components: int, key: tuple) -> ReferenceCalibration:
         layout = self.layout(n_features)
         n = self.calibration_frames

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import weakref
 from dataclasses import asdict, dataclass
@@ -59,6 +60,11 @@ class OpuSettings:
             device's sequence memory and camera FIFO hold, at most 1024.
         timeout_s: margin on top of the expected sequence duration for every blocking wait.
         max_lag_frames: the largest DMD-to-camera lag the driver will flush through before giving up.
+        calibration: "auto" applies the newest matching record of the default calibration store at open; a path
+            names a store directory or one record's JSON file; None opens uncalibrated. See
+            :mod:`opu_driver.calibration.apply`.
+        calibration_max_age_s: a record older than this is applied with a CalibrationWarning.
+        drift_check: at open, re-project the record's drift probes and warn when they no longer match.
     """
 
     layout: str = "lined"
@@ -73,6 +79,9 @@ class OpuSettings:
     chunk_frames: int | None = None
     timeout_s: float = 5.0
     max_lag_frames: int = 64
+    calibration: str | os.PathLike[str] | None = "auto"
+    calibration_max_age_s: float = 7 * 86400.0
+    drift_check: bool = True
 
     def __post_init__(self) -> None:
         for name in ("exposure_us", "frame_time_us", "chunk_frames", "macro_px"):
@@ -106,6 +115,20 @@ class OpuSettings:
             raise ConfigurationError("timeout_s must be > 0")
         if not 0 <= self.max_lag_frames <= 1024:
             raise ConfigurationError("max_lag_frames must be within 0..1024")
+        if self.calibration is not None and not isinstance(self.calibration, (str, os.PathLike)):
+            raise ConfigurationError(f"calibration must be 'auto', a path or None, got {self.calibration!r}")
+        if isinstance(self.calibration_max_age_s, bool) or not isinstance(
+                self.calibration_max_age_s, (int, float, np.integer, np.floating)) or not self.calibration_max_age_s > 0:
+            raise ConfigurationError(f"calibration_max_age_s must be a number > 0, got {self.calibration_max_age_s!r}")
+        if not isinstance(self.drift_check, bool):
+            raise ConfigurationError(f"drift_check must be True or False, got {self.drift_check!r}")
+
+    def explicit_record_settings(self) -> dict[str, Any]:
+        """The settings given explicitly, as a calibration record stores them (the keys a record must match)."""
+        given = {"exposure_us": self.exposure_us, "frame_time_us": self.frame_time_us, "gain": self.gain,
+                 "pixel_format": self.pixel_format.upper() if self.pixel_format else None,
+                 "laser_power_mw": self.laser_power_mw}
+        return {key: value for key, value in given.items() if value is not None}
 
     def camera_settings(self) -> CameraSettings:
         return CameraSettings(
@@ -162,6 +185,7 @@ class Opu:
         self._closed = True
         self._dark_checked = False
         self._linear = None
+        self._calibration = None
         # An Opu dropped without close() still releases its device (and an emulator's memory).
         self._finalizer = weakref.finalize(self, connection.close)
 
@@ -186,10 +210,28 @@ class Opu:
             self._runner = SequenceRunner(self.dmd, self.camera, self.settings.timeout_s, self.settings.max_lag_frames)
             self._runner.recover()  # frames an earlier session left queued or unread must not reach this one
             self._runner.counters.recoveries = 0
+            if self.settings.calibration is not None:
+                self._apply_calibration()
         except BaseException:
             self.close()
             raise
         _log.info("opened %s %s (firmware %s)", self._info.model, self._info.serial_number, self._info.firmware_version)
+
+    def _apply_calibration(self) -> None:
+        from .calibration.apply import apply_record, find_record
+
+        explicit = self.settings.explicit_record_settings()
+        record = find_record(self, self.settings.calibration, explicit)
+        if record is None:
+            _log.info("no stored calibration of %s matches; opening uncalibrated", self.info.serial_number)
+            return
+        self._calibration = apply_record(self, record, explicit=explicit, drift_check=self.settings.drift_check,
+                                         max_age_s=float(self.settings.calibration_max_age_s))
+
+    @property
+    def calibration(self):
+        """The calibration applied at open (:class:`~opu_driver.calibration.apply.AppliedCalibration`), or None."""
+        return self._calibration
 
     def _read_info(self, protocol_version: int) -> OpuInfo:
         identity = self.controller.identity
@@ -308,7 +350,7 @@ class Opu:
         again when ``refresh_reference`` is True). All-zero vectors give zeros without using the device. See
         opu_driver/linear.py for the physics and docs on the scale.
         """
-        from .linear import SCHEMES, LinearMode
+        from .linear import SCHEMES
 
         with self._lock:
             self._require_open()
@@ -327,13 +369,21 @@ class Opu:
             if E2.dtype.kind == "f" and not np.isfinite(E2).all():
                 raise InvalidInputError("E contains NaN or Inf")
             n_components = self._validate_components(n_components)
-            if self._linear is None:
-                self._linear = LinearMode(self)
+            self._linear = self.linear_mode
             self._linear.layout(E2.shape[1])  # refuses a signal that does not fit beside the reference
             if refresh_reference:
                 self._linear.calibration(E2.shape[1], n_components, refresh=True)
             out = self._linear.project(E2, n_components, scheme, n_bits)
             return out[0] if squeeze else out
+
+    @property
+    def linear_mode(self):
+        """The :class:`~opu_driver.linear.LinearMode` behind ``linear_transform`` (its reference calibrations)."""
+        from .linear import LinearMode
+
+        if self._linear is None:
+            self._linear = LinearMode(self)
+        return self._linear
 
     def acquire(self, bits: npt.ArrayLike, layout: Layout, n_components: int) -> np.ndarray:
         """Raw intensities of binary feature frames displayed through a layout of the caller's choice.

@@ -1,10 +1,19 @@
 """Shared pytest setup: the --hardware option and a small emulator geometry for fast tests."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 # A small device: tests must finish in seconds on 2 cores. The reference geometry is exercised by benchmarks.
 SMALL_SIM = "sim://?dmd=96x64&camera=64x48&cell=4"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # opu_driver.open applies the newest matching record of the default calibration store: point that store at an
+    # empty directory so that the user's own calibrations never change what the tests see.
+    os.environ["OPU_CALIBRATION_DIR"] = tempfile.mkdtemp(prefix="opu-test-calibrations-")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -60,7 +60,9 @@ def test_opu_calibrate_dark_prints_json_and_saves_a_record(tmp_path, capsys):
     assert main(["calibrate", "dark", "--url", url, "--out", str(tmp_path), "--frames", "8",
                  "--pixel-format", "MONO12", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["result"]["n_frames"] == 8 and printed["settings"]["n_components"] == 32 * 24
+    dark = printed["results"]["dark"]
+    assert dark["n_frames"] == 8 and dark["roi_width"] * dark["roi_height"] == 32 * 24
+    assert printed["settings"]["pixel_format"] == "MONO12"
     record = CalibrationStore(tmp_path).latest("SIM-00000013")
-    assert record is not None and record.results["dark"]["level_dn"] == printed["result"]["level_dn"]
+    assert record is not None and record.results["dark"]["level_dn"] == dark["level_dn"]
     assert record.arrays["dark/mean_dn"].shape == (32 * 24,)

@@ -40,4 +40,4 @@ def test_opu_calibrate_latency_json(capsys):
     from opu_driver.cli import main
 
     assert main(["calibrate", "latency", "--url", "sim://?dmd=96x64&camera=64x48&cell=4&lag=2", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["result"]["lag_frames"] == 2
+    assert json.loads(capsys.readouterr().out)["results"]["latency"]["lag_frames"] == 2

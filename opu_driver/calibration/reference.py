@@ -1,0 +1,125 @@
+"""Reference calibration of the linear mode: the reference intensity |R r|^2 per output, the pixel mask and the scale.
+
+``Opu.linear_transform`` measures this by itself the first time a size is used; running it as a calibration routine
+makes it explicit, stores it, and lets ``opu_driver.open`` install it so that the first projection of a session
+costs no calibration frames and uses the same effective matrix as the session that calibrated (see linear.py for
+the physics: outputs are divided by 2 sqrt(|R r|^2 var), and outputs whose reference is weak or saturated are masked).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..devices.camera import Roi
+from ..errors import InvalidInputError
+from ..linear import ReferenceCalibration
+
+__all__ = ["ReferenceResult", "measure_reference", "install_reference", "reference_layout"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    """The linear mode's reference for ``n_features`` signal features and ``n_components`` outputs.
+
+    Attributes:
+        calibration: what the linear mode uses (reference_dn, dark_dn, mask, entry_variance).
+        roi: the camera region of the outputs.
+    """
+
+    n_features: int
+    n_components: int
+    roi: Roi
+    calibration: ReferenceCalibration
+
+    @property
+    def usable_fraction(self) -> float:
+        return self.calibration.usable_fraction
+
+    def summary(self) -> dict[str, Any]:
+        c = self.calibration
+        usable = c.reference_dn[c.mask]
+        return {
+            "n_features": self.n_features,
+            "n_components": self.n_components,
+            "usable_fraction": round(c.usable_fraction, 4),
+            "entry_variance": float(f"{c.entry_variance:.6g}"),
+            "reference_median_dn": round(float(np.median(usable)), 3) if usable.size else 0.0,
+            "n_frames": c.n_frames,
+            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        c = self.calibration
+        return {"reference_dn": c.reference_dn, "dark_dn": c.dark_dn, "mask": c.mask}
+
+
+def reference_layout(opu, n_features: int):
+    """The split layout (signal beside the reference) the linear mode uses for ``n_features``."""
+    return opu.linear_mode.layout(n_features)
+
+
+def _check_sizes(opu, n_features: int, n_components: int) -> None:
+    for name, value in (("n_features", n_features), ("n_components", n_components)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    n_pixels = opu.info.camera_width * opu.info.camera_height
+    if n_components > n_pixels:
+        raise InvalidInputError(f"n_components={n_components} outside 1..{n_pixels} (camera pixels)")
+
+
+def measure_reference(opu, n_features: int, n_components: int, n_frames: int = 32) -> ReferenceResult:
+    """Measure the linear-mode reference for these sizes under the current settings and keep it in use.
+
+    ``n_frames`` dark and reference-only frames are averaged (plus one probe per feature, up to n_frames, for the
+    scale of the matrix entries).
+
+    Raises:
+        InvalidInputError: bad sizes (before anything is sent), a signal that does not fit beside the reference, or
+            no usable reference light.
+    """
+    _check_sizes(opu, n_features, n_components)
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 2:
+        raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
+    linear = opu.linear_mode
+    linear.layout(n_features)  # refuses a signal that does not fit beside the reference, before any frame
+    previous = linear.calibration_frames
+    linear.calibration_frames = int(n_frames)
+    try:
+        calibration = linear.calibration(n_features, n_components, refresh=True)
+    finally:
+        linear.calibration_frames = previous
+    result = ReferenceResult(int(n_features), int(n_components), opu.roi_for(n_components), calibration)
+    _log.info("reference: %s", result.summary())
+    return result
+
+
+def install_reference(opu, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+    """Install a stored reference (a record's ``reference`` summary and arrays) in the Opu's linear mode.
+
+    It is used only while the camera settings and laser power are those of the Opu now (the linear mode keys its
+    calibrations by them), so the caller applies the record's settings first. Returns False, with a log line,
+    when the stored arrays do not fit the device (a record of another geometry).
+    """
+    n_features, n_components = int(summary["n_features"]), int(summary["n_components"])
+    reference, dark, mask = arrays["reference_dn"], arrays["dark_dn"], arrays["mask"]
+    n_pixels = opu.info.camera_width * opu.info.camera_height
+    if not (1 <= n_components <= n_pixels and reference.shape == dark.shape == mask.shape == (n_components,)
+            and mask.dtype == np.bool_ and float(summary["entry_variance"]) > 0):
+        _log.warning("stored reference does not fit this device; it is not used")
+        return False
+    linear = opu.linear_mode
+    try:
+        linear.layout(n_features)
+    except InvalidInputError as exc:
+        _log.warning("stored reference not used: %s", exc)
+        return False
+    linear.install(n_features, n_components, ReferenceCalibration(
+        reference.astype(np.float32), dark.astype(np.float32), mask.copy(), float(summary["entry_variance"]),
+        int(summary.get("n_frames", 0)),
+    ))
+    return True

@@ -1,0 +1,203 @@
+"""Running calibration routines in order and saving each result as it comes (``opu calibrate``).
+
+``calibrate(opu, ["all"], store)`` runs exposure, dark, latency, roi, reference, fidelity, matrix and drift in that
+order: the exposure first because the dark level, the reference and everything after depend on it; the drift
+baseline last so it is taken with the final reference. After each routine the record is saved again under the same
+name (atomically), so an interrupted run loses at most the routine in progress and ``resume=True`` continues it:
+the stored settings and results are applied and the missing routines run.
+
+A single routine starts from the newest record of the device under the same settings and replaces that routine's
+result in a new record, so the newest record always holds the latest of every routine.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import InvalidInputError
+from .apply import apply_record, record_settings
+from .store import CalibrationRecord, CalibrationStore
+
+__all__ = ["ROUTINES", "CalibrationPlan", "calibrate", "run_routine", "summary_table"]
+
+_log = logging.getLogger(__name__)
+
+ROUTINES = ("exposure", "dark", "latency", "roi", "reference", "fidelity", "matrix", "drift")
+_RUN = "run"  # the results entry that describes the run itself
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """The sizes and options the routines use (the projection the device is calibrated for).
+
+    Attributes:
+        n_features: signal features of the projection (linear mode: beside the reference).
+        n_components: outputs (camera pixels of ``opu.roi_for(n_components)``).
+        dark_frames: frames averaged by the dark routine; dark_method: "shutter" or "laser_off".
+        max_saturated_fraction: the exposure routine's limit on saturated pixels of the brightest frame.
+        matrix_probes: "hadamard" or "random"; drift_probes: probe vectors of the drift monitor.
+    """
+
+    n_features: int = 1000
+    n_components: int = 4096
+    dark_frames: int = 64
+    dark_method: str = "shutter"
+    max_saturated_fraction: float = 1e-3
+    matrix_probes: str = "hadamard"
+    drift_probes: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "n_components", "dark_frames", "drift_probes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.max_saturated_fraction < 1:
+            raise InvalidInputError(f"max_saturated_fraction must be within [0, 1), got {self.max_saturated_fraction}")
+
+
+def run_routine(opu, name: str, plan: CalibrationPlan, *, done: dict[str, Any] | None = None,
+                progress: bool = False) -> Any:
+    """Run one routine with the plan's sizes; ``done`` holds results of this run (the roi uses the dark's)."""
+    done = done or {}
+    f, c = plan.n_features, plan.n_components
+    if name == "exposure":
+        from .exposure import tune_exposure
+        from .reference import reference_layout
+
+        # The brightest frame the calibrated projections use is the linear mode's: every signal feature and the
+        # reference on.
+        return tune_exposure(opu, f, c, layout=reference_layout(opu, f),
+                             max_saturated_fraction=plan.max_saturated_fraction, progress=progress)
+    if name == "dark":
+        from .dark import measure_dark
+
+        return measure_dark(opu, c, n_frames=plan.dark_frames, method=plan.dark_method)
+    if name == "latency":
+        from .latency import measure_latency
+
+        return measure_latency(opu, n_components=min(c, 256), n_features=min(f, 64))
+    if name == "roi":
+        from .roi import measure_roi
+
+        return measure_roi(opu, c, n_features=f, dark=done.get("dark"), progress=progress)
+    if name == "reference":
+        from .reference import measure_reference
+
+        return measure_reference(opu, f, c)
+    if name == "fidelity":
+        from .fidelity import measure_fidelity
+
+        return measure_fidelity(opu, f, c, progress=progress)
+    if name == "matrix":
+        from .matrix import estimate_matrix
+
+        return estimate_matrix(opu, f, c, probes=plan.matrix_probes, progress=progress)
+    if name == "drift":
+        from .drift import DriftMonitor
+
+        monitor = DriftMonitor(opu, f, c, n_probes=plan.drift_probes)
+        monitor.baseline()
+        return monitor.result()
+    raise InvalidInputError(f"unknown routine {name!r}; choose from {ROUTINES} or 'all'")
+
+
+def _new_record(opu, base: CalibrationRecord | None) -> CalibrationRecord:
+    info = opu.info
+    record = CalibrationRecord(model=info.model, serial_number=info.serial_number,
+                               firmware_version=info.firmware_version, settings=record_settings(opu))
+    if base is not None:
+        record.results.update({k: dict(v) for k, v in base.results.items() if k != _RUN})
+        record.arrays.update(base.arrays)
+    return record
+
+
+def _put(record: CalibrationRecord, name: str, result: Any) -> None:
+    record.results[name] = result.summary()
+    for key in [k for k in record.arrays if k.startswith(name + "/")]:
+        del record.arrays[key]
+    record.arrays.update({f"{name}/{key}": value for key, value in result.arrays().items()})
+
+
+def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan: CalibrationPlan | None = None, *,
+              resume: bool = False, progress: bool = False,
+              on_result: Callable[[str, Any], None] | None = None) -> CalibrationRecord:
+    """Run ``routines`` (names from ROUTINES, or ["all"]) and return the record (saved after each routine).
+
+    Args:
+        store: where to save; None keeps the record in memory only.
+        resume: with "all", continue the newest unfinished run of this device and plan instead of starting anew.
+        on_result: called with (name, result) after each routine (the CLI prints from it).
+
+    Raises:
+        InvalidInputError: unknown routine names (before anything is sent).
+    """
+    plan = plan or CalibrationPlan()
+    names = list(ROUTINES) if list(routines) == ["all"] else list(routines)
+    unknown = [n for n in names if n not in ROUTINES]
+    if unknown or not names:
+        raise InvalidInputError(f"unknown routines {unknown or names}; choose from {ROUTINES} or 'all'")
+    run_all = list(routines) == ["all"]
+    plan_fields = {k: v for k, v in asdict(plan).items()}
+    record: CalibrationRecord | None = None
+    if run_all and resume and store is not None:
+        previous = store.latest(opu.info.serial_number)
+        run = previous.results.get(_RUN, {}) if previous is not None else {}
+        if previous is not None and run.get("complete") is False and all(
+                run.get(k) == v for k, v in plan_fields.items()):
+            record = previous
+            apply_record(opu, record, explicit={}, drift_check=False)
+            _log.info("resuming %s: done %s", record.path, ", ".join(k for k in record.results if k != _RUN))
+        else:
+            _log.info("nothing to resume: starting a new calibration run")
+    if record is None:
+        base = None
+        if not run_all and store is not None:
+            base = store.latest(opu.info.serial_number, record_settings(opu))
+        record = _new_record(opu, base)
+    if run_all:
+        record.results[_RUN] = {**plan_fields, "complete": False}
+    done: dict[str, Any] = {}
+    todo = [n for n in names if not (run_all and n in record.results)]
+    for name in tqdm(todo, desc="calibration", unit="routine", disable=not progress or len(todo) < 2):
+        result = run_routine(opu, name, plan, done=done, progress=progress)
+        done[name] = result
+        _put(record, name, result)
+        if name == "exposure":
+            record.settings = record_settings(opu)
+        if run_all:
+            record.results[_RUN]["complete"] = name == todo[-1]
+        if store is not None:
+            store.save(record)
+        if on_result is not None:
+            on_result(name, result)
+    if run_all and not todo:
+        record.results[_RUN]["complete"] = True
+        if store is not None:
+            store.save(record)
+    return record
+
+
+def summary_table(record: CalibrationRecord, width: int = 100) -> str:
+    """The record's results as a plain-text table: one block per routine, its summary keys and values."""
+    lines = [f"{record.model} {record.serial_number} (firmware {record.firmware_version}), "
+             f"{record.created:%Y-%m-%d %H:%M:%S} UTC",
+             "settings: " + ", ".join(f"{k}={v}" for k, v in record.settings.items())]
+    name_width = max([len(n) for n in record.results] + [7])
+    lines.append(f"{'routine':<{name_width}}  results")
+    lines.append(f"{'-' * name_width}  {'-' * (width - name_width - 2)}")
+    for name in [n for n in ROUTINES if n in record.results] + [n for n in record.results if n not in ROUTINES]:
+        items = [f"{k}={v}" for k, v in record.results[name].items() if not k.startswith("roi_")]
+        current, first = "", True
+        for item in items:
+            if current and len(current) + 2 + len(item) > width - name_width - 2:
+                lines.append(f"{name if first else '':<{name_width}}  {current}")
+                current, first = item, False
+            else:
+                current = f"{current}, {item}" if current else item
+        lines.append(f"{name if first else '':<{name_width}}  {current}")
+    return "\n".join(lines)
