@@ -144,6 +144,6 @@ def apply_record(opu, record: CalibrationRecord, *, explicit: dict[str, Any], dr
             notes.append(f"drift check failed: the probes correlate at {correlation:.4f} with the stored "
                          f"baseline (threshold {threshold:.4f}): recalibrate (opu calibrate all)")
     for note in notes:
-        warnings.warn(f"{record.path or 'calibration'}: {note}", CalibrationWarning, stacklevel=4)
+        warnings.warn(f"{record.path or 'calibration'}: {note}", CalibrationWarning, stacklevel=5)
     _log.info("applied calibration %s: %s", record.path, ", ".join(applied) or "nothing")
     return AppliedCalibration(record, tuple(applied), correlation, threshold, drifted, tuple(notes))

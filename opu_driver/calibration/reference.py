@@ -47,7 +47,7 @@ class ReferenceResult:
             "n_features": self.n_features,
             "n_components": self.n_components,
             "usable_fraction": round(c.usable_fraction, 4),
-            "entry_variance": float(f"{c.entry_variance:.6g}"),
+            "entry_variance": float(c.entry_variance),  # full precision: the scale of every output
             "reference_median_dn": round(float(np.median(usable)), 3) if usable.size else 0.0,
             "n_frames": c.n_frames,
             "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
