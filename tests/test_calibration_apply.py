@@ -130,7 +130,7 @@ def test_the_default_store_is_used_and_old_or_foreign_firmware_records_warn(tmp_
         with opu_driver.open(SIM, calibration_max_age_s=30 * 86400):
             pass
     with pytest.warns(CalibrationWarning, match="firmware 1.0.0"):
-        with opu_driver.open(SIM + "&firmware=1.1.0"):
+        with opu_driver.open(SIM + "&firmware=1.1.0", calibration_max_age_s=30 * 86400):
             pass
 
 
