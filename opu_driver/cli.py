@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .errors import OpuError
@@ -61,13 +62,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from . import open as open_opu
     from .calibration import CalibrationPlan, CalibrationStore, calibrate, default_store_dir, summary_table
 
-    store_dir = args.out or default_store_dir()
+    store_dir = Path(args.out) if args.out else default_store_dir()
     store = None if args.no_save else CalibrationStore(store_dir)
+    apply_from = str(store_dir) if store is not None and store_dir.is_dir() else None
     progress = not args.no_progress and sys.stderr.isatty()
     # The stored calibration of this device is applied first (settings, lag, references) so a single routine
     # extends it; its drift check is skipped: a calibration run is about to measure afresh.
     settings = {"pixel_format": args.pixel_format} if args.pixel_format else {}
-    with open_opu(args.url, calibration=None if args.no_save else str(store_dir), drift_check=False,
+    with open_opu(args.url, calibration=apply_from, drift_check=False,
                   **settings) as opu:
         info = opu.info
         n_pixels = info.camera_width * info.camera_height

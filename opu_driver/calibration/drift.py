@@ -1,0 +1,440 @@
+"""Drift monitoring: re-project a fixed probe set and say when the projection has changed enough to recalibrate.
+
+A scattering medium (and the optics around it) slowly changes: the effective matrix B(t) of the linear mode moves
+away from the one a model was trained with or a matrix estimate measured. The monitor keeps a fixed set of ternary
+probe vectors and their linear projections at a baseline; a check projects the probes again and correlates the
+result with the baseline. Without drift the correlation only reflects the camera noise; with drift it falls.
+
+Baseline and noise floor. ``baseline()`` projects the probes twice. The two repeats give the noise floor: with
+signal variance S and independent noise variance N per projection their correlation is r0 = S / (S + N). The
+stored baseline is the mean of the two (noise N / 2), so a check without drift is expected to correlate with it at
+
+    rho_c = S / sqrt((S + N) (S + N / 2)) = r0 sqrt(2 / (1 + r0)).
+
+Default threshold. The sampling spread of such a correlation is estimated from the data by a jackknife over the
+probes (leave one probe out, recompute r0): probes and their noise are independent from probe to probe, while the
+outputs of one probe are not (speckle grains span several pixels, the laser jitter is common to a frame), so the
+probes are the honest unit. The check's correlation and the estimate of rho_c each have about that spread sigma,
+so their difference has sqrt(2) sigma; the threshold sits ``THRESHOLD_SIGMAS`` (6) of those below rho_c:
+
+    threshold = min(rho_c - 6 sqrt(2) sigma, 1 - MIN_DROP)
+
+A Gaussian excursion of 6 sigma happens once in about 10^9 checks, and the jackknife over a fixed probe set
+overestimates the spread of a check with the same probes (their signal part does not change), so a false alarm
+without drift is very unlikely. ``MIN_DROP`` (0.001) keeps a noise-free device from flagging changes of the last
+digits that no application would notice.
+
+Time is the device clock (``opu.dmd.device_time_us``), so the emulator's drift (which follows device time, not the
+wall clock) and a real device are read the same way; times are reported in seconds since the baseline (the middle of
+its two repeats), each check at the middle of its projection.
+
+Stale reference. The linear mode measures its reference |R r|^2 per pixel once (``baseline()`` refreshes it) and
+then keeps it. On a drifting medium the reference field changes too, so checks divide by a stale reference: the
+scale of each output drifts as well as the matrix. Both lower the correlation, so the monitor's verdict holds either
+way; for the emulator's model R(t) = R0 cos + R1 sin the correlation with a baseline taken with a fresh reference is
+about a^2 / sqrt(a^2 + K b^2) times rho_c, with a = cos(theta_t - theta_b), b = sin(theta_t - theta_b) and
+K = E|u|^2 E[1 / |u_b|^2] over the unmasked outputs (u: the reference field), rather than plain cos(theta_t -
+theta_b). Recalibrating means refreshing the reference (``baseline()`` does) and whatever was fitted to the old
+matrix.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import tqdm
+
+from ..devices.camera import Roi
+from ..errors import InvalidInputError
+from .fidelity import correlation
+
+__all__ = ["DriftSample", "DriftResult", "DriftMonitor", "measure_drift", "check_drift", "default_threshold",
+           "THRESHOLD_SIGMAS", "MIN_DROP"]
+
+_log = logging.getLogger(__name__)
+
+SCHEMES = ("four_frame", "two_frame")
+_FRAMES_PER_PROBE = {"four_frame": 4, "two_frame": 2}
+THRESHOLD_SIGMAS = 6.0
+"""How many sampling spreads (of a difference of two correlations) the default threshold sits below rho_c."""
+MIN_DROP = 1e-3
+"""The default threshold is never above 1 - MIN_DROP."""
+_BLANK_CHUNK_FRAMES = 4096
+
+
+@dataclass(frozen=True)
+class DriftSample:
+    """One check: seconds since the baseline (device clock; NaN when the baseline's time is unknown), the
+    correlation of the probes' projections with the baseline, and whether it fell below the threshold."""
+
+    time_s: float
+    correlation: float
+    drifted: bool
+    device_time_us: int = 0
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """A monitor's baseline, threshold and checks so far.
+
+    Attributes:
+        n_features, n_components: sizes of the probes and of their projections.
+        scheme: linear-mode scheme of the projections.
+        threshold: correlations below it mean "recalibrate".
+        baseline_repeatability: correlation of the baseline's two repeats (None when resumed from a record).
+        expected_correlation: what a check without drift should give, rho_c (None when resumed from a record).
+        baseline_device_time_us: device time of the baseline (None when unknown).
+        roi: camera region of the outputs.
+        times_s, correlations: the checks, in seconds since the baseline.
+        probes: (n_probes, n_features) int8 ternary probe vectors.
+        baseline: (n_probes, n_components) float32 mean of the baseline's two projections.
+        needs_recalibration: whether some check since the baseline fell below the threshold.
+    """
+
+    n_features: int
+    n_components: int
+    scheme: str
+    threshold: float
+    baseline_repeatability: float | None
+    expected_correlation: float | None
+    baseline_device_time_us: int | None
+    roi: Roi
+    needs_recalibration: bool
+    times_s: npt.NDArray[np.float64] = field(repr=False)
+    correlations: npt.NDArray[np.float64] = field(repr=False)
+    probes: npt.NDArray[np.int8] = field(repr=False)
+    baseline: npt.NDArray[np.float32] = field(repr=False)
+
+    @property
+    def n_probes(self) -> int:
+        return int(self.probes.shape[0])
+
+    @property
+    def last_correlation(self) -> float | None:
+        return float(self.correlations[-1]) if self.correlations.size else None
+
+    def summary(self) -> dict[str, float | int | str | bool | None]:
+        def rounded(value: float | None) -> float | None:
+            return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+        return {
+            "n_features": self.n_features,
+            "n_components": self.n_components,
+            "scheme": self.scheme,
+            "n_probes": self.n_probes,
+            "threshold": rounded(self.threshold),
+            "baseline_repeatability": rounded(self.baseline_repeatability),
+            "expected_correlation": rounded(self.expected_correlation),
+            "last_correlation": rounded(self.last_correlation),
+            "needs_recalibration": bool(self.needs_recalibration),
+            "n_checks": int(self.correlations.size),
+            "baseline_device_time_us": self.baseline_device_time_us,
+            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The time series and what a later session needs to check against this baseline (``drift/<name>``)."""
+        return {
+            "times_s": np.asarray(self.times_s, dtype=np.float64),
+            "correlations": np.asarray(self.correlations, dtype=np.float64),
+            "probes": np.asarray(self.probes, dtype=np.int8),
+            "baseline": np.asarray(self.baseline, dtype=np.float32),
+        }
+
+
+def default_threshold(repeat_1: npt.ArrayLike, repeat_2: npt.ArrayLike) -> tuple[float, float, float]:
+    """(threshold, r0, rho_c) from two projections (n_probes, n_outputs) of the same probes (see the module doc).
+
+    r0 is their correlation, rho_c = r0 sqrt(2 / (1 + r0)) what a check correlates with their mean without drift,
+    and the threshold rho_c - THRESHOLD_SIGMAS sqrt(2) sigma (at most 1 - MIN_DROP), sigma the jackknife spread of
+    r0 over probes.
+    """
+    y1 = np.asarray(repeat_1, dtype=np.float64)
+    y2 = np.asarray(repeat_2, dtype=np.float64)
+    n = y1.shape[0]
+    r0 = correlation(y1, y2)
+    if not math.isfinite(r0):
+        raise InvalidInputError("the probes' projections are constant: no light, or every output masked")
+    rho_c = r0 * math.sqrt(2 / (1 + r0)) if r0 > -1 else -1.0
+    # Leave-one-probe-out correlations from per-probe sums.
+    m = y1.shape[1]
+    sx, sy = y1.sum(axis=1), y2.sum(axis=1)
+    sxx, syy, sxy = (y1 * y1).sum(axis=1), (y2 * y2).sum(axis=1), (y1 * y2).sum(axis=1)
+    count = (n - 1) * m
+    tx, ty = sx.sum() - sx, sy.sum() - sy
+    cxx = sxx.sum() - sxx - tx * tx / count
+    cyy = syy.sum() - syy - ty * ty / count
+    cxy = sxy.sum() - sxy - tx * ty / count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        leave_one_out = np.clip(cxy / np.sqrt(cxx * cyy), -1, 1)
+    leave_one_out = leave_one_out[np.isfinite(leave_one_out)]
+    sigma = math.sqrt((n - 1) / n * float(((leave_one_out - leave_one_out.mean()) ** 2).sum())) \
+        if leave_one_out.size >= 2 else 0.0
+    threshold = min(rho_c - THRESHOLD_SIGMAS * math.sqrt(2) * sigma, 1 - MIN_DROP)
+    return threshold, r0, rho_c
+
+
+def _is_count(value: object, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
+
+
+def _check_components(opu, n_components: object) -> None:
+    if not _is_count(n_components, 1):
+        raise InvalidInputError(f"n_components must be an integer >= 1, got {n_components!r}")
+    n_pixels = opu.info.camera_width * opu.info.camera_height
+    if n_components > n_pixels:
+        raise InvalidInputError(f"n_components={n_components} outside 1..{n_pixels} (camera pixels)")
+
+
+def _check_threshold(threshold: object) -> None:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(threshold) or not -1 <= threshold <= 1:
+        raise InvalidInputError(f"threshold must be a number within -1..1, got {threshold!r}")
+
+
+def _check_scheme(scheme: object) -> None:
+    if scheme not in SCHEMES:
+        raise InvalidInputError(f"scheme={scheme!r}; choose one of {SCHEMES}")
+
+
+def _validated_record(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float,
+                      scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """Probes and baseline of a stored record, checked (nothing is sent)."""
+    _check_scheme(scheme)
+    _check_threshold(threshold)
+    probes = np.asarray(probes)
+    baseline = np.asarray(baseline)
+    if probes.ndim != 2 or probes.shape[0] < 2 or probes.shape[1] < 1 or probes.dtype.kind not in "biuf":
+        raise InvalidInputError(f"probes must be a (n_probes >= 2, n_features) array, got {probes.shape}")
+    if not np.isin(probes, (-1, 0, 1)).all() or not probes.any(axis=1).all():
+        raise InvalidInputError("probes must be ternary (-1, 0, 1) with a nonzero entry in every probe")
+    if baseline.ndim != 2 or baseline.shape[0] != probes.shape[0] or baseline.dtype.kind not in "biuf":
+        raise InvalidInputError(f"baseline must be (n_probes={probes.shape[0]}, n_components), got {baseline.shape}")
+    if not np.isfinite(baseline).all():
+        raise InvalidInputError("baseline contains NaN or Inf")
+    _check_components(opu, baseline.shape[1])
+    if not baseline.any():
+        raise InvalidInputError("baseline is all zero")
+    return probes.astype(np.int8), baseline.astype(np.float32)
+
+
+def _project(opu, probes: np.ndarray, n_components: int, scheme: str, refresh: bool = False) -> tuple[np.ndarray,
+                                                                                                     int]:
+    """Linear projections of the probes and the device time (us) at the middle of their frames."""
+    frame_time_us = opu.camera.settings.frame_time_us
+    before = opu.dmd.device_time_us
+    out = opu.linear_transform(probes, n_components, scheme=scheme, refresh_reference=refresh)
+    after = opu.dmd.device_time_us
+    # The call may first measure the reference: the probes' frames are the last ones.
+    duration = min(after - before, probes.shape[0] * _FRAMES_PER_PROBE[scheme] * frame_time_us)
+    return np.asarray(out, dtype=np.float64), int(after - duration // 2)
+
+
+def _sample(opu, probes: np.ndarray, baseline: np.ndarray, threshold: float, scheme: str,
+            origin_us: int | None) -> DriftSample:
+    projected, time_us = _project(opu, probes, baseline.shape[1], scheme)
+    used = np.any(baseline != 0, axis=0)
+    value = correlation(projected[:, used], baseline[:, used])
+    time_s = (time_us - origin_us) * 1e-6 if origin_us is not None else float("nan")
+    drifted = not value >= threshold  # NaN (no light any more) counts as drifted
+    if drifted:
+        _log.warning("drift check: correlation %.4f with the baseline is below the threshold %.4f: recalibrate",
+                     value, threshold)
+    return DriftSample(float(time_s), float(value), bool(drifted), int(time_us))
+
+
+def check_drift(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float, scheme: str = "four_frame",
+                *, baseline_time_us: int | None = None) -> DriftSample:
+    """Project stored probes once and compare with their stored baseline (the open-time drift check).
+
+    ``time_s`` is NaN unless ``baseline_time_us`` (the baseline's device time, meaningful only while the device
+    clock has not been reset) is given. At open the linear mode measures a fresh reference, so this check sees the
+    medium's change since the baseline (and any change of settings), not a stale reference.
+
+    Raises:
+        InvalidInputError: bad arguments (before anything is sent).
+    """
+    probes, baseline = _validated_record(opu, probes, baseline, threshold, scheme)
+    return _sample(opu, probes, baseline, float(threshold), scheme, baseline_time_us)
+
+
+class DriftMonitor:
+    """Re-projects a fixed probe set and reports its correlation with a baseline over device time.
+
+    Usage in a training loop::
+
+        monitor = DriftMonitor(opu, n_features, n_components, interval_steps=200)
+        monitor.baseline()
+        for batch in data:
+            ...                               # training work with the OPU
+            sample = monitor.step()           # a check every 200 calls, else None
+            if monitor.needs_recalibration:
+                ...                           # recalibrate, then monitor.baseline()
+
+    ``needs_recalibration`` latches: it stays True from the first failed check until the next ``baseline()``.
+    """
+
+    def __init__(self, opu, n_features: int, n_components: int, *, n_probes: int = 32, scheme: str = "four_frame",
+                 threshold: float | None = None, interval_steps: int = 100, seed: int | None = None) -> None:
+        if not _is_count(n_features, 1):
+            raise InvalidInputError(f"n_features must be an integer >= 1, got {n_features!r}")
+        _check_components(opu, n_components)
+        if not _is_count(n_probes, 3):
+            raise InvalidInputError(f"n_probes must be an integer >= 3 (the spread needs a jackknife), got "
+                                    f"{n_probes!r}")
+        _check_scheme(scheme)
+        if threshold is not None:
+            _check_threshold(threshold)
+        if not _is_count(interval_steps, 1):
+            raise InvalidInputError(f"interval_steps must be an integer >= 1, got {interval_steps!r}")
+        if seed is not None and not _is_count(seed, 0):
+            raise InvalidInputError(f"seed must be None or an integer >= 0, got {seed!r}")
+        self._opu = opu
+        self.n_features = int(n_features)
+        self.n_components = int(n_components)
+        self.scheme = scheme
+        self.interval_steps = int(interval_steps)
+        self._fixed_threshold = None if threshold is None else float(threshold)
+        rng = np.random.default_rng(seed)
+        probes = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(n_probes, n_features))
+        empty = ~probes.any(axis=1)
+        probes[empty, rng.integers(0, n_features, size=int(empty.sum()))] = 1  # never an all-zero probe
+        self.probes: np.ndarray = probes
+        self._baseline: np.ndarray | None = None
+        self._threshold: float | None = self._fixed_threshold
+        self.baseline_repeatability: float | None = None
+        self.expected_correlation: float | None = None
+        self.baseline_device_time_us: int | None = None
+        self._history: list[DriftSample] = []
+        self._latched = False
+        self._steps = 0
+
+    @classmethod
+    def from_arrays(cls, opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float,
+                    scheme: str = "four_frame", *, baseline_time_us: int | None = None,
+                    interval_steps: int = 100) -> "DriftMonitor":
+        """Resume from a stored record (its probes, baseline and threshold); nothing is sent.
+
+        Times count from ``baseline_time_us`` when given, else from the first check after resuming.
+        """
+        probes, baseline = _validated_record(opu, probes, baseline, threshold, scheme)
+        monitor = cls(opu, probes.shape[1], baseline.shape[1], n_probes=max(3, probes.shape[0]), scheme=scheme,
+                      threshold=float(threshold), interval_steps=interval_steps)
+        monitor.probes = probes
+        monitor._baseline = baseline
+        monitor.baseline_device_time_us = None if baseline_time_us is None else int(baseline_time_us)
+        return monitor
+
+    # -- state ------------------------------------------------------------------------------------------
+    @property
+    def threshold(self) -> float | None:
+        """Correlations below it flag drift (None until the baseline when it is derived)."""
+        return self._threshold
+
+    @property
+    def history(self) -> tuple[DriftSample, ...]:
+        """Checks since the baseline, oldest first."""
+        return tuple(self._history)
+
+    @property
+    def needs_recalibration(self) -> bool:
+        """Whether some check since the baseline fell below the threshold."""
+        return self._latched
+
+    @property
+    def has_baseline(self) -> bool:
+        return self._baseline is not None
+
+    # -- work -------------------------------------------------------------------------------------------
+    def baseline(self, refresh_reference: bool = True) -> float:
+        """Project the probes twice (after refreshing the linear mode's reference unless told not to), keep the
+        mean as the baseline, derive the threshold unless one was given, clear the history; return the repeats'
+        correlation r0 (the noise floor)."""
+        both, time_us = _project(self._opu, np.concatenate([self.probes, self.probes]), self.n_components,
+                                 self.scheme, refresh=refresh_reference)
+        first, second = np.split(both, 2)
+        used = np.any(both != 0, axis=0)
+        if not used.any():
+            raise InvalidInputError("every output of the probes' projections is 0: no light, or every output "
+                                    "masked by the linear mode")
+        threshold, r0, rho_c = default_threshold(first[:, used], second[:, used])
+        self._baseline = ((first + second) / 2).astype(np.float32)
+        self._threshold = self._fixed_threshold if self._fixed_threshold is not None else threshold
+        self.baseline_repeatability = r0
+        self.expected_correlation = rho_c
+        self.baseline_device_time_us = time_us
+        self._history = []
+        self._latched = False
+        self._steps = 0
+        _log.info("drift baseline: repeat correlation %.5f, expected check correlation %.5f, threshold %.5f",
+                  r0, rho_c, self._threshold)
+        return r0
+
+    def check(self) -> DriftSample:
+        """Project the probes once and correlate with the baseline (takes the baseline first if there is none)."""
+        if self._baseline is None:
+            self.baseline()
+        assert self._baseline is not None and self._threshold is not None
+        if self.baseline_device_time_us is None:  # resumed without a time: count from the first check
+            self.baseline_device_time_us = self._opu.dmd.device_time_us
+        sample = _sample(self._opu, self.probes, self._baseline, self._threshold, self.scheme,
+                         self.baseline_device_time_us)
+        self._history.append(sample)
+        self._latched = self._latched or sample.drifted
+        return sample
+
+    def step(self) -> DriftSample | None:
+        """Call once per training step: checks every ``interval_steps`` calls (the first call takes the baseline
+        if there is none) and returns the sample, else None."""
+        if self._baseline is None:
+            self.baseline()
+            return None
+        self._steps += 1
+        if self._steps % self.interval_steps:
+            return None
+        return self.check()
+
+    def result(self) -> DriftResult:
+        """Baseline, threshold and checks so far."""
+        if self._baseline is None or self._threshold is None:
+            raise InvalidInputError("no baseline yet: call baseline() first")
+        return DriftResult(
+            self.n_features, self.n_components, self.scheme, self._threshold, self.baseline_repeatability,
+            self.expected_correlation, self.baseline_device_time_us, self._opu.roi_for(self.n_components),
+            self._latched, np.array([s.time_s for s in self._history], dtype=np.float64),
+            np.array([s.correlation for s in self._history], dtype=np.float64), self.probes.copy(),
+            self._baseline.copy(),
+        )
+
+
+def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8, frames_between: int = 1000,
+                  n_probes: int = 32, scheme: str = "four_frame", threshold: float | None = None,
+                  seed: int | None = None, progress: bool = False) -> DriftResult:
+    """A baseline, then ``n_checks`` checks each after ``frames_between`` blank frames (standing in for work).
+
+    At the default 500 us frame period 1000 frames are half a second of device time.
+
+    Raises:
+        InvalidInputError: bad arguments (before anything is sent).
+    """
+    if not _is_count(n_checks, 1):
+        raise InvalidInputError(f"n_checks must be an integer >= 1, got {n_checks!r}")
+    if not _is_count(frames_between, 0):
+        raise InvalidInputError(f"frames_between must be an integer >= 0, got {frames_between!r}")
+    monitor = DriftMonitor(opu, n_features, n_components, n_probes=n_probes, scheme=scheme, threshold=threshold,
+                           seed=seed)
+    monitor.baseline()
+    blank = np.zeros((min(frames_between, _BLANK_CHUNK_FRAMES), 1), dtype=np.uint8)
+    for _ in tqdm.tqdm(range(n_checks), desc="drift", disable=not progress):
+        left = frames_between
+        while left > 0:
+            # one mirror's worth of blank frames, one output read: the cheapest frames to show
+            opu.transform(blank[:left], 1)
+            left -= min(left, blank.shape[0])
+        monitor.check()
+    result = monitor.result()
+    _log.info("drift: %s", result.summary())
+    return result

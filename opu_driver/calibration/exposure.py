@@ -1,0 +1,363 @@
+"""Exposure calibration: choose exposure (and gain if needed) for the brightest frame a projection can show.
+
+The brightest expected frame is every feature ON through the projection's layout. Speckle intensity is
+exponential, so a frame has no "maximum" worth aiming at: its top is a high quantile. The routine aims the
+(1 - max_saturated_fraction) quantile of that frame's pixel values at ``target_fraction`` of the ADC's full
+scale, which leaves about max_saturated_fraction * exp(-(1 - target) / target * ln(1 / max_saturated_fraction))
+of the pixels saturated (1.8e-4 for the defaults), and then checks it by measuring.
+
+How: a short sweep of exposures at gain 1 (halving from the longest allowed), the straight line
+top = dark + slope * exposure_us * gain fitted to the points that are not clipped, the setting that puts the top
+on the target (gain only when the longest exposure cannot), a measurement there (refined a few times with the
+nearest points), and a bounded number of steps down while more than max_saturated_fraction of the pixels are
+saturated. The laser power is never changed: it is the light budget the caller chose.
+
+It uses the public Opu API only (``opu.acquire`` with the caller's layout, ``opu.camera.configure``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import tqdm
+
+from ..devices.camera import CameraSettings, Roi
+from ..encoding.layouts import Layout, make_layout
+from ..errors import AcquisitionError, InvalidInputError
+from ..protocol import bits_per_pixel
+
+__all__ = ["ExposureResult", "tune_exposure"]
+
+_log = logging.getLogger(__name__)
+
+FRAME_GAP_US = 50
+"""The camera needs frame_time_us >= exposure_us + 50 (docs/protocol.md 1.2)."""
+MIN_EXPOSURE_US = 10
+MAX_EXPOSURE_US = 1_000_000
+MAX_GAIN = 16.0
+_CLIPPED = 0.95  # a top above this share of full scale may be clipped by the ADC: never fitted
+_ACCEPT = 0.03  # a measured top within 3% of the target ends the refinement (a few DN at 8 bits)
+_MAX_REFINE = 4  # measurements spent converging on the target after the sweep
+_MAX_STEPS_DOWN = 6  # steps down while too many pixels are saturated
+_STEP_DOWN = 0.85  # each step down lowers exposure x gain by 15%
+
+
+@dataclass(frozen=True)
+class ExposureResult:
+    """The chosen camera setting and every measurement that led to it.
+
+    Attributes:
+        exposure_us, gain, frame_time_us: what the camera is left at.
+        top_dn: the (1 - max_saturated_fraction) quantile of the brightest frame's pixel values at that setting.
+        saturated_fraction: share of those pixel values at full scale.
+        max_saturated_fraction, target_fraction: as asked; target_dn = target_fraction * full_scale_dn.
+        full_scale_dn: 2^bits - 1 of the pixel format.
+        dark_dn, slope_dn_per_us: the fitted model top = dark_dn + slope_dn_per_us * exposure_us * gain.
+        reached_target: False when the longest exposure (and the highest gain allowed) left the top below the
+            target by more than the refinement's 3% tolerance.
+        n_features, n_components, n_frames, layout: the frame measured (layout kind) and its repetitions.
+        roi: the camera region of the n_components outputs.
+        sweep_*: every measurement in order (sweep, refinement, steps down): exposure, gain, top, saturated share.
+    """
+
+    exposure_us: int
+    gain: float
+    frame_time_us: int
+    top_dn: float
+    saturated_fraction: float
+    max_saturated_fraction: float
+    target_fraction: float
+    target_dn: float
+    full_scale_dn: int
+    dark_dn: float
+    slope_dn_per_us: float
+    reached_target: bool
+    n_features: int
+    n_components: int
+    n_frames: int
+    layout: str
+    roi: Roi
+    sweep_exposure_us: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    sweep_gain: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    sweep_top_dn: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    sweep_saturated_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def summary(self) -> dict[str, float | int | str | bool]:
+        return {
+            "exposure_us": self.exposure_us,
+            "gain": round(self.gain, 3),
+            "frame_time_us": self.frame_time_us,
+            "saturated_fraction": round(self.saturated_fraction, 6),
+            "max_saturated_fraction": self.max_saturated_fraction,
+            "top_dn": round(self.top_dn, 2),
+            "full_scale_dn": self.full_scale_dn,
+            "target_dn": round(self.target_dn, 2),
+            "target_fraction": self.target_fraction,
+            "dark_dn": round(self.dark_dn, 3),
+            "slope_dn_per_us": float(f"{self.slope_dn_per_us:.6g}"),
+            "reached_target": self.reached_target,
+            "n_features": self.n_features,
+            "n_components": self.n_components,
+            "n_frames": self.n_frames,
+            "layout": self.layout,
+            "n_measurements": int(self.sweep_exposure_us.size),
+            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The measurements, in order (stored as ``exposure/<name>``)."""
+        return {
+            "sweep_exposure_us": np.asarray(self.sweep_exposure_us, dtype=np.float64),
+            "sweep_gain": np.asarray(self.sweep_gain, dtype=np.float64),
+            "sweep_top_dn": np.asarray(self.sweep_top_dn, dtype=np.float64),
+            "sweep_saturated_fraction": np.asarray(self.sweep_saturated_fraction, dtype=np.float64),
+        }
+
+
+class _QuietSaturation(logging.Filter):
+    """Drops the Opu's "outputs are saturated" warning: the sweep saturates on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "outputs are saturated" not in str(record.msg)
+
+
+def _is_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _is_number(value: object) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+            and math.isfinite(float(value)))
+
+
+def tune_exposure(
+    opu,
+    n_features: int,
+    n_components: int,
+    *,
+    layout: Layout | None = None,
+    max_saturated_fraction: float = 1e-3,
+    target_fraction: float = 0.8,
+    max_exposure_us: int | None = None,
+    allow_gain: bool = True,
+    n_frames: int = 4,
+    progress: bool = False,
+) -> ExposureResult:
+    """Set exposure (and gain if needed) so the brightest frame's top sits near ``target_fraction`` of full scale.
+
+    The camera is LEFT at the chosen exposure, gain and frame time: setting them is this routine's purpose.
+    On an exception it restores the exposure, gain and frame time it found.
+
+    Args:
+        n_features: features of the projection; with ``layout`` None the frame goes through the layout
+            ``opu.transform`` would use for them (``opu.settings.layout``).
+        n_components: outputs (camera region ``opu.roi_for(n_components)``) whose pixels are measured.
+        layout: the layout to light fully instead (its n_features must equal n_features); for a
+            SplitLayout the reference is lit too, the brightest frame of the linear mode.
+        max_saturated_fraction: the share of pixel values allowed at full scale, in (0, 0.5).
+        target_fraction: where the (1 - max_saturated_fraction) quantile should sit, in (0, 1].
+        max_exposure_us: longest exposure allowed (10..1000000); default: the current frame time minus the
+            50 us gap, so the frame rate does not change. A longer one lets the frame time grow.
+        allow_gain: raise the gain (up to 16) when the longest exposure cannot reach the target.
+        n_frames: repetitions of the frame per measurement (their values are pooled).
+
+    Raises:
+        InvalidInputError: bad arguments (before anything is sent).
+        AcquisitionError: no light reaches the camera, the shortest exposure already saturates, or too many
+            pixels stay saturated after the steps down.
+    """
+    # -- arguments: everything below until the try block only computes -----------------------------
+    info = opu.info
+    if not _is_int(n_features) or n_features < 1:
+        raise InvalidInputError(f"n_features must be a positive integer, got {n_features!r}")
+    if not _is_int(n_components) or not 1 <= n_components <= info.camera_width * info.camera_height:
+        raise InvalidInputError(
+            f"n_components must be an integer within 1..{info.camera_width * info.camera_height}, got "
+            f"{n_components!r}"
+        )
+    if not _is_number(max_saturated_fraction) or not 0 < max_saturated_fraction < 0.5:
+        raise InvalidInputError(f"max_saturated_fraction must be within (0, 0.5), got {max_saturated_fraction!r}")
+    if not _is_number(target_fraction) or not 0 < target_fraction <= 1:
+        raise InvalidInputError(f"target_fraction must be within (0, 1], got {target_fraction!r}")
+    if not _is_int(n_frames) or n_frames < 1:
+        raise InvalidInputError(f"n_frames must be a positive integer, got {n_frames!r}")
+    if not isinstance(allow_gain, (bool, np.bool_)):
+        raise InvalidInputError(f"allow_gain must be True or False, got {allow_gain!r}")
+    before = opu.camera.settings  # the settings last read or written: no traffic
+    if max_exposure_us is None:
+        max_exposure_us = before.frame_time_us - FRAME_GAP_US
+        if max_exposure_us < MIN_EXPOSURE_US:
+            raise InvalidInputError(
+                f"the frame time of {before.frame_time_us} us leaves no room for an exposure; pass max_exposure_us"
+            )
+    elif not _is_int(max_exposure_us) or not MIN_EXPOSURE_US <= max_exposure_us <= MAX_EXPOSURE_US:
+        raise InvalidInputError(
+            f"max_exposure_us must be an integer within {MIN_EXPOSURE_US}..{MAX_EXPOSURE_US}, got {max_exposure_us!r}"
+        )
+    max_exposure_us = int(max_exposure_us)
+    if layout is None:
+        options = {"macro_px": opu.settings.macro_px} if opu.settings.layout == "macro" else {}
+        layout = make_layout(opu.settings.layout, int(n_features), info.dmd_width, info.dmd_height, **options)
+    elif not isinstance(layout, Layout):
+        raise InvalidInputError(f"layout must be a Layout or None, got {type(layout).__name__}")
+    elif layout.n_features != n_features:
+        raise InvalidInputError(f"the layout has {layout.n_features} features, n_features is {n_features}")
+    elif (layout.dmd_width, layout.dmd_height) != (info.dmd_width, info.dmd_height):
+        raise InvalidInputError(
+            f"the layout is for a {layout.dmd_width}x{layout.dmd_height} DMD; this one is "
+            f"{info.dmd_width}x{info.dmd_height}"
+        )
+    if n_components * max_saturated_fraction < 3:
+        _log.warning("the %.4g quantile of %d outputs rests on fewer than 3 pixels: the top will be noisy",
+                     1 - max_saturated_fraction, n_components)
+
+    full_scale = (1 << bits_per_pixel(before.pixel_format)) - 1
+    target = float(target_fraction) * full_scale
+    quantile = 1.0 - float(max_saturated_fraction)
+    max_gain = MAX_GAIN if allow_gain else 1.0
+    bits = np.ones((int(n_frames), layout.n_table_features), dtype=np.uint8)
+    measured: dict[tuple[int, float], tuple[float, float]] = {}
+    order: list[tuple[int, float]] = []
+
+    def measure(exposure_us: int, gain: float) -> tuple[float, float]:
+        """(top_dn, saturated_fraction) of the brightest frame at this setting."""
+        key = (int(exposure_us), round(float(gain), 3))
+        if key in measured:
+            return measured[key]
+        opu.camera.configure(CameraSettings(
+            exposure_us=key[0], gain=key[1], frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US)
+        ))
+        values = opu.acquire(bits, layout, n_components)
+        top = float(np.quantile(values, quantile))
+        saturated = float(np.count_nonzero(values >= full_scale)) / values.size
+        measured[key] = (top, saturated)
+        order.append(key)
+        bar.update(1)
+        _log.debug("exposure %d us, gain %.3f: top %.1f DN, %.2e saturated", key[0], key[1], top, saturated)
+        return top, saturated
+
+    def usable(key: tuple[int, float]) -> bool:
+        top, saturated = measured[key]
+        return top < _CLIPPED * full_scale and saturated <= max_saturated_fraction
+
+    def fit(near: float | None = None) -> tuple[float, float]:
+        """(dark_dn, slope per us of exposure x gain) through the usable points, the two nearest ``near``
+        (in log exposure x gain) when given: the line is exact in the physics, nearly so with an ADC offset
+        or a dark level that scales with gain, and the nearest points make what is left of that negligible."""
+        keys = [key for key in order if usable(key)]
+        if near is not None and len(keys) > 2:
+            keys = sorted(keys, key=lambda k: abs(math.log(k[0] * k[1] / near)))[:2]
+        x = np.array([k[0] * k[1] for k in keys], dtype=np.float64)
+        y = np.array([measured[k][0] for k in keys], dtype=np.float64)
+        if np.ptp(x) == 0:
+            return 0.0, float(y.mean() / x[0])
+        slope, dark = np.polyfit(x, y, 1)
+        return float(dark), float(slope)
+
+    def setting_for(dark: float, slope: float) -> tuple[int, float]:
+        """The exposure (then gain) that the line puts on the target, within the limits."""
+        x = (target - dark) / slope
+        if x <= max_exposure_us:
+            return max(MIN_EXPOSURE_US, int(math.floor(x))), 1.0
+        return max_exposure_us, round(min(max_gain, x / max_exposure_us), 3)
+
+    opu_log = logging.getLogger("opu_driver.opu")
+    quiet = _QuietSaturation()
+    opu_log.addFilter(quiet)
+    bar = tqdm.tqdm(desc="exposure", unit="setting", disable=not progress)
+    try:
+        # 1. Sweep at gain 1, halving from the longest exposure, until two points are not clipped (and three
+        #    were measured: a line through two points has no check at all).
+        exposure = max_exposure_us
+        while True:
+            measure(exposure, 1.0)
+            n_usable = sum(usable(key) for key in order)
+            if (n_usable >= 2 and len(order) >= 3) or exposure == MIN_EXPOSURE_US:
+                break
+            exposure = max(MIN_EXPOSURE_US, exposure // 2)
+        if n_usable < 2:
+            raise AcquisitionError(
+                f"the brightest frame is clipped even at {exposure} us: too much light for this camera; lower "
+                "the laser power (opu.controller.set_laser_power_mw)"
+            )
+        fitted = [key for key in order if usable(key)]
+        tops = [measured[key][0] for key in fitted]
+        rise = max(tops) - min(tops)
+        if rise < max(3.0, 0.005 * full_scale):
+            raise AcquisitionError(
+                f"no light: the brightest frame's top rises by only {rise:.1f} DN from {fitted[-1][0]} to "
+                f"{fitted[0][0]} us (is the laser on and the shutter open? is anything blocking the beam?)"
+            )
+        # 2. Converge on the target: predict, measure, refit with the nearest points.
+        dark, slope = fit()
+        choice = setting_for(dark, slope)
+        for _ in range(_MAX_REFINE):
+            if slope <= 0:
+                raise AcquisitionError("no light: the top of the brightest frame does not grow with exposure")
+            top, _sat = measure(*choice)
+            at_limit = choice[0] == max_exposure_us and choice[1] >= max_gain
+            if abs(top - target) <= _ACCEPT * target or (at_limit and top < target):
+                break
+            dark, slope = fit(near=choice[0] * choice[1])
+            following = setting_for(dark, slope)
+            if following == choice:
+                break
+            choice = following
+        # 3. Verify: step down while too many pixels are saturated (gain first: exposure is free signal).
+        top, saturated = measure(*choice)
+        steps = 0
+        while saturated > max_saturated_fraction:
+            if steps == _MAX_STEPS_DOWN:
+                raise AcquisitionError(
+                    f"{saturated:.2%} of the pixels are still saturated at {choice[0]} us, gain {choice[1]:.3f} "
+                    f"after {steps} steps down (hot pixels? a reflection?); lower the laser power"
+                )
+            exposure_us, gain = choice
+            if gain > 1.0:
+                gain = round(max(1.0, gain * _STEP_DOWN), 3)
+            else:
+                exposure_us = max(MIN_EXPOSURE_US, int(exposure_us * _STEP_DOWN))
+            if (exposure_us, gain) == choice:
+                raise AcquisitionError(
+                    f"{saturated:.2%} of the pixels are saturated at the shortest exposure; lower the laser power"
+                )
+            choice = (exposure_us, gain)
+            top, saturated = measure(*choice)
+            steps += 1
+        final = opu.camera.configure(CameraSettings(
+            exposure_us=choice[0], gain=choice[1],
+            frame_time_us=max(before.frame_time_us, choice[0] + FRAME_GAP_US),
+        ))
+    except BaseException:
+        try:
+            opu.camera.configure(CameraSettings(
+                exposure_us=before.exposure_us, gain=before.gain, frame_time_us=before.frame_time_us
+            ))
+        except Exception as exc:  # report the first failure, not this one
+            _log.warning("could not restore the camera settings: %s", exc)
+        raise
+    finally:
+        bar.close()
+        opu_log.removeFilter(quiet)
+
+    # After steps down the top sits wherever saturation allows: the target was reached, and passed.
+    reached = top >= (1 - _ACCEPT) * target or steps > 0
+    if not reached:
+        _log.warning("the brightest frame reaches %.0f DN of the %.0f DN target at %d us, gain %.3f: the light is "
+                     "weak for this exposure limit", top, target, choice[0], choice[1])
+    keys = order
+    result = ExposureResult(
+        exposure_us=int(final.exposure_us), gain=float(final.gain), frame_time_us=int(final.frame_time_us),
+        top_dn=top, saturated_fraction=saturated, max_saturated_fraction=float(max_saturated_fraction),
+        target_fraction=float(target_fraction), target_dn=target, full_scale_dn=full_scale, dark_dn=dark,
+        slope_dn_per_us=slope, reached_target=bool(reached), n_features=int(n_features),
+        n_components=int(n_components), n_frames=int(n_frames), layout=layout.kind, roi=opu.roi_for(n_components),
+        sweep_exposure_us=np.array([k[0] for k in keys], dtype=np.float64),
+        sweep_gain=np.array([k[1] for k in keys], dtype=np.float64),
+        sweep_top_dn=np.array([measured[k][0] for k in keys], dtype=np.float64),
+        sweep_saturated_fraction=np.array([measured[k][1] for k in keys], dtype=np.float64),
+    )
+    _log.info("exposure: %s", result.summary())
+    return result

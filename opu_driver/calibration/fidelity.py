@@ -1,0 +1,262 @@
+"""Fidelity of linear projections: repeatability, linearity and signal-to-noise, per scheme and frame budget.
+
+For each linear-mode scheme ("four_frame", "two_frame") and each encoding (ternary vectors sent directly, or
+real Gaussian vectors through ``b`` bit planes) the routine projects, in one batch,
+
+    a, a (again), b, a + b
+
+with ``opu.linear_transform`` and derives three numbers from what comes back:
+
+- **repeatability**: the correlation between the two projections of a (1 when repeats are identical);
+- **linearity error**: RMS of L(a) + L(b) - L(a + b) over RMS of L(a + b). For ternary rows a and b have
+  disjoint supports so that a + b is ternary too. It holds the noise of three projections, the two-frame scheme's
+  bias (|R e+|^2 - |R e-|^2 is not linear in e) and, for bit planes, the quantisation;
+- **SNR**: signal variance over noise variance, the noise variance being var(Y1 - Y2) / 2 from the repeat
+  (independent noise of equal variance in both) and the signal variance the rest of var(Y). Anything the device
+  reproduces exactly (the two-frame bias, the quantisation of bit planes) counts as signal here: the SNR says how
+  much a result changes from one call to the next. With independent noise it predicts the correlation of a
+  projection with its noise-free value: rho = sqrt(snr / (1 + snr)), and the repeatability snr / (1 + snr).
+
+Outputs the linear mode masks (weak or saturated reference: always exactly 0) are left out of every statistic.
+Single outputs the linear mode sets to 0 because their frames saturated stay in (that is what a user gets; the
+linear mode warns): keep the brightest frame, a + b + reference, below saturation for numbers about noise alone.
+
+Every row projects the same vectors (one ternary pair, one Gaussian pair, drawn once), so rows differ only in
+scheme and encoding and their comparison is not blurred by different draws.
+Only the public Opu API is used.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import tqdm
+
+from ..errors import InvalidInputError
+
+__all__ = ["FidelityRow", "FidelityResult", "measure_fidelity", "row_label", "correlation"]
+
+_log = logging.getLogger(__name__)
+
+SCHEMES = ("four_frame", "two_frame")
+_FRAMES_PER_TERNARY = {"four_frame": 4, "two_frame": 2}
+
+
+def row_label(scheme: str, n_bits: int | None) -> str:
+    """The label of a row: "four_frame/ternary" or "four_frame/4bit"."""
+    return f"{scheme}/{'ternary' if n_bits is None else f'{n_bits}bit'}"
+
+
+@dataclass(frozen=True)
+class FidelityRow:
+    """Fidelity of one (scheme, encoding).
+
+    Attributes:
+        scheme: "four_frame" or "two_frame".
+        n_bits: None for ternary vectors, else the number of bit planes real vectors went through.
+        frames_per_vector: frames one nonzero vector costs (4 or 2 per ternary projection, times n_bits).
+        repeatability: correlation between two projections of the same vectors.
+        linearity_error: RMS of L(a) + L(b) - L(a + b) over RMS of L(a + b).
+        snr_db: 10 log10(signal variance / noise variance); inf when repeats are identical.
+        signal_variance, noise_variance: the two variances, in output units (entries of unit variance).
+        n_outputs: outputs the statistics used (those the linear mode did not mask).
+    """
+
+    scheme: str
+    n_bits: int | None
+    frames_per_vector: int
+    repeatability: float
+    linearity_error: float
+    snr_db: float
+    signal_variance: float
+    noise_variance: float
+    n_outputs: int
+
+    @property
+    def label(self) -> str:
+        return row_label(self.scheme, self.n_bits)
+
+    @property
+    def snr(self) -> float:
+        """Signal over noise variance as a plain ratio (inf without noise)."""
+        return math.inf if math.isinf(self.snr_db) and self.snr_db > 0 else 10 ** (self.snr_db / 10)
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    """Fidelity rows for every (scheme, encoding) measured, with the sizes they were measured at."""
+
+    n_features: int
+    n_components: int
+    n_vectors: int
+    rows: tuple[FidelityRow, ...] = field(default_factory=tuple)
+
+    def row(self, scheme: str, n_bits: int | None = None) -> FidelityRow:
+        """The row of one (scheme, encoding); KeyError if it was not measured."""
+        for candidate in self.rows:
+            if candidate.scheme == scheme and candidate.n_bits == n_bits:
+                return candidate
+        raise KeyError(row_label(scheme, n_bits))
+
+    def summary(self) -> dict[str, float | int | str | None]:
+        """Sizes, the row labels (comma-separated) and per row "<label>:<quantity>" (snr_db None when infinite)."""
+        out: dict[str, float | int | str | None] = {
+            "n_features": self.n_features,
+            "n_components": self.n_components,
+            "n_vectors": self.n_vectors,
+            "rows": ",".join(r.label for r in self.rows),
+        }
+        for r in self.rows:
+            out[f"{r.label}:frames_per_vector"] = r.frames_per_vector
+            out[f"{r.label}:repeatability"] = _rounded(r.repeatability, 6)
+            out[f"{r.label}:linearity_error"] = _rounded(r.linearity_error, 6)
+            out[f"{r.label}:snr_db"] = _rounded(r.snr_db, 3)
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """One entry per row, in the order of ``summary()["rows"]`` (stored as ``fidelity/<name>``)."""
+        return {
+            "frames_per_vector": np.array([r.frames_per_vector for r in self.rows], dtype=np.int64),
+            "repeatability": np.array([r.repeatability for r in self.rows], dtype=np.float64),
+            "linearity_error": np.array([r.linearity_error for r in self.rows], dtype=np.float64),
+            "snr_db": np.array([r.snr_db for r in self.rows], dtype=np.float64),
+        }
+
+    def table(self) -> str:
+        """The rows as a printable text table."""
+        header = f"{'row':<22} {'frames/vector':>13} {'repeatability':>13} {'linearity err':>13} {'SNR (dB)':>9}"
+        lines = [f"fidelity of {self.n_vectors} vectors, {self.n_features} features -> {self.n_components} outputs",
+                 header, "-" * len(header)]
+        for r in self.rows:
+            lines.append(f"{r.label:<22} {r.frames_per_vector:>13d} {r.repeatability:>13.5f} "
+                         f"{r.linearity_error:>13.5f} {r.snr_db:>9.2f}")
+        return "\n".join(lines)
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if math.isfinite(value) else None
+
+
+def _is_count(value: object, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
+
+
+def correlation(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
+    """Pearson correlation of two equally shaped arrays (flattened), exactly 1.0 for identical non-constant ones."""
+    a = np.asarray(x, dtype=np.float64).ravel()
+    b = np.asarray(y, dtype=np.float64).ravel()
+    if a.size < 2:
+        return float("nan")
+    if np.array_equal(a, b):
+        return 1.0 if a.std() > 0 else float("nan")
+    a = a - a.mean()
+    b = b - b.mean()
+    denominator = math.sqrt(float(a @ a) * float(b @ b))
+    return float(np.clip(float(a @ b) / denominator, -1.0, 1.0)) if denominator > 0 else float("nan")
+
+
+def _vectors(rng: np.random.Generator, n_vectors: int, n_features: int, n_bits: int | None):
+    """(a, b) of the row: ternary with disjoint supports (about a third of the features each), or Gaussian."""
+    if n_bits is None:
+        part = rng.choice(3, size=(n_vectors, n_features), p=(1 / 3, 1 / 3, 1 / 3))  # 0: in a, 1: in b, 2: neither
+        # Every vector gets at least one nonzero entry (an all-zero one projects to 0 without the device).
+        rows = np.arange(n_vectors)
+        first = rng.integers(0, n_features, size=n_vectors)
+        second = (first + rng.integers(1, n_features, size=n_vectors)) % n_features
+        part[rows, first], part[rows, second] = 0, 1
+        sign = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_vectors, n_features))
+        return np.where(part == 0, sign, 0).astype(np.int8), np.where(part == 1, sign, 0).astype(np.int8)
+    return rng.standard_normal((n_vectors, n_features)), rng.standard_normal((n_vectors, n_features))
+
+
+def measure_fidelity(
+    opu,
+    n_features: int,
+    n_components: int,
+    *,
+    schemes: tuple[str, ...] = SCHEMES,
+    n_bits: tuple[int | None, ...] = (None, 2, 4, 8),
+    n_vectors: int = 32,
+    seed: int | None = None,
+    progress: bool = False,
+) -> FidelityResult:
+    """Measure repeatability, linearity error and SNR of linear projections for each scheme and encoding.
+
+    Args:
+        opu: an open Opu.
+        n_features: length of the projected vectors.
+        n_components: outputs per projection.
+        schemes: linear-mode schemes to measure ("four_frame", "two_frame").
+        n_bits: encodings: None for ternary vectors, an integer b (1..16) for real Gaussian vectors through b bit
+            planes.
+        n_vectors: vectors per set (each row projects 4 sets: a, a again, b, a + b).
+        seed: seed of the random vectors (None: fresh ones).
+        progress: show a progress bar over the rows.
+
+    Raises:
+        InvalidInputError: bad arguments (before anything is sent).
+    """
+    if not _is_count(n_features, 2):
+        raise InvalidInputError(f"n_features must be an integer >= 2 (a and b need disjoint supports), "
+                                f"got {n_features!r}")
+    if not _is_count(n_components, 1):
+        raise InvalidInputError(f"n_components must be an integer >= 1, got {n_components!r}")
+    n_pixels = opu.info.camera_width * opu.info.camera_height
+    if n_components > n_pixels:
+        raise InvalidInputError(f"n_components={n_components} outside 1..{n_pixels} (camera pixels)")
+    if not _is_count(n_vectors, 2):
+        raise InvalidInputError(f"n_vectors must be an integer >= 2 (a correlation needs two), got {n_vectors!r}")
+    schemes = tuple(schemes) if isinstance(schemes, (tuple, list)) else (schemes,)
+    if not schemes or any(s not in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
+        raise InvalidInputError(f"schemes={schemes!r}; choose distinct ones of {SCHEMES}")
+    encodings = tuple(n_bits) if isinstance(n_bits, (tuple, list)) else (n_bits,)
+    if not encodings or len(set(encodings)) != len(encodings) or any(
+            b is not None and not (_is_count(b, 1) and b <= 16) for b in encodings):
+        raise InvalidInputError(f"n_bits={n_bits!r}; give distinct values, each None (ternary) or 1..16")
+    if seed is not None and not _is_count(seed, 0):
+        raise InvalidInputError(f"seed must be None or an integer >= 0, got {seed!r}")
+
+    rng = np.random.default_rng(seed)
+    ternary = _vectors(rng, n_vectors, n_features, None)
+    gaussian = _vectors(rng, n_vectors, n_features, 8)
+    plan = [(scheme, bits) for scheme in schemes for bits in encodings]
+    rows = []
+    for scheme, bits in tqdm.tqdm(plan, desc="fidelity", disable=not progress):
+        a, b = ternary if bits is None else gaussian
+        rows.append(_measure_row(opu, n_components, a, b, scheme, bits))
+        _log.info("fidelity %s: repeatability %.5f, linearity error %.5f, SNR %.2f dB", rows[-1].label,
+                  rows[-1].repeatability, rows[-1].linearity_error, rows[-1].snr_db)
+    return FidelityResult(int(n_features), int(n_components), int(n_vectors), tuple(rows))
+
+
+def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: str,
+                 n_bits: int | None) -> FidelityRow:
+    s = a + b
+    # One call: the same reference calibration and, for bit planes, one quantisation step for a, b and a + b
+    # (fitted on the largest of them), so the linearity error holds the rounding, not a change of scale.
+    batch = np.concatenate([a, a, b, s]).astype(np.int8 if n_bits is None else np.float64)
+    out = opu.linear_transform(batch, n_components, scheme=scheme, n_bits=n_bits).astype(np.float64)
+    y1, y2, yb, ys = np.split(out, 4)
+    frames = _FRAMES_PER_TERNARY[scheme] * (1 if n_bits is None else n_bits)
+    # Masked outputs are 0 in every projection: left out. (An output whose frames saturated in one call is 0 in
+    # that call only; it stays in, since it is what a user gets, and the linear mode warns about it.)
+    used = np.any(out != 0, axis=0)
+    nan = float("nan")
+    if not used.any():
+        return FidelityRow(scheme, n_bits, frames, nan, nan, nan, nan, nan, 0)
+    y1, y2, yb, ys = y1[:, used], y2[:, used], yb[:, used], ys[:, used]
+    repeatability = correlation(y1, y2)
+    noise = float(np.var(y1 - y2)) / 2
+    total = (float(np.var(y1)) + float(np.var(y2))) / 2
+    signal = max(total - noise, 0.0)
+    if noise == 0:
+        snr_db = math.inf if signal > 0 else nan
+    else:
+        snr_db = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+    residual = y1 + yb - ys
+    scale = math.sqrt(float(np.mean(ys ** 2)))
+    linearity = math.sqrt(float(np.mean(residual ** 2))) / scale if scale > 0 else nan
+    return FidelityRow(scheme, n_bits, frames, repeatability, linearity, snr_db, signal, noise, int(used.sum()))

@@ -1,0 +1,498 @@
+"""The effective projection matrix, estimated by probing: a digital twin of ``opu.linear_transform``.
+
+Linear part. ``opu.linear_transform(E, n_components)`` returns E @ B plus noise, with B (n_features x
+n_components) fixed by the optics and the linear mode's reference calibration. Displaying known +-1 probe
+vectors P (one per row) gives Y = P B + noise, and B is recovered by least squares, B = (P^T P)^-1 P^T Y:
+
+- "hadamard" probes are n rows of a Sylvester Hadamard matrix of order n (the next power of two >= n_features),
+  its first n_features columns, each column's sign flipped at random: P^T P = n I, so B = P^T Y / n exactly,
+  with the least noise any n +-1 probes allow (each entry averages all n measurements);
+- "random" probes are n_probes >= n_features random +-1 rows (least squares; 2 n_features by default, which
+  gives about the noise of n Hadamard probes; fewer makes the inverse ill-conditioned).
+
+Its error: ``n_holdout`` fresh random +-1 vectors are projected and compared with their prediction E_h @ B:
+``relative_error`` = RMS(measured - predicted) / RMS(measured) and ``holdout_correlation``. Beside it,
+``expected_relative_error`` is what the camera noise alone would give: a few probes are measured twice, so
+var(y1 - y2) / 2 is the noise variance s^2 of one output; a prediction E_h @ B carries the noise of B,
+s^2 e_h^T (P^T P)^-1 e_h (= s^2 n_features / n for Hadamard probes), and the measurement its own s^2. A twin
+whose error is close to the expected one is noise-limited; a larger error means the device changed (drift) or
+saturated while it was probed.
+
+Nonlinear consistency check. The linear mode sees one quadrature only, Re[exp(-i phi) s] of the signal field
+s = x M at each pixel; the plain intensity |x M|^2 of a binary frame needs the complex M. A layout with two
+reference regions A and B (the reference columns of the split layout, cut into their upper and lower halves)
+gives the second quadrature. With a, b the reference fields at a pixel (D = arg b - arg a):
+
+    I(A) - I(0) = |a|^2,  I(B) - I(0) = |b|^2,  I(A + B) - I(A) - I(B) + I(0) = 2 |a| |b| cos D
+    (I(p+ + A) - I(p+)) - (I(p- + A) - I(p-)) = 2 |a| Re[t]              with t = exp(-i arg a) p M
+    (I(p+ + B) - I(p+)) - (I(p- + B) - I(p-)) = 2 |b| (Re[t] cos D + Im[t] sin D)
+
+for a +-1 probe p = p+ - p- (six frames), so Im[t] = (u_B - u_A cos D) / sin D. The sign of sin D is not
+measurable; taking it positive may conjugate every t of that pixel, and a per-pixel phase or conjugation
+leaves |x M|^2 unchanged, so the estimate M' = exp(-i arg a) M (or its conjugate), in sqrt(DN), predicts
+intensities in DN with no fitted scale. Pixels with a weak reference, with |sin D| small (the division would
+amplify noise) or with a saturated frame are left out. Held-out random binary frames (reference off) then
+compare the measured intensity minus dark with |x M'|^2: ``nonlinear_correlation`` and
+``nonlinear_relative_error`` (RMS difference / RMS measured).
+
+Only the public Opu API is used (``linear_transform``, ``acquire``, ``roi_for``, ``counters``, ``camera``,
+``info``); the device is left with the settings it had.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from ..devices.camera import Roi
+from ..encoding.layouts import SplitLayout
+from ..errors import InvalidInputError
+from ..linear import SCHEMES
+from ..protocol import MAX_FEATURES, bits_per_pixel
+from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
+
+__all__ = ["MatrixResult", "estimate_matrix", "PROBES"]
+
+_log = logging.getLogger(__name__)
+
+PROBES = ("hadamard", "random")
+_FRAMES_PER_PROBE = {"four_frame": 4, "two_frame": 2}
+_NONLINEAR_FRAMES_PER_PROBE = 6
+_REFERENCE_FRAMES = 64  # frames of each of dark, A, B and A + B for the two-reference check
+_BATCH_PROBES = 256  # probes per device request (one progress step)
+_SAMPLE_POINTS = 20_000  # points kept for scatter plots
+_MIN_REFERENCE = 0.1  # a reference weaker than this share of the median is too weak to divide by
+_MIN_SIN = 0.25  # |sin D| below this amplifies the second quadrature's noise more than 4x
+_MAX_FIELD_ERROR = 0.1  # largest relative error of the field estimate the reference measurements may cause
+
+
+@dataclass(frozen=True)
+class MatrixResult:
+    """The estimated effective matrix, what it cost, how well it predicts, and the nonlinear check.
+
+    Attributes:
+        matrix: B (n_features, n_components) float32 in the units of ``opu.linear_transform`` (unit-variance
+            entries): ``linear_transform(E) ~ E @ matrix``. Columns of unusable outputs are 0.
+        mask: outputs whose estimate is usable (the linear mode's reference mask: other outputs are always 0).
+        n_frames: DMD frames the call sent, all stages together (``opu.counters.frames_sent`` difference);
+            ``n_frames_reference`` of them measured the linear mode's reference (0 when it was already known),
+            ``n_frames_probes`` the probes, ``n_frames_noise`` the repeated probes, ``n_frames_holdout`` the
+            held-out vectors and ``n_frames_nonlinear`` the nonlinear check.
+        saturated_frames: frames of the linear stages that saturated some pixel; the linear mode zeroes the
+            outputs they produce, which biases the estimate of those outputs: lower the exposure if not 0.
+        relative_error, holdout_correlation: held-out prediction error (RMS residual / RMS measured) and
+            correlation, over the usable outputs.
+        expected_relative_error: the relative error the measured camera noise alone explains.
+        output_noise_variance: the noise variance of one output of ``linear_transform`` (its units squared,
+            mean over the usable outputs), from the repeated probes; each entry of ``matrix`` carries about
+            this divided by the number of probes (Hadamard), so ``matrix`` correlates with the true matrix at
+            about 1 / sqrt(1 + output_noise_variance / n_probes).
+        field_matrix: the complex field matrix M' (n_features, n_components) complex64 in sqrt(DN), up to a
+            per-output phase and conjugation (None without the nonlinear check); zero where ``field_mask`` is
+            False. ``|x @ field_matrix|^2`` predicts the dark-subtracted intensity of a binary frame x.
+        nonlinear_correlation, nonlinear_relative_error: measured vs predicted intensities of held-out binary
+            frames (None without the check).
+        holdout_measured/predicted, nonlinear_measured/predicted: at most 20,000 sample points for plots.
+    """
+
+    n_features: int
+    n_components: int
+    probes: str
+    scheme: str
+    n_probes: int
+    n_holdout: int
+    roi: Roi
+    matrix: npt.NDArray[np.float32] = field(repr=False)
+    mask: npt.NDArray[np.bool_] = field(repr=False)
+    n_frames: int
+    n_frames_reference: int
+    n_frames_probes: int
+    n_frames_noise: int
+    n_frames_holdout: int
+    n_frames_nonlinear: int
+    saturated_frames: int
+    relative_error: float
+    expected_relative_error: float
+    output_noise_variance: float
+    holdout_correlation: float
+    holdout_measured: npt.NDArray[np.float32] = field(repr=False)
+    holdout_predicted: npt.NDArray[np.float32] = field(repr=False)
+    nonlinear_correlation: float | None = None
+    nonlinear_relative_error: float | None = None
+    field_matrix: npt.NDArray[np.complex64] | None = field(default=None, repr=False)
+    field_mask: npt.NDArray[np.bool_] | None = field(default=None, repr=False)
+    nonlinear_measured: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32),
+                                                        repr=False)
+    nonlinear_predicted: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32),
+                                                         repr=False)
+
+    @property
+    def usable_fraction(self) -> float:
+        return float(self.mask.mean())
+
+    def predict(self, E: npt.ArrayLike) -> np.ndarray:
+        """The twin of ``opu.linear_transform(E, n_components)``: E @ matrix, float32."""
+        return (np.asarray(E, dtype=np.float32) @ self.matrix).astype(np.float32)
+
+    def predict_intensity(self, X: npt.ArrayLike) -> np.ndarray:
+        """Dark-subtracted intensities (DN) of binary frames X of the split layout's signal: |X @ M'|^2."""
+        if self.field_matrix is None:
+            raise InvalidInputError("no field matrix: run estimate_matrix with nonlinear_check=True")
+        fields = np.asarray(X, dtype=np.complex64) @ self.field_matrix
+        return (fields.real ** 2 + fields.imag ** 2).astype(np.float32)
+
+    def summary(self) -> dict[str, float | int | str | bool | None]:
+        def rounded(value: float | None, digits: int = 5) -> float | None:
+            return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+        return {
+            "n_features": self.n_features,
+            "n_components": self.n_components,
+            "probes": self.probes,
+            "scheme": self.scheme,
+            "n_probes": self.n_probes,
+            "n_holdout": self.n_holdout,
+            "n_frames": self.n_frames,
+            "n_frames_reference": self.n_frames_reference,
+            "n_frames_probes": self.n_frames_probes,
+            "n_frames_noise": self.n_frames_noise,
+            "n_frames_holdout": self.n_frames_holdout,
+            "n_frames_nonlinear": self.n_frames_nonlinear,
+            "saturated_frames": self.saturated_frames,
+            "usable_fraction": rounded(self.usable_fraction, 4),
+            "relative_error": rounded(self.relative_error),
+            "expected_relative_error": rounded(self.expected_relative_error),
+            "output_noise_variance": rounded(self.output_noise_variance, 6),
+            "holdout_correlation": rounded(self.holdout_correlation),
+            "nonlinear_correlation": rounded(self.nonlinear_correlation),
+            "nonlinear_relative_error": rounded(self.nonlinear_relative_error),
+            "nonlinear_usable_fraction": (None if self.field_mask is None
+                                          else round(float(self.field_mask.mean()), 4)),
+            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a calibration record keeps (stored as ``matrix/<name>``)."""
+        out = {
+            "matrix": np.asarray(self.matrix, dtype=np.float32),
+            "mask": np.asarray(self.mask, dtype=bool),
+            "holdout_measured": np.asarray(self.holdout_measured, dtype=np.float32),
+            "holdout_predicted": np.asarray(self.holdout_predicted, dtype=np.float32),
+            "nonlinear_measured": np.asarray(self.nonlinear_measured, dtype=np.float32),
+            "nonlinear_predicted": np.asarray(self.nonlinear_predicted, dtype=np.float32),
+        }
+        if self.field_matrix is not None and self.field_mask is not None:
+            out["field_matrix"] = np.asarray(self.field_matrix, dtype=np.complex64)
+            out["field_mask"] = np.asarray(self.field_mask, dtype=bool)
+        return out
+
+
+def _is_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats, nonlinear_check,
+              seed, progress) -> int:
+    """Check every argument (nothing is sent); return the number of probes."""
+    if not _is_int(n_features) or n_features < 1:
+        raise InvalidInputError(f"n_features must be a positive integer, got {n_features!r}")
+    info = opu.info
+    if not _is_int(n_components) or not 1 <= n_components <= info.camera_width * info.camera_height:
+        raise InvalidInputError(
+            f"n_components must be an integer within 1..{info.camera_width * info.camera_height}, got {n_components!r}"
+        )
+    if probes not in PROBES:
+        raise InvalidInputError(f"probes={probes!r}; choose one of {PROBES}")
+    if scheme not in SCHEMES:
+        raise InvalidInputError(f"scheme={scheme!r}; choose one of {SCHEMES}")
+    for name, value in (("n_holdout", n_holdout), ("n_repeats", n_repeats)):
+        if not _is_int(value) or value < 1:
+            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(nonlinear_check, (bool, np.bool_)):
+        raise InvalidInputError(f"nonlinear_check must be True or False, got {nonlinear_check!r}")
+    if not isinstance(progress, (bool, np.bool_)):
+        raise InvalidInputError(f"progress must be True or False, got {progress!r}")
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise InvalidInputError(f"seed must be None or a non-negative integer, got {seed!r}")
+    # The layouts refuse a signal that does not fit beside the reference region(s).
+    SplitLayout(int(n_features), info.dmd_width, info.dmd_height)
+    if nonlinear_check:
+        TwoReferenceLayout(int(n_features), info.dmd_width, info.dmd_height)
+    if opu.settings.frame_mode == "feature" and n_features + 2 > MAX_FEATURES:
+        raise InvalidInputError(f"{n_features} features exceed the {MAX_FEATURES - 2} a probe table can hold")
+    order = hadamard_order(int(n_features))
+    if probes == "hadamard":
+        if n_probes is not None and (not _is_int(n_probes) or n_probes != order):
+            raise InvalidInputError(
+                f"Hadamard probes of {n_features} features are the {order} rows of the order-{order} matrix; "
+                f"leave n_probes=None (got {n_probes!r})"
+            )
+        return order
+    if n_probes is None:
+        return 2 * int(n_features)
+    if not _is_int(n_probes) or n_probes < n_features:
+        raise InvalidInputError(
+            f"random probes need n_probes >= n_features = {n_features} (least squares), got {n_probes!r}"
+        )
+    return int(n_probes)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _relative_error(measured: np.ndarray, predicted: np.ndarray) -> float:
+    scale = float(np.sqrt(np.mean(measured.astype(np.float64) ** 2))) if measured.size else 0.0
+    if scale == 0:
+        return float("nan")
+    return float(np.sqrt(np.mean((measured.astype(np.float64) - predicted) ** 2))) / scale
+
+
+def estimate_matrix(
+    opu,
+    n_features: int,
+    n_components: int,
+    *,
+    probes: str = "hadamard",
+    scheme: str = "four_frame",
+    n_probes: int | None = None,
+    n_holdout: int = 32,
+    n_repeats: int = 16,
+    nonlinear_check: bool = True,
+    seed: int | None = None,
+    progress: bool = False,
+) -> MatrixResult:
+    """Estimate the matrix B of ``opu.linear_transform`` by probing, its prediction error, and the |xM|^2 check.
+
+    Args:
+        opu: an open Opu.
+        n_features, n_components: the projection's sizes.
+        probes: "hadamard" (n = next power of two >= n_features probes, exact inverse) or "random"
+            (``n_probes`` random +-1 probes, least squares; default 2 n_features).
+        scheme: the linear mode's scheme ("four_frame" or "two_frame") the twin is for.
+        n_holdout: held-out random +-1 vectors for the prediction error (and binary frames for the check).
+        n_repeats: probes measured twice to measure the noise (the expected error).
+        nonlinear_check: also estimate the complex field matrix with two references and check |x M|^2.
+        seed: seed of the probe signs and held-out vectors (None: fresh).
+        progress: show a progress bar over the probe batches.
+
+    Raises:
+        InvalidInputError: bad arguments (before anything is sent), or no usable output.
+    """
+    n_probes = _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats,
+                         nonlinear_check, seed, progress)
+    n_features, n_components = int(n_features), int(n_components)
+    n_repeats = min(int(n_repeats), n_probes)
+    rng = np.random.default_rng(seed)
+    counters = opu.counters
+    saturated_before = counters.saturated_frames
+    start = counters.frames_sent
+    per_probe = _FRAMES_PER_PROBE[scheme]
+
+    order = hadamard_order(n_features)
+    if probes == "hadamard":
+        signs = rng.choice(np.array([-1, 1], dtype=np.int8), size=n_features)
+        rows = rng.permutation(order)  # any order of the rows; shuffled so slow drift does not follow the rows
+
+        def probe_block(lo: int, hi: int) -> np.ndarray:
+            return hadamard_rows(rows[lo:hi], n_features, signs)
+    else:
+        random_probes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_probes, n_features))
+
+        def probe_block(lo: int, hi: int) -> np.ndarray:
+            return random_probes[lo:hi]
+
+    batches = [(lo, min(n_probes, lo + _BATCH_PROBES)) for lo in range(0, n_probes, _BATCH_PROBES)]
+    nonlinear_batches = ([(lo, min(order, lo + _BATCH_PROBES)) for lo in range(0, order, _BATCH_PROBES)]
+                         if nonlinear_check else [])
+    bar = tqdm(total=len(batches) + len(nonlinear_batches), desc="matrix", unit="batch", disable=not progress)
+    try:
+        # -- linear probes: accumulate P^T Y (and P^T P for random probes) -----------------------------
+        pty = np.zeros((n_features, n_components), dtype=np.float64)
+        ptp = np.zeros((n_features, n_features), dtype=np.float64) if probes == "random" else None
+        nonzero = np.zeros(n_components, dtype=bool)
+        first_measurement = None
+        for lo, hi in batches:
+            P = probe_block(lo, hi)
+            Y = opu.linear_transform(P, n_components, scheme=scheme)
+            if first_measurement is None:
+                first_measurement = Y[:n_repeats].astype(np.float64)
+            nonzero |= (Y != 0).any(axis=0)
+            pty += P.T.astype(np.float64) @ Y
+            if ptp is not None:
+                ptp += P.T.astype(np.float64) @ P
+            bar.update(1)
+        probes_end = counters.frames_sent
+        n_frames_reference = probes_end - start - per_probe * n_probes
+        mask = nonzero
+        if not mask.any():
+            raise InvalidInputError("no output gave a signal: check the laser, shutter and exposure")
+        if ptp is None:
+            matrix = pty / order
+            gram = None
+        else:
+            matrix = np.linalg.solve(ptp, pty)
+            gram = ptp
+        matrix[:, ~mask] = 0.0
+
+        # -- noise: the first probes again -----------------------------------------------------------
+        again = opu.linear_transform(probe_block(0, n_repeats), n_components, scheme=scheme).astype(np.float64)
+        noise_end = counters.frames_sent
+        noise_var = ((again - first_measurement)[:, mask] ** 2).mean(axis=0) / 2  # per output
+
+        # -- held-out +-1 vectors (the probes' light budget, so the repeats' noise applies) ------------
+        E_h = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_holdout, n_features))
+        measured = opu.linear_transform(E_h, n_components, scheme=scheme).astype(np.float64)
+        holdout_end = counters.frames_sent
+        saturated_frames = counters.saturated_frames - saturated_before
+        predicted = E_h.astype(np.float64) @ matrix
+        m_meas, m_pred = measured[:, mask], predicted[:, mask]
+        relative_error = _relative_error(m_meas, m_pred)
+        holdout_correlation = _correlation(m_meas, m_pred)
+        # A prediction e @ B carries s^2 e^T (P^T P)^-1 e of the probes' noise, the measurement s^2.
+        if gram is None:
+            leverage = n_features / order  # e^T e / n for +-1 vectors
+        else:
+            leverage = float(np.mean(np.sum(E_h * np.linalg.solve(gram, E_h.T.astype(np.float64)).T,
+                                            axis=1)))
+        rms_measured = float(np.sqrt(np.mean(m_meas ** 2)))
+        expected_relative_error = (float(np.sqrt(noise_var.mean() * (1 + leverage))) / rms_measured
+                                   if rms_measured > 0 else float("nan"))
+        usable = np.flatnonzero(mask)
+        i, j = sample_pairs(n_holdout, usable, _SAMPLE_POINTS, rng)
+        holdout_measured = measured[i, j].astype(np.float32)
+        holdout_predicted = predicted[i, j].astype(np.float32)
+        if saturated_frames:
+            _log.warning("%d probe frames saturated: the outputs they gave were zeroed by the linear mode and "
+                         "bias the estimate; lower the exposure, gain or laser power", saturated_frames)
+
+        # -- nonlinear |x M|^2 check ------------------------------------------------------------------
+        nonlinear = None
+        if nonlinear_check:
+            nonlinear = _nonlinear_check(opu, n_features, n_components, n_holdout, rng, nonlinear_batches, bar)
+        end = counters.frames_sent
+    finally:
+        bar.close()
+
+    result = MatrixResult(
+        n_features=n_features, n_components=n_components, probes=probes, scheme=scheme, n_probes=n_probes,
+        n_holdout=int(n_holdout), roi=opu.roi_for(n_components), matrix=matrix.astype(np.float32), mask=mask,
+        n_frames=end - start, n_frames_reference=n_frames_reference, n_frames_probes=per_probe * n_probes,
+        n_frames_noise=noise_end - probes_end, n_frames_holdout=holdout_end - noise_end,
+        n_frames_nonlinear=end - holdout_end, saturated_frames=int(saturated_frames),
+        relative_error=relative_error, expected_relative_error=expected_relative_error,
+        output_noise_variance=float(noise_var.mean()),
+        holdout_correlation=holdout_correlation, holdout_measured=holdout_measured,
+        holdout_predicted=holdout_predicted, **(nonlinear or {}),
+    )
+    _log.info("matrix: %s", result.summary())
+    return result
+
+
+def _nonlinear_check(opu, n_features: int, n_components: int, n_holdout: int, rng: np.random.Generator,
+                     batches: list[tuple[int, int]], bar) -> dict:
+    """Complex field matrix from two references and Hadamard probes; held-out binary frames compared."""
+    info = opu.info
+    layout = TwoReferenceLayout(n_features, info.dmd_width, info.dmd_height)
+    a_col, b_col = layout.reference_features
+    width = layout.n_table_features
+    full_scale = (1 << bits_per_pixel(opu.camera.settings.pixel_format)) - 1
+    order = hadamard_order(n_features)
+    signs = rng.choice(np.array([-1, 1], dtype=np.int8), size=n_features)
+    rows = rng.permutation(order)
+
+    # dark, A, B and A + B, _REFERENCE_FRAMES each
+    n = _REFERENCE_FRAMES
+    frames = np.zeros((4 * n, width), dtype=np.uint8)
+    frames[n:2 * n, a_col] = 1
+    frames[2 * n:3 * n, b_col] = 1
+    frames[3 * n:, [a_col, b_col]] = 1
+    raw = opu.acquire(frames, layout, n_components)
+    saturated = (raw >= full_scale).any(axis=0)
+    values = raw.astype(np.float64).reshape(4, n, n_components)
+    means = values.mean(axis=1)
+    # variance of each mean: temporal noise over n frames, plus the rounding (1/12 DN^2, which averaging does not
+    # remove when the frames are identical, as without noise); the cross term adds the four
+    frame_var = values.var(axis=1) / n + 1 / 12
+    cross_sd = np.sqrt(frame_var.sum(axis=0))
+    dark = means[0]
+    ref_a, ref_b = means[1] - dark, means[2] - dark
+    cross = means[3] - means[1] - means[2] + dark  # 2 |a| |b| cos D
+
+    # six frames per probe: p+, p-, p+ + A, p- + A, p+ + B, p- + B
+    sum_a = np.zeros((n_features, n_components), dtype=np.float64)
+    sum_b = np.zeros((n_features, n_components), dtype=np.float64)
+    for lo, hi in batches:
+        P = hadamard_rows(rows[lo:hi], n_features, signs)
+        plus, minus = (P > 0).astype(np.uint8), (P < 0).astype(np.uint8)
+        block = np.zeros((hi - lo, _NONLINEAR_FRAMES_PER_PROBE, width), dtype=np.uint8)
+        block[:, 0::2, :n_features] = plus[:, None, :]
+        block[:, 1::2, :n_features] = minus[:, None, :]
+        block[:, 2:4, a_col] = 1
+        block[:, 4:6, b_col] = 1
+        raw = opu.acquire(block.reshape(-1, width), layout, n_components)
+        saturated |= (raw >= full_scale).any(axis=0)
+        v = raw.astype(np.float64).reshape(hi - lo, _NONLINEAR_FRAMES_PER_PROBE, n_components)
+        d_a = (v[:, 2] - v[:, 0]) - (v[:, 3] - v[:, 1])  # 2 |a| Re[t]
+        d_b = (v[:, 4] - v[:, 0]) - (v[:, 5] - v[:, 1])  # 2 |b| Re[t exp(-i D)]
+        sum_a += P.T.astype(np.float64) @ d_a
+        sum_b += P.T.astype(np.float64) @ d_b
+        bar.update(1)
+
+    # held-out binary frames, references off
+    X = (rng.random((n_holdout, n_features)) < 0.5).astype(np.uint8)
+    held = np.zeros((n_holdout, width), dtype=np.uint8)
+    held[:, :n_features] = X
+    raw = opu.acquire(held, layout, n_components)
+    held_saturated = raw >= full_scale
+    measured = raw.astype(np.float64) - dark
+
+    positive = (ref_a > 0) & (ref_b > 0)
+    floor_a = _MIN_REFERENCE * np.median(ref_a[positive]) if positive.any() else np.inf
+    floor_b = _MIN_REFERENCE * np.median(ref_b[positive]) if positive.any() else np.inf
+    field_mask = positive & (ref_a >= floor_a) & (ref_b >= floor_b) & ~saturated
+    amp_a = np.sqrt(np.where(field_mask, ref_a, 1.0))
+    amp_b = np.sqrt(np.where(field_mask, ref_b, 1.0))
+    cos_d = np.clip(cross / (2 * amp_a * amp_b), -1.0, 1.0)
+    sin_d = np.sqrt(1.0 - cos_d ** 2)
+    # Im = (u_B - u_A cos D) / sin D: an error e of cos D moves it by about e (1 / sin D + |cos D| / sin^2 D)
+    # relative to the field (the second term through sin D = sqrt(1 - cos^2 D)); keep the pixels where the
+    # cross term's error keeps that small.
+    cos_error = cross_sd / (2 * amp_a * amp_b)
+    safe_sin = np.maximum(sin_d, 1e-6)
+    phase_error = cos_error * (1 / safe_sin + np.abs(cos_d) / safe_sin ** 2)
+    # and errors of |a|^2, |b|^2 scale the two quadratures by half their relative error
+    amplitude_error = (np.sqrt(frame_var[0] + frame_var[1]) / (2 * amp_a ** 2)
+                       + np.sqrt(frame_var[0] + frame_var[2]) / (2 * amp_b ** 2))
+    field_mask &= (sin_d >= _MIN_SIN) & (phase_error + amplitude_error <= _MAX_FIELD_ERROR)
+    real = sum_a / order / (2 * amp_a)  # Re[t] per feature, sqrt(DN)
+    quad_b = sum_b / order / (2 * amp_b)
+    imag = (quad_b - real * cos_d) / np.where(field_mask, sin_d, 1.0)
+    field_matrix = (real + 1j * imag).astype(np.complex64)
+    field_matrix[:, ~field_mask] = 0
+
+    fields = X.astype(np.float64) @ field_matrix.astype(np.complex128)
+    predicted = fields.real ** 2 + fields.imag ** 2
+    keep = field_mask[None, :] & ~held_saturated
+    m_meas, m_pred = measured[keep], predicted[keep]
+    if m_meas.size == 0:
+        _log.warning("the nonlinear check found no usable output (weak or saturated references)")
+    usable = np.flatnonzero(field_mask)
+    i, j = sample_pairs(n_holdout, usable, _SAMPLE_POINTS, rng)
+    ok = ~held_saturated[i, j]
+    return {
+        "nonlinear_correlation": _correlation(m_meas, m_pred),
+        "nonlinear_relative_error": _relative_error(m_meas, m_pred),
+        "field_matrix": field_matrix,
+        "field_mask": field_mask,
+        "nonlinear_measured": measured[i, j][ok].astype(np.float32),
+        "nonlinear_predicted": predicted[i, j][ok].astype(np.float32),
+    }

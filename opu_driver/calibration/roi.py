@@ -1,0 +1,347 @@
+"""ROI calibration: the camera region, the speckle grain size, and a selection of nearly independent outputs.
+
+The region is the one ``opu.transform`` uses for n_components outputs (``opu.roi_for``). Random binary frames
+(half the features ON) are projected; the normalised spatial autocorrelation of the speckle intensity gives the
+grain; the selection keeps a sub-grid of outputs spaced so that neighbours are nearly independent, without the
+hot, dead and saturated pixels.
+
+It uses the public Opu API only (``opu.transform``, ``opu.roi_for``, ``opu.camera.settings``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import tqdm
+
+from ..devices.camera import Roi
+from ..errors import AcquisitionError, InvalidInputError
+from ..protocol import bits_per_pixel
+from .dark import DarkResult
+
+__all__ = ["RoiResult", "measure_roi", "intensity_autocorrelation", "half_width_px", "stride_for"]
+
+_log = logging.getLogger(__name__)
+
+NEIGHBOUR_CORRELATION = 0.05
+"""Largest normalised intensity autocorrelation allowed between selected neighbours (the stride's criterion)."""
+FALSE_ALARM = 1e-4
+"""Chance that a working pixel is called dead, or hot (without a DarkResult), from which thresholds derive."""
+_CHUNK_FRAMES = 8  # frames per transform call (the progress bar's step)
+
+
+@dataclass(frozen=True)
+class RoiResult:
+    """Region, speckle grain and output selection.
+
+    Attributes:
+        roi: the camera region of the n_components outputs.
+        grain_px: speckle grain, the mean of grain_x_px and grain_y_px: the full width at half maximum of the
+            normalised intensity autocorrelation along each axis (twice the lag where it falls to 1/2, linear
+            interpolation between whole-pixel lags). A pixel-sized speckle gives 1.
+        stride_px: spacing of the selection's sub-grid: the smallest lag at which the autocorrelation has fallen
+            to NEIGHBOUR_CORRELATION (0.05) along both axes.
+        autocorrelation_2d: (2L+1, 2L+1) normalised autocorrelation, index [L + dy, L + dx], 1 at the centre.
+        selection: output indices (into the n_components outputs) of the sub-grid without bad pixels.
+        mean_intensity_dn: mean over the frames of each output, raw DN.
+        hot, dead, saturated: per-output flags (see measure_roi); hot_source says where hot came from
+            ("dark": a DarkResult, "frames": detected in the speckle frames).
+        dropped_hot, dropped_dead, dropped_saturated: sub-grid outputs removed for each reason (an output may
+            count under several).
+    """
+
+    roi: Roi
+    n_components: int
+    n_features: int
+    n_frames: int
+    grain_px: float
+    grain_x_px: float
+    grain_y_px: float
+    stride_px: int
+    hot_source: str
+    dropped_hot: int
+    dropped_dead: int
+    dropped_saturated: int
+    autocorrelation_2d: npt.NDArray[np.float64] = field(repr=False)
+    selection: npt.NDArray[np.int64] = field(repr=False)
+    mean_intensity_dn: npt.NDArray[np.float32] = field(repr=False)
+    hot: npt.NDArray[np.bool_] = field(repr=False)
+    dead: npt.NDArray[np.bool_] = field(repr=False)
+    saturated: npt.NDArray[np.bool_] = field(repr=False)
+
+    @property
+    def max_lag_px(self) -> int:
+        return (self.autocorrelation_2d.shape[0] - 1) // 2
+
+    @property
+    def autocorrelation(self) -> npt.NDArray[np.float64]:
+        """Autocorrelation versus lag 0..max_lag_px, the mean of the x and y axes (1 at lag 0)."""
+        lag = self.max_lag_px
+        return 0.5 * (self.autocorrelation_2d[lag, lag:] + self.autocorrelation_2d[lag:, lag])
+
+    @property
+    def n_selected(self) -> int:
+        return int(self.selection.size)
+
+    def select(self, Y: npt.ArrayLike) -> np.ndarray:
+        """The selected outputs of projections Y (..., n_components): Y[..., selection]."""
+        Y = np.asarray(Y)
+        if Y.shape[-1] != self.n_components:
+            raise InvalidInputError(f"Y has {Y.shape[-1]} outputs; this selection is for {self.n_components}")
+        return Y[..., self.selection]
+
+    def summary(self) -> dict[str, float | int | str]:
+        return {
+            "grain_px": round(float(self.grain_px), 4),
+            "grain_x_px": round(float(self.grain_x_px), 4),
+            "grain_y_px": round(float(self.grain_y_px), 4),
+            "stride_px": self.stride_px,
+            "n_selected": self.n_selected,
+            "n_components": self.n_components,
+            "n_features": self.n_features,
+            "n_frames": self.n_frames,
+            "max_lag_px": self.max_lag_px,
+            "hot_source": self.hot_source,
+            "dropped_hot": self.dropped_hot,
+            "dropped_dead": self.dropped_dead,
+            "dropped_saturated": self.dropped_saturated,
+            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a calibration record keeps (stored as ``roi/<name>``)."""
+        return {
+            "autocorrelation_lag_px": np.arange(self.max_lag_px + 1, dtype=np.float64),
+            "autocorrelation": np.asarray(self.autocorrelation, dtype=np.float64),
+            "autocorrelation_2d": np.asarray(self.autocorrelation_2d, dtype=np.float32),
+            "selection": np.asarray(self.selection, dtype=np.int64),
+            "mean_intensity_dn": np.asarray(self.mean_intensity_dn, dtype=np.float32),
+        }
+
+
+def intensity_autocorrelation(images: npt.ArrayLike, valid: npt.ArrayLike, max_lag_px: int) -> np.ndarray:
+    """Normalised spatial autocorrelation of speckle images, pooled over frames.
+
+    Args:
+        images: (n_frames, height, width) intensities.
+        valid: (height, width) bool, the pixels to use (bad pixels excluded from every pair).
+        max_lag_px: largest lag along each axis.
+
+    Returns:
+        (2L+1, 2L+1) array c[L + dy, L + dx] = sum over frames and valid pairs of dI(r) dI(r + d), divided by
+        the number of pairs, over the same at lag 0 (so c = 1 at the centre; c(-d) = c(d)). dI is each frame's
+        intensity minus that frame's spatial mean over the valid pixels.
+
+    Why the spatial mean and not each pixel's mean over frames: random binary frames are not zero-mean, so
+    every frame's field holds a common part (the field of the mean frame, half of all features) besides its
+    own fluctuation. A pixel's mean over frames is therefore not just the camera's fixed pattern: it carries
+    that common speckle, and subtracting it would keep only the fluctuating field, whose intensity correlation
+    across space mixes |mu| and |mu|^2 terms instead of the |mu|^2 of fully developed speckle. Within one frame
+    the whole field is one circular Gaussian field, so the spatial autocovariance of its intensity is exactly
+    the |mu(d)|^2 of the Gaussian moment theorem. The camera's fixed pattern is removed beforehand by the dark
+    frame when one is given; what remains of it, the shot noise and the read noise are white and add to lag 0
+    only, lowering the other lags by their share of the variance (1 / electrons per pixel for shot noise, far
+    below the statistical error at a sensible exposure).
+    """
+    data = np.asarray(images, dtype=np.float64)
+    mask = np.asarray(valid, dtype=bool)
+    n, height, width = data.shape
+    lag = int(max_lag_px)
+    weight = mask.astype(np.float64)
+    n_valid = weight.sum()
+    if n_valid == 0:
+        raise AcquisitionError("no valid pixel left for the autocorrelation")
+    frame_means = (data * weight).sum(axis=(1, 2)) / n_valid
+    fluct = (data - frame_means[:, None, None]) * weight
+    out = np.zeros((2 * lag + 1, 2 * lag + 1))
+    for dy in range(lag + 1):
+        for dx in range(-lag, lag + 1):
+            if dy == 0 and dx < 0:
+                continue
+            x0, x1 = max(0, -dx), width - max(0, dx)  # r runs over x0..x1, r + d over x0 + dx..x1 + dx
+            pairs = float((weight[:height - dy, x0:x1] * weight[dy:, x0 + dx:x1 + dx]).sum()) * n
+            if pairs == 0:
+                raise AcquisitionError(f"no valid pixel pair at lag ({dx}, {dy})")
+            value = float(np.einsum("nij,nij->", fluct[:, :height - dy, x0:x1], fluct[:, dy:, x0 + dx:x1 + dx]))
+            out[lag + dy, lag + dx] = out[lag - dy, lag - dx] = value / pairs
+    if not out[lag, lag] > 0:
+        raise AcquisitionError("the frames show no speckle (no intensity variation): is the light on?")
+    return out / out[lag, lag]
+
+
+def half_width_px(profile: npt.ArrayLike) -> float:
+    """Full width at half maximum of a normalised autocorrelation profile c(0) = 1, c(1), ... c(L):
+    twice the lag where it first falls to 1/2, interpolated linearly between whole-pixel lags.
+
+    Raises:
+        AcquisitionError: it stays above 1/2 up to the last lag (the grain is larger than the lags measured).
+    """
+    c = np.asarray(profile, dtype=np.float64)
+    below = np.flatnonzero(c <= 0.5)
+    if below.size == 0:
+        raise AcquisitionError(
+            f"the autocorrelation stays above 1/2 up to a lag of {c.size - 1} px: raise max_lag_px"
+        )
+    k = int(below[0])
+    return float(2.0 * ((k - 1) + (c[k - 1] - 0.5) / (c[k - 1] - c[k])))
+
+
+def stride_for(autocorrelation_2d: npt.ArrayLike, threshold: float = NEIGHBOUR_CORRELATION) -> int:
+    """Smallest lag s >= 1 at which the autocorrelation is <= threshold along both axes.
+
+    This is ceil(grain) made robust: for the emulator's grains 1, 1.5, 2, 2.5 and 3 it equals the ceiling of
+    the equivalent width sum_d c(d) (1, 2, 3, 3, 4), but it does not flip with noise when the width sits on an
+    integer (grain 1: width 1), and it says what it guarantees: neighbours correlate by at most ``threshold``.
+    """
+    c = np.asarray(autocorrelation_2d, dtype=np.float64)
+    lag = (c.shape[0] - 1) // 2
+    for s in range(1, lag + 1):
+        if max(c[lag, lag + s], c[lag, lag - s], c[lag + s, lag], c[lag - s, lag]) <= threshold:
+            return s
+    raise AcquisitionError(f"neighbours still correlate above {threshold} at a lag of {lag} px: raise max_lag_px")
+
+
+def _is_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _dead_threshold(n_eff: float, false_alarm: float) -> float:
+    """Share of the median mean below which a pixel's mean over frames is called dead.
+
+    A working pixel's mean over frames is modelled as a Gamma law with ``n_eff`` degrees of freedom (the
+    mean of n_eff independent exponential intensities). Its lower tail obeys P(X < x) <= (x/theta)^k / Gamma(k+1)
+    (theta = mean / k), so x = theta * (p * Gamma(k + 1))^(1/k) has a probability below p; the median is about
+    mean * (1 - 1/(9k))^3 (Wilson-Hilferty). The Gamma law has a fatter lower tail than the real one (where the
+    common field of the frames keeps every pixel's mean away from 0), so the threshold errs towards calling
+    fewer pixels dead.
+    """
+    k = max(float(n_eff), 1.0)
+    x_over_theta = math.exp((math.log(false_alarm) + math.lgamma(k + 1)) / k)
+    return x_over_theta / k / (1 - 1 / (9 * k)) ** 3
+
+
+def _hot_threshold(false_alarm: float) -> float:
+    """Multiple of the median mean that a pixel's minimum over the frames exceeds only if it is hot.
+
+    Random binary frames share part of their field (the field of the mean frame; with the lined layout and
+    cells of several mirrors it is most of it), so how much a pixel's minimum over frames drops below its mean
+    depends on the optics. The worst case is frames that share their whole field: the minimum is then one
+    exponential intensity, above t medians with probability 2^-t. Any independent part only lowers the
+    minimum, so t = log2(1 / false_alarm) (13.3 for 1e-4) holds whatever the layout. Hot pixels fainter than
+    that are indistinguishable from bright speckle in the frames: pass a DarkResult to catch them all.
+    """
+    return math.log2(1.0 / false_alarm)
+
+
+def measure_roi(
+    opu,
+    n_components: int,
+    *,
+    n_features: int = 256,
+    n_frames: int = 16,
+    dark: DarkResult | None = None,
+    max_lag_px: int = 8,
+    progress: bool = False,
+) -> RoiResult:
+    """Project ``n_frames`` random binary frames (half the features ON) and characterise the output region.
+
+    - Grain: from the normalised intensity autocorrelation (:func:`intensity_autocorrelation`) of the
+      complete rows of the region, up to max_lag_px along x and y; grain_px is its full width at half maximum
+      (:func:`half_width_px`), the mean of the two axes.
+    - Selection: the sub-grid x % stride == 0 and y % stride == 0 of the region (stride from
+      :func:`stride_for`), without
+        hot pixels: ``dark.hot_pixels`` when a DarkResult is given, else pixels whose minimum over the frames
+        stands above the speckle's range (:func:`_hot_threshold`);
+        dead pixels: mean over frames (minus the dark level when known, else minus nothing) below a share of
+        the median derived from the exponential law and the frames' measured mutual correlation
+        (:func:`_dead_threshold`);
+        saturated pixels: at full scale in any frame.
+
+    The device is left as found: only projections are made (the camera region is the one transform sets).
+
+    Raises:
+        InvalidInputError: bad arguments (before anything is sent).
+        AcquisitionError: no speckle (light off), or a grain larger than max_lag_px.
+    """
+    info = opu.info
+    n_pixels = info.camera_width * info.camera_height
+    if not _is_int(n_components) or not 1 <= n_components <= n_pixels:
+        raise InvalidInputError(f"n_components must be an integer within 1..{n_pixels}, got {n_components!r}")
+    if not _is_int(n_features) or n_features < 2:
+        raise InvalidInputError(f"n_features must be an integer >= 2 (half of them ON), got {n_features!r}")
+    if not _is_int(n_frames) or n_frames < 2:
+        raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
+    if not _is_int(max_lag_px) or max_lag_px < 1:
+        raise InvalidInputError(f"max_lag_px must be a positive integer, got {max_lag_px!r}")
+    roi = opu.roi_for(int(n_components))
+    rows = n_components // roi.width
+    if rows <= max_lag_px or roi.width <= max_lag_px:
+        raise InvalidInputError(
+            f"{n_components} outputs fill {rows} complete rows of {roi.width} px: too few for lags up to "
+            f"{max_lag_px} px (use more outputs or a smaller max_lag_px)"
+        )
+    if dark is not None:
+        if not isinstance(dark, DarkResult):
+            raise InvalidInputError(f"dark must be a DarkResult or None, got {type(dark).__name__}")
+        if dark.roi != roi or dark.mean_dn.shape != (n_components,):
+            raise InvalidInputError(
+                f"the dark result covers {dark.mean_dn.shape[0]} outputs of {dark.roi}; this measurement needs "
+                f"{n_components} of {roi}: measure_dark(opu, {n_components})"
+            )
+
+    rng = np.random.default_rng(secrets.randbits(64))
+    n_on = n_features // 2
+    order = np.argsort(rng.random((n_frames, n_features)), axis=1)
+    bits = np.zeros((n_frames, n_features), dtype=np.uint8)
+    np.put_along_axis(bits, order[:, :n_on], 1, axis=1)
+    Y = np.empty((n_frames, n_components), dtype=np.float64)
+    for start in tqdm.tqdm(range(0, n_frames, _CHUNK_FRAMES), desc="roi", unit="chunk", disable=not progress):
+        Y[start:start + _CHUNK_FRAMES] = opu.transform(bits[start:start + _CHUNK_FRAMES], n_components)
+    full_scale = (1 << bits_per_pixel(opu.camera.settings.pixel_format)) - 1
+
+    saturated = (Y >= full_scale).any(axis=0)
+    signal = Y - dark.mean_dn.astype(np.float64) if dark is not None else Y
+    mean = signal.mean(axis=0)
+    median = float(np.median(mean))
+    if not median > 0:
+        raise AcquisitionError("the frames are dark (median signal <= 0): is the light on?")
+    # Frames share part of their field (see _hot_threshold), so a pixel's mean over n frames varies like the
+    # mean of n_eff independent intensities: n_eff = n / (1 + (n - 1) rho), rho the mean correlation of two
+    # frames' intensities across the region, measured here rather than assumed (it depends on the optics).
+    frame_corr = np.corrcoef(signal)
+    rho = float(np.clip((frame_corr.sum() - n_frames) / (n_frames * (n_frames - 1)), 0.0, 1.0))
+    n_eff = n_frames / (1 + (n_frames - 1) * rho)
+    dead = mean < _dead_threshold(n_eff, FALSE_ALARM) * median
+    if dark is not None:
+        hot, hot_source = np.asarray(dark.hot_pixels, dtype=bool).copy(), "dark"
+    else:
+        hot, hot_source = signal.min(axis=0) > _hot_threshold(FALSE_ALARM) * median, "frames"
+
+    bad = hot | dead | saturated
+    width = roi.width
+    images = signal[:, :rows * width].reshape(n_frames, rows, width)
+    valid = ~bad[:rows * width].reshape(rows, width)
+    corr = intensity_autocorrelation(images, valid, max_lag_px)
+    lag = int(max_lag_px)
+    grain_x = half_width_px(corr[lag, lag:])
+    grain_y = half_width_px(corr[lag:, lag])
+    stride = stride_for(corr)
+
+    index = np.arange(n_components, dtype=np.int64)
+    on_grid = (index % width % stride == 0) & (index // width % stride == 0)
+    selection = index[on_grid & ~bad]
+    result = RoiResult(
+        roi=roi, n_components=int(n_components), n_features=int(n_features), n_frames=int(n_frames),
+        grain_px=0.5 * (grain_x + grain_y), grain_x_px=grain_x, grain_y_px=grain_y, stride_px=stride,
+        hot_source=hot_source, dropped_hot=int((on_grid & hot).sum()), dropped_dead=int((on_grid & dead).sum()),
+        dropped_saturated=int((on_grid & saturated).sum()), autocorrelation_2d=corr, selection=selection,
+        mean_intensity_dn=Y.mean(axis=0).astype(np.float32), hot=hot, dead=dead, saturated=saturated,
+    )
+    if result.n_selected == 0:
+        raise AcquisitionError("no output left to select: every sub-grid pixel is hot, dead or saturated")
+    _log.info("roi: %s", result.summary())
+    return result
