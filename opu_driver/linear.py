@@ -161,8 +161,8 @@ class LinearMode:
         out[nonzero] = projected
         if clipped.any():
             self.saturated_outputs += int(clipped.sum())
-            _log.warning("%.2f%% of the linear outputs came from saturated frames and were set to 0: lower the "
-                         "exposure, gain or laser power", 100 * clipped.mean())
+            _log.warning("%d of %d linear outputs (%.2g%%) came from saturated frames and were set to 0: lower the "
+                         "exposure, gain or laser power", clipped.sum(), clipped.size, 100 * clipped.mean())
         return out
 
     def project(self, E: np.ndarray, n_components: int, scheme: str, n_bits: int | None) -> np.ndarray:

@@ -112,6 +112,10 @@ def test_snr_grows_then_saturates_with_bits_and_two_frame_is_less_linear():
     assert four.linearity_error == pytest.approx(math.sqrt(3 / (2 * four.snr + 1)), rel=0.2)
     assert two.linearity_error > 1.5 * math.sqrt(3 / (2 * two.snr + 1))
     assert two.linearity_error > 1.5 * four.linearity_error
+    # With the three projections' noise taken off, the four-frame residual is what the 20% allowance above leaves
+    # (sqrt(0.2 x 3 N) at most), and the two-frame bias stands out.
+    assert four.nonlinearity <= math.sqrt(0.2) * four.linearity_error
+    assert two.nonlinearity > 2 * four.nonlinearity
 
 
 def test_result_summary_arrays_and_table_follow_the_shared_spec():
@@ -122,7 +126,7 @@ def test_result_summary_arrays_and_table_follow_the_shared_spec():
     assert summary["rows"] == ",".join(labels)
     assert (summary["n_features"], summary["n_components"], summary["n_vectors"]) == (16, 64, 4)
     for label in labels:
-        for quantity in ("frames_per_vector", "repeatability", "linearity_error", "snr_db"):
+        for quantity in ("frames_per_vector", "repeatability", "linearity_error", "nonlinearity", "snr_db"):
             value = summary[f"{label}:{quantity}"]
             assert value is None or isinstance(value, (int, float))
     arrays = result.arrays()

@@ -412,10 +412,11 @@ class DriftMonitor:
 
 def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8, frames_between: int = 1000,
                   n_probes: int = 32, scheme: str = "four_frame", threshold: float | None = None,
-                  seed: int | None = None, progress: bool = False) -> DriftResult:
+                  seed: int | None = None, refresh_reference: bool = True, progress: bool = False) -> DriftResult:
     """A baseline, then ``n_checks`` checks each after ``frames_between`` blank frames (standing in for work).
 
-    At the default 500 us frame period 1000 frames are half a second of device time.
+    At the default 500 us frame period 1000 frames are half a second of device time. ``refresh_reference=False``
+    keeps the linear-mode reference already in use (``opu calibrate all`` stores that one beside the baseline).
 
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
@@ -426,7 +427,7 @@ def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8,
         raise InvalidInputError(f"frames_between must be an integer >= 0, got {frames_between!r}")
     monitor = DriftMonitor(opu, n_features, n_components, n_probes=n_probes, scheme=scheme, threshold=threshold,
                            seed=seed)
-    monitor.baseline()
+    monitor.baseline(refresh_reference=refresh_reference)
     blank = np.zeros((min(frames_between, _BLANK_CHUNK_FRAMES), 1), dtype=np.uint8)
     for _ in tqdm.tqdm(range(n_checks), desc="drift", disable=not progress):
         left = frames_between

@@ -63,6 +63,8 @@ class FidelityRow:
         snr_db: 10 log10(signal variance / noise variance); inf when repeats are identical.
         signal_variance, noise_variance: the two variances, in output units (entries of unit variance).
         n_outputs: outputs the statistics used (those the linear mode did not mask).
+        nonlinearity: the linearity error with the noise of its three projections removed (3 noise_variance
+            taken off the mean square residual): the systematic part, e.g. the two-frame scheme's bias.
     """
 
     scheme: str
@@ -74,6 +76,7 @@ class FidelityRow:
     signal_variance: float
     noise_variance: float
     n_outputs: int
+    nonlinearity: float = float("nan")
 
     @property
     def label(self) -> str:
@@ -113,6 +116,7 @@ class FidelityResult:
             out[f"{r.label}:frames_per_vector"] = r.frames_per_vector
             out[f"{r.label}:repeatability"] = _rounded(r.repeatability, 6)
             out[f"{r.label}:linearity_error"] = _rounded(r.linearity_error, 6)
+            out[f"{r.label}:nonlinearity"] = _rounded(r.nonlinearity, 6)
             out[f"{r.label}:snr_db"] = _rounded(r.snr_db, 3)
         return out
 
@@ -127,12 +131,13 @@ class FidelityResult:
 
     def table(self) -> str:
         """The rows as a printable text table."""
-        header = f"{'row':<22} {'frames/vector':>13} {'repeatability':>13} {'linearity err':>13} {'SNR (dB)':>9}"
+        header = (f"{'row':<22} {'frames/vector':>13} {'repeatability':>13} {'linearity err':>13} "
+                  f"{'nonlinearity':>12} {'SNR (dB)':>9}")
         lines = [f"fidelity of {self.n_vectors} vectors, {self.n_features} features -> {self.n_components} outputs",
                  header, "-" * len(header)]
         for r in self.rows:
             lines.append(f"{r.label:<22} {r.frames_per_vector:>13d} {r.repeatability:>13.5f} "
-                         f"{r.linearity_error:>13.5f} {r.snr_db:>9.2f}")
+                         f"{r.linearity_error:>13.5f} {r.nonlinearity:>12.5f} {r.snr_db:>9.2f}")
         return "\n".join(lines)
 
 
@@ -258,5 +263,10 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
         snr_db = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     residual = y1 + yb - ys
     scale = math.sqrt(float(np.mean(ys ** 2)))
-    linearity = math.sqrt(float(np.mean(residual ** 2))) / scale if scale > 0 else nan
-    return FidelityRow(scheme, n_bits, frames, repeatability, linearity, snr_db, signal, noise, int(used.sum()))
+    mean_square = float(np.mean(residual ** 2))
+    linearity = math.sqrt(mean_square) / scale if scale > 0 else nan
+    # The residual holds the independent noise of three projections (about 3 noise, the noise of a + b being
+    # close to that of a): what is left is systematic.
+    nonlinearity = math.sqrt(max(mean_square - 3 * noise, 0.0)) / scale if scale > 0 else nan
+    return FidelityRow(scheme, n_bits, frames, repeatability, linearity, snr_db, signal, noise, int(used.sum()),
+                       nonlinearity)

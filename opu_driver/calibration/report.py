@@ -651,7 +651,7 @@ def _panel_drift(fig, ax, record: CalibrationRecord) -> None:
     ax.margins(y=0.2)
     needs = summary.get("needs_recalibration")
     status = {True: ": recalibrate", False: ": within threshold"}.get(needs if isinstance(needs, bool) else None, "")
-    ax.set_title(f"Drift of the projection{status}", color=_MARK if needs is True else None)
+    ax.set_title(f"Drift of the projection{status}", **({"color": _MARK} if needs is True else {}))
 
 
 _DRAW: dict[str, Callable[..., None]] = {

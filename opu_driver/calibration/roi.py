@@ -245,6 +245,7 @@ def measure_roi(
     n_frames: int = 16,
     dark: DarkResult | None = None,
     max_lag_px: int = 8,
+    seed: int | None = None,
     progress: bool = False,
 ) -> RoiResult:
     """Project ``n_frames`` random binary frames (half the features ON) and characterise the output region.
@@ -262,6 +263,7 @@ def measure_roi(
         saturated pixels: at full scale in any frame.
 
     The device is left as found: only projections are made (the camera region is the one transform sets).
+    ``seed`` fixes the random frames (None draws new ones each call).
 
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
@@ -277,6 +279,8 @@ def measure_roi(
         raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
     if not _is_int(max_lag_px) or max_lag_px < 1:
         raise InvalidInputError(f"max_lag_px must be a positive integer, got {max_lag_px!r}")
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise InvalidInputError(f"seed must be None or an integer >= 0, got {seed!r}")
     roi = opu.roi_for(int(n_components))
     rows = n_components // roi.width
     if rows <= max_lag_px or roi.width <= max_lag_px:
@@ -293,7 +297,7 @@ def measure_roi(
                 f"{n_components} of {roi}: measure_dark(opu, {n_components})"
             )
 
-    rng = np.random.default_rng(secrets.randbits(64))
+    rng = np.random.default_rng(secrets.randbits(64) if seed is None else seed)
     n_on = n_features // 2
     order = np.argsort(rng.random((n_frames, n_features)), axis=1)
     bits = np.zeros((n_frames, n_features), dtype=np.uint8)

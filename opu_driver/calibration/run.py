@@ -40,7 +40,9 @@ class CalibrationPlan:
         n_components: outputs (camera pixels of ``opu.roi_for(n_components)``).
         dark_frames: frames averaged by the dark routine; dark_method: "shutter" or "laser_off".
         max_saturated_fraction: the exposure routine's limit on saturated pixels of the brightest frame.
-        matrix_probes: "hadamard" or "random"; drift_probes: probe vectors of the drift monitor.
+        matrix_probes: "hadamard" or "random".
+        drift_probes, drift_checks: probe vectors of the drift monitor, and checks after its baseline (1,000
+            frames apart).
     """
 
     n_features: int = 1000
@@ -50,9 +52,10 @@ class CalibrationPlan:
     max_saturated_fraction: float = 1e-3
     matrix_probes: str = "hadamard"
     drift_probes: int = 32
+    drift_checks: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("n_features", "n_components", "dark_frames", "drift_probes"):
+        for name in ("n_features", "n_components", "dark_frames", "drift_probes", "drift_checks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
@@ -98,11 +101,12 @@ def run_routine(opu, name: str, plan: CalibrationPlan, *, done: dict[str, Any] |
 
         return estimate_matrix(opu, f, c, probes=plan.matrix_probes, progress=progress)
     if name == "drift":
-        from .drift import DriftMonitor
+        from .drift import measure_drift
 
-        monitor = DriftMonitor(opu, f, c, n_probes=plan.drift_probes)
-        monitor.baseline()
-        return monitor.result()
+        # The baseline uses the reference measured (and stored) just before, then a few checks show the
+        # short-term stability; open() compares the same probes with this baseline.
+        return measure_drift(opu, f, c, n_checks=plan.drift_checks, frames_between=1000, n_probes=plan.drift_probes,
+                             refresh_reference=False, progress=progress)
     raise InvalidInputError(f"unknown routine {name!r}; choose from {ROUTINES} or 'all'")
 
 
@@ -191,7 +195,11 @@ def summary_table(record: CalibrationRecord, width: int = 100) -> str:
     lines.append(f"{'routine':<{name_width}}  results")
     lines.append(f"{'-' * name_width}  {'-' * (width - name_width - 2)}")
     for name in [n for n in ROUTINES if n in record.results] + [n for n in record.results if n not in ROUTINES]:
-        items = [f"{k}={v}" for k, v in record.results[name].items() if not k.startswith("roi_")]
+        summary = record.results[name]
+        if name == "fidelity" and isinstance(summary.get("rows"), str):
+            lines.extend(_fidelity_lines(summary, name_width))
+            continue
+        items = [f"{k}={v}" for k, v in summary.items() if not k.startswith("roi_")]
         current, first = "", True
         for item in items:
             if current and len(current) + 2 + len(item) > width - name_width - 2:
@@ -201,3 +209,18 @@ def summary_table(record: CalibrationRecord, width: int = 100) -> str:
                 current = f"{current}, {item}" if current else item
         lines.append(f"{name if first else '':<{name_width}}  {current}")
     return "\n".join(lines)
+
+
+def _fidelity_lines(summary: dict[str, Any], name_width: int) -> list[str]:
+    """The fidelity summary's flat "<row>:<figure>" keys as a small table."""
+    header = (f"{'scheme/encoding':<20} {'frames':>6} {'repeatability':>13} {'linearity err':>13} "
+              f"{'nonlinearity':>12} {'SNR dB':>7}")
+    lines = [f"{'fidelity':<{name_width}}  {summary.get('n_vectors')} vectors; {header}"]
+    indent = " " * (name_width + 2 + len(f"{summary.get('n_vectors')} vectors; "))
+    for label in summary["rows"].split(","):
+        def get(key: str) -> str:
+            value = summary.get(f"{label}:{key}")
+            return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+        lines.append(f"{indent}{label:<20} {get('frames_per_vector'):>6} {get('repeatability'):>13} "
+                     f"{get('linearity_error'):>13} {get('nonlinearity'):>12} {get('snr_db'):>7}")
+    return lines
