@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -66,17 +67,23 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     store = None if args.no_save else CalibrationStore(store_dir)
     apply_from = str(store_dir) if store is not None and store_dir.is_dir() else None
     progress = not args.no_progress and sys.stderr.isatty()
+    if args.report:
+        from .calibration.report import check_report_path
+
+        check_report_path(args.report)  # a bad path or a missing matplotlib fails now, not after the run
+    # The plan is checked before the device is opened; the default output count needs the camera's size.
+    plan = CalibrationPlan(
+        n_features=1000 if args.n_features is None else args.n_features,
+        n_components=4096 if args.n_components is None else args.n_components,
+        dark_frames=args.frames, dark_method=args.method,
+    )
+    settings = {"pixel_format": args.pixel_format} if args.pixel_format else {}
     # The stored calibration of this device is applied first (settings, lag, references) so a single routine
     # extends it; its drift check is skipped: a calibration run is about to measure afresh.
-    settings = {"pixel_format": args.pixel_format} if args.pixel_format else {}
-    with open_opu(args.url, calibration=apply_from, drift_check=False,
-                  **settings) as opu:
+    with open_opu(args.url, calibration=apply_from, drift_check=False, **settings) as opu:
         info = opu.info
-        n_pixels = info.camera_width * info.camera_height
-        plan = CalibrationPlan(
-            n_features=args.n_features or 1000, n_components=args.n_components or min(4096, n_pixels),
-            dark_frames=args.frames, dark_method=args.method,
-        )
+        if args.n_components is None:
+            plan = dataclasses.replace(plan, n_components=min(4096, info.camera_width * info.camera_height))
         if not args.json:
             print(f"calibrating {info.model} {info.serial_number} (firmware {info.firmware_version}): "
                   f"{plan.n_features} features -> {plan.n_components} outputs", flush=True)

@@ -119,3 +119,27 @@ def test_opu_calibrate_all_prints_a_table_and_draws_the_report(tmp_path, capsys)
     assert main(["calibrate", "latency", "--url", SIM, "--no-save", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["saved"] is None and "latency" in printed["results"]
+
+
+@pytest.mark.parametrize("routine", ROUTINES)
+def test_every_routine_runs_from_the_command_line(routine, tmp_path, capsys):
+    from opu_driver.cli import main
+
+    small = ["--n-features", "32", "--n-components", "400", "--frames", "8", "--no-progress", "--json"]
+    assert main(["calibrate", routine, "--url", SIM, "--out", str(tmp_path), *small]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["routine"] == routine and routine in printed["results"]
+    record = CalibrationStore(tmp_path).load(printed["saved"])
+    assert record.results[routine] == printed["results"][routine]
+    assert all(name.split("/")[0] in record.results for name in record.arrays)
+
+
+def test_command_line_errors_are_reported_with_exit_code_2(tmp_path, capsys):
+    from opu_driver.cli import main
+
+    assert main(["calibrate", "dark", "--url", SIM, "--no-save", "--n-features", "0"]) == 2
+    assert "n_features" in capsys.readouterr().err
+    assert main(["calibrate", "dark", "--url", SIM, "--no-save", "--report", str(tmp_path / "r.jpeg")]) == 2
+    assert ".png" in capsys.readouterr().err and not (tmp_path / "r.jpeg").exists()
+    (tmp_path / "SIM-00000021_20260101T000000.000000Z.json").write_text("{not json")
+    assert main(["calibrate", "latency", "--url", SIM, "--out", str(tmp_path), "--no-progress"]) == 0  # skipped

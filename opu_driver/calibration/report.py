@@ -14,6 +14,7 @@ that produce the arrays are in this package; the array names are those of the sh
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import os
@@ -732,6 +733,25 @@ def _draw_header(fig, record: CalibrationRecord, title: str | None, width_in: fl
 # -- the report ----------------------------------------------------------------------------------------------
 
 
+def check_report_path(path: str | os.PathLike[str]) -> Path:
+    """Refuse a report path with an unknown suffix, or a missing matplotlib, before hours of calibration.
+
+    Raises:
+        InvalidInputError: the suffix is not .png, .pdf or .svg.
+        ReportUnavailableError: matplotlib (the ``plot`` extra) is not installed.
+    """
+    target = Path(path)
+    if target.suffix.lower().lstrip(".") not in _FORMATS:
+        raise InvalidInputError(f"report path {str(target)!r}: use a .png, .pdf or .svg suffix")
+    try:
+        spec = importlib.util.find_spec("matplotlib")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise ReportUnavailableError('the calibration report needs matplotlib: pip install "opu-driver[plot]"')
+    return target
+
+
 def render_report(record: CalibrationRecord, path: str | os.PathLike[str], *, title: str | None = None,
                   dpi: int = 120) -> Path:
     """Draw ``record`` as one figure (a panel per thing it holds, see :func:`panels_for`) and save it at ``path``.
@@ -762,10 +782,8 @@ def render_report(record: CalibrationRecord, path: str | os.PathLike[str], *, ti
         raise InvalidInputError(f"dpi must be an integer within 20..1200, got {dpi!r}")
     if title is not None and not isinstance(title, str):
         raise InvalidInputError(f"title must be a string or None, got {type(title).__name__}")
-    target = Path(path)
+    target = check_report_path(path)
     fmt = target.suffix.lower().lstrip(".")
-    if fmt not in _FORMATS:
-        raise InvalidInputError(f"report path {str(target)!r}: use a .png, .pdf or .svg suffix")
     try:
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -59,6 +59,10 @@ class CalibrationPlan:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        if self.dark_method not in ("shutter", "laser_off"):
+            raise InvalidInputError(f"dark_method={self.dark_method!r}; choose 'shutter' or 'laser_off'")
+        if self.matrix_probes not in ("hadamard", "random"):
+            raise InvalidInputError(f"matrix_probes={self.matrix_probes!r}; choose 'hadamard' or 'random'")
         if not 0 <= self.max_saturated_fraction < 1:
             raise InvalidInputError(f"max_saturated_fraction must be within [0, 1), got {self.max_saturated_fraction}")
 
