@@ -36,6 +36,7 @@ __all__ = ["ReferenceCalibration", "LinearMode", "SCHEMES"]
 _log = logging.getLogger(__name__)
 
 SCHEMES = ("four_frame", "two_frame")
+_SATURATION_WARNING = 1e-3  # share of zeroed outputs above which a call warns (below it: logged at INFO)
 
 
 @dataclass
@@ -161,8 +162,10 @@ class LinearMode:
         out[nonzero] = projected
         if clipped.any():
             self.saturated_outputs += int(clipped.sum())
-            _log.warning("%d of %d linear outputs (%.2g%%) came from saturated frames and were set to 0: lower the "
-                         "exposure, gain or laser power", clipped.sum(), clipped.size, 100 * clipped.mean())
+            # Speckle intensity is exponential: a few saturated outputs are normal, many are a setting to change.
+            level = logging.WARNING if clipped.mean() > _SATURATION_WARNING else logging.INFO
+            _log.log(level, "%d of %d linear outputs (%.2g%%) came from saturated frames and were set to 0: lower "
+                     "the exposure, gain or laser power", clipped.sum(), clipped.size, 100 * clipped.mean())
         return out
 
     def project(self, E: np.ndarray, n_components: int, scheme: str, n_bits: int | None) -> np.ndarray:
