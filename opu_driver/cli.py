@@ -61,9 +61,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from . import open as open_opu
-    from .calibration import CalibrationPlan, CalibrationStore, calibrate, default_store_dir, summary_table
+    from .calibration import (
+        CalibrationError,
+        CalibrationPlan,
+        CalibrationStore,
+        calibrate,
+        default_store_dir,
+        summary_table,
+    )
+    from .errors import InvalidInputError
 
     store_dir = Path(args.out) if args.out else default_store_dir()
+    if not args.no_save and store_dir.exists() and not store_dir.is_dir():
+        raise CalibrationError(f"--out {store_dir}: not a directory (a calibration store is a directory)")
+    if args.resume and args.routine != "all":
+        raise InvalidInputError("--resume continues an interrupted 'opu calibrate all'; single routines run afresh")
     store = None if args.no_save else CalibrationStore(store_dir)
     apply_from = str(store_dir) if store is not None and store_dir.is_dir() else None
     progress = not args.no_progress and sys.stderr.isatty()

@@ -60,7 +60,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
 
     def failing(opu, name, plan, **kwargs):
         calls.append(name)
-        if name == "reference" and not crashed:
+        if name == "roi" and not crashed:
             crashed.append(name)
             raise _Crash
         return real(opu, name, plan, **kwargs)
@@ -70,14 +70,17 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
         calibrate(opu, ["all"], store, PLAN)
     partial = store.latest("SIM-00000021")
     assert partial.results["run"]["complete"] is False
-    assert set(partial.results) == {"run", "exposure", "dark", "latency", "roi"}
+    assert set(partial.results) == {"run", "exposure", "dark", "latency"}
+    with opu_driver.open(SIM, calibration=None) as opu:
+        calibrate(opu, ["latency"], store, PLAN)  # a single routine in between does not hide the unfinished run
     calls.clear()
     with opu_driver.open(SIM, calibration=None) as opu:
         record = calibrate(opu, ["all"], store, PLAN, resume=True)
         assert opu.camera.settings.exposure_us == partial.settings["exposure_us"]  # the stored exposure re-applied
-    assert calls == ["reference", "fidelity", "matrix", "drift"]
+    assert calls == ["roi", "reference", "fidelity", "matrix", "drift"]
     assert record.results["run"]["complete"] is True and record.path == partial.path
-    assert len(store.list("SIM-00000021")) == 1
+    assert record.results["roi"]["hot_source"] == "dark"  # the stored dark result served the resumed roi
+    assert len(store.list("SIM-00000021")) == 2
 
 
 def test_a_single_routine_extends_the_newest_record(tmp_path):
@@ -143,3 +146,52 @@ def test_command_line_errors_are_reported_with_exit_code_2(tmp_path, capsys):
     assert ".png" in capsys.readouterr().err and not (tmp_path / "r.jpeg").exists()
     (tmp_path / "SIM-00000021_20260101T000000.000000Z.json").write_text("{not json")
     assert main(["calibrate", "latency", "--url", SIM, "--out", str(tmp_path), "--no-progress"]) == 0  # skipped
+
+
+def test_the_drift_check_at_open_agrees_with_the_stored_baseline(tmp_path):
+    # drift alone: the reference it depends on is measured first and stored with it, so at open the probes go
+    # through the very reference the baseline was taken with
+    plan = CalibrationPlan(n_features=64, n_components=3072, drift_probes=32)
+    url = "sim://?dmd=96x64&camera=64x48&cell=4&seed=0"
+    with opu_driver.open(url, calibration=None) as opu:
+        record = calibrate(opu, ["drift"], CalibrationStore(tmp_path), plan)
+    assert {"reference", "drift"} <= set(record.results)
+    drift = record.results["drift"]
+    with opu_driver.open(url, calibration=str(tmp_path)) as opu:
+        applied = opu.calibration
+    assert "drift_check" in applied.applied and not applied.drifted
+    # The threshold sits 6 sqrt(2) sigma below the expected correlation (drift.py): the check must land within
+    # 3 sqrt(2) sigma of it. A check through a re-measured reference lands about 4 such sigma lower.
+    gap = drift["expected_correlation"] - drift["threshold"]
+    assert abs(applied.drift_correlation - drift["expected_correlation"]) < gap / 2
+
+
+def test_a_new_exposure_drops_what_was_measured_at_the_old_one(tmp_path):
+    store = CalibrationStore(tmp_path)
+    with opu_driver.open(SIM, calibration=None, exposure_us=300) as opu:
+        calibrate(opu, ["latency", "reference", "matrix"], store, PLAN)
+        record = calibrate(opu, ["exposure"], store, PLAN)
+        assert opu.camera.settings.exposure_us != 300
+    assert set(record.results) == {"latency", "exposure"}  # reference and matrix belonged to 300 us
+    assert record.settings["exposure_us"] == record.results["exposure"]["exposure_us"]
+    with opu_driver.open(SIM, calibration=None, exposure_us=300) as opu:
+        calibrate(opu, ["reference"], store, PLAN)
+        record = calibrate(opu, ["reference"], store, PLAN)  # a second reference replaces the first
+    assert "matrix" not in record.results and record.results["reference"]["n_features"] == PLAN.n_features
+
+
+def test_resume_and_store_paths_are_checked_before_the_device_is_used(tmp_path, capsys):
+    from opu_driver.cli import main
+
+    with opu_driver.open(SIM, calibration=None) as opu:
+        sent = opu._link.bytes_sent
+        with pytest.raises(InvalidInputError, match="resume"):
+            calibrate(opu, ["dark"], CalibrationStore(tmp_path), PLAN, resume=True)
+        with pytest.raises(InvalidInputError):
+            calibrate(opu, ["dark", "dark"], CalibrationStore(tmp_path), PLAN)
+        assert opu._link.bytes_sent == sent
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main(["calibrate", "dark", "--url", SIM, "--out", str(a_file)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["calibrate", "dark", "--url", SIM, "--resume", "--out", str(tmp_path)]) == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +62,14 @@ class DarkResult:
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays a calibration record keeps (stored as ``dark/<name>``)."""
         return {"mean_dn": self.mean_dn, "hot_pixels": self.hot_pixels}
+
+    @classmethod
+    def from_record(cls, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> "DarkResult":
+        """The result again from a record's ``dark`` summary and its ``dark/...`` arrays (a resumed run)."""
+        roi = Roi(int(summary["roi_x"]), int(summary["roi_y"]), int(summary["roi_width"]), int(summary["roi_height"]))
+        return cls(roi, int(summary["n_frames"]), np.asarray(arrays["dark/mean_dn"], dtype=np.float32),
+                   float(summary["level_dn"]), float(summary["fixed_pattern_dn"]), float(summary["read_noise_dn"]),
+                   np.asarray(arrays["dark/hot_pixels"], dtype=bool), str(summary["method"]))
 
 
 def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shutter",

@@ -12,6 +12,7 @@ result in a new record, so the newest record always holds the latest of every ro
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,7 +22,8 @@ from tqdm import tqdm
 
 from ..errors import InvalidInputError
 from .apply import apply_record, record_settings
-from .store import CalibrationRecord, CalibrationStore
+from .dark import DarkResult
+from .store import CalibrationError, CalibrationRecord, CalibrationStore
 
 __all__ = ["ROUTINES", "CalibrationPlan", "calibrate", "run_routine", "summary_table"]
 
@@ -124,11 +126,55 @@ def _new_record(opu, base: CalibrationRecord | None) -> CalibrationRecord:
     return record
 
 
-def _put(record: CalibrationRecord, name: str, result: Any) -> None:
-    record.results[name] = result.summary()
+def _drop(record: CalibrationRecord, name: str) -> None:
+    record.results.pop(name, None)
     for key in [k for k in record.arrays if k.startswith(name + "/")]:
         del record.arrays[key]
+
+
+def _put(record: CalibrationRecord, name: str, result: Any) -> None:
+    _drop(record, name)
+    record.results[name] = result.summary()
     record.arrays.update({f"{name}/{key}": value for key, value in result.arrays().items()})
+
+
+# Results that no longer hold once a routine runs again: everything measured at the old exposure, and everything
+# measured through the old linear-mode reference.
+INVALIDATES = {
+    "exposure": ("dark", "roi", "reference", "fidelity", "matrix", "drift"),
+    "reference": ("fidelity", "matrix", "drift"),
+}
+# Routines whose result is tied to the reference in use: it must be the stored one (measured first if missing).
+NEEDS_REFERENCE = ("matrix", "drift")
+
+
+def _has_reference_for(record: CalibrationRecord, plan: CalibrationPlan) -> bool:
+    stored = record.results.get("reference", {})
+    return stored.get("n_features") == plan.n_features and stored.get("n_components") == plan.n_components
+
+
+def _unfinished_run(opu, store: CalibrationStore, plan_fields: dict[str, Any]) -> CalibrationRecord | None:
+    """The newest ``all`` run of this device under the caller's settings if it is unfinished and of this plan.
+
+    Records of single routines are passed over; the newest ``all`` run decides: finished or of another plan
+    means there is nothing to resume.
+    """
+    explicit = opu.settings.explicit_record_settings()
+    for path in reversed(store.list(opu.info.serial_number)):
+        try:
+            record = store.load(path)
+        except CalibrationError as exc:
+            _log.warning("skipping calibration record %s: %s", path, exc)
+            continue
+        run = record.results.get(_RUN)
+        if run is None:
+            continue
+        if any(record.settings.get(k) != v for k, v in explicit.items()):
+            continue
+        if run.get("complete") is False and all(run.get(k) == v for k, v in plan_fields.items()):
+            return record
+        return None
+    return None
 
 
 def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan: CalibrationPlan | None = None, *,
@@ -136,29 +182,38 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
               on_result: Callable[[str, Any], None] | None = None) -> CalibrationRecord:
     """Run ``routines`` (names from ROUTINES, or ["all"]) and return the record (saved after each routine).
 
+    Single routines extend the newest record of the device under the current settings: its latency and reference
+    are installed first, results the new ones invalidate are dropped (a new exposure drops everything measured at
+    the old one; a new reference drops the matrix, fidelity and drift baseline), and the matrix and drift routines
+    measure the reference first when the record has none for the plan's sizes, so that what is stored together
+    was measured together.
+
     Args:
         store: where to save; None keeps the record in memory only.
-        resume: with "all", continue the newest unfinished run of this device and plan instead of starting anew.
+        resume: with "all", continue the newest unfinished run of this device, plan and explicit settings instead
+            of starting anew (its settings, lag and reference are applied first).
         on_result: called with (name, result) after each routine (the CLI prints from it).
 
     Raises:
-        InvalidInputError: unknown routine names (before anything is sent).
+        InvalidInputError: unknown routine names, or resume without "all" (before anything is sent).
     """
     plan = plan or CalibrationPlan()
     names = list(ROUTINES) if list(routines) == ["all"] else list(routines)
     unknown = [n for n in names if n not in ROUTINES]
-    if unknown or not names:
-        raise InvalidInputError(f"unknown routines {unknown or names}; choose from {ROUTINES} or 'all'")
+    if unknown or not names or len(set(names)) != len(names):
+        raise InvalidInputError(f"unknown or repeated routines {unknown or names}; choose from {ROUTINES} or 'all'")
     run_all = list(routines) == ["all"]
-    plan_fields = {k: v for k, v in asdict(plan).items()}
+    if resume and not run_all:
+        raise InvalidInputError("resume continues an interrupted 'all' run; single routines always run afresh")
+    plan_fields = dict(asdict(plan))
     record: CalibrationRecord | None = None
+    done: dict[str, Any] = {}
     if run_all and resume and store is not None:
-        previous = store.latest(opu.info.serial_number)
-        run = previous.results.get(_RUN, {}) if previous is not None else {}
-        if previous is not None and run.get("complete") is False and all(
-                run.get(k) == v for k, v in plan_fields.items()):
-            record = previous
-            apply_record(opu, record, explicit={}, drift_check=False)
+        record = _unfinished_run(opu, store, plan_fields)
+        if record is not None:
+            apply_record(opu, record, explicit=opu.settings.explicit_record_settings(), drift_check=False)
+            if "dark" in record.results:
+                done["dark"] = DarkResult.from_record(record.results["dark"], record.arrays)
             _log.info("resuming %s: done %s", record.path, ", ".join(k for k in record.results if k != _RUN))
         else:
             _log.info("nothing to resume: starting a new calibration run")
@@ -166,15 +221,29 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
         base = None
         if not run_all and store is not None:
             base = store.latest(opu.info.serial_number, record_settings(opu))
+            if base is not None:
+                # the stored lag and reference are the ones the new results must go with
+                apply_record(opu, base, explicit=record_settings(opu), drift_check=False)
         record = _new_record(opu, base)
     if run_all:
         record.results[_RUN] = {**plan_fields, "complete": False}
-    done: dict[str, Any] = {}
-    todo = [n for n in names if not (run_all and n in record.results)]
+        todo = [n for n in names if n not in record.results]
+    else:
+        todo = list(names)
+        if any(n in NEEDS_REFERENCE for n in todo) and "reference" not in todo and not _has_reference_for(record, plan):
+            todo.insert(min(todo.index(n) for n in todo if n in NEEDS_REFERENCE), "reference")
     for name in tqdm(todo, desc="calibration", unit="routine", disable=not progress or len(todo) < 2):
+        frames_before, started = opu.dmd.frame_count, time.perf_counter()
         result = run_routine(opu, name, plan, done=done, progress=progress)
         done[name] = result
+        for stale in INVALIDATES.get(name, ()):
+            if stale not in done and stale in record.results:
+                _log.info("dropping the stored %s result: it was measured before this %s", stale, name)
+                _drop(record, stale)
         _put(record, name, result)
+        # what the routine cost, beside what it found: frames the DMD displayed (blanks flushing the lag included)
+        record.results[name]["frames_used"] = (opu.dmd.frame_count - frames_before) & 0xFFFFFFFF
+        record.results[name]["wall_s"] = round(time.perf_counter() - started, 3)
         if name == "exposure":
             record.settings = record_settings(opu)
         if run_all:
