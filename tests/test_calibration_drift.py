@@ -6,7 +6,7 @@ import pytest
 
 import opu_driver
 from opu_driver.calibration.drift import DriftMonitor, check_drift, measure_drift
-from opu_driver.calibration.fidelity import correlation
+from opu_driver.calibration._checks import correlation
 from opu_driver.errors import InvalidInputError
 
 SIM = "sim://?dmd=96x64&camera=64x48&cell=4"

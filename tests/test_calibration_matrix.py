@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import opu_driver
+from opu_driver.calibration._checks import check_components, correlation, is_int
 from opu_driver.calibration._probes import TwoReferenceLayout, hadamard_order, hadamard_rows
 from opu_driver.calibration.matrix import estimate_matrix
 from opu_driver.errors import InvalidInputError
@@ -249,3 +250,25 @@ def test_bad_arguments_are_refused_before_anything_is_sent(kwargs):
         with pytest.raises(InvalidInputError):
             estimate_matrix(opu, args.pop("n_features"), args.pop("n_components"), **args)
         assert opu._link.bytes_sent == sent and opu.counters.frames_sent == frames
+
+
+def test_shared_checks_and_correlation_behave_as_the_copies_they_replace():
+    # matrix.py used np.corrcoef (NaN for a constant array or fewer than two values); the shared function
+    # computes the same Pearson correlation (to rounding: ~1e-16 relative) and gives exactly 1 for identical
+    # arrays, as fidelity and drift need.
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((40, 30))
+    b = 0.7 * a + rng.standard_normal((40, 30))
+    assert correlation(a, b) == pytest.approx(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]), abs=1e-12)
+    assert correlation(a, a) == 1.0 and correlation(a, -a) == pytest.approx(-1.0, abs=1e-12)
+    assert np.isnan(correlation(np.ones(5), a[0, :5])) and np.isnan(correlation(a[:1, :1], b[:1, :1]))
+    assert is_int(3) and is_int(np.int64(3), 3) and not is_int(2, 3)
+    assert not is_int(True) and not is_int(3.0) and not is_int(None, 0)
+    with opu_driver.open(SIM) as opu:
+        sent = opu._link.bytes_sent
+        check_components(opu, 64 * 48)
+        check_components(opu, np.int32(1))
+        for bad in (0, 64 * 48 + 1, 2.0, True, "10"):
+            with pytest.raises(InvalidInputError, match="n_components"):
+                check_components(opu, bad)
+        assert opu._link.bytes_sent == sent

@@ -49,15 +49,14 @@ import tqdm
 
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
-from .fidelity import correlation
+from ..linear import FRAMES_PER_TERNARY, SCHEMES
+from ._checks import check_components, check_seed, correlation, is_int, is_number
 
 __all__ = ["DriftSample", "DriftResult", "DriftMonitor", "measure_drift", "check_drift", "default_threshold",
            "THRESHOLD_SIGMAS", "MIN_DROP"]
 
 _log = logging.getLogger(__name__)
 
-SCHEMES = ("four_frame", "two_frame")
-_FRAMES_PER_PROBE = {"four_frame": 4, "two_frame": 2}
 THRESHOLD_SIGMAS = 6.0
 """How many sampling spreads (of a difference of two correlations) the default threshold sits below rho_c."""
 MIN_DROP = 1e-3
@@ -177,21 +176,8 @@ def default_threshold(repeat_1: npt.ArrayLike, repeat_2: npt.ArrayLike) -> tuple
     return threshold, r0, rho_c
 
 
-def _is_count(value: object, low: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
-
-
-def _check_components(opu, n_components: object) -> None:
-    if not _is_count(n_components, 1):
-        raise InvalidInputError(f"n_components must be an integer >= 1, got {n_components!r}")
-    n_pixels = opu.info.camera_width * opu.info.camera_height
-    if n_components > n_pixels:
-        raise InvalidInputError(f"n_components={n_components} outside 1..{n_pixels} (camera pixels)")
-
-
 def _check_threshold(threshold: object) -> None:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(threshold) or not -1 <= threshold <= 1:
+    if not is_number(threshold) or not -1 <= threshold <= 1:
         raise InvalidInputError(f"threshold must be a number within -1..1, got {threshold!r}")
 
 
@@ -215,7 +201,7 @@ def _validated_record(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, thres
         raise InvalidInputError(f"baseline must be (n_probes={probes.shape[0]}, n_components), got {baseline.shape}")
     if not np.isfinite(baseline).all():
         raise InvalidInputError("baseline contains NaN or Inf")
-    _check_components(opu, baseline.shape[1])
+    check_components(opu, baseline.shape[1])
     if not baseline.any():
         raise InvalidInputError("baseline is all zero")
     return probes.astype(np.int8), baseline.astype(np.float32)
@@ -229,7 +215,7 @@ def _project(opu, probes: np.ndarray, n_components: int, scheme: str, refresh: b
     out = opu.linear_transform(probes, n_components, scheme=scheme, refresh_reference=refresh)
     after = opu.dmd.device_time_us
     # The call may first measure the reference: the probes' frames are the last ones.
-    duration = min(after - before, probes.shape[0] * _FRAMES_PER_PROBE[scheme] * frame_time_us)
+    duration = min(after - before, probes.shape[0] * FRAMES_PER_TERNARY[scheme] * frame_time_us)
     return np.asarray(out, dtype=np.float64), int(after - duration // 2)
 
 
@@ -251,8 +237,10 @@ def check_drift(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: 
     """Project stored probes once and compare with their stored baseline (the open-time drift check).
 
     ``time_s`` is NaN unless ``baseline_time_us`` (the baseline's device time, meaningful only while the device
-    clock has not been reset) is given. At open the linear mode measures a fresh reference, so this check sees the
-    medium's change since the baseline (and any change of settings), not a stale reference.
+    clock has not been reset) is given. At open (``opu_driver/calibration/apply.py``) the record's stored
+    linear-mode reference, the one the baseline was measured with, is installed first, so this check projects
+    through the same reference as the baseline did and sees the medium's change since then (and any change of
+    settings). Only when the record holds no usable reference does the linear mode measure a fresh one.
 
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
@@ -279,19 +267,18 @@ class DriftMonitor:
 
     def __init__(self, opu, n_features: int, n_components: int, *, n_probes: int = 32, scheme: str = "four_frame",
                  threshold: float | None = None, interval_steps: int = 100, seed: int | None = None) -> None:
-        if not _is_count(n_features, 1):
+        if not is_int(n_features, 1):
             raise InvalidInputError(f"n_features must be an integer >= 1, got {n_features!r}")
-        _check_components(opu, n_components)
-        if not _is_count(n_probes, 3):
+        check_components(opu, n_components)
+        if not is_int(n_probes, 3):
             raise InvalidInputError(f"n_probes must be an integer >= 3 (the spread needs a jackknife), got "
                                     f"{n_probes!r}")
         _check_scheme(scheme)
         if threshold is not None:
             _check_threshold(threshold)
-        if not _is_count(interval_steps, 1):
+        if not is_int(interval_steps, 1):
             raise InvalidInputError(f"interval_steps must be an integer >= 1, got {interval_steps!r}")
-        if seed is not None and not _is_count(seed, 0):
-            raise InvalidInputError(f"seed must be None or an integer >= 0, got {seed!r}")
+        check_seed(seed)
         self._opu = opu
         self.n_features = int(n_features)
         self.n_components = int(n_components)
@@ -421,9 +408,9 @@ def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8,
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
     """
-    if not _is_count(n_checks, 1):
+    if not is_int(n_checks, 1):
         raise InvalidInputError(f"n_checks must be an integer >= 1, got {n_checks!r}")
-    if not _is_count(frames_between, 0):
+    if not is_int(frames_between, 0):
         raise InvalidInputError(f"frames_between must be an integer >= 0, got {frames_between!r}")
     monitor = DriftMonitor(opu, n_features, n_components, n_probes=n_probes, scheme=scheme, threshold=threshold,
                            seed=seed)

@@ -27,6 +27,7 @@ from ..devices.camera import CameraSettings, Roi
 from ..encoding.layouts import Layout, make_layout
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
+from ._checks import check_components, is_int, is_number
 
 __all__ = ["ExposureResult", "tune_exposure"]
 
@@ -123,15 +124,6 @@ class _QuietSaturation(logging.Filter):
         return "outputs are saturated" not in str(record.msg)
 
 
-def _is_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
-
-
-def _is_number(value: object) -> bool:
-    return (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-            and math.isfinite(float(value)))
-
-
 def tune_exposure(
     opu,
     n_features: int,
@@ -170,18 +162,14 @@ def tune_exposure(
     """
     # -- arguments: everything below until the try block only computes -----------------------------
     info = opu.info
-    if not _is_int(n_features) or n_features < 1:
+    if not is_int(n_features, 1):
         raise InvalidInputError(f"n_features must be a positive integer, got {n_features!r}")
-    if not _is_int(n_components) or not 1 <= n_components <= info.camera_width * info.camera_height:
-        raise InvalidInputError(
-            f"n_components must be an integer within 1..{info.camera_width * info.camera_height}, got "
-            f"{n_components!r}"
-        )
-    if not _is_number(max_saturated_fraction) or not 0 < max_saturated_fraction < 0.5:
+    check_components(opu, n_components)
+    if not is_number(max_saturated_fraction) or not 0 < max_saturated_fraction < 0.5:
         raise InvalidInputError(f"max_saturated_fraction must be within (0, 0.5), got {max_saturated_fraction!r}")
-    if not _is_number(target_fraction) or not 0 < target_fraction <= 1:
+    if not is_number(target_fraction) or not 0 < target_fraction <= 1:
         raise InvalidInputError(f"target_fraction must be within (0, 1], got {target_fraction!r}")
-    if not _is_int(n_frames) or n_frames < 1:
+    if not is_int(n_frames, 1):
         raise InvalidInputError(f"n_frames must be a positive integer, got {n_frames!r}")
     if not isinstance(allow_gain, (bool, np.bool_)):
         raise InvalidInputError(f"allow_gain must be True or False, got {allow_gain!r}")
@@ -192,7 +180,7 @@ def tune_exposure(
             raise InvalidInputError(
                 f"the frame time of {before.frame_time_us} us leaves no room for an exposure; pass max_exposure_us"
             )
-    elif not _is_int(max_exposure_us) or not MIN_EXPOSURE_US <= max_exposure_us <= MAX_EXPOSURE_US:
+    elif not is_int(max_exposure_us) or not MIN_EXPOSURE_US <= max_exposure_us <= MAX_EXPOSURE_US:
         raise InvalidInputError(
             f"max_exposure_us must be an integer within {MIN_EXPOSURE_US}..{MAX_EXPOSURE_US}, got {max_exposure_us!r}"
         )

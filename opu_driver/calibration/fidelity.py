@@ -32,17 +32,16 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 import tqdm
 
 from ..errors import InvalidInputError
+from ..linear import FRAMES_PER_TERNARY, SCHEMES
+from ._checks import check_components, check_seed, correlation, is_int
 
 __all__ = ["FidelityRow", "FidelityResult", "measure_fidelity", "row_label", "correlation"]
 
 _log = logging.getLogger(__name__)
 
-SCHEMES = ("four_frame", "two_frame")
-_FRAMES_PER_TERNARY = {"four_frame": 4, "two_frame": 2}
 
 
 def row_label(scheme: str, n_bits: int | None) -> str:
@@ -145,24 +144,6 @@ def _rounded(value: float, digits: int) -> float | None:
     return round(float(value), digits) if math.isfinite(value) else None
 
 
-def _is_count(value: object, low: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
-
-
-def correlation(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
-    """Pearson correlation of two equally shaped arrays (flattened), exactly 1.0 for identical non-constant ones."""
-    a = np.asarray(x, dtype=np.float64).ravel()
-    b = np.asarray(y, dtype=np.float64).ravel()
-    if a.size < 2:
-        return float("nan")
-    if np.array_equal(a, b):
-        return 1.0 if a.std() > 0 else float("nan")
-    a = a - a.mean()
-    b = b - b.mean()
-    denominator = math.sqrt(float(a @ a) * float(b @ b))
-    return float(np.clip(float(a @ b) / denominator, -1.0, 1.0)) if denominator > 0 else float("nan")
-
-
 def _vectors(rng: np.random.Generator, n_vectors: int, n_features: int, n_bits: int | None):
     """(a, b) of the row: ternary with disjoint supports (about a third of the features each), or Gaussian."""
     if n_bits is None:
@@ -204,25 +185,20 @@ def measure_fidelity(
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
     """
-    if not _is_count(n_features, 2):
+    if not is_int(n_features, 2):
         raise InvalidInputError(f"n_features must be an integer >= 2 (a and b need disjoint supports), "
                                 f"got {n_features!r}")
-    if not _is_count(n_components, 1):
-        raise InvalidInputError(f"n_components must be an integer >= 1, got {n_components!r}")
-    n_pixels = opu.info.camera_width * opu.info.camera_height
-    if n_components > n_pixels:
-        raise InvalidInputError(f"n_components={n_components} outside 1..{n_pixels} (camera pixels)")
-    if not _is_count(n_vectors, 2):
+    check_components(opu, n_components)
+    if not is_int(n_vectors, 2):
         raise InvalidInputError(f"n_vectors must be an integer >= 2 (a correlation needs two), got {n_vectors!r}")
     schemes = tuple(schemes) if isinstance(schemes, (tuple, list)) else (schemes,)
     if not schemes or any(s not in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
         raise InvalidInputError(f"schemes={schemes!r}; choose distinct ones of {SCHEMES}")
     encodings = tuple(n_bits) if isinstance(n_bits, (tuple, list)) else (n_bits,)
     if not encodings or len(set(encodings)) != len(encodings) or any(
-            b is not None and not (_is_count(b, 1) and b <= 16) for b in encodings):
+            b is not None and not (is_int(b, 1) and b <= 16) for b in encodings):
         raise InvalidInputError(f"n_bits={n_bits!r}; give distinct values, each None (ternary) or 1..16")
-    if seed is not None and not _is_count(seed, 0):
-        raise InvalidInputError(f"seed must be None or an integer >= 0, got {seed!r}")
+    check_seed(seed)
 
     rng = np.random.default_rng(seed)
     ternary = _vectors(rng, n_vectors, n_features, None)
@@ -245,7 +221,7 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
     batch = np.concatenate([a, a, b, s]).astype(np.int8 if n_bits is None else np.float64)
     out = opu.linear_transform(batch, n_components, scheme=scheme, n_bits=n_bits).astype(np.float64)
     y1, y2, yb, ys = np.split(out, 4)
-    frames = _FRAMES_PER_TERNARY[scheme] * (1 if n_bits is None else n_bits)
+    frames = FRAMES_PER_TERNARY[scheme] * (1 if n_bits is None else n_bits)
     # Masked outputs are 0 in every projection: left out. (An output whose frames saturated in one call is 0 in
     # that call only; it stays in, since it is what a user gets, and the linear mode warns about it.)
     used = np.any(out != 0, axis=0)

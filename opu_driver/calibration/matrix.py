@@ -51,8 +51,9 @@ from tqdm import tqdm
 from ..devices.camera import Roi
 from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
-from ..linear import SCHEMES
+from ..linear import FRAMES_PER_TERNARY, SCHEMES
 from ..protocol import MAX_FEATURES, bits_per_pixel
+from ._checks import check_components, check_seed, correlation, is_int
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
 
 __all__ = ["MatrixResult", "estimate_matrix", "PROBES"]
@@ -60,7 +61,6 @@ __all__ = ["MatrixResult", "estimate_matrix", "PROBES"]
 _log = logging.getLogger(__name__)
 
 PROBES = ("hadamard", "random")
-_FRAMES_PER_PROBE = {"four_frame": 4, "two_frame": 2}
 _NONLINEAR_FRAMES_PER_PROBE = 6
 _REFERENCE_FRAMES = 64  # frames of each of dark, A, B and A + B for the two-reference check
 _BATCH_PROBES = 256  # probes per device request (one progress step)
@@ -78,7 +78,9 @@ class MatrixResult:
     Attributes:
         matrix: B (n_features, n_components) float32 in the units of ``opu.linear_transform`` (unit-variance
             entries): ``linear_transform(E) ~ E @ matrix``. Columns of unusable outputs are 0.
-        mask: outputs whose estimate is usable (the linear mode's reference mask: other outputs are always 0).
+        mask: outputs whose estimate is usable: those nonzero in at least one linear probe's projection. The
+            linear mode returns exactly 0 for the outputs its reference mask drops, so this is that mask less
+            any output zeroed in every probe (its frames saturated each time); ``matrix`` is 0 outside it.
         n_frames: DMD frames the call sent, all stages together (``opu.counters.frames_sent`` difference);
             ``n_frames_reference`` of them measured the linear mode's reference (0 when it was already known),
             ``n_frames_probes`` the probes, ``n_frames_noise`` the repeated probes, ``n_frames_holdout`` the
@@ -192,33 +194,25 @@ class MatrixResult:
         return out
 
 
-def _is_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
-
-
 def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats, nonlinear_check,
               seed, progress) -> int:
     """Check every argument (nothing is sent); return the number of probes."""
-    if not _is_int(n_features) or n_features < 1:
+    if not is_int(n_features, 1):
         raise InvalidInputError(f"n_features must be a positive integer, got {n_features!r}")
     info = opu.info
-    if not _is_int(n_components) or not 1 <= n_components <= info.camera_width * info.camera_height:
-        raise InvalidInputError(
-            f"n_components must be an integer within 1..{info.camera_width * info.camera_height}, got {n_components!r}"
-        )
+    check_components(opu, n_components)
     if probes not in PROBES:
         raise InvalidInputError(f"probes={probes!r}; choose one of {PROBES}")
     if scheme not in SCHEMES:
         raise InvalidInputError(f"scheme={scheme!r}; choose one of {SCHEMES}")
     for name, value in (("n_holdout", n_holdout), ("n_repeats", n_repeats)):
-        if not _is_int(value) or value < 1:
+        if not is_int(value, 1):
             raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
     if not isinstance(nonlinear_check, (bool, np.bool_)):
         raise InvalidInputError(f"nonlinear_check must be True or False, got {nonlinear_check!r}")
     if not isinstance(progress, (bool, np.bool_)):
         raise InvalidInputError(f"progress must be True or False, got {progress!r}")
-    if seed is not None and (not _is_int(seed) or seed < 0):
-        raise InvalidInputError(f"seed must be None or a non-negative integer, got {seed!r}")
+    check_seed(seed)
     # The layouts refuse a signal that does not fit beside the reference region(s).
     SplitLayout(int(n_features), info.dmd_width, info.dmd_height)
     if nonlinear_check:
@@ -227,7 +221,7 @@ def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout
         raise InvalidInputError(f"{n_features} features exceed the {MAX_FEATURES - 2} a probe table can hold")
     order = hadamard_order(int(n_features))
     if probes == "hadamard":
-        if n_probes is not None and (not _is_int(n_probes) or n_probes != order):
+        if n_probes is not None and (not is_int(n_probes) or n_probes != order):
             raise InvalidInputError(
                 f"Hadamard probes of {n_features} features are the {order} rows of the order-{order} matrix; "
                 f"leave n_probes=None (got {n_probes!r})"
@@ -235,19 +229,11 @@ def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout
         return order
     if n_probes is None:
         return 2 * int(n_features)
-    if not _is_int(n_probes) or n_probes < n_features:
+    if not is_int(n_probes, n_features):
         raise InvalidInputError(
             f"random probes need n_probes >= n_features = {n_features} (least squares), got {n_probes!r}"
         )
     return int(n_probes)
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    if a.size < 2 or a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _relative_error(measured: np.ndarray, predicted: np.ndarray) -> float:
@@ -297,7 +283,7 @@ def estimate_matrix(
     saturated_before = counters.saturated_frames
     zeroed_before = opu.linear_mode.saturated_outputs
     start = counters.frames_sent
-    per_probe = _FRAMES_PER_PROBE[scheme]
+    per_probe = FRAMES_PER_TERNARY[scheme]
 
     order = hadamard_order(n_features)
     if probes == "hadamard":
@@ -358,7 +344,7 @@ def estimate_matrix(
         predicted = E_h.astype(np.float64) @ matrix
         m_meas, m_pred = measured[:, mask], predicted[:, mask]
         relative_error = _relative_error(m_meas, m_pred)
-        holdout_correlation = _correlation(m_meas, m_pred)
+        holdout_correlation = correlation(m_meas, m_pred)
         # A prediction e @ B carries s^2 e^T (P^T P)^-1 e of the probes' noise, the measurement s^2.
         if gram is None:
             leverage = n_features / order  # e^T e / n for +-1 vectors
@@ -496,7 +482,7 @@ def _nonlinear_check(opu, n_features: int, n_components: int, n_holdout: int, rn
     i, j = sample_pairs(n_holdout, usable, _SAMPLE_POINTS, rng)
     ok = ~held_saturated[i, j]
     return {
-        "nonlinear_correlation": _correlation(m_meas, m_pred),
+        "nonlinear_correlation": correlation(m_meas, m_pred),
         "nonlinear_relative_error": _relative_error(m_meas, m_pred),
         "field_matrix": field_matrix,
         "field_mask": field_mask,

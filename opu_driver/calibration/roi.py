@@ -21,14 +21,20 @@ import tqdm
 from ..devices.camera import Roi
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
+from ._checks import check_components, check_seed, is_int
 from .dark import DarkResult
 
-__all__ = ["RoiResult", "measure_roi", "intensity_autocorrelation", "half_width_px", "stride_for"]
+__all__ = ["RoiResult", "measure_roi", "intensity_autocorrelation", "half_width_px", "stride_for",
+           "autocorrelation_noise_sd", "neighbour_threshold"]
 
 _log = logging.getLogger(__name__)
 
 NEIGHBOUR_CORRELATION = 0.05
-"""Largest normalised intensity autocorrelation allowed between selected neighbours (the stride's criterion)."""
+"""Largest normalised intensity autocorrelation allowed between selected neighbours (the stride's criterion),
+unless the measurement cannot resolve it: see :func:`neighbour_threshold`."""
+NOISE_SIGMAS = 3.0
+"""Standard errors of the autocorrelation estimate the stride's threshold keeps above 0 (see
+:func:`neighbour_threshold`): a lag whose true autocorrelation is 0 reads above it with probability 0.13%."""
 FALSE_ALARM = 1e-4
 """Chance that a working pixel is called dead, or hot (without a DarkResult), from which thresholds derive."""
 _CHUNK_FRAMES = 8  # frames per transform call (the progress bar's step)
@@ -44,7 +50,11 @@ class RoiResult:
             normalised intensity autocorrelation along each axis (twice the lag where it falls to 1/2, linear
             interpolation between whole-pixel lags). A pixel-sized speckle gives 1.
         stride_px: spacing of the selection's sub-grid: the smallest lag at which the autocorrelation has fallen
-            to NEIGHBOUR_CORRELATION (0.05) along both axes.
+            to stride_threshold along both axes.
+        stride_threshold: NEIGHBOUR_CORRELATION (0.05), or 3 autocorrelation_noise_sd when that is larger
+            (few frames, a coarse grain or a small region): see neighbour_threshold.
+        autocorrelation_noise_sd: standard error of the autocorrelation at a lag where it is truly 0
+            (autocorrelation_noise_sd()).
         autocorrelation_2d: (2L+1, 2L+1) normalised autocorrelation, index [L + dy, L + dx], 1 at the centre.
         selection: output indices (into the n_components outputs) of the sub-grid without bad pixels.
         mean_intensity_dn: mean over the frames of each output, raw DN.
@@ -62,6 +72,8 @@ class RoiResult:
     grain_x_px: float
     grain_y_px: float
     stride_px: int
+    stride_threshold: float
+    autocorrelation_noise_sd: float
     hot_source: str
     dropped_hot: int
     dropped_dead: int
@@ -100,6 +112,8 @@ class RoiResult:
             "grain_x_px": round(float(self.grain_x_px), 4),
             "grain_y_px": round(float(self.grain_y_px), 4),
             "stride_px": self.stride_px,
+            "stride_threshold": round(float(self.stride_threshold), 4),
+            "autocorrelation_noise_sd": round(float(self.autocorrelation_noise_sd), 5),
             "n_selected": self.n_selected,
             "n_components": self.n_components,
             "n_features": self.n_features,
@@ -190,23 +204,62 @@ def half_width_px(profile: npt.ArrayLike) -> float:
     return float(2.0 * ((k - 1) + (c[k - 1] - 0.5) / (c[k - 1] - c[k])))
 
 
+def autocorrelation_noise_sd(autocorrelation_2d: npt.ArrayLike, n_frames_eff: float, n_pixels: int) -> float:
+    """Standard error of the pooled autocorrelation estimate (:func:`intensity_autocorrelation`) at a lag where
+    the true autocorrelation is 0.
+
+    Derivation. The estimate at lag d averages the products dI(r) dI(r + d) over P = ``n_pixels`` positions
+    and n frames, divided by the variance. Where c(d) = 0 the two factors of one product are independent and
+    each product has variance 1 (in units of the squared variance). Two products of one frame at positions r
+    and r' covary by E[dI(r) dI(r')] E[dI(r + d) dI(r' + d)] = c(r - r')^2 (the four-point cumulant vanishes
+    when r, r' are far from r + d, r' + d), so the P products of a frame count as P / A independent ones with
+    A = sum over all 2D lags of c^2: Bartlett's formula, A the speckle's coherence area in pixels (about
+    0.57 grain^2 for a Gaussian profile), summed here over the measured lags. Two frames i, j whose
+    intensities correlate by rho_ij at the same pixel (they share part of their field, see
+    :func:`_hot_threshold`) have products covarying by rho_ij^2 c(r - r')^2, so the n frames count as
+    ``n_frames_eff`` = n / (1 + (n - 1) mean(rho_ij^2)) independent ones. Together:
+
+        sd = sqrt(A / (n_frames_eff * P)).
+
+    The measured c carries its own noise at every lag, which adds about (2L + 1)^2 sd^2 to A: a few percent
+    for the sizes used here, and on the safe side. With 16 frames of a 64 x 48 region, grain 3 and the frames'
+    mutual correlation of the default geometry (n_frames_eff about 2) this is 0.03, matching the spread of the
+    far lags over 100 media; 3 of it (:data:`NOISE_SIGMAS`) exceed the 0.05 criterion.
+    """
+    c = np.asarray(autocorrelation_2d, dtype=np.float64)
+    area = float((c ** 2).sum())
+    if not (n_frames_eff > 0 and n_pixels > 0):
+        return math.inf
+    return math.sqrt(area / (float(n_frames_eff) * float(n_pixels)))
+
+
+def neighbour_threshold(noise_sd: float) -> float:
+    """The stride's threshold: NEIGHBOUR_CORRELATION (0.05), or NOISE_SIGMAS (3) standard errors of the
+    autocorrelation estimate when those are larger: below that the measurement cannot tell a lag whose
+    autocorrelation is 0 from one at 0.05, and the stride search would fail at random."""
+    return max(NEIGHBOUR_CORRELATION, NOISE_SIGMAS * float(noise_sd))
+
+
 def stride_for(autocorrelation_2d: npt.ArrayLike, threshold: float = NEIGHBOUR_CORRELATION) -> int:
     """Smallest lag s >= 1 at which the autocorrelation is <= threshold along both axes.
 
     This is ceil(grain) made robust: for the emulator's grains 1, 1.5, 2, 2.5 and 3 it equals the ceiling of
     the equivalent width sum_d c(d) (1, 2, 3, 3, 4), but it does not flip with noise when the width sits on an
     integer (grain 1: width 1), and it says what it guarantees: neighbours correlate by at most ``threshold``.
+    :func:`measure_roi` passes :func:`neighbour_threshold`, which the estimate's noise can meet.
+
+    Raises:
+        AcquisitionError: the autocorrelation stays above ``threshold`` at every lag up to the last one.
     """
     c = np.asarray(autocorrelation_2d, dtype=np.float64)
     lag = (c.shape[0] - 1) // 2
     for s in range(1, lag + 1):
         if max(c[lag, lag + s], c[lag, lag - s], c[lag + s, lag], c[lag - s, lag]) <= threshold:
             return s
-    raise AcquisitionError(f"neighbours still correlate above {threshold} at a lag of {lag} px: raise max_lag_px")
-
-
-def _is_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+    raise AcquisitionError(
+        f"neighbours still correlate above {threshold:.3g} at every lag up to {lag} px: use more frames "
+        "(n_frames) or a larger max_lag_px"
+    )
 
 
 def _dead_threshold(n_eff: float, false_alarm: float) -> float:
@@ -254,7 +307,8 @@ def measure_roi(
       complete rows of the region, up to max_lag_px along x and y; grain_px is its full width at half maximum
       (:func:`half_width_px`), the mean of the two axes.
     - Selection: the sub-grid x % stride == 0 and y % stride == 0 of the region (stride from
-      :func:`stride_for`), without
+      :func:`stride_for` at :func:`neighbour_threshold`: 0.05, or 3 standard errors of the autocorrelation
+      estimate when the frames cannot resolve 0.05), without
         hot pixels: ``dark.hot_pixels`` when a DarkResult is given, else pixels whose minimum over the frames
         stands above the speckle's range (:func:`_hot_threshold`);
         dead pixels: mean over frames (minus the dark level when known, else minus nothing) below a share of
@@ -267,20 +321,17 @@ def measure_roi(
 
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
-        AcquisitionError: no speckle (light off), or a grain larger than max_lag_px.
+        AcquisitionError: no speckle (light off), a grain larger than max_lag_px, or an autocorrelation that
+            stays above the stride's threshold up to max_lag_px (use more frames or a larger max_lag_px).
     """
-    info = opu.info
-    n_pixels = info.camera_width * info.camera_height
-    if not _is_int(n_components) or not 1 <= n_components <= n_pixels:
-        raise InvalidInputError(f"n_components must be an integer within 1..{n_pixels}, got {n_components!r}")
-    if not _is_int(n_features) or n_features < 2:
+    check_components(opu, n_components)
+    if not is_int(n_features, 2):
         raise InvalidInputError(f"n_features must be an integer >= 2 (half of them ON), got {n_features!r}")
-    if not _is_int(n_frames) or n_frames < 2:
+    if not is_int(n_frames, 2):
         raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
-    if not _is_int(max_lag_px) or max_lag_px < 1:
+    if not is_int(max_lag_px, 1):
         raise InvalidInputError(f"max_lag_px must be a positive integer, got {max_lag_px!r}")
-    if seed is not None and (not _is_int(seed) or seed < 0):
-        raise InvalidInputError(f"seed must be None or an integer >= 0, got {seed!r}")
+    check_seed(seed)
     roi = opu.roi_for(int(n_components))
     rows = n_components // roi.width
     if rows <= max_lag_px or roi.width <= max_lag_px:
@@ -318,6 +369,8 @@ def measure_roi(
     # frames' intensities across the region, measured here rather than assumed (it depends on the optics).
     frame_corr = np.corrcoef(signal)
     rho = float(np.clip((frame_corr.sum() - n_frames) / (n_frames * (n_frames - 1)), 0.0, 1.0))
+    # The autocorrelation's products covary between frames by rho_ij^2 (autocorrelation_noise_sd).
+    rho_squared = float(np.clip(((frame_corr ** 2).sum() - n_frames) / (n_frames * (n_frames - 1)), 0.0, 1.0))
     n_eff = n_frames / (1 + (n_frames - 1) * rho)
     dead = mean < _dead_threshold(n_eff, FALSE_ALARM) * median
     if dark is not None:
@@ -333,7 +386,9 @@ def measure_roi(
     lag = int(max_lag_px)
     grain_x = half_width_px(corr[lag, lag:])
     grain_y = half_width_px(corr[lag:, lag])
-    stride = stride_for(corr)
+    noise_sd = autocorrelation_noise_sd(corr, n_frames / (1 + (n_frames - 1) * rho_squared), int(valid.sum()))
+    threshold = neighbour_threshold(noise_sd)
+    stride = stride_for(corr, threshold)
 
     index = np.arange(n_components, dtype=np.int64)
     on_grid = (index % width % stride == 0) & (index // width % stride == 0)
@@ -341,6 +396,7 @@ def measure_roi(
     result = RoiResult(
         roi=roi, n_components=int(n_components), n_features=int(n_features), n_frames=int(n_frames),
         grain_px=0.5 * (grain_x + grain_y), grain_x_px=grain_x, grain_y_px=grain_y, stride_px=stride,
+        stride_threshold=threshold, autocorrelation_noise_sd=noise_sd,
         hot_source=hot_source, dropped_hot=int((on_grid & hot).sum()), dropped_dead=int((on_grid & dead).sum()),
         dropped_saturated=int((on_grid & saturated).sum()), autocorrelation_2d=corr, selection=selection,
         mean_intensity_dn=Y.mean(axis=0).astype(np.float32), hot=hot, dead=dead, saturated=saturated,
