@@ -143,12 +143,12 @@ class LinearMode:
         p, m = plus[nonzero], minus[nonzero]
         reference = np.ones((nonzero.size, 1), dtype=np.uint8)
         if scheme == "four_frame":
-            per = 4
             parts = [np.hstack([p, reference]), np.hstack([p, 0 * reference]),
                      np.hstack([m, reference]), np.hstack([m, 0 * reference])]
         else:
-            per = 2
             parts = [np.hstack([p, reference]), np.hstack([m, reference])]
+        per = FRAMES_PER_TERNARY[scheme]
+        assert len(parts) == per
         frames = np.stack(parts, axis=1).reshape(nonzero.size * per, n_features + 1)
         counts = self._opu.acquire(frames, layout, n_components).reshape(nonzero.size, per, -1)
         # A saturated frame breaks the difference: such outputs are set to 0, like masked ones, and counted.

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import opu_driver
+from conftest import exact_linear_matrix
 from opu_driver.calibration import ROUTINES, CalibrationPlan, CalibrationStore, calibrate
 from opu_driver.calibration import run as run_module
 from opu_driver.errors import InvalidInputError
@@ -19,9 +20,7 @@ def _fidelity(opu, E):
     """Correlation of four-frame projections with the exact ones over the usable outputs (the linear issue's
     figure; outputs zeroed because their frames saturated count against it), and the usable fraction."""
     Y = opu.linear_transform(E, PLAN.n_components)
-    F = opu.emulator.ground_truth.feature_matrix()[:, :PLAN.n_components]  # the split layout is loaded
-    reference = F[PLAN.n_features]
-    exact = E @ np.real(np.conj(reference) / np.abs(reference) * F[:PLAN.n_features])
+    exact = E @ exact_linear_matrix(opu, PLAN.n_features, PLAN.n_components)  # the split layout is loaded
     mask = opu.linear_mode.calibration(PLAN.n_features, PLAN.n_components).mask
     return float(np.corrcoef(Y[:, mask].ravel(), exact[:, mask].ravel())[0, 1]), float(mask.mean())
 

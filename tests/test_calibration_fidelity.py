@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import opu_driver
+from conftest import exact_linear_matrix
 from opu_driver.calibration.fidelity import _vectors, correlation, measure_fidelity
 from opu_driver.errors import InvalidInputError
 
@@ -13,10 +14,7 @@ N_FEATURES, N_OUT, N_VECTORS = 64, 300, 32
 
 
 def _exact_matrix(opu):
-    """Re[exp(-i phi) R] for the linear mode's split layout and ROI, from the ground truth (features x pixels)."""
-    F = opu.emulator.ground_truth.feature_matrix()[:, :N_OUT]
-    reference_field = F[N_FEATURES]
-    return np.real(np.conj(reference_field) / np.abs(reference_field) * F[:N_FEATURES])
+    return exact_linear_matrix(opu, N_FEATURES, N_OUT)
 
 
 def _n_eff(row):

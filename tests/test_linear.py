@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import opu_driver
+from conftest import exact_linear_matrix
 from opu_driver.errors import InvalidInputError
 
 SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=3"
@@ -10,10 +11,7 @@ N_FEATURES, N_OUT = 64, 300
 
 
 def _exact_matrix(opu):
-    """Re[exp(-i phi) R] for the current split layout and ROI, from the ground truth (pixels x features)."""
-    F = opu.emulator.ground_truth.feature_matrix()[:, :N_OUT]
-    reference_field = F[N_FEATURES]
-    return np.real(np.conj(reference_field) / np.abs(reference_field) * F[:N_FEATURES])
+    return exact_linear_matrix(opu, N_FEATURES, N_OUT)
 
 
 def _ternary(rng, batch):
