@@ -296,4 +296,6 @@ def _fidelity_lines(summary: dict[str, Any], name_width: int) -> list[str]:
             return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
         lines.append(f"{indent}{label:<20} {get('frames_per_vector'):>6} {get('repeatability'):>13} "
                      f"{get('linearity_error'):>13} {get('nonlinearity'):>12} {get('snr_db'):>7}")
+    if "frames_used" in summary:
+        lines.append(f"{'':<{name_width}}  frames_used={summary['frames_used']}, wall_s={summary.get('wall_s')}")
     return lines
