@@ -1,0 +1,73 @@
+"""dfa_client: send error vectors, receive their random projections, train networks by direct feedback alignment.
+
+    import dfa_client
+    with dfa_client.connect("sim://?seed=3", n_components=1024) as projector:   # or tcp://host:port, digital://
+        P = projector.project(E)        # E: (batch, n_features) errors -> float32 (batch, 1024) projections B e
+
+The URL picks the backend: ``tcp://host:port`` (the OPU service, ``opu serve``), ``sim://...`` or ``usb://...``
+(the driver in this process, imported only then), ``digital://?seed=N`` (an exact numpy projector with the same
+statistics). Remote use needs numpy and the standard library only.
+"""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from .base import Projector, ProjectorInfo
+from .errors import (
+    AuthenticationError,
+    ConnectionFailedError,
+    DfaError,
+    InvalidInputError,
+    ProjectorClosedError,
+    ProtocolVersionError,
+    RequestTimeoutError,
+    ServiceError,
+    UnsupportedUrlError,
+)
+
+__all__ = [
+    "connect",
+    "Projector",
+    "ProjectorInfo",
+    "DfaError",
+    "InvalidInputError",
+    "UnsupportedUrlError",
+    "ConnectionFailedError",
+    "RequestTimeoutError",
+    "AuthenticationError",
+    "ProtocolVersionError",
+    "ServiceError",
+    "ProjectorClosedError",
+]
+
+
+def connect(url: str, n_components: int, **options: Any) -> Projector:
+    """Open a projector for ``url`` with ``n_components`` outputs.
+
+    Options common to every backend: ``n_features`` (else fixed by the first call), ``scheme`` ("four_frame" or
+    "two_frame"), ``n_bits`` (bit planes for real-valued errors on optical backends), ``max_batch``.
+    ``digital://`` also takes ``seed``; ``tcp://`` takes ``token``, ``timeout_s``, ``retries``; ``sim://`` and
+    ``usb://`` pass any other option to ``opu_driver.open`` (e.g. ``pixel_format="MONO12"``).
+
+    Raises:
+        UnsupportedUrlError: a URL no backend serves.
+        InvalidInputError: bad options (before anything is opened).
+        ConnectionFailedError, AuthenticationError, ProtocolVersionError: the backend cannot be used.
+    """
+    if not isinstance(url, str):
+        raise UnsupportedUrlError(f"url must be a string, got {type(url).__name__}")
+    scheme = urlsplit(url).scheme
+    if scheme == "digital":
+        from .digital import DigitalProjector
+
+        return DigitalProjector(url, n_components, **options)
+    if scheme == "tcp":
+        from .remote import RemoteProjector
+
+        return RemoteProjector(url, n_components, **options)
+    if scheme in ("sim", "usb"):
+        from .local import LocalProjector
+
+        return LocalProjector(url, n_components, **options)
+    raise UnsupportedUrlError(f"{url!r}: use tcp://host:port, sim://..., usb://... or digital://?seed=N")
