@@ -7,7 +7,9 @@ Benchmarks:
   complex64 ``abs(X @ R) ** 2`` of the same size, with peak memory of each, and the cost of the default
   noise model on top of ``noise=0``;
 - encoders: separated bit planes against a plain numpy version of the same algorithm (time, transient memory);
-- linear: ``opu.linear_transform`` throughput, four-frame and two-frame schemes.
+- linear: ``opu.linear_transform`` throughput, four-frame and two-frame schemes;
+- dfa: DFA projections per second, direct, through the in-process client and through the service with 1, 4 and
+  8 client processes (opu_driver/bench_dfa.py).
 Each figure is the median of ``repeats`` runs; the machine is shared and noisy, so compare ratios.
 """
 from __future__ import annotations
@@ -301,6 +303,10 @@ def run_benchmarks(quick: bool = False, repeats: int = 5, only: str | None = Non
     if only in (None, "linear"):
         results += bench_linear(quick, repeats)
         results += bench_fidelity(quick, repeats)
+    if only in (None, "dfa"):
+        from .bench_dfa import bench_dfa
+
+        results += bench_dfa(quick, repeats)
     if quick:
         for r in results:
             if "target" in r.note:

@@ -59,6 +59,68 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(quick=args.quick, repeats=args.repeats, only=args.only, json_path=args.json)
 
 
+def _parse_bind(text: str) -> tuple[str, int]:
+    """HOST:PORT (or [IPv6]:PORT) -> (host, port)."""
+    from .errors import ConfigurationError
+
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(f"--bind {text!r}: use HOST:PORT, e.g. 127.0.0.1:5000")
+    return host, int(port)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from .errors import ConfigurationError
+    from .service import OpuService
+
+    if args.token is not None and args.token_file is not None:
+        raise ConfigurationError("give --token or --token-file, not both")
+    token = args.token
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(f"--token-file: {exc}") from None
+    elif token is None:
+        token = os.environ.get("OPU_SERVICE_TOKEN") or None
+    limits = {name: value for name, value in (("max_clients", args.max_clients), ("max_batch", args.max_batch),
+                                               ("idle_timeout_s", args.idle_timeout_s)) if value is not None}
+    service = OpuService(args.url, bind=_parse_bind(args.bind), token=token, **limits)
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            service.start()
+        except OSError as exc:
+            print(f"opu serve: cannot listen on {args.bind}: {exc}", file=sys.stderr)
+            return 2
+        host, port = service.address
+        print(f"opu serve: serving {args.url} on {host}:{port}"
+              f"{' (token required)' if token else ''}; stop with Ctrl-C or SIGTERM", flush=True)
+        while not stop_requested.wait(0.5):
+            pass
+        clean = service.stop(timeout_s=args.shutdown_timeout_s)
+        stats = service.stats()
+        print(f"opu serve: stopped{'' if clean else ' (some connections did not end in time)'}; "
+              f"{stats.requests} requests, {stats.vectors} vectors, {stats.device_calls} device calls; "
+              "device closed", flush=True)
+        return 0
+    finally:
+        if not stop_requested.is_set() and service.running:
+            service.stop(timeout_s=args.shutdown_timeout_s)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from . import open as open_opu
     from .calibration import (
@@ -175,9 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: emulator frame rate, transform vs a dense complex product")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for a smoke test")
     p.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
-    p.add_argument("--only", choices=["frames", "transform", "encoders", "linear"], help="run one benchmark only")
+    p.add_argument("--only", choices=["frames", "transform", "encoders", "linear", "dfa"],
+                   help="run one benchmark only")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("serve", help="serve one device's linear projections to DFA clients over TCP "
+                       "(tcp://HOST:PORT; protocol in docs/service.md)")
+    p.add_argument("--url", default="sim://", help="device URL (default: sim://)")
+    p.add_argument("--bind", default="127.0.0.1:5000", help="HOST:PORT to listen on (default: 127.0.0.1:5000; "
+                   "port 0 picks a free one; any non-loopback host needs a token)")
+    p.add_argument("--token", default=None, help="shared secret clients must present (visible in the process "
+                   "list: prefer --token-file or $OPU_SERVICE_TOKEN)")
+    p.add_argument("--token-file", default=None, help="read the token from this file")
+    p.add_argument("--max-clients", type=int, default=None, help="connections served at once (default: 32)")
+    p.add_argument("--max-batch", type=int, default=None, help="vectors per request (default: 4096)")
+    p.add_argument("--idle-timeout-s", type=float, default=None, help="close idle connections after this "
+                   "(default: 600; clients reconnect by themselves)")
+    p.add_argument("--shutdown-timeout-s", type=float, default=10.0, help="how long a stop waits for requests")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -172,24 +172,45 @@ class LinearMode:
 
     def project(self, E: np.ndarray, n_components: int, scheme: str, n_bits: int | None) -> np.ndarray:
         """Real projections of E (batch, n_features): ternary values directly, real values through bit planes."""
-        ternary = np.isin(E, (-1, 0, 1)).all()
-        if ternary and n_bits is None:
-            plus = (E > 0).astype(np.uint8)
-            minus = (E < 0).astype(np.uint8)
-            return self.project_ternary(plus, minus, n_components, scheme)
-        encoder = BitPlaneEncoder(n_bits or 8).fit(E)
-        planes = encoder.transform(E)
-        # Plane b carries bit b of |e| on its positive and negative parts: a ternary vector. All planes of all
-        # vectors go to the device as one batch; decode then weighs plane b by 2^b (its negative slot stays 0,
-        # the sign is already in the ternary projection).
-        n_planes, _, batch, n_features = planes.shape
-        ternary_planes = self.project_ternary(
-            planes[:, 0].reshape(n_planes * batch, n_features), planes[:, 1].reshape(n_planes * batch, n_features),
-            n_components, scheme,
-        )
-        projected = np.zeros((n_planes, 2, batch, n_components), dtype=np.float32)
-        projected[:, 0] = ternary_planes.reshape(n_planes, batch, n_components)
-        return encoder.decode(projected).astype(np.float32)
+        return self.project_many([E], n_components, scheme, n_bits)[0]
+
+    def project_many(self, batches: list[np.ndarray], n_components: int, scheme: str,
+                     n_bits: int | None) -> list[np.ndarray]:
+        """Project several batches of the same width in one device call, each exactly as ``project`` would alone.
+
+        Each batch is encoded on its own (a real-valued batch gets its own bit-plane scale, fitted on it), all
+        their ternary rows go to the device together, and each is decoded with its own encoder: a row's result
+        depends only on its own frames. The OPU service coalesces its clients' requests through this.
+        """
+        encoded = [_encode(E, n_bits) for E in batches]
+        plus = np.concatenate([e[0] for e in encoded]) if len(encoded) > 1 else encoded[0][0]
+        minus = np.concatenate([e[1] for e in encoded]) if len(encoded) > 1 else encoded[0][1]
+        rows = self.project_ternary(plus, minus, n_components, scheme)
+        results, offset = [], 0
+        for E, (part, _, encoder) in zip(batches, encoded):
+            batch = E.shape[0]
+            if encoder is None:
+                results.append(rows[offset:offset + batch])
+            else:
+                # Plane b carries bit b of |e| on its positive and negative parts: a ternary vector. Decoding weighs
+                # plane b by 2^b (its negative slot stays 0: the sign is already in the ternary projection).
+                n_planes = encoder.n_bits
+                projected = np.zeros((n_planes, 2, batch, n_components), dtype=np.float32)
+                projected[:, 0] = rows[offset:offset + part.shape[0]].reshape(n_planes, batch, n_components)
+                results.append(encoder.decode(projected).astype(np.float32))
+            offset += part.shape[0]
+        return results
+
+
+def _encode(E: np.ndarray, n_bits: int | None) -> tuple[np.ndarray, np.ndarray, BitPlaneEncoder | None]:
+    """Ternary rows (plus, minus) for E, and the bit-plane encoder that decodes them (None: E is ternary)."""
+    if n_bits is None and np.isin(E, (-1, 0, 1)).all():
+        return (E > 0).astype(np.uint8), (E < 0).astype(np.uint8), None
+    encoder = BitPlaneEncoder(n_bits or 8).fit(E)
+    planes = encoder.transform(E)
+    n_planes, _, batch, n_features = planes.shape
+    return (planes[:, 0].reshape(n_planes * batch, n_features), planes[:, 1].reshape(n_planes * batch, n_features),
+            encoder)
 
 
 def _full_scale(opu) -> int:

@@ -32,10 +32,33 @@ def _local(**options):
                               **options)
 
 
+_SERVICES: list = []
+
+
+def _tcp(**options):
+    # The OPU service, started in this process on a free loopback port (once per module), serving the same
+    # emulated device with the same settings as the in-process backend; stopped by _stop_services below.
+    if not _SERVICES:
+        from opu_driver.service import OpuService
+
+        _SERVICES.append(OpuService(OPTICAL_SIM, opu_settings={"calibration": None, "pixel_format": "MONO12",
+                                                               "exposure_us": 200}).start())
+    host, port = _SERVICES[0].address
+    return dfa_client.connect(f"tcp://{host}:{port}", N_OUT, timeout_s=30, **options)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_services():
+    yield
+    while _SERVICES:
+        _SERVICES.pop().stop()
+
+
 # Each backend: a factory taking projector options, and whether it is exact (no camera noise, no mask).
 BACKENDS = [
     pytest.param((_digital, True), id="digital"),
     pytest.param((_local, False), id="sim"),
+    pytest.param((_tcp, False), id="tcp"),
 ]
 
 

@@ -1,0 +1,248 @@
+"""The remote backend: ``tcp://host:port``, the OPU service (``opu serve``), numpy and the standard library only.
+
+One connection per projector, one request in flight on it (calls are serialised by the base class). Every request
+carries an id that never repeats within the projector's life; a reply with another id is a protocol error and is
+never returned. Projections are stateless, so on a lost connection (or a service that says it is shutting down)
+the request is re-sent on a new connection, at most ``retries`` times with exponential backoff; then
+ConnectionFailedError. A request with no reply within ``timeout_s`` raises RequestTimeoutError (the connection is
+dropped, so a late reply can never be taken for the next request's).
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+
+from . import wire
+from .base import DEFAULT_MAX_BATCH, Projector, ProjectorInfo, finite_float
+from .errors import (
+    AuthenticationError,
+    ConnectionFailedError,
+    InvalidInputError,
+    ProtocolVersionError,
+    RequestTimeoutError,
+    ServiceError,
+    UnsupportedUrlError,
+)
+from .wire import MessageType, PeerClosedError, ProtocolError, WireLimits
+
+__all__ = ["RemoteProjector", "parse_tcp_url", "SHUTDOWN_KIND"]
+
+_log = logging.getLogger(__name__)
+
+SHUTDOWN_KIND = "ServiceShutdown"
+_REPLY_HEADER_BYTES = 64 * 1024
+_ERROR_KINDS: dict[str, type] = {
+    "AuthenticationError": AuthenticationError,
+    "ProtocolVersionError": ProtocolVersionError,
+    "InvalidInputError": InvalidInputError,
+    "RequestTimeoutError": RequestTimeoutError,
+}
+
+
+class _Retryable(Exception):
+    """The connection failed in a way a new connection may cure (lost, refused, service restarting)."""
+
+
+def parse_tcp_url(url: str) -> tuple[str, int, str | None]:
+    """(host, port, token or None) of ``tcp://host:port[?token=T]``."""
+    parts = urlsplit(url)
+    if parts.scheme != "tcp" or parts.path not in ("", "/") or parts.fragment:
+        raise UnsupportedUrlError(f"{url!r}: the service's URL is tcp://host:port")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise UnsupportedUrlError(f"{url!r}: bad port") from None
+    if not host or port is None or port == 0:
+        raise UnsupportedUrlError(f"{url!r}: give the host and the port, tcp://host:port")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = set(query) - {"token"}
+    if unknown:
+        raise UnsupportedUrlError(f"{url!r}: unknown option(s) {sorted(unknown)}; tcp:// takes token only")
+    return host, port, query.get("token")
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(query="").geturl() if "token" in parts.query else url
+
+
+class RemoteProjector(Projector):
+    """Projections computed by the OPU service.
+
+    Args:
+        url: ``tcp://host:port`` (``?token=T`` is accepted; the ``token`` option wins).
+        n_components, n_features, scheme, n_bits, max_batch: the projector options. The service may lower
+            max_batch (to its own limit, and so that a request fits its message size limit).
+        token: the service's shared secret (required unless it listens on loopback without one).
+        timeout_s: the limit for connecting and for each request's reply.
+        retries: re-sends on a lost connection before ConnectionFailedError.
+        backoff_s: the first pause before a retry; it doubles with each one (capped at 2 s).
+
+    The connection is made here, so a wrong token (AuthenticationError), an incompatible service
+    (ProtocolVersionError) or options it refuses (InvalidInputError) show at once; an unreachable service raises
+    ConnectionFailedError after the retries, within about (retries + 1) * timeout_s plus the backoff.
+    """
+
+    backend = "remote"
+
+    def __init__(self, url: str, n_components: int, *, token: str | None = None, timeout_s: float = 30.0,
+                 retries: int = 3, backoff_s: float = 0.1, n_features: int | None = None,
+                 scheme: str = "four_frame", n_bits: int | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if not isinstance(url, str):
+            raise UnsupportedUrlError(f"url must be a string, got {type(url).__name__}")
+        host, port, url_token = parse_tcp_url(url)
+        super().__init__(_redact(url), n_components, n_features=n_features, scheme=scheme, n_bits=n_bits,
+                         max_batch=max_batch)
+        self.timeout_s = finite_float(timeout_s, "timeout_s")
+        self.backoff_s = finite_float(backoff_s, "backoff_s")
+        if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
+            raise InvalidInputError(f"retries must be an integer >= 0, got {retries!r}")
+        self.retries = int(retries)
+        token = url_token if token is None else token
+        if token is not None and not isinstance(token, str):
+            raise InvalidInputError("token must be a string")
+        self._token = token
+        self._address = (host, port)
+        self._requested_max_batch = self.max_batch
+        self._sock: socket.socket | None = None
+        self._welcome: dict[str, Any] = {}
+        self._max_message_bytes = 0
+        self._ids = itertools.count(1)
+        self.reconnects = 0
+        self._with_retries(lambda: None)  # connect now: a wrong token or version shows at once
+
+    # -- connection ---------------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        """Open a connection and shake hands (HELLO -> WELCOME)."""
+        try:
+            sock = socket.create_connection(self._address, timeout=self.timeout_s)
+        except OSError as exc:  # refused, unreachable, timed out
+            raise _Retryable(f"cannot connect to {self._address[0]}:{self._address[1]}: {exc}") from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            hello = {"protocol_version": wire.PROTOCOL_VERSION, "token": self._token,
+                     "n_components": self.n_components, "n_features": self.n_features, "scheme": self.scheme,
+                     "n_bits": self.n_bits, "max_batch": self._requested_max_batch}
+            wire.send_message(sock, MessageType.HELLO, 0, hello)
+            reply = wire.read_message(sock, WireLimits(_REPLY_HEADER_BYTES, 0), time.monotonic() + self.timeout_s)
+            if reply.type == MessageType.ERROR:
+                self._raise_error(reply)
+            if reply.type != MessageType.WELCOME or reply.request_id != 0:
+                raise ProtocolError(f"the service answered HELLO with {reply.type.name}")
+            welcome = reply.header
+            max_batch, max_bytes = welcome.get("max_batch"), welcome.get("max_message_bytes")
+            if not all(isinstance(v, int) and v > 0 for v in (max_batch, max_bytes)):
+                raise ProtocolError(f"WELCOME without valid limits: {welcome}")
+        except (OSError, PeerClosedError) as exc:  # incl. a timeout: the handshake never completed
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise _Retryable(f"the handshake with {self._address[0]}:{self._address[1]} failed: {exc}") from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise
+        self._welcome = welcome
+        self.max_batch = min(self._requested_max_batch, max_batch)
+        self._max_message_bytes = max_bytes
+        self._sock = sock
+        _log.debug("connected to %s:%d (%s %s)", *self._address, welcome.get("model"), welcome.get("serial_number"))
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    def _raise_error(self, reply: wire.Message) -> None:
+        kind = str(reply.header.get("kind", "ServiceError"))
+        message = str(reply.header.get("message", ""))
+        if kind == SHUTDOWN_KIND:
+            raise _Retryable(f"the service is shutting down: {message}")
+        error = _ERROR_KINDS.get(kind)
+        if error is not None:
+            raise error(message)
+        raise ServiceError(message, kind)
+
+    def _with_retries(self, action: Any) -> Any:
+        """Run ``action``; on a _Retryable failure drop the connection, back off and try again, at most
+        ``retries`` more times; then ConnectionFailedError (the last failure chained)."""
+        attempt = 0
+        while True:
+            try:
+                if self._sock is None:
+                    self._connect()
+                return action()
+            except _Retryable as exc:
+                self._drop()
+                if attempt >= self.retries:
+                    raise ConnectionFailedError(f"the service at {self._address[0]}:{self._address[1]} is "
+                                                f"unavailable after {attempt + 1} attempt(s): {exc}") from exc
+                pause_s = min(2.0, self.backoff_s * 2 ** attempt)
+                attempt += 1
+                self.reconnects += 1
+                _log.info("%s; retry %d of %d in %.2f s", exc, attempt, self.retries, pause_s)
+                time.sleep(pause_s)
+            except (ServiceError, InvalidInputError):
+                raise  # the service answered this request: the connection is in step and stays open
+            except BaseException:
+                self._drop()  # a timeout or protocol error leaves the stream in an unknown state
+                raise
+
+    # -- projection ----------------------------------------------------------------------------------------
+    def _project(self, E: np.ndarray) -> np.ndarray:
+        if self._max_message_bytes and E.nbytes > self._max_message_bytes:
+            raise InvalidInputError(f"a request of {E.nbytes} bytes exceeds the service's limit of "
+                                    f"{self._max_message_bytes}; split the batch")
+        if E.shape[0] > self.max_batch:
+            raise InvalidInputError(f"a batch of {E.shape[0]} exceeds the service's max_batch={self.max_batch}")
+        request_id = next(self._ids)
+        return self._with_retries(lambda: self._exchange(request_id, E))
+
+    def _exchange(self, request_id: int, E: np.ndarray) -> np.ndarray:
+        sock = self._sock
+        assert sock is not None
+        expected_bytes = E.shape[0] * self.n_components * 4
+        try:
+            sock.settimeout(self.timeout_s)
+            wire.send_message(sock, MessageType.PROJECT, request_id, None, E)
+            reply = wire.read_message(sock, WireLimits(_REPLY_HEADER_BYTES, expected_bytes),
+                                      time.monotonic() + self.timeout_s)
+        except socket.timeout as exc:
+            raise RequestTimeoutError(f"no reply from the service within {self.timeout_s} s") from exc
+        except (OSError, PeerClosedError) as exc:
+            raise _Retryable(f"connection lost: {exc}") from exc
+        if reply.type == MessageType.ERROR and reply.request_id in (request_id, 0):
+            self._raise_error(reply)  # id 0: about the connection, not a request
+        if reply.request_id != request_id:
+            raise ProtocolError(f"a {reply.type.name} for request {reply.request_id} arrived while request "
+                                f"{request_id} was pending")
+        if reply.type != MessageType.RESULT:
+            raise ProtocolError(f"unexpected {reply.type.name} in reply to PROJECT")
+        out = reply.array
+        if out is None or out.dtype != np.float32 or out.shape != (E.shape[0], self.n_components):
+            raise ProtocolError(f"a RESULT of {None if out is None else (out.dtype, out.shape)} for a request of "
+                                f"{E.shape[0]} vectors and {self.n_components} components")
+        return out.astype(np.float32, copy=False)  # native byte order (a no-op on little-endian hosts)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def _close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.settimeout(1.0)
+                wire.send_message(self._sock, MessageType.BYE, 0)
+        self._drop()
+
+    @property
+    def info(self) -> ProjectorInfo:
+        details = {key: self._welcome.get(key) for key in
+                   ("service_version", "protocol_version", "model", "serial_number", "firmware_version")}
+        details["address"] = f"{self._address[0]}:{self._address[1]}"
+        return ProjectorInfo("remote", self.url, self.n_features, self.n_components, self.scheme, self.n_bits,
+                             self.max_batch, details)

@@ -1,0 +1,105 @@
+"""``opu bench --only dfa``: projections per second for DFA, direct and through the client and the service.
+
+Side by side in one run, each the median of ``repeats`` runs, ternary error batches of ``BATCH`` vectors:
+
+- direct: ``Opu.linear_transform`` in this process;
+- in-process client: ``dfa_client.connect("sim://...")`` (the same Opu behind the projector contract);
+- service over loopback: ``opu serve`` on the same emulator (in a thread of this process) and 1, 4 and 8 client
+  processes, each sending ``requests`` requests; the aggregate is all their vectors over the wall time from a
+  common start to the last answer.
+
+Sizes: 1,000 -> 4,096 (the reference size) and 10 -> 1,024 (the published MNIST size class). The emulator runs at the
+reference geometry with the default noise.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from .bench import REFERENCE_QUERY, BenchResult, _median_time_s
+
+__all__ = ["bench_dfa", "BATCH"]
+
+BATCH = 32  # vectors per request: a DFA mini-batch
+SIZES = ((1000, 4096), (10, 1024))
+CLIENT_COUNTS = (1, 4, 8)
+
+
+def _errors(n_features: int, batch: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).choice([-1, 0, 1], size=(batch, n_features), p=[0.25, 0.5, 0.25]).astype(
+        np.int8)
+
+
+def _client_process(url: str, n_features: int, n_components: int, requests: int, seed: int, start: Any,
+                    done: Any) -> None:
+    import dfa_client
+
+    E = _errors(n_features, BATCH, seed)
+    with dfa_client.connect(url, n_components, n_features=n_features) as projector:
+        projector.project(E[:1])  # connected and warmed up before the common start
+        start.wait()
+        for _ in range(requests):
+            projector.project(E)
+    done.put(requests * BATCH)
+
+
+def _service_rate(url: str, n_features: int, n_components: int, n_clients: int, requests: int) -> float:
+    """Aggregate vectors/s of ``n_clients`` client processes against the service at ``url``."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(n_clients + 1)
+    done = context.Queue()
+    workers = [context.Process(target=_client_process,
+                               args=(url, n_features, n_components, requests, 100 + i, start, done))
+               for i in range(n_clients)]
+    for w in workers:
+        w.start()
+    start.wait(timeout=120)
+    t0 = time.perf_counter()
+    total = sum(done.get(timeout=600) for _ in workers)
+    elapsed = time.perf_counter() - t0
+    for w in workers:
+        w.join(timeout=60)
+    return total / elapsed
+
+
+def bench_dfa(quick: bool, repeats: int) -> list[BenchResult]:
+    """The DFA throughput table (see the module docstring)."""
+    import dfa_client
+    from .opu import open as open_opu
+    from .service import OpuService
+
+    results: list[BenchResult] = []
+    sim = f"sim://?seed=8&{REFERENCE_QUERY}"
+    requests = 4 if quick else 16
+    for n_features, n_components in SIZES:
+        label = f"{n_features} -> {n_components}"
+        E = _errors(n_features, BATCH, 1)
+        with open_opu(sim) as opu:
+            opu.linear_transform(E, n_components)  # the reference calibration, once
+            direct = BATCH / _median_time_s(lambda: opu.linear_transform(E, n_components), repeats)
+        with dfa_client.connect(sim, n_components, n_features=n_features) as projector:
+            projector.project(E)
+            local = BATCH / _median_time_s(lambda: projector.project(E), repeats)
+        results.append(BenchResult(f"DFA projections {label}, direct Opu.linear_transform", direct, "vectors/s",
+                                   f"batch {BATCH}, four-frame, reference geometry"))
+        results.append(BenchResult(f"DFA projections {label}, in-process client", local, "vectors/s",
+                                   f"{local / direct:.2f}x direct"))
+        with OpuService(sim) as service:
+            service.start()
+            host, port = service.address
+            url = f"tcp://{host}:{port}"
+            rates = {}
+            for n_clients in CLIENT_COUNTS:
+                runs = [_service_rate(url, n_features, n_components, n_clients, requests)
+                        for _ in range(max(1, repeats // 2 if not quick else 1))]
+                rates[n_clients] = statistics.median(runs)
+        for n_clients in CLIENT_COUNTS:
+            note = (f"overhead {100 * (1 - rates[1] / direct):+.0f}% vs direct (target <= 10%)" if n_clients == 1
+                    else f"{rates[n_clients] / rates[1]:.2f}x one client (target >= 1)")
+            results.append(BenchResult(f"DFA projections {label}, service, {n_clients} client process"
+                                       f"{'es' if n_clients > 1 else ''}", rates[n_clients], "vectors/s", note))
+    return results

@@ -1,0 +1,461 @@
+"""The OPU service (opu_driver.service) and its client (dfa_client's tcp:// backend).
+
+With ``noise=0`` the emulator is deterministic, so the exact expectation of every remote result is the direct
+in-process ``Opu.linear_transform`` of the same vectors on a device opened with the same URL: comparisons are
+bit-for-bit (no tolerance is needed, and none would hide a result sent to the wrong client or a coalesced request
+decoded with another request's bit-plane scale).
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dfa_client
+import opu_driver
+from conftest import SMALL_SIM
+from dfa_client import wire
+from dfa_client.errors import (
+    AuthenticationError,
+    ConnectionFailedError,
+    InvalidInputError,
+    ProtocolVersionError,
+    ServiceError,
+)
+from dfa_client.wire import MessageType, ProtocolError, WireLimits
+from opu_driver.errors import ConfigurationError
+from opu_driver.service import OpuService, is_loopback
+
+URL = SMALL_SIM + "&noise=0&seed=5"
+N_FEATURES = 40
+REPO = Path(__file__).resolve().parents[1]
+WAIT_S = 10.0  # generous bound for "eventually" conditions; never a performance assertion
+
+
+@pytest.fixture(scope="module")
+def direct():
+    """The same (noiseless) device in this process: the exact expectation of every remote result."""
+    opu = opu_driver.open(URL)
+    yield opu
+    opu.close()
+
+
+@pytest.fixture(scope="module")
+def service():
+    svc = OpuService(URL, max_batch=64, hello_timeout_s=1.0, message_timeout_s=0.3, idle_timeout_s=5.0).start()
+    yield svc
+    svc.stop()
+
+
+def tcp(svc: OpuService) -> str:
+    host, port = svc.address
+    return f"tcp://{host}:{port}"
+
+
+def errors(seed: int, batch: int, kind: str) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "ternary":
+        return rng.integers(-1, 2, (batch, N_FEATURES)).astype(np.float64)
+    return rng.normal(size=(batch, N_FEATURES)) * (seed + 1)  # a different bit-plane scale per client
+
+
+def wait_until(condition, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+def raw_client(svc: OpuService, n_components: int = 100, **hello) -> socket.socket:
+    """A hand-driven connection that has completed its HELLO."""
+    sock = socket.create_connection(svc.address, timeout=5)
+    header = {"protocol_version": 1, "token": None, "n_components": n_components, "n_features": N_FEATURES,
+              "scheme": "four_frame", "n_bits": None, "max_batch": 64, **hello}
+    sock.sendall(wire.encode(MessageType.HELLO, 0, header))
+    reply = wire.read_message(sock, WireLimits(), time.monotonic() + 5)
+    assert reply.type is MessageType.WELCOME, reply
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout_s: float = WAIT_S) -> bytes:
+    """Everything the service sends until it closes the connection."""
+    sock.settimeout(timeout_s)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+# ------------------------------------------------------------------------------------------------ results
+def test_remote_results_equal_direct_calls(service, direct) -> None:
+    E_ternary, E_real = errors(0, 5, "ternary"), errors(1, 4, "real")
+    with dfa_client.connect(tcp(service), n_components=100) as projector:
+        np.testing.assert_array_equal(projector.project(E_ternary), direct.linear_transform(E_ternary, 100))
+        np.testing.assert_array_equal(projector.project(E_real), direct.linear_transform(E_real, 100))
+        single = projector.project(E_real[0])
+        assert single.shape == (100,) and single.dtype == np.float32
+        np.testing.assert_array_equal(single, direct.linear_transform(E_real[:1], 100)[0])
+        np.testing.assert_array_equal(projector.project(np.zeros((3, N_FEATURES))), np.zeros((3, 100)))
+        assert projector.project(np.zeros((0, N_FEATURES))).shape == (0, 100)
+        info = projector.info
+        assert info.backend == "remote" and info.n_features == N_FEATURES and info.max_batch == 64
+        assert info.details["serial_number"] == direct.info.serial_number
+    with dfa_client.connect(tcp(service), n_components=60, scheme="two_frame", n_bits=4) as projector:
+        np.testing.assert_array_equal(projector.project(E_real),
+                                      direct.linear_transform(E_real, 60, scheme="two_frame", n_bits=4))
+
+
+def test_bad_input_is_refused_before_sending(service) -> None:
+    with dfa_client.connect(tcp(service), n_components=100, n_features=N_FEATURES) as projector:
+        before = service.stats().requests
+        with pytest.raises(InvalidInputError):
+            projector.project(np.full((2, N_FEATURES), np.nan))
+        with pytest.raises(InvalidInputError):
+            projector.project(np.ones((2, N_FEATURES + 1)))
+        with pytest.raises(InvalidInputError, match="max_batch"):
+            projector.project(np.ones((65, N_FEATURES)))  # the service's limit, learnt at HELLO
+        assert service.stats().requests == before  # nothing was sent
+        assert projector.project(np.ones((64, N_FEATURES))).shape == (64, 100)
+    with pytest.raises(InvalidInputError, match="camera pixels"):
+        dfa_client.connect(tcp(service), n_components=64 * 48 + 1)
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        dfa_client.connect(tcp(service), n_components=10, n_features=96 * 64)
+
+
+# ------------------------------------------------------------------------------------------------ concurrency
+def test_concurrent_client_threads_each_get_their_own_result(service, direct) -> None:
+    n_threads, n_calls = 6, 3
+    plans = [(i, 100 if i % 3 else 60, "ternary" if i % 2 else "real") for i in range(n_threads)]
+    results: dict[int, list[np.ndarray]] = {}
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(n_threads)
+
+    def client(i: int, n_components: int, kind: str) -> None:
+        try:
+            with dfa_client.connect(tcp(service), n_components=n_components) as projector:
+                barrier.wait(timeout=WAIT_S)
+                results[i] = [projector.project(errors(100 * i + c, 3 + i, kind)) for c in range(n_calls)]
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=plan) for plan in plans]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert not failures, failures
+    for i, n_components, kind in plans:
+        for c in range(n_calls):
+            expected = direct.linear_transform(errors(100 * i + c, 3 + i, kind), n_components)
+            np.testing.assert_array_equal(results[i][c], expected)
+
+
+def _blocked_driver_script() -> str:
+    """A client process in which importing opu_driver (or the emulator) fails: remote use needs neither."""
+    return (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('opu_driver', 'firmware_sim'):\n"
+        "            raise ImportError('blocked in this test: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np, dfa_client\n"
+        "url, n_components, inp, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]\n"
+        "E = np.load(inp)\n"
+        "with dfa_client.connect(url, n_components=n_components, timeout_s=20) as p:\n"
+        "    parts = [p.project(E[i:i + 4]) for i in range(0, len(E), 4)]\n"
+        "np.save(out, np.vstack(parts))\n"
+        "assert not any(m.split('.')[0] in ('opu_driver', 'firmware_sim') for m in sys.modules)\n"
+    )
+
+
+def test_client_processes_without_the_driver_get_their_own_results(service, direct, tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    processes = []
+    for k in range(3):
+        E = errors(500 + k, 12, "real" if k % 2 else "ternary")
+        np.save(tmp_path / f"in{k}.npy", E)
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", _blocked_driver_script(), tcp(service), "100", str(tmp_path / f"in{k}.npy"),
+             str(tmp_path / f"out{k}.npy")], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True))
+    for process in processes:
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr
+    for k in range(3):
+        E = np.load(tmp_path / f"in{k}.npy")
+        expected = np.vstack([direct.linear_transform(E[i:i + 4], 100) for i in range(0, len(E), 4)])
+        np.testing.assert_array_equal(np.load(tmp_path / f"out{k}.npy"), expected)
+
+
+def test_concurrent_requests_are_coalesced_into_shared_device_calls(service, direct) -> None:
+    # Requests sent while the device is paused all wait in the queue; on resume the device thread takes them
+    # together: one call per (n_features, n_components, scheme, n_bits) group, so 6 requests -> 2 calls.
+    plans = [(0, 100, "ternary"), (1, 100, "real"), (2, 100, "ternary"), (3, 100, "real"), (4, 60, "real"),
+             (5, 60, "ternary")]
+    projectors = [dfa_client.connect(tcp(service), n_components=nc) for _, nc, _ in plans]
+    results: dict[int, np.ndarray] = {}
+    before = service.stats()
+    service.pause()
+    try:
+        threads = [threading.Thread(target=lambda i=i, p=p, k=k: results.__setitem__(i, p.project(errors(40 + i, 2 + i, k))))
+                   for (i, _, k), p in zip(plans, projectors)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: service.pending == len(plans))
+    finally:
+        service.resume()
+    for thread in threads:
+        thread.join(WAIT_S)
+    after = service.stats()
+    assert after.requests - before.requests == 6
+    assert after.device_calls - before.device_calls == 2
+    for i, n_components, kind in plans:
+        # Mixed ternary and real requests shared a call; each real one kept its own bit-plane scale.
+        np.testing.assert_array_equal(results[i], direct.linear_transform(errors(40 + i, 2 + i, kind), n_components))
+    for projector in projectors:
+        projector.close()
+
+
+# ------------------------------------------------------------------------------------------------ misbehaviour
+def test_misbehaving_clients_never_disturb_the_others(service, direct) -> None:
+    good = dfa_client.connect(tcp(service), n_components=100)
+    E = errors(7, 5, "real")
+    expected = direct.linear_transform(E, 100)
+    np.testing.assert_array_equal(good.project(E), expected)
+    before = service.stats()
+
+    garbage = socket.create_connection(service.address, timeout=5)
+    garbage.sendall(b"GET / HTTP/1.1\r\nHost: opu\r\n\r\n" + os.urandom(200))
+    half_hello = socket.create_connection(service.address, timeout=5)
+    half_hello.sendall(wire.encode(MessageType.HELLO, 0, {"protocol_version": 1})[:20])  # then silence
+    half_sent = raw_client(service)
+    half_sent.sendall(wire.encode(MessageType.PROJECT, 1, None, np.ones((2, N_FEATURES)))[:40])  # then silence
+    huge = raw_client(service)
+    huge.sendall(wire.PREFIX.pack(wire.MAGIC, 1, MessageType.PROJECT, 0, 1, 30, 2**63))
+    results: list[np.ndarray] = []
+    service.pause()
+    try:
+        quitter = raw_client(service)  # sends a whole request, then disconnects before the answer
+        quitter.sendall(wire.encode(MessageType.PROJECT, 1, None, errors(8, 3, "ternary")))
+        wait_until(lambda: service.pending == 1)
+        quitter.close()
+        worker = threading.Thread(target=lambda: results.append(good.project(E)))
+        worker.start()
+        wait_until(lambda: service.pending == 2)
+    finally:
+        service.resume()
+    worker.join(WAIT_S)
+    np.testing.assert_array_equal(results[0], expected)  # the good client's request shared a call with the quitter's
+
+    # Garbage and the huge length field get a typed ERROR (connection-level: request id 0), then the door.
+    for sock, kind in ((garbage, "ProtocolError"), (huge, "MessageTooLarge")):
+        reply = wire.decode(read_until_closed(sock))
+        assert reply.type is MessageType.ERROR and reply.header["kind"] == kind and reply.request_id == 0
+    # Silent half-messages are cut off by the hello and message timeouts (1 s and 0.3 s here).
+    assert read_until_closed(half_hello) == b""
+    assert read_until_closed(half_sent) == b""
+    for sock in (garbage, huge, half_hello, half_sent):
+        sock.close()
+    wait_until(lambda: service.stats().clients_connected == before.clients_connected)
+    assert service.stats().protocol_errors - before.protocol_errors == 2
+    np.testing.assert_array_equal(good.project(E), expected)  # still served, on the same connection
+    assert good.reconnects == 0
+    good.close()
+
+
+def test_a_foreign_or_malformed_reply_is_never_returned() -> None:
+    def fake_service(listener: socket.socket, reply) -> None:
+        sock, _ = listener.accept()
+        with sock:
+            sock.settimeout(5)
+            wire.read_message(sock, WireLimits(), None)
+            wire.send_message(sock, MessageType.WELCOME, 0, {"max_batch": 8, "max_message_bytes": 1 << 20})
+            request = wire.read_message(sock, WireLimits(), None)
+            reply(sock, request)
+            read_until_closed(sock, 5)
+
+    replies = {
+        "foreign id": lambda s, r: wire.send_message(s, MessageType.RESULT, r.request_id + 1, None,
+                                                      np.zeros((1, 5), np.float32)),
+        "wrong shape": lambda s, r: wire.send_message(s, MessageType.RESULT, r.request_id, None,
+                                                       np.zeros((1, 4), np.float32)),
+        "not a result": lambda s, r: wire.send_message(s, MessageType.WELCOME, r.request_id, {}),
+    }
+    for name, reply in replies.items():
+        listener = socket.create_server(("127.0.0.1", 0))
+        thread = threading.Thread(target=fake_service, args=(listener, reply), daemon=True)
+        thread.start()
+        projector = dfa_client.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", n_components=5, retries=0)
+        with pytest.raises(ProtocolError):
+            projector.project(np.ones((1, 3)))
+        projector.close()
+        thread.join(5)
+        listener.close()
+
+
+# ------------------------------------------------------------------------------------------------ security
+def test_token_is_required_and_checked() -> None:
+    with OpuService(URL, token="s3cret-token") as svc:
+        with pytest.raises(AuthenticationError):
+            dfa_client.connect(tcp(svc), n_components=10)
+        with pytest.raises(AuthenticationError):
+            dfa_client.connect(tcp(svc), n_components=10, token="s3cret-tokeN")
+        with dfa_client.connect(tcp(svc), n_components=10, token="s3cret-token") as projector:
+            assert projector.project(np.ones(N_FEATURES)).shape == (10,)
+        with dfa_client.connect(tcp(svc) + "?token=s3cret-token", n_components=10) as projector:
+            assert "token" not in projector.info.url and "s3cret" not in repr(projector)
+            assert projector.project(np.ones(N_FEATURES)).shape == (10,)
+
+
+def test_non_loopback_bind_needs_a_token_and_clients_are_limited() -> None:
+    with pytest.raises(ConfigurationError, match="needs a token"):
+        OpuService(URL, bind=("0.0.0.0", 0))
+    with pytest.raises(ConfigurationError):
+        OpuService(URL, bind=("0.0.0.0", 0), token="")
+    OpuService(URL, bind=("0.0.0.0", 0), token="t")  # allowed with a token (not started here)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("")
+    with pytest.raises(ConfigurationError):
+        OpuService(URL, max_clients=0)
+    with OpuService(URL, max_clients=1) as svc:
+        first = dfa_client.connect(tcp(svc), n_components=10)
+        with pytest.raises(ServiceError) as info:
+            dfa_client.connect(tcp(svc), n_components=10, retries=0)
+        assert info.value.kind == "TooManyClients"
+        first.close()
+        wait_until(lambda: svc.stats().clients_connected == 0)
+        with dfa_client.connect(tcp(svc), n_components=10) as second:
+            assert second.project(np.ones(N_FEATURES)).shape == (10,)
+
+
+def test_protocol_version_mismatch_is_a_typed_error(service) -> None:
+    # A client of another version, in the HELLO header or in the frame itself: an ERROR of that kind.
+    for data in (wire.encode(MessageType.HELLO, 0, {"protocol_version": 2, "n_components": 10, "scheme": "four_frame",
+                                                    "max_batch": 1}),
+                 wire.encode(MessageType.HELLO, 0, {"protocol_version": 2}, version=2)):
+        with socket.create_connection(service.address, timeout=5) as sock:
+            sock.sendall(data)
+            reply = wire.decode(read_until_closed(sock))
+        assert reply.type is MessageType.ERROR and reply.header["kind"] == "ProtocolVersionError"
+
+    # A service of another version: the client says so instead of misreading its replies.
+    def newer_service(listener: socket.socket) -> None:
+        sock, _ = listener.accept()
+        with sock:
+            sock.settimeout(5)
+            wire.read_message(sock, WireLimits(), None)
+            sock.sendall(wire.encode(MessageType.WELCOME, 0, {}, version=2))
+            read_until_closed(sock, 5)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=newer_service, args=(listener,), daemon=True)
+    thread.start()
+    with pytest.raises(ProtocolVersionError):
+        dfa_client.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", n_components=5)
+    thread.join(5)
+    listener.close()
+
+
+# ------------------------------------------------------------------------------------------------ faults
+def test_idle_connections_are_closed_and_clients_reconnect(direct) -> None:
+    with OpuService(URL, idle_timeout_s=0.2) as svc:
+        with dfa_client.connect(tcp(svc), n_components=50) as projector:
+            E = errors(3, 2, "real")
+            np.testing.assert_array_equal(projector.project(E), direct.linear_transform(E, 50))
+            wait_until(lambda: svc.stats().clients_connected == 0)  # the service dropped the idle connection
+            np.testing.assert_array_equal(projector.project(E), direct.linear_transform(E, 50))
+            assert projector.reconnects >= 1
+
+
+def test_service_restart_mid_use_and_service_gone_for_good(direct) -> None:
+    first = OpuService(URL).start()
+    host, port = first.address
+    projector = dfa_client.connect(f"tcp://{host}:{port}", n_components=100, retries=8, backoff_s=0.05)
+    E1, E2 = errors(11, 3, "ternary"), errors(12, 3, "real")
+    np.testing.assert_array_equal(projector.project(E1), direct.linear_transform(E1, 100))
+    assert first.stop()
+    assert first.opu.closed
+    restarted: list[OpuService] = []
+    timer = threading.Timer(0.3, lambda: restarted.append(OpuService(URL, bind=(host, port)).start()))
+    timer.start()
+    # Sent while the service is down: re-sent after reconnecting to the new one (same device, same B).
+    np.testing.assert_array_equal(projector.project(E2), direct.linear_transform(E2, 100))
+    assert projector.reconnects >= 1
+    timer.join()
+    restarted[0].stop()
+    # Gone for good: ConnectionFailedError after the bounded retries (3 attempts, 0.05 + 0.1 s of backoff).
+    projector.retries = 2
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailedError):
+        projector.project(E1)
+    assert time.monotonic() - started < WAIT_S
+    projector.close()
+
+
+def test_stop_fails_waiting_requests_with_a_typed_error_and_closes_the_device() -> None:
+    svc = OpuService(URL).start()
+    projector = dfa_client.connect(tcp(svc), n_components=30, retries=0)
+    outcome: list[BaseException] = []
+
+    def waiting_client() -> None:
+        try:
+            projector.project(np.ones((2, N_FEATURES)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    svc.pause()
+    worker = threading.Thread(target=waiting_client)
+    worker.start()
+    wait_until(lambda: svc.pending == 1)
+    assert svc.stop(timeout_s=5)
+    worker.join(WAIT_S)
+    assert isinstance(outcome[0], ConnectionFailedError) and "shutting down" in str(outcome[0])
+    assert svc.opu.closed and not svc.running
+    projector.close()
+
+
+def _read_line(process: subprocess.Popen, timeout_s: float) -> str:
+    ready, _, _ = select.select([process.stdout], [], [], timeout_s)
+    assert ready, "opu serve printed nothing"
+    return process.stdout.readline()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_opu_serve_shuts_down_cleanly_on_a_signal(signum: int, direct) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "opu_driver.cli", "serve", "--url", URL, "--bind",
+                                "127.0.0.1:0", "--max-batch", "16"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        line = _read_line(process, 30)
+        assert "serving" in line, line + process.stderr.read()
+        port = int(line.split(" on ")[1].split(";")[0].rsplit(":", 1)[1])
+        projector = dfa_client.connect(f"tcp://127.0.0.1:{port}", n_components=20, retries=1, backoff_s=0.05)
+        E = errors(21, 4, "ternary")
+        np.testing.assert_array_equal(projector.project(E), direct.linear_transform(E, 20))
+        assert projector.max_batch == 16
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert "device closed" in out and "1 requests" in out
+        with pytest.raises(ConnectionFailedError):  # a client of the stopped service: typed, bounded
+            projector.project(E)
+        projector.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
