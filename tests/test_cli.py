@@ -52,3 +52,12 @@ def test_bench_code_runs_at_a_small_size():
 
     results = bench_frames(quick=True, repeats=1, query="dmd=96x64&camera=64x48", n_features=100, n_components=256)
     assert len(results) == 5 and all(r.value > 0 for r in results)
+
+
+def test_dfa_bench_code_runs_at_a_small_size():
+    # direct, in-process client and service with client processes; the figures are not asserted
+    from opu_driver.bench_dfa import bench_dfa
+
+    results = bench_dfa(quick=True, repeats=1, query="dmd=96x64&camera=64x48&cell=4", sizes=((10, 256),),
+                        client_counts=(1, 2))
+    assert len(results) == 4 and all(r.value > 0 and r.unit == "vectors/s" for r in results)
