@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .base import Projector, ProjectorInfo
+from .dfa import DEFAULT_THRESHOLD, FeedbackProjection, alignment_angle, ternarize, ternary_scales
 from .errors import (
     AuthenticationError,
     ConnectionFailedError,
@@ -30,6 +31,11 @@ __all__ = [
     "connect",
     "Projector",
     "ProjectorInfo",
+    "FeedbackProjection",
+    "ternarize",
+    "ternary_scales",
+    "alignment_angle",
+    "DEFAULT_THRESHOLD",
     "DfaError",
     "InvalidInputError",
     "UnsupportedUrlError",

@@ -1,0 +1,202 @@
+"""Optional PyTorch integration: layers whose backward takes the DFA projection of the output error.
+
+    dfa = DFA(FeedbackProjection(projector, layer_sizes=[256, 256]))      # or DFA.digital(10, [256, 256], seed=1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 256), torch.nn.Tanh(), dfa.hidden_tap(0),
+        torch.nn.Linear(256, 256), torch.nn.Tanh(), dfa.hidden_tap(1),
+        torch.nn.Linear(256, 10), dfa.output_tap())
+    loss = torch.nn.functional.cross_entropy(model(x), y); loss.backward()    # hidden grads now come from DFA
+
+How it works (custom autograd Functions, identities in the forward pass):
+- the output tap sees the gradient at the logits, g = dL/dlogits (for the mean cross-entropy, (softmax - onehot)
+  / batch: the output error), projects it once for every hidden layer and passes g on unchanged, so the last
+  layer gets its true gradient;
+- the hidden tap after layer l's activation drops the gradient backprop brings (W_{l+1}^T delta_{l+1}) and returns
+  B_l g instead; autograd then applies f'(a_l) and forms layer l's weight gradient: exactly the DFA update.
+The feedback is a digital B held as a registered buffer (it follows ``model.to(device)``; the projection runs on
+the gradient's device) when it is known exactly (a digital projector with real errors), else the projector is
+called in backward (optical: the error goes to the host as float64 and the result comes back to the gradient's
+device and dtype). torch is imported by this module only; ``dfa_client`` itself never imports it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .dfa import FeedbackProjection
+from .errors import InvalidInputError
+
+__all__ = ["DFA", "HiddenTap", "OutputTap", "DFAPerceptron"]
+
+
+class _OutputFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, dfa: "DFA", pass_id: int) -> torch.Tensor:
+        ctx.dfa = dfa
+        ctx.pass_id = pass_id
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.dfa._store(ctx.pass_id, ctx.dfa.project(grad))
+        return grad, None, None
+
+
+class _HiddenFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, dfa: "DFA", index: int, pass_id: int) -> torch.Tensor:
+        ctx.dfa = dfa
+        ctx.index = index
+        ctx.pass_id = pass_id
+        ctx.shape = h.shape
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        projected = ctx.dfa._take(ctx.pass_id, ctx.index)
+        if projected.shape != ctx.shape:
+            raise RuntimeError(f"DFA hidden tap {ctx.index}: the feedback has shape {tuple(projected.shape)}, the "
+                               f"layer's output {tuple(ctx.shape)}: check layer_sizes")
+        return projected.to(device=grad.device, dtype=grad.dtype), None, None, None
+
+
+class DFA(torch.nn.Module):
+    """The feedback of one network: its taps share it; one projection per backward pass.
+
+    Args:
+        feedback: a FeedbackProjection over the network's hidden widths (input side first).
+
+    Buffers: ``feedback_matrix`` (n_classes x sum of hidden widths, scaled) when the feedback is known exactly,
+    else None (the projector is called in backward, on the host).
+    """
+
+    def __init__(self, feedback: FeedbackProjection) -> None:
+        super().__init__()
+        if not isinstance(feedback, FeedbackProjection):
+            raise InvalidInputError(f"feedback must be a FeedbackProjection, got {type(feedback).__name__}")
+        self.feedback = feedback
+        self.layer_sizes = feedback.layer_sizes
+        matrix = feedback.dense_matrix()
+        self.register_buffer("feedback_matrix", None if matrix is None else torch.from_numpy(matrix))
+        self._pass = 0  # forward passes seen by the output tap
+        self._projected: tuple[int, list[torch.Tensor]] | None = None
+
+    @classmethod
+    def digital(cls, n_classes: int, layer_sizes: Sequence[int], seed: int = 0, scale: str | float = "classes") -> "DFA":
+        """A seeded digital feedback (the B of ``digital://?seed=seed``), held as a buffer."""
+        from .digital import DigitalProjector
+
+        with DigitalProjector(f"digital://?seed={seed}", sum(layer_sizes), n_features=n_classes) as projector:
+            return cls(FeedbackProjection(projector, layer_sizes, scale=scale))
+
+    # -- the taps --------------------------------------------------------------------------------------------
+    def hidden(self, h: torch.Tensor, index: int) -> torch.Tensor:
+        """Identity on hidden layer ``index``'s output; in backward its gradient becomes B_index e."""
+        if not 0 <= index < len(self.layer_sizes):
+            raise InvalidInputError(f"hidden index {index} outside 0..{len(self.layer_sizes) - 1}")
+        if not torch.is_grad_enabled() or not h.requires_grad:
+            return h
+        return _HiddenFunction.apply(h, self, index, self._pass)
+
+    def output(self, logits: torch.Tensor) -> torch.Tensor:
+        """Identity on the logits; in backward it projects their gradient for the hidden taps of this pass."""
+        if not torch.is_grad_enabled() or not logits.requires_grad:
+            return logits
+        out = _OutputFunction.apply(logits, self, self._pass)
+        self._pass += 1
+        return out
+
+    def hidden_tap(self, index: int) -> "HiddenTap":
+        return HiddenTap(self, index)
+
+    def output_tap(self) -> "OutputTap":
+        return OutputTap(self)
+
+    # -- projection ------------------------------------------------------------------------------------------
+    def project(self, errors: torch.Tensor) -> list[torch.Tensor]:
+        """[B_1 e, ..., B_L e] for errors (batch, n_classes), on the errors' device and in their dtype."""
+        errors = errors.detach()
+        if errors.ndim != 2:
+            raise RuntimeError(f"DFA output tap: expected logits' gradient (batch, n_classes), got {tuple(errors.shape)}")
+        if self.feedback_matrix is not None:
+            matrix = self.feedback_matrix.to(device=errors.device, dtype=errors.dtype)
+            projected = errors @ matrix
+            return list(torch.split(projected, list(self.layer_sizes), dim=1))
+        host = errors.to(device="cpu", dtype=torch.float64).numpy()
+        parts = self.feedback(np.ascontiguousarray(host))
+        return [torch.from_numpy(np.asarray(p)).to(device=errors.device, dtype=errors.dtype) for p in parts]
+
+    def _store(self, pass_id: int, projected: list[torch.Tensor]) -> None:
+        self._projected = (pass_id, projected)
+
+    def _take(self, pass_id: int, index: int) -> torch.Tensor:
+        if self._projected is None or self._projected[0] != pass_id:
+            raise RuntimeError("DFA hidden tap: no output error for this forward pass; the loss must be computed "
+                               "from the output of this pass's DFA.output (output_tap) before backward")
+        return self._projected[1][index]
+
+    def extra_repr(self) -> str:
+        kind = "buffer" if self.feedback_matrix is not None else "projector in backward"
+        return f"layer_sizes={list(self.layer_sizes)}, feedback={kind}"
+
+
+class HiddenTap(torch.nn.Module):
+    """``DFA.hidden`` as a module, to put after a hidden layer's activation in ``torch.nn.Sequential``."""
+
+    def __init__(self, dfa: DFA, index: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "dfa", dfa)  # not a submodule: the DFA (and its buffer) belongs to the model once
+        self.index = index
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dfa.hidden(h, self.index)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}"
+
+
+class OutputTap(torch.nn.Module):
+    """``DFA.output`` as a module, to put after the last layer in ``torch.nn.Sequential``."""
+
+    def __init__(self, dfa: DFA) -> None:
+        super().__init__()
+        object.__setattr__(self, "dfa", dfa)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.dfa.output(logits)
+
+
+class DFAPerceptron(torch.nn.Module):
+    """A fully connected network trained by DFA: ``sizes`` = [n_inputs, hidden..., n_classes].
+
+    Owns its ``dfa`` as a submodule, so ``.to(device)`` moves the feedback buffer with the weights.
+    """
+
+    _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
+
+    def __init__(self, sizes: Sequence[int], dfa: DFA, activation: str = "tanh") -> None:
+        super().__init__()
+        if activation not in self._ACTIVATIONS:
+            raise InvalidInputError(f"activation={activation!r}; choose one of {sorted(self._ACTIVATIONS)}")
+        if tuple(sizes[1:-1]) != tuple(dfa.layer_sizes):
+            raise InvalidInputError(f"hidden widths {list(sizes[1:-1])} differ from the feedback's {list(dfa.layer_sizes)}")
+        self.sizes = tuple(int(s) for s in sizes)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+        self.dfa = dfa
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self._ACTIVATIONS[self.activation]
+        for index, layer in enumerate(self.layers[:-1]):
+            x = self.dfa.hidden(f(layer(x)), index)
+        return self.dfa.output(self.layers[-1](x))
+
+    @torch.no_grad()
+    def load_numpy(self, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]) -> "DFAPerceptron":
+        """Copy weights (n_in, n_out) and biases from a ``dfa_client.nn.MLP`` (its .weights, .biases)."""
+        for layer, W, b in zip(self.layers, weights, biases):
+            layer.weight.copy_(torch.as_tensor(np.asarray(W).T, dtype=layer.weight.dtype))
+            layer.bias.copy_(torch.as_tensor(np.asarray(b), dtype=layer.bias.dtype))
+        return self
