@@ -16,7 +16,8 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["Dataset", "load_mnist_subset", "load_digits", "load_dataset", "DATASETS", "stratified_split"]
+__all__ = ["Dataset", "load_mnist_subset", "load_digits", "load_dataset", "make_teacher_task", "DATASETS",
+           "stratified_split"]
 
 DATASETS = ("mnist", "digits")
 
@@ -111,3 +112,20 @@ def load_dataset(name: str, test_fraction: float = 0.2, seed: int = 0) -> Datase
     if name == "digits":
         return load_digits(test_fraction, seed)
     raise InvalidInputError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+
+def make_teacher_task(n_samples: int = 2000, n_inputs: int = 64, n_classes: int = 10, test_fraction: float = 0.2,
+                      seed: int = 0) -> Dataset:
+    """A synthetic classification task that needs numpy only, standing in for the digits when scikit-learn is not
+    installed (``opu demo`` on a bare install): each class is a random prototype image in [0, 1]^n_inputs, and a
+    sample is its prototype blurred by Gaussian noise (sd 0.6) and clipped, so classes overlap a little, as
+    handwriting does.
+    """
+    for name, value, low in (("n_samples", n_samples, 10), ("n_inputs", n_inputs, 1), ("n_classes", n_classes, 2)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((n_classes, n_inputs))
+    y = rng.integers(0, n_classes, size=n_samples)
+    X = np.clip(prototypes[y] + rng.normal(scale=0.6, size=(n_samples, n_inputs)), 0.0, 1.0)
+    return _make("teacher", X, y, 1.0, test_fraction, seed)

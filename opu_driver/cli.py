@@ -50,7 +50,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(args.url, n_features=args.features, n_components=args.components, batch=args.batch,
-                    macro_px=args.macro_px)
+                    macro_px=args.macro_px, dfa_epochs=args.dfa_epochs)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--macro-px", type=int, default=24,
                    help="macro-pixel side in mirrors (24: whole input modes of the default emulator)")
+    p.add_argument("--dfa-epochs", type=int, default=3, help="epochs of the DFA training demo (0 skips it)")
     p.set_defaults(func=_cmd_demo)
 
     from .calibration.run import ROUTINES

@@ -2,7 +2,8 @@
 
 It opens a device, projects random binary vectors, and checks the output against the physics: speckle
 intensities are exponentially distributed (contrast std/mean = 1), their mean grows in proportion to the
-light sent (the number of features ON), and the same input gives the same output up to camera noise.
+light sent (the number of features ON), and the same input gives the same output up to camera noise. Then it
+trains a small network by direct feedback alignment with digital and with optical feedback (``dfa_epochs``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _line(label: str, value: str, theory: str = "") -> str:
 
 
 def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: int = 1024, batch: int = 500,
-             macro_px: int = 24) -> int:
+             macro_px: int = 24, dfa_epochs: int = 3) -> int:
     """Run the demo; macro-pixels of 24 mirrors align with the emulator's default input-mode cells (8 mirrors)."""
     rng = np.random.default_rng(0)
     with open_opu(url, layout="macro") as opu:
@@ -85,4 +86,35 @@ def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: i
         print()
         print(f"Driver: {counters.sequences} sequences, {counters.frames_sent} frames sent, "
               f"{counters.frames_matched} matched by id, lag {counters.lag_frames} frames")
+    if dfa_epochs > 0:
+        _dfa_demo(dfa_epochs)
     return 0
+
+
+def _dfa_demo(epochs: int) -> None:
+    """What the OPU is for: train a small network by direct feedback alignment, digital and optical feedback.
+
+    The optical runs go through the DFA client to a small emulated device (an error vector has only 10 entries
+    and the network 128 hidden units, so a small DMD and camera are plenty and fast).
+    """
+    from dfa_client.data import load_digits, make_teacher_task
+    from dfa_client.train import DEFAULT_SIM_URL, RunSettings, run_method
+
+    try:
+        data = load_digits()
+        source = "scikit-learn's 8x8 digits"
+    except ImportError:
+        data = make_teacher_task()
+        source = "a synthetic task (pip install -e \".[train]\" for the digits)"
+    settings = RunSettings(dataset=data.name, hidden=(64, 64), epochs=epochs, url=DEFAULT_SIM_URL)
+    print()
+    print(f"DFA training: a {data.n_inputs}-64-64-{data.n_classes} network on {source}, {epochs} epochs, "
+          f"{len(data.y_train)} train / {len(data.y_test)} test images")
+    print(f"  {'method':<34} {'test accuracy':>13} {'frames':>9} {'wall s':>7}")
+    labels = {"backprop": "backprop (exact gradients)", "digital": "DFA, digital feedback (numpy)",
+              "optical4": "DFA, optical feedback, four-frame", "optical2": "DFA, optical feedback, two-frame"}
+    for method, label in labels.items():
+        result = run_method(method, data, settings, seed=0)
+        frames = "-" if result.frames is None else f"{result.frames:,}"
+        print(f"  {label:<34} {result.test_accuracy:>12.1%} {frames:>9} {result.wall_s:>7.1f}")
+    print("  python -m dfa_client.train runs the full comparison on the MNIST subset (see the README).")
