@@ -18,9 +18,11 @@ from .dfa import DEFAULT_THRESHOLD, FeedbackProjection, alignment_angle, ternari
 from .errors import (
     AuthenticationError,
     ConnectionFailedError,
+    DeviceChangedError,
     DfaError,
     InvalidInputError,
     ProjectorClosedError,
+    ProtocolError,
     ProtocolVersionError,
     RequestTimeoutError,
     ServiceError,
@@ -45,6 +47,8 @@ __all__ = [
     "ProtocolVersionError",
     "ServiceError",
     "ProjectorClosedError",
+    "ProtocolError",
+    "DeviceChangedError",
 ]
 
 
@@ -53,17 +57,21 @@ def connect(url: str, n_components: int, **options: Any) -> Projector:
 
     Options common to every backend: ``n_features`` (else fixed by the first call), ``scheme`` ("four_frame" or
     "two_frame"), ``n_bits`` (bit planes for real-valued errors on optical backends), ``max_batch``.
-    ``digital://`` also takes ``seed``; ``tcp://`` takes ``token``, ``timeout_s``, ``retries``; ``sim://`` and
+    ``digital://`` also takes ``seed``; ``tcp://`` takes ``token``, ``timeout_s``, ``retries``, ``backoff_s``; ``sim://`` and
     ``usb://`` pass any other option to ``opu_driver.open`` (e.g. ``pixel_format="MONO12"``).
 
     Raises:
         UnsupportedUrlError: a URL no backend serves.
         InvalidInputError: bad options (before anything is opened).
         ConnectionFailedError, AuthenticationError, ProtocolVersionError: the backend cannot be used.
+        DeviceChangedError: (tcp) a reconnect found another device or settings behind the service.
     """
     if not isinstance(url, str):
         raise UnsupportedUrlError(f"url must be a string, got {type(url).__name__}")
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:
+        raise UnsupportedUrlError(f"{_redacted(url)!r}: not a URL ({exc})") from None
     if scheme == "digital":
         from .digital import DigitalProjector
 
@@ -76,4 +84,11 @@ def connect(url: str, n_components: int, **options: Any) -> Projector:
         from .local import LocalProjector
 
         return LocalProjector(url, n_components, **options)
-    raise UnsupportedUrlError(f"{url!r}: use tcp://host:port, sim://..., usb://... or digital://?seed=N")
+    raise UnsupportedUrlError(f"{_redacted(url)!r}: use tcp://host:port, sim://..., usb://... or digital://?seed=N")
+
+
+def _redacted(url: str) -> str:
+    """The URL as it may appear in messages and logs: token values and passwords replaced by ***."""
+    from .remote import redact_url
+
+    return redact_url(url)

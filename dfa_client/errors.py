@@ -15,6 +15,8 @@ __all__ = [
     "ProtocolVersionError",
     "ServiceError",
     "ProjectorClosedError",
+    "ProtocolError",
+    "DeviceChangedError",
 ]
 
 
@@ -63,3 +65,14 @@ class ServiceError(DfaError):
 
 class ProjectorClosedError(DfaError):
     """The projector was closed."""
+
+
+class ProtocolError(DfaError):
+    """A message that breaks the service's format: bad magic, unknown type, bad header or payload, unexpected
+    reply (``dfa_client.wire`` raises it; defined here so that callers can catch it from the error tree)."""
+
+
+class DeviceChangedError(DfaError):
+    """After a reconnect the service serves another device, or the same one under settings that change its random
+    matrix (its WELCOME identity differs from the first one's): results would not be comparable, so none is
+    returned. Open a new projector to use the new device."""

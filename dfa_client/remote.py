@@ -4,14 +4,23 @@ One connection per projector, one request in flight on it (calls are serialised 
 carries an id that never repeats within the projector's life; a reply with another id is a protocol error and is
 never returned. Projections are stateless, so on a lost connection (or a service that says it is shutting down)
 the request is re-sent on a new connection, at most ``retries`` times with exponential backoff; then
-ConnectionFailedError. A request with no reply within ``timeout_s`` raises RequestTimeoutError (the connection is
-dropped, so a late reply can never be taken for the next request's).
+ConnectionFailedError. A request with no reply within its timeout raises RequestTimeoutError (the connection is
+dropped, so a late reply can never be taken for the next request's, and the service skips the request if it has
+not run yet). A request's timeout is ``timeout_s`` plus twice its own device time (its frame count times the frame
+time the service announces), so a large batch is not cut off by a limit sized for small ones.
+
+The first WELCOME fixes the device identity (model, serial number, firmware and the service's
+``device_fingerprint`` of what fixes the random matrix); a reconnect that lands on another identity raises
+DeviceChangedError before the request is sent, so a result from another device is never returned.
+
+Tokens never appear in messages, reprs or logs: URLs are redacted (``token=***``) wherever they are quoted.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
 import logging
+import re
 import socket
 import time
 from typing import Any
@@ -24,6 +33,7 @@ from .base import DEFAULT_MAX_BATCH, Projector, ProjectorInfo, finite_float
 from .errors import (
     AuthenticationError,
     ConnectionFailedError,
+    DeviceChangedError,
     InvalidInputError,
     ProtocolVersionError,
     RequestTimeoutError,
@@ -32,11 +42,19 @@ from .errors import (
 )
 from .wire import MessageType, PeerClosedError, ProtocolError, WireLimits
 
-__all__ = ["RemoteProjector", "parse_tcp_url", "SHUTDOWN_KIND"]
+__all__ = ["RemoteProjector", "parse_tcp_url", "redact_url", "SHUTDOWN_KIND", "TOO_MANY_CLIENTS_KIND",
+           "IDENTITY_KEYS"]
 
 _log = logging.getLogger(__name__)
 
 SHUTDOWN_KIND = "ServiceShutdown"
+TOO_MANY_CLIENTS_KIND = "TooManyClients"
+_RETRYABLE_KINDS = (SHUTDOWN_KIND, TOO_MANY_CLIENTS_KIND)
+"""ERROR kinds a later connection may cure: retried with the backoff, then ConnectionFailedError."""
+IDENTITY_KEYS = ("model", "serial_number", "firmware_version", "device_fingerprint")
+"""WELCOME fields that must not change across reconnects (else DeviceChangedError)."""
+_DEVICE_TIME_MARGIN = 2.0  # a request's own device time counts this many times in its timeout
+_FRAMES_PER_TERNARY = {"four_frame": 4, "two_frame": 2}
 _REPLY_HEADER_BYTES = 64 * 1024
 _ERROR_KINDS: dict[str, type] = {
     "AuthenticationError": AuthenticationError,
@@ -50,27 +68,47 @@ class _Retryable(Exception):
     """The connection failed in a way a new connection may cure (lost, refused, service restarting)."""
 
 
+_TOKEN_VALUE = re.compile(r"(token=)[^&#;]*", re.IGNORECASE)
+_USER_INFO = re.compile(r"(//)[^/?#@]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with every token value (and any user:password@ part) replaced by ``***``, for messages and
+    reprs. Works on text, so it also redacts URLs that do not parse."""
+    return _USER_INFO.sub(r"\1***@", _TOKEN_VALUE.sub(r"\1***", url))
+
+
 def parse_tcp_url(url: str) -> tuple[str, int, str | None]:
-    """(host, port, token or None) of ``tcp://host:port[?token=T]``."""
-    parts = urlsplit(url)
-    if parts.scheme != "tcp" or parts.path not in ("", "/") or parts.fragment:
-        raise UnsupportedUrlError(f"{url!r}: the service's URL is tcp://host:port")
+    """(host, port, token or None) of ``tcp://host:port[?token=T]``.
+
+    Raises:
+        UnsupportedUrlError: another form; its message quotes the URL with the token redacted.
+    """
+    shown = repr(redact_url(url))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise UnsupportedUrlError(f"{shown}: not a valid URL") from None
+    if parts.scheme != "tcp" or parts.path not in ("", "/") or parts.fragment or "@" in parts.netloc:
+        raise UnsupportedUrlError(f"{shown}: the service's URL is tcp://host:port[?token=T]")
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
-        raise UnsupportedUrlError(f"{url!r}: bad port") from None
+        raise UnsupportedUrlError(f"{shown}: bad port") from None
     if not host or port is None or port == 0:
-        raise UnsupportedUrlError(f"{url!r}: give the host and the port, tcp://host:port")
+        raise UnsupportedUrlError(f"{shown}: give the host and the port, tcp://host:port")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = set(query) - {"token"}
     if unknown:
-        raise UnsupportedUrlError(f"{url!r}: unknown option(s) {sorted(unknown)}; tcp:// takes token only")
+        names = sorted(redact_url(name) for name in unknown)
+        raise UnsupportedUrlError(f"{shown}: unknown option(s) {names}; tcp:// takes token only")
     return host, port, query.get("token")
 
 
 def _redact(url: str) -> str:
+    """The projector's public URL: without its query (the token), as before."""
     parts = urlsplit(url)
-    return parts._replace(query="").geturl() if "token" in parts.query else url
+    return parts._replace(query="").geturl() if "token" in parts.query.lower() else url
 
 
 class RemoteProjector(Projector):
@@ -97,7 +135,7 @@ class RemoteProjector(Projector):
                  scheme: str = "four_frame", n_bits: int | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         if not isinstance(url, str):
             raise UnsupportedUrlError(f"url must be a string, got {type(url).__name__}")
-        host, port, url_token = parse_tcp_url(url)
+        host, port, url_token = parse_tcp_url(url)  # redacts the token in its errors
         super().__init__(_redact(url), n_components, n_features=n_features, scheme=scheme, n_bits=n_bits,
                          max_batch=max_batch)
         self.timeout_s = finite_float(timeout_s, "timeout_s")
@@ -113,6 +151,8 @@ class RemoteProjector(Projector):
         self._requested_max_batch = self.max_batch
         self._sock: socket.socket | None = None
         self._welcome: dict[str, Any] = {}
+        self._identity: dict[str, Any] | None = None  # the first WELCOME's; later ones must match it
+        self._frame_time_s = 0.0
         self._max_message_bytes = 0
         self._ids = itertools.count(1)
         self.reconnects = 0
@@ -139,7 +179,14 @@ class RemoteProjector(Projector):
             welcome = reply.header
             max_batch, max_bytes = welcome.get("max_batch"), welcome.get("max_message_bytes")
             if not all(isinstance(v, int) and v > 0 for v in (max_batch, max_bytes)):
-                raise ProtocolError(f"WELCOME without valid limits: {welcome}")
+                raise ProtocolError(f"WELCOME without valid limits: {welcome}"[:500])
+            identity = {key: welcome.get(key) for key in IDENTITY_KEYS}
+            if self._identity is not None and identity != self._identity:
+                changed = {key: (self._identity[key], identity[key]) for key in IDENTITY_KEYS
+                           if identity[key] != self._identity[key]}
+                raise DeviceChangedError(
+                    f"the service at {self._address[0]}:{self._address[1]} now serves another device or another "
+                    f"random matrix (first -> now: {changed}); nothing was sent. Open a new projector to use it")
         except (OSError, PeerClosedError) as exc:  # incl. a timeout: the handshake never completed
             with contextlib.suppress(OSError):
                 sock.close()
@@ -149,6 +196,11 @@ class RemoteProjector(Projector):
                 sock.close()
             raise
         self._welcome = welcome
+        if self._identity is None:
+            self._identity = identity
+        frame_time_us = welcome.get("frame_time_us")
+        self._frame_time_s = (float(frame_time_us) * 1e-6 if isinstance(frame_time_us, (int, float))
+                              and not isinstance(frame_time_us, bool) and 0 < frame_time_us < 1e9 else 0.0)
         self.max_batch = min(self._requested_max_batch, max_batch)
         self._max_message_bytes = max_bytes
         self._sock = sock
@@ -163,8 +215,9 @@ class RemoteProjector(Projector):
     def _raise_error(self, reply: wire.Message) -> None:
         kind = str(reply.header.get("kind", "ServiceError"))
         message = str(reply.header.get("message", ""))
-        if kind == SHUTDOWN_KIND:
-            raise _Retryable(f"the service is shutting down: {message}")
+        if kind in _RETRYABLE_KINDS:
+            raise _Retryable(f"{kind}: {message}" if kind != SHUTDOWN_KIND else
+                             f"the service is shutting down: {message}")
         error = _ERROR_KINDS.get(kind)
         if error is not None:
             raise error(message)
@@ -205,17 +258,32 @@ class RemoteProjector(Projector):
         request_id = next(self._ids)
         return self._with_retries(lambda: self._exchange(request_id, E))
 
+    def _frames(self, E: np.ndarray) -> int:
+        """DMD frames the request costs at most: batch x bit planes x frames per ternary projection."""
+        if self.n_bits is None and np.isin(E, (-1.0, 0.0, 1.0)).all():
+            planes = 1
+        else:
+            planes = self.n_bits or 8
+        return E.shape[0] * planes * _FRAMES_PER_TERNARY.get(self.scheme, 4)
+
+    def request_timeout_s(self, E: np.ndarray) -> float:
+        """How long a request for ``E`` waits for its reply: ``timeout_s`` (network, queueing behind other
+        clients, the first call's calibration) plus twice the request's own device time (frames x the frame time
+        the service announced)."""
+        return self.timeout_s + _DEVICE_TIME_MARGIN * self._frames(np.asarray(E)) * self._frame_time_s
+
     def _exchange(self, request_id: int, E: np.ndarray) -> np.ndarray:
         sock = self._sock
         assert sock is not None
         expected_bytes = E.shape[0] * self.n_components * 4
+        timeout_s = self.request_timeout_s(E)
         try:
-            sock.settimeout(self.timeout_s)
+            sock.settimeout(timeout_s)
             wire.send_message(sock, MessageType.PROJECT, request_id, None, E)
             reply = wire.read_message(sock, WireLimits(_REPLY_HEADER_BYTES, expected_bytes),
-                                      time.monotonic() + self.timeout_s)
+                                      time.monotonic() + timeout_s)
         except socket.timeout as exc:
-            raise RequestTimeoutError(f"no reply from the service within {self.timeout_s} s") from exc
+            raise RequestTimeoutError(f"no reply from the service within {timeout_s:.3g} s") from exc
         except (OSError, PeerClosedError) as exc:
             raise _Retryable(f"connection lost: {exc}") from exc
         if reply.type == MessageType.ERROR and reply.request_id in (request_id, 0):

@@ -20,11 +20,11 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from .errors import DfaError, ProtocolVersionError
+from .errors import ProtocolError, ProtocolVersionError
 
 __all__ = [
     "MAGIC",
@@ -43,6 +43,7 @@ __all__ = [
     "read_message",
     "send_message",
     "recv_exact",
+    "MAX_DIMENSION",
 ]
 
 MAGIC = b"OPUW"
@@ -52,6 +53,9 @@ PREFIX_BYTES = PREFIX.size  # 28
 ARRAY_DTYPES = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f8")}
 """Payload dtypes the format allows: little-endian float32 and float64."""
 MAX_DIMS = 2
+MAX_DIMENSION = 2**31
+"""The largest length of one payload dimension: a header announcing more is refused (a zero-size shape such as
+[0, 2**70] would otherwise pass the length check and make numpy fail when the array is allocated)."""
 
 
 class MessageType(enum.IntEnum):
@@ -63,10 +67,6 @@ class MessageType(enum.IntEnum):
     RESULT = 4
     ERROR = 5
     BYE = 6
-
-
-class ProtocolError(DfaError):
-    """A message that breaks the format: bad magic, unknown type, bad header or payload, unexpected reply."""
 
 
 class MessageTooLargeError(ProtocolError):
@@ -221,8 +221,9 @@ def array_spec(header: dict[str, Any], payload_bytes: int) -> tuple[np.dtype, tu
         raise ProtocolError(f"payload dtype {header.get('dtype')!r}: the format allows {sorted(ARRAY_DTYPES)}")
     shape = header.get("shape")
     if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise ProtocolError(f"payload shape must be a list of at most {MAX_DIMS} integers >= 0, got {shape!r}")
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_DIMENSION for n in shape)):
+        raise ProtocolError(f"payload shape must be a list of at most {MAX_DIMS} integers within 0..{MAX_DIMENSION}, "
+                            f"got {shape!r}"[:300])
     expected = math.prod(shape) * dtype.itemsize
     if expected != payload_bytes:
         raise ProtocolError(f"a {header['dtype']} array of shape {shape} has {expected} bytes; the payload has "
@@ -269,14 +270,21 @@ def recv_exact(sock: socket.socket, into: memoryview, deadline: float | None, st
         got += n
 
 
+HeaderCheck = Callable[[Prefix, dict[str, Any], "tuple[np.dtype, tuple[int, ...]] | None"], None]
+"""Called by read_message with the prefix, the header and the payload's (dtype, shape) before the payload is
+allocated or read; it raises to refuse the message (the payload is then left unread)."""
+
+
 def read_message(sock: socket.socket, limits: WireLimits, first_byte_deadline: float | None,
-                 message_timeout_s: float | None = None) -> Message:
+                 message_timeout_s: float | None = None, check_header: HeaderCheck | None = None) -> Message:
     """Read one message from a socket, allocating only what the checked lengths allow.
 
     Args:
         first_byte_deadline: monotonic time by which the message must start (the idle limit), or None.
         message_timeout_s: once the first byte came, the rest must come within this (a half-sent message then
             silence is cut off); None: the first deadline bounds the whole message.
+        check_header: see :data:`HeaderCheck` (the service refuses a request's shape from its header, so a
+            payload it would refuse is never read).
     """
     prefix_buffer = bytearray(PREFIX_BYTES)
     view = memoryview(prefix_buffer)
@@ -288,6 +296,8 @@ def read_message(sock: socket.socket, limits: WireLimits, first_byte_deadline: f
     recv_exact(sock, memoryview(header_buffer), deadline)
     header = parse_header(bytes(header_buffer))
     spec = array_spec(header, prefix.payload_bytes)
+    if check_header is not None:
+        check_header(prefix, header, spec)
     array = None
     if spec is not None:
         dtype, shape = spec

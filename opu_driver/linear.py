@@ -31,7 +31,8 @@ from .errors import InvalidInputError
 from .native import combine_four, combine_two
 from .protocol import bits_per_pixel
 
-__all__ = ["ReferenceCalibration", "LinearMode", "SCHEMES", "FRAMES_PER_TERNARY"]
+__all__ = ["ReferenceCalibration", "LinearMode", "SCHEMES", "FRAMES_PER_TERNARY", "DEFAULT_MAX_CALL_BYTES",
+           "call_bytes"]
 
 _log = logging.getLogger(__name__)
 
@@ -131,17 +132,46 @@ class LinearMode:
                   n_components)
         return calibration
 
-    def project_ternary(self, plus: np.ndarray, minus: np.ndarray, n_components: int, scheme: str) -> np.ndarray:
-        """Real projections of e = plus - minus (binary, disjoint), float32 (batch, n_components)."""
+    def project_ternary(self, plus: np.ndarray, minus: np.ndarray, n_components: int, scheme: str,
+                        max_call_bytes: int | None = None) -> np.ndarray:
+        """Real projections of e = plus - minus (binary, disjoint), float32 (batch, n_components).
+
+        Rows go to the device in chunks of at most ``max_call_bytes`` (default ``DEFAULT_MAX_CALL_BYTES``) of
+        working memory, counted by :func:`call_bytes`, so a very large input never needs all its frames and
+        camera values at once. Each row depends only on its own frames, so chunking does not change results.
+        """
         batch, n_features = plus.shape
         out = np.zeros((batch, n_components), dtype=np.float32)
         nonzero = np.flatnonzero(plus.any(axis=1) | minus.any(axis=1))
         if nonzero.size == 0:
             return out  # all-zero errors project to zero: nothing to send
+        per = FRAMES_PER_TERNARY[scheme]
+        limit = DEFAULT_MAX_CALL_BYTES if max_call_bytes is None else int(max_call_bytes)
+        step = max(1, limit // call_bytes(per, n_features, n_components))
         calibration = self.calibration(n_features, n_components)
         layout = self.layout(n_features)
-        p, m = plus[nonzero], minus[nonzero]
-        reference = np.ones((nonzero.size, 1), dtype=np.uint8)
+        clipped_count = clipped_size = 0
+        for start in range(0, nonzero.size, step):
+            rows = nonzero[start:start + step]
+            projected, clipped = self._project_rows(plus[rows], minus[rows], n_components, scheme, calibration,
+                                                    layout)
+            out[rows] = projected
+            clipped_count += int(clipped.sum())
+            clipped_size += clipped.size
+        if clipped_count:
+            self.saturated_outputs += clipped_count
+            share = clipped_count / clipped_size
+            # Speckle intensity is exponential: a few saturated outputs are normal, many are a setting to change.
+            level = logging.WARNING if share > _SATURATION_WARNING else logging.INFO
+            _log.log(level, "%d of %d linear outputs (%.2g%%) came from saturated frames and were set to 0: lower "
+                     "the exposure, gain or laser power", clipped_count, clipped_size, 100 * share)
+        return out
+
+    def _project_rows(self, p: np.ndarray, m: np.ndarray, n_components: int, scheme: str,
+                      calibration: ReferenceCalibration, layout: SplitLayout) -> tuple[np.ndarray, np.ndarray]:
+        """One device call for nonzero ternary rows: (projections, mask of outputs zeroed for saturation)."""
+        n_rows, n_features = p.shape
+        reference = np.ones((n_rows, 1), dtype=np.uint8)
         if scheme == "four_frame":
             parts = [np.hstack([p, reference]), np.hstack([p, 0 * reference]),
                      np.hstack([m, reference]), np.hstack([m, 0 * reference])]
@@ -149,11 +179,14 @@ class LinearMode:
             parts = [np.hstack([p, reference]), np.hstack([m, reference])]
         per = FRAMES_PER_TERNARY[scheme]
         assert len(parts) == per
-        frames = np.stack(parts, axis=1).reshape(nonzero.size * per, n_features + 1)
-        counts = self._opu.acquire(frames, layout, n_components).reshape(nonzero.size, per, -1)
+        frames = np.stack(parts, axis=1).reshape(n_rows * per, n_features + 1)
+        del parts
+        counts = self._opu.acquire(frames, layout, n_components).reshape(n_rows, per, -1)
+        del frames
         # A saturated frame breaks the difference: such outputs are set to 0, like masked ones, and counted.
         clipped = (counts >= _full_scale(self._opu)).any(axis=1)
         raw = counts.astype(np.float32)
+        del counts
         scale = np.zeros(n_components, dtype=np.float32)
         usable = calibration.mask
         # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance.
@@ -161,56 +194,100 @@ class LinearMode:
         combine = combine_four if scheme == "four_frame" else combine_two
         projected = combine(np.ascontiguousarray(raw), scale)
         projected[clipped] = 0.0
-        out[nonzero] = projected
-        if clipped.any():
-            self.saturated_outputs += int(clipped.sum())
-            # Speckle intensity is exponential: a few saturated outputs are normal, many are a setting to change.
-            level = logging.WARNING if clipped.mean() > _SATURATION_WARNING else logging.INFO
-            _log.log(level, "%d of %d linear outputs (%.2g%%) came from saturated frames and were set to 0: lower "
-                     "the exposure, gain or laser power", clipped.sum(), clipped.size, 100 * clipped.mean())
-        return out
+        return projected, clipped
 
     def project(self, E: np.ndarray, n_components: int, scheme: str, n_bits: int | None) -> np.ndarray:
         """Real projections of E (batch, n_features): ternary values directly, real values through bit planes."""
         return self.project_many([E], n_components, scheme, n_bits)[0]
 
     def project_many(self, batches: list[np.ndarray], n_components: int, scheme: str,
-                     n_bits: int | None) -> list[np.ndarray]:
-        """Project several batches of the same width in one device call, each exactly as ``project`` would alone.
+                     n_bits: int | None, max_call_bytes: int | None = None) -> list[np.ndarray]:
+        """Project several batches of the same width, each exactly as ``project`` would alone, in as few device
+        calls as ``max_call_bytes`` allows (default ``DEFAULT_MAX_CALL_BYTES``; see :func:`call_bytes`).
 
-        Each batch is encoded on its own (a real-valued batch gets its own bit-plane scale, fitted on it), all
-        their ternary rows go to the device together, and each is decoded with its own encoder: a row's result
-        depends only on its own frames. The OPU service coalesces its clients' requests through this.
+        Each batch's bit-plane encoder is fitted on the whole batch (its own scale, as a direct call has), then
+        rows are encoded, sent and decoded in chunks that fit the limit: rows of several batches share a call
+        while they fit, a large batch is split across calls. A row's result depends only on its own frames and its
+        own batch's encoder, so neither sharing nor splitting changes it. The OPU service coalesces its clients'
+        requests through this.
         """
-        encoded = [_encode(E, n_bits) for E in batches]
+        limit = DEFAULT_MAX_CALL_BYTES if max_call_bytes is None else int(max_call_bytes)
+        encoders = [_fit_encoder(E, n_bits) for E in batches]
+        results = [np.zeros((E.shape[0], n_components), dtype=np.float32) for E in batches]
+        if not batches:
+            return results
+        frame_cost = call_bytes(FRAMES_PER_TERNARY[scheme], batches[0].shape[1], n_components)
+        pieces: list[tuple[int, int, int]] = []  # (batch index, first row, end row) sharing the next call
+        cost = 0
+        for index, E in enumerate(batches):
+            encoder = encoders[index]
+            row_cost = frame_cost * (1 if encoder is None else encoder.n_bits)
+            lo = 0
+            while lo < E.shape[0]:
+                take = (limit - cost) // row_cost
+                if take < 1 and pieces:
+                    self._project_pieces(pieces, batches, encoders, results, n_components, scheme, limit)
+                    pieces, cost = [], 0
+                    continue
+                hi = min(E.shape[0], lo + max(1, take))
+                pieces.append((index, lo, hi))
+                cost += (hi - lo) * row_cost
+                lo = hi
+        if pieces:
+            self._project_pieces(pieces, batches, encoders, results, n_components, scheme, limit)
+        return results
+
+    def _project_pieces(self, pieces: list[tuple[int, int, int]], batches: list[np.ndarray],
+                        encoders: list[BitPlaneEncoder | None], results: list[np.ndarray], n_components: int,
+                        scheme: str, limit: int) -> None:
+        """Encode row ranges of several batches, project all their ternary rows in one call, decode each range
+        into its batch's result."""
+        encoded = [_encode_rows(batches[i][lo:hi], encoders[i]) for i, lo, hi in pieces]
         plus = np.concatenate([e[0] for e in encoded]) if len(encoded) > 1 else encoded[0][0]
         minus = np.concatenate([e[1] for e in encoded]) if len(encoded) > 1 else encoded[0][1]
-        rows = self.project_ternary(plus, minus, n_components, scheme)
-        results, offset = [], 0
-        for E, (part, _, encoder) in zip(batches, encoded):
-            batch = E.shape[0]
+        del encoded
+        rows = self.project_ternary(plus, minus, n_components, scheme, max_call_bytes=limit)
+        offset = 0
+        for i, lo, hi in pieces:
+            batch, encoder = hi - lo, encoders[i]
             if encoder is None:
-                results.append(rows[offset:offset + batch])
+                results[i][lo:hi] = rows[offset:offset + batch]
+                offset += batch
             else:
                 # Plane b carries bit b of |e| on its positive and negative parts: a ternary vector. Decoding weighs
                 # plane b by 2^b (its negative slot stays 0: the sign is already in the ternary projection).
                 n_planes = encoder.n_bits
                 projected = np.zeros((n_planes, 2, batch, n_components), dtype=np.float32)
-                projected[:, 0] = rows[offset:offset + part.shape[0]].reshape(n_planes, batch, n_components)
-                results.append(encoder.decode(projected).astype(np.float32))
-            offset += part.shape[0]
-        return results
+                projected[:, 0] = rows[offset:offset + n_planes * batch].reshape(n_planes, batch, n_components)
+                results[i][lo:hi] = encoder.decode(projected).astype(np.float32)
+                offset += n_planes * batch
 
 
-def _encode(E: np.ndarray, n_bits: int | None) -> tuple[np.ndarray, np.ndarray, BitPlaneEncoder | None]:
-    """Ternary rows (plus, minus) for E, and the bit-plane encoder that decodes them (None: E is ternary)."""
+DEFAULT_MAX_CALL_BYTES = 256 * 1024 * 1024
+"""Default working-memory bound of one device call of the linear mode (see :func:`call_bytes`)."""
+
+
+def call_bytes(frames: int, n_features: int, n_components: int) -> int:
+    """Working memory of ``frames`` DMD frames in a linear-mode call, in bytes: each frame's uint8 table row
+    (n_features + 1) and its camera values as float32 (4 x n_components). Transient copies (the raw counts, the
+    combined rows) add at most about as much again; the bound is for sizing chunks, not an exact account."""
+    return int(frames) * (int(n_features) + 1 + 4 * int(n_components))
+
+
+def _fit_encoder(E: np.ndarray, n_bits: int | None) -> BitPlaneEncoder | None:
+    """The bit-plane encoder of a batch, fitted on the whole batch; None when E is ternary and n_bits is None."""
     if n_bits is None and np.isin(E, (-1, 0, 1)).all():
-        return (E > 0).astype(np.uint8), (E < 0).astype(np.uint8), None
-    encoder = BitPlaneEncoder(n_bits or 8).fit(E)
+        return None
+    return BitPlaneEncoder(n_bits or 8).fit(E)
+
+
+def _encode_rows(E: np.ndarray, encoder: BitPlaneEncoder | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ternary rows (plus, minus) of E: E itself when ternary, else its bit planes (plane-major)."""
+    if encoder is None:
+        return (E > 0).astype(np.uint8), (E < 0).astype(np.uint8)
     planes = encoder.transform(E)
     n_planes, _, batch, n_features = planes.shape
-    return (planes[:, 0].reshape(n_planes * batch, n_features), planes[:, 1].reshape(n_planes * batch, n_features),
-            encoder)
+    return (planes[:, 0].reshape(n_planes * batch, n_features), planes[:, 1].reshape(n_planes * batch, n_features))
 
 
 def _full_scale(opu) -> int:

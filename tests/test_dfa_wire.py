@@ -92,6 +92,9 @@ def test_encode_refuses_what_the_format_cannot_carry() -> None:
     (raw(header=b'{"dtype": "<f8", "shape": [1, 1, 1]}', payload=bytes(8)), ProtocolError),
     (raw(header=b'{"dtype": "<f8", "shape": [-1]}', payload=b""), ProtocolError),
     (raw(header=b'{"dtype": "<f8", "shape": [true]}', payload=bytes(8)), ProtocolError),
+    # zero-size shapes with a huge dimension: 0 bytes, but numpy cannot make the array (refused, not ValueError)
+    (raw(header=b'{"dtype": "<f8", "shape": [0, 1180591620717411303424]}'), ProtocolError),
+    (raw(header=b'{"dtype": "<f4", "shape": [2147483649, 0]}'), ProtocolError),
     (raw(payload=bytes(8)), ProtocolError),  # a payload with no dtype and shape
     (raw(header=b"{}", header_len=10), ProtocolError),  # truncated header
     (wire.encode(MessageType.BYE) + b"x", ProtocolError),  # trailing bytes
@@ -172,3 +175,51 @@ def test_header_json_is_plain_data() -> None:
     message = wire.decode(wire.encode(MessageType.ERROR, 5, payload))
     assert message.header == payload
     assert json.loads(wire.encode(MessageType.ERROR, 5, payload)[PREFIX_BYTES:]) == payload
+
+
+@pytest.mark.parametrize("shape", [[0, 2**70], [2**31 + 1, 0], [0, 2**63]])
+def test_socket_huge_zero_size_shape_is_a_protocol_error(shape: list[int]) -> None:
+    a, b = _pair()
+    a.sendall(raw(header=json.dumps({"dtype": "<f8", "shape": shape}).encode()))
+    with pytest.raises(ProtocolError, match="within 0"):
+        wire.read_message(b, WireLimits(), None)
+    a.close()
+    b.close()
+    # The largest allowed dimension still decodes (a zero-size array of it).
+    message = wire.decode(raw(header=json.dumps({"dtype": "<f8", "shape": [0, wire.MAX_DIMENSION]}).encode()))
+    assert message.array.shape == (0, wire.MAX_DIMENSION)
+
+
+def test_a_header_check_refuses_before_the_payload_is_read() -> None:
+    a, b = _pair()
+    # Only the prefix and header of a 1 MB message are sent: the check runs on them and the read stops there.
+    header = json.dumps({"dtype": "<f8", "shape": [1000, 125]}).encode()
+    a.sendall(raw(header=header, payload_len=1000 * 125 * 8))
+    seen = []
+
+    def check(prefix, header, spec):
+        seen.append((prefix.request_id, spec[1]))
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        wire.read_message(b, WireLimits(), None, check_header=check)
+    assert seen == [(1, (1000, 125))]
+    a.close()
+    b.close()
+
+
+def test_protocol_error_is_part_of_the_error_tree() -> None:
+    from dfa_client import errors
+
+    assert wire.ProtocolError is errors.ProtocolError and issubclass(errors.ProtocolError, errors.DfaError)
+    assert issubclass(wire.MessageTooLargeError, errors.ProtocolError)
+    assert issubclass(errors.DeviceChangedError, errors.DfaError)
+
+
+@pytest.mark.parametrize("url", ["ftp://host?token=SECRET", "tcp://[::1?token=SECRET", "nonsense token=SECRET"])
+def test_connect_never_quotes_a_token(url):
+    import dfa_client
+
+    with pytest.raises(dfa_client.UnsupportedUrlError) as info:
+        dfa_client.connect(url, 4)
+    assert "SECRET" not in str(info.value)

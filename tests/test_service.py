@@ -7,6 +7,7 @@ decoded with another request's bit-plane scale).
 """
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -27,11 +28,14 @@ from dfa_client import wire
 from dfa_client.errors import (
     AuthenticationError,
     ConnectionFailedError,
+    DeviceChangedError,
     InvalidInputError,
     ProtocolVersionError,
-    ServiceError,
+    UnsupportedUrlError,
 )
+from dfa_client.remote import RemoteProjector, redact_url
 from dfa_client.wire import MessageType, ProtocolError, WireLimits
+from opu_driver import linear
 from opu_driver.errors import ConfigurationError
 from opu_driver.service import OpuService, is_loopback
 
@@ -84,6 +88,7 @@ def raw_client(svc: OpuService, n_components: int = 100, **hello) -> socket.sock
     sock.sendall(wire.encode(MessageType.HELLO, 0, header))
     reply = wire.read_message(sock, WireLimits(), time.monotonic() + 5)
     assert reply.type is MessageType.WELCOME, reply
+    _LAST_WELCOME[0] = reply.header
     return sock
 
 
@@ -253,14 +258,14 @@ def test_misbehaving_clients_never_disturb_the_others(service, direct) -> None:
         quitter = raw_client(service)  # sends a whole request, then disconnects before the answer
         quitter.sendall(wire.encode(MessageType.PROJECT, 1, None, errors(8, 3, "ternary")))
         wait_until(lambda: service.pending == 1)
-        quitter.close()
+        quitter.close()  # its request is abandoned: the device skips it (test_abandoned_requests_are_not_run)
         worker = threading.Thread(target=lambda: results.append(good.project(E)))
         worker.start()
         wait_until(lambda: service.pending == 2)
     finally:
         service.resume()
     worker.join(WAIT_S)
-    np.testing.assert_array_equal(results[0], expected)  # the good client's request shared a call with the quitter's
+    np.testing.assert_array_equal(results[0], expected)
 
     # Garbage and the huge length field get a typed ERROR (connection-level: request id 0), then the door.
     for sock, kind in ((garbage, "ProtocolError"), (huge, "MessageTooLarge")):
@@ -334,13 +339,17 @@ def test_non_loopback_bind_needs_a_token_and_clients_are_limited() -> None:
         OpuService(URL, max_clients=0)
     with OpuService(URL, max_clients=1) as svc:
         first = dfa_client.connect(tcp(svc), n_components=10)
-        with pytest.raises(ServiceError) as info:
+        # TooManyClients is retried with the backoff (a slot may free up), then ConnectionFailedError.
+        with pytest.raises(ConnectionFailedError, match="TooManyClients"):
             dfa_client.connect(tcp(svc), n_components=10, retries=0)
-        assert info.value.kind == "TooManyClients"
-        first.close()
-        wait_until(lambda: svc.stats().clients_connected == 0)
-        with dfa_client.connect(tcp(svc), n_components=10) as second:
+        assert svc.stats().connections_refused == 1
+        # A slot that frees up during the retries is taken: first closes 0.2 s after the second starts trying.
+        timer = threading.Timer(0.2, first.close)
+        timer.start()
+        with dfa_client.connect(tcp(svc), n_components=10, retries=20, backoff_s=0.05) as second:
             assert second.project(np.ones(N_FEATURES)).shape == (10,)
+            assert second.reconnects >= 1
+        timer.join()
 
 
 def test_protocol_version_mismatch_is_a_typed_error(service) -> None:
@@ -459,3 +468,252 @@ def test_opu_serve_shuts_down_cleanly_on_a_signal(signum: int, direct) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(5)
+
+
+# ------------------------------------------------------------------------------------------------ review fixes
+def test_a_reconnect_to_another_device_raises_device_changed_and_returns_nothing(direct) -> None:
+    first = OpuService(URL).start()
+    host, port = first.address
+    projector = dfa_client.connect(f"tcp://{host}:{port}", n_components=50, retries=8, backoff_s=0.05)
+    E = errors(31, 3, "ternary")
+    np.testing.assert_array_equal(projector.project(E), direct.linear_transform(E, 50))
+    fingerprint = projector._welcome["device_fingerprint"]
+    assert isinstance(fingerprint, str) and len(fingerprint) == 16
+    first.stop()
+    # The same device (same seed) again: a transparent reconnect, the same results.
+    with OpuService(URL, bind=(host, port)) as same:
+        np.testing.assert_array_equal(projector.project(E), direct.linear_transform(E, 50))
+        assert projector.reconnects >= 1 and same.stats().requests == 1
+    # Another device (another seed, so another serial number and random matrix): typed error, nothing sent.
+    other_url = SMALL_SIM + "&noise=0&seed=6"
+    with OpuService(other_url, bind=(host, port)) as other:
+        for _ in range(2):  # and it stays refused: the first identity is the projector's for its life
+            with pytest.raises(DeviceChangedError, match="serial_number"):
+                projector.project(E)
+        assert other.stats().requests == 0
+    projector.close()
+
+
+def test_the_fingerprint_follows_the_settings_that_fix_the_matrix() -> None:
+    # Same device, another exposure: the serial number is the same, the fingerprint is not.
+    with OpuService(URL) as a, OpuService(URL, opu_settings={"exposure_us": 300}) as b, OpuService(URL) as c:
+        prints = [raw_welcome(svc)["device_fingerprint"] for svc in (a, b, c)]
+    assert prints[0] == prints[2] != prints[1]
+
+
+def raw_welcome(svc: OpuService) -> dict:
+    sock = raw_client(svc)
+    sock.close()
+    return _LAST_WELCOME[0]
+
+
+_LAST_WELCOME: list[dict] = [{}]
+
+
+def test_device_calls_are_bounded_in_bytes_and_results_are_unchanged(direct) -> None:
+    # frames x (n_features + 1 + 4 n_components) bytes per device call: 41 + 400 = 441 bytes a frame here, a real
+    # row costs 8 planes x 4 frames = 32 frames (14,112 bytes), so 50,000 bytes hold 3 rows: 4 requests of 5 rows
+    # need several calls, each request is split across calls, and with noise=0 every result is still bit-identical.
+    limit = 50_000
+    with OpuService(URL, max_device_bytes=limit) as svc:
+        projectors = [dfa_client.connect(tcp(svc), n_components=100) for _ in range(4)]
+        projectors[0].project(np.ones((1, N_FEATURES)))  # the reference calibration is measured outside the bound
+        calls: list[int] = []
+        acquire = svc.opu.acquire
+
+        def recording(frames, layout, n_components):
+            calls.append(linear.call_bytes(len(frames), frames.shape[1] - 1, n_components))
+            return acquire(frames, layout, n_components)
+
+        svc.opu.acquire = recording
+        results: dict[int, np.ndarray] = {}
+        svc.pause()
+        try:
+            def send(i: int, p) -> None:
+                results[i] = p.project(errors(60 + i, 5, "real"))
+
+            threads = [threading.Thread(target=send, args=(i, p)) for i, p in enumerate(projectors)]
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: svc.pending == 4)
+        finally:
+            svc.resume()
+        for thread in threads:
+            thread.join(WAIT_S)
+        assert len(calls) >= 20 / 3 and max(calls) <= limit
+        for i in range(4):
+            np.testing.assert_array_equal(results[i], direct.linear_transform(errors(60 + i, 5, "real"), 100))
+        for projector in projectors:
+            projector.close()
+
+
+def test_direct_linear_calls_are_chunked_with_bit_identical_results(direct, monkeypatch) -> None:
+    E_real, E_ternary = errors(70, 7, "real"), errors(71, 9, "ternary")
+    expected = [direct.linear_transform(E_real, 80), direct.linear_transform(E_ternary, 80, scheme="two_frame")]
+    calls: list[int] = []
+    acquire = direct.acquire
+
+    def recording(frames, layout, n_components):
+        calls.append(linear.call_bytes(len(frames), frames.shape[1] - 1, n_components))
+        return acquire(frames, layout, n_components)
+
+    limit = 4 * linear.call_bytes(4, N_FEATURES, 80)  # 4 ternary rows of four frames a call
+    monkeypatch.setattr(linear, "DEFAULT_MAX_CALL_BYTES", limit)
+    monkeypatch.setattr(direct, "acquire", recording)
+    np.testing.assert_array_equal(direct.linear_transform(E_real, 80), expected[0])  # 56 ternary rows
+    assert len(calls) >= 56 / 4 and max(calls) <= limit
+    calls.clear()
+    np.testing.assert_array_equal(direct.linear_transform(E_ternary, 80, scheme="two_frame"), expected[1])
+    assert len(calls) >= 9 / 8 and max(calls) <= limit
+    # project_many with an explicit bound: each batch as alone, whatever the split.
+    many = direct.linear_mode.project_many([E_real, E_ternary[:, :N_FEATURES]], 80, "four_frame", None,
+                                           max_call_bytes=3 * linear.call_bytes(4, N_FEATURES, 80))
+    np.testing.assert_array_equal(many[0], expected[0])
+    monkeypatch.undo()
+    np.testing.assert_array_equal(many[1], direct.linear_transform(E_ternary, 80))
+
+
+def test_silent_connections_cannot_take_the_client_slots() -> None:
+    with OpuService(URL, token="secret", max_clients=4, max_pending_connections=3) as svc:
+        silent = [socket.create_connection(svc.address, timeout=5) for _ in range(6)]  # no token, no bytes
+        wait_until(lambda: svc.stats().connections_accepted == 6)
+        assert svc.stats().connections_evicted == 3  # the handshake pool holds 3: the oldest made room
+        with dfa_client.connect(tcp(svc), n_components=10, token="secret", retries=3, backoff_s=0.05) as p:
+            assert p.project(np.ones(N_FEATURES)).shape == (10,)
+            assert svc.stats().clients_connected == 1
+        for sock in silent:
+            sock.close()
+    # Silent connections are cut after the whole-HELLO deadline even if they trickle bytes.
+    with OpuService(URL, hello_timeout_s=0.5, message_timeout_s=5.0) as svc:
+        trickle = socket.create_connection(svc.address, timeout=5)
+        hello = wire.encode(MessageType.HELLO, 0, {"protocol_version": 1})
+        started = time.monotonic()
+        closed = False
+        for byte in hello[:20]:
+            try:
+                trickle.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.1)
+        if not closed:
+            assert read_until_closed(trickle) == b""
+        assert time.monotonic() - started < 4.0  # the 0.5 s deadline, not 20 x message_timeout_s
+        trickle.close()
+
+
+def test_zero_size_shapes_with_huge_dimensions_are_protocol_errors(service) -> None:
+    header = {"dtype": "<f8", "shape": [0, 2**70]}
+    with socket.create_connection(service.address, timeout=5) as sock:  # client -> service
+        hello = {"protocol_version": 1, "token": None, "n_components": 10, "n_features": None,
+                 "scheme": "four_frame", "n_bits": None, "max_batch": 8}
+        sock.sendall(wire.encode(MessageType.HELLO, 0, hello))
+        assert wire.read_message(sock, WireLimits(), time.monotonic() + 5).type is MessageType.WELCOME
+        text = json.dumps(header).encode()
+        sock.sendall(wire.PREFIX.pack(wire.MAGIC, 1, MessageType.PROJECT, 0, 1, len(text), 0) + text)
+        reply = wire.decode(read_until_closed(sock))
+    assert reply.type is MessageType.ERROR and reply.header["kind"] == "ProtocolError"
+
+    def fake_service(listener: socket.socket) -> None:  # service -> client
+        sock, _ = listener.accept()
+        with sock:
+            sock.settimeout(5)
+            wire.read_message(sock, WireLimits(), None)
+            wire.send_message(sock, MessageType.WELCOME, 0, {"max_batch": 8, "max_message_bytes": 1 << 20})
+            request = wire.read_message(sock, WireLimits(), None)
+            text = json.dumps(header).encode()
+            sock.sendall(wire.PREFIX.pack(wire.MAGIC, 1, MessageType.RESULT, 0, request.request_id, len(text), 0)
+                         + text)
+            read_until_closed(sock, 5)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=fake_service, args=(listener,), daemon=True)
+    thread.start()
+    projector = dfa_client.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", n_components=5, retries=0)
+    with pytest.raises(ProtocolError):
+        projector.project(np.ones((1, 3)))
+    projector.close()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.parametrize("url", [
+    "tcp://opu.example?token=tok-SECRET-1",  # no port
+    "tcp://opu.example:5000/path?token=tok-SECRET-1",
+    "tcp://opu.example:5000?token=tok-SECRET-1&speed=9",
+    "tcp://opu.example:99999?token=tok-SECRET-1",
+    "tcp://opu.example:5000?TOKEN=tok-SECRET-1",
+    "tcp://[::1?token=tok-SECRET-1",
+    "tcp://user:tok-SECRET-1@opu.example:5000",
+    "tcp://opu.example:5000#token=tok-SECRET-1",
+])
+def test_tokens_never_appear_in_error_messages(url: str) -> None:
+    # RemoteProjector directly: dfa_client.connect's own urlsplit raises a plain ValueError on "[::1" first.
+    with pytest.raises(UnsupportedUrlError) as info:
+        RemoteProjector(url, n_components=10)
+    assert "SECRET" not in str(info.value) and "SECRET" not in repr(info.value)
+    assert info.value.__cause__ is None or "SECRET" not in str(info.value.__cause__)
+    assert redact_url(url).count("***") >= 1 and "SECRET" not in redact_url(url)
+
+
+@pytest.mark.parametrize("limit, value", [("max_clients", 2.0), ("max_batch", True), ("max_device_bytes", 1.5),
+                                          ("max_pending_connections", "4"), ("hello_timeout_s", float("inf"))])
+def test_limits_must_have_the_right_type_before_the_device_opens(limit: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=limit):
+        OpuService("sim://?this-url-is-never-opened", **{limit: value})
+
+
+def test_limits_accept_numpy_integers() -> None:
+    svc = OpuService(URL, max_clients=np.int64(3), hello_timeout_s=2)
+    assert type(svc.limits.max_clients) is int and type(svc.limits.hello_timeout_s) is float
+
+
+def test_an_over_limit_shape_is_refused_from_its_header(service) -> None:
+    # Only the prefix and the header are sent: the refusal comes without the payload ever being read.
+    def header_only(sock: socket.socket, shape: list[int]) -> wire.Message:
+        text = json.dumps({"dtype": "<f8", "shape": shape}).encode()
+        payload_bytes = int(np.prod(shape)) * 8
+        sock.sendall(wire.PREFIX.pack(wire.MAGIC, 1, MessageType.PROJECT, 0, 9, len(text), payload_bytes) + text)
+        return wire.decode(read_until_closed(sock))
+
+    # n_features known (40, max_batch 64): the payload limit is 64 x 40 x 8 bytes, checked from the prefix.
+    reply = header_only(raw_client(service), [65, N_FEATURES])
+    assert reply.header["kind"] == "MessageTooLarge" and "20480" in reply.header["message"]
+    # n_features not yet known: the shape is checked from the header (too wide for the DMD; too large a batch).
+    for shape, match in (([2, 10**6], "do not fit"), ([65, N_FEATURES], "max_batch")):
+        reply = header_only(raw_client(service, n_features=None), shape)
+        assert reply.type is MessageType.ERROR and reply.request_id == 9
+        assert reply.header["kind"] == "InvalidInputError" and match in reply.header["message"]
+    # The client sees a typed error, and its next request reconnects transparently.
+    with dfa_client.connect(tcp(service), n_components=10) as projector:
+        with pytest.raises(InvalidInputError):
+            projector.project(np.ones((1, 96 * 64)))  # n_features is now fixed at 6144
+    with dfa_client.connect(tcp(service), n_components=10) as projector:
+        assert projector.project(np.ones((2, N_FEATURES))).shape == (2, 10)
+
+
+def test_abandoned_requests_are_not_run(service) -> None:
+    before = service.stats()
+    service.pause()
+    try:
+        quitter = raw_client(service)
+        quitter.sendall(wire.encode(MessageType.PROJECT, 1, None, errors(80, 3, "real")))
+        wait_until(lambda: service.pending == 1)
+        quitter.close()
+        wait_until(lambda: service.stats().requests_abandoned == before.requests_abandoned + 1)
+    finally:
+        service.resume()
+    wait_until(lambda: service.pending == 0)
+    time.sleep(0.1)  # the device thread has taken the queue: it skipped the abandoned request
+    assert service.stats().device_calls == before.device_calls
+
+
+def test_the_client_timeout_grows_with_the_request(service) -> None:
+    with dfa_client.connect(tcp(service), n_components=10, timeout_s=1.0) as projector:
+        frame_time_s = projector._welcome["frame_time_us"] * 1e-6
+        assert frame_time_s > 0
+        small, large = np.full((1, N_FEATURES), 0.5), np.full((64, N_FEATURES), 0.5)
+        # Real values with n_bits=None: 8 bit planes x 4 frames a row, counted twice (a margin).
+        assert projector.request_timeout_s(small) == pytest.approx(1.0 + 2 * 32 * frame_time_s)
+        assert projector.request_timeout_s(large) == pytest.approx(1.0 + 2 * 64 * 32 * frame_time_s)
+        assert projector.request_timeout_s(np.ones((64, N_FEATURES))) == pytest.approx(1.0 + 2 * 64 * 4 * frame_time_s)

@@ -11,15 +11,24 @@ bit planes scaled on that request alone, as a direct call would), sends every re
 and decodes each with its own encoder. Each row depends only on its own frames, so with a noiseless device a
 coalesced result is bit-identical to the direct ``Opu.linear_transform`` of the same vectors.
 
+Bounds: only clients that completed their HELLO (token checked) count toward ``max_clients``; connections still
+in their handshake form a small separate pool (``max_pending_connections``, the oldest evicted when it is full)
+with a total deadline, so silent sockets cannot take the slots. A device call holds at most ``max_device_bytes`` of
+frames and camera values (requests are split across calls), a request's payload is bounded by its connection's
+max_batch x n_features and its shape is checked from its header before the payload is read, and a request whose
+client disconnected (or timed out) while it waited is skipped.
+
 The message format is dfa_client.wire (docs/service.md).
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import itertools
+import json
 import logging
 import socket
 import threading
@@ -37,6 +46,7 @@ from dfa_client.wire import MessageType, MessageTooLargeError, PeerClosedError, 
 from .._version import __version__
 from ..encoding.layouts import SplitLayout
 from ..errors import ConfigurationError, InvalidInputError, OpuError
+from ..linear import FRAMES_PER_TERNARY, call_bytes
 
 __all__ = ["OpuService", "ServiceLimits", "ServiceStats", "is_loopback"]
 
@@ -45,6 +55,9 @@ _log = logging.getLogger(__name__)
 SCHEMES = ("four_frame", "two_frame")
 SHUTDOWN_KIND = "ServiceShutdown"
 """ERROR kind of requests the service failed because it is stopping (clients retry them elsewhere or later)."""
+TOO_MANY_CLIENTS_KIND = "TooManyClients"
+"""ERROR kind of a HELLO refused because max_clients clients are served (clients retry it with their backoff)."""
+_PEER_POLL_S = 0.05  # how often a connection waiting for the device checks that its client is still there
 
 
 @dataclass(frozen=True)
@@ -52,12 +65,18 @@ class ServiceLimits:
     """What the service accepts, and how long it waits.
 
     Attributes:
-        max_clients: connections served at once; more are refused with an ERROR "TooManyClients".
+        max_clients: authenticated clients (HELLO accepted) served at once; more are refused with an ERROR
+            "TooManyClients" (clients retry it with their backoff).
+        max_pending_connections: connections still in their handshake (not counted in max_clients); when this
+            pool is full a new connection evicts the oldest one.
         max_batch: vectors per request (a client's own max_batch is lowered to this at HELLO).
-        max_message_bytes: a request's payload limit (refused from the length field, before allocation).
+        max_message_bytes: a request's payload limit (refused from the length field, before allocation); once
+            a connection's n_features is known its limit is max_batch x n_features x 8 bytes.
         max_header_bytes: a message's JSON header limit.
         max_device_rows: vectors (before bit planes) coalesced into one device call, at least one request.
-        hello_timeout_s: a new connection must complete its HELLO within this.
+        max_device_bytes: working memory of one device call, frames x (n_features + 1 + 4 x n_components) bytes
+            (opu_driver.linear.call_bytes); coalesced requests are split across calls to stay within it.
+        hello_timeout_s: a new connection must complete its HELLO within this (a total deadline).
         idle_timeout_s: a connection with no message for this long is closed (clients reconnect transparently).
         message_timeout_s: once a message's first byte came, the rest must come within this.
         request_timeout_s: the longest a request waits for the device before an ERROR "RequestTimeoutError".
@@ -65,11 +84,13 @@ class ServiceLimits:
     """
 
     max_clients: int = 32
+    max_pending_connections: int = 16
     max_batch: int = 4096
     max_message_bytes: int = 128 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
     max_device_rows: int = 65_536
-    hello_timeout_s: float = 10.0
+    max_device_bytes: int = 256 * 1024 * 1024
+    hello_timeout_s: float = 5.0
     idle_timeout_s: float = 600.0
     message_timeout_s: float = 10.0
     request_timeout_s: float = 300.0
@@ -78,11 +99,18 @@ class ServiceLimits:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
-                  and (f.name.endswith("_s") or float(value).is_integer()))
-            if not ok or value != value or value == float("inf"):
-                raise ConfigurationError(f"{f.name} must be a finite number > 0 (an integer for counts), "
-                                         f"got {value!r}")
+            if f.name.endswith("_s"):
+                ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+                      and 0 < value < float("inf"))
+                if ok:
+                    object.__setattr__(self, f.name, float(value))
+            else:  # counts and byte sizes: integers only (2.0 would fail later, after the device was opened)
+                ok = not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value > 0
+                if ok:
+                    object.__setattr__(self, f.name, int(value))
+            if not ok:
+                kind = "a finite number > 0" if f.name.endswith("_s") else "an integer > 0"
+                raise ConfigurationError(f"{f.name} must be {kind}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,8 @@ class ServiceStats:
     device_calls: int = 0
     request_errors: int = 0
     protocol_errors: int = 0
+    requests_abandoned: int = 0
+    connections_evicted: int = 0
 
 
 def is_loopback(host: str) -> bool:
@@ -117,11 +147,12 @@ def is_loopback(host: str) -> bool:
 class _Request:
     """One PROJECT: its validated errors, and once done its result or its error (kind, message)."""
 
-    __slots__ = ("key", "E", "done", "result", "error", "abandoned")
+    __slots__ = ("key", "E", "cost_bytes", "done", "result", "error", "abandoned")
 
-    def __init__(self, key: tuple, E: np.ndarray) -> None:
+    def __init__(self, key: tuple, E: np.ndarray, cost_bytes: int = 0) -> None:
         self.key = key
         self.E = E
+        self.cost_bytes = cost_bytes
         self.done = threading.Event()
         self.result: np.ndarray | None = None
         self.error: tuple[str, str] | None = None
@@ -142,6 +173,8 @@ class _Connection:
         self.lock = threading.Lock()
         self.busy = False  # a request was read and its reply is not written yet
         self.closed = False
+        self.authenticated = False  # HELLO accepted: counts toward max_clients
+        self.evicted = False  # dropped from the handshake pool to make room
         self.thread: threading.Thread | None = None
         self.n_features: int | None = None
         self.n_components = 0
@@ -227,11 +260,13 @@ class OpuService:
                             info.camera_width * info.camera_height, "dmd_width": info.dmd_width,
                             "dmd_height": info.dmd_height}
             self._reference_fraction = float(self._opu.linear_mode.reference_fraction)
+            self._device["frame_time_us"] = _frame_time_us(self._opu)
+            self._device["fingerprint"] = device_fingerprint(self._opu)
             family = socket.AF_INET6 if ":" in self.bind[0] else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind(self.bind)
-            listener.listen(min(128, 2 * self.limits.max_clients))
+            listener.listen(min(128, 2 * self.limits.max_clients + self.limits.max_pending_connections))
             listener.settimeout(0.1)  # the acceptor polls, so stop() needs no trick to wake it
             self._listener = listener
         except BaseException:
@@ -371,20 +406,24 @@ class OpuService:
                 _log.exception("accept failed")
                 time.sleep(0.1)
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Every connection is accepted into the handshake pool; when the pool is full the oldest connection
+            # still in its handshake makes room (a flood of silent sockets cannot keep a real client out, and
+            # authenticated clients are never evicted).
+            conn = _Connection(next(self._numbers), sock, peer)
+            evicted = None
             with self._connections_lock:
-                full = len(self._connections) >= self.limits.max_clients
-                conn = None
-                if not full:
-                    conn = _Connection(next(self._numbers), sock, peer)
-                    self._connections[conn.number] = conn
-            if conn is None:
-                self._count(connections_refused=1)
-                _log.warning("refused %s: %d clients already connected", peer, self.limits.max_clients)
-                self._send_error_and_close(sock, 0, "TooManyClients",
-                                           f"the service already serves {self.limits.max_clients} clients")
-                continue
-            self._count(connections_accepted=1, clients_connected=1)
+                pending = [c for c in self._connections.values() if not c.authenticated and not c.evicted]
+                if len(pending) >= self.limits.max_pending_connections:
+                    evicted = pending[0]
+                    evicted.evicted = True
+                self._connections[conn.number] = conn
+            if evicted is not None:
+                self._count(connections_evicted=1)
+                _log.warning("evicted %s (still in its handshake) to make room for %s", evicted.peer, peer)
+                evicted.shutdown()
+            self._count(connections_accepted=1)
             conn.thread = threading.Thread(target=self._serve_connection, args=(conn,),
                                            name=f"opu-service-client-{conn.number}", daemon=True)
             conn.thread.start()
@@ -400,11 +439,14 @@ class OpuService:
         sock = conn.sock
         limits = self.limits
         try:
+            # The whole HELLO within hello_timeout_s (a total deadline: trickling bytes does not extend it).
             hello = wire.read_message(sock, WireLimits(limits.max_header_bytes, 0),
-                                      time.monotonic() + limits.hello_timeout_s, limits.message_timeout_s)
+                                      time.monotonic() + limits.hello_timeout_s)
             if hello.type != MessageType.HELLO:
                 raise ProtocolError(f"the first message must be HELLO, got {hello.type.name}")
             refusal = self._accept_hello(conn, hello.header)
+            if refusal is None:
+                refusal = self._admit(conn)
             sock.settimeout(limits.send_timeout_s)
             if refusal is not None:
                 kind, message = refusal
@@ -412,10 +454,17 @@ class OpuService:
                 wire.send_message(sock, MessageType.ERROR, hello.request_id, {"kind": kind, "message": message})
                 return
             wire.send_message(sock, MessageType.WELCOME, hello.request_id, self._welcome(conn))
-            request_limits = WireLimits(limits.max_header_bytes, limits.max_message_bytes)
+
+            def check_header(prefix: wire.Prefix, header: dict[str, Any], spec: Any) -> None:
+                if prefix.type == MessageType.PROJECT:
+                    problem = self._check_shape(conn, None if spec is None else spec[1])
+                    if problem is not None:
+                        raise _RefusedRequest(prefix.request_id, problem)
+
             while not self._stopping:
-                message = wire.read_message(sock, request_limits, time.monotonic() + limits.idle_timeout_s,
-                                            limits.message_timeout_s)
+                message = wire.read_message(sock, self._request_limits(conn),
+                                            time.monotonic() + limits.idle_timeout_s, limits.message_timeout_s,
+                                            check_header)
                 if message.type == MessageType.BYE:
                     return
                 if message.type != MessageType.PROJECT:
@@ -429,6 +478,12 @@ class OpuService:
                 finally:
                     with conn.lock:
                         conn.busy = False
+        except _RefusedRequest as exc:
+            # The shape was refused from the header: the payload stays unread, so the stream cannot continue.
+            self._count(requests=1, request_errors=1)
+            _log.info("client %d (%s): request refused from its header: %s; closing", conn.number, conn.peer,
+                      exc.message)
+            self._send_error_and_close(sock, exc.request_id, "InvalidInputError", exc.message)
         except ProtocolVersionError as exc:
             self._count(protocol_errors=1)
             self._send_error_and_close(sock, 0, "ProtocolVersionError", str(exc))
@@ -456,7 +511,10 @@ class OpuService:
                 sock.close()
             with self._connections_lock:
                 self._connections.pop(conn.number, None)
-            self._count(clients_connected=-1)
+                was_client = conn.authenticated
+                conn.authenticated = False
+            if was_client:
+                self._count(clients_connected=-1)
 
     def _accept_hello(self, conn: _Connection, header: dict[str, Any]) -> tuple[str, str] | None:
         """Fix the connection's settings from its HELLO; (kind, message) when it is refused."""
@@ -490,6 +548,46 @@ class OpuService:
         conn.max_batch = min(max_batch, self.limits.max_batch)
         return None
 
+    def _admit(self, conn: _Connection) -> tuple[str, str] | None:
+        """Move an accepted HELLO's connection from the handshake pool to the clients; a refusal when
+        max_clients clients are served already (or the connection was evicted meanwhile)."""
+        with self._connections_lock:
+            if conn.evicted:
+                return TOO_MANY_CLIENTS_KIND, "the connection was evicted from the handshake pool"
+            clients = sum(1 for c in self._connections.values() if c.authenticated)
+            if clients >= self.limits.max_clients:
+                self._count(connections_refused=1)
+                _log.warning("refused client %d (%s): %d clients already connected", conn.number, conn.peer,
+                             clients)
+                return TOO_MANY_CLIENTS_KIND, f"the service already serves {self.limits.max_clients} clients"
+            conn.authenticated = True
+        self._count(clients_connected=1)
+        return None
+
+    def _request_limits(self, conn: _Connection) -> WireLimits:
+        """What a PROJECT of this connection may carry: once its width is known, max_batch x n_features float64
+        values (never more than max_message_bytes), so a connection cannot make the service hold more."""
+        payload_bytes = self.limits.max_message_bytes
+        if conn.n_features is not None:
+            payload_bytes = min(payload_bytes, conn.max_batch * conn.n_features * 8)
+        return WireLimits(self.limits.max_header_bytes, payload_bytes)
+
+    def _check_shape(self, conn: _Connection, shape: tuple[int, ...] | None) -> str | None:
+        """Why a PROJECT of this shape is refused (checked from its header, before its payload is read)."""
+        if shape is None or len(shape) != 2:
+            return "PROJECT needs a 2-D (batch, n_features) array payload"
+        batch, width = shape
+        if conn.n_features is None:
+            if width < 1:
+                return "errors have zero features"
+            if width > self._device["dmd_width"] * self._device["dmd_height"]:
+                return f"{width} features do not fit the {self._device['dmd_width']}x{self._device['dmd_height']} DMD"
+        elif width != conn.n_features:
+            return f"errors have {width} features; this connection takes {conn.n_features}"
+        if batch > conn.max_batch:
+            return f"a batch of {batch} exceeds max_batch={conn.max_batch}"
+        return None
+
     def _check_features(self, n_features: int) -> str | None:
         """Why n_features cannot be projected (it must fit beside the linear mode's reference), or None."""
         try:
@@ -511,6 +609,8 @@ class OpuService:
             "max_batch": conn.max_batch,
             "max_message_bytes": self.limits.max_message_bytes,
             "max_header_bytes": self.limits.max_header_bytes,
+            "device_fingerprint": self._device["fingerprint"],
+            "frame_time_us": self._device["frame_time_us"],
         }
 
     def _handle_project(self, conn: _Connection, message: wire.Message
@@ -525,19 +625,30 @@ class OpuService:
         assert E is not None
         if E.shape[0] == 0:
             return MessageType.RESULT, {}, np.zeros((0, conn.n_components), dtype=np.float32)
-        request = _Request((E.shape[1], conn.n_components, conn.scheme, conn.n_bits),
-                           np.asarray(E, dtype=np.float64))
+        E64 = np.asarray(E, dtype=np.float64)
+        planes = 1 if conn.n_bits is None and np.isin(E64, (-1.0, 0.0, 1.0)).all() else (conn.n_bits or 8)
+        frames = E.shape[0] * planes * FRAMES_PER_TERNARY[conn.scheme]
+        request = _Request((E.shape[1], conn.n_components, conn.scheme, conn.n_bits), E64,
+                           call_bytes(frames, E.shape[1], conn.n_components))
         with self._cv:
             if self._stopping:
                 request.finish(error=(SHUTDOWN_KIND, "the service is shutting down"))
             else:
                 self._queue.append(request)
                 self._cv.notify_all()
-        if not request.done.wait(self.limits.request_timeout_s):
-            request.abandoned = True
-            self._count(request_errors=1)
-            return MessageType.ERROR, {"kind": "RequestTimeoutError", "message": "the device did not answer within "
-                                       f"{self.limits.request_timeout_s} s"}, None
+        deadline = time.monotonic() + self.limits.request_timeout_s
+        while not request.done.wait(_PEER_POLL_S):
+            if _peer_closed(conn.sock):
+                # The client is gone (it closed, or timed out and dropped the connection): the device skips the
+                # request if it has not taken it yet, and nothing is written.
+                request.abandoned = True
+                self._count(requests_abandoned=1)
+                raise PeerClosedError("the client disconnected while its request waited")
+            if time.monotonic() >= deadline:
+                request.abandoned = True
+                self._count(request_errors=1)
+                return MessageType.ERROR, {"kind": "RequestTimeoutError", "message": "the device did not answer "
+                                           f"within {self.limits.request_timeout_s} s"}, None
         if request.error is not None:
             self._count(request_errors=1)
             kind, text = request.error
@@ -574,18 +685,28 @@ class OpuService:
                     leftover = list(self._queue)
                     self._queue.clear()
                     break
+                # Take queued requests in order while they fit one device call's bounds (at least one request;
+                # a single request above max_device_bytes is split into chunks by project_many itself).
                 taken: list[_Request] = []
-                rows = 0
-                while self._queue and (not taken or rows + self._queue[0].E.shape[0] <= self.limits.max_device_rows):
-                    request = self._queue.popleft()
-                    if not request.abandoned:
-                        taken.append(request)
-                        rows += request.E.shape[0]
+                rows = cost = 0
+                while self._queue:
+                    head = self._queue[0]
+                    if head.abandoned:
+                        self._queue.popleft()
+                        continue
+                    if taken and (rows + head.E.shape[0] > self.limits.max_device_rows
+                                  or cost + head.cost_bytes > self.limits.max_device_bytes):
+                        break
+                    taken.append(self._queue.popleft())
+                    rows += head.E.shape[0]
+                    cost += head.cost_bytes
             groups: dict[tuple, list[_Request]] = {}
             for request in taken:
                 groups.setdefault(request.key, []).append(request)
             for key, requests in groups.items():
-                self._run_group(key, requests)
+                requests = [request for request in requests if not request.abandoned]
+                if requests:
+                    self._run_group(key, requests)
         for request in leftover:
             request.finish(error=(SHUTDOWN_KIND, "the service is shutting down; the request was not run"))
 
@@ -596,7 +717,8 @@ class OpuService:
             linear = self._opu.linear_mode
             linear.layout(n_features)
             # each request encoded on its own (its own bit-plane scale), one device call for all of them
-            results = linear.project_many([request.E for request in requests], n_components, scheme, n_bits)
+            results = linear.project_many([request.E for request in requests], n_components, scheme, n_bits,
+                                          max_call_bytes=self.limits.max_device_bytes)
             self._count(device_calls=1)
         except OpuError as exc:
             _log.warning("device call for %d request(s) failed: %s", len(requests), exc)
@@ -610,6 +732,67 @@ class OpuService:
             return
         for request, out in zip(requests, results):
             request.finish(result=np.ascontiguousarray(out, dtype=np.float32))
+
+
+class _RefusedRequest(Exception):
+    """A PROJECT refused from its header (its payload unread): answered with an ERROR, then the connection
+    closes."""
+
+    def __init__(self, request_id: int, message: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.message = message
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the client closed its side (a non-blocking peek: data waiting means it is still there)."""
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset, or the socket was shut down by stop()
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
+def _frame_time_us(opu: Any) -> int | None:
+    """The camera's frame time (one DMD frame's device time), or None when unknown."""
+    with contextlib.suppress(Exception):
+        value = opu.camera.settings.frame_time_us
+        return int(value) if value is not None else None
+    return None
+
+
+def device_fingerprint(opu: Any) -> str:
+    """A short hash of what fixes the served random matrix B and its scale: the device identity, the camera
+    settings (exposure, frame time, gain, pixel format), the laser power, the linear mode's reference fraction,
+    and the calibration record applied at open (its file and date). Clients compare it across reconnects (with
+    model, serial number and firmware) and refuse results from a service whose fingerprint changed.
+
+    The linear mode's per-size reference calibration is measured by the service after start and is not part of
+    it: it re-measures the same device under the same settings, so B is the same up to measurement noise."""
+    info = opu.info
+    state: dict[str, Any] = {"model": info.model, "serial_number": info.serial_number,
+                             "firmware_version": info.firmware_version}
+    with contextlib.suppress(Exception):
+        camera = opu.camera.settings
+        pixel_format = getattr(camera.pixel_format, "name", camera.pixel_format)
+        state["camera"] = [camera.exposure_us, camera.frame_time_us, camera.gain, str(pixel_format)]
+    with contextlib.suppress(Exception):
+        state["laser_power_mw"] = opu.controller.laser_power_mw
+    with contextlib.suppress(Exception):
+        state["reference_fraction"] = float(opu.linear_mode.reference_fraction)
+    with contextlib.suppress(Exception):
+        applied = opu.calibration
+        if applied is not None:
+            record = applied.record
+            state["calibration"] = [str(record.path), record.created.isoformat(), list(applied.applied)]
+    text = json.dumps(state, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _is_count(value: object) -> bool:
