@@ -35,35 +35,59 @@ def _errors(n_features: int, batch: int, seed: int) -> np.ndarray:
         np.int8)
 
 
-def _client_process(url: str, n_features: int, n_components: int, requests: int, seed: int, start: Any,
-                    done: Any) -> None:
+def _client_process(url: str, n_features: int, n_components: int, requests: int, seed: int, ready: Any,
+                    go: Any, done: Any) -> None:
     import dfa_client
 
     E = _errors(n_features, BATCH, seed)
     with dfa_client.connect(url, n_components, n_features=n_features) as projector:
         projector.project(E[:1])  # connected and warmed up before the common start
-        start.wait()
+        ready.put(seed)
+        if not go.wait(timeout=300):
+            return
         for _ in range(requests):
             projector.project(E)
     done.put(requests * BATCH)
 
 
+def _collect(queue: Any, workers: list, count: int, timeout_s: float) -> list:
+    """``count`` items from ``queue``, failing fast (RuntimeError) when a worker process died."""
+    import queue as queue_module
+
+    items: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(items) < count:
+        try:
+            items.append(queue.get(timeout=0.5))
+        except queue_module.Empty:
+            dead = [w for w in workers if w.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"benchmark client processes failed (exit codes "
+                                   f"{[w.exitcode for w in workers]}) or timed out") from None
+    return items
+
+
 def _service_rate(url: str, n_features: int, n_components: int, n_clients: int, requests: int) -> float:
     """Aggregate vectors/s of ``n_clients`` client processes against the service at ``url``."""
     context = multiprocessing.get_context("spawn")
-    start = context.Barrier(n_clients + 1)
-    done = context.Queue()
+    ready, done, go = context.Queue(), context.Queue(), context.Event()
     workers = [context.Process(target=_client_process,
-                               args=(url, n_features, n_components, requests, 100 + i, start, done))
+                               args=(url, n_features, n_components, requests, 100 + i, ready, go, done))
                for i in range(n_clients)]
     for w in workers:
         w.start()
-    start.wait(timeout=120)
-    t0 = time.perf_counter()
-    total = sum(done.get(timeout=600) for _ in workers)
-    elapsed = time.perf_counter() - t0
-    for w in workers:
-        w.join(timeout=60)
+    try:
+        _collect(ready, workers, n_clients, 120)
+        t0 = time.perf_counter()
+        go.set()
+        total = sum(_collect(done, workers, n_clients, 600))
+        elapsed = time.perf_counter() - t0
+    finally:
+        go.set()
+        for w in workers:
+            w.join(timeout=60)
+            if w.is_alive():
+                w.terminate()
     return total / elapsed
 
 
@@ -90,7 +114,7 @@ def bench_dfa(quick: bool, repeats: int, *, query: str = REFERENCE_QUERY,
             projector.project(E)
             local = BATCH / _median_time_s(lambda: projector.project(E), repeats)
         results.append(BenchResult(f"DFA projections {label}, direct Opu.linear_transform", direct, "vectors/s",
-                                   f"batch {BATCH}, four-frame, reference geometry"))
+                                   f"batch {BATCH}, four-frame, emulator {query}"))
         results.append(BenchResult(f"DFA projections {label}, in-process client", local, "vectors/s",
                                    f"{local / direct:.2f}x direct"))
         with OpuService(sim) as service:
@@ -99,7 +123,7 @@ def bench_dfa(quick: bool, repeats: int, *, query: str = REFERENCE_QUERY,
             rates = {}
             for n_clients in client_counts:
                 runs = [_service_rate(url, n_features, n_components, n_clients, requests)
-                        for _ in range(max(1, repeats // 2 if not quick else 1))]
+                        for _ in range(1 if quick else repeats)]
                 rates[n_clients] = statistics.median(runs)
         for n_clients in client_counts:
             note = (f"overhead {100 * (1 - rates[1] / direct):+.0f}% vs direct (target <= 10%)" if n_clients == 1
