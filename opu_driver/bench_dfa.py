@@ -1,6 +1,7 @@
 """``opu bench --only dfa``: projections per second for DFA, direct and through the client and the service.
 
-Side by side in one run, each the median of ``repeats`` runs, ternary error batches of ``BATCH`` vectors:
+Side by side in one run, ternary error batches of ``BATCH`` vectors, ``repeats`` rounds in each of which every
+case runs once in turn (the ratios are per round, then their median: the shared machine's speed drifts):
 
 - direct: ``Opu.linear_transform`` in this process;
 - in-process client: ``dfa_client.connect("sim://...")`` (the same Opu behind the projector contract);
@@ -104,30 +105,41 @@ def bench_dfa(quick: bool, repeats: int, *, query: str = REFERENCE_QUERY,
     # an exposure that keeps the brightest linear-mode frames below full scale, as calibration would choose
     sim = f"sim://?seed=8&{query}&exposure_us=200"
     requests = 4 if quick else 16
+    rounds = 1 if quick else repeats
     for n_features, n_components in sizes:
         label = f"{n_features} -> {n_components}"
         E = _errors(n_features, BATCH, 1)
-        with open_opu(sim) as opu:
-            opu.linear_transform(E, n_components)  # the reference calibration, once
-            direct = BATCH / _median_time_s(lambda: opu.linear_transform(E, n_components), repeats)
-        with dfa_client.connect(sim, n_components, n_features=n_features) as projector:
-            projector.project(E)
-            local = BATCH / _median_time_s(lambda: projector.project(E), repeats)
-        results.append(BenchResult(f"DFA projections {label}, direct Opu.linear_transform", direct, "vectors/s",
-                                   f"batch {BATCH}, four-frame, emulator {query}"))
-        results.append(BenchResult(f"DFA projections {label}, in-process client", local, "vectors/s",
-                                   f"{local / direct:.2f}x direct"))
-        with OpuService(sim) as service:
+        direct, local = [], []
+        service_rates: dict[int, list[float]] = {n: [] for n in client_counts}
+        # The three run in turn within each round, so that the machine's drifting speed (shared, noisy) hits
+        # all of them alike; the ratios are taken per round, then their median.
+        with open_opu(sim) as opu, dfa_client.connect(sim, n_components, n_features=n_features) as projector, \
+                OpuService(sim) as service:
             host, port = service.address
             url = f"tcp://{host}:{port}"
-            rates = {}
-            for n_clients in client_counts:
-                runs = [_service_rate(url, n_features, n_components, n_clients, requests)
-                        for _ in range(1 if quick else repeats)]
-                rates[n_clients] = statistics.median(runs)
+            opu.linear_transform(E, n_components)  # the reference calibrations, once
+            projector.project(E)
+            for _ in range(rounds):
+                direct.append(requests * BATCH / _median_time_s(
+                    lambda: [opu.linear_transform(E, n_components) for _ in range(requests)], 1))
+                local.append(requests * BATCH / _median_time_s(
+                    lambda: [projector.project(E) for _ in range(requests)], 1))
+                for n_clients in client_counts:
+                    service_rates[n_clients].append(_service_rate(url, n_features, n_components, n_clients,
+                                                                  requests))
+        median = statistics.median
+        one = service_rates[client_counts[0]]
+        results.append(BenchResult(f"DFA projections {label}, direct Opu.linear_transform", median(direct),
+                                   "vectors/s", f"batch {BATCH}, four-frame, emulator {query}"))
+        results.append(BenchResult(f"DFA projections {label}, in-process client", median(local), "vectors/s",
+                                   f"{median([a / b for a, b in zip(local, direct)]):.2f}x direct"))
         for n_clients in client_counts:
-            note = (f"overhead {100 * (1 - rates[1] / direct):+.0f}% vs direct (target <= 10%)" if n_clients == 1
-                    else f"{rates[n_clients] / rates[1]:.2f}x one client (target >= 1)")
+            rates = service_rates[n_clients]
+            if n_clients == client_counts[0]:
+                overhead = median([1 - a / b for a, b in zip(rates, direct)])
+                note = f"overhead {100 * overhead:+.0f}% vs direct (target <= 10%)"
+            else:
+                note = f"{median([a / b for a, b in zip(rates, one)]):.2f}x one client (target >= 1)"
             results.append(BenchResult(f"DFA projections {label}, service, {n_clients} client process"
-                                       f"{'es' if n_clients > 1 else ''}", rates[n_clients], "vectors/s", note))
+                                       f"{'es' if n_clients > 1 else ''}", median(rates), "vectors/s", note))
     return results
