@@ -302,15 +302,7 @@ def test_a_foreign_or_malformed_reply_is_never_returned() -> None:
         "not a result": lambda s, r: wire.send_message(s, MessageType.WELCOME, r.request_id, {}),
     }
     for name, reply in replies.items():
-        listener = socket.create_server(("127.0.0.1", 0))
-        thread = threading.Thread(target=fake_service, args=(listener, reply), daemon=True)
-        thread.start()
-        projector = dfa_client.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", n_components=5, retries=0)
-        with pytest.raises(ProtocolError):
-            projector.project(np.ones((1, 3)))
-        projector.close()
-        thread.join(5)
-        listener.close()
+        _expect_protocol_error(fake_service, reply)
 
 
 # ------------------------------------------------------------------------------------------------ security
@@ -626,15 +618,7 @@ def test_zero_size_shapes_with_huge_dimensions_are_protocol_errors(service) -> N
                          + text)
             read_until_closed(sock, 5)
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    thread = threading.Thread(target=fake_service, args=(listener,), daemon=True)
-    thread.start()
-    projector = dfa_client.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", n_components=5, retries=0)
-    with pytest.raises(ProtocolError):
-        projector.project(np.ones((1, 3)))
-    projector.close()
-    thread.join(5)
-    listener.close()
+    _expect_protocol_error(fake_service)
 
 
 @pytest.mark.parametrize("url", [
@@ -717,3 +701,16 @@ def test_the_client_timeout_grows_with_the_request(service) -> None:
         assert projector.request_timeout_s(small) == pytest.approx(1.0 + 2 * 32 * frame_time_s)
         assert projector.request_timeout_s(large) == pytest.approx(1.0 + 2 * 64 * 32 * frame_time_s)
         assert projector.request_timeout_s(np.ones((64, N_FEATURES))) == pytest.approx(1.0 + 2 * 64 * 4 * frame_time_s)
+
+
+def _expect_protocol_error(fake_service, *args) -> None:
+    """A client of ``fake_service(listener, *args)`` (a hand-written misbehaving service) gets ProtocolError."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=fake_service, args=(listener, *args), daemon=True)
+    thread.start()
+    projector = dfa_client.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", n_components=5, retries=0)
+    with pytest.raises(ProtocolError):
+        projector.project(np.ones((1, 3)))
+    projector.close()
+    thread.join(5)
+    listener.close()
