@@ -218,7 +218,10 @@ class FeedbackProjection:
         Raises:
             InvalidInputError: NaN/Inf, a wrong width or shape (before anything is sent).
         """
-        E, _ = check_errors(errors, self.projector.n_features, np.iinfo(np.int64).max)
+        # The projector's batch limit, checked from the shape before anything is copied (a broadcast view can
+        # declare 10**9 rows for free).
+        max_batch = getattr(self.projector, "max_batch", np.iinfo(np.int64).max)
+        E, _ = check_errors(errors, self.projector.n_features, max_batch)
         if self._scales is None:
             self._scales = self._resolve_scales(E.shape[1])
         column_scale = np.repeat(np.asarray(self._scales, dtype=np.float64), self.layer_sizes)

@@ -71,9 +71,12 @@ def parse_url(url: str) -> DeviceUrl:
     if scheme not in SCHEMES:
         raise UnsupportedUrlError(f"unknown URL scheme {parts.scheme!r} in {url!r}; known: {', '.join(SCHEMES)}")
     try:
-        options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError as exc:
         raise UnsupportedUrlError(f"malformed query in {url!r}") from exc
+    options = dict(pairs)
+    if len(options) != len(pairs):  # a dict would keep only the last of repeated options
+        raise UnsupportedUrlError(f"an option is given twice in {url!r}")
     if scheme == "sim":
         if parts.path not in ("", "/") or (parts.netloc and options):
             raise UnsupportedUrlError(

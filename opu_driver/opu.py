@@ -43,6 +43,9 @@ FRAME_MODES = ("feature", "raw")
 _FEATURE_CHUNK_FRAMES = 1024
 _SATURATION_WARNING = 1e-3  # speckle is exponential: a few saturated pixels are normal, many are not
 _RAW_CHUNK_FRAMES = 32  # a raw frame is 129,960 bytes at the reference geometry, plus its expansion
+MAX_RESULT_BYTES = 1 << 33
+"""The largest result one call returns (8 GiB): a larger batch is refused from its shape, before anything is
+allocated or sent (a broadcast view can declare 10**9 rows for free); split it into several calls."""
 
 
 @dataclass(frozen=True)
@@ -327,10 +330,10 @@ class Opu:
         """
         with self._lock:
             self._require_open()
-            X2, squeeze = self._validate_input(X)
             n_components = self._validate_components(n_components)
-            batch, n_features = X2.shape
             dtype = output_dtype(self.camera.settings.pixel_format)
+            X2, squeeze = self._validate_input(X, n_components * np.dtype(dtype).itemsize)
+            batch, n_features = X2.shape
             out = np.empty((batch, n_components), dtype=dtype)
             if batch:
                 self._prepare(self._layout_for(n_features), n_components)
@@ -359,16 +362,20 @@ class Opu:
             if n_bits is not None and (isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer))
                                        or not 1 <= n_bits <= 16):
                 raise InvalidInputError(f"n_bits must be an integer within 1..16, got {n_bits!r}")
-            E = np.asarray(E) if not isinstance(E, np.ma.MaskedArray) else None
+            try:
+                E = np.asarray(E) if not isinstance(E, np.ma.MaskedArray) else None
+            except (ValueError, TypeError):  # ragged lists and the like
+                E = None
             if E is None or E.dtype.kind not in "biuf":
                 raise InvalidInputError("E must be a real-valued numeric array")
             squeeze = E.ndim == 1
             E2 = E[None, :] if squeeze else E
             if E2.ndim != 2 or E2.shape[1] == 0:
                 raise InvalidInputError(f"E must have shape (batch, n_features), got {E.shape}")
+            n_components = self._validate_components(n_components)
+            _check_result_bytes(E2.shape[0], n_components * 4)
             if E2.dtype.kind == "f" and not np.isfinite(E2).all():
                 raise InvalidInputError("E contains NaN or Inf")
-            n_components = self._validate_components(n_components)
             self._linear = self.linear_mode
             self._linear.layout(E2.shape[1])  # refuses a signal that does not fit beside the reference
             if refresh_reference:
@@ -405,20 +412,22 @@ class Opu:
                     f"the layout is for a {layout.dmd_width}x{layout.dmd_height} DMD; this one is "
                     f"{self.info.dmd_width}x{self.info.dmd_height}"
                 )
-            bits2, _ = self._validate_input(bits)
+            n_components = self._validate_components(n_components)
+            dtype = output_dtype(self.camera.settings.pixel_format)
+            bits2, _ = self._validate_input(bits, n_components * np.dtype(dtype).itemsize)
             if bits2.shape[1] != layout.n_table_features:
                 raise InvalidInputError(
                     f"frames have {bits2.shape[1]} features; the layout's table has {layout.n_table_features}"
                 )
-            n_components = self._validate_components(n_components)
-            dtype = output_dtype(self.camera.settings.pixel_format)
             out = np.empty((bits2.shape[0], n_components), dtype=dtype)
             if bits2.shape[0]:
                 self._prepare(layout, n_components)
                 self._project(bits2, out)
             return out
 
-    def _validate_input(self, X: npt.ArrayLike) -> tuple[np.ndarray, bool]:
+    def _validate_input(self, X: npt.ArrayLike, row_bytes: int = 0) -> tuple[np.ndarray, bool]:
+        """X as a 2-D binary array and whether it was 1-D; ``row_bytes`` (the result's bytes per row) bounds the
+        batch by MAX_RESULT_BYTES before the values are looked at."""
         if isinstance(X, np.ma.MaskedArray):
             raise InvalidInputError("X is a masked array: fill or drop the masked entries first")
         if not isinstance(X, np.ndarray):
@@ -445,6 +454,7 @@ class Opu:
             raise InvalidInputError(
                 f"{X.shape[1]} features exceed the {MAX_FEATURES} a layout table holds; use frame_mode='raw'"
             )
+        _check_result_bytes(X.shape[0], row_bytes)
         if X.dtype != np.bool_:
             # Chunked so that checking a huge batch does not double its memory.
             step = max(1, (1 << 24) // max(1, X.shape[1]))
@@ -464,7 +474,12 @@ class Opu:
         return int(n_components)
 
     def roi_for(self, n_components: int) -> Roi:
-        """The centred, nearly square camera region whose first n_components pixels are the outputs."""
+        """The centred, nearly square camera region whose first n_components pixels are the outputs.
+
+        Raises:
+            InvalidInputError: n_components not an integer within 1..(camera pixels).
+        """
+        n_components = self._validate_components(n_components)
         cam_w, cam_h = self.info.camera_width, self.info.camera_height
         height = min(cam_h, math.isqrt(n_components - 1) + 1)
         width = -(-n_components // height)
@@ -561,6 +576,15 @@ class Opu:
                 _log.warning(
                     "%.2f%% of the outputs are saturated: lower exposure_us, gain or laser power", 100 * fraction
                 )
+
+
+def _check_result_bytes(batch: int, row_bytes: int) -> None:
+    """Refuse a batch whose result would exceed MAX_RESULT_BYTES (from the shape alone: nothing is allocated)."""
+    if batch * row_bytes > MAX_RESULT_BYTES:
+        raise InvalidInputError(
+            f"a batch of {batch} would give a result of {batch * row_bytes} bytes, above the limit of "
+            f"{MAX_RESULT_BYTES}; split it into smaller calls"
+        )
 
 
 def open(url: str = "sim://", **settings: Any) -> Opu:  # noqa: A001 - mirrors builtins.open on purpose

@@ -12,7 +12,12 @@ import numpy.typing as npt
 
 from ..errors import InvalidInputError
 
-__all__ = ["is_int", "is_number", "check_components", "check_seed", "correlation"]
+__all__ = ["is_int", "is_number", "check_components", "check_features", "check_count", "check_seed", "correlation",
+           "MAX_COUNT"]
+
+MAX_COUNT = 1 << 20
+"""The most frames, vectors or probes one routine argument may ask for (about a million: minutes to hours of
+device time). Larger counts are refused before anything is allocated or sent."""
 
 
 def is_int(value: object, low: int | None = None) -> bool:
@@ -35,6 +40,21 @@ def check_components(opu, n_components: object) -> None:
         raise InvalidInputError(
             f"n_components must be an integer within 1..{n_pixels} (camera pixels), got {n_components!r}"
         )
+
+
+def check_features(opu, n_features: object, low: int = 1) -> None:
+    """Refuse an ``n_features`` that is not an integer within low..(DMD mirrors)."""
+    n_mirrors = opu.info.dmd_width * opu.info.dmd_height
+    if not is_int(n_features, low) or n_features > n_mirrors:
+        raise InvalidInputError(
+            f"n_features must be an integer within {low}..{n_mirrors} (DMD mirrors), got {n_features!r}"
+        )
+
+
+def check_count(value: object, name: str, low: int) -> None:
+    """Refuse a count of frames, vectors or probes that is not an integer within low..MAX_COUNT."""
+    if not is_int(value, low) or value > MAX_COUNT:
+        raise InvalidInputError(f"{name} must be an integer within {low}..{MAX_COUNT}, got {value!r}")
 
 
 def check_seed(seed: object) -> None:

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
+from ._checks import check_components, check_count, is_number
 
 __all__ = ["DarkResult", "measure_dark"]
 
@@ -81,10 +82,12 @@ def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shut
     """
     if method not in METHODS:
         raise InvalidInputError(f"method={method!r}; choose one of {METHODS}")
+    check_components(opu, n_components)  # before the shutter closes: nothing is sent for bad arguments
     if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 2:
         raise InvalidInputError(f"n_frames must be an integer >= 2 (a temporal spread needs two), got {n_frames!r}")
-    if not hot_sigma > 0:
-        raise InvalidInputError(f"hot_sigma must be > 0, got {hot_sigma!r}")
+    check_count(n_frames, "n_frames", 2)
+    if not is_number(hot_sigma) or not hot_sigma > 0:
+        raise InvalidInputError(f"hot_sigma must be a finite number > 0, got {hot_sigma!r}")
     controller = opu.controller
     was_open, was_on = controller.shutter_is_open, controller.laser_is_on
     try:

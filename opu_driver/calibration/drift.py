@@ -50,7 +50,7 @@ import tqdm
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, SCHEMES
-from ._checks import check_components, check_seed, correlation, is_int, is_number
+from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int, is_number
 
 __all__ = ["DriftSample", "DriftResult", "DriftMonitor", "measure_drift", "check_drift", "default_threshold",
            "THRESHOLD_SIGMAS", "MIN_DROP"]
@@ -199,9 +199,9 @@ def _validated_record(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, thres
         raise InvalidInputError("probes must be ternary (-1, 0, 1) with a nonzero entry in every probe")
     if baseline.ndim != 2 or baseline.shape[0] != probes.shape[0] or baseline.dtype.kind not in "biuf":
         raise InvalidInputError(f"baseline must be (n_probes={probes.shape[0]}, n_components), got {baseline.shape}")
+    check_components(opu, baseline.shape[1])  # from the shape, before a huge baseline is scanned
     if not np.isfinite(baseline).all():
         raise InvalidInputError("baseline contains NaN or Inf")
-    check_components(opu, baseline.shape[1])
     if not baseline.any():
         raise InvalidInputError("baseline is all zero")
     return probes.astype(np.int8), baseline.astype(np.float32)
@@ -273,6 +273,8 @@ class DriftMonitor:
         if not is_int(n_probes, 3):
             raise InvalidInputError(f"n_probes must be an integer >= 3 (the spread needs a jackknife), got "
                                     f"{n_probes!r}")
+        check_count(n_probes, "n_probes", 3)
+        check_features(opu, n_features)
         _check_scheme(scheme)
         if threshold is not None:
             _check_threshold(threshold)

@@ -36,7 +36,7 @@ import tqdm
 
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, SCHEMES
-from ._checks import check_components, check_seed, correlation, is_int
+from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int
 
 __all__ = ["FidelityRow", "FidelityResult", "measure_fidelity", "row_label", "correlation"]
 
@@ -189,6 +189,8 @@ def measure_fidelity(
         raise InvalidInputError(f"n_features must be an integer >= 2 (a and b need disjoint supports), "
                                 f"got {n_features!r}")
     check_components(opu, n_components)
+    check_features(opu, n_features, 2)
+    check_count(n_vectors, "n_vectors", 2)
     if not is_int(n_vectors, 2):
         raise InvalidInputError(f"n_vectors must be an integer >= 2 (a correlation needs two), got {n_vectors!r}")
     schemes = tuple(schemes) if isinstance(schemes, (tuple, list)) else (schemes,)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import MAX_FRAME_ID, decode_pixels
+from ._checks import check_components, check_count, check_features, is_number
 
 __all__ = ["LatencyResult", "measure_latency"]
 
@@ -56,6 +57,11 @@ def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_compone
             raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
     if max_lag_frames >= n_frames:
         raise InvalidInputError("max_lag_frames must be smaller than n_frames")
+    check_count(n_frames, "n_frames", 8)
+    check_features(opu, n_features)
+    check_components(opu, n_components)
+    if not is_number(timeout_s) or not timeout_s > 0:
+        raise InvalidInputError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
     # One ordinary projection loads a layout and sets the camera region; the patterns then reuse them.
     opu.transform(np.zeros((1, n_features), dtype=np.uint8), n_components)
     rng = np.random.default_rng(secrets.randbits(32))

@@ -53,7 +53,7 @@ from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, SCHEMES
 from ..protocol import MAX_FEATURES, bits_per_pixel
-from ._checks import check_components, check_seed, correlation, is_int
+from ._checks import check_components, check_count, check_seed, correlation, is_int
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
 
 __all__ = ["MatrixResult", "estimate_matrix", "PROBES"]
@@ -208,6 +208,7 @@ def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout
     for name, value in (("n_holdout", n_holdout), ("n_repeats", n_repeats)):
         if not is_int(value, 1):
             raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        check_count(value, name, 1)
     if not isinstance(nonlinear_check, (bool, np.bool_)):
         raise InvalidInputError(f"nonlinear_check must be True or False, got {nonlinear_check!r}")
     if not isinstance(progress, (bool, np.bool_)):
@@ -229,6 +230,8 @@ def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout
         return order
     if n_probes is None:
         return 2 * int(n_features)
+    if is_int(n_probes, n_features):
+        check_count(n_probes, "n_probes", int(n_features))
     if not is_int(n_probes, n_features):
         raise InvalidInputError(
             f"random probes need n_probes >= n_features = {n_features} (least squares), got {n_probes!r}"

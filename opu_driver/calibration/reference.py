@@ -16,6 +16,7 @@ import numpy as np
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..linear import ReferenceCalibration
+from ._checks import check_count
 
 __all__ = ["ReferenceResult", "measure_reference", "install_reference", "reference_layout"]
 
@@ -85,6 +86,7 @@ def measure_reference(opu, n_features: int, n_components: int, n_frames: int = 3
     _check_sizes(opu, n_features, n_components)
     if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 2:
         raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
+    check_count(n_frames, "n_frames", 2)
     linear = opu.linear_mode
     linear.layout(n_features)  # refuses a signal that does not fit beside the reference, before any frame
     previous = linear.calibration_frames

@@ -21,7 +21,7 @@ import tqdm
 from ..devices.camera import Roi
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
-from ._checks import check_components, check_seed, is_int
+from ._checks import check_components, check_count, check_features, check_seed, is_int
 from .dark import DarkResult
 
 __all__ = ["RoiResult", "measure_roi", "intensity_autocorrelation", "half_width_px", "stride_for",
@@ -327,6 +327,8 @@ def measure_roi(
     check_components(opu, n_components)
     if not is_int(n_features, 2):
         raise InvalidInputError(f"n_features must be an integer >= 2 (half of them ON), got {n_features!r}")
+    check_features(opu, n_features, 2)
+    check_count(n_frames, "n_frames", 2)
     if not is_int(n_frames, 2):
         raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
     if not is_int(max_lag_px, 1):

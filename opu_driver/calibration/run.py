@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import InvalidInputError
+from ._checks import check_components, check_features
 from .apply import apply_record, record_settings
 from .dark import DarkResult
 from .store import CalibrationError, CalibrationRecord, CalibrationStore
@@ -65,7 +66,8 @@ class CalibrationPlan:
             raise InvalidInputError(f"dark_method={self.dark_method!r}; choose 'shutter' or 'laser_off'")
         if self.matrix_probes not in ("hadamard", "random"):
             raise InvalidInputError(f"matrix_probes={self.matrix_probes!r}; choose 'hadamard' or 'random'")
-        if not 0 <= self.max_saturated_fraction < 1:
+        if isinstance(self.max_saturated_fraction, bool) or not isinstance(
+                self.max_saturated_fraction, (int, float, np.integer, np.floating)) or not 0 <= self.max_saturated_fraction < 1:
             raise InvalidInputError(f"max_saturated_fraction must be within [0, 1), got {self.max_saturated_fraction}")
 
 
@@ -195,9 +197,14 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
         on_result: called with (name, result) after each routine (the CLI prints from it).
 
     Raises:
-        InvalidInputError: unknown routine names, or resume without "all" (before anything is sent).
+        InvalidInputError: unknown routine names, resume without "all", or a plan that is not a CalibrationPlan or
+            whose sizes do not fit the device (before anything is sent).
     """
     plan = plan or CalibrationPlan()
+    if not isinstance(plan, CalibrationPlan):
+        raise InvalidInputError(f"plan must be a CalibrationPlan or None, got {type(plan).__name__}")
+    check_components(opu, plan.n_components)  # the plan's sizes must fit this device: refused before any traffic
+    check_features(opu, plan.n_features)
     names = list(ROUTINES) if list(routines) == ["all"] else list(routines)
     unknown = [n for n in names if n not in ROUTINES]
     if unknown or not names or len(set(names)) != len(names):

@@ -49,6 +49,8 @@ _LUT_DTYPES = {np.dtype(np.bool_), np.dtype(np.uint8), np.dtype(np.int8), np.dty
 # --------------------------------------------------------------------------------------------- helpers
 def _as_batch(X: npt.ArrayLike, name: str = "X") -> tuple[np.ndarray, bool]:
     """Return (2-D array, input_was_1d) after the dtype and shape checks (not the finiteness check)."""
+    if isinstance(X, np.ma.MaskedArray):  # np.asarray would silently encode the hidden values
+        raise InvalidInputError(f"{name} is a masked array: fill or drop the masked entries first")
     try:
         arr = np.asarray(X)
     except (ValueError, TypeError) as exc:
