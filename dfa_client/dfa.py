@@ -234,7 +234,11 @@ class FeedbackProjection:
             effective = codes.astype(np.float64)
         else:
             ones = np.ones((1, E.shape[1]), dtype=np.int8)
-            both = np.asarray(self.projector.project(np.vstack([codes, ones])), dtype=np.float64)
+            if E.shape[0] < max_batch:
+                both = np.asarray(self.projector.project(np.vstack([codes, ones])), dtype=np.float64)
+            else:  # a full batch: the all-ones row goes in a call of its own
+                both = np.vstack([np.asarray(self.projector.project(codes), dtype=np.float64),
+                                  np.asarray(self.projector.project(ones), dtype=np.float64)])
             mean = codes.mean(axis=1, keepdims=True, dtype=np.float64)
             projected = (both[:-1] - mean * both[-1])[:, :self.n_components]
             effective = codes - mean

@@ -347,3 +347,15 @@ def test_helpers_import_only_numpy_and_the_standard_library():
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_full_batch_of_ternary_errors_is_projected_with_its_centring_row():
+    import dfa_client
+    from dfa_client import FeedbackProjection
+
+    with dfa_client.connect("digital://?seed=3", n_components=12, max_batch=8) as projector:
+        feedback = FeedbackProjection(projector, [6, 6], encoding="ternary")
+        E = np.random.default_rng(0).normal(size=(8, 4))
+        full = feedback.project(E)  # 8 codes + the all-ones row exceed max_batch: two calls
+        assert full.shape == (8, 12)
+        np.testing.assert_allclose(full[:4], feedback.project(E[:4]), rtol=1e-5, atol=1e-6)
