@@ -216,7 +216,9 @@ def array_spec(header: dict[str, Any], payload_bytes: int) -> tuple[np.dtype, tu
         if payload_bytes:
             raise ProtocolError(f"{payload_bytes} payload bytes without a dtype and shape in the header")
         return None
-    dtype = ARRAY_DTYPES.get(header.get("dtype"))  # type: ignore[arg-type]
+    name = header.get("dtype")
+    # Only a string can name a dtype: a JSON list or object (unhashable) must be refused, not crash the lookup.
+    dtype = ARRAY_DTYPES.get(name) if isinstance(name, str) else None
     if dtype is None:
         raise ProtocolError(f"payload dtype {header.get('dtype')!r}: the format allows {sorted(ARRAY_DTYPES)}")
     shape = header.get("shape")

@@ -186,6 +186,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from .fuzz import PARSERS, format_report, run_fuzz
+
+    parsers = PARSERS if args.parser == "all" else (args.parser,)
+    reports = run_fuzz(parsers, cases=args.cases, seed=args.seed, progress=not args.no_progress)
+    print(format_report(reports))
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opu", description="Drive an optical processing unit (OPU) or its emulator.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
@@ -257,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 600; clients reconnect by themselves)")
     p.add_argument("--shutdown-timeout-s", type=float, default=10.0, help="how long a stop waits for requests")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("fuzz", help="fuzz the packet parsers (driver, firmware) and the service's message parser; "
+                       "exit 1 on any undocumented exception")
+    p.add_argument("--cases", type=int, default=100_000, help="cases per parser (default: 100000)")
+    p.add_argument("--parser", choices=["driver", "firmware", "service", "all"], default="all",
+                   help="which parser (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cases (case i of a seed is always the same)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fuzz)
     return parser
 
 
