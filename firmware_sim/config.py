@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, quote
 
 from opu_driver.errors import ConfigurationError
 
+from .faults import FAULT_KINDS, FaultPlan
+
 __all__ = ["SimConfig", "QUERY_KEYS"]
 
 logger = logging.getLogger(__name__)
@@ -158,6 +160,11 @@ QUERY_KEYS: tuple[_QueryKey, ...] = (
         "MAJOR.MINOR.PATCH, major/minor 0..99, patch 0..255",
         "firmware version",
     ),
+    _QueryKey(
+        "faults", ("faults",), str,
+        "comma-separated NAME:RATE, a probability per event, or NAME@K, at the K-th event",
+        "faults to inject, drawn from the seed: " + ", ".join(FAULT_KINDS),
+    ),
 )
 
 _KEYS_BY_NAME: dict[str, _QueryKey] = {entry.key: entry for entry in QUERY_KEYS}
@@ -203,6 +210,7 @@ class SimConfig:
     model: str = "OPU-1"
     serial_number: str = ""
     firmware_version: tuple[int, int, int] = (1, 0, 0)
+    faults: str = ""
 
     def __post_init__(self) -> None:
         self._validate()
@@ -292,6 +300,13 @@ class SimConfig:
                 f"firmware_version must be (major, minor, patch) with major/minor 0..99 (BCD in bcdDevice) "
                 f"and patch 0..255, got {version!r}"
             )
+        # A FaultPlan or its text; kept as the canonical text so that configs stay hashable and to_query() exact.
+        self._set("faults", str(FaultPlan.parse(self.faults)))
+
+    @property
+    def fault_plan(self) -> FaultPlan:
+        """The faults to inject (:class:`~firmware_sim.faults.FaultPlan`; empty: none)."""
+        return FaultPlan.parse(self.faults)
 
     # ------------------------------------------------------------------------------------------ queries
     @classmethod
@@ -360,6 +375,8 @@ class SimConfig:
         for entry in QUERY_KEYS:
             if entry.key == "serial":
                 default_text = "SIM-<seed, 8 digits>"
+            elif entry.key == "faults":
+                default_text = "none"
             else:
                 default_text = _format_value(entry.key, tuple(getattr(default, name) for name in entry.fields))
             rows.append((entry.key, f"{entry.meaning} ({entry.allowed})", default_text))

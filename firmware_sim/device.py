@@ -37,6 +37,7 @@ from opu_driver.errors import ConfigurationError
 
 from . import wire
 from .controller import ControllerLine
+from .faults import FaultInjector, FaultPlan
 from .wire import BLANK_FRAME_ID, ErrorCode, PixelFormat
 
 if TYPE_CHECKING:
@@ -232,6 +233,8 @@ class EmulatedDevice:
         self._writers = self._build_writers()
         self.connected = True
         self.plug_generation = 0
+        # The fault plan lives outside the device model: a reset (even an injected one) keeps it.
+        self.faults = FaultInjector(getattr(config, "faults", ""), int(config.seed))
         self.reset()
         _log.info("emulated OPU %s: serial %s, DMD %dx%d, camera %dx%d, lag %d", self._name,
                   config.serial_number, self._dmd_width, self._dmd_height, self._cam_width, self._cam_height,
@@ -295,6 +298,12 @@ class EmulatedDevice:
     def reset(self) -> None:
         """Power-on state: default settings from the config, empty memories, counters and device time at 0."""
         with self._lock:
+            self._reset_usb_side(keep_fifo=False)
+            self.controller.power_on()
+
+    def _reset_usb_side(self, keep_fifo: bool) -> None:
+        """The USB microcontroller restarts: registers, sequence memory, layout and lag pipeline lost."""
+        with self._lock:
             config = self._config
             self._roi = (0, 0, self._cam_width, self._cam_height)
             self._bench_roi: tuple[int, int, int, int] | None = None
@@ -318,10 +327,10 @@ class EmulatedDevice:
             self._layout_runs: npt.NDArray[np.uint32] | None = None
             self._expansion: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
             self._bench.clear_layout()
-            self._fifo = bytearray()
+            if not keep_fifo:
+                self._fifo = bytearray()
+                self._serial_out = bytearray()
             self._parser.reset()
-            self._serial_out = bytearray()
-            self.controller.power_on()
 
     def unplug(self) -> None:
         """The cable is pulled: the device disappears from the bus and the serial line goes dead."""
@@ -346,6 +355,16 @@ class EmulatedDevice:
     def clear_interlock_cause(self) -> None:
         with self._lock:
             self.controller.clear_interlock_cause()
+
+    def set_faults(self, plan: FaultPlan | str) -> None:
+        """Install a fault plan (or its text, "" for none) on this device; counts start afresh."""
+        self.faults.set_plan(plan)
+        _log.info("%s: fault plan %r", self._name, str(self.faults.plan))
+
+    @property
+    def fault_counts(self) -> dict[str, dict[str, int]]:
+        """Events seen and faults injected, per fault kind (firmware_sim.faults)."""
+        return self.faults.counts()
 
     def inject_in_bytes(self, data: bytes) -> None:
         """Put raw bytes on the camera stream (junk, corrupted packets) as a faulty link would."""
@@ -578,6 +597,8 @@ class EmulatedDevice:
                 return ErrorCode.E_EMPTY
             if self.controller.trigger_mode == "SOFT":
                 self._running = True
+            elif self.faults.active and self.faults.fire("reset"):
+                self._reset_mid_sequence()
             else:
                 self._run_queue()
             return ErrorCode.E_NONE
@@ -716,6 +737,15 @@ class EmulatedDevice:
         self._queued_raw_bytes = 0
         self._capture(self._display(frames))
 
+    def _reset_mid_sequence(self) -> None:
+        """Injected fault: the first half of the queue is shown and sent, then the USB side resets."""
+        frames = list(self._queue)
+        shown = frames[:len(frames) // 2]
+        if shown:
+            self._capture(self._display(shown))
+        _log.info("%s: injected reset after %d of %d frames", self._name, len(shown), len(frames))
+        self._reset_usb_side(keep_fifo=True)
+
     def _display(self, frames: list[_Frame]) -> list[_Frame]:
         """Show frames on the DMD in order; return what each exposure sees (the frame k triggers earlier)."""
         self._dmd_frame_count += len(frames)
@@ -771,7 +801,7 @@ class EmulatedDevice:
                 flags = np.where(np.any(counts >= full_scale, axis=1), wire.FLAG_SATURATED, 0)
                 if not light_on:
                     flags = flags | wire.FLAG_DARK
-                self._fifo += wire.encode_camera_frames(
+                packets = wire.encode_camera_frames(
                     (self._cam_frame_count + index) & 0xFFFFFFFF,
                     [f.frame_id for f in batch],
                     self._device_time_us + index * self._frame_time_us,
@@ -779,6 +809,9 @@ class EmulatedDevice:
                     exposure_us=self._exposure_us, roi=roi, pixel_format=self._pixel_format,
                     pixels=wire.pack_pixels(self._pixel_format, counts),
                 )
+                if self.faults.active:
+                    packets = self.faults.camera_packets(bytes(packets), len(packets) // len(batch))
+                self._fifo += packets
                 self._counters["frames_computed"] += len(batch)
             start += len(group)
 
@@ -805,6 +838,8 @@ class EmulatedDevice:
                 return len(data)
             reply = self.controller.feed(data)
             if reply:
+                if self.faults.active:
+                    reply = self.faults.serial_garbage() + reply
                 self._append_serial(reply)
             return len(data)
 

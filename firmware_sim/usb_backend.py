@@ -9,12 +9,16 @@
 - bulk OUT 0x01 into the firmware's packet parser; bulk IN 0x81 from its camera FIFO, filling pyusb's buffer
   in place and returning the count. An empty FIFO raises ``usb.core.USBTimeoutError`` at once: the emulated
   device is synchronous, so no frame can arrive while the caller waits;
-- an unplugged (or released) device raises errno ENODEV, also on handles opened before it came back.
+- an unplugged (or released) device raises errno ENODEV, also on handles opened before it came back;
+- the device's fault plan (firmware_sim.faults) acts here on the bulk endpoints: ``stall`` halts an endpoint
+  (EPIPE on every transfer until ``clear_halt``), ``timeout`` fails a read that had data (at once, as an empty
+  FIFO does: nothing is consumed), ``slow`` delays a read.
 """
 from __future__ import annotations
 
 import errno
 import struct
+import time
 from array import array
 from types import SimpleNamespace
 from typing import Any, Iterable
@@ -23,6 +27,7 @@ import usb.backend
 import usb.core
 
 from .device import EP_CAMERA_IN, EP_DMD_OUT, EmulatedDevice
+from .faults import SLOW_DELAY_S
 
 __all__ = ["EmulatorBackend", "get_backend"]
 
@@ -218,7 +223,7 @@ class EmulatorBackend(usb.backend.IBackend):
         self._device(dev_handle)
 
     def clear_halt(self, dev_handle: _Handle, ep: int) -> None:
-        self._device(dev_handle)
+        self._device(dev_handle).faults.clear_halt(ep)
 
     def reset_device(self, dev_handle: _Handle) -> None:
         self._device(dev_handle).reset()
@@ -238,6 +243,13 @@ class EmulatorBackend(usb.backend.IBackend):
         device = self._device(dev_handle)
         if ep != EP_DMD_OUT:
             raise usb.core.USBError("Invalid parameter", _LIBUSB_ERROR_INVALID_PARAM, errno.EINVAL)
+        faults = device.faults
+        if faults.active:
+            if faults.is_halted(ep):
+                raise _stall()
+            if len(data) and faults.fire("stall"):
+                faults.halt(ep)
+                raise _stall()
         return device.usb_bulk_write(EP_DMD_OUT, data)
 
     def bulk_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array, timeout: int) -> int:
@@ -245,6 +257,18 @@ class EmulatorBackend(usb.backend.IBackend):
         if ep != EP_CAMERA_IN:
             raise usb.core.USBError("Invalid parameter", _LIBUSB_ERROR_INVALID_PARAM, errno.EINVAL)
         target = memoryview(buff).cast("B")
+        faults = device.faults
+        if faults.active:
+            if faults.is_halted(ep):
+                raise _stall()
+            if device.in_fifo_bytes:
+                if faults.fire("stall"):
+                    faults.halt(ep)
+                    raise _stall()
+                if faults.fire("timeout"):
+                    raise usb.core.USBTimeoutError("Operation timed out", _LIBUSB_ERROR_TIMEOUT, errno.ETIMEDOUT)
+                if faults.fire("slow"):
+                    time.sleep(SLOW_DELAY_S)
         data = device.usb_bulk_read(EP_CAMERA_IN, len(target))
         if not data:
             raise usb.core.USBTimeoutError("Operation timed out", _LIBUSB_ERROR_TIMEOUT, errno.ETIMEDOUT)

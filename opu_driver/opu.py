@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .acquisition import AcquisitionCounters, Expected, SequenceRunner
+from .acquisition import AcquisitionCounters, Expected, RetryPolicy, SequenceRunner
 from .connection import Connection, connect
 from .devices.camera import Camera, CameraSettings, Roi
 from .devices.controller import Controller
@@ -68,6 +68,11 @@ class OpuSettings:
             :mod:`opu_driver.calibration.apply`.
         calibration_max_age_s: a record older than this is applied with a CalibrationWarning.
         drift_check: at open, re-project the record's drift probes and warn when they no longer match.
+        retries: how many times a sequence that lost or spoiled camera frames (timeout, stall, corrupt packet,
+            dropped frames, device reset) is run again for the frames still missing, after abort, drain and a
+            check that the device still holds the layout and camera settings; 0 raises the first such fault.
+            See :class:`~opu_driver.acquisition.RetryPolicy` and docs/reliability.md.
+        retry_backoff_s: wait before the first retry, doubled for each further one (at most 0.5 s).
     """
 
     layout: str = "lined"
@@ -85,6 +90,8 @@ class OpuSettings:
     calibration: str | os.PathLike[str] | None = "auto"
     calibration_max_age_s: float = 7 * 86400.0
     drift_check: bool = True
+    retries: int = 0
+    retry_backoff_s: float = 0.01
 
     def __post_init__(self) -> None:
         for name in ("exposure_us", "frame_time_us", "chunk_frames", "macro_px"):
@@ -125,6 +132,16 @@ class OpuSettings:
             raise ConfigurationError(f"calibration_max_age_s must be a number > 0, got {self.calibration_max_age_s!r}")
         if not isinstance(self.drift_check, bool):
             raise ConfigurationError(f"drift_check must be True or False, got {self.drift_check!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, (int, np.integer)) \
+                or not 0 <= self.retries <= 100:
+            raise ConfigurationError(f"retries must be an integer within 0..100, got {self.retries!r}")
+        if isinstance(self.retry_backoff_s, bool) or not isinstance(
+                self.retry_backoff_s, (int, float, np.integer, np.floating)) \
+                or not (math.isfinite(self.retry_backoff_s) and 0 <= self.retry_backoff_s <= 10):
+            raise ConfigurationError(f"retry_backoff_s must be a number within 0..10, got {self.retry_backoff_s!r}")
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(retries=int(self.retries), backoff_s=float(self.retry_backoff_s))
 
     def explicit_record_settings(self) -> dict[str, Any]:
         """The settings given explicitly, as a calibration record stores them (the keys a record must match)."""
@@ -210,7 +227,8 @@ class Opu:
             if self.settings.laser_on:
                 self.controller.laser_on()
                 self.controller.open_shutter()
-            self._runner = SequenceRunner(self.dmd, self.camera, self.settings.timeout_s, self.settings.max_lag_frames)
+            self._runner = SequenceRunner(self.dmd, self.camera, self.settings.timeout_s, self.settings.max_lag_frames,
+                                          policy=self.settings.retry_policy(), link=self._link)
             self._runner.recover()  # frames an earlier session left queued or unread must not reach this one
             self._runner.counters.recoveries = 0
             if self.settings.calibration is not None:
@@ -303,7 +321,7 @@ class Opu:
 
     @property
     def counters(self) -> AcquisitionCounters:
-        """Sequences, frames sent and matched, discarded frames, learned lag."""
+        """Sequences, frames sent and matched, discarded frames, learned lag, faults seen, retries, recoveries."""
         self._require_open()
         assert self._runner is not None
         return self._runner.counters
@@ -508,6 +526,24 @@ class Opu:
             self.dmd.load_layout(layout)
         self._plan = _Plan(layout, roi, n_components)
 
+    def _restore_device_state(self, layout: Layout) -> None:
+        """Before a retry: put back what a device reset loses (camera registers, the layout table).
+
+        The camera settings are read back from the device and compared with what the driver set; the layout is
+        checked through LAYOUT_FEATURES. Only what differs is written again.
+        """
+        assert self._runner is not None
+        wanted = self.camera.settings
+        actual = self.camera._read_settings()
+        if actual != wanted:
+            self._runner.counters.resets_detected += 1
+            _log.warning("the device lost its camera settings (a reset?): it has %s; writing %s again", actual, wanted)
+            self.camera._settings = actual  # write from what the device holds, in an order it accepts
+            self.camera.configure(wanted)
+        if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
+            _log.warning("the device lost its layout table (a reset?): loading it again")
+            self.dmd.load_layout(layout)
+
     def _check_dark(self) -> None:
         """A dark frame: fine if the user switched the light off, an error if the device did it."""
         if self._dark_checked:
@@ -567,7 +603,8 @@ class Opu:
                 pixels = decode_pixels(pixel_format, frame.pixels, n_pixels)
                 out[offset + index] = pixels[:n_components]
 
-            self._runner.run(block.shape[0], queue, queue_blank, sink, expected, capacity)
+            self._runner.run(block.shape[0], queue, queue_blank, sink, expected, capacity,
+                             restore=lambda: self._restore_device_state(layout))
             start += block.shape[0]
         if self._runner.counters.saturated_frames > saturated_before:
             full_scale = (1 << bits_per_pixel(pixel_format)) - 1

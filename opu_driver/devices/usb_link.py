@@ -17,6 +17,8 @@ from ..protocol import (
     bulk_write_timeout_s,
     CameraFrame,
     DeviceErrorCode,
+    EP_CAMERA_IN,
+    EP_DMD_OUT,
     PacketFault,
     PacketParser,
     PacketType,
@@ -52,6 +54,8 @@ class UsbLink:
         self.faults: deque[PacketFault] = deque(maxlen=64)  # the latest corrupt packets, for diagnostics
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.packet_faults = 0  # corrupt packets received (CRC, length, type), all time
+        self.halts_cleared = 0
 
     # -- registers ---------------------------------------------------------------------------------
     def read_register(self, register: Register | int) -> int:
@@ -119,6 +123,7 @@ class UsbLink:
                     yield item
                 else:
                     self.faults.append(item)
+                    self.packet_faults += 1
                     raise item.to_error()
             if remaining == 0:
                 return
@@ -146,6 +151,10 @@ class UsbLink:
                 break
             try:
                 chunk = self.transport.bulk_read(_READ_CHUNK_BYTES, timeout_s=timeout_s)
+            except StallError:
+                if not self._clear_halt(EP_CAMERA_IN):
+                    break
+                continue
             except CommunicationError:
                 break
             if not chunk:
@@ -155,6 +164,20 @@ class UsbLink:
         if discarded:
             _log.info("drained %d stale bytes from the camera endpoint", discarded)
         return discarded
+
+    def clear_halts(self) -> None:
+        """Clear both bulk endpoints' halts (after a stall, or to be sure before a retry); never raises."""
+        for endpoint in (EP_DMD_OUT, EP_CAMERA_IN):
+            self._clear_halt(endpoint)
+
+    def _clear_halt(self, endpoint: int) -> bool:
+        try:
+            self.transport.clear_halt(endpoint)
+        except Exception as exc:  # a device that is gone: the caller's own error says so
+            _log.warning("could not clear the halt of endpoint %#04x: %s", endpoint, exc)
+            return False
+        self.halts_cleared += 1
+        return True
 
     def reset_stream(self) -> None:
         """Forget any partial packet (after an abort or a reset)."""

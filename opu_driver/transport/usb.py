@@ -357,6 +357,18 @@ class UsbTransport:
             raise CommunicationError(f"bulk write: the device took {written} of {len(buffer)} bytes")
         return written
 
+    def clear_halt(self, endpoint: int) -> None:
+        """Clear a stalled (halted) bulk endpoint, as the host must before the endpoint works again.
+
+        Harmless on an endpoint that is not halted. Raises ConnectionLostError when the device is gone.
+        """
+        dev = self._device("clear halt")
+        try:
+            dev.clear_halt(endpoint)
+        except usb.core.USBError as exc:
+            raise _map_usb_error(exc, f"clearing the halt of endpoint {endpoint:#04x}") from exc
+        logger.debug("cleared the halt of endpoint %#04x", endpoint)
+
     def bulk_read(self, max_bytes: int, timeout_s: float) -> bytes:
         """Read up to ``max_bytes`` from the CAMERA IN endpoint (0x81); returns what arrived (maybe empty).
 
