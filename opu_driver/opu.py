@@ -70,7 +70,8 @@ class OpuSettings:
         drift_check: at open, re-project the record's drift probes and warn when they no longer match.
         retries: how many times a sequence that lost or spoiled camera frames (timeout, stall, corrupt packet,
             dropped frames, device reset) is run again for the frames still missing, after abort, drain and a
-            check that the device still holds the layout and camera settings; 0 raises the first such fault.
+            check that the device still holds the layout and camera settings; 0 raises the first such fault. The
+            default, 2, lets a long run ride out a transient fault; every retry is counted and logged.
             See :class:`~opu_driver.acquisition.RetryPolicy` and docs/reliability.md.
         retry_backoff_s: wait before the first retry, doubled for each further one (at most 0.5 s).
     """
@@ -90,7 +91,7 @@ class OpuSettings:
     calibration: str | os.PathLike[str] | None = "auto"
     calibration_max_age_s: float = 7 * 86400.0
     drift_check: bool = True
-    retries: int = 0
+    retries: int = 2
     retry_backoff_s: float = 0.01
 
     def __post_init__(self) -> None:

@@ -38,6 +38,13 @@ def quiet_opu():
         yield opu
 
 
+@pytest.fixture
+def strict_opu():
+    """No retries: the first fault is raised (the typed errors of the reliability contract)."""
+    with opu_driver.open(SMALL_SIM + "&noise=0&seed=5", retries=0) as opu:
+        yield opu
+
+
 def test_info_is_read_from_the_device(quiet_opu):
     info = quiet_opu.info
     cfg = quiet_opu.emulator.config
@@ -327,15 +334,25 @@ def test_frames_the_device_refuses_are_reported_with_its_code_before_start(quiet
     assert quiet_opu.dmd.queued_frames == 0  # and the recovery emptied the queue
 
 
-def test_a_corrupt_camera_packet_is_a_protocol_error_and_the_next_call_recovers(quiet_opu):
+def test_a_corrupt_camera_packet_is_a_protocol_error_and_the_next_call_recovers(strict_opu):
+    X = np.ones((3, 20), dtype=np.uint8)
+    good = strict_opu.transform(X, 40)
+    packet = bytearray(encode_packet(PacketType.CAMERA_FRAME, bytes(60)))
+    packet[20] ^= 0xFF  # payload byte: its CRC no longer matches
+    strict_opu.emulator.inject_in_bytes(bytes(packet))
+    with pytest.raises(ProtocolError, match="corrupt"):
+        strict_opu.transform(X, 40)
+    np.testing.assert_array_equal(strict_opu.transform(X, 40), good)
+
+
+def test_with_the_default_retries_a_corrupt_packet_costs_a_retry_not_the_call(quiet_opu):
     X = np.ones((3, 20), dtype=np.uint8)
     good = quiet_opu.transform(X, 40)
     packet = bytearray(encode_packet(PacketType.CAMERA_FRAME, bytes(60)))
-    packet[20] ^= 0xFF  # payload byte: its CRC no longer matches
+    packet[20] ^= 0xFF
     quiet_opu.emulator.inject_in_bytes(bytes(packet))
-    with pytest.raises(ProtocolError, match="corrupt"):
-        quiet_opu.transform(X, 40)
     np.testing.assert_array_equal(quiet_opu.transform(X, 40), good)
+    assert quiet_opu.counters.corrupt_packets == 1 and quiet_opu.counters.retries >= 1
 
 
 def test_an_opu_dropped_without_close_releases_its_emulator():
@@ -348,17 +365,25 @@ def test_an_opu_dropped_without_close_releases_its_emulator():
     assert name not in [d.name for d in firmware_sim.list_devices()]
 
 
-def test_frames_dropped_by_a_full_device_fifo_raise_dropped_frames_error(quiet_opu):
+def test_frames_dropped_by_a_full_device_fifo_raise_dropped_frames_error(strict_opu):
     X = np.ones((5, 20), dtype=np.uint8)
-    good = quiet_opu.transform(X, 40)
+    good = strict_opu.transform(X, 40)
     # Bytes nobody reads fill the camera FIFO (as when a host stalls): the next frames cannot fit.
-    fifo_bytes = quiet_opu.camera.fifo_bytes
-    quiet_opu.emulator.inject_in_bytes(bytes(fifo_bytes))
+    fifo_bytes = strict_opu.camera.fifo_bytes
+    strict_opu.emulator.inject_in_bytes(bytes(fifo_bytes))
     with pytest.raises(DroppedFramesError) as info:
-        quiet_opu.transform(X, 40)
+        strict_opu.transform(X, 40)
     assert info.value.missing == 5
     # the junk was drained by the recovery: the device works again
+    np.testing.assert_array_equal(strict_opu.transform(X, 40), good)
+
+
+def test_with_the_default_retries_a_full_fifo_is_drained_and_the_frames_resent(quiet_opu):
+    X = np.ones((5, 20), dtype=np.uint8)
+    good = quiet_opu.transform(X, 40)
+    quiet_opu.emulator.inject_in_bytes(bytes(quiet_opu.camera.fifo_bytes))
     np.testing.assert_array_equal(quiet_opu.transform(X, 40), good)
+    assert quiet_opu.counters.frames_resent >= 5 and quiet_opu.counters.requests_recovered == 1
 
 
 def test_saturation_is_counted_and_warned_about(caplog):
