@@ -157,10 +157,12 @@ def test_harmless_faults_need_no_retry(reference, kind):
         assert opu.counters.retries == 0
 
 
-def test_garbage_on_the_controller_line_is_a_protocol_error_and_the_next_query_works():
+def test_garbage_on_the_controller_line_is_retried_and_past_the_retries_a_protocol_error():
     with _open("") as opu:
         power_mw = opu.controller.laser_power_mw
-        opu.emulator.set_faults("serial@1")
+        opu.emulator.set_faults("serial@1")  # one garbled reply: the query is sent again
+        assert opu.controller.laser_power_mw == power_mw
+        opu.emulator.set_faults("serial@1,serial@2,serial@3")  # three in a row exhaust the 3 attempts
         with pytest.raises(ProtocolError):
             opu.controller.laser_power_mw
         assert opu.controller.laser_power_mw == power_mw

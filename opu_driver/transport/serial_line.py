@@ -186,6 +186,49 @@ class SerialTransport:
             except (serial.SerialException, OSError) as exc:
                 raise ConnectionLostError(f"controller port {self.url!r} failed: {exc}") from exc
 
+    def discard_input(self, quiet_s: float = 0.005, max_s: float = 0.1) -> int:
+        """Read and drop what the device sends until nothing arrived for ``quiet_s`` (or ``max_s`` passed).
+
+        Used before a command is sent again after a garbled or missing reply: the rest of a garbled line, or a
+        late reply to the failed attempt, is drained here instead of being read as the answer to the retry.
+        Returns the number of bytes dropped.
+
+        Raises:
+            ConnectionLostError: the port is closed or went away.
+        """
+        if not (isinstance(quiet_s, (int, float)) and math.isfinite(quiet_s) and quiet_s >= 0):
+            raise InvalidInputError(f"quiet_s must be a finite number >= 0, got {quiet_s!r}")
+        if not (isinstance(max_s, (int, float)) and math.isfinite(max_s) and max_s >= 0):
+            raise InvalidInputError(f"max_s must be a finite number >= 0, got {max_s!r}")
+        with self._lock:
+            port = self._port
+            if port is None:
+                raise ConnectionLostError(f"controller port {self.url!r} is not open")
+            self._reader.clear()
+            dropped = 0
+            deadline = time.monotonic() + max_s
+            try:
+                while True:
+                    remaining_s = deadline - time.monotonic()
+                    if remaining_s <= 0:
+                        break  # a line that never goes quiet: the query that follows flushes it again
+                    waiting = port.in_waiting
+                    if waiting:
+                        port.timeout = remaining_s
+                        dropped += len(port.read(min(waiting, _READ_CHUNK_BYTES)))
+                        continue
+                    # Wait up to the quiet period for one more byte: none means the line is quiet.
+                    port.timeout = min(quiet_s, remaining_s)
+                    chunk = port.read(1)
+                    if not chunk:
+                        break
+                    dropped += len(chunk)
+            except (serial.SerialException, OSError) as exc:
+                raise ConnectionLostError(f"controller port {self.url!r} failed: {exc}") from exc
+            if dropped:
+                logger.debug("controller %s: dropped %d bytes of stale input", self.url, dropped)
+            return dropped
+
     def _read_line(self, port: Any, deadline: float, sent: bytes, timeout_s: float) -> str:
         while True:
             remaining_s = deadline - time.monotonic()
