@@ -195,6 +195,27 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from .soak import SoakConfig, format_report, run_soak
+
+    config = SoakConfig(frames=args.frames, faults=args.faults, url_query=args.url_query, seed=args.seed,
+                        retries=args.retries)
+    quiet = [] if args.verbose else [logging.getLogger(name) for name in ("opu_driver", "firmware_sim")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:  # every retry and saturated frame is logged: thousands of lines; the table counts them
+        logger.setLevel(logging.ERROR)
+    try:
+        report = run_soak(config, progress=not args.no_progress and not args.json and sys.stderr.isatty())
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opu", description="Drive an optical processing unit (OPU) or its emulator.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
@@ -275,6 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the cases (case i of a seed is always the same)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fuzz)
+
+    from .soak import DEFAULT_FAULTS, DEFAULT_URL_QUERY
+
+    p = sub.add_parser("soak", help="push many frames through a faulty emulator and check every result row bit "
+                       "for bit against its own request's; exit 1 on any wrong, lost or duplicated row")
+    p.add_argument("--frames", type=int, default=1_000_000, help="DMD frames to send (default: 1000000)")
+    p.add_argument("--faults", default=DEFAULT_FAULTS, help=f"emulator fault plan (default: {DEFAULT_FAULTS}; "
+                   "'' for none)")
+    p.add_argument("--url-query", default=DEFAULT_URL_QUERY, help=f"emulator options without seed, noise and "
+                   f"faults (default: {DEFAULT_URL_QUERY})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the emulator, its faults and the batches")
+    p.add_argument("--retries", type=int, default=2, help="the driver's retries per sequence (default: 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_soak)
     return parser
 
 
