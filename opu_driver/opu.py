@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from dataclasses import asdict, dataclass
 from types import TracebackType
@@ -24,9 +25,11 @@ from .devices.camera import Camera, CameraSettings, Roi
 from .devices.controller import Controller
 from .devices.dmd import Dmd
 from .devices.usb_link import UsbLink
+from .transport.usb import StallError
 from .encoding.layouts import LAYOUT_KINDS, Layout, make_layout
 from .errors import (
     AcquisitionError,
+    CommunicationTimeoutError,
     ConfigurationError,
     InterlockError,
     InvalidInputError,
@@ -518,13 +521,31 @@ class Opu:
         )
 
     def _prepare(self, layout: Layout, n_components: int) -> None:
-        """Upload the layout and set the ROI when they change; nothing is sent when they do not."""
+        """Upload the layout and set the ROI when they change; nothing is sent when they do not.
+
+        Both writes are idempotent, so a timeout or a stalled endpoint during them is retried like a sequence
+        (``settings.retries``): halts cleared, queue aborted, camera drained, then the writes again. When the
+        retries run out the halts are still cleared, so the next request starts clean.
+        """
         roi = self.roi_for(n_components)
+        policy = self.settings.retry_policy()
+        assert self._runner is not None
         # Everything above only computed; from here on the device is written.
-        if self.camera.settings.roi != roi:
-            self.camera.configure(CameraSettings(roi=roi))
-        if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
-            self.dmd.load_layout(layout)
+        for attempt in range(policy.retries + 1):
+            try:
+                if self.camera.settings.roi != roi:
+                    self.camera.configure(CameraSettings(roi=roi))
+                if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
+                    self.dmd.load_layout(layout)
+                break
+            except (StallError, CommunicationTimeoutError) as exc:
+                self._runner.recover()
+                if attempt == policy.retries:
+                    raise
+                self._runner.counters.retries += 1
+                _log.warning("%s while loading the layout or region; retrying (%d of %d)", type(exc).__name__,
+                             attempt + 1, policy.retries)
+                time.sleep(policy.wait_s(attempt + 1))
         self._plan = _Plan(layout, roi, n_components)
 
     def _restore_device_state(self, layout: Layout) -> None:

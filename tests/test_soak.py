@@ -5,9 +5,8 @@ function of the vector and the device's seed: the exact expectation of a faulty 
 the same vectors on a fault-free device opened with the same URL (no tolerance is needed, and none would hide a
 row computed from another request's frames).
 
-Stall faults are left out of the runs here: a stall on the bulk write that uploads a layout table is not
-recovered by the driver yet (``test_a_stall_on_the_layout_upload_is_recovered``, an expected failure until the
-driver is fixed); every other fault is in.
+Every fault kind is in the runs, stalls included (a stall on the bulk write that uploads a layout table was not
+recovered before the soak found it: ``test_a_stall_on_the_layout_upload_is_recovered``).
 """
 from __future__ import annotations
 
@@ -26,11 +25,11 @@ from opu_driver.errors import ConfigurationError, OpuError
 from opu_driver.service import OpuService
 from opu_driver.soak import RowCheck, SoakConfig, check_rows, run_soak
 
-# Every fault but stall, at rates that make each fire several times in 20,000 frames (about 370 sequences of
+# Every fault, at rates that make each fire several times in 20,000 frames (about 370 sequences of
 # 64 frames: timeout and reset are drawn once per sequence, the frame faults once per frame).
-SOAK_FAULTS = "timeout:0.02,crc:0.002,drop:0.002,dup:0.002,reorder:0.002,truncate:0.002,reset:0.02"
+SOAK_FAULTS = "timeout:0.02,stall:0.01,crc:0.002,drop:0.002,dup:0.002,reorder:0.002,truncate:0.002,reset:0.02"
 SERVICE_URL = SMALL_SIM + "&noise=0&seed=5"
-SERVICE_FAULTS = "timeout:0.05,crc:0.01,drop:0.01,dup:0.01,reorder:0.01,truncate:0.01,reset:0.05"
+SERVICE_FAULTS = "timeout:0.05,stall:0.02,crc:0.01,drop:0.01,dup:0.01,reorder:0.01,truncate:0.01,reset:0.05"
 N_FEATURES = 40
 N_CLIENTS = 16
 N_REQUESTS = 4  # per client
@@ -140,9 +139,9 @@ def test_soak_command(capsys, monkeypatch) -> None:
     assert "FAILED" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=True, reason="driver bug found by the soak: Opu._prepare uploads the layout outside the "
-                   "retry path, so a stall there is neither retried nor cleared and every later request stalls")
 def test_a_stall_on_the_layout_upload_is_recovered() -> None:
+    # Found by the soak: the layout upload was outside the retry path, so a stall there was neither retried
+    # nor cleared and every later request stalled.
     rng = np.random.default_rng(3)
     X = rng.integers(0, 2, (8, 32), dtype=np.uint8)
     E = rng.integers(-1, 2, (4, 32)).astype(np.float32)
