@@ -180,10 +180,15 @@ class SequenceRunner:
         budget_s += sum(policy.wait_s(k) for k in range(1, policy.retries + 1))
         deadline = time.monotonic() + budget_s
         attempt = 0
+        needs_restore = False
         try:
             while True:
                 todo = np.flatnonzero(~done)
                 try:
+                    if needs_restore and restore is not None:
+                        # part of the attempt: a fault while restoring is retried like one in the sequence
+                        restore()
+                    needs_restore = False
                     self._run(todo, queue, queue_blank, sink, expected, capacity, done, deadline)
                 except _RETRYABLE as exc:
                     self._count_fault(exc, n_frames - int(done.sum()))
@@ -192,6 +197,8 @@ class SequenceRunner:
                         _log.info("%s after every result arrived (%s): recovering without a retry",
                                   type(exc).__name__, exc)
                         self.recover()
+                        if restore is not None:
+                            restore()  # the fault may have been a reset: leave the device as the next request expects
                         self.counters.requests_recovered += 1
                         return
                     wait_s = policy.wait_s(attempt + 1)
@@ -204,8 +211,7 @@ class SequenceRunner:
                                  attempt, policy.retries, type(exc).__name__, exc, missing, n_frames)
                     self.recover()
                     time.sleep(wait_s)
-                    if restore is not None:
-                        restore()
+                    needs_restore = True
                     self.counters.frames_resent += missing
                     continue
                 if attempt:

@@ -533,6 +533,10 @@ class Opu:
         # Everything above only computed; from here on the device is written.
         for attempt in range(policy.retries + 1):
             try:
+                if self.camera.settings != self.camera.wanted_settings:
+                    # an earlier write or restore failed half-way: put back what the driver wants first
+                    _log.warning("camera settings differ from the wanted ones after a failed write: writing again")
+                    self.camera.restore()
                 if self.camera.settings.roi != roi:
                     self.camera.configure(CameraSettings(roi=roi))
                 if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
@@ -555,13 +559,14 @@ class Opu:
         checked through LAYOUT_FEATURES. Only what differs is written again.
         """
         assert self._runner is not None
-        wanted = self.camera.settings
+        # What the driver wants is kept apart from what it last read, so a restore that fails half-way is
+        # tried again before the next request instead of being forgotten.
+        wanted = self.camera.wanted_settings
         actual = self.camera._read_settings()
         if actual != wanted:
             self._runner.counters.resets_detected += 1
             _log.warning("the device lost its camera settings (a reset?): it has %s; writing %s again", actual, wanted)
-            self.camera._settings = actual  # write from what the device holds, in an order it accepts
-            self.camera.configure(wanted)
+            self.camera.restore(actual)  # written from what the device holds, in an order it accepts
         if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
             _log.warning("the device lost its layout table (a reset?): loading it again")
             self.dmd.load_layout(layout)

@@ -228,3 +228,35 @@ def test_frame_faults_change_only_what_they_say():
     assert np.unpackbits(diff).sum() == 1 and 16 <= np.flatnonzero(diff)[0] < packet_bytes - 4  # payload only
     cut = FaultInjector("truncate@4").camera_packets(blob, packet_bytes)
     assert cut.startswith(b"".join(frames[:3])) and 16 <= len(cut) - 3 * packet_bytes < packet_bytes
+
+
+def test_a_restore_that_fails_half_way_is_finished_before_the_next_request():
+    # A reset loses the camera registers; the restore's gain write then times out once. The driver must not
+    # forget the settings it wants (gain 3): the next request writes them again and gives the exact result.
+    from opu_driver.errors import CommunicationTimeoutError
+    from opu_driver.protocol import Register
+
+    url = "sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=5"
+    X = np.random.default_rng(11).integers(0, 2, size=(48, 30), dtype=np.uint8)
+    settings = dict(chunk_frames=8, timeout_s=2.0, gain=3.0, calibration=None)
+    with opu_driver.open(url, **settings) as opu:
+        reference = opu.transform(X, 40)
+    with opu_driver.open(url, retries=1, **settings) as opu:
+        write = opu._link.write_register
+        armed = {"gain": True}
+
+        def failing_write(register, value):
+            if armed["gain"] and int(register) == int(Register.GAIN_MILLI):
+                armed["gain"] = False
+                raise CommunicationTimeoutError("injected: the gain write of the restore timed out")
+            return write(register, value)
+
+        opu._link.write_register = failing_write
+        opu.emulator.set_faults("reset@1")
+        try:
+            opu.transform(X, 40)
+        except CommunicationTimeoutError:
+            pass  # within the contract: a typed error for this request
+        assert not armed["gain"]  # the failing write did happen
+        np.testing.assert_array_equal(opu.transform(X, 40), reference)
+        assert opu._link.read_register(Register.GAIN_MILLI) == 3000

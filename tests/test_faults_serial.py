@@ -213,7 +213,6 @@ def _timeout() -> str:
     ("SHUTTER:STATE CLOSED", lambda c: c.close_shutter()),
     ("TRIGGER:MODE SOFT", lambda c: c.set_trigger_mode("SOFT")),
     ("*RST", lambda c: c.reset()),
-    ("INTERLOCK:RESET", lambda c: c.reset_interlock()),
     ("TEMPERATURE?", lambda c: c.temperature_c),
 ])
 def test_idempotent_exchanges_are_retried_after_garbage_and_timeouts(line, act):
@@ -225,6 +224,19 @@ def test_idempotent_exchanges_are_retried_after_garbage_and_timeouts(line, act):
     assert transport.sent[2:] == [line] * 3 and transport.drains == 2
     c = controller.counters
     assert (c.retries, c.garbled_replies, c.timeouts, c.requests_recovered, c.requests_failed) == (2, 1, 1, 1, 0)
+
+
+def test_the_interlock_reset_is_never_sent_twice():
+    # a safety latch: a second sending could clear a trip that happened after the first, unseen
+    transport = ScriptedSerial({"INTERLOCK:RESET": [_timeout, "OK"]})
+    controller = Controller(transport)  # type: ignore[arg-type]
+    controller.open()
+    with pytest.raises(CommunicationTimeoutError):
+        controller.reset_interlock()
+    assert transport.sent.count("INTERLOCK:RESET") == 1 and controller.counters.retries == 0
+    transport.script["INTERLOCK:RESET"] = ["\ufffdOK"]  # garbage in front of a whole reply: resynchronised
+    controller.reset_interlock()
+    assert transport.sent.count("INTERLOCK:RESET") == 2 and controller.counters.retries == 0
 
 
 def test_refusals_are_answers_and_are_not_retried():

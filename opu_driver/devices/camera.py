@@ -57,6 +57,7 @@ class Camera(Device):
         self._link = link
         self._geometry: CameraGeometry | None = None
         self._settings = CameraSettings()
+        self._wanted = self._settings
 
     def _do_open(self) -> None:
         mask = self._link.read_register(Register.PIXEL_FORMATS)
@@ -65,6 +66,7 @@ class Camera(Device):
             self._link.read_register(Register.CAM_WIDTH), self._link.read_register(Register.CAM_HEIGHT), formats
         )
         self._settings = self._read_settings()
+        self._wanted = self._settings
 
     def _read_settings(self) -> CameraSettings:
         read = self._link.read_register
@@ -87,6 +89,22 @@ class Camera(Device):
         """The settings as last read from or written to the device."""
         self._require_open()
         return self._settings
+
+    @property
+    def wanted_settings(self) -> CameraSettings:
+        """The settings of the last successful ``configure`` (or as found at open): what the device should hold.
+
+        They differ from ``settings`` after a write failed half-way or the device reset; the Opu then writes them
+        again before its next request.
+        """
+        self._require_open()
+        return self._wanted
+
+    def restore(self, actual: CameraSettings | None = None) -> None:
+        """Write the wanted settings again, starting from ``actual`` (what the device holds; read when None)."""
+        self._settings = self._read_settings() if actual is None else actual
+        wanted = self._wanted
+        self.configure(wanted)
 
     @property
     def readout_us(self) -> int:
@@ -159,6 +177,7 @@ class Camera(Device):
                 _log.warning("could not re-read camera settings after a refused write: %s", exc)
             raise
         self._settings = new
+        self._wanted = new
         _log.debug("camera settings: %s", new)
         return new
 

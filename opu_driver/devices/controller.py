@@ -17,10 +17,11 @@ fails on the way is tried again where that is safe (issue 6, docs/reliability.md
 
 Which commands are safe to send twice: every query but one only reads state, and every setter sets an absolute
 state (``LASER:STATE ON``, ``LASER:POWER 12.5``, ``SHUTTER:STATE CLOSED``, ``TRIGGER:MODE INT``), so doing it
-twice leaves what doing it once does. ``*RST`` returns to the power-on state and ``INTERLOCK:RESET`` clears the
-latch, both idempotent too (a refused one that is repeated queues its error entry twice, nothing more). The one
-exception is ``SYSTEM:ERROR?``: reading pops the oldest entry of the error queue, so asking again after a lost
-reply would skip an entry. It is never retried; instead a reply with non-ASCII bytes in front of a valid line is
+twice leaves what doing it once does. ``*RST`` returns to the power-on state, idempotent too (a refused one that
+is repeated queues its error entry twice, nothing more). Two exceptions: ``INTERLOCK:RESET`` clears a safety latch,
+and a retry could clear a trip that happened after the first sending without anyone seeing it; and
+``SYSTEM:ERROR?``: reading pops the oldest entry of the error queue, so asking again after a lost reply would skip
+an entry. Neither is retried. It is never retried; instead a reply with non-ASCII bytes in front of a valid line is
 resynchronised by dropping those bytes (they can never be part of a reply, which is printable ASCII) and the
 rest is checked as usual. Other replies are not resynchronised but asked again: a retry gets a clean line
 instead of trusting one that arrived with noise.
@@ -67,7 +68,12 @@ DEFAULT_RESYNC_QUIET_S = 0.005
 RESYNC_MAX_S = 0.1
 #: Headers whose second sending would not do what the first did (section 2): never retried. Written in every
 #: form the device accepts (long, four letters, three when the fourth is a vowel; any case, leading ``:``).
-_NOT_IDEMPOTENT = frozenset(f"{a}:{b}?" for a in ("SYSTEM", "SYST") for b in ("ERROR", "ERRO", "ERR"))
+_NOT_IDEMPOTENT = frozenset(
+    [f"{a}:{b}?" for a in ("SYSTEM", "SYST") for b in ("ERROR", "ERRO", "ERR")]
+    # A safety latch: if the interlock trips again between two sendings, a retry would silently clear a trip
+    # the user never saw. The user resets it again, knowingly.
+    + [f"{a}:{b}" for a in ("INTERLOCK", "INTE", "INT") for b in ("RESET", "RES")]
+)
 
 _T = TypeVar("_T")
 
