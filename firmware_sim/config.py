@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, quote
 
 from opu_driver.errors import ConfigurationError
 
-from .faults import FAULT_KINDS, FaultPlan
+from .faults import ALL_FAULT_KINDS, FaultPlan
 
 __all__ = ["SimConfig", "QUERY_KEYS"]
 
@@ -163,7 +163,7 @@ QUERY_KEYS: tuple[_QueryKey, ...] = (
     _QueryKey(
         "faults", ("faults",), str,
         "comma-separated NAME:RATE, a probability per event, or NAME@K, at the K-th event",
-        "faults to inject, drawn from the seed: " + ", ".join(FAULT_KINDS),
+        "faults to inject, drawn from the seed: " + ", ".join(ALL_FAULT_KINDS),
     ),
 )
 

@@ -37,7 +37,7 @@ from opu_driver.errors import ConfigurationError
 
 from . import wire
 from .controller import ControllerLine
-from .faults import FaultInjector, FaultPlan
+from .faults import SATURATE_FACTOR, FaultInjector, FaultPlan
 from .wire import BLANK_FRAME_ID, ErrorCode, PixelFormat
 
 if TYPE_CHECKING:
@@ -235,6 +235,7 @@ class EmulatedDevice:
         self.plug_generation = 0
         # The fault plan lives outside the device model: a reset (even an injected one) keeps it.
         self.faults = FaultInjector(getattr(config, "faults", ""), int(config.seed))
+        self._light_factor = 1.0  # > 1 only while an injected ``saturate`` sequence is captured
         self.reset()
         _log.info("emulated OPU %s: serial %s, DMD %dx%d, camera %dx%d, lag %d", self._name,
                   config.serial_number, self._dmd_width, self._dmd_height, self._cam_width, self._cam_height,
@@ -597,10 +598,22 @@ class EmulatedDevice:
                 return ErrorCode.E_EMPTY
             if self.controller.trigger_mode == "SOFT":
                 self._running = True
-            elif self.faults.active and self.faults.fire("reset"):
-                self._reset_mid_sequence()
-            else:
+                return ErrorCode.E_NONE
+            if not self.faults.active:
                 self._run_queue()
+                return ErrorCode.E_NONE
+            # Every sequence-start fault is drawn at every start (own streams: one never moves another).
+            reset, interlock, saturate = (self.faults.fire(kind) for kind in ("reset", "interlock", "saturate"))
+            self._light_factor = SATURATE_FACTOR if saturate else 1.0
+            try:
+                if reset:
+                    self._reset_mid_sequence()
+                elif interlock:
+                    self._interlock_mid_sequence()
+                else:
+                    self._run_queue()
+            finally:
+                self._light_factor = 1.0
             return ErrorCode.E_NONE
         if value == _SEQ_CLEAR_LAYOUT:
             if self._running:
@@ -746,6 +759,18 @@ class EmulatedDevice:
         _log.info("%s: injected reset after %d of %d frames", self._name, len(shown), len(frames))
         self._reset_usb_side(keep_fifo=True)
 
+    def _interlock_mid_sequence(self) -> None:
+        """Injected fault: the first half of the queue is lit, then the interlock trips and the rest is dark."""
+        frames = list(self._queue)
+        self._queue.clear()
+        self._queued_raw_bytes = 0
+        half = len(frames) // 2
+        if half:
+            self._capture(self._display(frames[:half]))
+        _log.info("%s: injected interlock trip after %d of %d frames", self._name, half, len(frames))
+        self.controller.trip_interlock()
+        self._capture(self._display(frames[half:]))
+
     def _display(self, frames: list[_Frame]) -> list[_Frame]:
         """Show frames on the DMD in order; return what each exposure sees (the frame k triggers earlier)."""
         self._dmd_frame_count += len(frames)
@@ -793,6 +818,8 @@ class EmulatedDevice:
                 index = np.arange(first, first + len(batch), dtype=np.int64)
                 times_us = (self._device_time_us + index * self._frame_time_us).astype(np.float64)
                 intensity = self._intensity(kind, batch, times_us)
+                if self._light_factor != 1.0:
+                    intensity = intensity * self._light_factor  # injected ``saturate``: the light jumped
                 counts = self._sensor.capture(
                     intensity, roi=roi, frame_indices=self._cam_frame_count + index,
                     exposure_us=self._exposure_us, gain=self._gain_milli / 1000.0,

@@ -6,8 +6,9 @@ A :class:`FaultPlan` says which faults happen and how often. Its text form is th
     sim://?seed=1&faults=reset@3                                      # NAME@K, exactly at the K-th event
 
 Each fault kind has its own kind of event (a bulk IN read, a bulk transfer, a camera frame, a sequence start, a
-controller reply; see :data:`FAULT_KINDS`) and its own random stream, keyed by the device seed and the kind's
-name. So a plan replays exactly from the seed, and switching one fault on never moves when another one fires.
+controller reply; see :data:`FAULT_KINDS` and, for the light path, :data:`LIGHT_FAULT_KINDS`) and its own
+random stream, keyed by the device seed and the kind's name. So a plan replays exactly from the seed, and
+switching one fault on never moves when another one fires.
 
 A :class:`FaultInjector` is the mutable side, one per emulated device: it counts events, draws, and records
 what it injected (``EmulatedDevice.fault_counts``), and keeps the halted endpoints that a ``stall`` leaves
@@ -24,9 +25,10 @@ from typing import Mapping
 
 from opu_driver.errors import ConfigurationError
 
-__all__ = ["FAULT_KINDS", "FaultPlan", "FaultInjector", "SLOW_DELAY_S", "FRAME_FAULTS"]
+__all__ = ["FAULT_KINDS", "LIGHT_FAULT_KINDS", "ALL_FAULT_KINDS", "FaultPlan", "FaultInjector", "SLOW_DELAY_S",
+           "FRAME_FAULTS", "SATURATE_FACTOR"]
 
-#: Every fault the emulator can inject, with the event it is drawn on (once per event).
+#: The faults of the link, the camera stream and the USB side, with the event each is drawn on (once per event).
 FAULT_KINDS: Mapping[str, str] = {
     "timeout": "a bulk IN read times out although data waits (per bulk IN read)",
     "stall": "a bulk endpoint stalls and stays halted until the host clears it (per bulk transfer)",
@@ -40,6 +42,20 @@ FAULT_KINDS: Mapping[str, str] = {
     "serial": "garbage bytes precede a reply on the controller line (per controller reply)",
     "slow": "a bulk IN read takes 20 ms longer (per bulk IN read)",
 }
+
+#: The faults of the light path (controller side), drawn once per sequence start like ``reset``. Kept apart
+#: from FAULT_KINDS because they change what the camera sees rather than how it reaches the host.
+LIGHT_FAULT_KINDS: Mapping[str, str] = {
+    "interlock": "the interlock trips half-way through a sequence: the laser goes off, the rest of the sequence "
+                 "is dark, and the cause stays until cleared (per sequence start)",
+    "saturate": "the light jumps for one sequence (x20 signal), so its frames saturate (per sequence start)",
+}
+
+#: Every fault the emulator can inject: what plans accept and the injector counts.
+ALL_FAULT_KINDS: Mapping[str, str] = {**FAULT_KINDS, **LIGHT_FAULT_KINDS}
+
+#: How much brighter a ``saturate`` sequence is than the light it replaces.
+SATURATE_FACTOR = 20.0
 
 #: Faults drawn once per camera frame, in the order they are applied to it.
 FRAME_FAULTS = ("drop", "crc", "truncate", "dup", "reorder")
@@ -63,7 +79,7 @@ class FaultPlan:
     """Which faults happen: a rate per event for some kinds, exact event numbers for others.
 
     Attributes:
-        rates: (kind, probability per event in 0..1) pairs, at most one per kind, in FAULT_KINDS order.
+        rates: (kind, probability per event in 0..1) pairs, at most one per kind, in ALL_FAULT_KINDS order.
         schedule: (kind, event number >= 1) pairs: the kind fires at exactly that event (counted from 1 since
             the plan was installed), whatever its rate.
 
@@ -76,7 +92,7 @@ class FaultPlan:
     schedule: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        order = {kind: i for i, kind in enumerate(FAULT_KINDS)}
+        order = {kind: i for i, kind in enumerate(ALL_FAULT_KINDS)}
         seen: set[str] = set()
         rates = []
         for kind, rate in self.rates:
@@ -99,8 +115,8 @@ class FaultPlan:
 
     @staticmethod
     def _check_kind(kind: object) -> None:
-        if kind not in FAULT_KINDS:
-            raise _refuse(f"entry {kind!r}: unknown fault; known: {', '.join(FAULT_KINDS)}")
+        if kind not in ALL_FAULT_KINDS:
+            raise _refuse(f"entry {kind!r}: unknown fault; known: {', '.join(ALL_FAULT_KINDS)}")
 
     @classmethod
     def parse(cls, text: str) -> FaultPlan:
@@ -176,10 +192,10 @@ class FaultInjector:
                 self._seed = int(seed)
             self.plan = plan
             self._rates = dict(plan.rates)
-            self._scheduled = {kind: plan.events(kind) for kind in FAULT_KINDS}
-            self._streams = {kind: random.Random(f"opu-faults:{self._seed}:{kind}") for kind in FAULT_KINDS}
-            self.events = {kind: 0 for kind in FAULT_KINDS}
-            self.injected = {kind: 0 for kind in FAULT_KINDS}
+            self._scheduled = {kind: plan.events(kind) for kind in ALL_FAULT_KINDS}
+            self._streams = {kind: random.Random(f"opu-faults:{self._seed}:{kind}") for kind in ALL_FAULT_KINDS}
+            self.events = {kind: 0 for kind in ALL_FAULT_KINDS}
+            self.injected = {kind: 0 for kind in ALL_FAULT_KINDS}
             self._halted: set[int] = set()
             self.active = plan.active
 

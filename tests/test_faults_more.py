@@ -1,0 +1,226 @@
+"""More of the fault matrix: the light-path faults (interlock, saturate), open and the calibration routines.
+
+As in test_faults.py, noise=0 makes the emulator deterministic, so "the fault-free result" is a device of the
+same seed without faults and results compare bit for bit: no tolerance is needed (a frame from the wrong
+request, lost or decoded from a spoiled packet changes at least one value of these random inputs).
+
+- ``interlock`` trips the laser interlock half-way through a sequence. A safety latch must never be re-armed by
+  the driver, so the request raises InterlockError at once (no retry), and so does every request until the
+  user clears the cause, resets the interlock and switches the laser on; then results are exact again.
+- ``saturate`` makes one sequence 20 times brighter. Its frames saturate: transform returns them (counted,
+  warned), linear_transform zeroes the outputs they feed (counted, warned); the next sequence is exact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import pytest
+
+import firmware_sim
+import opu_driver
+from firmware_sim.faults import ALL_FAULT_KINDS, FAULT_KINDS, LIGHT_FAULT_KINDS, FaultInjector, FaultPlan
+from opu_driver.calibration.dark import measure_dark
+from opu_driver.calibration.latency import measure_latency
+from opu_driver.calibration.reference import measure_reference
+from opu_driver.errors import AcquisitionError, CommunicationError, DeviceError, InterlockError, OpuError
+
+QUERY = "dmd=96x64&camera=64x48&cell=4&noise=0&seed=5"
+BASE = f"sim://?{QUERY}"
+N_COMPONENTS = 40
+CHUNK_FRAMES = 8  # 48 vectors: 6 sequences per transform
+TIMEOUT_S = 2.0
+MARGIN_S = 1.0  # the contract: a typed error within the timeout plus a small margin
+SETTINGS = dict(chunk_frames=CHUNK_FRAMES, timeout_s=TIMEOUT_S, calibration=None)
+
+
+def _inputs():
+    rng = np.random.default_rng(11)
+    X = rng.integers(0, 2, size=(48, 30), dtype=np.uint8)
+    E = rng.integers(-1, 2, size=(6, 20)).astype(np.float32)  # ternary: 4 frames per vector, 24 frames
+    E[np.abs(E).sum(axis=1) == 0, 0] = 1.0
+    return X, E
+
+
+def _operate(opu, operation: str):
+    X, E = _inputs()
+    if operation == "transform":
+        return opu.transform(X, N_COMPONENTS)
+    return opu.linear_transform(E, N_COMPONENTS)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with opu_driver.open(BASE, **SETTINGS) as opu:
+        return {op: _operate(opu, op) for op in ("transform", "linear_transform")}
+
+
+def test_light_faults_parse_replay_and_count_like_the_others():
+    assert set(ALL_FAULT_KINDS) == set(FAULT_KINDS) | {"interlock", "saturate"} == set(FAULT_KINDS) | set(
+        LIGHT_FAULT_KINDS)
+    plan = FaultPlan.parse("saturate:0.5, crc:0.1,interlock@2")
+    assert str(plan) == "crc:0.1,saturate:0.5,interlock@2" and FaultPlan.parse(str(plan)) == plan
+    for text in ("interlock:2", "saturate@0", "saturate"):
+        with pytest.raises(OpuError, match="interlock|saturate"):
+            FaultPlan.parse(text)
+    a, b = FaultInjector("saturate:0.5", seed=3), FaultInjector("saturate:0.5,interlock:0.5", seed=3)
+    assert [a.fire("saturate") for _ in range(50)] == [b.fire("saturate") for _ in range(50)]  # streams apart
+    assert a.counts()["events"]["saturate"] == 50 and 10 < a.counts()["injected"]["saturate"] < 40
+
+
+@pytest.mark.parametrize("operation", ["transform", "linear_transform"])
+def test_an_interlock_trip_is_an_interlock_error_at_once_until_the_user_clears_it(reference, operation):
+    with opu_driver.open(BASE, retries=3, **SETTINGS) as opu:
+        opu.emulator.set_faults("interlock@1")
+        start = time.monotonic()
+        with pytest.raises(InterlockError):
+            _operate(opu, operation)
+        assert time.monotonic() - start < TIMEOUT_S + MARGIN_S
+        assert opu.counters.retries == 0  # a safety latch is never re-armed by a retry
+        assert opu.emulator.fault_counts["injected"]["interlock"] == 1
+        with pytest.raises(InterlockError):  # tripped, and the laser is off: no light until the user acts
+            _operate(opu, operation)
+        with pytest.raises(DeviceError):  # the cause is still there: the controller refuses the reset
+            opu.controller.reset_interlock()
+        assert not opu.controller.interlock_ok
+        opu.emulator.clear_interlock_cause()
+        opu.controller.reset_interlock()
+        opu.controller.laser_on()
+        np.testing.assert_array_equal(_operate(opu, operation), reference[operation])
+
+
+def test_a_saturated_sequence_is_returned_counted_and_warned_and_the_next_is_exact(reference, caplog):
+    expected = reference["transform"]
+    with opu_driver.open(BASE, retries=3, **SETTINGS) as opu:
+        opu.emulator.set_faults("saturate@1")  # the first of the 6 sequences: rows 0..7
+        before = opu.counters.saturated_frames
+        with caplog.at_level(logging.WARNING):
+            y = _operate(opu, "transform")
+        saturated = opu.counters.saturated_frames - before
+        assert opu.emulator.fault_counts["injected"]["saturate"] == 1
+        np.testing.assert_array_equal(y[CHUNK_FRAMES:], expected[CHUNK_FRAMES:])
+        # x20 light: with noise=0 every row of the sequence has outputs at full scale, more than before
+        full_scale = y.max()
+        assert 1 <= saturated <= CHUNK_FRAMES
+        assert (y[:CHUNK_FRAMES] == full_scale).sum() > (expected[:CHUNK_FRAMES] == full_scale).sum()
+        assert any("saturated" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+        assert opu.counters.requests_failed == 0 and opu.counters.retries == 0
+        np.testing.assert_array_equal(_operate(opu, "transform"), expected)
+
+
+def test_linear_transform_zeroes_and_counts_the_outputs_of_a_saturated_sequence(reference, caplog):
+    expected = reference["linear_transform"]
+    with opu_driver.open(BASE, retries=3, **SETTINGS) as opu:
+        np.testing.assert_array_equal(_operate(opu, "linear_transform"), expected)  # calibrates the reference
+        before = opu.linear_mode.saturated_outputs
+        opu.emulator.set_faults("saturate@1")  # 24 frames in 3 sequences: vectors 0 and 1 are in the first
+        with caplog.at_level(logging.WARNING):
+            y = _operate(opu, "linear_transform")
+        zeroed = opu.linear_mode.saturated_outputs - before
+        assert opu.emulator.fault_counts["injected"]["saturate"] == 1
+        assert zeroed >= 1
+        changed = y != expected
+        rows_hit = np.flatnonzero(changed.any(axis=1))
+        assert rows_hit.max() < 2  # only the vectors of the first sequence
+        # Outputs fed by a saturated frame are set to 0 and counted. The few outputs whose pixels stayed below
+        # full scale even at x20 (dim speckle, < 1/20 of full scale) come out 20 times too large: a jump of the
+        # light that saturates nothing cannot be told from the signal (the driver has no light monitor).
+        zero_now = changed & (y == 0)
+        assert 1 <= zero_now.sum() <= zeroed
+        assert zero_now.sum() > (changed & (y != 0)).sum()
+        assert any("saturated" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+        np.testing.assert_array_equal(_operate(opu, "linear_transform"), expected)
+
+
+@pytest.mark.parametrize("faults", ["timeout:0.5", "crc:0.5", "stall:0.5", "serial:0.5", "slow:0.5,drop:0.3"])
+@pytest.mark.parametrize("retries", [0, 3])
+def test_open_under_faults_succeeds_or_raises_in_time_and_a_later_open_works(reference, faults, retries):
+    device = firmware_sim.create_device(f"{QUERY}&faults={faults}")
+    try:
+        start = time.monotonic()
+        try:
+            with opu_driver.open(f"sim://{device.name}", retries=retries, **SETTINGS) as opu:
+                pass
+        except OpuError:
+            pass  # a typed error is within the contract
+        assert time.monotonic() - start < TIMEOUT_S + MARGIN_S
+        assert sum(device.fault_counts["events"].values()) >= 1  # open did talk to the faulty device
+        device.set_faults("")
+        with opu_driver.open(f"sim://{device.name}", **SETTINGS) as opu:
+            np.testing.assert_array_equal(_operate(opu, "transform"), reference["transform"])
+    finally:
+        firmware_sim.release_device(device)
+
+
+CALIBRATION_MIX = "timeout:0.05,stall:0.03,crc:0.03,drop:0.03,dup:0.03,reorder:0.03,reset:0.1,slow:0.05,serial:0.05"
+
+
+def _calibrate(opu) -> dict[str, object]:
+    """The routines that go through the driver's acquisition path (retried like transform)."""
+    return {
+        "dark": measure_dark(opu, 32, n_frames=16),
+        "reference": measure_reference(opu, 20, 32, n_frames=8),
+    }
+
+
+def _assert_same(a: object, b: object, where: str) -> None:
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        assert type(a) is type(b), where
+        for field in dataclasses.fields(a):
+            _assert_same(getattr(a, field.name), getattr(b, field.name), f"{where}.{field.name}")
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(a, float) and np.isnan(a):
+        assert isinstance(b, float) and np.isnan(b), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_calibration_routines_under_a_mix_of_faults_give_the_fault_free_results(seed):
+    with opu_driver.open(BASE, **SETTINGS) as opu:
+        clean = _calibrate(opu)
+    with opu_driver.open(f"{BASE}&faults={CALIBRATION_MIX}", retries=3, **SETTINGS) as opu:
+        opu.emulator.faults.set_plan(CALIBRATION_MIX, seed=seed)  # afresh after open, another stream per seed
+        faulty = _calibrate(opu)
+        injected = sum(opu.emulator.fault_counts["injected"].values())
+    assert injected >= 3, f"only {injected} faults fired: raise the rates so the test means something"
+    for name in clean:
+        _assert_same(faulty[name], clean[name], name)
+
+
+@pytest.mark.parametrize("faults", [
+    "crc:0.1", "drop:0.1", "timeout:0.3", "reset:0.5",
+    # Known gap in opu_driver/calibration/latency.py: it takes frames in arrival order instead of sorting them
+    # by DMD frame id, so a duplicated or reordered frame shifts the brightness series and can give a wrong lag
+    # (seen: 3 instead of 2, with only a warning). Not strict: the pattern is drawn afresh, so it may pass.
+    pytest.param("dup:0.2,reorder:0.2", marks=pytest.mark.xfail(reason="measure_latency ignores frame ids",
+                                                                 strict=False)),
+])
+def test_measure_latency_under_faults_gives_the_same_lag_or_a_typed_error_in_time(faults):
+    # measure_latency reads its frames directly (no retry): a spoiled or lost frame is a typed error of the
+    # link, never a wrong lag; the pattern is drawn afresh each call, so only the lags are compared.
+    def latency(opu):
+        return measure_latency(opu, n_frames=16, max_lag_frames=4, n_components=32, n_features=16,
+                               timeout_s=TIMEOUT_S)
+
+    with opu_driver.open(f"{BASE}&lag=2", **SETTINGS) as opu:
+        clean = latency(opu)
+    assert clean.lag_frames == 2
+    outcomes = []
+    with opu_driver.open(f"{BASE}&lag=2&faults={faults}", retries=3, **SETTINGS) as opu:
+        for _ in range(4):
+            start = time.monotonic()
+            try:
+                result = latency(opu)
+                outcomes.append("same")
+                assert (result.lag_frames, result.header_lag_frames) == (clean.lag_frames, clean.header_lag_frames)
+            except (CommunicationError, AcquisitionError) as exc:
+                outcomes.append(type(exc).__name__)
+            assert time.monotonic() - start < 2 * TIMEOUT_S + MARGIN_S  # the priming transform, then the read
+        assert sum(opu.emulator.fault_counts["injected"].values()) >= 1
+        opu.emulator.set_faults("")
+        result = latency(opu)  # nothing left over from the faulty runs
+        assert (result.lag_frames, result.header_lag_frames) == (clean.lag_frames, clean.header_lag_frames)
