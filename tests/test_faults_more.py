@@ -193,11 +193,9 @@ def test_calibration_routines_under_a_mix_of_faults_give_the_fault_free_results(
 
 @pytest.mark.parametrize("faults", [
     "crc:0.1", "drop:0.1", "timeout:0.3", "reset:0.5",
-    # Known gap in opu_driver/calibration/latency.py: it takes frames in arrival order instead of sorting them
-    # by DMD frame id, so a duplicated or reordered frame shifts the brightness series and can give a wrong lag
-    # (seen: 3 instead of 2, with only a warning). Not strict: the pattern is drawn afresh, so it may pass.
-    pytest.param("dup:0.2,reorder:0.2", marks=pytest.mark.xfail(reason="measure_latency ignores frame ids",
-                                                                 strict=False)),
+    # measure_latency places each frame by the camera's own frame counter, so duplicated and reordered frames
+    # (which once shifted the series: a lag of 3 instead of 2) cannot move it
+    "dup:0.2,reorder:0.2",
 ])
 def test_measure_latency_under_faults_gives_the_same_lag_or_a_typed_error_in_time(faults):
     # measure_latency reads its frames directly (no retry): a spoiled or lost frame is a typed error of the

@@ -77,18 +77,26 @@ def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_compone
     opu.dmd.queue_feature_frames(first_id, np.packbits(bits, axis=1))
     opu.dmd.start()
     wait_s = timeout_s + len(bits) * settings.frame_time_us * 1e-6
-    brightness = np.empty(len(bits))
+    # Each camera frame goes where the camera's own counter puts it (not the DMD id it claims to show, which is
+    # what the optical measurement checks): a duplicated frame lands on its slot twice, a reordered one in its
+    # place, a lost one leaves its slot empty (NaN) and out of the correlation.
+    brightness = np.full(len(bits), np.nan)
     header_lags = []
-    for t, frame in enumerate(opu.camera.read_frames(len(bits), wait_s)):
-        brightness[t] = decode_pixels(settings.pixel_format, frame.pixels, frame.n_pixels).mean()
+    for frame in opu.camera.read_frames(len(bits), wait_s):
+        position = (frame.camera_frame_id - camera_first) & 0xFFFFFFFF
+        if position < len(bits):
+            brightness[position] = decode_pixels(settings.pixel_format, frame.pixels, frame.n_pixels).mean()
         shown = (frame.dmd_frame_id - first_id) & 0xFFFFFFFF
         if shown < n_frames:
-            header_lags.append(((frame.camera_frame_id - camera_first) & 0xFFFFFFFF) - shown)
-    centred = pattern - pattern.mean()
+            header_lags.append(position - shown)
     correlations = []
     for lag in range(max_lag_frames + 1):
         seen = brightness[lag:lag + n_frames]
-        correlations.append(float(np.corrcoef(seen, centred)[0, 1]) if seen.std() > 0 else 0.0)
+        valid = np.isfinite(seen)
+        if valid.sum() >= 3 and seen[valid].std() > 0 and pattern[valid].std() > 0:
+            correlations.append(float(np.corrcoef(seen[valid], pattern[valid].astype(float))[0, 1]))
+        else:
+            correlations.append(0.0)
     order = np.argsort(correlations)[::-1]
     best, second = int(order[0]), float(correlations[order[1]])
     if correlations[best] < 0.5:
