@@ -25,6 +25,7 @@ from .devices.dmd import Dmd
 from .devices.usb_link import UsbLink
 from .errors import (
     CommunicationTimeoutError,
+    ConnectionLostError,
     DeviceRefusedError,
     DroppedFramesError,
     ProtocolError,
@@ -55,7 +56,8 @@ class AcquisitionCounters:
     delivered; ``requests_recovered`` requests that succeeded only thanks to a retry, ``requests_failed``
     requests that raised after a fault. ``frames_missing`` counts frames that did not arrive in an attempt
     (dropped, lost to a corrupt packet, a reset or a timeout); ``corrupt_packets``, ``timeouts``, ``stalls``,
-    ``resets_detected``, ``duplicate_frames`` and ``reordered_frames`` count the faults seen.
+    ``resets_detected``, ``duplicate_frames`` and ``reordered_frames`` count the faults seen; ``reconnects`` the
+    times the device was unplugged and reopened after it came back.
     """
 
     sequences: int = 0
@@ -79,6 +81,7 @@ class AcquisitionCounters:
     resets_detected: int = 0
     duplicate_frames: int = 0
     reordered_frames: int = 0
+    reconnects: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,14 @@ class RetryPolicy:
         retries: attempts after the first one; 0 makes the first fault raise.
         backoff_s: wait before the first retry, doubled for each further one.
         max_backoff_s: the longest wait between two attempts.
+        reconnect_timeout_s: how long a retry after a lost connection (unplug) waits for the device to come
+            back before ConnectionLostError is raised; 0 never reconnects (the loss raises at once).
     """
 
     retries: int = 0
     backoff_s: float = 0.01
     max_backoff_s: float = 0.5
+    reconnect_timeout_s: float = 0.0
 
     def wait_s(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
@@ -159,12 +165,16 @@ class SequenceRunner:
         expected: Expected,
         capacity: int,
         restore: Callable[[], None] | None = None,
+        reconnect: Callable[[], None] | None = None,
     ) -> None:
         """Display ``n_frames`` frames queued by ``queue`` and hand each camera frame to ``sink``, exactly once.
 
         ``queue_blank(first_id, count)`` queues blank flush frames. ``capacity`` is the most frames one sequence
         may hold (sequence memory and camera FIFO); flushing is split over several sequences when needed.
         ``restore()`` is called before a retry to put back device state a reset may have lost (layout, ROI).
+        ``reconnect()`` is called when the connection was lost (the device unplugged) and a retry is left, with
+        ``policy.reconnect_timeout_s`` > 0: it must reopen the same device within that time or raise
+        ConnectionLostError (or DeviceNotFoundError); the missing frames are then re-run after ``restore()``.
 
         The whole call, retries and backoff included, ends within ``timeout_s`` plus the display time of every
         attempt's frames plus the backoff waits. Raises DeviceRefusedError when the device refuses the frames,
@@ -178,6 +188,9 @@ class SequenceRunner:
         frame_time_s = self._camera.settings.frame_time_us * 1e-6
         budget_s = self.timeout_s + (1 + policy.retries) * (n_frames + self.max_lag_frames) * frame_time_s
         budget_s += sum(policy.wait_s(k) for k in range(1, policy.retries + 1))
+        can_reconnect = reconnect is not None and policy.reconnect_timeout_s > 0
+        if can_reconnect:
+            budget_s += policy.retries * policy.reconnect_timeout_s
         deadline = time.monotonic() + budget_s
         attempt = 0
         needs_restore = False
@@ -190,6 +203,29 @@ class SequenceRunner:
                         restore()
                     needs_restore = False
                     self._run(todo, queue, queue_blank, sink, expected, capacity, done, deadline)
+                except ConnectionLostError as exc:
+                    if not can_reconnect or attempt >= policy.retries:
+                        raise
+                    assert reconnect is not None
+                    attempt += 1
+                    missing = n_frames - int(done.sum())
+                    self.counters.frames_missing += missing
+                    _log.warning("connection lost (%s); waiting up to %.3g s for the device to come back, then "
+                                 "re-running the %d of %d frames still missing (retry %d of %d)", exc,
+                                 policy.reconnect_timeout_s, missing, n_frames, attempt, policy.retries)
+                    reconnect()  # raises ConnectionLostError or DeviceNotFoundError when it does not come back
+                    self.counters.reconnects += 1
+                    self.counters.retries += 1
+                    _log.info("reconnected to the device; restoring its state")
+                    self.recover()
+                    if done.all():  # only flush frames were lost: put the state back and the request is done
+                        if restore is not None:
+                            restore()
+                        self.counters.requests_recovered += 1
+                        return
+                    needs_restore = True
+                    self.counters.frames_resent += missing
+                    continue
                 except _RETRYABLE as exc:
                     self._count_fault(exc, n_frames - int(done.sum()))
                     if done.all():

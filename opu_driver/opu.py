@@ -31,6 +31,7 @@ from .errors import (
     AcquisitionError,
     CommunicationTimeoutError,
     ConfigurationError,
+    ConnectionLostError,
     InterlockError,
     InvalidInputError,
     OpuError,
@@ -77,6 +78,10 @@ class OpuSettings:
             default, 2, lets a long run ride out a transient fault; every retry is counted and logged.
             See :class:`~opu_driver.acquisition.RetryPolicy` and docs/reliability.md.
         retry_backoff_s: wait before the first retry, doubled for each further one (at most 0.5 s).
+        reconnect_timeout_s: when the USB device is unplugged during or between requests, a request with
+            retries left waits this long for it to be plugged back (the same VID:PID and serial number), reopens
+            it, restores its state (camera settings, layout, laser as ``laser_on`` says) and re-runs the missing
+            frames; counted in ``counters.reconnects``. 0 disables: the loss raises ConnectionLostError at once.
     """
 
     layout: str = "lined"
@@ -96,6 +101,7 @@ class OpuSettings:
     drift_check: bool = True
     retries: int = 2
     retry_backoff_s: float = 0.01
+    reconnect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("exposure_us", "frame_time_us", "chunk_frames", "macro_px"):
@@ -143,9 +149,15 @@ class OpuSettings:
                 self.retry_backoff_s, (int, float, np.integer, np.floating)) \
                 or not (math.isfinite(self.retry_backoff_s) and 0 <= self.retry_backoff_s <= 10):
             raise ConfigurationError(f"retry_backoff_s must be a number within 0..10, got {self.retry_backoff_s!r}")
+        if isinstance(self.reconnect_timeout_s, bool) or not isinstance(
+                self.reconnect_timeout_s, (int, float, np.integer, np.floating)) \
+                or not (math.isfinite(self.reconnect_timeout_s) and 0 <= self.reconnect_timeout_s <= 600):
+            raise ConfigurationError(
+                f"reconnect_timeout_s must be a number within 0..600, got {self.reconnect_timeout_s!r}")
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(retries=int(self.retries), backoff_s=float(self.retry_backoff_s))
+        return RetryPolicy(retries=int(self.retries), backoff_s=float(self.retry_backoff_s),
+                           reconnect_timeout_s=float(self.reconnect_timeout_s))
 
     def explicit_record_settings(self) -> dict[str, Any]:
         """The settings given explicitly, as a calibration record stores them (the keys a record must match)."""
@@ -531,8 +543,12 @@ class Opu:
         policy = self.settings.retry_policy()
         assert self._runner is not None
         # Everything above only computed; from here on the device is written.
+        reconnected = False
         for attempt in range(policy.retries + 1):
             try:
+                if reconnected:
+                    self._restore_device_state(layout)  # the device came back powered up afresh
+                    reconnected = False
                 if self.camera.settings != self.camera.wanted_settings:
                     # an earlier write or restore failed half-way: put back what the driver wants first
                     _log.warning("camera settings differ from the wanted ones after a failed write: writing again")
@@ -542,6 +558,16 @@ class Opu:
                 if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
                     self.dmd.load_layout(layout)
                 break
+            except ConnectionLostError as exc:
+                # unplugged between requests: wait for the same device to come back, as a sequence would
+                if attempt == policy.retries or policy.reconnect_timeout_s <= 0:
+                    raise
+                _log.warning("connection lost while loading the layout or region (%s); reconnecting", exc)
+                self._reconnect()
+                self._runner.counters.reconnects += 1
+                self._runner.counters.retries += 1
+                self._runner.recover()
+                reconnected = True
             except (StallError, CommunicationTimeoutError) as exc:
                 self._runner.recover()
                 if attempt == policy.retries:
@@ -551,6 +577,46 @@ class Opu:
                              attempt + 1, policy.retries)
                 time.sleep(policy.wait_s(attempt + 1))
         self._plan = _Plan(layout, roi, n_components)
+
+    def _reconnect(self) -> None:
+        """After an unplug: wait for the same device to come back, reopen both lines and check it is the same OPU.
+
+        The USB transport reopens the device with the serial number it had (another OPU is refused); the
+        protocol version, DMD and camera geometry and the controller's identity are read again and must match
+        what was read at open. The device powered up afresh, so the laser and shutter are set again as
+        ``settings.laser_on`` and ``laser_power_mw`` say; camera settings and the layout are put back by
+        :meth:`_restore_device_state`, which the runner calls next.
+
+        Raises:
+            ConnectionLostError: the device did not come back within ``settings.reconnect_timeout_s``.
+            DeviceNotFoundError: the controller line could not be opened again.
+            ProtocolError: a different device answered.
+        """
+        timeout_s = float(self.settings.reconnect_timeout_s)
+        _log.warning("the USB device is gone: waiting up to %.3g s for it to be plugged back", timeout_s)
+        self._link.reconnect(timeout_s)
+        version = self._link.read_register(Register.PROTOCOL_VERSION)
+        if version != 1:
+            raise ProtocolError(f"device speaks protocol version {version} after reconnecting; expected 1")
+        info = self._info
+        assert info is not None
+        geometry = (self._link.read_register(Register.DMD_WIDTH), self._link.read_register(Register.DMD_HEIGHT),
+                    self._link.read_register(Register.CAM_WIDTH), self._link.read_register(Register.CAM_HEIGHT))
+        if geometry != (info.dmd_width, info.dmd_height, info.camera_width, info.camera_height):
+            raise ProtocolError(f"the device that came back has geometry {geometry}, not the one opened")
+        # The controller's serial line died with the cable: reopen it and read its identity again.
+        self._connection.serial.close()
+        self.controller.mark_lost()  # its line is gone; nothing can be sent to close it
+        self.controller.open()
+        if self.controller.identity.serial_number != info.serial_number:
+            raise ProtocolError(f"controller {self.controller.identity.serial_number} answered after reconnecting, "
+                                f"not {info.serial_number}")
+        if self.settings.laser_power_mw is not None:
+            self.controller.set_laser_power_mw(self.settings.laser_power_mw)
+        if self.settings.laser_on:
+            self.controller.laser_on()
+            self.controller.open_shutter()
+        _log.info("reconnected to %s %s", info.model, info.serial_number)
 
     def _restore_device_state(self, layout: Layout) -> None:
         """Before a retry: put back what a device reset loses (camera registers, the layout table).
@@ -631,7 +697,7 @@ class Opu:
                 out[offset + index] = pixels[:n_components]
 
             self._runner.run(block.shape[0], queue, queue_blank, sink, expected, capacity,
-                             restore=lambda: self._restore_device_state(layout))
+                             restore=lambda: self._restore_device_state(layout), reconnect=self._reconnect)
             start += block.shape[0]
         if self._runner.counters.saturated_frames > saturated_before:
             full_scale = (1 << bits_per_pixel(pixel_format)) - 1

@@ -44,6 +44,11 @@ class Device(ABC):
         finally:
             self._is_open = False
 
+    def mark_lost(self) -> None:
+        """The connection is gone (a cable pulled): mark the device closed without sending anything to it, so
+        that ``open`` connects afresh."""
+        self._is_open = False
+
     def _require_open(self) -> None:
         if not self._is_open:
             raise DeviceError(f"{type(self).__name__} is not open")

@@ -179,6 +179,14 @@ class UsbLink:
         self.halts_cleared += 1
         return True
 
+    def reconnect(self, timeout_s: float) -> None:
+        """Reopen the transport on the same device after an unplug and replug; forget the old stream.
+
+        Raises ConnectionLostError when the device is not back within ``timeout_s``.
+        """
+        self.transport.reopen(timeout_s)
+        self.reset_stream()
+
     def reset_stream(self) -> None:
         """Forget any partial packet (after an abort or a reset)."""
         self._parser = PacketParser(accept=frozenset({PacketType.CAMERA_FRAME}))

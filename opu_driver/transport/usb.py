@@ -14,6 +14,7 @@ import errno
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,6 +243,40 @@ class UsbTransport:
         self._dev = dev
         logger.info("opened USB device %s serial %s (%s, bcdDevice %#06x)", ids, serial, self._product,
                     self._bcd_device)
+
+    def reopen(self, timeout_s: float, poll_s: float = 0.05) -> None:
+        """Open the same device again after it was unplugged and plugged back (or reset), waiting for it.
+
+        Only the device opened before qualifies: the same VID:PID and the same serial number (pinned at the
+        first open even when none was asked for), so another OPU plugged in meanwhile is never taken for it.
+        The old handle is released first. The bus is polled every ``poll_s`` until ``timeout_s`` passes.
+
+        Raises:
+            ConnectionLostError: the device did not come back within ``timeout_s``.
+            InvalidInputError: a timeout that is not a finite number > 0.
+        """
+        _timeout_ms(timeout_s)  # validates
+        self.close()
+        if self._serial_number is not None:
+            self._wanted_serial = self._serial_number
+        ids = f"{self.vendor_id:04x}:{self.product_id:04x}"
+        deadline = time.monotonic() + timeout_s
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self.open()
+            except (DeviceNotFoundError, ConnectionLostError) as exc:
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    raise ConnectionLostError(
+                        f"USB device {ids} serial {self._wanted_serial} did not come back within {timeout_s:.3g} s "
+                        f"({attempts} attempts): {exc}"
+                    ) from exc
+                time.sleep(min(poll_s, left_s))
+                continue
+            logger.info("reopened USB device %s serial %s after %d attempts", ids, self._serial_number, attempts)
+            return
 
     def _not_found_message(self, ids: str, denied: list[str]) -> str:
         which = f" with serial number {self._wanted_serial}" if self._wanted_serial else ""
