@@ -27,21 +27,11 @@ from opu_driver.calibration.latency import measure_latency
 from opu_driver.calibration.reference import measure_reference
 from opu_driver.errors import AcquisitionError, CommunicationError, DeviceError, InterlockError, OpuError
 
-QUERY = "dmd=96x64&camera=64x48&cell=4&noise=0&seed=5"
-BASE = f"sim://?{QUERY}"
-N_COMPONENTS = 40
-CHUNK_FRAMES = 8  # 48 vectors: 6 sequences per transform
-TIMEOUT_S = 2.0
+from test_faults import BASE, CHUNK_FRAMES, N_COMPONENTS, TIMEOUT_S, _inputs  # the same device and inputs
+
+QUERY = BASE.removeprefix("sim://?")
 MARGIN_S = 1.0  # the contract: a typed error within the timeout plus a small margin
 SETTINGS = dict(chunk_frames=CHUNK_FRAMES, timeout_s=TIMEOUT_S, calibration=None)
-
-
-def _inputs():
-    rng = np.random.default_rng(11)
-    X = rng.integers(0, 2, size=(48, 30), dtype=np.uint8)
-    E = rng.integers(-1, 2, size=(6, 20)).astype(np.float32)  # ternary: 4 frames per vector, 24 frames
-    E[np.abs(E).sum(axis=1) == 0, 0] = 1.0
-    return X, E
 
 
 def _operate(opu, operation: str):

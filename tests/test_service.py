@@ -285,12 +285,8 @@ def test_misbehaving_clients_never_disturb_the_others(service, direct) -> None:
 
 def test_a_foreign_or_malformed_reply_is_never_returned() -> None:
     def fake_service(listener: socket.socket, reply) -> None:
-        sock, _ = listener.accept()
+        sock, request = _welcome_and_read_request(listener)
         with sock:
-            sock.settimeout(5)
-            wire.read_message(sock, WireLimits(), None)
-            wire.send_message(sock, MessageType.WELCOME, 0, {"max_batch": 8, "max_message_bytes": 1 << 20})
-            request = wire.read_message(sock, WireLimits(), None)
             reply(sock, request)
             read_until_closed(sock, 5)
 
@@ -607,12 +603,8 @@ def test_zero_size_shapes_with_huge_dimensions_are_protocol_errors(service) -> N
     assert reply.type is MessageType.ERROR and reply.header["kind"] == "ProtocolError"
 
     def fake_service(listener: socket.socket) -> None:  # service -> client
-        sock, _ = listener.accept()
+        sock, request = _welcome_and_read_request(listener)
         with sock:
-            sock.settimeout(5)
-            wire.read_message(sock, WireLimits(), None)
-            wire.send_message(sock, MessageType.WELCOME, 0, {"max_batch": 8, "max_message_bytes": 1 << 20})
-            request = wire.read_message(sock, WireLimits(), None)
             text = json.dumps(header).encode()
             sock.sendall(wire.PREFIX.pack(wire.MAGIC, 1, MessageType.RESULT, 0, request.request_id, len(text), 0)
                          + text)
@@ -714,3 +706,12 @@ def _expect_protocol_error(fake_service, *args) -> None:
     projector.close()
     thread.join(5)
     listener.close()
+
+
+def _welcome_and_read_request(listener: socket.socket):
+    """A hand-written service's first steps: accept, read HELLO, send WELCOME, read the PROJECT request."""
+    sock, _ = listener.accept()
+    sock.settimeout(5)
+    wire.read_message(sock, WireLimits(), None)
+    wire.send_message(sock, MessageType.WELCOME, 0, {"max_batch": 8, "max_message_bytes": 1 << 20})
+    return sock, wire.read_message(sock, WireLimits(), None)
