@@ -236,6 +236,9 @@ class EmulatedDevice:
         # The fault plan lives outside the device model: a reset (even an injected one) keeps it.
         self.faults = FaultInjector(getattr(config, "faults", ""), int(config.seed))
         self._light_factor = 1.0  # > 1 only while an injected ``saturate`` sequence is captured
+        # The medium's own clock (drift): it follows the frames shown, like device time, but a reset or a
+        # replug restarts the device's counters, not the physics, so this one is never set back.
+        self._medium_time_us = 0
         self.reset()
         _log.info("emulated OPU %s: serial %s, DMD %dx%d, camera %dx%d, lag %d", self._name,
                   config.serial_number, self._dmd_width, self._dmd_height, self._cam_width, self._cam_height,
@@ -798,6 +801,7 @@ class EmulatedDevice:
             _log.info("%s: IN FIFO full, %d camera frames dropped", self._name, dropped)
         self._cam_frame_count += n
         self._device_time_us += n * self._frame_time_us
+        self._medium_time_us += n * self._frame_time_us
 
     def _compute_frames(self, seen: list[_Frame]) -> None:
         roi = self._roi
@@ -816,7 +820,7 @@ class EmulatedDevice:
                 batch = group[offset:offset + batch_max]
                 first = start + offset
                 index = np.arange(first, first + len(batch), dtype=np.int64)
-                times_us = (self._device_time_us + index * self._frame_time_us).astype(np.float64)
+                times_us = (self._medium_time_us + index * self._frame_time_us).astype(np.float64)
                 intensity = self._intensity(kind, batch, times_us)
                 if self._light_factor != 1.0:
                     intensity = intensity * self._light_factor  # injected ``saturate``: the light jumped

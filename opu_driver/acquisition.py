@@ -27,6 +27,7 @@ from .errors import (
     CommunicationTimeoutError,
     ConnectionLostError,
     DeviceRefusedError,
+    DeviceResetError,
     DroppedFramesError,
     ProtocolError,
 )
@@ -114,7 +115,7 @@ class RetryPolicy:
         return min(self.max_backoff_s, self.backoff_s * 2.0 ** (attempt - 1))
 
 
-_RETRYABLE = (CommunicationTimeoutError, ProtocolError, DroppedFramesError, StallError)
+_RETRYABLE = (CommunicationTimeoutError, ProtocolError, DroppedFramesError, StallError, DeviceResetError)
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,8 @@ class SequenceRunner:
             counters.stalls += 1
         elif isinstance(exc, ProtocolError) and "corrupt packet" in exc.message:
             counters.corrupt_packets += 1
+        elif isinstance(exc, DeviceResetError):
+            counters.resets_detected += 1
 
     def recover(self) -> None:
         """Clear halted endpoints, abort the device's queue and drain stale camera frames; never raises."""

@@ -88,8 +88,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"--token-file: {exc}") from None
     elif token is None:
         token = os.environ.get("OPU_SERVICE_TOKEN") or None
-    limits = {name: value for name, value in (("max_clients", args.max_clients), ("max_batch", args.max_batch),
-                                               ("idle_timeout_s", args.idle_timeout_s)) if value is not None}
+    limits = _service_limits(args)
     service = OpuService(args.url, bind=_parse_bind(args.bind), token=token, **limits)
     stop_requested = threading.Event()
 
@@ -119,6 +118,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             service.stop(timeout_s=args.shutdown_timeout_s)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _service_limits(args: argparse.Namespace) -> dict[str, int | float]:
+    """The ServiceLimits fields given on the command line (the others keep their defaults)."""
+    from .service.server import ServiceLimits
+
+    names = (f.name for f in dataclasses.fields(ServiceLimits))
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _add_service_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`ServiceLimits` field (``--max-device-bytes`` ...), so the CLI cannot fall behind."""
+    from .service.server import ServiceLimits
+
+    defaults = ServiceLimits()
+    for f in dataclasses.fields(ServiceLimits):
+        default = getattr(defaults, f.name)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(default), default=None,
+                            metavar="S" if f.name.endswith("_s") else "N",
+                            help=f"ServiceLimits.{f.name} (default: {default}; see docs/service.md)")
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -281,10 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="shared secret clients must present (visible in the process "
                    "list: prefer --token-file or $OPU_SERVICE_TOKEN)")
     p.add_argument("--token-file", default=None, help="read the token from this file")
-    p.add_argument("--max-clients", type=int, default=None, help="connections served at once (default: 32)")
-    p.add_argument("--max-batch", type=int, default=None, help="vectors per request (default: 4096)")
-    p.add_argument("--idle-timeout-s", type=float, default=None, help="close idle connections after this "
-                   "(default: 600; clients reconnect by themselves)")
+    _add_service_limit_flags(p)
     p.add_argument("--shutdown-timeout-s", type=float, default=10.0, help="how long a stop waits for requests")
     p.set_defaults(func=_cmd_serve)
 

@@ -19,6 +19,7 @@ __all__ = [
     "CommunicationTimeoutError",
     "ProtocolError",
     "ConnectionLostError",
+    "DeviceResetError",
     "AcquisitionError",
     "DroppedFramesError",
     "LibraryLoadError",
@@ -93,6 +94,13 @@ class ProtocolError(CommunicationError):
 
 class ConnectionLostError(CommunicationError, ConnectionError):
     """The device went away (unplugged, reset, closed port)."""
+
+
+class DeviceResetError(CommunicationError):
+    """The device lost state the driver had given it (a reset or power cycle) in the middle of a request.
+
+    Retried like a timeout (the state is restored first) while retries are left; raised when they are spent.
+    """
 
 
 class AcquisitionError(OpuError):

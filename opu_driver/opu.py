@@ -32,6 +32,7 @@ from .errors import (
     CommunicationTimeoutError,
     ConfigurationError,
     ConnectionLostError,
+    DeviceResetError,
     InterlockError,
     InvalidInputError,
     OpuError,
@@ -74,13 +75,15 @@ class OpuSettings:
         drift_check: at open, re-project the record's drift probes and warn when they no longer match.
         retries: how many times a sequence that lost or spoiled camera frames (timeout, stall, corrupt packet,
             dropped frames, device reset) is run again for the frames still missing, after abort, drain and a
-            check that the device still holds the layout and camera settings; 0 raises the first such fault. The
+            check that the device still holds the layout, camera settings and light path; 0 raises the first
+            such fault. The controller's serial exchanges that are safe to repeat get as many retries. The
             default, 2, lets a long run ride out a transient fault; every retry is counted and logged.
             See :class:`~opu_driver.acquisition.RetryPolicy` and docs/reliability.md.
         retry_backoff_s: wait before the first retry, doubled for each further one (at most 0.5 s).
         reconnect_timeout_s: when the USB device is unplugged during or between requests, a request with
             retries left waits this long for it to be plugged back (the same VID:PID and serial number), reopens
-            it, restores its state (camera settings, layout, laser as ``laser_on`` says) and re-runs the missing
+            it, restores its state (camera settings, layout, and the laser, shutter and power as the driver last
+            set them: ``controller.wanted``) and re-runs the missing
             frames; counted in ``counters.reconnects``. 0 disables: the loss raises ConnectionLostError at once.
     """
 
@@ -214,7 +217,8 @@ class Opu:
         self._link = UsbLink(connection.usb)
         self.dmd = Dmd(self._link)
         self.camera = Camera(self._link)
-        self.controller = Controller(connection.serial)
+        # The serial line's own retries follow the same setting, so retries=0 means no retry anywhere.
+        self.controller = Controller(connection.serial, max_retries=int(settings.retries))
         self._runner: SequenceRunner | None = None
         self._plan: _Plan | None = None
         self._info: OpuInfo | None = None
@@ -295,6 +299,8 @@ class Opu:
     def close(self) -> None:
         """Laser off, shutter closed, devices released. Safe to call twice."""
         with self._lock:
+            if not self._closed:
+                self._log_fault_summary()
             errors: list[BaseException] = []
             for part in (self.controller, self.dmd, self.camera):
                 try:
@@ -337,10 +343,28 @@ class Opu:
 
     @property
     def counters(self) -> AcquisitionCounters:
-        """Sequences, frames sent and matched, discarded frames, learned lag, faults seen, retries, recoveries."""
+        """Sequences, frames sent and matched, discarded frames, learned lag, faults seen, retries, recoveries.
+
+        The controller's serial exchanges count their own retries and garbled replies in
+        ``opu.controller.counters``. A summary of both is logged at close when anything went wrong.
+        """
         self._require_open()
         assert self._runner is not None
         return self._runner.counters
+
+    def _log_fault_summary(self) -> None:
+        """One INFO line at close with every non-zero fault counter of the session (none when all went well)."""
+        if self._runner is None:
+            return
+        names = ("retries", "frames_resent", "requests_recovered", "requests_failed", "timeouts", "stalls",
+                 "corrupt_packets", "resets_detected", "duplicate_frames", "reordered_frames", "reconnects")
+        counters = self._runner.counters
+        parts = [f"{name} {getattr(counters, name)}" for name in names if getattr(counters, name)]
+        serial = self.controller.counters
+        parts += [f"serial {name} {getattr(serial, name)}" for name in ("retries", "garbled_replies", "timeouts",
+                                                                      "requests_failed") if getattr(serial, name)]
+        if parts:
+            _log.info("faults met this session: %s", ", ".join(parts))
 
     @property
     def emulator(self) -> Any | None:
@@ -583,8 +607,9 @@ class Opu:
 
         The USB transport reopens the device with the serial number it had (another OPU is refused); the
         protocol version, DMD and camera geometry and the controller's identity are read again and must match
-        what was read at open. The device powered up afresh, so the laser and shutter are set again as
-        ``settings.laser_on`` and ``laser_power_mw`` say; camera settings and the layout are put back by
+        what was read at open. The device powered up afresh, so the laser, shutter and power are set again as the
+        driver last set them (``controller.wanted``: a user's ``laser_off()`` stays off); camera settings and the
+        layout are put back by
         :meth:`_restore_device_state`, which the runner calls next.
 
         Raises:
@@ -611,18 +636,16 @@ class Opu:
         if self.controller.identity.serial_number != info.serial_number:
             raise ProtocolError(f"controller {self.controller.identity.serial_number} answered after reconnecting, "
                                 f"not {info.serial_number}")
-        if self.settings.laser_power_mw is not None:
-            self.controller.set_laser_power_mw(self.settings.laser_power_mw)
-        if self.settings.laser_on:
-            self.controller.laser_on()
-            self.controller.open_shutter()
+        self.controller.restore()  # the light path as the driver last set it, not as it was at open
         _log.info("reconnected to %s %s", info.model, info.serial_number)
 
     def _restore_device_state(self, layout: Layout) -> None:
-        """Before a retry: put back what a device reset loses (camera registers, the layout table).
+        """Before a retry: put back what a device reset loses (camera registers, the layout table, the light).
 
         The camera settings are read back from the device and compared with what the driver set; the layout is
-        checked through LAYOUT_FEATURES. Only what differs is written again.
+        checked through LAYOUT_FEATURES; the laser, shutter and power through the controller's queries (a power
+        cycle restarts the controller too: the laser comes back off). Only what differs is written again; a
+        tripped interlock is left alone (the request then raises InterlockError).
         """
         assert self._runner is not None
         # What the driver wants is kept apart from what it last read, so a restore that fails half-way is
@@ -636,15 +659,26 @@ class Opu:
         if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
             _log.warning("the device lost its layout table (a reset?): loading it again")
             self.dmd.load_layout(layout)
+        if self.controller.restore() and actual == wanted:
+            self._runner.counters.resets_detected += 1  # the controller alone restarted
 
     def _check_dark(self) -> None:
-        """A dark frame: fine if the user switched the light off, an error if the device did it."""
+        """A dark frame: fine if the user switched the light off, an error if the device did it.
+
+        The controller's ``wanted`` light state tells the two apart: a laser or shutter that is off or closed
+        although the driver last switched it on or open means the device restarted (a power cycle). That is a
+        DeviceResetError, which the runner retries after :meth:`_restore_device_state` has put the light back.
+        """
         if self._dark_checked:
             return
-        self._dark_checked = True
         if not self.controller.interlock_ok:
+            self._dark_checked = True
             raise InterlockError("the laser interlock tripped: frames are dark; clear its cause, then "
                                  "opu.controller.reset_interlock() and opu.controller.laser_on()")
+        if self.controller.light_differs():
+            raise DeviceResetError("camera frames are dark and the laser or shutter is off although the driver "
+                                   "switched it on (the device restarted?)")
+        self._dark_checked = True
         if self.controller.laser_is_on and self.controller.shutter_is_open:
             raise AcquisitionError("camera frames are dark although the laser is on and the shutter open")
         _log.info("frames are dark: the laser is off or the shutter closed")

@@ -167,3 +167,23 @@ def test_bad_arguments_are_refused_before_anything_is_sent(make):
         with pytest.raises(InvalidInputError):
             make(opu)
         assert opu._link.bytes_sent == sent
+
+
+def test_a_device_reset_after_the_baseline_gives_unknown_times_not_wrong_ones(caplog):
+    # A reset sets the device clock back to 0. The driver notices it at the next request (the camera lost its
+    # settings) and restores the device; the monitor must not report the restarted clock as time since baseline.
+    with opu_driver.open(f"{SIM}&seed=2", calibration=None, **OPTIONS) as opu:
+        monitor = DriftMonitor(opu, N_FEATURES, N_OUT, n_probes=N_PROBES, seed=2)
+        monitor.baseline()
+        _blank(opu, 100)
+        before = monitor.check()
+        assert before.time_s > 0 and not before.drifted
+        opu.emulator.reset()
+        with caplog.at_level("WARNING", logger="opu_driver.calibration.drift"):
+            after = monitor.check()
+            later = monitor.check()
+        assert opu.counters.resets_detected >= 1
+        assert math.isnan(after.time_s) and math.isnan(later.time_s)
+        assert not after.drifted  # the medium did not change: the correlation is unaffected
+        assert sum("device clock was reset" in r.getMessage() for r in caplog.records) == 1  # warned once
+        assert np.isnan(monitor.result().times_s[1:]).all() and monitor.result().times_s[0] > 0

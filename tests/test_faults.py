@@ -12,6 +12,7 @@ a margin, and the next request works again.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -260,3 +261,17 @@ def test_a_restore_that_fails_half_way_is_finished_before_the_next_request():
         assert not armed["gain"]  # the failing write did happen
         np.testing.assert_array_equal(opu.transform(X, 40), reference)
         assert opu._link.read_register(Register.GAIN_MILLI) == 3000
+
+
+def test_the_session_fault_counters_are_logged_at_close(caplog):
+    with caplog.at_level(logging.INFO, logger="opu_driver.opu"):
+        with _open(f"crc:{RATES['crc']}", retries=RETRIES) as opu:
+            _operate(opu, "transform")
+            retries = opu.counters.retries
+    summary = [r.getMessage() for r in caplog.records if "faults met this session" in r.getMessage()]
+    assert retries >= 1 and len(summary) == 1 and f"retries {retries}" in summary[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="opu_driver.opu"):
+        with _open("") as opu:
+            _operate(opu, "transform")
+    assert not any("faults met this session" in r.getMessage() for r in caplog.records)  # nothing went wrong

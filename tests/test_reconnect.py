@@ -126,3 +126,21 @@ def test_another_device_is_not_taken_for_the_unplugged_one(device):
             assert opu.counters.reconnects == 0
         finally:
             firmware_sim.release_device(other)
+
+
+def test_after_a_replug_the_light_is_as_the_user_last_set_it_not_as_at_open(device):
+    with opu_driver.open(f"sim://{device.name}", reconnect_timeout_s=5.0, **SETTINGS) as opu:
+        opu.controller.set_laser_power_mw(20.0)
+        opu.controller.laser_off()  # the user's choice: a reconnect must not switch the laser back on
+        device.unplug()
+        _replug_later(device, REPLUG_AFTER_S)
+        y = opu.transform(_inputs(), N_COMPONENTS)
+        assert opu.counters.reconnects == 1
+        assert not opu.controller.laser_is_on and opu.controller.shutter_is_open
+        assert opu.controller.laser_power_mw == 20.0
+        assert opu.counters.dark_frames >= len(y)  # dark frames, as the user asked, not an error
+        opu.controller.laser_on()
+        device.unplug()
+        _replug_later(device, REPLUG_AFTER_S)
+        opu.transform(_inputs(), N_COMPONENTS)
+        assert opu.counters.reconnects == 2 and opu.controller.laser_is_on

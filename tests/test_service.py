@@ -7,6 +7,7 @@ decoded with another request's bit-plane scale).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -715,3 +716,19 @@ def _welcome_and_read_request(listener: socket.socket):
     wire.read_message(sock, WireLimits(), None)
     wire.send_message(sock, MessageType.WELCOME, 0, {"max_batch": 8, "max_message_bytes": 1 << 20})
     return sock, wire.read_message(sock, WireLimits(), None)
+
+
+def test_opu_serve_has_a_flag_for_every_service_limit_and_refuses_a_bad_one(capsys) -> None:
+    from opu_driver.cli import _service_limits, build_parser, main
+    from opu_driver.service.server import ServiceLimits
+
+    args = build_parser().parse_args(["serve", "--max-device-bytes", "1000000", "--max-pending-connections", "3",
+                                      "--hello-timeout-s", "0.5"])
+    limits = ServiceLimits(**_service_limits(args))
+    assert (limits.max_device_bytes, limits.max_pending_connections, limits.hello_timeout_s) == (1_000_000, 3, 0.5)
+    assert limits.max_clients == ServiceLimits().max_clients  # not given: the default
+    for f in dataclasses.fields(ServiceLimits):
+        flag = f"--{f.name.replace('_', '-')}"
+        assert getattr(build_parser().parse_args(["serve", flag, "7"]), f.name) == 7, flag
+    assert main(["serve", "--url", URL, "--max-batch", "0"]) == 2  # refused before the device opens
+    assert "max_batch" in capsys.readouterr().err

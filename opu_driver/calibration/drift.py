@@ -26,7 +26,9 @@ digits that no application would notice.
 
 Time is the device clock (``opu.dmd.device_time_us``), so the emulator's drift (which follows device time, not the
 wall clock) and a real device are read the same way; times are reported in seconds since the baseline (the middle of
-its two repeats), each check at the middle of its projection.
+its two repeats), each check at the middle of its projection. A device reset or replug sets the device clock back
+to 0; checks after one (the driver counts them in ``opu.counters``) or whose clock reads before the baseline's get
+a NaN time and a warning, never a wrong one.
 
 Stale reference. The linear mode measures its reference |R r|^2 per pixel once (``baseline()`` refreshes it) and
 then keeps it. On a drifting medium the reference field changes too, so checks divide by a stale reference: the
@@ -39,6 +41,7 @@ matrix.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -219,12 +222,18 @@ def _project(opu, probes: np.ndarray, n_components: int, scheme: str, refresh: b
     return np.asarray(out, dtype=np.float64), int(after - duration // 2)
 
 
+def _clock_epoch(opu) -> int:
+    """How many times the driver saw the device clock restart (device resets and replugs)."""
+    return opu.counters.resets_detected + opu.counters.reconnects
+
+
 def _sample(opu, probes: np.ndarray, baseline: np.ndarray, threshold: float, scheme: str,
             origin_us: int | None) -> DriftSample:
     projected, time_us = _project(opu, probes, baseline.shape[1], scheme)
     used = np.any(baseline != 0, axis=0)
     value = correlation(projected[:, used], baseline[:, used])
-    time_s = (time_us - origin_us) * 1e-6 if origin_us is not None else float("nan")
+    # A device clock behind the baseline's was set back (a reset or a power cycle): the time since is unknown.
+    time_s = (time_us - origin_us) * 1e-6 if origin_us is not None and time_us >= origin_us else float("nan")
     drifted = not value >= threshold  # NaN (no light any more) counts as drifted
     if drifted:
         _log.warning("drift check: correlation %.4f with the baseline is below the threshold %.4f: recalibrate",
@@ -297,6 +306,8 @@ class DriftMonitor:
         self.baseline_repeatability: float | None = None
         self.expected_correlation: float | None = None
         self.baseline_device_time_us: int | None = None
+        self._clock_epoch = _clock_epoch(opu)  # device resets and replugs seen when the baseline's time was read
+        self._clock_lost = False
         self._history: list[DriftSample] = []
         self._latched = False
         self._steps = 0
@@ -355,6 +366,8 @@ class DriftMonitor:
         self.baseline_repeatability = r0
         self.expected_correlation = rho_c
         self.baseline_device_time_us = time_us
+        self._clock_epoch = _clock_epoch(self._opu)
+        self._clock_lost = False
         self._history = []
         self._latched = False
         self._steps = 0
@@ -369,8 +382,17 @@ class DriftMonitor:
         assert self._baseline is not None and self._threshold is not None
         if self.baseline_device_time_us is None:  # resumed without a time: count from the first check
             self.baseline_device_time_us = self._opu.dmd.device_time_us
+            self._clock_epoch = _clock_epoch(self._opu)
         sample = _sample(self._opu, self.probes, self._baseline, self._threshold, self.scheme,
                          self.baseline_device_time_us)
+        if _clock_epoch(self._opu) != self._clock_epoch:
+            # The device reset (or was replugged) since the baseline: its clock restarted at 0, so even a time
+            # that still lies after the baseline's is not the time since the baseline.
+            if not self._clock_lost:
+                _log.warning("drift check: the device clock was reset since the baseline; the times of this and "
+                             "later checks are unknown (NaN)")
+            self._clock_lost = True
+            sample = dataclasses.replace(sample, time_s=float("nan"))
         self._history.append(sample)
         self._latched = self._latched or sample.drifted
         return sample

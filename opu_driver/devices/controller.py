@@ -117,6 +117,20 @@ class ControllerCounters:
     requests_failed: int = 0
 
 
+@dataclass
+class LightState:
+    """The light path as the driver last set it (``Controller.wanted``); None where it never set a value.
+
+    A device that restarts (a power cycle, a reset of its controller, an unplug and replug) comes back with the
+    laser off and the shutter closed. The driver compares the device with this state to tell such a restart from
+    the user's own ``laser_off()``, and :meth:`Controller.restore` writes back what differs.
+    """
+
+    laser_on: bool | None = None
+    shutter_open: bool | None = None
+    power_mw: float | None = None
+
+
 def _describe(command: bytes | str) -> str:
     text = command.decode("ascii", errors="replace") if isinstance(command, bytes) else command
     return text.strip()
@@ -168,6 +182,7 @@ class Controller(Device):
         self.max_retries = max_retries
         self.resync_quiet_s = float(resync_quiet_s)
         self.counters = ControllerCounters()
+        self.wanted = LightState()
         self._identity: Identity | None = None
 
     def _do_open(self) -> None:
@@ -334,6 +349,7 @@ class Controller(Device):
         """``*RST``: laser off, shutter closed, trigger INT, error queue cleared, sequence aborted."""
         self._require_open()
         self._command("*RST")
+        self.wanted.laser_on, self.wanted.shutter_open = False, False
 
     # -- laser ------------------------------------------------------------------------------------
     def laser_on(self) -> None:
@@ -346,9 +362,11 @@ class Controller(Device):
                 raise InterlockError("laser interlock is tripped: clear its cause, then reset_interlock()",
                                      exc.code) from exc
             raise
+        self.wanted.laser_on = True
 
     def laser_off(self) -> None:
         self._require_open()
+        self.wanted.laser_on = False  # first: even a failed attempt must never be restored to on
         self._command("LASER:STATE", "OFF")
 
     @property
@@ -373,15 +391,50 @@ class Controller(Device):
         if not (0.0 <= float(power_mw) <= maximum):
             raise ConfigurationError(f"laser power {power_mw} mW outside 0..{maximum} mW")
         self._command("LASER:POWER", float(power_mw))
+        self.wanted.power_mw = float(power_mw)
 
     # -- shutter, temperature, interlock, trigger -------------------------------------------------
     def open_shutter(self) -> None:
         self._require_open()
         self._command("SHUTTER:STATE", "OPEN")
+        self.wanted.shutter_open = True
 
     def close_shutter(self) -> None:
         self._require_open()
+        self.wanted.shutter_open = False
         self._command("SHUTTER:STATE", "CLOSED")
+
+    def light_differs(self) -> bool:
+        """Whether the laser or shutter is off or closed although the driver last switched it on or open
+        (the device restarted without being told); reads two states from the device."""
+        self._require_open()
+        return (self.wanted.laser_on is True and not self.laser_is_on) or (
+            self.wanted.shutter_open is True and not self.shutter_is_open)
+
+    def restore(self) -> bool:
+        """Write back the light path the driver last set (:attr:`wanted`) where the device differs.
+
+        Power first, then the laser, then the shutter, as at open. Nothing is written while the interlock is
+        tripped: re-arming a safety latch is the user's decision (the next request raises InterlockError).
+        Returns whether anything was written.
+        """
+        self._require_open()
+        if not self.interlock_ok:
+            return False
+        wanted, written = self.wanted, False
+        if wanted.power_mw is not None and not math.isclose(self.laser_power_mw, wanted.power_mw, abs_tol=1e-3):
+            self._command("LASER:POWER", wanted.power_mw)
+            written = True
+        if wanted.laser_on is not None and self.laser_is_on != wanted.laser_on:
+            self._command("LASER:STATE", "ON" if wanted.laser_on else "OFF")
+            written = True
+        if wanted.shutter_open is not None and self.shutter_is_open != wanted.shutter_open:
+            self._command("SHUTTER:STATE", "OPEN" if wanted.shutter_open else "CLOSED")
+            written = True
+        if written:
+            _log.warning("the controller's light path differed from what the driver set (a restart?): restored "
+                         "laser %s, shutter %s, power %s mW", wanted.laser_on, wanted.shutter_open, wanted.power_mw)
+        return written
 
     @property
     def shutter_is_open(self) -> bool:
