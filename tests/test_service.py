@@ -732,3 +732,22 @@ def test_opu_serve_has_a_flag_for_every_service_limit_and_refuses_a_bad_one(caps
         assert getattr(build_parser().parse_args(["serve", flag, "7"]), f.name) == 7, flag
     assert main(["serve", "--url", URL, "--max-batch", "0"]) == 2  # refused before the device opens
     assert "max_batch" in capsys.readouterr().err
+
+
+def test_a_client_faster_than_max_requests_per_s_is_paced_not_refused(direct) -> None:
+    rate_per_s, n_requests = 20.0, 35
+    with OpuService(URL, max_requests_per_s=rate_per_s) as svc:
+        host, port = svc.address
+        with dfa_client.connect(f"tcp://{host}:{port}", n_components=20) as projector:
+            E = errors(41, 1, "ternary")
+            expected = direct.linear_transform(E, 20)
+            start = time.monotonic()
+            for _ in range(n_requests):
+                np.testing.assert_array_equal(projector.project(E), expected)
+            elapsed_s = time.monotonic() - start
+        stats = svc.stats()
+    # The bucket holds rate_per_s requests; the rest come at most rate_per_s per second. A lower bound on the
+    # time (a slow machine only adds to it), not a performance figure.
+    assert elapsed_s >= (n_requests - rate_per_s - 1) / rate_per_s
+    assert stats.requests_paced >= n_requests - rate_per_s - 1
+    assert stats.requests == n_requests and stats.request_errors == 0

@@ -81,6 +81,10 @@ class ServiceLimits:
         message_timeout_s: once a message's first byte came, the rest must come within this.
         request_timeout_s: the longest a request waits for the device before an ERROR "RequestTimeoutError".
         send_timeout_s: the longest a reply may take to write (a client that does not read is dropped).
+        max_requests_per_s: each connection's request rate, paced by a token bucket that holds one second's
+            worth: a faster client waits before its next request is read (TCP backpressure), it is not refused.
+            A device call takes milliseconds, so a client bound by the device never reaches the default; a
+            flood of empty or refused requests does.
     """
 
     max_clients: int = 32
@@ -95,6 +99,7 @@ class ServiceLimits:
     message_timeout_s: float = 10.0
     request_timeout_s: float = 300.0
     send_timeout_s: float = 30.0
+    max_requests_per_s: float = 1000.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -127,6 +132,7 @@ class ServiceStats:
     protocol_errors: int = 0
     requests_abandoned: int = 0
     connections_evicted: int = 0
+    requests_paced: int = 0
 
 
 def is_loopback(host: str) -> bool:
@@ -163,6 +169,24 @@ class _Request:
         self.done.set()
 
 
+class _TokenBucket:
+    """Paces one connection's requests to ``rate_per_s``, with a burst of one second's worth."""
+
+    def __init__(self, rate_per_s: float) -> None:
+        self.rate_per_s = rate_per_s
+        self.capacity = max(1.0, rate_per_s)
+        self.tokens = self.capacity
+        self.last = time.monotonic()
+
+    def wait_s(self) -> float:
+        """Take one token; how long to wait first (0 when one is there)."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate_per_s)
+        self.last = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate_per_s
+
+
 class _Connection:
     """One client connection and what its HELLO fixed."""
 
@@ -181,6 +205,7 @@ class _Connection:
         self.scheme = "four_frame"
         self.n_bits: int | None = None
         self.max_batch = 1
+        self.bucket: _TokenBucket | None = None
 
     def shutdown(self) -> None:
         """Wake the connection's thread from a blocking read (it then closes the socket)."""
@@ -461,7 +486,14 @@ class OpuService:
                     if problem is not None:
                         raise _RefusedRequest(prefix.request_id, problem)
 
+            conn.bucket = _TokenBucket(limits.max_requests_per_s)
             while not self._stopping:
+                wait_s = conn.bucket.wait_s()
+                if wait_s > 0:  # too fast: the next request is read later, so the client's sends back up
+                    self._count(requests_paced=1)
+                    resume = time.monotonic() + wait_s
+                    while not self._stopping and time.monotonic() < resume:
+                        time.sleep(min(_PEER_POLL_S, max(0.0, resume - time.monotonic())))
                 message = wire.read_message(sock, self._request_limits(conn),
                                             time.monotonic() + limits.idle_timeout_s, limits.message_timeout_s,
                                             check_header)
