@@ -89,7 +89,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     elif token is None:
         token = os.environ.get("OPU_SERVICE_TOKEN") or None
     limits = _service_limits(args)
-    service = OpuService(args.url, bind=_parse_bind(args.bind), token=token, **limits)
+    service = OpuService(args.url, bind=_parse_bind(args.bind), token=token, opu_settings=_serve_opu_settings(args),
+                         **limits)
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -118,6 +119,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             service.stop(timeout_s=args.shutdown_timeout_s)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _serve_opu_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The device settings given to ``opu serve`` (the others keep OpuSettings' defaults)."""
+    names = ("retries", "timeout_s", "reconnect_timeout_s", "pixel_format")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _service_limits(args: argparse.Namespace) -> dict[str, int | float]:
@@ -301,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "list: prefer --token-file or $OPU_SERVICE_TOKEN)")
     p.add_argument("--token-file", default=None, help="read the token from this file")
     _add_service_limit_flags(p)
+    p.add_argument("--retries", type=int, default=None, help="device retries after a fault (OpuSettings.retries, "
+                   "default 2; 0 makes the first fault the request's error)")
+    p.add_argument("--timeout-s", type=float, default=None, help="device timeout (OpuSettings.timeout_s, default 5)")
+    p.add_argument("--reconnect-timeout-s", type=float, default=None, help="how long a request waits for an "
+                   "unplugged device to come back (OpuSettings.reconnect_timeout_s, default 5; 0 disables)")
+    p.add_argument("--pixel-format", default=None, help="e.g. MONO12 (default: the device's or its calibration's)")
     p.add_argument("--shutdown-timeout-s", type=float, default=10.0, help="how long a stop waits for requests")
     p.set_defaults(func=_cmd_serve)
 

@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from .encoding.encoders import BitPlaneEncoder
 from .encoding.layouts import SplitLayout
-from .errors import InvalidInputError
+from .errors import AcquisitionError, InvalidInputError
 from .native import combine_four, combine_two
 from .protocol import bits_per_pixel
 
@@ -106,7 +106,22 @@ class LinearMode:
         frames[2 * n + np.arange(k), probes] = 1  # one feature with the reference ...
         frames[2 * n:2 * n + k, -1] = 1
         frames[2 * n + k + np.arange(k), probes] = 1  # ... and without it
+        counters = self._opu.counters
+        saturated_before = counters.saturated_frames
         raw = self._opu.acquire(frames, layout, n_components)
+        if counters.saturated_frames > saturated_before:
+            # A jump of the light during the measurement (one sequence brighter) would spoil the reference and
+            # the scale of every later call, silently. Measure once more and keep that. If it saturates again,
+            # the saturation is the settings' (the mask below handles it); if not, it was a jump.
+            first_saturated = counters.saturated_frames - saturated_before
+            _log.info("%d saturated frames while measuring the linear-mode reference: measuring it again",
+                      first_saturated)
+            saturated_before = counters.saturated_frames
+            raw = self._opu.acquire(frames, layout, n_components)
+            if counters.saturated_frames - saturated_before < first_saturated:
+                _log.warning("the light jumped while the linear-mode reference was measured (%d saturated frames, "
+                             "%d when measured again): kept the second measurement", first_saturated,
+                             counters.saturated_frames - saturated_before)
         full_scale = _full_scale(self._opu)
         values = raw.astype(np.float32)
         dark_frames, reference_frames = values[:n], values[n:2 * n]
@@ -118,14 +133,14 @@ class LinearMode:
         floor = self.min_reference * np.median(reference[positive]) if positive.any() else np.inf
         mask = ~saturated & positive & (reference >= floor)
         if not mask.any():
-            raise InvalidInputError("no camera pixel has a usable reference: raise the exposure or laser power")
+            raise AcquisitionError("no camera pixel has a usable reference: raise the exposure or laser power")
         # Probes give the scale of the effective matrix: z = I(f + r) - I(f) - |R r|^2 = 2 Re[conj(R r) R f] plus
         # noise, so z^2 / (4 |R r|^2) averages var(B entry) plus the noise of the two frames and the mean.
         z = values[2 * n:2 * n + k] - values[2 * n + k:] - reference
         noise = reference_frames.var(axis=0) * (1 + 1 / n) + dark_frames.var(axis=0)
         variance = float(((z[:, mask] ** 2 - noise[mask]) / (4 * reference[mask])).mean())
         if variance <= 0:
-            raise InvalidInputError("the signal features give no measurable light: check the laser and exposure")
+            raise AcquisitionError("the signal features give no measurable light: check the laser and exposure")
         calibration = ReferenceCalibration(reference.astype(np.float32), dark.astype(np.float32), mask,
                                            variance, n, key)
         _log.info("linear-mode reference: %.1f%% of %d outputs usable", 100 * calibration.usable_fraction,

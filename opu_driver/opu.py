@@ -410,6 +410,13 @@ class Opu:
         sizes and settings (it is fixed by the optics and the reference calibration, which is measured once and
         again when ``refresh_reference`` is True). All-zero vectors give zeros without using the device. See
         opu_driver/linear.py for the physics and docs on the scale.
+
+        Raises:
+            InvalidInputError: before anything is sent, for NaN or Inf, a wrong shape or dtype, a bad scheme or
+                n_bits, or a signal that does not fit beside the reference.
+            AcquisitionError: the reference measurement found no usable light (laser off, shutter closed,
+                exposure too low).
+            CommunicationError, InterlockError: as for :meth:`transform`.
         """
         from .linear import SCHEMES
 

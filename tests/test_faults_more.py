@@ -158,6 +158,12 @@ def test_the_users_own_laser_off_gives_dark_frames_not_an_error(reference):
         assert opu.counters.retries == 0 and opu.counters.resets_detected == 0
         assert not opu.controller.laser_is_on
         assert y.max() < reference["transform"].max()
+        # the linear mode cannot measure its reference in the dark: a device-side error, not refused input
+        with pytest.raises(AcquisitionError, match="usable reference|measurable light") as caught:
+            _operate(opu, "linear_transform")
+        assert not isinstance(caught.value, ValueError)
+        opu.controller.laser_on()
+        np.testing.assert_array_equal(_operate(opu, "linear_transform"), reference["linear_transform"])
 
 
 @pytest.mark.parametrize("faults", ["timeout:0.5", "crc:0.5", "stall:0.5", "serial:0.5", "slow:0.5,drop:0.3"])
@@ -183,7 +189,7 @@ def test_open_under_faults_succeeds_or_raises_in_time_and_a_later_open_works(ref
 # Every routine together sends about 1,500 frames in about 190 sequences of 8: these rates make every fault
 # fire (checked), retries=10 makes a request that spends them all unlikely (each retry fails with p < 0.1), and
 # the short timeout keeps the injected timeouts cheap.
-CALIBRATION_MIX = "timeout:0.01,stall:0.03,crc:0.01,drop:0.01,dup:0.02,reorder:0.02,reset:0.02,slow:0.02,serial:0.05"
+CALIBRATION_MIX = "timeout:0.01,stall:0.03,crc:0.01,truncate:0.01,drop:0.01,dup:0.02,reorder:0.02,reset:0.02,slow:0.02,serial:0.05"
 CALIBRATION_TIMEOUT_S = 0.5
 # Fields that count cost or read the device clock: resent frames add to both, and a reset sets the clock back.
 # Everything else a routine returns must be equal bit for bit.

@@ -731,6 +731,14 @@ def test_opu_serve_has_a_flag_for_every_service_limit_and_refuses_a_bad_one(caps
         flag = f"--{f.name.replace('_', '-')}"
         assert getattr(build_parser().parse_args(["serve", flag, "7"]), f.name) == 7, flag
     assert main(["serve", "--url", URL, "--max-batch", "0"]) == 2  # refused before the device opens
+    from opu_driver.cli import _serve_opu_settings
+    from opu_driver.opu import OpuSettings
+
+    args = build_parser().parse_args(["serve", "--retries", "0", "--timeout-s", "1.5", "--pixel-format", "MONO12"])
+    settings = _serve_opu_settings(args)
+    assert settings == {"retries": 0, "timeout_s": 1.5, "pixel_format": "MONO12"}
+    assert OpuSettings(**settings).retries == 0
+    assert _serve_opu_settings(build_parser().parse_args(["serve"])) == {}
     assert "max_batch" in capsys.readouterr().err
 
 
