@@ -57,8 +57,9 @@ class AcquisitionCounters:
     delivered; ``requests_recovered`` requests that succeeded only thanks to a retry, ``requests_failed``
     requests that raised after a fault. ``frames_missing`` counts frames that did not arrive in an attempt
     (dropped, lost to a corrupt packet, a reset or a timeout); ``corrupt_packets``, ``timeouts``, ``stalls``,
-    ``resets_detected``, ``duplicate_frames`` and ``reordered_frames`` count the faults seen; ``reconnects`` the
-    times the device was unplugged and reopened after it came back.
+    ``resets_detected``, ``duplicate_frames`` and ``reordered_frames`` count the faults seen; ``light_restored``
+    the times the laser, shutter or power were found changed without the driver (a controller restart) and
+    written back; ``reconnects`` the times the device was unplugged and reopened after it came back.
     """
 
     sequences: int = 0
@@ -82,6 +83,7 @@ class AcquisitionCounters:
     resets_detected: int = 0
     duplicate_frames: int = 0
     reordered_frames: int = 0
+    light_restored: int = 0
     reconnects: int = 0
 
 
@@ -234,8 +236,7 @@ class SequenceRunner:
                         _log.info("%s after every result arrived (%s): recovering without a retry",
                                   type(exc).__name__, exc)
                         self.recover()
-                        if restore is not None:
-                            restore()  # the fault may have been a reset: leave the device as the next request expects
+                        self._restore_quietly(restore, exc)  # it may have been a reset: leave the device ready
                         self.counters.requests_recovered += 1
                         return
                     wait_s = policy.wait_s(attempt + 1)
@@ -260,14 +261,19 @@ class SequenceRunner:
             self.recover()
             if isinstance(exc, _RETRYABLE):
                 self.counters.requests_failed += 1
-                if restore is not None:
-                    # The fault may have been a reset: leave the device as the next request expects it.
-                    try:
-                        restore()
-                    except Exception as restore_exc:
-                        _log.warning("could not restore the device state after %s: %s", type(exc).__name__,
-                                     restore_exc)
+                # The fault may have been a reset: leave the device as the next request expects it.
+                self._restore_quietly(restore, exc)
             raise
+
+    @staticmethod
+    def _restore_quietly(restore: Callable[[], None] | None, cause: BaseException) -> None:
+        """Put the device state back after a fault; a failure is logged (the next request checks again)."""
+        if restore is None:
+            return
+        try:
+            restore()
+        except Exception as restore_exc:
+            _log.warning("could not restore the device state after %s: %s", type(cause).__name__, restore_exc)
 
     def _count_fault(self, exc: BaseException, missing: int) -> None:
         counters = self.counters
@@ -278,8 +284,6 @@ class SequenceRunner:
             counters.stalls += 1
         elif isinstance(exc, ProtocolError) and "corrupt packet" in exc.message:
             counters.corrupt_packets += 1
-        elif isinstance(exc, DeviceResetError):
-            counters.resets_detected += 1
 
     def recover(self) -> None:
         """Clear halted endpoints, abort the device's queue and drain stale camera frames; never raises."""

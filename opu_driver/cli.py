@@ -143,7 +143,7 @@ def _add_service_limit_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(ServiceLimits):
         default = getattr(defaults, f.name)
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(default), default=None,
-                            metavar="S" if f.name.endswith("_s") else "N",
+                            metavar="R" if f.name.endswith("_per_s") else "S" if f.name.endswith("_s") else "N",
                             help=f"ServiceLimits.{f.name} (default: {default}; see docs/service.md)")
 
 

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from .acquisition import AcquisitionCounters, Expected, RetryPolicy, SequenceRunner
 from .connection import Connection, connect
 from .devices.camera import Camera, CameraSettings, Roi
-from .devices.controller import Controller
+from .devices.controller import DEFAULT_MAX_RETRIES, Controller
 from .devices.dmd import Dmd
 from .devices.usb_link import UsbLink
 from .transport.usb import StallError
@@ -76,7 +76,8 @@ class OpuSettings:
         retries: how many times a sequence that lost or spoiled camera frames (timeout, stall, corrupt packet,
             dropped frames, device reset) is run again for the frames still missing, after abort, drain and a
             check that the device still holds the layout, camera settings and light path; 0 raises the first
-            such fault. The controller's serial exchanges that are safe to repeat get as many retries. The
+            such fault. The controller's serial exchanges that are safe to repeat get as many retries, at most 2
+            (switching the light off at close always gets 2). The
             default, 2, lets a long run ride out a transient fault; every retry is counted and logged.
             See :class:`~opu_driver.acquisition.RetryPolicy` and docs/reliability.md.
         retry_backoff_s: wait before the first retry, doubled for each further one (at most 0.5 s).
@@ -217,8 +218,9 @@ class Opu:
         self._link = UsbLink(connection.usb)
         self.dmd = Dmd(self._link)
         self.camera = Camera(self._link)
-        # The serial line's own retries follow the same setting, so retries=0 means no retry anywhere.
-        self.controller = Controller(connection.serial, max_retries=int(settings.retries))
+        # The serial line's own retries follow the setting (retries=0: no retry anywhere), at most the default,
+        # so one exchange stays within 3.3 s: controller calls are outside the sequence deadline.
+        self.controller = Controller(connection.serial, max_retries=min(int(settings.retries), DEFAULT_MAX_RETRIES))
         self._runner: SequenceRunner | None = None
         self._plan: _Plan | None = None
         self._info: OpuInfo | None = None
@@ -299,8 +301,7 @@ class Opu:
     def close(self) -> None:
         """Laser off, shutter closed, devices released. Safe to call twice."""
         with self._lock:
-            if not self._closed:
-                self._log_fault_summary()
+            summary = not self._closed
             errors: list[BaseException] = []
             for part in (self.controller, self.dmd, self.camera):
                 try:
@@ -312,6 +313,11 @@ class Opu:
             except Exception as exc:
                 errors.append(exc)
             self._closed = True
+            if summary:
+                try:
+                    self._log_fault_summary()
+                except Exception as exc:  # diagnostics must never make close fail
+                    errors.append(exc)
             if errors:
                 # Closing must not raise (it runs in __exit__ and finally blocks); say what went wrong.
                 _log.warning("errors while closing: %s", errors)
@@ -357,7 +363,8 @@ class Opu:
         if self._runner is None:
             return
         names = ("retries", "frames_resent", "requests_recovered", "requests_failed", "timeouts", "stalls",
-                 "corrupt_packets", "resets_detected", "duplicate_frames", "reordered_frames", "reconnects")
+                 "corrupt_packets", "resets_detected", "light_restored", "duplicate_frames", "reordered_frames",
+                 "reconnects")
         counters = self._runner.counters
         parts = [f"{name} {getattr(counters, name)}" for name in names if getattr(counters, name)]
         serial = self.controller.counters
@@ -666,8 +673,8 @@ class Opu:
         if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
             _log.warning("the device lost its layout table (a reset?): loading it again")
             self.dmd.load_layout(layout)
-        if self.controller.restore() and actual == wanted:
-            self._runner.counters.resets_detected += 1  # the controller alone restarted
+        if self.controller.restore():
+            self._runner.counters.light_restored += 1
 
     def _check_dark(self) -> None:
         """A dark frame: fine if the user switched the light off, an error if the device did it.
@@ -680,11 +687,13 @@ class Opu:
             return
         if not self.controller.interlock_ok:
             self._dark_checked = True
+            self.controller.wanted.laser_on = False  # a trip: never switched back on without the user
             raise InterlockError("the laser interlock tripped: frames are dark; clear its cause, then "
                                  "opu.controller.reset_interlock() and opu.controller.laser_on()")
         if self.controller.light_differs():
-            raise DeviceResetError("camera frames are dark and the laser or shutter is off although the driver "
-                                   "switched it on (the device restarted?)")
+            raise DeviceResetError("camera frames are dark and the laser or shutter is off although this driver "
+                                   "last switched it on: the device restarted, or it was switched off outside this "
+                                   "driver (front panel, a stuck shutter)")
         self._dark_checked = True
         if self.controller.laser_is_on and self.controller.shutter_is_open:
             raise AcquisitionError("camera frames are dark although the laser is on and the shutter open")

@@ -187,3 +187,17 @@ def test_a_device_reset_after_the_baseline_gives_unknown_times_not_wrong_ones(ca
         assert not after.drifted  # the medium did not change: the correlation is unaffected
         assert sum("device clock was reset" in r.getMessage() for r in caplog.records) == 1  # warned once
         assert np.isnan(monitor.result().times_s[1:]).all() and monitor.result().times_s[0] > 0
+
+
+def test_a_controller_restart_alone_keeps_the_times(caplog):
+    # Only the controller restarts (laser off): the light is restored, the device clock runs on, times stay known.
+    with opu_driver.open(f"{SIM}&seed=2", calibration=None, **OPTIONS) as opu:
+        monitor = DriftMonitor(opu, N_FEATURES, N_OUT, n_probes=N_PROBES, seed=2)
+        monitor.baseline()
+        first = monitor.check()
+        opu.emulator.controller.power_on()
+        with caplog.at_level("WARNING", logger="opu_driver.calibration.drift"):
+            second = monitor.check()
+        assert opu.counters.light_restored == 1 and opu.counters.resets_detected == 0
+        assert second.time_s > first.time_s > 0 and not second.drifted
+        assert not any("device clock was reset" in r.getMessage() for r in caplog.records)

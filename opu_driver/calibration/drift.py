@@ -385,9 +385,10 @@ class DriftMonitor:
             self._clock_epoch = _clock_epoch(self._opu)
         sample = _sample(self._opu, self.probes, self._baseline, self._threshold, self.scheme,
                          self.baseline_device_time_us)
-        if _clock_epoch(self._opu) != self._clock_epoch:
-            # The device reset (or was replugged) since the baseline: its clock restarted at 0, so even a time
-            # that still lies after the baseline's is not the time since the baseline.
+        clock_back = sample.device_time_us < self.baseline_device_time_us
+        if self._clock_lost or clock_back or _clock_epoch(self._opu) != self._clock_epoch:
+            # The device reset (or was replugged, or power cycled) since the baseline: its clock restarted at 0,
+            # so even a time that still lies after the baseline's is not the time since the baseline.
             if not self._clock_lost:
                 _log.warning("drift check: the device clock was reset since the baseline; the times of this and "
                              "later checks are unknown (NaN)")

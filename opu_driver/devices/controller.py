@@ -208,13 +208,16 @@ class Controller(Device):
             )
 
     def _do_close(self) -> None:
-        # Each safety step on its own: a failed laser command must not leave the shutter open.
+        # Each safety step on its own: a failed laser command must not leave the shutter open. Switching the
+        # light off always gets the default retries, even when the session asked for none.
+        retries, self.max_retries = self.max_retries, max(self.max_retries, DEFAULT_MAX_RETRIES)
         try:
             try:
                 self.laser_off()
             finally:
                 self.close_shutter()
         finally:
+            self.max_retries = retries
             self._transport.close()
 
     # -- one exchange ---------------------------------------------------------------------------------
@@ -348,8 +351,8 @@ class Controller(Device):
     def reset(self) -> None:
         """``*RST``: laser off, shutter closed, trigger INT, error queue cleared, sequence aborted."""
         self._require_open()
+        self.wanted.laser_on, self.wanted.shutter_open = False, False  # first: a lost reply must not undo it
         self._command("*RST")
-        self.wanted.laser_on, self.wanted.shutter_open = False, False
 
     # -- laser ------------------------------------------------------------------------------------
     def laser_on(self) -> None:
@@ -420,13 +423,19 @@ class Controller(Device):
         """
         self._require_open()
         if not self.interlock_ok:
+            self.wanted.laser_on = False  # tripped: the laser comes back only by the user's laser_on()
             return False
         wanted, written = self.wanted, False
-        if wanted.power_mw is not None and not math.isclose(self.laser_power_mw, wanted.power_mw, abs_tol=1e-3):
+        # The device may round a setpoint (it answers with 3 decimals): only a real difference is a lost setting.
+        if wanted.power_mw is not None and not math.isclose(self.laser_power_mw, wanted.power_mw, rel_tol=1e-3,
+                                                            abs_tol=1e-3):
             self._command("LASER:POWER", wanted.power_mw)
             written = True
         if wanted.laser_on is not None and self.laser_is_on != wanted.laser_on:
-            self._command("LASER:STATE", "ON" if wanted.laser_on else "OFF")
+            if wanted.laser_on:
+                self.laser_on()  # InterlockError, typed, if it trips in between
+            else:
+                self._command("LASER:STATE", "OFF")
             written = True
         if wanted.shutter_open is not None and self.shutter_is_open != wanted.shutter_open:
             self._command("SHUTTER:STATE", "OPEN" if wanted.shutter_open else "CLOSED")
@@ -452,7 +461,10 @@ class Controller(Device):
         return self._ask_choice("INTERLOCK?", {"OK": True, "TRIPPED": False})
 
     def reset_interlock(self) -> None:
+        """Re-arm the tripped interlock (refused while its cause is there). The laser stays off until
+        :meth:`laser_on`: the driver never switches it back on by itself after a trip."""
         self._require_open()
+        self.wanted.laser_on = False  # the trip switched it off; only the user's laser_on() brings it back
         self._command("INTERLOCK:RESET")
 
     @property

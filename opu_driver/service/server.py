@@ -81,10 +81,10 @@ class ServiceLimits:
         message_timeout_s: once a message's first byte came, the rest must come within this.
         request_timeout_s: the longest a request waits for the device before an ERROR "RequestTimeoutError".
         send_timeout_s: the longest a reply may take to write (a client that does not read is dropped).
-        max_requests_per_s: each connection's request rate, paced by a token bucket that holds one second's
-            worth: a faster client waits before its next request is read (TCP backpressure), it is not refused.
-            A device call takes milliseconds, so a client bound by the device never reaches the default; a
-            flood of empty or refused requests does.
+        max_requests_per_s: each connection's request rate (at least 1), paced by a token bucket that holds
+            one second's worth: a request that comes faster is held before it is served, and its client, waiting
+            for the reply, sends its next one later; it is not refused. A device call takes milliseconds, so a
+            client bound by the device never reaches the default; a flood of empty or refused requests does.
     """
 
     max_clients: int = 32
@@ -116,6 +116,8 @@ class ServiceLimits:
             if not ok:
                 kind = "a finite number > 0" if f.name.endswith("_s") else "an integer > 0"
                 raise ConfigurationError(f"{f.name} must be {kind}, got {value!r}")
+        if self.max_requests_per_s < 1:  # slower pacing would hold a request past a client's timeout
+            raise ConfigurationError(f"max_requests_per_s must be >= 1, got {self.max_requests_per_s!r}")
 
 
 @dataclass(frozen=True)
@@ -488,12 +490,6 @@ class OpuService:
 
             conn.bucket = _TokenBucket(limits.max_requests_per_s)
             while not self._stopping:
-                wait_s = conn.bucket.wait_s()
-                if wait_s > 0:  # too fast: the next request is read later, so the client's sends back up
-                    self._count(requests_paced=1)
-                    resume = time.monotonic() + wait_s
-                    while not self._stopping and time.monotonic() < resume:
-                        time.sleep(min(_PEER_POLL_S, max(0.0, resume - time.monotonic())))
                 message = wire.read_message(sock, self._request_limits(conn),
                                             time.monotonic() + limits.idle_timeout_s, limits.message_timeout_s,
                                             check_header)
@@ -504,6 +500,7 @@ class OpuService:
                 with conn.lock:
                     conn.busy = True
                 try:
+                    self._pace(conn)
                     reply_type, header, array = self._handle_project(conn, message)
                     sock.settimeout(limits.send_timeout_s)
                     wire.send_message(sock, reply_type, message.request_id, header, array)
@@ -547,6 +544,18 @@ class OpuService:
                 conn.authenticated = False
             if was_client:
                 self._count(clients_connected=-1)
+
+    def _pace(self, conn: _Connection) -> None:
+        """Hold a PROJECT that came faster than ``max_requests_per_s`` until its turn (its client waits for the
+        reply, so its next request comes later: pacing, not refusal)."""
+        assert conn.bucket is not None
+        wait_s = conn.bucket.wait_s()
+        if wait_s <= 0:
+            return
+        self._count(requests_paced=1)
+        resume = time.monotonic() + wait_s
+        while not self._stopping and time.monotonic() < resume:
+            time.sleep(min(_PEER_POLL_S, max(0.0, resume - time.monotonic())))
 
     def _accept_hello(self, conn: _Connection, header: dict[str, Any]) -> tuple[str, str] | None:
         """Fix the connection's settings from its HELLO; (kind, message) when it is refused."""
