@@ -77,15 +77,14 @@ class OpuSettings:
             dropped frames, device reset) is run again for the frames still missing, after abort, drain and a
             check that the device still holds the layout, camera settings and light path; 0 raises the first
             such fault. The controller's serial exchanges that are safe to repeat get as many retries, at most 2
-            (switching the light off at close always gets 2). The
-            default, 2, lets a long run ride out a transient fault; every retry is counted and logged.
+            (switching the light off at close always gets 2). The default, 2, lets a long run ride out a
+            transient fault; every retry is counted and logged.
             See :class:`~opu_driver.acquisition.RetryPolicy` and docs/reliability.md.
         retry_backoff_s: wait before the first retry, doubled for each further one (at most 0.5 s).
         reconnect_timeout_s: when the USB device is unplugged during or between requests, a request with
             retries left waits this long for it to be plugged back (the same VID:PID and serial number), reopens
             it, restores its state (camera settings, layout, and the laser, shutter and power as the driver last
-            set them: ``controller.wanted``) and re-runs the missing
-            frames; counted in ``counters.reconnects``. 0 disables: the loss raises ConnectionLostError at once.
+            set them: ``controller.wanted``) and re-runs the missing frames; counted in ``counters.reconnects``. 0 disables: the loss raises ConnectionLostError at once.
     """
 
     layout: str = "lined"
@@ -623,8 +622,7 @@ class Opu:
         protocol version, DMD and camera geometry and the controller's identity are read again and must match
         what was read at open. The device powered up afresh, so the laser, shutter and power are set again as the
         driver last set them (``controller.wanted``: a user's ``laser_off()`` stays off); camera settings and the
-        layout are put back by
-        :meth:`_restore_device_state`, which the runner calls next.
+        layout are put back by :meth:`_restore_device_state`, which the runner calls next.
 
         Raises:
             ConnectionLostError: the device did not come back within ``settings.reconnect_timeout_s``.
