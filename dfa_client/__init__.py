@@ -28,6 +28,7 @@ from .errors import (
     ServiceError,
     UnsupportedUrlError,
 )
+from .errors import __all__ as _error_names
 
 __all__ = [
     "connect",
@@ -38,17 +39,7 @@ __all__ = [
     "ternary_scales",
     "alignment_angle",
     "DEFAULT_THRESHOLD",
-    "DfaError",
-    "InvalidInputError",
-    "UnsupportedUrlError",
-    "ConnectionFailedError",
-    "RequestTimeoutError",
-    "AuthenticationError",
-    "ProtocolVersionError",
-    "ServiceError",
-    "ProjectorClosedError",
-    "ProtocolError",
-    "DeviceChangedError",
+    *_error_names,  # one list of error names: dfa_client.errors.__all__
 ]
 
 
