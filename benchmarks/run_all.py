@@ -1,7 +1,7 @@
 """Run every benchmark (same as ``opu bench``): python benchmarks/run_all.py [--quick] [--repeats N]."""
 import sys
 
-from opu_driver.cli import main
+from opu_tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -2,7 +2,7 @@
 
 The driver opens the emulator with a URL such as ``sim://?seed=3&lag=1&noise=0``; the query's options map
 onto :class:`SimConfig` fields through :meth:`SimConfig.from_query`. A config is validated when it is built,
-so a bad option is refused with a :class:`~opu_driver.errors.ConfigurationError` that names the key before
+so a bad option is refused with a :class:`~firmware_sim.errors.SimConfigError` that names the key before
 any device exists.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from opu_driver.errors import ConfigurationError
+from .errors import SimConfigError
 
 from .faults import ALL_FAULT_KINDS, FaultPlan
 
@@ -180,7 +180,7 @@ class SimConfig:
     keeps the old serial unless ``serial_number=""`` is passed too).
 
     Raises:
-        ConfigurationError: for any value outside its allowed range, naming the field.
+        SimConfigError: for any value outside its allowed range, naming the field.
     """
 
     seed: int = 0
@@ -224,11 +224,11 @@ class SimConfig:
     def _check_int(self, name: str, low: int | None = None, high: int | None = None) -> int:
         value = getattr(self, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+            raise SimConfigError(f"{name} must be an integer, got {value!r}")
         value = int(value)
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
-            raise ConfigurationError(f"{name} must be in {bounds}, got {value}")
+            raise SimConfigError(f"{name} must be in {bounds}, got {value}")
         self._set(name, value)
         return value
 
@@ -238,25 +238,25 @@ class SimConfig:
     ) -> float:
         value = getattr(self, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigurationError(f"{name} must be a number, got {value!r}")
+            raise SimConfigError(f"{name} must be a number, got {value!r}")
         value = float(value)
         if math.isnan(value) or (math.isinf(value) and not allow_inf):
-            raise ConfigurationError(f"{name} must be a finite number, got {value!r}")
+            raise SimConfigError(f"{name} must be a finite number, got {value!r}")
         too_low = value <= low if low_open else value < low
         too_high = value >= high if high_open else value > high
         if too_low or too_high:
             bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            raise ConfigurationError(f"{name} must be in {bounds}, got {value}")
+            raise SimConfigError(f"{name} must be in {bounds}, got {value}")
         self._set(name, value)
         return value
 
     def _check_text(self, name: str, *, allow_empty: bool) -> None:
         value = getattr(self, name)
         if not isinstance(value, str):
-            raise ConfigurationError(f"{name} must be a string, got {value!r}")
+            raise SimConfigError(f"{name} must be a string, got {value!r}")
         printable = all(32 <= ord(char) < 127 for char in value)
         if (not value and not allow_empty) or len(value) > _MAX_ID_CHARS or not printable or "," in value:
-            raise ConfigurationError(
+            raise SimConfigError(
                 f"{name} must be printable ASCII without ',' and at most {_MAX_ID_CHARS} characters, got {value!r}"
             )
 
@@ -265,14 +265,14 @@ class SimConfig:
         width = self._check_int("dmd_width", 1, _MAX_CAMERA_SIDE)
         height = self._check_int("dmd_height", 1, _MAX_CAMERA_SIDE)
         if width * height > _MAX_DMD_MIRRORS:
-            raise ConfigurationError(f"dmd_width x dmd_height must be at most 2**32 mirrors, got {width}x{height}")
+            raise SimConfigError(f"dmd_width x dmd_height must be at most 2**32 mirrors, got {width}x{height}")
         self._check_int("camera_width", 1, _MAX_CAMERA_SIDE)
         self._check_int("camera_height", 1, _MAX_CAMERA_SIDE)
         self._check_int("cell_mirrors", 1, max(width, height))
         self._check_float("grain_px", 1.0)
         self._check_int("lag_frames", 0, _MAX_LAG_FRAMES)
         if not isinstance(self.noise, bool):
-            raise ConfigurationError(f"noise must be a bool, got {self.noise!r}")
+            raise SimConfigError(f"noise must be a bool, got {self.noise!r}")
         exposure_us = self._check_int("exposure_us", 10, 1_000_000)
         self._check_int("frame_time_us", exposure_us + 50)
         self._check_float("gain", 1.0, 16.0)
@@ -296,7 +296,7 @@ class SimConfig:
             or not all(isinstance(part, int) and not isinstance(part, bool) for part in version)
             or not (0 <= version[0] <= 99 and 0 <= version[1] <= 99 and 0 <= version[2] <= 255)
         ):
-            raise ConfigurationError(
+            raise SimConfigError(
                 f"firmware_version must be (major, minor, patch) with major/minor 0..99 (BCD in bcdDevice) "
                 f"and patch 0..255, got {version!r}"
             )
@@ -314,7 +314,7 @@ class SimConfig:
         """Build a config from URL query options (``"seed=3&lag=1&noise=0"`` or a mapping of strings).
 
         Raises:
-            ConfigurationError: for an unknown or repeated key, a value that does not parse, or a value out of
+            SimConfigError: for an unknown or repeated key, a value that does not parse, or a value out of
                 range; the message names the key and its allowed values.
         """
         if isinstance(query, str):
@@ -322,7 +322,7 @@ class SimConfig:
             try:
                 pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
             except ValueError as exc:
-                raise ConfigurationError(f"malformed emulator options {query!r}: {exc}") from exc
+                raise SimConfigError(f"malformed emulator options {query!r}: {exc}") from exc
         else:
             pairs = [(str(key), value if isinstance(value, str) else str(value)) for key, value in query.items()]
         values: dict[str, Any] = {}
@@ -332,14 +332,14 @@ class SimConfig:
             entry = _KEYS_BY_NAME.get(key)
             if entry is None:
                 known = ", ".join(sorted(_KEYS_BY_NAME))
-                raise ConfigurationError(f"unknown emulator option {raw_key!r}; known options: {known}")
+                raise SimConfigError(f"unknown emulator option {raw_key!r}; known options: {known}")
             if key in seen:
-                raise ConfigurationError(f"emulator option {key!r} given twice")
+                raise SimConfigError(f"emulator option {key!r} given twice")
             seen.add(key)
             try:
                 parsed = entry.parse(text)
             except (ValueError, TypeError) as exc:
-                raise ConfigurationError(
+                raise SimConfigError(
                     f"bad value {text!r} for emulator option {key!r}: expected {entry.allowed}"
                 ) from exc
             if len(entry.fields) == 1:
@@ -348,9 +348,9 @@ class SimConfig:
                 values.update(zip(entry.fields, parsed))
         try:
             config = cls(**values)
-        except ConfigurationError as exc:
+        except SimConfigError as exc:
             # Re-word the field name as the query key the user typed.
-            raise ConfigurationError(_query_message(exc.message)) from exc
+            raise SimConfigError(_query_message(exc.message)) from exc
         logger.debug("emulator options %s -> %s", dict(pairs), config)
         return config
 

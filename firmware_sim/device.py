@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 import numpy.typing as npt
 
-from opu_driver.errors import ConfigurationError
+from .errors import SimConfigError
 
 from . import wire
 from .controller import ControllerLine
@@ -185,7 +185,7 @@ class EmulatedDevice:
             tests may pass stand-ins with the same methods.
 
     Raises:
-        ConfigurationError: the options describe a device this firmware cannot be (e.g. an exposure the
+        SimConfigError: the options describe a device this firmware cannot be (e.g. an exposure the
             frame time does not allow, a sensor wider than the 16-bit ROI fields).
     """
 
@@ -247,7 +247,7 @@ class EmulatedDevice:
     @staticmethod
     def _check_config(config: Any) -> None:
         def refuse(message: str) -> None:
-            raise ConfigurationError(f"emulator option refused by the firmware: {message}")
+            raise SimConfigError(f"emulator option refused by the firmware: {message}")
 
         if not (0 < config.camera_width <= 0xFFFF and 0 < config.camera_height <= 0xFFFF):
             refuse(f"camera {config.camera_width}x{config.camera_height} must fit 1..65535 (16-bit ROI fields)")

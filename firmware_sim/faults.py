@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Mapping
 
-from opu_driver.errors import ConfigurationError
+from .errors import SimConfigError
 
 __all__ = ["FAULT_KINDS", "LIGHT_FAULT_KINDS", "ALL_FAULT_KINDS", "FaultPlan", "FaultInjector", "SLOW_DELAY_S",
            "FRAME_FAULTS", "SATURATE_FACTOR"]
@@ -69,9 +69,9 @@ _MAX_SCHEDULE_EVENT = 2**31
 _GARBAGE_MAX_BYTES = 16
 
 
-def _refuse(message: str) -> ConfigurationError:
+def _refuse(message: str) -> SimConfigError:
     # Messages start with the option's name so that SimConfig.from_query can name the URL key.
-    return ConfigurationError(f"faults {message}")
+    return SimConfigError(f"faults {message}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class FaultPlan:
             the plan was installed), whatever its rate.
 
     Raises:
-        ConfigurationError: an unknown kind, a rate outside 0..1 or not a number, an event number below 1, a
+        SimConfigError: an unknown kind, a rate outside 0..1 or not a number, an event number below 1, a
             kind given two rates; the message names the offending entry.
     """
 

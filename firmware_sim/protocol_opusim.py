@@ -44,13 +44,13 @@ class Serial(SerialBase):
         if parts.query:
             raise SerialException(f"opusim:// URLs take no options, got {parts.query!r}")
         name = (parts.netloc + parts.path).strip("/")
-        from opu_driver.errors import DeviceNotFoundError
+        from .errors import SimDeviceNotFoundError
 
         from .registry import get_device
 
         try:
             device = get_device(name)
-        except DeviceNotFoundError as exc:
+        except SimDeviceNotFoundError as exc:
             raise SerialException(f"could not open port {url}: {exc}") from exc
         if not device.connected:
             raise SerialException(f"could not open port {url}: the device is unplugged")

@@ -127,13 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="in-process device name (default sim-<n>)")
     args = parser.parse_args(argv)
 
-    from opu_driver.errors import ConfigurationError
+    from .errors import SimConfigError
 
     from .registry import create_device, release_device
 
     try:
         device = create_device(args.query.lstrip("?"), name=args.name)
-    except ConfigurationError as exc:
+    except SimConfigError as exc:
         print(f"opu sim: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()

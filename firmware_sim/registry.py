@@ -10,7 +10,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from opu_driver.errors import ConfigurationError, DeviceNotFoundError
+from .errors import SimConfigError, SimDeviceNotFoundError
 
 from .device import EmulatedDevice
 
@@ -27,7 +27,7 @@ def create_device(config: Any = None, *, name: str | None = None, **overrides: A
     Args:
         config: a SimConfig, or a URL query (``"seed=3&lag=1"`` or a mapping) for ``SimConfig.from_query``;
             None for the defaults.
-        name: the name to register; ConfigurationError when it is taken.
+        name: the name to register; SimConfigError when it is taken.
         overrides: passed to EmulatedDevice (``bench=``, ``sensor=`` stand-ins for tests).
     """
     if config is None or isinstance(config, (str, Mapping)):
@@ -37,23 +37,23 @@ def create_device(config: Any = None, *, name: str | None = None, **overrides: A
     if name is not None:
         with _lock:
             if name in _devices:
-                raise ConfigurationError(f"an emulated device named {name!r} already exists")
+                raise SimConfigError(f"an emulated device named {name!r} already exists")
     device = EmulatedDevice(config, name=name, **overrides)
     with _lock:
         if device.name in _devices:
-            raise ConfigurationError(f"an emulated device named {device.name!r} already exists")
+            raise SimConfigError(f"an emulated device named {device.name!r} already exists")
         _devices[device.name] = device
     _log.debug("registered %s", device.name)
     return device
 
 
 def get_device(name: str) -> EmulatedDevice:
-    """The registered device of that name; DeviceNotFoundError names the ones that exist."""
+    """The registered device of that name; SimDeviceNotFoundError names the ones that exist."""
     with _lock:
         device = _devices.get(name)
         known = sorted(_devices)
     if device is None:
-        raise DeviceNotFoundError(f"no emulated device named {name!r}; registered: {known or 'none'}")
+        raise SimDeviceNotFoundError(f"no emulated device named {name!r}; registered: {known or 'none'}")
     return device
 
 

@@ -106,20 +106,27 @@ def connect(url: str) -> Connection:
 
 
 def _connect_sim(parsed: DeviceUrl) -> Connection:
+    """The emulator hook: the only place the driver imports ``firmware_sim``, whose own errors become the driver's."""
     try:
         import firmware_sim
         from firmware_sim.config import SimConfig
+        from firmware_sim.errors import SimConfigError, SimDeviceNotFoundError
         from firmware_sim.usb_backend import get_backend
     except ImportError as exc:  # pragma: no cover - firmware_sim ships with the driver
         raise LibraryLoadError("the emulator package firmware_sim is not installed") from exc
-    if parsed.serial_number is not None:  # sim://NAME: a device that lives on after this connection
-        device = firmware_sim.get_device(parsed.serial_number)
-        cleanup = None
-    else:
-        config = SimConfig.from_query(parsed.options)
-        device = firmware_sim.create_device(config)
-        _log.info("emulated OPU %s (serial %s) with %s", device.name, device.serial_number, config.to_query())
-        cleanup = lambda: firmware_sim.release_device(device)  # noqa: E731
+    try:
+        if parsed.serial_number is not None:  # sim://NAME: a device that lives on after this connection
+            device = firmware_sim.get_device(parsed.serial_number)
+            cleanup = None
+        else:
+            config = SimConfig.from_query(parsed.options)
+            device = firmware_sim.create_device(config)
+            _log.info("emulated OPU %s (serial %s) with %s", device.name, device.serial_number, config.to_query())
+            cleanup = lambda: firmware_sim.release_device(device)  # noqa: E731
+    except SimConfigError as exc:
+        raise ConfigurationError(exc.message) from exc
+    except SimDeviceNotFoundError as exc:
+        raise DeviceNotFoundError(exc.message) from exc
     usb = UsbTransport(serial_number=device.serial_number, backend=get_backend([device]))
     serial = SerialTransport(f"opusim://{device.name}")
     return Connection(parsed, usb, serial, emulator=device, _cleanup=cleanup)

@@ -1,22 +1,10 @@
-"""Shared pytest setup: the --hardware option and a small emulator geometry for fast tests."""
+"""Shared pytest setup: the --hardware option and an empty default calibration store."""
 from __future__ import annotations
 
 import os
 import tempfile
 
-import numpy as np
 import pytest
-
-# A small device: tests must finish in seconds on 2 cores. The reference geometry is exercised by benchmarks.
-SMALL_SIM = "sim://?dmd=96x64&camera=64x48&cell=4"
-
-
-def exact_linear_matrix(opu, n_features: int, n_components: int) -> np.ndarray:
-    """Re[exp(-i phi) R] (n_features x n_components): the linear mode's matrix before its unit-variance scaling,
-    from the emulator's ground truth. The split layout must be the one loaded (right after a linear_transform)."""
-    F = opu.emulator.ground_truth.feature_matrix()[:, :n_components]
-    reference_field = F[n_features]
-    return np.real(np.conj(reference_field) / np.abs(reference_field) * F[:n_features])
 
 
 def pytest_configure(config: pytest.Config) -> None:

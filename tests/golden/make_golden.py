@@ -3,7 +3,7 @@
 This is the third, independent reading of the specification: it uses only ``struct``, ``zlib`` and plain
 Python (no numpy, and neither ``opu_driver`` nor ``firmware_sim``), and writes every bit by the rules of
 the document, one pixel and one mirror at a time. Both codecs are then checked against its output
-(tests/test_golden_driver.py and the firmware's test), so a misreading shared by the two cannot hide.
+(tests/protocol/test_golden_driver.py and the firmware's test), so a misreading shared by the two cannot hide.
 
 Run ``python tests/golden/make_golden.py`` to rewrite the ``.bin`` files and ``vectors.json`` beside it;
 ``--check`` only verifies that the files on disk are what this script produces.

@@ -1,0 +1,43 @@
+"""The latency routine finds the emulator's hidden lag from the light alone."""
+import numpy as np
+import pytest
+
+import opu_driver
+from opu_driver.calibration.latency import measure_latency
+from opu_driver.errors import AcquisitionError, InvalidInputError
+
+
+@pytest.mark.parametrize("lag", [0, 1, 5])
+def test_latency_recovers_the_hidden_lag(lag):
+    with opu_driver.open(f"sim://?dmd=96x64&camera=64x48&cell=4&seed=2&lag={lag}") as opu:
+        result = measure_latency(opu)
+        assert result.lag_frames == lag == opu.emulator.ground_truth.lag_frames
+        assert result.header_lag_frames == lag
+        assert result.peak_correlation > 0.9 and result.second_correlation < 0.6
+        # the Opu still projects correctly afterwards
+        X = np.ones((3, 64), dtype=np.uint8)
+        assert opu.transform(X, 256).mean() > 0
+
+
+def test_no_light_is_an_error_not_a_lag():
+    with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4&seed=2", laser_on=False) as opu:
+        with pytest.raises(AcquisitionError, match="no clear lag"):
+            measure_latency(opu)
+
+
+def test_bad_arguments_are_refused():
+    with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4") as opu:
+        sent = opu._link.bytes_sent
+        for kwargs in ({"n_frames": 4}, {"max_lag_frames": 0}, {"n_frames": 10, "max_lag_frames": 10}):
+            with pytest.raises(InvalidInputError):
+                measure_latency(opu, **kwargs)
+        assert opu._link.bytes_sent == sent
+
+
+def test_opu_calibrate_latency_json(capsys):
+    import json
+
+    from opu_tools.cli import main
+
+    assert main(["calibrate", "latency", "--url", "sim://?dmd=96x64&camera=64x48&cell=4&lag=2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"]["latency"]["lag_frames"] == 2

@@ -1,0 +1,24 @@
+"""Helpers shared by the tests: emulator URLs, paths of the checked-in files, ground-truth matrices."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SMALL_SIM", "TESTS_DIR", "REPO_ROOT", "DOCS_DIR", "GOLDEN_DIR", "exact_linear_matrix"]
+
+SMALL_SIM = "sim://?dmd=96x64&camera=64x48&cell=4"
+"""A small emulated device: tests must finish in seconds on 2 cores (benchmarks use the reference geometry)."""
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+REPO_ROOT = TESTS_DIR.parent
+DOCS_DIR = REPO_ROOT / "docs"
+GOLDEN_DIR = TESTS_DIR / "golden"
+
+
+def exact_linear_matrix(opu, n_features: int, n_components: int) -> np.ndarray:
+    """Re[exp(-i phi) R] (n_features x n_components): the linear mode's matrix before its unit-variance scaling,
+    from the emulator's ground truth. The split layout must be the one loaded (right after a linear_transform)."""
+    F = opu.emulator.ground_truth.feature_matrix()[:, :n_components]
+    reference_field = F[n_features]
+    return np.real(np.conj(reference_field) / np.abs(reference_field) * F[:n_features])
