@@ -20,9 +20,9 @@ import numpy.typing as npt
 
 from .errors import InvalidInputError, ProjectorClosedError
 
-__all__ = ["Projector", "ProjectorInfo", "SCHEMES", "DEFAULT_MAX_BATCH", "check_options", "check_errors"]
+__all__ = ["Projector", "ProjectorInfo", "PROJECTION_SCHEMES", "DEFAULT_MAX_BATCH", "check_options", "check_errors"]
 
-SCHEMES = ("four_frame", "two_frame")
+PROJECTION_SCHEMES = ("four_frame", "two_frame")
 DEFAULT_MAX_BATCH = 65_536
 MAX_FEATURES = 1 << 20
 MAX_COMPONENTS = 1 << 22
@@ -63,8 +63,8 @@ def check_options(n_components: object, n_features: object, scheme: object, n_bi
         raise InvalidInputError(f"n_components must be an integer within 1..{MAX_COMPONENTS}, got {n_components!r}")
     if n_features is not None and (not _is_int(n_features) or not 1 <= n_features <= MAX_FEATURES):
         raise InvalidInputError(f"n_features must be None or an integer within 1..{MAX_FEATURES}, got {n_features!r}")
-    if scheme not in SCHEMES:
-        raise InvalidInputError(f"scheme={scheme!r}; choose one of {SCHEMES}")
+    if scheme not in PROJECTION_SCHEMES:
+        raise InvalidInputError(f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}")
     if n_bits is not None and (not _is_int(n_bits) or not 1 <= n_bits <= 16):
         raise InvalidInputError(f"n_bits must be None or an integer within 1..16, got {n_bits!r}")
     if not _is_int(max_batch) or max_batch < 1:

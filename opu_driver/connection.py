@@ -23,7 +23,7 @@ __all__ = ["Connection", "connect", "parse_url", "DeviceUrl"]
 
 _log = logging.getLogger(__name__)
 
-SCHEMES = ("sim", "usb")
+URL_SCHEMES = ("sim", "usb")
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def parse_url(url: str) -> DeviceUrl:
         )
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise UnsupportedUrlError(f"unknown URL scheme {parts.scheme!r} in {url!r}; known: {', '.join(SCHEMES)}")
+    if scheme not in URL_SCHEMES:
+        raise UnsupportedUrlError(f"unknown URL scheme {parts.scheme!r} in {url!r}; known: {', '.join(URL_SCHEMES)}")
     try:
         pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError as exc:

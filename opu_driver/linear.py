@@ -31,12 +31,12 @@ from .errors import AcquisitionError, InvalidInputError
 from .native import combine_four, combine_two
 from .protocol import bits_per_pixel
 
-__all__ = ["ReferenceCalibration", "LinearMode", "SCHEMES", "FRAMES_PER_TERNARY", "DEFAULT_MAX_CALL_BYTES",
+__all__ = ["ReferenceCalibration", "LinearMode", "PROJECTION_SCHEMES", "FRAMES_PER_TERNARY", "DEFAULT_MAX_CALL_BYTES",
            "call_bytes"]
 
 _log = logging.getLogger(__name__)
 
-SCHEMES = ("four_frame", "two_frame")
+PROJECTION_SCHEMES = ("four_frame", "two_frame")
 FRAMES_PER_TERNARY = {"four_frame": 4, "two_frame": 2}
 """DMD frames one nonzero ternary projection costs under each scheme."""
 _SATURATION_WARNING = 1e-3  # share of zeroed outputs above which a call warns (below it: logged at INFO)

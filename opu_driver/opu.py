@@ -424,12 +424,12 @@ class Opu:
                 exposure too low).
             CommunicationError, InterlockError: as for :meth:`transform`.
         """
-        from .linear import SCHEMES
+        from .linear import PROJECTION_SCHEMES
 
         with self._lock:
             self._require_open()
-            if scheme not in SCHEMES:
-                raise InvalidInputError(f"scheme={scheme!r}; choose one of {SCHEMES}")
+            if scheme not in PROJECTION_SCHEMES:
+                raise InvalidInputError(f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}")
             if n_bits is not None and (isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer))
                                        or not 1 <= n_bits <= 16):
                 raise InvalidInputError(f"n_bits must be an integer within 1..16, got {n_bits!r}")

@@ -52,7 +52,7 @@ import tqdm
 
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
-from ..linear import FRAMES_PER_TERNARY, SCHEMES
+from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int, is_number
 
 __all__ = ["DriftSample", "DriftResult", "DriftMonitor", "measure_drift", "check_drift", "default_threshold",
@@ -185,8 +185,8 @@ def _check_threshold(threshold: object) -> None:
 
 
 def _check_scheme(scheme: object) -> None:
-    if scheme not in SCHEMES:
-        raise InvalidInputError(f"scheme={scheme!r}; choose one of {SCHEMES}")
+    if scheme not in PROJECTION_SCHEMES:
+        raise InvalidInputError(f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}")
 
 
 def _validated_record(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float,

@@ -35,7 +35,7 @@ import numpy as np
 import tqdm
 
 from ..errors import InvalidInputError
-from ..linear import FRAMES_PER_TERNARY, SCHEMES
+from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int
 
 __all__ = ["FidelityRow", "FidelityResult", "measure_fidelity", "row_label", "correlation"]
@@ -163,7 +163,7 @@ def measure_fidelity(
     n_features: int,
     n_components: int,
     *,
-    schemes: tuple[str, ...] = SCHEMES,
+    schemes: tuple[str, ...] = PROJECTION_SCHEMES,
     n_bits: tuple[int | None, ...] = (None, 2, 4, 8),
     n_vectors: int = 32,
     seed: int | None = None,
@@ -194,8 +194,8 @@ def measure_fidelity(
     if not is_int(n_vectors, 2):
         raise InvalidInputError(f"n_vectors must be an integer >= 2 (a correlation needs two), got {n_vectors!r}")
     schemes = tuple(schemes) if isinstance(schemes, (tuple, list)) else (schemes,)
-    if not schemes or any(s not in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
-        raise InvalidInputError(f"schemes={schemes!r}; choose distinct ones of {SCHEMES}")
+    if not schemes or any(s not in PROJECTION_SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
+        raise InvalidInputError(f"schemes={schemes!r}; choose distinct ones of {PROJECTION_SCHEMES}")
     encodings = tuple(n_bits) if isinstance(n_bits, (tuple, list)) else (n_bits,)
     if not encodings or len(set(encodings)) != len(encodings) or any(
             b is not None and not (is_int(b, 1) and b <= 16) for b in encodings):

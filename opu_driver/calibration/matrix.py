@@ -51,7 +51,7 @@ from tqdm import tqdm
 from ..devices.camera import Roi
 from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
-from ..linear import FRAMES_PER_TERNARY, SCHEMES
+from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ..protocol import MAX_FEATURES, bits_per_pixel
 from ._checks import check_components, check_count, check_seed, correlation, is_int
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
@@ -203,8 +203,8 @@ def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout
     check_components(opu, n_components)
     if probes not in PROBES:
         raise InvalidInputError(f"probes={probes!r}; choose one of {PROBES}")
-    if scheme not in SCHEMES:
-        raise InvalidInputError(f"scheme={scheme!r}; choose one of {SCHEMES}")
+    if scheme not in PROJECTION_SCHEMES:
+        raise InvalidInputError(f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}")
     for name, value in (("n_holdout", n_holdout), ("n_repeats", n_repeats)):
         if not is_int(value, 1):
             raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")

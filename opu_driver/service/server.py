@@ -46,13 +46,12 @@ from dfa_client.wire import MessageType, MessageTooLargeError, PeerClosedError, 
 from .._version import __version__
 from ..encoding.layouts import SplitLayout
 from ..errors import ConfigurationError, InvalidInputError, OpuError
-from ..linear import FRAMES_PER_TERNARY, call_bytes
+from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, call_bytes
 
 __all__ = ["OpuService", "ServiceLimits", "ServiceStats", "is_loopback"]
 
 _log = logging.getLogger(__name__)
 
-SCHEMES = ("four_frame", "two_frame")
 SHUTDOWN_KIND = "ServiceShutdown"
 """ERROR kind of requests the service failed because it is stopping (clients retry them elsewhere or later)."""
 TOO_MANY_CLIENTS_KIND = "TooManyClients"
@@ -579,8 +578,8 @@ class OpuService:
             problem = self._check_features(n_features)
             if problem:
                 return "InvalidInputError", problem
-        if scheme not in SCHEMES:
-            return "InvalidInputError", f"scheme={scheme!r}; choose one of {SCHEMES}"
+        if scheme not in PROJECTION_SCHEMES:
+            return "InvalidInputError", f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}"
         if n_bits is not None and (not _is_count(n_bits) or not 1 <= n_bits <= 16):
             return "InvalidInputError", f"n_bits={n_bits!r} must be null or an integer within 1..16"
         if not _is_count(max_batch):
