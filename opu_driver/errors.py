@@ -18,6 +18,8 @@ __all__ = [
     "CommunicationError",
     "CommunicationTimeoutError",
     "ProtocolError",
+    "CorruptPacketError",
+    "StallError",
     "ConnectionLostError",
     "DeviceResetError",
     "AcquisitionError",
@@ -90,6 +92,19 @@ class CommunicationTimeoutError(CommunicationError, TimeoutError):
 
 class ProtocolError(CommunicationError):
     """Bytes arrived that break the protocol: bad CRC, bad length, unknown type, unexpected reply."""
+
+
+class CorruptPacketError(ProtocolError):
+    """A packet arrived damaged (bad CRC, impossible length, unknown type, cut short) and was not decoded.
+
+    It costs the frame it carried; the acquisition re-runs that frame while retries are left.
+    """
+
+
+class StallError(CommunicationError):
+    """The device stalled a USB pipe (EPIPE). On a control request it means a refusal (the device layer reads
+    the device's latched error code and raises DeviceRefusedError); on a bulk endpoint the halt is cleared and
+    the frames it cost are re-run."""
 
 
 class ConnectionLostError(CommunicationError, ConnectionError):

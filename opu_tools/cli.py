@@ -17,7 +17,7 @@ _log = logging.getLogger(__name__)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from opu_driver.discovery import describe_devices
+    from opu_driver.devices.v1.discovery import describe_devices
 
     text = describe_devices()
     print(text)

@@ -85,7 +85,7 @@ def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: i
         counters = opu.counters
         print()
         print(f"Driver: {counters.sequences} sequences, {counters.frames_sent} frames sent, "
-              f"{counters.frames_matched} matched by id, lag {counters.lag_frames} frames")
+              f"{counters.frames_matched} matched by id, lag {opu.lag_frames} frames")
     if dfa_epochs > 0:
         _dfa_demo(dfa_epochs)
     return 0

@@ -70,7 +70,7 @@ class SoakConfig:
     """What one soak run does.
 
     Attributes:
-        frames: stop once the soak device has been sent at least this many DMD frames (``counters.frames_sent``,
+        frames: stop once the soak device has been sent at least this many DMD frames (``opu.counters.frames_sent``,
             resent frames included).
         faults: the emulator's fault plan (docs/emulator.md, "Faults"); "" runs without faults.
         url_query: emulator options (geometry, lag, ...) without seed, noise and faults, which the soak sets.
@@ -333,15 +333,14 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
     started = time.perf_counter()
     try:
         with _open(url, config) as opu:
-            counters = opu.counters
             shown = 0
             failing = 0  # requests in a row that raised without sending a frame
-            while counters.frames_sent < config.frames:
+            while opu.counters.frames_sent < config.frames:
                 operation = OPERATIONS[int(rng.integers(len(OPERATIONS)))]
                 batch = int(rng.integers(1, config.max_batch + 1))
                 indices = rng.choice(len(X), size=batch, replace=False)
-                failed_before = counters.requests_failed
-                sent_before = counters.frames_sent
+                failed_before = opu.counters.requests_failed
+                sent_before = opu.counters.frames_sent
                 call_started = time.perf_counter()
                 report.requests += 1
                 by_op[operation] += 1
@@ -349,7 +348,7 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
                     result = _operate(opu, operation, X[indices], E[indices], config.n_components)
                 except OpuError as exc:
                     name = type(exc).__name__
-                    if counters.requests_failed > failed_before:
+                    if opu.counters.requests_failed > failed_before:
                         typed[name] += 1  # the retries were spent: the contract's typed error
                         _log.info("request %d (%s, %d vectors) failed after its retries: %s: %s",
                                   report.requests, operation, batch, name, exc)
@@ -361,7 +360,7 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
                         _log.error("request %d (%s, %d vectors) raised %s without a failed recovery: %s",
                                    report.requests, operation, batch, name, exc)
                     report.rows_in_failed_requests += batch
-                    failing = failing + 1 if counters.frames_sent == sent_before else 0
+                    failing = failing + 1 if opu.counters.frames_sent == sent_before else 0
                     if failing >= STUCK_REQUESTS:
                         report.stuck_at_request = report.requests
                         _log.error("%d requests in a row failed without sending a frame: the device no longer "
@@ -382,13 +381,13 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
                         _log.error("request %d (%s, %d vectors): %s", report.requests, operation, batch, check)
                 report.slowest_request_s = max(report.slowest_request_s, time.perf_counter() - call_started)
                 if bar is not None:
-                    bar.update(min(counters.frames_sent, config.frames) - shown)
-                    shown = min(counters.frames_sent, config.frames)
+                    bar.update(min(opu.counters.frames_sent, config.frames) - shown)
+                    shown = min(opu.counters.frames_sent, config.frames)
                     bar.set_postfix(mismatches=report.mismatched_rows, errors=sum(typed.values()),
-                                    retries=counters.retries, refresh=False)
+                                    retries=opu.counters.retries, refresh=False)
             report.wall_s = time.perf_counter() - started
-            report.frames_sent = counters.frames_sent
-            report.counters = asdict(counters)
+            report.frames_sent = opu.counters.frames_sent
+            report.counters = asdict(opu.counters)
             fault_counts = opu.emulator.fault_counts
             report.faults_injected = {k: v for k, v in fault_counts["injected"].items() if v}
             report.fault_events = dict(fault_counts.get("events", {}))

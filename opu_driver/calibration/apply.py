@@ -118,7 +118,7 @@ def apply_record(opu, record: CalibrationRecord, *, explicit: dict[str, Any], dr
         applied.append("laser_power")
     latency = record.results.get("latency")
     if latency and isinstance(latency.get("lag_frames"), int) and 0 <= latency["lag_frames"] <= opu.settings.max_lag_frames:
-        opu.counters.lag_frames = latency["lag_frames"]
+        opu.lag_frames = latency["lag_frames"]
         applied.append("latency")
     if "reference" in record.results:
         from .reference import install_reference

@@ -52,7 +52,7 @@ import tqdm
 
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
-from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
+from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int, is_number
 
 __all__ = ["DriftSample", "DriftResult", "DriftMonitor", "measure_drift", "check_drift", "default_threshold",

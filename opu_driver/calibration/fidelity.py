@@ -35,7 +35,7 @@ import numpy as np
 import tqdm
 
 from ..errors import InvalidInputError
-from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
+from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int
 
 __all__ = ["FidelityRow", "FidelityResult", "measure_fidelity", "row_label", "correlation"]

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from ..devices.camera import Roi
 from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
-from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
+from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ..protocol import MAX_FEATURES, bits_per_pixel
 from ._checks import check_components, check_count, check_seed, correlation, is_int
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
@@ -282,10 +282,9 @@ def estimate_matrix(
     n_features, n_components = int(n_features), int(n_components)
     n_repeats = min(int(n_repeats), n_probes)
     rng = np.random.default_rng(seed)
-    counters = opu.counters
-    saturated_before = counters.saturated_frames
+    saturated_before = opu.counters.saturated_frames
     zeroed_before = opu.linear_mode.saturated_outputs
-    start = counters.frames_sent
+    start = opu.counters.frames_sent
     per_probe = FRAMES_PER_TERNARY[scheme]
 
     order = hadamard_order(n_features)
@@ -321,7 +320,7 @@ def estimate_matrix(
             if ptp is not None:
                 ptp += P.T.astype(np.float64) @ P
             bar.update(1)
-        probes_end = counters.frames_sent
+        probes_end = opu.counters.frames_sent
         n_frames_reference = probes_end - start - per_probe * n_probes
         mask = nonzero
         if not mask.any():
@@ -336,14 +335,14 @@ def estimate_matrix(
 
         # -- noise: the first probes again -----------------------------------------------------------
         again = opu.linear_transform(probe_block(0, n_repeats), n_components, scheme=scheme).astype(np.float64)
-        noise_end = counters.frames_sent
+        noise_end = opu.counters.frames_sent
         noise_var = ((again - first_measurement)[:, mask] ** 2).mean(axis=0) / 2  # per output
 
         # -- held-out +-1 vectors (the probes' light budget, so the repeats' noise applies) ------------
         E_h = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_holdout, n_features))
         measured = opu.linear_transform(E_h, n_components, scheme=scheme).astype(np.float64)
-        holdout_end = counters.frames_sent
-        saturated_frames = counters.saturated_frames - saturated_before
+        holdout_end = opu.counters.frames_sent
+        saturated_frames = opu.counters.saturated_frames - saturated_before
         predicted = E_h.astype(np.float64) @ matrix
         m_meas, m_pred = measured[:, mask], predicted[:, mask]
         relative_error = _relative_error(m_meas, m_pred)
@@ -374,7 +373,7 @@ def estimate_matrix(
         nonlinear = None
         if nonlinear_check:
             nonlinear = _nonlinear_check(opu, n_features, n_components, n_holdout, rng, nonlinear_batches, bar)
-        end = counters.frames_sent
+        end = opu.counters.frames_sent
     finally:
         bar.close()
 

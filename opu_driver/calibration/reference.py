@@ -15,7 +15,7 @@ import numpy as np
 
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
-from ..linear import ReferenceCalibration
+from ..opu import ReferenceCalibration
 from ._checks import check_count
 
 __all__ = ["ReferenceResult", "measure_reference", "install_reference", "reference_layout"]

@@ -1,20 +1,27 @@
-"""The camera: geometry, region of interest, exposure, pixel format, and frame reading."""
+"""The camera interface: geometry, region of interest, exposure, gain, pixel format, and frame reading.
+
+The shared work is done here once: settings are checked against the sensor before anything is written, written
+in an order every camera accepts (a frame time that always exceeds the exposure, a region that always fits),
+re-read from the device when a write fails half-way, and the settings the driver wants are kept apart from what
+was last read so that a device reset can be repaired. A backend implements the ``_do_*`` hooks.
+"""
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 from ..errors import ConfigurationError
-from ..protocol import CameraFrame, PixelFormat, Register, payload_size
+from ..protocol import CameraFrame, PixelFormat
 from .base import Device
-from .usb_link import UsbLink
 
-__all__ = ["Camera", "CameraSettings", "CameraGeometry", "Roi"]
+__all__ = ["Camera", "CameraSettings", "CameraGeometry", "Roi", "MIN_FRAME_GAP_US"]
 
 _log = logging.getLogger(__name__)
 
-_MIN_FRAME_GAP_US = 50  # frame time >= max(readout, exposure) + 50 us (docs/protocol.md 1.2)
+MIN_FRAME_GAP_US = 50
+"""A frame time must exceed the exposure by this much (readout and reset; docs/protocol.md 1.2)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,8 @@ class Roi:
 
 @dataclass(frozen=True)
 class CameraGeometry:
+    """The sensor's size and the pixel formats it can send."""
+
     width: int
     height: int
     pixel_formats: tuple[PixelFormat, ...]
@@ -50,34 +59,20 @@ class CameraSettings:
 
 
 class Camera(Device):
-    """Configures the sensor and reads its frames through the shared USB link."""
+    """Configures the sensor and reads its frames."""
 
-    def __init__(self, link: UsbLink) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._link = link
         self._geometry: CameraGeometry | None = None
         self._settings = CameraSettings()
         self._wanted = self._settings
 
     def _do_open(self) -> None:
-        mask = self._link.read_register(Register.PIXEL_FORMATS)
-        formats = tuple(fmt for fmt in PixelFormat if mask & (1 << int(fmt)))
-        self._geometry = CameraGeometry(
-            self._link.read_register(Register.CAM_WIDTH), self._link.read_register(Register.CAM_HEIGHT), formats
-        )
-        self._settings = self._read_settings()
+        self._geometry = self._do_connect()
+        self._settings = self._do_read_settings()
         self._wanted = self._settings
 
-    def _read_settings(self) -> CameraSettings:
-        read = self._link.read_register
-        return CameraSettings(
-            exposure_us=read(Register.EXPOSURE_US),
-            frame_time_us=read(Register.FRAME_TIME_US),
-            gain=read(Register.GAIN_MILLI) / 1000.0,
-            pixel_format=PixelFormat(read(Register.PIXEL_FORMAT)),
-            roi=Roi(read(Register.ROI_X), read(Register.ROI_Y), read(Register.ROI_W), read(Register.ROI_H)),
-        )
-
+    # -- state ----------------------------------------------------------------------------------------
     @property
     def geometry(self) -> CameraGeometry:
         self._require_open()
@@ -86,7 +81,7 @@ class Camera(Device):
 
     @property
     def settings(self) -> CameraSettings:
-        """The settings as last read from or written to the device."""
+        """The settings as last read from or written to the device (no traffic)."""
         self._require_open()
         return self._settings
 
@@ -100,44 +95,45 @@ class Camera(Device):
         self._require_open()
         return self._wanted
 
+    def read_settings(self) -> CameraSettings:
+        """The settings as the device holds them now (read from it; ``settings`` is not changed)."""
+        return self._call(self._do_read_settings)
+
     def restore(self, actual: CameraSettings | None = None) -> None:
         """Write the wanted settings again, starting from ``actual`` (what the device holds; read when None)."""
-        self._settings = self._read_settings() if actual is None else actual
-        wanted = self._wanted
-        self.configure(wanted)
+        with self._lock:
+            self._settings = self._do_read_settings() if actual is None else actual
+            self.configure(self._wanted)
 
     @property
     def readout_us(self) -> int:
-        return self._link.read_register(Register.READOUT_US)
+        """Time to read the current region out of the sensor."""
+        return self._call(self._do_readout_us)
 
-    @property
-    def fifo_bytes(self) -> int:
-        return self._link.read_register(Register.IN_FIFO_BYTES)
+    def fifo_frames(self) -> int:
+        """Camera frames of the current region and pixel format that the device's buffer holds."""
+        return self._call(self._do_fifo_frames, self.settings)
 
     @property
     def frame_count(self) -> int:
-        return self._link.read_register(Register.CAM_FRAME_COUNT)
+        """Frames captured since the device's reset, as its 32-bit counter says (it wraps)."""
+        return self._call(self._do_frame_count)
 
     @property
     def dropped_frames(self) -> int:
-        return self._link.read_register(Register.CAM_DROPPED)
+        """Frames the device dropped because its buffer was full."""
+        return self._call(self._do_dropped_frames)
 
-    def frame_packet_bytes(self, roi: Roi | None = None, pixel_format: PixelFormat | None = None) -> int:
-        """Bytes one CAMERA_FRAME packet takes on the wire (envelope, metadata and pixels)."""
-        roi = roi or self.settings.roi
-        pixel_format = pixel_format or self.settings.pixel_format
-        return 16 + 32 + payload_size(pixel_format, roi.n_pixels) + 4
-
+    # -- settings -------------------------------------------------------------------------------------
     def validate(self, settings: CameraSettings) -> CameraSettings:
         """Check settings against the sensor and return them merged with the current ones.
 
         Raises ConfigurationError before anything is written.
         """
         geometry = self.geometry
-        merged = replace(
-            self._settings,
-            **{k: v for k, v in settings.__dict__.items() if v is not None},
-        )
+        merged = replace(self._settings, **{k: v for k, v in settings.__dict__.items() if v is not None})
+        assert merged.roi is not None and merged.exposure_us is not None and merged.gain is not None
+        assert merged.frame_time_us is not None
         if merged.pixel_format not in geometry.pixel_formats:
             raise ConfigurationError(
                 f"pixel format {merged.pixel_format!r} not supported; the camera has "
@@ -155,59 +151,114 @@ class Camera(Device):
             raise ConfigurationError(f"gain={merged.gain} outside 1..16")
         if settings.frame_time_us is None:
             # Keep the frame time legal when only the exposure changes.
-            needed = merged.exposure_us + _MIN_FRAME_GAP_US
+            needed = merged.exposure_us + MIN_FRAME_GAP_US
             merged = replace(merged, frame_time_us=max(merged.frame_time_us, needed))
-        if merged.frame_time_us < merged.exposure_us + _MIN_FRAME_GAP_US:
+        assert merged.frame_time_us is not None
+        if merged.frame_time_us < merged.exposure_us + MIN_FRAME_GAP_US:
             raise ConfigurationError(
-                f"frame_time_us={merged.frame_time_us} must be >= exposure_us + {_MIN_FRAME_GAP_US}"
+                f"frame_time_us={merged.frame_time_us} must be >= exposure_us + {MIN_FRAME_GAP_US}"
             )
         return merged
 
     def configure(self, settings: CameraSettings) -> CameraSettings:
         """Apply settings in an order the device accepts; returns what is now set."""
-        self._require_open()
-        new = self.validate(settings)
-        try:
-            self._write(self._settings, new)
-        except BaseException:
-            # Some writes may have landed: believe the device, not the plan.
+        with self._lock:
+            self._require_open()
+            new = self.validate(settings)
             try:
-                self._settings = self._read_settings()
-            except Exception as exc:
-                _log.warning("could not re-read camera settings after a refused write: %s", exc)
-            raise
-        self._settings = new
-        self._wanted = new
-        _log.debug("camera settings: %s", new)
-        return new
+                self._write(self._settings, new)
+            except BaseException:
+                # Some writes may have landed: believe the device, not the plan.
+                try:
+                    self._settings = self._do_read_settings()
+                except Exception as exc:
+                    _log.warning("could not re-read camera settings after a refused write: %s", exc)
+                raise
+            self._settings = new
+            self._wanted = new
+            _log.debug("camera settings: %s", new)
+            return new
 
     def _write(self, old: CameraSettings, new: CameraSettings) -> None:
-        write = self._link.write_register
+        """Write what changed, in an order where every intermediate state is legal."""
+        assert old.roi is not None and new.roi is not None
+        assert old.frame_time_us is not None and new.frame_time_us is not None
         if new.pixel_format != old.pixel_format:
-            write(Register.PIXEL_FORMAT, int(new.pixel_format))
+            assert new.pixel_format is not None
+            self._do_write_pixel_format(new.pixel_format)
         if new.roi != old.roi:
-            # Shrink first, then move, then grow: every intermediate ROI stays inside the sensor.
-            write(Register.ROI_W, min(old.roi.width, new.roi.width))
-            write(Register.ROI_H, min(old.roi.height, new.roi.height))
-            write(Register.ROI_X, new.roi.x)
-            write(Register.ROI_Y, new.roi.y)
-            write(Register.ROI_W, new.roi.width)
-            write(Register.ROI_H, new.roi.height)
+            self._do_write_roi(old.roi, new.roi)
         if new.gain != old.gain:
-            write(Register.GAIN_MILLI, int(round(new.gain * 1000)))
+            assert new.gain is not None
+            self._do_write_gain(new.gain)
         # Frame time must always exceed exposure: raise it first, lower it last.
         if new.frame_time_us > old.frame_time_us:
-            write(Register.FRAME_TIME_US, new.frame_time_us)
+            self._do_write_frame_time_us(new.frame_time_us)
         if new.exposure_us != old.exposure_us:
-            write(Register.EXPOSURE_US, new.exposure_us)
+            assert new.exposure_us is not None
+            self._do_write_exposure_us(new.exposure_us)
         if new.frame_time_us < old.frame_time_us:
-            write(Register.FRAME_TIME_US, new.frame_time_us)
+            self._do_write_frame_time_us(new.frame_time_us)
 
+    # -- frames ---------------------------------------------------------------------------------------
     def drain(self, timeout_s: float, max_reads: int) -> int:
-        """Read and discard whatever the camera endpoint holds; returns the bytes discarded. Never raises."""
-        return self._link.drain(timeout_s, max_reads)
+        """Read and discard whatever the camera holds; returns the bytes discarded. Never raises."""
+        with self._lock:
+            return self._do_drain(timeout_s, max_reads)
 
     def read_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame]:
         """Yield the next ``n_frames`` camera frames; CommunicationTimeoutError after ``timeout_s``."""
-        self._require_open()
-        return self._link.receive_frames(n_frames, timeout_s)
+        return self._call(self._do_read_frames, n_frames, timeout_s)
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def _do_connect(self) -> CameraGeometry:
+        """Hook: read the sensor's geometry and pixel formats."""
+
+    @abstractmethod
+    def _do_read_settings(self) -> CameraSettings:
+        """Hook: read every setting from the device (no field None)."""
+
+    @abstractmethod
+    def _do_write_pixel_format(self, pixel_format: PixelFormat) -> None:
+        """Hook: write the pixel format."""
+
+    @abstractmethod
+    def _do_write_roi(self, old: Roi, new: Roi) -> None:
+        """Hook: move the region from ``old`` to ``new`` through regions the sensor accepts."""
+
+    @abstractmethod
+    def _do_write_gain(self, gain: float) -> None:
+        """Hook: write the gain."""
+
+    @abstractmethod
+    def _do_write_frame_time_us(self, frame_time_us: int) -> None:
+        """Hook: write the frame time."""
+
+    @abstractmethod
+    def _do_write_exposure_us(self, exposure_us: int) -> None:
+        """Hook: write the exposure."""
+
+    @abstractmethod
+    def _do_readout_us(self) -> int:
+        """Hook: the readout time of the current region."""
+
+    @abstractmethod
+    def _do_fifo_frames(self, settings: CameraSettings) -> int:
+        """Hook: frames of these settings that the device's buffer holds."""
+
+    @abstractmethod
+    def _do_frame_count(self) -> int:
+        """Hook: frames captured since reset (32-bit, wrapping)."""
+
+    @abstractmethod
+    def _do_dropped_frames(self) -> int:
+        """Hook: frames dropped for a full buffer."""
+
+    @abstractmethod
+    def _do_drain(self, timeout_s: float, max_reads: int) -> int:
+        """Hook: discard what the camera holds and forget partial data; never raises."""
+
+    @abstractmethod
+    def _do_read_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame]:
+        """Hook: yield frames as they arrive; CommunicationTimeoutError at the deadline."""

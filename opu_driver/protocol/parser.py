@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Union
 
-from opu_driver.errors import ProtocolError
+from opu_driver.errors import CorruptPacketError, ProtocolError
 from opu_driver.protocol.constants import HEADER_SIZE, MAGIC, MAX_PAYLOAD, TRAILER_SIZE, PacketType
 from opu_driver.protocol.packets import Packet, decode_payload
 
@@ -46,9 +46,9 @@ class PacketFault:
     packet_type: int
     detail: str
 
-    def to_error(self) -> ProtocolError:
-        """The ProtocolError that reports this fault (the driver raises it; the firmware latches a code)."""
-        return ProtocolError(f"corrupt packet ({self.kind}) of type {int(self.packet_type):#04x}: {self.detail}")
+    def to_error(self) -> CorruptPacketError:
+        """The CorruptPacketError that reports this fault (the driver raises it; the firmware latches a code)."""
+        return CorruptPacketError(f"corrupt packet ({self.kind}) of type {int(self.packet_type):#04x}: {self.detail}")
 
 
 ParsedItem = Union[Packet, PacketFault]

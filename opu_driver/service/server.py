@@ -46,7 +46,7 @@ from dfa_client.wire import MessageType, MessageTooLargeError, PeerClosedError, 
 from .._version import __version__
 from ..encoding.layouts import SplitLayout
 from ..errors import ConfigurationError, InvalidInputError, OpuError
-from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, call_bytes
+from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, call_bytes
 
 __all__ = ["OpuService", "ServiceLimits", "ServiceStats", "is_loopback"]
 
@@ -74,7 +74,7 @@ class ServiceLimits:
         max_header_bytes: a message's JSON header limit.
         max_device_rows: vectors (before bit planes) coalesced into one device call, at least one request.
         max_device_bytes: working memory of one device call, frames x (n_features + 1 + 4 x n_components) bytes
-            (opu_driver.linear.call_bytes); coalesced requests are split across calls to stay within it.
+            (opu_driver.opu.call_bytes); coalesced requests are split across calls to stay within it.
         hello_timeout_s: a new connection must complete its HELLO within this (a total deadline).
         idle_timeout_s: a connection with no message for this long is closed (clients reconnect transparently).
         message_timeout_s: once a message's first byte came, the rest must come within this.

@@ -29,6 +29,7 @@ from opu_driver.errors import (
     InvalidInputError,
     LibraryLoadError,
     OpuError,
+    StallError,
 )
 from opu_driver.protocol.constants import (
     BM_REQUEST_READ_REG,
@@ -54,11 +55,6 @@ _LIBUSB_NO_DEVICE = -4
 _LIBUSB_NOT_FOUND = -5
 _LIBUSB_PIPE = -9
 _GONE_ERRNOS = frozenset({errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN})
-
-
-class StallError(CommunicationError):
-    """The device stalled a pipe (EPIPE): it refused the request. The device layer reads LAST_ERROR to learn
-    why and raises DeviceRefusedError with that code."""
 
 
 @dataclass(frozen=True)

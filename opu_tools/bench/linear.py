@@ -33,7 +33,7 @@ def bench_fidelity(quick: bool, repeats: int) -> list[BenchResult]:
     results = []
     with opu_driver.open("sim://?seed=7&dmd=320x256&camera=128x128") as opu:
         def correlation(values: np.ndarray, vectors: np.ndarray) -> float:
-            mask = opu._linear.calibration(n_features, n_out).mask
+            mask = opu.linear_mode.calibration(n_features, n_out).mask
             F = opu.emulator.ground_truth.feature_matrix()[:, :n_out]
             B = np.real(np.conj(F[n_features]) / np.abs(F[n_features]) * F[:n_features])
             return float(np.corrcoef(values[:, mask].ravel(), (vectors @ B)[:, mask].ravel())[0, 1])

@@ -93,11 +93,11 @@ def test_a_single_routine_extends_the_newest_record(tmp_path):
 
 def test_unknown_routines_are_refused_before_anything_is_sent(tmp_path):
     with opu_driver.open(SIM, calibration=None) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         for routines in (["bogus"], [], ["dark", "all"]):
             with pytest.raises(InvalidInputError):
                 calibrate(opu, routines, CalibrationStore(tmp_path), PLAN)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent
     with pytest.raises(InvalidInputError):
         CalibrationPlan(n_features=0)
 
@@ -183,12 +183,12 @@ def test_resume_and_store_paths_are_checked_before_the_device_is_used(tmp_path, 
     from opu_tools.cli import main
 
     with opu_driver.open(SIM, calibration=None) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         with pytest.raises(InvalidInputError, match="resume"):
             calibrate(opu, ["dark"], CalibrationStore(tmp_path), PLAN, resume=True)
         with pytest.raises(InvalidInputError):
             calibrate(opu, ["dark", "dark"], CalibrationStore(tmp_path), PLAN)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     assert main(["calibrate", "dark", "--url", SIM, "--out", str(a_file)]) == 2

@@ -66,11 +66,11 @@ def test_reference_recovers_the_hidden_reference_intensity():
 
 def test_reference_bad_arguments_are_refused_before_anything_is_sent():
     with opu_driver.open(SIM, calibration=None) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         for args in ((0, N_OUT), (N_FEATURES, 0), (N_FEATURES, 10 ** 6), (N_FEATURES, N_OUT, 1), (10 ** 6, N_OUT)):
             with pytest.raises(InvalidInputError):
                 measure_reference(opu, *args)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent
 
 
 def test_a_stored_calibration_is_applied_at_open(tmp_path):
@@ -87,7 +87,7 @@ def test_a_stored_calibration_is_applied_at_open(tmp_path):
         assert applied is not None and {"camera", "latency", "reference"} <= set(applied.applied)
         settings = opu.camera.settings
         assert (settings.exposure_us, settings.pixel_format.name) == (150, "MONO12")
-        assert opu.counters.lag_frames == 3
+        assert opu.lag_frames == 3
         sent = opu.counters.frames_sent
         again = opu.linear_transform(E, N_OUT)
         # four frames per nonzero vector and no reference frames: the stored reference was used

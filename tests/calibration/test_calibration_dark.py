@@ -43,11 +43,11 @@ def test_dark_recovers_level_pattern_noise_and_hot_pixels(method):
 
 def test_bad_arguments_are_refused_before_anything_happens():
     with opu_driver.open(SIM) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         for kwargs in ({"method": "lid"}, {"n_frames": 1}, {"hot_sigma": 0}):
             with pytest.raises(InvalidInputError):
                 measure_dark(opu, N_OUT, **kwargs)
-        assert opu._link.bytes_sent == sent and opu.controller.shutter_is_open
+        assert opu.link_counters.bytes_sent == sent and opu.controller.shutter_is_open
 
 
 def test_opu_calibrate_dark_prints_json_and_saves_a_record(tmp_path, capsys):

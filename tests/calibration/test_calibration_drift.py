@@ -40,7 +40,7 @@ def test_drift_is_flagged_and_the_correlation_follows_the_drift_model():
             monitor.check()
         result = monitor.result()
         gt = opu.emulator.ground_truth
-        mask = opu._linear.calibration(N_FEATURES, N_OUT).mask
+        mask = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
         t_b = result.baseline_device_time_us
 
         def fields(time_us):
@@ -163,10 +163,10 @@ def test_step_checks_at_the_chosen_interval_and_a_stored_record_resumes():
 ])
 def test_bad_arguments_are_refused_before_anything_is_sent(make):
     with opu_driver.open(f"{SIM}&seed=1") as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         with pytest.raises(InvalidInputError):
             make(opu)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent
 
 
 def test_a_device_reset_after_the_baseline_gives_unknown_times_not_wrong_ones(caplog):

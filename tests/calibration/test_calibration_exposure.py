@@ -8,6 +8,7 @@ import opu_driver
 from opu_driver.calibration.exposure import tune_exposure
 from opu_driver.errors import AcquisitionError, InvalidInputError
 from opu_driver.protocol import Register
+from tests.support.v1 import v1_link
 
 SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=21"
 N_OUT = 64 * 48
@@ -98,7 +99,7 @@ def test_a_longer_exposure_limit_raises_the_frame_time():
 
 def test_bad_arguments_are_refused_before_anything_is_sent():
     with opu_driver.open(SIM) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         other = opu_driver.encoding.layouts.make_layout("lined", 10, 32, 32)
         for args, kwargs in (((0, N_OUT), {}), ((N_FEATURES, 0), {}), ((N_FEATURES, 10 ** 9), {}),
                              ((N_FEATURES, N_OUT), {"max_saturated_fraction": 0}),
@@ -113,7 +114,7 @@ def test_bad_arguments_are_refused_before_anything_is_sent():
                              ((11, N_OUT), {"layout": opu_driver.encoding.layouts.make_layout("lined", 10, 96, 64)})):
             with pytest.raises(InvalidInputError):
                 tune_exposure(opu, *args, **kwargs)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent
 
 
 @pytest.mark.parametrize("how", ["laser_off", "no_signal"])
@@ -128,5 +129,5 @@ def test_no_light_raises_and_restores_the_camera(how):
         after = opu.camera.settings
         assert (after.exposure_us, after.gain, after.frame_time_us) == (300, 2.0, 700)
         assert (before.exposure_us, before.gain, before.frame_time_us) == (300, 2.0, 700)
-        read = opu._link.read_register  # the device itself, not the driver's cache
+        read = v1_link(opu).read_register  # the device itself, not the driver's cache
         assert (read(Register.EXPOSURE_US), read(Register.GAIN_MILLI), read(Register.FRAME_TIME_US)) == (300, 2000, 700)

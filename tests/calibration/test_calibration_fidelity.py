@@ -33,7 +33,7 @@ def test_default_noise_meets_the_linear_bar_and_the_snr_predicts_the_correlation
         a, _ = _vectors(np.random.default_rng(seed), N_VECTORS, N_FEATURES, None)
         Y = opu.linear_transform(a, N_OUT).astype(np.float64)
         exact = a @ _exact_matrix(opu)
-        mask = opu._linear.calibration(N_FEATURES, N_OUT).mask
+        mask = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
     assert row.frames_per_vector == 4 and row.n_outputs == mask.sum()
     # The linear issue's bar (correlation with the exact projection >= 0.99) with the default noise. The
     # repeatability is the square of that correlation (snr / (1 + snr) versus sqrt(snr / (1 + snr))), so the bar
@@ -60,7 +60,7 @@ def test_without_noise_repeats_are_identical_and_linearity_is_limited_by_the_adc
     # MONO12 and a short exposure: the brightest frame (a + b + reference) stays below saturation.
     with opu_driver.open(SIM + "&noise=0", pixel_format="MONO12", exposure_us=60) as opu:
         result = measure_fidelity(opu, N_FEATURES, N_OUT, n_bits=(None, 1, 2, 4, 8), n_vectors=N_VECTORS, seed=1)
-        cal = opu._linear.calibration(N_FEATURES, N_OUT)
+        cal = opu.linear_mode.calibration(N_FEATURES, N_OUT)
     m = cal.mask
     scale = 1 / (2 * np.sqrt(cal.reference_dn[m].astype(np.float64) * cal.entry_variance))
     for row in result.rows:
@@ -152,7 +152,7 @@ def test_result_summary_arrays_and_table_follow_the_shared_spec():
 def test_bad_arguments_are_refused_before_anything_is_sent(kwargs):
     args = {"n_features": N_FEATURES, "n_components": N_OUT, **kwargs}
     with opu_driver.open(SIM) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         with pytest.raises(InvalidInputError):
             measure_fidelity(opu, args.pop("n_features"), args.pop("n_components"), **args)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent

@@ -27,11 +27,11 @@ def test_no_light_is_an_error_not_a_lag():
 
 def test_bad_arguments_are_refused():
     with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4") as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         for kwargs in ({"n_frames": 4}, {"max_lag_frames": 0}, {"n_frames": 10, "max_lag_frames": 10}):
             with pytest.raises(InvalidInputError):
                 measure_latency(opu, **kwargs)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent
 
 
 def test_opu_calibrate_latency_json(capsys):

@@ -28,7 +28,7 @@ def _dn_per_intensity(opu) -> tuple[float, float]:
 
 def _fields(opu):
     """Ground-truth fields on the ROI with the two-reference layout loaded: (signal, A, B), pixels last."""
-    assert isinstance(opu.dmd._layout, TwoReferenceLayout)  # the layout the routine left loaded
+    assert isinstance(opu.dmd.layout, TwoReferenceLayout)  # the layout the routine left loaded
     F = opu.emulator.ground_truth.feature_matrix()[:, :N_OUT].astype(np.complex128)
     return F[:N_FEATURES], F[N_FEATURES], F[N_FEATURES + 1]
 
@@ -46,7 +46,7 @@ def test_hadamard_estimate_correlates_with_the_true_matrix_at_0_99_and_counts_it
         before = opu.counters.frames_sent
         result = estimate_matrix(opu, N_FEATURES, N_OUT, seed=1)
         sent = opu.counters.frames_sent - before
-        cal = opu._linear.calibration(N_FEATURES, N_OUT)
+        cal = opu.linear_mode.calibration(N_FEATURES, N_OUT)
         signal, a, b = _fields(opu)
         # a second estimate reuses the reference calibration: no reference frames
         again = estimate_matrix(opu, N_FEATURES, N_OUT, seed=2, nonlinear_check=False)
@@ -92,7 +92,7 @@ def test_random_probes_reach_the_derived_correlation():
     with opu_driver.open(SIM, **SETTINGS) as opu:
         result = estimate_matrix(opu, N_FEATURES, N_OUT, probes="random", n_probes=384, seed=3,
                                  nonlinear_check=False)
-        m = opu._linear.calibration(N_FEATURES, N_OUT).mask
+        m = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
         opu.linear_transform(np.eye(1, N_FEATURES), N_OUT)  # loads the linear layout for the ground truth
         F = opu.emulator.ground_truth.feature_matrix()[:, :N_OUT].astype(np.complex128)
     assert result.n_frames_probes == 4 * 384 and result.saturated_frames == 0
@@ -113,7 +113,7 @@ def test_random_probes_reach_the_derived_correlation():
 def test_without_noise_the_estimate_is_exact_up_to_the_adc_rounding():
     with opu_driver.open(SIM + "&noise=0", pixel_format="MONO12", exposure_us=200) as opu:
         result = estimate_matrix(opu, N_FEATURES, N_OUT, seed=4, nonlinear_check=False)
-        cal = opu._linear.calibration(N_FEATURES, N_OUT)
+        cal = opu.linear_mode.calibration(N_FEATURES, N_OUT)
         g, _ = _dn_per_intensity(opu)
         opu.linear_transform(np.eye(1, N_FEATURES), N_OUT)
         F = opu.emulator.ground_truth.feature_matrix()[:, :N_OUT].astype(np.complex128)
@@ -244,12 +244,12 @@ def test_hadamard_rows_are_orthogonal_and_the_layout_splits_the_reference():
 ])
 def test_bad_arguments_are_refused_before_anything_is_sent(kwargs):
     with opu_driver.open(SIM) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         frames = opu.counters.frames_sent
         args = {"n_features": 64, "n_components": 100, **kwargs}
         with pytest.raises(InvalidInputError):
             estimate_matrix(opu, args.pop("n_features"), args.pop("n_components"), **args)
-        assert opu._link.bytes_sent == sent and opu.counters.frames_sent == frames
+        assert opu.link_counters.bytes_sent == sent and opu.counters.frames_sent == frames
 
 
 def test_shared_checks_and_correlation_behave_as_the_copies_they_replace():
@@ -265,10 +265,10 @@ def test_shared_checks_and_correlation_behave_as_the_copies_they_replace():
     assert is_int(3) and is_int(np.int64(3), 3) and not is_int(2, 3)
     assert not is_int(True) and not is_int(3.0) and not is_int(None, 0)
     with opu_driver.open(SIM) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         check_components(opu, 64 * 48)
         check_components(opu, np.int32(1))
         for bad in (0, 64 * 48 + 1, 2.0, True, "10"):
             with pytest.raises(InvalidInputError, match="n_components"):
                 check_components(opu, bad)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent

@@ -180,14 +180,14 @@ def test_a_stride_beyond_the_measured_lags_raises_and_says_what_to_do():
 
 def test_bad_arguments_are_refused_before_anything_is_sent():
     with opu_driver.open(SIM + "&seed=1") as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         for args, kwargs in (((0,), {}), ((N_OUT,), {"n_features": 1}), ((N_OUT,), {"n_frames": 1}),
                              ((N_OUT,), {"max_lag_px": 0}), ((N_OUT,), {"max_lag_px": 48}), ((20,), {}),
                              ((N_OUT,), {"dark": "dark"}), ((N_OUT,), {"n_frames": 2.0})):
             with pytest.raises(InvalidInputError):
                 measure_roi(opu, *args, **kwargs)
         dark = measure_dark(opu, 100, n_frames=4)
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         with pytest.raises(InvalidInputError):
             measure_roi(opu, N_OUT, dark=dark)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent

@@ -17,23 +17,25 @@ import pytest
 
 import opu_driver
 from opu_driver.devices.camera import CameraSettings, Roi
-from opu_driver.devices.controller import Controller, TriggerMode
+from opu_driver.devices.controller import TriggerMode
+from opu_driver.devices.v1.controller import ScpiController
 from opu_driver.errors import ConfigurationError, DeviceRefusedError
 from opu_driver.protocol import DeviceErrorCode, Register, Status
 from opu_driver.transport import SerialTransport
 
 from tests.support import SMALL_SIM
+from tests.support.v1 import v1_link
 
 
 class ControllerConformance:
     """What every controller line must do (docs/protocol.md section 2)."""
 
-    def test_identity(self, controller: Controller):
+    def test_identity(self, controller: ScpiController):
         ident = controller.identity
         assert ident.manufacturer and ident.model and ident.serial_number
         assert re.fullmatch(r"\d+\.\d+\.\d+", ident.firmware_version)
 
-    def test_laser_and_shutter_round_trip(self, controller: Controller):
+    def test_laser_and_shutter_round_trip(self, controller: ScpiController):
         controller.laser_on()
         assert controller.laser_is_on
         controller.laser_off()
@@ -43,23 +45,23 @@ class ControllerConformance:
         controller.close_shutter()
         assert not controller.shutter_is_open
 
-    def test_power_set_get_and_out_of_range_refused_before_sending(self, controller: Controller):
+    def test_power_set_get_and_out_of_range_refused_before_sending(self, controller: ScpiController):
         controller.set_laser_power_mw(12.5)
         assert controller.laser_power_mw == pytest.approx(12.5, abs=1e-3)
         with pytest.raises(ConfigurationError):
             controller.set_laser_power_mw(controller.laser_power_max_mw * 2)
         assert controller.laser_power_mw == pytest.approx(12.5, abs=1e-3)
 
-    def test_temperature_and_interlock(self, controller: Controller):
+    def test_temperature_and_interlock(self, controller: ScpiController):
         assert 0.0 < controller.temperature_c < 80.0
         assert controller.interlock_ok
 
-    def test_trigger_mode_round_trip(self, controller: Controller):
+    def test_trigger_mode_round_trip(self, controller: ScpiController):
         for mode in (TriggerMode.SOFTWARE, TriggerMode.INTERNAL):
             controller.set_trigger_mode(mode)
             assert controller.trigger_mode is mode
 
-    def test_unknown_command_is_refused_and_queued(self, controller: Controller):
+    def test_unknown_command_is_refused_and_queued(self, controller: ScpiController):
         controller.errors()
         with pytest.raises(DeviceRefusedError) as info:
             controller._query("FROBNICATE 3")
@@ -67,7 +69,7 @@ class ControllerConformance:
         assert controller.errors() == [(-113, "Undefined header")]
         assert controller.errors() == []
 
-    def test_reset_turns_the_laser_off(self, controller: Controller):
+    def test_reset_turns_the_laser_off(self, controller: ScpiController):
         controller.laser_on()
         controller.reset()
         assert not controller.laser_is_on
@@ -113,7 +115,7 @@ def pty_path():
 class TestControllerOverPty(ControllerConformance):
     @pytest.fixture
     def controller(self, pty_path):
-        controller = Controller(SerialTransport(pty_path))
+        controller = ScpiController(SerialTransport(pty_path))
         controller.open()
         try:
             yield controller
@@ -138,7 +140,7 @@ class UsbDeviceConformance:
         assert info.sequence_capacity > 0
 
     def test_refused_register_write_raises_typed_error_and_changes_nothing(self, opu):
-        link = opu._link
+        link = v1_link(opu)
         before = link.read_register(Register.EXPOSURE_US)
         with pytest.raises(DeviceRefusedError) as info:
             link.write_register(Register.EXPOSURE_US, 5)
@@ -154,7 +156,7 @@ class UsbDeviceConformance:
     def test_camera_settings_round_trip(self, opu):
         camera = opu.camera
         new = camera.configure(CameraSettings(exposure_us=300, roi=Roi(2, 3, 10, 7)))
-        assert camera._read_settings() == new
+        assert camera.read_settings() == new
 
     def test_sequence_returns_one_camera_frame_per_dmd_frame(self, opu):
         X = np.random.default_rng(0).integers(0, 2, size=(9, 20), dtype=np.uint8)
@@ -168,7 +170,7 @@ class UsbDeviceConformance:
         packed = np.packbits(np.ones((2, 16), dtype=bool), axis=1)
         opu.dmd.queue_feature_frames(1234, packed)
         opu.dmd.start()
-        frames = list(opu.camera.read_frames(2 + opu.counters.lag_frames, timeout_s=5.0))
+        frames = list(opu.camera.read_frames(2 + opu.lag_frames, timeout_s=5.0))
         settings = opu.camera.settings
         ours = [f for f in frames if f.dmd_frame_id in (1234, 1235)]
         assert [f.dmd_frame_id for f in ours] == [1234, 1235][: len(ours)] and ours
@@ -181,7 +183,7 @@ class UsbDeviceConformance:
         assert frames[1].timestamp_us - frames[0].timestamp_us == settings.frame_time_us
 
     def test_last_error_clears_on_read_and_status_follows_the_controller(self, opu):
-        link = opu._link
+        link = v1_link(opu)
         with pytest.raises(DeviceRefusedError):
             link.write_register(Register.EXPOSURE_US, 5)  # reading LAST_ERROR for the message cleared it
         assert link.read_register(Register.LAST_ERROR) == 0
@@ -192,8 +194,8 @@ class UsbDeviceConformance:
 
     def test_layout_table_is_reported(self, opu):
         opu.transform(np.ones((1, 37), dtype=np.uint8), 10)
-        assert opu._link.read_register(Register.LAYOUT_FEATURES) == 37
-        assert Status.LAYOUT_LOADED in Status(opu._link.read_register(Register.STATUS))
+        assert v1_link(opu).read_register(Register.LAYOUT_FEATURES) == 37
+        assert Status.LAYOUT_LOADED in Status(v1_link(opu).read_register(Register.STATUS))
 
 
 class TestUsbEmulator(UsbDeviceConformance):

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opu_driver.devices.controller import Controller, Identity, TriggerMode
+from opu_driver.devices.controller import Identity, TriggerMode
+from opu_driver.devices.v1.controller import ScpiController
 from opu_driver.errors import DeviceRefusedError, InterlockError, ProtocolError
 from opu_driver.protocol import SERIAL_TIMEOUT_S
 
@@ -47,9 +48,9 @@ class FakeSerial:
         return reply
 
 
-def _open(replies: dict[str, str] | None = None) -> tuple[Controller, FakeSerial]:
+def _open(replies: dict[str, str] | None = None) -> tuple[ScpiController, FakeSerial]:
     transport = FakeSerial(replies)
-    controller = Controller(transport)  # type: ignore[arg-type]
+    controller = ScpiController(transport)  # type: ignore[arg-type]
     controller.open()
     return controller, transport
 
@@ -74,7 +75,7 @@ def test_open_reads_identity_and_version_with_the_protocol_timeout():
     ("LASER:POWER?", lambda c: c.laser_power_mw),
     ("LASER:POWER:MAX?", lambda c: c.laser_power_max_mw),
 ])
-def test_numbers_parse(keyword: str, getter: Callable[[Controller], float], reply: str, value: float):
+def test_numbers_parse(keyword: str, getter: Callable[[ScpiController], float], reply: str, value: float):
     controller, _ = _open({keyword: reply})
     assert getter(controller) == pytest.approx(value, rel=1e-12)  # decimal -> float: exact up to rounding
 
@@ -86,7 +87,7 @@ def test_numbers_parse(keyword: str, getter: Callable[[Controller], float], repl
     ("TRIGGER:MODE?", lambda c: c.trigger_mode,
      {"INT": TriggerMode.INTERNAL, "SOFT": TriggerMode.SOFTWARE, "EXT": TriggerMode.EXTERNAL}),
 ])
-def test_words_parse(keyword: str, getter: Callable[[Controller], object], table: dict[str, object]):
+def test_words_parse(keyword: str, getter: Callable[[ScpiController], object], table: dict[str, object]):
     for reply, value in table.items():
         controller, _ = _open({keyword: reply})
         assert getter(controller) is value
@@ -121,7 +122,7 @@ def test_errors_drains_the_queue():
             return super().query(line, timeout_s)
 
     transport = Draining()
-    controller = Controller(transport)  # type: ignore[arg-type]
+    controller = ScpiController(transport)  # type: ignore[arg-type]
     controller.open()
     assert controller.errors() == [(-113, "Undefined header"), (-222, "Data out of range")]
     assert transport.sent.count("SYSTEM:ERROR?") == 3
@@ -142,7 +143,7 @@ def test_err_replies_are_device_refusals_not_protocol_errors():
 
 # -- anything else is a ProtocolError --------------------------------------------------------------------------
 
-QUERIES: list[tuple[str, Callable[[Controller], object], set[str]]] = [
+QUERIES: list[tuple[str, Callable[[ScpiController], object], set[str]]] = [
     ("TEMPERATURE?", lambda c: c.temperature_c, {"2", "-1"}),
     ("LASER:POWER?", lambda c: c.laser_power_mw, {"2", "-1"}),
     ("LASER:POWER:MAX?", lambda c: c.laser_power_max_mw, {"2", "-1"}),
@@ -182,7 +183,7 @@ def test_numbers_parse_or_raise_protocol_error(keyword, getter, good, reply: str
     assert isinstance(value, float) and value == value and abs(value) != float("inf")
 
 
-COMMANDS: list[tuple[str, Callable[[Controller], None]]] = [
+COMMANDS: list[tuple[str, Callable[[ScpiController], None]]] = [
     ("*RST", lambda c: c.reset()),
     ("LASER:STATE ON", lambda c: c.laser_on()),
     ("LASER:STATE OFF", lambda c: c.laser_off()),
@@ -205,14 +206,14 @@ def test_commands_accept_only_ok(line: str, act, reply: str):
 def test_bad_identity_fails_open(idn: str):
     transport = FakeSerial({"*IDN?": idn})
     with pytest.raises(ProtocolError):
-        Controller(transport).open()  # type: ignore[arg-type]
+        ScpiController(transport).open()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("version", ["2", "0", "", "one", "1.0", "nan"])
 def test_bad_protocol_version_fails_open(version: str):
     transport = FakeSerial({"SYSTEM:VERSION?": version})
     with pytest.raises(ProtocolError):
-        Controller(transport).open()  # type: ignore[arg-type]
+        ScpiController(transport).open()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("entry", ["", "0", "-113", '-113,Undefined header', 'x,"y"', "garbage"])

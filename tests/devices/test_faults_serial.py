@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import opu_driver
-from opu_driver.devices.controller import DEFAULT_MAX_RETRIES, RESYNC_MAX_S, Controller, ControllerCounters
+from opu_driver.devices.controller import ControllerCounters
+from opu_driver.devices.v1.controller import DEFAULT_MAX_RETRIES, RESYNC_MAX_S, ScpiController
 from opu_driver.errors import (
     CommunicationTimeoutError,
     ConfigurationError,
@@ -104,7 +105,7 @@ def _assert_same(result: dict[str, object], reference: dict[str, object]) -> Non
 @pytest.mark.parametrize("seed, faults, least", [(2, "serial:0.2", 6), (3, "serial:0.2", 3),
                                                  (5, "serial@1,serial@4", 2)])
 def test_garbage_is_retried_and_the_session_gives_the_fault_free_results(references, seed, faults, least, caplog):
-    caplog.set_level(logging.WARNING, logger="opu_driver.devices.controller")
+    caplog.set_level(logging.WARNING, logger="opu_driver.devices.v1.controller")
     with opu_driver.open(f"{_url(seed)}&faults={faults}", timeout_s=TIMEOUT_S) as opu:
         result = _session(opu)
         emulator = opu.emulator
@@ -218,7 +219,7 @@ def _timeout() -> str:
 def test_idempotent_exchanges_are_retried_after_garbage_and_timeouts(line, act):
     good = "25.00" if line.endswith("?") else "OK"
     transport = ScriptedSerial({line: ["\ufffdOK\ufffd", _timeout, good]})
-    controller = Controller(transport)  # type: ignore[arg-type]
+    controller = ScpiController(transport)  # type: ignore[arg-type]
     controller.open()
     act(controller)
     assert transport.sent[2:] == [line] * 3 and transport.drains == 2
@@ -229,7 +230,7 @@ def test_idempotent_exchanges_are_retried_after_garbage_and_timeouts(line, act):
 def test_the_interlock_reset_is_never_sent_twice():
     # a safety latch: a second sending could clear a trip that happened after the first, unseen
     transport = ScriptedSerial({"INTERLOCK:RESET": [_timeout, "OK"]})
-    controller = Controller(transport)  # type: ignore[arg-type]
+    controller = ScpiController(transport)  # type: ignore[arg-type]
     controller.open()
     with pytest.raises(CommunicationTimeoutError):
         controller.reset_interlock()
@@ -241,7 +242,7 @@ def test_the_interlock_reset_is_never_sent_twice():
 
 def test_refusals_are_answers_and_are_not_retried():
     transport = ScriptedSerial({"LASER:POWER:MAX?": ["100.000"], "LASER:POWER 12.5": ['ERR -222,"Data out of range"']})
-    controller = Controller(transport)  # type: ignore[arg-type]
+    controller = ScpiController(transport)  # type: ignore[arg-type]
     controller.open()
     with pytest.raises(DeviceRefusedError):
         controller.set_laser_power_mw(12.5)
@@ -251,7 +252,7 @@ def test_refusals_are_answers_and_are_not_retried():
 def test_the_error_queue_is_never_asked_twice():
     transport = ScriptedSerial({"SYSTEM:ERROR?": ['\ufffd\ufffd\ufffd-113,"Undefined header"', '0,"No error"',
                                                   "\ufffd\ufffd"]})
-    controller = Controller(transport)  # type: ignore[arg-type]
+    controller = ScpiController(transport)  # type: ignore[arg-type]
     controller.open()
     assert controller.errors() == [(-113, "Undefined header")]  # garbage dropped
     with pytest.raises(ProtocolError, match="not retried"):
@@ -265,7 +266,7 @@ def test_the_error_queue_is_never_asked_twice():
 
 def test_max_retries_bounds_the_attempts():
     transport = ScriptedSerial({"LASER:STATE?": ["\ufffd1"]})
-    controller = Controller(transport, max_retries=0)  # type: ignore[arg-type]
+    controller = ScpiController(transport, max_retries=0)  # type: ignore[arg-type]
     controller.open()
     with pytest.raises(ProtocolError):
         controller.laser_is_on
@@ -276,15 +277,15 @@ def test_max_retries_bounds_the_attempts():
     assert transport.sent.count("LASER:STATE?") == 6 and controller.counters.retries == 4
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ConfigurationError):
-            Controller(transport, max_retries=bad)  # type: ignore[arg-type]
+            ScpiController(transport, max_retries=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
-        Controller(transport, resync_quiet_s=float("nan"))  # type: ignore[arg-type]
+        ScpiController(transport, resync_quiet_s=float("nan"))  # type: ignore[arg-type]
 
 
 def test_a_version_mismatch_is_an_answer_not_noise():
     transport = ScriptedSerial({"SYSTEM:VERSION?": ["2"]})
     with pytest.raises(ProtocolError, match="version"):
-        Controller(transport).open()  # type: ignore[arg-type]
+        ScpiController(transport).open()  # type: ignore[arg-type]
     assert transport.sent.count("SYSTEM:VERSION?") == 1
 
 
@@ -344,8 +345,8 @@ def far_end() -> Iterator[Callable[[Callable[[str], str | None]], FarEnd]]:
 LINE_TIMEOUT_S = 0.2
 
 
-def _controller_on(end: FarEnd) -> Controller:
-    controller = Controller(SerialTransport(end.path, timeout_s=LINE_TIMEOUT_S), timeout_s=LINE_TIMEOUT_S)
+def _controller_on(end: FarEnd) -> ScpiController:
+    controller = ScpiController(SerialTransport(end.path, timeout_s=LINE_TIMEOUT_S), timeout_s=LINE_TIMEOUT_S)
     controller.open()
     return controller
 

@@ -135,7 +135,7 @@ def device_state(opu) -> tuple:
     the emulated controller's received lines and its laser, shutter, power and trigger, frames and sequences run."""
     controller = opu.emulator.controller
     counters = opu.counters
-    return (opu._link.bytes_sent, opu.camera.settings, controller.lines_received, controller.laser_on,
+    return (opu.link_counters.bytes_sent, opu.camera.settings, controller.lines_received, controller.laser_on,
             controller.shutter_open, controller.power_mw, controller.trigger_mode, counters.frames_sent,
             counters.sequences)
 

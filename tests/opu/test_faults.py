@@ -30,6 +30,7 @@ from opu_driver.errors import (
 
 from tests.support.faults import BASE, CHUNK_FRAMES, ERRORS_WITHOUT_RETRY, MIX, N_COMPONENTS, RATES, RETRIES, TIMEOUT_S
 from tests.support.faults import fault_inputs as _inputs
+from tests.support.v1 import v1_link
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_a_mix_of_faults_with_a_lag_is_recovered_exactly(reference, operation):
         first = _operate(opu, operation)
         second = _operate(opu, operation)  # a second request after recoveries: nothing left over from the first
         injected = sum(opu.emulator.fault_counts["injected"].values())
-        assert opu.counters.lag_frames == 2
+        assert opu.lag_frames == 2
     np.testing.assert_array_equal(first, reference[operation])
     np.testing.assert_array_equal(second, reference[operation])
     assert injected >= 5
@@ -214,7 +215,7 @@ def test_a_restore_that_fails_half_way_is_finished_before_the_next_request():
     with opu_driver.open(url, **settings) as opu:
         reference = opu.transform(X, 40)
     with opu_driver.open(url, retries=1, **settings) as opu:
-        write = opu._link.write_register
+        write = v1_link(opu).write_register
         armed = {"gain": True}
 
         def failing_write(register, value):
@@ -223,7 +224,7 @@ def test_a_restore_that_fails_half_way_is_finished_before_the_next_request():
                 raise CommunicationTimeoutError("injected: the gain write of the restore timed out")
             return write(register, value)
 
-        opu._link.write_register = failing_write
+        v1_link(opu).write_register = failing_write
         opu.emulator.set_faults("reset@1")
         try:
             opu.transform(X, 40)
@@ -231,7 +232,7 @@ def test_a_restore_that_fails_half_way_is_finished_before_the_next_request():
             pass  # within the contract: a typed error for this request
         assert not armed["gain"]  # the failing write did happen
         np.testing.assert_array_equal(opu.transform(X, 40), reference)
-        assert opu._link.read_register(Register.GAIN_MILLI) == 3000
+        assert v1_link(opu).read_register(Register.GAIN_MILLI) == 3000
 
 
 def test_the_session_fault_counters_are_logged_at_close(caplog):

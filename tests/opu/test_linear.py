@@ -22,7 +22,7 @@ def test_four_frame_ternary_projection_matches_the_exact_matrix_with_default_noi
     with opu_driver.open(SIM) as opu:
         E = _ternary(np.random.default_rng(0), 60)
         Y = opu.linear_transform(E, N_OUT)
-        mask = opu._linear.calibration(N_FEATURES, N_OUT).mask
+        mask = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
         exact = E @ _exact_matrix(opu)
         assert mask.mean() > 0.8
         # the bar for the four-frame scheme with the default (realistic) noise
@@ -39,7 +39,7 @@ def test_two_frame_scheme_and_bit_planes_are_correlated_with_the_exact_projectio
         rng = np.random.default_rng(1)
         E = _ternary(rng, 40)
         two = opu.linear_transform(E, N_OUT, scheme="two_frame")
-        mask = opu._linear.calibration(N_FEATURES, N_OUT).mask
+        mask = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
         B = _exact_matrix(opu)
         # two frames keep |R e+|^2 - |R e-|^2: a bias that a reference as strong as the signal does not hide
         assert np.corrcoef(two[:, mask].ravel(), (E @ B)[:, mask].ravel())[0, 1] > 0.85
@@ -56,7 +56,7 @@ def test_the_same_input_gives_the_same_projection_and_linearity_holds_without_no
         b = ((rng.random((20, N_FEATURES)) < 0.3) & (a == 0)).astype(np.int8)
         La, Lb, Lab = (opu.linear_transform(v, N_OUT) for v in (a, b, a + b))
         np.testing.assert_array_equal(opu.linear_transform(a, N_OUT), La)
-        cal = opu._linear.calibration(N_FEATURES, N_OUT)
+        cal = opu.linear_mode.calibration(N_FEATURES, N_OUT)
         m = cal.mask
         # Without noise only the ADC rounding remains: 4 frames per projection, each off by U(-1/2, 1/2) DN,
         # 3 projections: sd sqrt(12 / 12) = 1 DN before the per-pixel scale 1 / (2 sqrt(ref * var)).
@@ -68,7 +68,7 @@ def test_the_same_input_gives_the_same_projection_and_linearity_holds_without_no
 def test_effective_matrix_entries_are_zero_mean_unit_variance_gaussian():
     with opu_driver.open(SIM + "&noise=0", pixel_format="MONO12") as opu:
         B = opu.linear_transform(np.eye(N_FEATURES, dtype=np.int8), N_OUT)
-        m = opu._linear.calibration(N_FEATURES, N_OUT).mask
+        m = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
         entries = B[:, m].ravel().astype(np.float64)
     n_eff = entries.size / 4  # grain 2: about four pixels per independent speckle grain
     assert abs(entries.mean()) < 5 / np.sqrt(n_eff)
@@ -90,10 +90,10 @@ def test_effective_matrix_entries_are_zero_mean_unit_variance_gaussian():
 
 def test_zero_vectors_give_zeros_without_using_the_device():
     with opu_driver.open(SIM) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         out = opu.linear_transform(np.zeros((5, N_FEATURES)), N_OUT)
         assert out.shape == (5, N_OUT) and out.dtype == np.float32 and not out.any()
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent
 
 
 @pytest.mark.parametrize("E,kwargs", [
@@ -107,20 +107,20 @@ def test_zero_vectors_give_zeros_without_using_the_device():
 ])
 def test_bad_input_is_refused_before_anything_is_sent(E, kwargs):
     with opu_driver.open(SIM) as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         with pytest.raises(InvalidInputError):
             opu.linear_transform(E, N_OUT, **kwargs)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent
 
 
 def test_outputs_from_saturated_frames_are_zeroed_and_reported(caplog):
     with opu_driver.open(SIM, pixel_format="MONO12", exposure_us=1500) as opu:
         E = np.ones((10, N_FEATURES), dtype=np.int8)  # every feature on: the brightest frames
-        with caplog.at_level("WARNING", logger="opu_driver.linear"):
+        with caplog.at_level("WARNING", logger="opu_driver.opu.linear"):
             Y = opu.linear_transform(E, N_OUT)
-        mask = opu._linear.calibration(N_FEATURES, N_OUT).mask
+        mask = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
         exact = E @ _exact_matrix(opu)
-        assert opu._linear.saturated_outputs > 0 and "saturated" in caplog.text
+        assert opu.linear_mode.saturated_outputs > 0 and "saturated" in caplog.text
         kept = mask & (Y != 0).all(axis=0)
         # what is returned is right; what could not be measured is 0, not wrong
         assert np.corrcoef(Y[:, kept].ravel(), exact[:, kept].ravel())[0, 1] >= 0.99

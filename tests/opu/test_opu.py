@@ -18,6 +18,7 @@ from opu_driver.errors import (
 from opu_driver.protocol import DeviceErrorCode, PacketType, Register, encode_packet
 
 from tests.support import SMALL_SIM
+from tests.support.v1 import v1_link, v1_connection
 
 
 def _exact_dn(opu, X: np.ndarray, n_components: int) -> np.ndarray:
@@ -94,7 +95,7 @@ def test_lag_is_learned_and_results_match_no_lag(lag):
         reference = opu.transform(X, 200)
     with opu_driver.open(SMALL_SIM + f"&noise=0&seed=9&lag={lag}", chunk_frames=8) as opu:
         lagged = opu.transform(X, 200)
-        assert opu.counters.lag_frames == lag
+        assert opu.lag_frames == lag
         # after learning the lag, each chunk appends exactly `lag` flush frames and needs one sequence
         before = opu.counters.sequences
         opu.transform(X[:8], 200)
@@ -138,10 +139,10 @@ def test_raw_frames_equal_feature_frames(layout):
 
 
 def test_empty_batch_sends_nothing(quiet_opu):
-    sent = quiet_opu._link.bytes_sent
+    sent = quiet_opu.link_counters.bytes_sent
     out = quiet_opu.transform(np.zeros((0, 10), dtype=np.uint8), 20)
     assert out.shape == (0, 20)
-    assert quiet_opu._link.bytes_sent == sent
+    assert quiet_opu.link_counters.bytes_sent == sent
 
 
 BAD_INPUTS = [
@@ -161,24 +162,24 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("X,match", BAD_INPUTS)
 def test_bad_input_is_refused_before_anything_is_sent(quiet_opu, X, match):
-    sent = quiet_opu._link.bytes_sent
+    sent = quiet_opu.link_counters.bytes_sent
     frames = quiet_opu.dmd.frame_count
-    camera = quiet_opu.camera._read_settings()
-    layout_features = quiet_opu._link.read_register(Register.LAYOUT_FEATURES)
+    camera = quiet_opu.camera.read_settings()
+    layout_features = v1_link(quiet_opu).read_register(Register.LAYOUT_FEATURES)
     with pytest.raises(InvalidInputError, match=match):
         quiet_opu.transform(X, 10)
-    assert quiet_opu._link.bytes_sent == sent
+    assert quiet_opu.link_counters.bytes_sent == sent
     assert quiet_opu.dmd.frame_count == frames
-    assert quiet_opu.camera._read_settings() == camera
-    assert quiet_opu._link.read_register(Register.LAYOUT_FEATURES) == layout_features
+    assert quiet_opu.camera.read_settings() == camera
+    assert v1_link(quiet_opu).read_register(Register.LAYOUT_FEATURES) == layout_features
 
 
 @pytest.mark.parametrize("n_components", [0, -1, 64 * 48 + 1, 2.5, True, "10"])
 def test_bad_n_components_is_refused(quiet_opu, n_components):
-    sent = quiet_opu._link.bytes_sent
+    sent = quiet_opu.link_counters.bytes_sent
     with pytest.raises(InvalidInputError):
         quiet_opu.transform(np.zeros((1, 5), dtype=np.uint8), n_components)
-    assert quiet_opu._link.bytes_sent == sent
+    assert quiet_opu.link_counters.bytes_sent == sent
 
 
 @pytest.mark.parametrize("url", ["http://x", "sim:/", "nonsense", "sim://host/path", "usb://zz:11?port=/dev/null",
@@ -238,10 +239,10 @@ def test_n_components_can_use_the_whole_sensor(quiet_opu):
 
 def test_features_beyond_a_layout_table_are_refused_before_sending():
     with opu_driver.open("sim://?dmd=1100x1000&camera=32x32&noise=0") as opu:
-        sent = opu._link.bytes_sent
+        sent = opu.link_counters.bytes_sent
         with pytest.raises(InvalidInputError, match="layout table"):
             opu.transform(np.zeros((1, 1_048_577), dtype=np.uint8), 8)
-        assert opu._link.bytes_sent == sent
+        assert opu.link_counters.bytes_sent == sent
 
 
 @pytest.mark.parametrize("setting", [
@@ -277,7 +278,7 @@ def test_an_interrupted_transform_leaves_the_next_one_correct(named_device, monk
     X = np.random.default_rng(8).integers(0, 2, size=(12, 50), dtype=np.uint8)
     with opu_driver.open(f"sim://{named_device.name}", chunk_frames=5) as opu:
         reference = opu.transform(X, 100)
-        real_decode = opu_driver.opu.decode_pixels
+        real_decode = opu_driver.opu.facade.decode_pixels
         calls = {"n": 0}
 
         def interrupted(*args, **kwargs):
@@ -286,10 +287,10 @@ def test_an_interrupted_transform_leaves_the_next_one_correct(named_device, monk
                 raise KeyboardInterrupt
             return real_decode(*args, **kwargs)
 
-        monkeypatch.setattr(opu_driver.opu, "decode_pixels", interrupted)
+        monkeypatch.setattr(opu_driver.opu.facade, "decode_pixels", interrupted)
         with pytest.raises(KeyboardInterrupt):
             opu.transform(X, 100)
-        monkeypatch.setattr(opu_driver.opu, "decode_pixels", real_decode)
+        monkeypatch.setattr(opu_driver.opu.facade, "decode_pixels", real_decode)
         assert opu.counters.recoveries == 1
         # the recovery aborted the queue and drained the camera stream
         assert opu.dmd.queued_frames == 0
@@ -318,7 +319,7 @@ def test_interlock_trip_is_an_interlock_error_not_dark_data():
 def test_a_layout_cleared_behind_the_drivers_back_is_reloaded(quiet_opu):
     X = np.ones((3, 20), dtype=np.uint8)
     good = quiet_opu.transform(X, 40)
-    quiet_opu._link.write_register(Register.SEQ_CONTROL, 3)  # CLEAR_LAYOUT, as a device reset would
+    v1_link(quiet_opu).write_register(Register.SEQ_CONTROL, 3)  # CLEAR_LAYOUT, as a device reset would
     np.testing.assert_array_equal(quiet_opu.transform(X, 40), good)
 
 
@@ -400,7 +401,7 @@ def test_exact_traffic_of_a_repeated_transform(quiet_opu):
 
     X = np.random.default_rng(9).integers(0, 2, size=(6, 20), dtype=np.uint8)
     quiet_opu.transform(X, 40)
-    usb = quiet_opu._connection.usb
+    usb = v1_connection(quiet_opu).usb
     writes, bulk = [], bytearray()
     real_control_write, real_bulk_write = usb.control_write, usb.bulk_write
 
@@ -429,7 +430,7 @@ def test_sessions_start_their_frame_ids_at_different_places(named_device):
     firsts = []
     for _ in range(2):
         with opu_driver.open(f"sim://{named_device.name}") as opu:
-            firsts.append(opu._runner._next_id)
+            firsts.append(opu._runner.reserve_ids(0))
     assert firsts[0] != firsts[1]  # random 31-bit starts: equal with probability 2**-31
 
 
@@ -440,7 +441,7 @@ def test_frames_left_queued_by_an_earlier_session_do_not_reach_the_next(named_de
         opu.dmd.queue_feature_frames(7, np.packbits(np.ones((70, 50), dtype=bool), axis=1))
     with opu_driver.open(f"sim://{named_device.name}") as opu:
         np.testing.assert_array_equal(opu.transform(X, 100), reference)
-        assert opu.counters.lag_frames == 3
+        assert opu.lag_frames == 3
 
 
 def test_a_stale_camera_frame_in_the_stream_costs_no_extra_sequence(quiet_opu):

@@ -16,6 +16,7 @@ import pytest
 import firmware_sim
 import opu_driver
 from opu_driver.errors import ConnectionLostError, DeviceNotFoundError
+from tests.support.v1 import v1_connection
 
 QUERY = "dmd=96x64&camera=64x48&cell=4&noise=0&seed=5"
 N_COMPONENTS = 40
@@ -53,7 +54,7 @@ def _replug_later(device, delay_s: float) -> threading.Thread:
 
 def _unplug_on_bulk_read(opu, device, call: int, replug_after_s: float | None) -> None:
     """Pull the cable just before the ``call``-th camera read of the transport: a request is in flight."""
-    transport = opu._connection.usb
+    transport = v1_connection(opu).usb
     original = transport.bulk_read
     calls = [0]
 

@@ -65,10 +65,10 @@ HARMLESS = ("dup", "reorder", "slow")  # recovered even with retries=0
 ERROR_KINDS = {
     "timeout": {"CommunicationTimeoutError"},
     "stall": {"StallError"},
-    "crc": {"ProtocolError"},
-    "truncate": {"ProtocolError", "CommunicationTimeoutError"},
+    "crc": {"CorruptPacketError"},
+    "truncate": {"CorruptPacketError", "CommunicationTimeoutError"},
     "drop": {"CommunicationTimeoutError", "DroppedFramesError"},
-    "reset": {"CommunicationTimeoutError", "DroppedFramesError", "ProtocolError"},
+    "reset": {"CommunicationTimeoutError", "DroppedFramesError", "ProtocolError", "CorruptPacketError"},
     "serial": {"ProtocolError"},  # a garbled reply to every attempt the controller makes
 }
 
@@ -411,7 +411,7 @@ def test_a_failed_shared_device_call_fails_both_clients_typed_and_the_next_round
         stats = service.stats()
     for c in range(2):
         np.testing.assert_array_equal(warm[c], expected[c][0])
-        assert isinstance(failed[c], ServiceError) and failed[c].kind == "ProtocolError", failed[c]
+        assert isinstance(failed[c], ServiceError) and failed[c].kind == "CorruptPacketError", failed[c]
         np.testing.assert_array_equal(again[c], expected[c][1])
     assert elapsed_s < TIMEOUT_S + MARGIN_S
     assert stats.device_calls == 2 and stats.request_errors == 2 and stats.requests == 6

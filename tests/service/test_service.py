@@ -35,7 +35,7 @@ from dfa_client.errors import (
 )
 from dfa_client.remote import RemoteProjector, redact_url
 from dfa_client.wire import MessageType, ProtocolError, WireLimits
-from opu_driver import linear
+from opu_driver.opu import linear
 from opu_driver.errors import ConfigurationError
 from opu_driver.service import OpuService, is_loopback
 

@@ -5,7 +5,7 @@ import json
 import firmware_sim
 from firmware_sim.usb_backend import get_backend
 from opu_tools.cli import main
-from opu_driver.discovery import describe_devices, find_devices, udev_rule_path
+from opu_driver.devices.v1.discovery import describe_devices, find_devices, udev_rule_path
 
 from tests.support import SMALL_SIM
 

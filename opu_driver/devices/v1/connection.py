@@ -1,4 +1,4 @@
-"""Device URLs: one string picks the emulator or the physical device.
+"""The URLs of protocol-v1 devices: one string picks the emulator or the physical device.
 
 - ``sim://?seed=3&lag=1&noise=0`` : a new in-process emulator (``firmware_sim``), options in the query
   (docs/emulator.md lists them), released when the Opu closes. It plugs in under the driver as a pyusb
@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
-from .errors import ConfigurationError, DeviceNotFoundError, LibraryLoadError, UnsupportedUrlError
-from .protocol import USB_PRODUCT_ID, USB_VENDOR_ID
-from .transport import SerialTransport, UsbTransport, list_serial_ports
+from ...errors import ConfigurationError, DeviceNotFoundError, LibraryLoadError, UnsupportedUrlError
+from ...protocol import USB_PRODUCT_ID, USB_VENDOR_ID
+from ...transport import SerialTransport, UsbTransport, list_serial_ports
 
 __all__ = ["Connection", "connect", "parse_url", "DeviceUrl"]
 
 _log = logging.getLogger(__name__)
 
-URL_SCHEMES = ("sim", "usb")
+V1_SCHEMES = ("sim", "usb")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class DeviceUrl:
     serial_number: str | None = None
     port: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    text: str = field(default="", compare=False)
+    """The URL as given."""
 
 
 @dataclass
@@ -68,8 +70,8 @@ def parse_url(url: str) -> DeviceUrl:
         )
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in URL_SCHEMES:
-        raise UnsupportedUrlError(f"unknown URL scheme {parts.scheme!r} in {url!r}; known: {', '.join(URL_SCHEMES)}")
+    if scheme not in V1_SCHEMES:
+        raise UnsupportedUrlError(f"unknown URL scheme {parts.scheme!r} in {url!r}; known: {', '.join(V1_SCHEMES)}")
     try:
         pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError as exc:
@@ -82,7 +84,7 @@ def parse_url(url: str) -> DeviceUrl:
             raise UnsupportedUrlError(
                 f"use sim://?seed=3 (a new emulator, options in the query) or sim://NAME (an existing one); got {url!r}"
             )
-        return DeviceUrl("sim", serial_number=parts.netloc or None, options=options)
+        return DeviceUrl("sim", serial_number=parts.netloc or None, options=options, text=url)
     vendor_id, product_id = USB_VENDOR_ID, USB_PRODUCT_ID
     if parts.netloc:
         try:
@@ -94,7 +96,7 @@ def parse_url(url: str) -> DeviceUrl:
     port = options.pop("port", None)
     if options:
         raise UnsupportedUrlError(f"unknown options {sorted(options)} in {url!r}; usb URLs take only port=")
-    return DeviceUrl("usb", vendor_id, product_id, serial_number, port)
+    return DeviceUrl("usb", vendor_id, product_id, serial_number, port, text=url)
 
 
 def connect(url: str) -> Connection:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .protocol import USB_PRODUCT_ID, USB_VENDOR_ID
-from .transport import UDEV_RULE, find_usb_devices, list_serial_ports
+from ...protocol import USB_PRODUCT_ID, USB_VENDOR_ID
+from ...transport import UDEV_RULE, find_usb_devices, list_serial_ports
 
 __all__ = ["FoundDevice", "find_devices", "describe_devices", "udev_rule_path"]
 

@@ -1,4 +1,4 @@
-"""The USB link shared by the DMD and the camera: registers, packets out, packets in.
+"""The USB link of a protocol-v1 device, shared by its DMD and camera: registers, packets out, packets in.
 
 It turns transport-level stalls into the device's own error codes (LAST_ERROR), and keeps one incremental
 parser for the camera stream so that no byte is lost between calls.
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from collections import deque
 from typing import Iterator
 
-from ..errors import CommunicationError, CommunicationTimeoutError, DeviceRefusedError, InvalidInputError, ProtocolError
-from ..protocol import (
+from ...errors import CommunicationError, CommunicationTimeoutError, DeviceRefusedError, InvalidInputError, ProtocolError
+from ...protocol import (
     CONTROL_TIMEOUT_S,
     bulk_write_timeout_s,
     CameraFrame,
@@ -26,7 +26,8 @@ from ..protocol import (
     REQ_READ_REG,
     REQ_WRITE_REG,
 )
-from ..transport import StallError, UsbTransport
+from ...transport import StallError, UsbTransport
+from ..rig import LinkCounters
 
 __all__ = ["UsbLink", "LinkSettings"]
 
@@ -164,6 +165,11 @@ class UsbLink:
         if discarded:
             _log.info("drained %d stale bytes from the camera endpoint", discarded)
         return discarded
+
+    @property
+    def counters(self) -> LinkCounters:
+        """Bytes and faults of this link so far (a snapshot)."""
+        return LinkCounters(self.bytes_sent, self.bytes_received, self.packet_faults, self.halts_cleared)
 
     def clear_halts(self) -> None:
         """Clear both bulk endpoints' halts (after a stall, or to be sure before a retry); never raises."""

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from .encoding.encoders import BitPlaneEncoder
-from .encoding.layouts import SplitLayout
-from .errors import AcquisitionError, InvalidInputError
-from .native import combine_four, combine_two
-from .protocol import bits_per_pixel
+from ..encoding.encoders import BitPlaneEncoder
+from ..encoding.layouts import SplitLayout
+from ..errors import AcquisitionError
+from ..native import combine_four, combine_two
+from ..protocol import bits_per_pixel
 
 __all__ = ["ReferenceCalibration", "LinearMode", "PROJECTION_SCHEMES", "FRAMES_PER_TERNARY", "DEFAULT_MAX_CALL_BYTES",
            "call_bytes"]
@@ -106,22 +106,21 @@ class LinearMode:
         frames[2 * n + np.arange(k), probes] = 1  # one feature with the reference ...
         frames[2 * n:2 * n + k, -1] = 1
         frames[2 * n + k + np.arange(k), probes] = 1  # ... and without it
-        counters = self._opu.counters
-        saturated_before = counters.saturated_frames
+        saturated_before = self._opu.counters.saturated_frames
         raw = self._opu.acquire(frames, layout, n_components)
-        if counters.saturated_frames > saturated_before:
+        if self._opu.counters.saturated_frames > saturated_before:
             # A jump of the light during the measurement (one sequence brighter) would spoil the reference and
             # the scale of every later call, silently. Measure once more and keep that. If it saturates again,
             # the saturation is the settings' (the mask below handles it); if not, it was a jump.
-            first_saturated = counters.saturated_frames - saturated_before
+            first_saturated = self._opu.counters.saturated_frames - saturated_before
             _log.info("%d saturated frames while measuring the linear-mode reference: measuring it again",
                       first_saturated)
-            saturated_before = counters.saturated_frames
+            saturated_before = self._opu.counters.saturated_frames
             raw = self._opu.acquire(frames, layout, n_components)
-            if counters.saturated_frames - saturated_before < first_saturated:
+            if self._opu.counters.saturated_frames - saturated_before < first_saturated:
                 _log.warning("the light jumped while the linear-mode reference was measured (%d saturated frames, "
                              "%d when measured again): kept the second measurement", first_saturated,
-                             counters.saturated_frames - saturated_before)
+                             self._opu.counters.saturated_frames - saturated_before)
         full_scale = _full_scale(self._opu)
         values = raw.astype(np.float32)
         dark_frames, reference_frames = values[:n], values[n:2 * n]
