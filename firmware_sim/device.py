@@ -181,7 +181,7 @@ class EmulatedDevice:
     Args:
         config: a ``firmware_sim.config.SimConfig``.
         name: unique in-process name (default ``sim-<n>``); the registry and ``opusim://`` URLs use it.
-        bench, sensor: the optics and the camera (default: ``OpticalBench(config)`` and ``Sensor(config)``);
+        optics, sensor: the optics and the camera (default: ``OpticalPath(config)`` and ``Sensor(config)``);
             tests may pass stand-ins with the same methods.
 
     Raises:
@@ -189,21 +189,21 @@ class EmulatedDevice:
             frame time does not allow, a sensor wider than the 16-bit ROI fields).
     """
 
-    def __init__(self, config: SimConfig, *, name: str | None = None, bench: Any = None, sensor: Any = None) -> None:
+    def __init__(self, config: SimConfig, *, name: str | None = None, optics: Any = None, sensor: Any = None) -> None:
         with _instance_lock:
             self.instance_number = next(_instance_numbers)
         self._name = name or f"sim-{self.instance_number}"
         self._config = config
         self._check_config(config)
-        if bench is None:
-            from .optics import OpticalBench
+        if optics is None:
+            from .optics import OpticalPath
 
-            bench = OpticalBench(config)
+            optics = OpticalPath(config)
         if sensor is None:
             from .sensor import Sensor
 
             sensor = Sensor(config)
-        self._bench = bench
+        self._optics = optics
         self._sensor = sensor
         self._lock = threading.RLock()
         self._serial_ready = threading.Condition(self._lock)
@@ -280,9 +280,19 @@ class EmulatedDevice:
         return self._config
 
     @property
+    def optics(self) -> Any:
+        """The optics model the DMD frames are shown through (an ``OpticalPath`` or a test's stand-in)."""
+        return self._optics
+
+    @property
+    def sensor(self) -> Any:
+        """The camera sensor model that turns intensities into counts (a ``Sensor`` or a test's stand-in)."""
+        return self._sensor
+
+    @property
     def ground_truth(self) -> Any:
         """The optics' ground truth (transmission, dark pattern, ...), for in-process tests only."""
-        return self._bench.ground_truth
+        return self._optics.ground_truth
 
     @property
     def usb_descriptors(self) -> UsbIdentity:
@@ -310,8 +320,8 @@ class EmulatedDevice:
         with self._lock:
             config = self._config
             self._roi = (0, 0, self._cam_width, self._cam_height)
-            self._bench_roi: tuple[int, int, int, int] | None = None
-            self._sync_bench_roi()
+            self._optics_roi: tuple[int, int, int, int] | None = None
+            self._sync_optics_roi()
             self._pixel_format = int(PixelFormat.MONO8)
             self._exposure_us = int(config.exposure_us)
             self._frame_time_us = int(config.frame_time_us)
@@ -330,7 +340,7 @@ class EmulatedDevice:
             self._layout_features = 0
             self._layout_runs: npt.NDArray[np.uint32] | None = None
             self._expansion: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
-            self._bench.clear_layout()
+            self._optics.clear_layout()
             if not keep_fifo:
                 self._fifo = bytearray()
                 self._serial_out = bytearray()
@@ -551,14 +561,14 @@ class EmulatedDevice:
         if readout_us(h) + FRAME_GAP_US > self._frame_time_us or not _frame_fits(w * h, self._pixel_format):
             return ErrorCode.E_VALUE
         self._roi = (x, y, w, h)
-        self._sync_bench_roi()
+        self._sync_optics_roi()
         return ErrorCode.E_NONE
 
-    def _sync_bench_roi(self) -> None:
+    def _sync_optics_roi(self) -> None:
         # Eager, so that the ground truth always describes the ROI the registers say (set_roi is cheap).
-        if self._bench_roi != self._roi:
-            self._bench.set_roi(*self._roi)
-            self._bench_roi = self._roi
+        if self._optics_roi != self._roi:
+            self._optics.set_roi(*self._roi)
+            self._optics_roi = self._roi
 
     def _write_pixel_format(self, value: int) -> ErrorCode:
         if self._running:
@@ -715,9 +725,9 @@ class EmulatedDevice:
         self._layout_runs = None if runs is None else np.ascontiguousarray(runs, dtype=np.uint32)
         self._expansion = None
         if runs is None:
-            self._bench.clear_layout()
+            self._optics.clear_layout()
         else:
-            self._bench.set_layout(n_features, self._layout_runs)
+            self._optics.set_layout(n_features, self._layout_runs)
         _log.debug("%s: layout %s", self._name,
                    "cleared" if runs is None else f"{n_features} features, {len(runs)} runs")
 
@@ -805,7 +815,7 @@ class EmulatedDevice:
 
     def _compute_frames(self, seen: list[_Frame]) -> None:
         roi = self._roi
-        self._sync_bench_roi()
+        self._sync_optics_roi()
         light_on = self.controller.light_on
         bits = wire.pixel_bits(self._pixel_format)
         full_scale = (1 << bits) - 1
@@ -848,13 +858,13 @@ class EmulatedDevice:
 
     def _intensity(self, kind: int, batch: list[_Frame], times_us: npt.NDArray[np.float64]) -> np.ndarray:
         if kind == _FEATURE:
-            return self._bench.intensity_features(self._feature_bits(batch), times_us)
+            return self._optics.intensity_features(self._feature_bits(batch), times_us)
         if kind == _RAW:
             packed = np.stack([np.frombuffer(f.data, dtype=np.uint8, count=self._mirror_bytes, offset=f.offset)
                                for f in batch])
             packed[:, -1] &= self._last_byte_mask  # padding bits are not mirrors
-            return self._bench.intensity_raw(packed, times_us)
-        return self._bench.intensity_blank(len(batch))
+            return self._optics.intensity_raw(packed, times_us)
+        return self._optics.intensity_blank(len(batch))
 
     def _feature_bits(self, frames: list[_Frame]) -> npt.NDArray[np.uint8]:
         n_bytes = (self._layout_features + 7) // 8

@@ -42,7 +42,7 @@ from .transmission import INPUT_BLOCK, TILE_SIDE, Transmission, interpolation_we
 if TYPE_CHECKING:
     from .ground_truth import GroundTruth
 
-__all__ = ["OpticalBench", "Roi", "CellLayout", "cell_overlaps", "FOLD_CACHE_BYTES", "RAW_CACHE_BYTES"]
+__all__ = ["OpticalPath", "Roi", "CellLayout", "cell_overlaps", "FOLD_CACHE_BYTES", "RAW_CACHE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _matmul_rows(rows: npt.NDArray[np.float32], matrix: npt.NDArray[np.float32])
     return out[:n_rows]
 
 
-class OpticalBench:
+class OpticalPath:
     """DMD -> scattering medium -> camera ROI, noiseless, in units where "all mirrors ON" has mean 1.
 
     The firmware sets the layout and the ROI, then asks for the intensities of batches of frames with their

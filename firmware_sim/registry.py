@@ -28,7 +28,7 @@ def create_device(config: Any = None, *, name: str | None = None, **overrides: A
         config: a SimConfig, or a URL query (``"seed=3&lag=1"`` or a mapping) for ``SimConfig.from_query``;
             None for the defaults.
         name: the name to register; SimConfigError when it is taken.
-        overrides: passed to EmulatedDevice (``bench=``, ``sensor=`` stand-ins for tests).
+        overrides: passed to EmulatedDevice (``optics=``, ``sensor=`` stand-ins for tests).
     """
     if config is None or isinstance(config, (str, Mapping)):
         from .config import SimConfig

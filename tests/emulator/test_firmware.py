@@ -1,6 +1,6 @@
 """The emulator's firmware: wire codec, register map, sequences, controller line, pyusb/pyserial/pty plumbing.
 
-Most tests drive :class:`EmulatedDevice` with small stand-ins for the optics and the sensor (``StubBench``,
+Most tests drive :class:`EmulatedDevice` with small stand-ins for the optics and the sensor (``StubOptics``,
 ``StubSensor``): they are linear and noiseless, so every camera count is known exactly and the tests check
 the firmware's bookkeeping (ids, lag, flags, FIFO, packing) bit for bit. Packets are built here with
 ``struct`` and ``zlib`` straight from docs/protocol.md, not with the codec under test. The last section
@@ -53,7 +53,7 @@ def StubConfig(**overrides):
     return SimConfig(**values)
 
 
-class StubBench:
+class StubOptics:
     """Linear optics: pixel p of mirror m gets weight M[m, p], a fixed function of absolute coordinates.
 
     Feature frames use the per-feature sums of M over the layout's runs, so a raw frame equal to the
@@ -127,7 +127,7 @@ class StubSensor:
 
 def make_device(**overrides) -> EmulatedDevice:
     config = StubConfig(**overrides)
-    return EmulatedDevice(config, bench=StubBench(config), sensor=StubSensor(config))
+    return EmulatedDevice(config, optics=StubOptics(config), sensor=StubSensor(config))
 
 
 def lit_device(**overrides) -> EmulatedDevice:
@@ -460,7 +460,7 @@ def test_frame_time_first_then_exposure_and_roi_moves_shrink_first():
     assert not write(device, Register.ROI_W, 4)
     assert write(device, Register.ROI_H, 2) and write(device, Register.ROI_Y, 4)
     assert [read(device, r) for r in (Register.ROI_X, Register.ROI_Y, Register.ROI_W, Register.ROI_H)] == [5, 4, 3, 2]
-    assert device._bench.roi == (5, 4, 3, 2)  # the optics (and their ground truth) follow at once
+    assert device.optics.roi == (5, 4, 3, 2)  # the optics (and their ground truth) follow at once
     assert write(device, Register.GAIN_MILLI, 16000)
 
 
@@ -610,8 +610,8 @@ def test_sequence_memory_is_bounded_by_frames_and_by_raw_bytes(monkeypatch):
 # ======================================================================================================
 
 def expected_feature_counts(device: EmulatedDevice, bits) -> np.ndarray:
-    bench = device._bench
-    return np.clip(np.array(bits, dtype=np.float32) @ bench.feature_weights(), 0, 255).astype(np.uint16)
+    optics = device.optics
+    return np.clip(np.array(bits, dtype=np.float32) @ optics.feature_weights(), 0, 255).astype(np.uint16)
 
 
 def test_int_sequence_gives_one_frame_per_dmd_frame_with_metadata():
@@ -631,7 +631,7 @@ def test_int_sequence_gives_one_frame_per_dmd_frame_with_metadata():
         assert np.array_equal(pixels, expected_feature_counts(device, bits))
     assert read(device, Register.DMD_FRAME_COUNT) == 3 and read(device, Register.CAM_FRAME_COUNT) == 3
     assert read(device, Register.DEVICE_TIME_LO) == 1500
-    call = device._sensor.calls[0]
+    call = device.sensor.calls[0]
     assert call["light_on"] and call["exposure_us"] == 400 and call["gain"] == 1.0 and call["bits"] == 8
     assert call["laser_power_mw"] == 50.0 and call["frame_indices"].tolist() == [0, 1, 2]
 
@@ -683,7 +683,7 @@ def test_frames_in_the_lag_pipeline_keep_the_mirrors_of_the_layout_they_were_sho
     assert write(device, Register.SEQ_CONTROL, 1)
     ((header, pixels),) = drain_frames(device)
     assert header.dmd_frame_id == 5
-    expected = old_mirrors.astype(np.float32) @ device._bench.mirror_weights()
+    expected = old_mirrors.astype(np.float32) @ device.optics.mirror_weights()
     assert np.array_equal(pixels, np.clip(expected, 0, 255).astype(np.uint16))
 
 
@@ -693,7 +693,7 @@ def test_frames_queued_before_a_layout_change_keep_their_old_mirrors():
     send(device, layout_packet(1, [(0, 0, 65)]) + feature_packet(2, [1]))
     assert write(device, Register.SEQ_CONTROL, 1)
     (h1, p1), (h2, p2) = drain_frames(device)
-    weights = device._bench.mirror_weights()
+    weights = device.optics.mirror_weights()
     assert np.array_equal(p1, np.clip(expand([0, 1, 1]).astype(np.float32) @ weights, 0, 255))
     assert np.array_equal(p2, np.clip(np.ones(65, dtype=np.float32) @ weights, 0, 255))
 
@@ -752,7 +752,7 @@ def test_fifo_overflow_drops_frames_and_counts_them(monkeypatch):
     send(device, raw_packet(7, np.ones(65)))
     assert write(device, Register.SEQ_CONTROL, 1)
     assert [(h.camera_frame_id, h.dmd_frame_id) for h, _ in drain_frames(device)] == [(5, 7)]
-    assert device._sensor.calls[-1]["frame_indices"].tolist() == [5]  # dropped frames were never computed
+    assert device.sensor.calls[-1]["frame_indices"].tolist() == [5]  # dropped frames were never computed
 
 
 def test_dark_and_saturated_flags():
@@ -761,7 +761,7 @@ def test_dark_and_saturated_flags():
     assert write(device, Register.SEQ_CONTROL, 1)
     ((header, pixels),) = drain_frames(device)
     assert header.flags == 2 and np.all(pixels == StubSensor.DARK_LEVEL)
-    assert device._bench.calls[-1] == ("blank", 1)  # no optics computed in the dark
+    assert device.optics.calls[-1] == ("blank", 1)  # no optics computed in the dark
     device.serial_write(b"LASER:STATE ON\nSHUTTER:STATE OPEN\n")
     assert write(device, Register.GAIN_MILLI, 16000)  # stub intensities x 16 exceed 255
     send(device, raw_packet(2, np.ones(65)))
@@ -788,9 +788,9 @@ def test_every_pixel_format_carries_the_sensor_counts(fmt):
     ((header, pixels),) = drain_frames(device)
     assert (header.pixel_format, header.roi_x, header.roi_w, header.roi_h) == (fmt, 2, 5, 3)
     full = (1 << wire.pixel_bits(fmt)) - 1
-    expected = np.clip(np.rint(np.ones(65, dtype=np.float32) @ device._bench.mirror_weights() * 12), 0, full)
+    expected = np.clip(np.rint(np.ones(65, dtype=np.float32) @ device.optics.mirror_weights() * 12), 0, full)
     assert np.array_equal(pixels, expected)
-    assert device._sensor.calls[-1]["bits"] == wire.pixel_bits(fmt)
+    assert device.sensor.calls[-1]["bits"] == wire.pixel_bits(fmt)
     assert header.flags == (1 if expected.max() == full else 0)
 
 
@@ -932,7 +932,7 @@ def test_laser_power_reaches_the_sensor():
     ask(device, b"LASER:POWER 20\n")
     send(device, raw_packet(1, np.ones(65)))
     write(device, Register.SEQ_CONTROL, 1)
-    assert device._sensor.calls[-1]["laser_power_mw"] == 20.0
+    assert device.sensor.calls[-1]["laser_power_mw"] == 20.0
 
 
 # ======================================================================================================
@@ -1034,8 +1034,8 @@ def test_unplug_and_replug_through_pyusb():
 
 
 def test_backend_over_the_registry_lists_every_live_device_with_distinct_addresses():
-    a = create_device(StubConfig(serial_number="SIM-A"), bench=StubBench(StubConfig()), sensor=StubSensor(None))
-    b = create_device(StubConfig(serial_number="SIM-B"), bench=StubBench(StubConfig()), sensor=StubSensor(None))
+    a = create_device(StubConfig(serial_number="SIM-A"), optics=StubOptics(StubConfig()), sensor=StubSensor(None))
+    b = create_device(StubConfig(serial_number="SIM-B"), optics=StubOptics(StubConfig()), sensor=StubSensor(None))
     try:
         devices = usb.core.find(find_all=True, backend=get_backend(), idVendor=0x1209)
         found = {d.serial_number: d.address for d in devices}
@@ -1067,7 +1067,7 @@ def test_many_small_transfers_stay_cheap():
 
 def stub_device(**overrides) -> EmulatedDevice:
     config = StubConfig(**overrides)
-    return create_device(config, bench=StubBench(config), sensor=StubSensor(config))
+    return create_device(config, optics=StubOptics(config), sensor=StubSensor(config))
 
 
 def test_registry_names_are_unique_and_released_devices_vanish():
@@ -1076,7 +1076,7 @@ def test_registry_names_are_unique_and_released_devices_vanish():
         assert a.name != b.name and re.fullmatch(r"sim-\d+", a.name)
         assert get_device(a.name) is a and a in list_devices()
         with pytest.raises(SimConfigError):
-            create_device(StubConfig(), name=a.name, bench=StubBench(StubConfig()), sensor=StubSensor(None))
+            create_device(StubConfig(), name=a.name, optics=StubOptics(StubConfig()), sensor=StubSensor(None))
     finally:
         release_device(a)
         release_device(b.name)
