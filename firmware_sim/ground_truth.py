@@ -7,19 +7,68 @@ path's folded, blocked fast path, so tests can check one against the other. It i
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from .config import SimConfig
 from .sensor import NoiseParameters, dark_maps, dn_per_electron, signal_scale_e
-from .transmission import INPUT_BLOCK, interpolation_weights
+from .transmission import INPUT_BLOCK, Transmission, interpolation_weights
 
-if TYPE_CHECKING:
-    from .optics import OpticalPath
+__all__ = ["GroundTruth", "OpticsState"]
 
-__all__ = ["GroundTruth"]
+
+class _RoiState(Protocol):
+    def as_tuple(self) -> tuple[int, int, int, int]: ...
+
+
+class _LayoutState(Protocol):
+    @property
+    def n_features(self) -> int: ...
+
+    @property
+    def runs(self) -> npt.NDArray[np.int64]: ...
+
+
+class OpticsState(Protocol):
+    """What the ground truth reads from the optics it describes (``firmware_sim.optics.OpticalPath``).
+
+    A protocol rather than an import: the optics module builds its ground truth, so this module must not
+    import it back.
+    """
+
+    @property
+    def config(self) -> SimConfig: ...
+
+    @property
+    def n_input_modes(self) -> int: ...
+
+    @property
+    def n_cell_rows(self) -> int: ...
+
+    @property
+    def n_cell_cols(self) -> int: ...
+
+    @property
+    def n_mode_rows(self) -> int: ...
+
+    @property
+    def n_mode_cols(self) -> int: ...
+
+    @property
+    def field_scale(self) -> float: ...
+
+    @property
+    def n_pixels(self) -> int: ...
+
+    @property
+    def roi(self) -> _RoiState: ...
+
+    @property
+    def layout(self) -> _LayoutState | None: ...
+
+    def transmission(self, purpose: int = 0) -> Transmission: ...
 
 
 class GroundTruth:
@@ -37,7 +86,7 @@ class GroundTruth:
     Layout and ROI are read from the optics when a method is called (the current ones).
     """
 
-    def __init__(self, optics: OpticalPath) -> None:
+    def __init__(self, optics: OpticsState) -> None:
         self._optics = optics
         config = optics.config
         self.config: SimConfig = config

@@ -31,16 +31,13 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from .config import SimConfig
+from .ground_truth import GroundTruth
 from .transmission import INPUT_BLOCK, TILE_SIDE, Transmission, interpolation_weights, mode_grid_size
-
-if TYPE_CHECKING:
-    from .ground_truth import GroundTruth
 
 __all__ = ["OpticalPath", "Roi", "CellLayout", "cell_overlaps", "FOLD_CACHE_BYTES", "RAW_CACHE_BYTES"]
 
@@ -370,8 +367,7 @@ class OpticalPath:
 
     @property
     def ground_truth(self) -> GroundTruth:
-        from .ground_truth import GroundTruth
-
+        """The reference model of these optics (current layout and ROI), for in-process tests."""
         return GroundTruth(self)
 
     # ------------------------------------------------------------------------------------ intensities
