@@ -48,9 +48,6 @@ __all__ = [
     "Register",
     "StatusBit",
     "UsbIdentity",
-    "SEQ_CAPACITY",
-    "RAW_QUEUE_BUDGET_BYTES",
-    "IN_FIFO_BYTES",
     "EP_DMD_OUT",
     "EP_CAMERA_IN",
     "readout_us",
@@ -58,9 +55,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-SEQ_CAPACITY = 4096
-RAW_QUEUE_BUDGET_BYTES = 256 * 2**20
-IN_FIFO_BYTES = 64 * 2**20
 SERIAL_OUT_LIMIT_BYTES = 1 << 20
 EP_DMD_OUT = 0x01
 EP_CAMERA_IN = 0x81
@@ -216,6 +210,9 @@ class EmulatedDevice:
         self._cam_width = int(config.camera_width)
         self._cam_height = int(config.camera_height)
         self._lag = int(config.lag_frames)
+        self._seq_capacity_frames = int(config.seq_capacity_frames)
+        self._raw_queue_bytes = int(config.raw_queue_bytes)
+        self._in_fifo_bytes = int(config.in_fifo_bytes)
         version = tuple(int(v) for v in config.firmware_version)
         self._firmware_word = (version[0] << 16) | (version[1] << 8) | version[2]
         self.usb_identity = UsbIdentity(
@@ -485,7 +482,7 @@ class EmulatedDevice:
             r.DEVICE_TIME_HI: lambda: self._time_hi_latch,
             r.DMD_WIDTH: lambda: self._dmd_width,
             r.DMD_HEIGHT: lambda: self._dmd_height,
-            r.SEQ_CAPACITY: lambda: SEQ_CAPACITY,
+            r.SEQ_CAPACITY: lambda: self._seq_capacity_frames,
             r.SEQ_QUEUED: lambda: len(self._queue),
             # Write-only strobes read as 0, as on most register maps.
             r.SEQ_CONTROL: lambda: 0,
@@ -506,7 +503,7 @@ class EmulatedDevice:
             r.CAM_FRAME_COUNT: lambda: self._cam_frame_count,
             r.CAM_DROPPED: lambda: self._cam_dropped,
             r.READOUT_US: lambda: readout_us(self._roi[3]),
-            r.IN_FIFO_BYTES: lambda: IN_FIFO_BYTES,
+            r.IN_FIFO_BYTES: lambda: self._in_fifo_bytes,
         }
 
     def _build_writers(self) -> dict[int, Callable[[int], ErrorCode]]:
@@ -662,7 +659,7 @@ class EmulatedDevice:
         if isinstance(packet, wire.StreamFault):
             self._refuse_packet(packet.code, packet.detail)
         elif isinstance(packet, wire.RawFramePacket):
-            if len(self._queue) >= SEQ_CAPACITY or self._queued_raw_bytes + self._mirror_bytes > RAW_QUEUE_BUDGET_BYTES:
+            if len(self._queue) >= self._seq_capacity_frames or self._queued_raw_bytes + self._mirror_bytes > self._raw_queue_bytes:
                 self._refuse_packet(ErrorCode.E_SEQ_FULL, f"raw frame {packet.dmd_frame_id}")
                 return
             self._queue.append(_Frame(_RAW, packet.dmd_frame_id, packet.payload, 8, self._mirror_bytes))
@@ -673,7 +670,7 @@ class EmulatedDevice:
             elif packet.n_features != self._layout_features:
                 self._refuse_packet(ErrorCode.E_FEATURES,
                                     f"{packet.n_features} features, table has {self._layout_features}")
-            elif len(self._queue) >= SEQ_CAPACITY:
+            elif len(self._queue) >= self._seq_capacity_frames:
                 self._refuse_packet(ErrorCode.E_SEQ_FULL, f"feature frame {packet.dmd_frame_id}")
             else:
                 self._queue.append(_Frame(_FEATURE, packet.dmd_frame_id, packet.payload, 8))
@@ -801,7 +798,7 @@ class EmulatedDevice:
         pixel_bytes = wire.pixel_payload_size(self._pixel_format, n_px)
         packet_bytes = wire.HEADER_SIZE + wire.CAMERA_META_SIZE + pixel_bytes + wire.CRC_SIZE
         # Nothing drains the FIFO while a synchronous sequence runs, so exactly the first n_fit frames fit.
-        n_fit = min(n, max(0, IN_FIFO_BYTES - len(self._fifo)) // packet_bytes)
+        n_fit = min(n, max(0, self._in_fifo_bytes - len(self._fifo)) // packet_bytes)
         if n_fit:
             self._compute_frames(seen[:n_fit])
         dropped = n - n_fit

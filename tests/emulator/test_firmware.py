@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import firmware_sim
-from firmware_sim import device as device_module
 from firmware_sim import wire
 from firmware_sim.config import SimConfig
 from firmware_sim.controller import ERROR_QUEUE_LENGTH
@@ -588,7 +587,7 @@ def test_packet_errors_are_latched():
     assert counters["type_errors"] == 1 and counters["length_errors"] == 1
 
 
-def test_sequence_memory_is_bounded_by_frames_and_by_raw_bytes(monkeypatch):
+def test_sequence_memory_is_bounded_by_frames_and_by_raw_bytes():
     device = make_device()
     send(device, layout_packet(3, LAYOUT_RUNS))
     send(device, b"".join(feature_packet(i, [1, 0, 1]) for i in range(4096)))
@@ -598,11 +597,23 @@ def test_sequence_memory_is_bounded_by_frames_and_by_raw_bytes(monkeypatch):
     assert write(device, Register.SEQ_CONTROL, 2)  # ABORT drops the queue
     assert read(device, Register.SEQ_QUEUED) == 0
 
-    monkeypatch.setattr(device_module, "RAW_QUEUE_BUDGET_BYTES", 3 * 9)  # three 13 x 5 frames
+    device = make_device(raw_queue_bytes=3 * 9)  # room for the mirror bits of three 13 x 5 frames
+    send(device, layout_packet(3, LAYOUT_RUNS))
     send(device, b"".join(raw_packet(i, np.ones(65)) for i in range(4)))
     assert read(device, Register.SEQ_QUEUED) == 3 and read(device, Register.LAST_ERROR) == E.E_SEQ_FULL
     send(device, feature_packet(7, [1, 0, 0]))  # feature frames do not count against the raw budget
     assert read(device, Register.SEQ_QUEUED) == 4
+
+
+def test_sequence_capacity_is_an_option_the_register_reports():
+    device = make_device(seq_capacity_frames=5)
+    assert read(device, Register.SEQ_CAPACITY) == 5
+    send(device, layout_packet(3, LAYOUT_RUNS))
+    send(device, b"".join(raw_packet(i, np.ones(65)) for i in range(3)))
+    send(device, b"".join(feature_packet(10 + i, [0, 1, 0]) for i in range(3)))
+    assert read(device, Register.SEQ_QUEUED) == 5 and read(device, Register.LAST_ERROR) == E.E_SEQ_FULL
+    assert write(device, Register.SEQ_CONTROL, 1)
+    assert read(device, Register.DMD_FRAME_COUNT) == 5
 
 
 # ======================================================================================================
@@ -739,10 +750,10 @@ def test_ext_trigger_runs_like_int_on_the_emulator():
     assert [h.dmd_frame_id for h, _ in drain_frames(device)] == [1]
 
 
-def test_fifo_overflow_drops_frames_and_counts_them(monkeypatch):
-    device = lit_device()
+def test_fifo_overflow_drops_frames_and_counts_them():
     packet_bytes = 16 + 32 + 48 + 4
-    monkeypatch.setattr(device_module, "IN_FIFO_BYTES", 3 * packet_bytes + 10)
+    device = lit_device(in_fifo_bytes=3 * packet_bytes + 10)
+    assert read(device, Register.IN_FIFO_BYTES) == 3 * packet_bytes + 10
     send(device, b"".join(raw_packet(i, np.ones(65)) for i in range(5)))
     assert write(device, Register.SEQ_CONTROL, 1)
     assert read(device, Register.CAM_DROPPED) == 2 and read(device, Register.CAM_FRAME_COUNT) == 5

@@ -167,6 +167,7 @@ class TestConfig:
             seed=seed, dmd_width=width, dmd_height=height, cell_mirrors=cell, grain_px=grain, lag_frames=lag,
             noise=noise, exposure_us=exposure, frame_time_us=exposure + 77, drift_tau_s=drift,
             laser_power_mw=power, model=model, firmware_version=(2, 3, 4), hot_pixel_e=12.5,
+            seq_capacity_frames=17, raw_queue_bytes=999, in_fifo_bytes=5000,
         )
         assert SimConfig.from_query(config.to_query()) == config
 
@@ -176,7 +177,7 @@ class TestConfig:
         assert keys == [entry.key for entry in QUERY_KEYS]
         for key in ("seed", "dmd", "camera", "cell", "grain", "lag", "noise", "exposure_us", "frame_time_us", "gain",
                     "power_mw", "drift_s", "dark_e", "read_noise_e", "hot", "jitter", "signal_e", "full_well_e",
-                    "model", "serial"):
+                    "model", "serial", "seq_capacity_frames", "raw_queue_bytes", "in_fifo_bytes"):
             assert key in keys
         assert dict((key, default) for key, _, default in rows)["dmd"] == "1140x912"
 
