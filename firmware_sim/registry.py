@@ -10,9 +10,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import SimConfigError, SimDeviceNotFoundError
-
+from .config import SimConfig
 from .device import EmulatedDevice
+from .errors import SimConfigError, SimDeviceNotFoundError
 
 __all__ = ["create_device", "get_device", "release_device", "list_devices"]
 
@@ -31,8 +31,6 @@ def create_device(config: Any = None, *, name: str | None = None, **overrides: A
         overrides: passed to EmulatedDevice (``optics=``, ``sensor=`` stand-ins for tests).
     """
     if config is None or isinstance(config, (str, Mapping)):
-        from .config import SimConfig
-
         config = SimConfig() if config is None else SimConfig.from_query(config)
     if name is not None:
         with _lock:

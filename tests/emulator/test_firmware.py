@@ -488,10 +488,10 @@ def test_frames_larger_than_one_packet_are_refused():
 
 def test_device_time_low_word_read_latches_the_high_word():
     device = lit_device()
-    device._device_time_us = (7 << 32) | 123  # white box: hours of device time without running them
+    device.sequencer.device_time_us = (7 << 32) | 123  # white box: hours of device time without running them
     assert read(device, Register.DEVICE_TIME_HI) == 0  # not latched yet
     assert read(device, Register.DEVICE_TIME_LO) == 123
-    device._device_time_us = (8 << 32) | 5
+    device.sequencer.device_time_us = (8 << 32) | 5
     assert read(device, Register.DEVICE_TIME_HI) == 7
 
 
@@ -934,7 +934,7 @@ def test_temperature_drifts_with_device_time_not_wall_clock():
     assert ask(device, b"TEMPERATURE?\n") == b"25.00\n"
     time.sleep(0.01)
     assert ask(device, b"TEMPERATURE?\n") == b"25.00\n"
-    device._device_time_us = 3_600_000_000  # one hour of device time
+    device.sequencer.device_time_us = 3_600_000_000  # one hour of device time
     assert ask(device, b"TEMPERATURE?\n") == b"25.10\n"
 
 
