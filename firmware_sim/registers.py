@@ -104,7 +104,7 @@ class StatusBit(IntEnum):
     FIFO_OVERFLOWED = 6
 
 
-def register_name(address: int) -> str:
+def _register_name(address: int) -> str:
     """The register's name, or its address in hex when no register has it."""
     try:
         return Register(address).name
@@ -169,7 +169,7 @@ class RegisterFile:
             detail = f"write to register 0x{address:04X}"
         else:
             code = self._writers[address](int(value) & 0xFFFFFFFF)
-            detail = f"write of {value} to {register_name(address)}"
+            detail = f"write of {value} to {_register_name(address)}"
         if code == ErrorCode.E_NONE:
             return True
         self._stall(code, detail)

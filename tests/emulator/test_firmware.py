@@ -385,7 +385,7 @@ def test_batch_camera_encoder_matches_the_single_frame_encoder():
 
 
 # ======================================================================================================
-# device.py: registers
+# registers.py: the register file
 # ======================================================================================================
 
 def test_identity_and_geometry_registers():
@@ -503,7 +503,7 @@ def test_bad_emulator_options_are_refused_by_the_firmware():
 
 
 # ======================================================================================================
-# device.py: layouts and packets
+# sequencer.py and dmd.py: layouts and packets
 # ======================================================================================================
 
 def test_layout_is_loaded_and_reported():
@@ -617,7 +617,7 @@ def test_sequence_capacity_is_an_option_the_register_reports():
 
 
 # ======================================================================================================
-# device.py: sequences, lag, triggers, FIFO, flags
+# sequencer.py and capture.py: sequences, lag, triggers, FIFO, flags
 # ======================================================================================================
 
 def expected_feature_counts(device: EmulatedDevice, bits) -> np.ndarray:
