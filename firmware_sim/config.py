@@ -27,6 +27,7 @@ _MAX_LAG_FRAMES = 64
 _MAX_CAMERA_SIDE = 65535  # ROI fields are u16 on the wire
 _MAX_DMD_MIRRORS = 2**32  # mirror indices are u32 on the wire
 _MAX_ID_CHARS = 64
+_MAX_U32 = 0xFFFFFFFF  # SEQ_CAPACITY and IN_FIFO_BYTES are 32-bit registers
 
 
 def _parse_int(text: str) -> int:
@@ -77,7 +78,8 @@ class _QueryKey:
     meaning: str
 
 
-# The documented sim:// options first, then five extras so that to_query() is a true inverse for every field.
+# The model's options first, then five extras so that to_query() is a true inverse for every field, then the
+# firmware's memory sizes (tests shrink them to reach their limits quickly) and the faults.
 QUERY_KEYS: tuple[_QueryKey, ...] = (
     _QueryKey(
         "seed", ("seed",), _parse_int,
@@ -161,6 +163,21 @@ QUERY_KEYS: tuple[_QueryKey, ...] = (
         "firmware version",
     ),
     _QueryKey(
+        "seq_capacity_frames", ("seq_capacity_frames",), _parse_int,
+        f"an integer 1..{_MAX_U32}",
+        "frames the sequence memory holds (register SEQ_CAPACITY)",
+    ),
+    _QueryKey(
+        "raw_queue_bytes", ("raw_queue_bytes",), _parse_int,
+        "an integer >= 1",
+        "bytes of mirror bits that queued raw frames may take (beyond: E_SEQ_FULL)",
+    ),
+    _QueryKey(
+        "in_fifo_bytes", ("in_fifo_bytes",), _parse_int,
+        f"an integer 1..{_MAX_U32}",
+        "capacity of the camera frame FIFO in bytes (register IN_FIFO_BYTES)",
+    ),
+    _QueryKey(
         "faults", ("faults",), str,
         "comma-separated NAME:RATE, a probability per event, or NAME@K, at the K-th event",
         "faults to inject, drawn from the seed: " + ", ".join(ALL_FAULT_KINDS),
@@ -172,7 +189,7 @@ _KEYS_BY_NAME: dict[str, _QueryKey] = {entry.key: entry for entry in QUERY_KEYS}
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Every option of the emulated device (geometry, optics, camera physics, identity).
+    """Every option of the emulated device (geometry, optics, camera physics, identity, memory sizes).
 
     Defaults are the reference geometry of docs/emulator.md. ``noise=False`` turns every noise source off (shot
     and read noise, dark current and pattern, hot pixels, laser jitter); drift is not noise and stays. An empty
@@ -210,6 +227,9 @@ class SimConfig:
     model: str = "OPU-1"
     serial_number: str = ""
     firmware_version: tuple[int, int, int] = (1, 0, 0)
+    seq_capacity_frames: int = 4096
+    raw_queue_bytes: int = 256 * 2**20
+    in_fifo_bytes: int = 64 * 2**20
     faults: str = ""
 
     def __post_init__(self) -> None:
@@ -300,6 +320,9 @@ class SimConfig:
                 f"firmware_version must be (major, minor, patch) with major/minor 0..99 (BCD in bcdDevice) "
                 f"and patch 0..255, got {version!r}"
             )
+        self._check_int("seq_capacity_frames", 1, _MAX_U32)
+        self._check_int("raw_queue_bytes", 1)
+        self._check_int("in_fifo_bytes", 1, _MAX_U32)
         # A FaultPlan or its text; kept as the canonical text so that configs stay hashable and to_query() exact.
         self._set("faults", str(FaultPlan.parse(self.faults)))
 

@@ -12,8 +12,9 @@ switching one fault on never moves when another one fires.
 
 A :class:`FaultInjector` is the mutable side, one per emulated device: it counts events, draws, and records
 what it injected (``EmulatedDevice.fault_counts``), and keeps the halted endpoints that a ``stall`` leaves
-behind until the host clears them. The device and the pyusb backend ask it at their hook points; nothing else
-in the emulator changes when no fault is planned.
+behind until the host clears them. The pyusb backend (transfers), the capture (camera frames), the sequencer
+(sequence starts) and the device (controller replies) ask it at their hook points; nothing else in the
+emulator changes when no fault is planned.
 """
 from __future__ import annotations
 

@@ -1,25 +1,74 @@
 """What the emulated device really is, for tests in the same process; never sent over the wire.
 
 The ground truth recomputes the optics by the plainest route (every mirror of the layout expanded, every
-pixel's four modes fetched from the transmission by index, dense products), independently of the bench's
-folded, blocked fast path, so tests can check one against the other. It is meant for small geometries.
+pixel's four modes fetched from the transmission by index, dense products), independently of the optical
+path's folded, blocked fast path, so tests can check one against the other. It is meant for small geometries.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from .config import SimConfig
 from .sensor import NoiseParameters, dark_maps, dn_per_electron, signal_scale_e
-from .transmission import INPUT_BLOCK, interpolation_weights
+from .transmission import INPUT_BLOCK, Transmission, interpolation_weights
 
-if TYPE_CHECKING:
-    from .optics import OpticalBench
+__all__ = ["GroundTruth", "OpticsState"]
 
-__all__ = ["GroundTruth"]
+
+class _RoiState(Protocol):
+    def as_tuple(self) -> tuple[int, int, int, int]: ...
+
+
+class _LayoutState(Protocol):
+    @property
+    def n_features(self) -> int: ...
+
+    @property
+    def runs(self) -> npt.NDArray[np.int64]: ...
+
+
+class OpticsState(Protocol):
+    """What the ground truth reads from the optics it describes (``firmware_sim.optics.OpticalPath``).
+
+    A protocol rather than an import: the optics module builds its ground truth, so this module must not
+    import it back.
+    """
+
+    @property
+    def config(self) -> SimConfig: ...
+
+    @property
+    def n_input_modes(self) -> int: ...
+
+    @property
+    def n_cell_rows(self) -> int: ...
+
+    @property
+    def n_cell_cols(self) -> int: ...
+
+    @property
+    def n_mode_rows(self) -> int: ...
+
+    @property
+    def n_mode_cols(self) -> int: ...
+
+    @property
+    def field_scale(self) -> float: ...
+
+    @property
+    def n_pixels(self) -> int: ...
+
+    @property
+    def roi(self) -> _RoiState: ...
+
+    @property
+    def layout(self) -> _LayoutState | None: ...
+
+    def transmission(self, purpose: int = 0) -> Transmission: ...
 
 
 class GroundTruth:
@@ -34,17 +83,17 @@ class GroundTruth:
         grain_px, cell_mirrors, lag_frames, drift_tau_s: as configured.
         noise: the camera's noise parameters.
 
-    Layout and ROI are read from the bench when a method is called (the current ones).
+    Layout and ROI are read from the optics when a method is called (the current ones).
     """
 
-    def __init__(self, bench: OpticalBench) -> None:
-        self._bench = bench
-        config = bench.config
+    def __init__(self, optics: OpticsState) -> None:
+        self._optics = optics
+        config = optics.config
         self.config: SimConfig = config
-        self.n_input_modes: int = bench.n_input_modes
-        self.cell_grid_shape: tuple[int, int] = (bench.n_cell_rows, bench.n_cell_cols)
-        self.mode_grid_shape: tuple[int, int] = (bench.n_mode_rows, bench.n_mode_cols)
-        self.field_scale: float = bench.field_scale
+        self.n_input_modes: int = optics.n_input_modes
+        self.cell_grid_shape: tuple[int, int] = (optics.n_cell_rows, optics.n_cell_cols)
+        self.mode_grid_shape: tuple[int, int] = (optics.n_mode_rows, optics.n_mode_cols)
+        self.field_scale: float = optics.field_scale
         self.grain_px: float = config.grain_px
         self.cell_mirrors: int = config.cell_mirrors
         self.lag_frames: int = config.lag_frames
@@ -79,7 +128,7 @@ class GroundTruth:
     # ----------------------------------------------------------------------------------------- optics
     @property
     def roi(self) -> tuple[int, int, int, int]:
-        return self._bench.roi.as_tuple()
+        return self._optics.roi.as_tuple()
 
     def drift_mix(self, time_us: float) -> tuple[float, float]:
         """(cos theta, sin theta) of R(t) = R0 cos theta + R1 sin theta at device time ``time_us``."""
@@ -132,7 +181,7 @@ class GroundTruth:
             ((top + 1) * n_cols + left + 1, wy1 * wx1),
         ]
         needed, inverse = np.unique(np.concatenate([index for index, _ in corners]), return_inverse=True)
-        values = self._bench.transmission(purpose).block(input_modes, needed)
+        values = self._optics.transmission(purpose).block(input_modes, needed)
         inverse = inverse.reshape(4, -1)
         out = np.zeros((values.shape[0], xs.size), dtype=np.complex64)
         for corner, (_, weight) in enumerate(corners):
@@ -143,7 +192,7 @@ class GroundTruth:
     def feature_weights(self) -> npt.NDArray[np.float32]:
         """Dense W (n_features, n_cells): area fraction of each cell driven by each feature, from the runs
         expanded mirror by mirror."""
-        layout = self._bench.layout
+        layout = self._optics.layout
         if layout is None:
             raise RuntimeError("no layout loaded")
         config = self.config
@@ -161,7 +210,7 @@ class GroundTruth:
     def feature_matrix(self, time_us: float = 0.0) -> npt.NDArray[np.complex64]:
         """Complex field of each feature on the current ROI (n_features, n_px): W @ T_px."""
         weights = self.feature_weights()
-        out = np.zeros((weights.shape[0], self._bench.n_pixels), dtype=np.complex64)
+        out = np.zeros((weights.shape[0], self._optics.n_pixels), dtype=np.complex64)
         for start in range(0, self.n_input_modes, INPUT_BLOCK):
             block = slice(start, min(self.n_input_modes, start + INPUT_BLOCK))
             part = weights[:, block]

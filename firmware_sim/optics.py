@@ -31,18 +31,15 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from .config import SimConfig
+from .ground_truth import GroundTruth
 from .transmission import INPUT_BLOCK, TILE_SIDE, Transmission, interpolation_weights, mode_grid_size
 
-if TYPE_CHECKING:
-    from .ground_truth import GroundTruth
-
-__all__ = ["OpticalBench", "Roi", "CellLayout", "cell_overlaps", "FOLD_CACHE_BYTES", "RAW_CACHE_BYTES"]
+__all__ = ["OpticalPath", "Roi", "CellLayout", "cell_overlaps", "FOLD_CACHE_BYTES", "RAW_CACHE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +252,7 @@ def _matmul_rows(rows: npt.NDArray[np.float32], matrix: npt.NDArray[np.float32])
     return out[:n_rows]
 
 
-class OpticalBench:
+class OpticalPath:
     """DMD -> scattering medium -> camera ROI, noiseless, in units where "all mirrors ON" has mean 1.
 
     The firmware sets the layout and the ROI, then asks for the intensities of batches of frames with their
@@ -370,8 +367,7 @@ class OpticalBench:
 
     @property
     def ground_truth(self) -> GroundTruth:
-        from .ground_truth import GroundTruth
-
+        """The reference model of these optics (current layout and ROI), for in-process tests."""
         return GroundTruth(self)
 
     # ------------------------------------------------------------------------------------ intensities

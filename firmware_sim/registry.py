@@ -10,9 +10,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import SimConfigError, SimDeviceNotFoundError
-
+from .config import SimConfig
 from .device import EmulatedDevice
+from .errors import SimConfigError, SimDeviceNotFoundError
 
 __all__ = ["create_device", "get_device", "release_device", "list_devices"]
 
@@ -28,11 +28,9 @@ def create_device(config: Any = None, *, name: str | None = None, **overrides: A
         config: a SimConfig, or a URL query (``"seed=3&lag=1"`` or a mapping) for ``SimConfig.from_query``;
             None for the defaults.
         name: the name to register; SimConfigError when it is taken.
-        overrides: passed to EmulatedDevice (``bench=``, ``sensor=`` stand-ins for tests).
+        overrides: passed to EmulatedDevice (``optics=``, ``sensor=`` stand-ins for tests).
     """
     if config is None or isinstance(config, (str, Mapping)):
-        from .config import SimConfig
-
         config = SimConfig() if config is None else SimConfig.from_query(config)
     if name is not None:
         with _lock:

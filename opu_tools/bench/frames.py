@@ -39,7 +39,7 @@ def bench_frames(
 def _bench_raw_optics(query: str, n_components: int, n_frames: int, repeats: int) -> list[BenchResult]:
     """The emulator's own cost of a raw frame at several input-mode counts (same mirrors, same pixels)."""
     from firmware_sim.config import SimConfig
-    from firmware_sim.optics import OpticalBench
+    from firmware_sim.optics import OpticalPath
 
     base = SimConfig.from_query(query)
     width = min(base.camera_width, int(np.ceil(np.sqrt(n_components))))
@@ -49,12 +49,12 @@ def _bench_raw_optics(query: str, n_components: int, n_frames: int, repeats: int
     )
     results = []
     for cell in (8, 16, 32):
-        bench = OpticalBench(SimConfig.from_query(f"{query}&cell={cell}"))
-        bench.set_roi((base.camera_width - width) // 2, (base.camera_height - height) // 2, width, height)
-        bench.intensity_raw(packed[:2], None)
-        t = median_time_s(lambda: bench.intensity_raw(packed, None), repeats)
+        optics = OpticalPath(SimConfig.from_query(f"{query}&cell={cell}"))
+        optics.set_roi((base.camera_width - width) // 2, (base.camera_height - height) // 2, width, height)
+        optics.intensity_raw(packed[:2], None)
+        t = median_time_s(lambda: optics.intensity_raw(packed, None), repeats)
         results.append(BenchResult(
-            f"emulator optics per raw frame, cell {cell} = {bench.n_input_modes} input modes",
+            f"emulator optics per raw frame, cell {cell} = {optics.n_input_modes} input modes",
             t / n_frames * 1e3, "ms/frame", "grows with input modes, not mirrors",
         ))
     return results

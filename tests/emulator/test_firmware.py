@@ -1,6 +1,6 @@
 """The emulator's firmware: wire codec, register map, sequences, controller line, pyusb/pyserial/pty plumbing.
 
-Most tests drive :class:`EmulatedDevice` with small stand-ins for the optics and the sensor (``StubBench``,
+Most tests drive :class:`EmulatedDevice` with small stand-ins for the optics and the sensor (``StubOptics``,
 ``StubSensor``): they are linear and noiseless, so every camera count is known exactly and the tests check
 the firmware's bookkeeping (ids, lag, flags, FIFO, packing) bit for bit. Packets are built here with
 ``struct`` and ``zlib`` straight from docs/protocol.md, not with the codec under test. The last section
@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import firmware_sim
-from firmware_sim import device as device_module
 from firmware_sim import wire
 from firmware_sim.config import SimConfig
 from firmware_sim.controller import ERROR_QUEUE_LENGTH
@@ -53,7 +52,7 @@ def StubConfig(**overrides):
     return SimConfig(**values)
 
 
-class StubBench:
+class StubOptics:
     """Linear optics: pixel p of mirror m gets weight M[m, p], a fixed function of absolute coordinates.
 
     Feature frames use the per-feature sums of M over the layout's runs, so a raw frame equal to the
@@ -127,7 +126,7 @@ class StubSensor:
 
 def make_device(**overrides) -> EmulatedDevice:
     config = StubConfig(**overrides)
-    return EmulatedDevice(config, bench=StubBench(config), sensor=StubSensor(config))
+    return EmulatedDevice(config, optics=StubOptics(config), sensor=StubSensor(config))
 
 
 def lit_device(**overrides) -> EmulatedDevice:
@@ -386,7 +385,7 @@ def test_batch_camera_encoder_matches_the_single_frame_encoder():
 
 
 # ======================================================================================================
-# device.py: registers
+# registers.py: the register file
 # ======================================================================================================
 
 def test_identity_and_geometry_registers():
@@ -460,7 +459,7 @@ def test_frame_time_first_then_exposure_and_roi_moves_shrink_first():
     assert not write(device, Register.ROI_W, 4)
     assert write(device, Register.ROI_H, 2) and write(device, Register.ROI_Y, 4)
     assert [read(device, r) for r in (Register.ROI_X, Register.ROI_Y, Register.ROI_W, Register.ROI_H)] == [5, 4, 3, 2]
-    assert device._bench.roi == (5, 4, 3, 2)  # the optics (and their ground truth) follow at once
+    assert device.optics.roi == (5, 4, 3, 2)  # the optics (and their ground truth) follow at once
     assert write(device, Register.GAIN_MILLI, 16000)
 
 
@@ -489,10 +488,10 @@ def test_frames_larger_than_one_packet_are_refused():
 
 def test_device_time_low_word_read_latches_the_high_word():
     device = lit_device()
-    device._device_time_us = (7 << 32) | 123  # white box: hours of device time without running them
+    device.sequencer.device_time_us = (7 << 32) | 123  # white box: hours of device time without running them
     assert read(device, Register.DEVICE_TIME_HI) == 0  # not latched yet
     assert read(device, Register.DEVICE_TIME_LO) == 123
-    device._device_time_us = (8 << 32) | 5
+    device.sequencer.device_time_us = (8 << 32) | 5
     assert read(device, Register.DEVICE_TIME_HI) == 7
 
 
@@ -504,7 +503,7 @@ def test_bad_emulator_options_are_refused_by_the_firmware():
 
 
 # ======================================================================================================
-# device.py: layouts and packets
+# sequencer.py and dmd.py: layouts and packets
 # ======================================================================================================
 
 def test_layout_is_loaded_and_reported():
@@ -588,7 +587,7 @@ def test_packet_errors_are_latched():
     assert counters["type_errors"] == 1 and counters["length_errors"] == 1
 
 
-def test_sequence_memory_is_bounded_by_frames_and_by_raw_bytes(monkeypatch):
+def test_sequence_memory_is_bounded_by_frames_and_by_raw_bytes():
     device = make_device()
     send(device, layout_packet(3, LAYOUT_RUNS))
     send(device, b"".join(feature_packet(i, [1, 0, 1]) for i in range(4096)))
@@ -598,20 +597,32 @@ def test_sequence_memory_is_bounded_by_frames_and_by_raw_bytes(monkeypatch):
     assert write(device, Register.SEQ_CONTROL, 2)  # ABORT drops the queue
     assert read(device, Register.SEQ_QUEUED) == 0
 
-    monkeypatch.setattr(device_module, "RAW_QUEUE_BUDGET_BYTES", 3 * 9)  # three 13 x 5 frames
+    device = make_device(raw_queue_bytes=3 * 9)  # room for the mirror bits of three 13 x 5 frames
+    send(device, layout_packet(3, LAYOUT_RUNS))
     send(device, b"".join(raw_packet(i, np.ones(65)) for i in range(4)))
     assert read(device, Register.SEQ_QUEUED) == 3 and read(device, Register.LAST_ERROR) == E.E_SEQ_FULL
     send(device, feature_packet(7, [1, 0, 0]))  # feature frames do not count against the raw budget
     assert read(device, Register.SEQ_QUEUED) == 4
 
 
+def test_sequence_capacity_is_an_option_the_register_reports():
+    device = make_device(seq_capacity_frames=5)
+    assert read(device, Register.SEQ_CAPACITY) == 5
+    send(device, layout_packet(3, LAYOUT_RUNS))
+    send(device, b"".join(raw_packet(i, np.ones(65)) for i in range(3)))
+    send(device, b"".join(feature_packet(10 + i, [0, 1, 0]) for i in range(3)))
+    assert read(device, Register.SEQ_QUEUED) == 5 and read(device, Register.LAST_ERROR) == E.E_SEQ_FULL
+    assert write(device, Register.SEQ_CONTROL, 1)
+    assert read(device, Register.DMD_FRAME_COUNT) == 5
+
+
 # ======================================================================================================
-# device.py: sequences, lag, triggers, FIFO, flags
+# sequencer.py and capture.py: sequences, lag, triggers, FIFO, flags
 # ======================================================================================================
 
 def expected_feature_counts(device: EmulatedDevice, bits) -> np.ndarray:
-    bench = device._bench
-    return np.clip(np.array(bits, dtype=np.float32) @ bench.feature_weights(), 0, 255).astype(np.uint16)
+    optics = device.optics
+    return np.clip(np.array(bits, dtype=np.float32) @ optics.feature_weights(), 0, 255).astype(np.uint16)
 
 
 def test_int_sequence_gives_one_frame_per_dmd_frame_with_metadata():
@@ -631,7 +642,7 @@ def test_int_sequence_gives_one_frame_per_dmd_frame_with_metadata():
         assert np.array_equal(pixels, expected_feature_counts(device, bits))
     assert read(device, Register.DMD_FRAME_COUNT) == 3 and read(device, Register.CAM_FRAME_COUNT) == 3
     assert read(device, Register.DEVICE_TIME_LO) == 1500
-    call = device._sensor.calls[0]
+    call = device.sensor.calls[0]
     assert call["light_on"] and call["exposure_us"] == 400 and call["gain"] == 1.0 and call["bits"] == 8
     assert call["laser_power_mw"] == 50.0 and call["frame_indices"].tolist() == [0, 1, 2]
 
@@ -683,7 +694,7 @@ def test_frames_in_the_lag_pipeline_keep_the_mirrors_of_the_layout_they_were_sho
     assert write(device, Register.SEQ_CONTROL, 1)
     ((header, pixels),) = drain_frames(device)
     assert header.dmd_frame_id == 5
-    expected = old_mirrors.astype(np.float32) @ device._bench.mirror_weights()
+    expected = old_mirrors.astype(np.float32) @ device.optics.mirror_weights()
     assert np.array_equal(pixels, np.clip(expected, 0, 255).astype(np.uint16))
 
 
@@ -693,7 +704,7 @@ def test_frames_queued_before_a_layout_change_keep_their_old_mirrors():
     send(device, layout_packet(1, [(0, 0, 65)]) + feature_packet(2, [1]))
     assert write(device, Register.SEQ_CONTROL, 1)
     (h1, p1), (h2, p2) = drain_frames(device)
-    weights = device._bench.mirror_weights()
+    weights = device.optics.mirror_weights()
     assert np.array_equal(p1, np.clip(expand([0, 1, 1]).astype(np.float32) @ weights, 0, 255))
     assert np.array_equal(p2, np.clip(np.ones(65, dtype=np.float32) @ weights, 0, 255))
 
@@ -739,10 +750,10 @@ def test_ext_trigger_runs_like_int_on_the_emulator():
     assert [h.dmd_frame_id for h, _ in drain_frames(device)] == [1]
 
 
-def test_fifo_overflow_drops_frames_and_counts_them(monkeypatch):
-    device = lit_device()
+def test_fifo_overflow_drops_frames_and_counts_them():
     packet_bytes = 16 + 32 + 48 + 4
-    monkeypatch.setattr(device_module, "IN_FIFO_BYTES", 3 * packet_bytes + 10)
+    device = lit_device(in_fifo_bytes=3 * packet_bytes + 10)
+    assert read(device, Register.IN_FIFO_BYTES) == 3 * packet_bytes + 10
     send(device, b"".join(raw_packet(i, np.ones(65)) for i in range(5)))
     assert write(device, Register.SEQ_CONTROL, 1)
     assert read(device, Register.CAM_DROPPED) == 2 and read(device, Register.CAM_FRAME_COUNT) == 5
@@ -752,7 +763,7 @@ def test_fifo_overflow_drops_frames_and_counts_them(monkeypatch):
     send(device, raw_packet(7, np.ones(65)))
     assert write(device, Register.SEQ_CONTROL, 1)
     assert [(h.camera_frame_id, h.dmd_frame_id) for h, _ in drain_frames(device)] == [(5, 7)]
-    assert device._sensor.calls[-1]["frame_indices"].tolist() == [5]  # dropped frames were never computed
+    assert device.sensor.calls[-1]["frame_indices"].tolist() == [5]  # dropped frames were never computed
 
 
 def test_dark_and_saturated_flags():
@@ -761,7 +772,7 @@ def test_dark_and_saturated_flags():
     assert write(device, Register.SEQ_CONTROL, 1)
     ((header, pixels),) = drain_frames(device)
     assert header.flags == 2 and np.all(pixels == StubSensor.DARK_LEVEL)
-    assert device._bench.calls[-1] == ("blank", 1)  # no optics computed in the dark
+    assert device.optics.calls[-1] == ("blank", 1)  # no optics computed in the dark
     device.serial_write(b"LASER:STATE ON\nSHUTTER:STATE OPEN\n")
     assert write(device, Register.GAIN_MILLI, 16000)  # stub intensities x 16 exceed 255
     send(device, raw_packet(2, np.ones(65)))
@@ -788,9 +799,9 @@ def test_every_pixel_format_carries_the_sensor_counts(fmt):
     ((header, pixels),) = drain_frames(device)
     assert (header.pixel_format, header.roi_x, header.roi_w, header.roi_h) == (fmt, 2, 5, 3)
     full = (1 << wire.pixel_bits(fmt)) - 1
-    expected = np.clip(np.rint(np.ones(65, dtype=np.float32) @ device._bench.mirror_weights() * 12), 0, full)
+    expected = np.clip(np.rint(np.ones(65, dtype=np.float32) @ device.optics.mirror_weights() * 12), 0, full)
     assert np.array_equal(pixels, expected)
-    assert device._sensor.calls[-1]["bits"] == wire.pixel_bits(fmt)
+    assert device.sensor.calls[-1]["bits"] == wire.pixel_bits(fmt)
     assert header.flags == (1 if expected.max() == full else 0)
 
 
@@ -923,7 +934,7 @@ def test_temperature_drifts_with_device_time_not_wall_clock():
     assert ask(device, b"TEMPERATURE?\n") == b"25.00\n"
     time.sleep(0.01)
     assert ask(device, b"TEMPERATURE?\n") == b"25.00\n"
-    device._device_time_us = 3_600_000_000  # one hour of device time
+    device.sequencer.device_time_us = 3_600_000_000  # one hour of device time
     assert ask(device, b"TEMPERATURE?\n") == b"25.10\n"
 
 
@@ -932,7 +943,7 @@ def test_laser_power_reaches_the_sensor():
     ask(device, b"LASER:POWER 20\n")
     send(device, raw_packet(1, np.ones(65)))
     write(device, Register.SEQ_CONTROL, 1)
-    assert device._sensor.calls[-1]["laser_power_mw"] == 20.0
+    assert device.sensor.calls[-1]["laser_power_mw"] == 20.0
 
 
 # ======================================================================================================
@@ -1034,8 +1045,8 @@ def test_unplug_and_replug_through_pyusb():
 
 
 def test_backend_over_the_registry_lists_every_live_device_with_distinct_addresses():
-    a = create_device(StubConfig(serial_number="SIM-A"), bench=StubBench(StubConfig()), sensor=StubSensor(None))
-    b = create_device(StubConfig(serial_number="SIM-B"), bench=StubBench(StubConfig()), sensor=StubSensor(None))
+    a = create_device(StubConfig(serial_number="SIM-A"), optics=StubOptics(StubConfig()), sensor=StubSensor(None))
+    b = create_device(StubConfig(serial_number="SIM-B"), optics=StubOptics(StubConfig()), sensor=StubSensor(None))
     try:
         devices = usb.core.find(find_all=True, backend=get_backend(), idVendor=0x1209)
         found = {d.serial_number: d.address for d in devices}
@@ -1067,7 +1078,7 @@ def test_many_small_transfers_stay_cheap():
 
 def stub_device(**overrides) -> EmulatedDevice:
     config = StubConfig(**overrides)
-    return create_device(config, bench=StubBench(config), sensor=StubSensor(config))
+    return create_device(config, optics=StubOptics(config), sensor=StubSensor(config))
 
 
 def test_registry_names_are_unique_and_released_devices_vanish():
@@ -1076,7 +1087,7 @@ def test_registry_names_are_unique_and_released_devices_vanish():
         assert a.name != b.name and re.fullmatch(r"sim-\d+", a.name)
         assert get_device(a.name) is a and a in list_devices()
         with pytest.raises(SimConfigError):
-            create_device(StubConfig(), name=a.name, bench=StubBench(StubConfig()), sensor=StubSensor(None))
+            create_device(StubConfig(), name=a.name, optics=StubOptics(StubConfig()), sensor=StubSensor(None))
     finally:
         release_device(a)
         release_device(b.name)

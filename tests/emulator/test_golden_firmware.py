@@ -205,7 +205,7 @@ class _NoOptics:
 
 def _device() -> EmulatedDevice:
     return EmulatedDevice(
-        SimConfig(dmd_width=13, dmd_height=5, camera_width=4, camera_height=4), bench=_NoOptics(), sensor=object()
+        SimConfig(dmd_width=13, dmd_height=5, camera_width=4, camera_height=4), optics=_NoOptics(), sensor=object()
     )
 
 
@@ -248,7 +248,7 @@ def test_firmware_latches_e_crc_for_the_corrupt_packet_and_queues_the_next():
 
 def test_controller_session_gives_the_exact_replies():
     config = SimConfig()  # the session is written against the default options
-    device = EmulatedDevice(config, bench=_NoOptics(), sensor=object())
+    device = EmulatedDevice(config, optics=_NoOptics(), sensor=object())
     exchanges = DESCRIPTION["controller"]["exchanges"]
     assert exchanges
     for exchange in exchanges:

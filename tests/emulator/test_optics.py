@@ -1,4 +1,4 @@
-"""The emulator's physics: options, transmission matrix, optics bench, sensor and ground truth.
+"""The emulator's physics: options, transmission matrix, optical path, sensor and ground truth.
 
 Statistical tests run on small geometries with fixed seeds, so they are deterministic; each tolerance is
 derived from the model's own distribution (stated next to it) with a margin of about 5 standard deviations, so
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from firmware_sim.config import QUERY_KEYS, SimConfig
 from firmware_sim.ground_truth import GroundTruth
-from firmware_sim.optics import OpticalBench, cell_overlaps
+from firmware_sim.optics import OpticalPath, cell_overlaps
 from firmware_sim.sensor import Sensor, dn_per_electron, signal_scale_e
 from firmware_sim.transmission import Transmission, interpolation_weights, mode_grid_size
 from firmware_sim.errors import SimConfigError
@@ -167,6 +167,7 @@ class TestConfig:
             seed=seed, dmd_width=width, dmd_height=height, cell_mirrors=cell, grain_px=grain, lag_frames=lag,
             noise=noise, exposure_us=exposure, frame_time_us=exposure + 77, drift_tau_s=drift,
             laser_power_mw=power, model=model, firmware_version=(2, 3, 4), hot_pixel_e=12.5,
+            seq_capacity_frames=17, raw_queue_bytes=999, in_fifo_bytes=5000,
         )
         assert SimConfig.from_query(config.to_query()) == config
 
@@ -176,7 +177,7 @@ class TestConfig:
         assert keys == [entry.key for entry in QUERY_KEYS]
         for key in ("seed", "dmd", "camera", "cell", "grain", "lag", "noise", "exposure_us", "frame_time_us", "gain",
                     "power_mw", "drift_s", "dark_e", "read_noise_e", "hot", "jitter", "signal_e", "full_well_e",
-                    "model", "serial"):
+                    "model", "serial", "seq_capacity_frames", "raw_queue_bytes", "in_fifo_bytes"):
             assert key in keys
         assert dict((key, default) for key, _, default in rows)["dmd"] == "1140x912"
 
@@ -287,18 +288,18 @@ def test_cell_overlaps_match_a_mirror_by_mirror_count(width, height, cell, n_fea
     assert np.all(np.diff(features * n_cells + cells) > 0)  # sorted and unique
 
 
-# ===================================================================================== optics: bench
+# ============================================================================== optics: optical path
 class TestSpeckle:
     @pytest.mark.parametrize("grain", [1.0, 2.5])
     @pytest.mark.parametrize("k_on", [1, 6, 40])
     def test_intensity_is_exponential_with_mean_k_over_cells(self, grain: float, k_on: int) -> None:
         config = small_config(seed=21, camera_width=128, camera_height=96, grain_px=grain)
-        bench = OpticalBench(config)
-        bench.set_layout(48, cell_runs(config))  # 8 x 6 cells of 8 x 8 mirrors, one feature each
+        optics = OpticalPath(config)
+        optics.set_layout(48, cell_runs(config))  # 8 x 6 cells of 8 x 8 mirrors, one feature each
         bits = np.zeros((1, 48), dtype=np.uint8)
         bits[0, np.random.default_rng(k_on).choice(48, k_on, replace=False)] = 1
-        intensity = bench.intensity_features(bits, np.zeros(1))[0].astype(np.float64)
-        mean = k_on / bench.n_input_modes  # k cells of unit amplitude, E|R|^2 = 1 / n_cells each
+        intensity = optics.intensity_features(bits, np.zeros(1))[0].astype(np.float64)
+        mean = k_on / optics.n_input_modes  # k cells of unit amplitude, E|R|^2 = 1 / n_cells each
         # Independent samples: pixels with grain 1; with a larger grain, about one per output mode.
         n_independent = intensity.size / grain**2
         # Exponential: the sample mean has relative std 1/sqrt(n), the contrast std/mean has std 1/sqrt(n).
@@ -308,17 +309,17 @@ class TestSpeckle:
 
     def test_all_mirrors_on_has_mean_one_even_with_partial_cells(self) -> None:
         config = small_config(seed=4, dmd_width=61, dmd_height=45, camera_width=160, camera_height=100)
-        bench = OpticalBench(config)
-        assert bench.field_scale > 1  # partial edge cells pass less light; the scale restores the unit
-        bench.set_layout(1, whole_dmd_runs(config))
-        intensity = bench.intensity_features(np.ones((1, 1), np.uint8), None)[0]
+        optics = OpticalPath(config)
+        assert optics.field_scale > 1  # partial edge cells pass less light; the scale restores the unit
+        optics.set_layout(1, whole_dmd_runs(config))
+        intensity = optics.intensity_features(np.ones((1, 1), np.uint8), None)[0]
         assert abs(intensity.mean() - 1) < 5 / math.sqrt(intensity.size)
 
     def test_grain_one_pixels_are_uncorrelated(self) -> None:
         config = small_config(seed=5, camera_width=128, camera_height=96)
-        bench = OpticalBench(config)
-        bench.set_layout(1, whole_dmd_runs(config))
-        image = bench.intensity_features(np.ones((1, 1), np.uint8), None)[0].reshape(96, 128)
+        optics = OpticalPath(config)
+        optics.set_layout(1, whole_dmd_runs(config))
+        image = optics.intensity_features(np.ones((1, 1), np.uint8), None)[0].reshape(96, 128)
         # Sample correlation of independent pairs has std ~ 1/sqrt(n pairs).
         horizontal = correlation(image[:, :-1], image[:, 1:])
         vertical = correlation(image[:-1, :], image[1:, :])
@@ -328,9 +329,9 @@ class TestSpeckle:
     def test_larger_grain_correlates_neighbours_as_the_interpolation_predicts(self) -> None:
         grain = 4.0
         config = small_config(seed=6, camera_width=192, camera_height=96, grain_px=grain)
-        bench = OpticalBench(config)
-        bench.set_layout(1, whole_dmd_runs(config))
-        image = bench.intensity_features(np.ones((1, 1), np.uint8), None)[0].reshape(96, 192)
+        optics = OpticalPath(config)
+        optics.set_layout(1, whole_dmd_runs(config))
+        image = optics.intensity_features(np.ones((1, 1), np.uint8), None)[0].reshape(96, 192)
         # For unit-variance complex Gaussian fields, corr(|E1|^2, |E2|^2) = |E[E1 E2*]|^2 = rho^2, with rho the
         # overlap of the two pixels' normalised interpolation weights along x.
         left, w0, w1 = interpolation_weights(np.arange(192), grain)
@@ -345,16 +346,16 @@ class TestSpeckle:
         assert measured > 0.5
 
 
-class TestBench:
+class TestOpticalPath:
     def test_features_match_the_ground_truth(self) -> None:
         config = small_config(seed=8, dmd_width=60, dmd_height=44, camera_width=70, camera_height=50, grain_px=2.5)
-        bench = OpticalBench(config)
-        bench.set_roi(5, 7, 41, 23)
+        optics = OpticalPath(config)
+        optics.set_roi(5, 7, 41, 23)
         runs = scattered_runs(config, 29, seed=1)
-        bench.set_layout(29, runs)
+        optics.set_layout(29, runs)
         bits = (np.random.default_rng(2).random((12, 29)) < 0.5).astype(np.uint8)
-        got = bench.intensity_features(bits, None)
-        expected = bench.ground_truth.expected_intensity_features(bits)
+        got = optics.intensity_features(bits, None)
+        expected = optics.ground_truth.expected_intensity_features(bits)
         # float32 sums over at most n_cells terms: relative error ~1e-6; a wrong mapping or weight is O(1).
         assert got.shape == (12, 41 * 23) and got.dtype == np.float32
         assert np.abs(got - expected).max() < 1e-4 * expected.mean()
@@ -362,39 +363,39 @@ class TestBench:
     @pytest.mark.parametrize("grain", [1.0, 2.5])
     def test_raw_frame_equals_expanded_feature_frame(self, grain: float) -> None:
         config = small_config(seed=9, dmd_width=60, dmd_height=44, camera_width=50, camera_height=40, grain_px=grain)
-        bench = OpticalBench(config)
-        bench.set_roi(3, 4, 37, 29)
+        optics = OpticalPath(config)
+        optics.set_roi(3, 4, 37, 29)
         runs = scattered_runs(config, 23, seed=3)
-        bench.set_layout(23, runs)
+        optics.set_layout(23, runs)
         bits = (np.random.default_rng(4).random((9, 23)) < 0.4).astype(np.uint8)
-        from_features = bench.intensity_features(bits, None)
-        from_raw = bench.intensity_raw(expand(runs, bits, 60 * 44), None)
+        from_features = optics.intensity_features(bits, None)
+        from_raw = optics.intensity_raw(expand(runs, bits, 60 * 44), None)
         # Same physics through two float32 paths (sparse fold vs dense product): ~1e-6 relative.
         assert np.abs(from_raw - from_features).max() < 1e-4 * from_features.mean()
 
     def test_cell_amplitudes_match_the_ground_truth(self) -> None:
         config = small_config(dmd_width=37, dmd_height=29, cell_mirrors=5)
-        bench = OpticalBench(config)
+        optics = OpticalPath(config)
         mirrors = (np.random.default_rng(5).random((4, 37 * 29)) < 0.5).astype(np.uint8)
-        got = bench.cell_amplitudes(np.packbits(mirrors, axis=1))
-        assert np.allclose(got, bench.ground_truth.cell_amplitudes(mirrors), rtol=2e-7, atol=0)  # 1 ulp
+        got = optics.cell_amplitudes(np.packbits(mirrors, axis=1))
+        assert np.allclose(got, optics.ground_truth.cell_amplitudes(mirrors), rtol=2e-7, atol=0)  # 1 ulp
 
     def test_a_pixel_sees_the_same_field_whatever_the_roi_or_sensor_size(self) -> None:
         config = small_config(seed=10, grain_px=2.5, camera_width=80, camera_height=60)
         larger = small_config(seed=10, grain_px=2.5, camera_width=150, camera_height=90)
         pixels = np.array([[20, 30], [21, 30], [50, 11], [79, 59]])
-        reference = OpticalBench(config).ground_truth.transmission(None, pixels)
-        assert np.array_equal(OpticalBench(larger).ground_truth.transmission(None, pixels), reference)
+        reference = OpticalPath(config).ground_truth.transmission(None, pixels)
+        assert np.array_equal(OpticalPath(larger).ground_truth.transmission(None, pixels), reference)
 
         runs = scattered_runs(config, 11, seed=6)
         bits = (np.random.default_rng(7).random((5, 11)) < 0.5).astype(np.uint8)
         images = []
         for camera, roi in ((config, (10, 20, 60, 30)), (config, (18, 25, 5, 8)), (larger, (0, 0, 150, 90))):
-            bench = OpticalBench(camera)
-            bench.set_roi(*roi)
-            bench.set_layout(11, runs)
+            optics = OpticalPath(camera)
+            optics.set_roi(*roi)
+            optics.set_layout(11, runs)
             x, y, w, h = roi
-            images.append((roi, bench.intensity_features(bits, None).reshape(5, h, w)))
+            images.append((roi, optics.intensity_features(bits, None).reshape(5, h, w)))
         (x0, y0, _, _), first = images[0]
         for (x, y, _, _), image in images[1:]:
             # pixels (18..22, 25..32) lie in every ROI
@@ -404,19 +405,19 @@ class TestBench:
 
     def test_results_do_not_depend_on_batching(self) -> None:
         config = small_config(seed=12, grain_px=2.0, drift_tau_s=0.05)
-        bench = OpticalBench(config)
-        bench.set_roi(4, 4, 40, 30)
+        optics = OpticalPath(config)
+        optics.set_roi(4, 4, 40, 30)
         runs = scattered_runs(config, 17, seed=8)
-        bench.set_layout(17, runs)
+        optics.set_layout(17, runs)
         bits = (np.random.default_rng(9).random((11, 17)) < 0.5).astype(np.uint8)
         times = np.arange(11) * 500.0
         packed = expand(runs, bits, 64 * 48)
-        whole = bench.intensity_features(bits, times)
-        whole_raw = bench.intensity_raw(packed, times)
+        whole = optics.intensity_features(bits, times)
+        whole_raw = optics.intensity_raw(packed, times)
         for size in (1, 2, 5):
-            parts = [bench.intensity_features(bits[i : i + size], times[i : i + size]) for i in range(0, 11, size)]
+            parts = [optics.intensity_features(bits[i : i + size], times[i : i + size]) for i in range(0, 11, size)]
             assert np.concatenate(parts).tobytes() == whole.tobytes()
-            parts = [bench.intensity_raw(packed[i : i + size], times[i : i + size]) for i in range(0, 11, size)]
+            parts = [optics.intensity_raw(packed[i : i + size], times[i : i + size]) for i in range(0, 11, size)]
             assert np.concatenate(parts).tobytes() == whole_raw.tobytes()
 
     def test_streamed_fold_and_uncached_raw_agree_with_cached(self) -> None:
@@ -426,46 +427,46 @@ class TestBench:
         times = np.arange(6) * 1000.0
         results = []
         for cache_bytes in (2**30, 0):
-            bench = OpticalBench(config, fold_cache_bytes=cache_bytes, raw_cache_bytes=cache_bytes)
-            bench.set_roi(2, 3, 50, 33)
-            bench.set_layout(9, runs)
-            results.append((bench.intensity_features(bits, times), bench.intensity_raw(expand(runs, bits, 64 * 48), times)))
+            optics = OpticalPath(config, fold_cache_bytes=cache_bytes, raw_cache_bytes=cache_bytes)
+            optics.set_roi(2, 3, 50, 33)
+            optics.set_layout(9, runs)
+            results.append((optics.intensity_features(bits, times), optics.intensity_raw(expand(runs, bits, 64 * 48), times)))
         for cached, streamed in zip(results[0], results[1]):
             assert np.abs(cached - streamed).max() < 1e-4 * cached.mean()
 
     def test_dark_frames_and_unused_features(self) -> None:
         config = small_config(seed=14)
-        bench = OpticalBench(config)
+        optics = OpticalPath(config)
         runs = np.array([(0, 0, 100), (2, 500, 64)], dtype=np.uint32)  # feature 1 drives no mirror
-        bench.set_layout(3, runs)
-        assert np.array_equal(bench.intensity_features(np.array([[0, 1, 0]]), None), np.zeros((1, 64 * 48)))
-        assert np.array_equal(bench.intensity_raw(np.zeros((2, 64 * 48 // 8), np.uint8), None), np.zeros((2, 64 * 48)))
-        assert np.array_equal(bench.intensity_blank(3), np.zeros((3, 64 * 48), np.float32))
-        assert bench.intensity_features(np.array([[1, 0, 0]]), None).mean() > 0
+        optics.set_layout(3, runs)
+        assert np.array_equal(optics.intensity_features(np.array([[0, 1, 0]]), None), np.zeros((1, 64 * 48)))
+        assert np.array_equal(optics.intensity_raw(np.zeros((2, 64 * 48 // 8), np.uint8), None), np.zeros((2, 64 * 48)))
+        assert np.array_equal(optics.intensity_blank(3), np.zeros((3, 64 * 48), np.float32))
+        assert optics.intensity_features(np.array([[1, 0, 0]]), None).mean() > 0
 
     def test_bad_calls_are_refused(self) -> None:
-        bench = OpticalBench(small_config())
+        optics = OpticalPath(small_config())
         with pytest.raises(RuntimeError):
-            bench.intensity_features(np.zeros((1, 3)), None)
+            optics.intensity_features(np.zeros((1, 3)), None)
         with pytest.raises(ValueError):
-            bench.set_roi(60, 0, 10, 10)
+            optics.set_roi(60, 0, 10, 10)
         with pytest.raises(ValueError):
-            bench.set_layout(2, np.array([(2, 0, 5)]))
-        bench.set_layout(2, np.array([(1, 0, 5)]))
+            optics.set_layout(2, np.array([(2, 0, 5)]))
+        optics.set_layout(2, np.array([(1, 0, 5)]))
         with pytest.raises(ValueError):
-            bench.intensity_features(np.zeros((1, 3)), None)
+            optics.intensity_features(np.zeros((1, 3)), None)
         with pytest.raises(ValueError):
-            bench.intensity_raw(np.zeros((1, 10), np.uint8), None)
-        bench.clear_layout()
+            optics.intensity_raw(np.zeros((1, 10), np.uint8), None)
+        optics.clear_layout()
         with pytest.raises(RuntimeError):
-            bench.intensity_features(np.zeros((1, 2)), None)
+            optics.intensity_features(np.zeros((1, 2)), None)
 
 
 class TestDrift:
     def test_transmission_correlation_decays_as_exp_minus_t_over_tau(self) -> None:
         tau_s = 0.02
         config = small_config(seed=15, drift_tau_s=tau_s, grain_px=1.0)
-        truth = OpticalBench(config).ground_truth
+        truth = OpticalPath(config).ground_truth
         at_rest = truth.transmission(roi=(0, 0, 40, 30)).ravel()
         for time_us in (0.0, 5_000.0, 20_000.0, 60_000.0):
             moved = truth.transmission(roi=(0, 0, 40, 30), time_us=time_us).ravel()
@@ -475,26 +476,26 @@ class TestDrift:
             # The power is preserved: c^2 + s^2 = 1.
             assert abs(np.vdot(moved, moved).real / np.vdot(at_rest, at_rest).real - 1) < 5 * math.sqrt(2 / at_rest.size)
 
-    def test_bench_intensities_decorrelate_like_the_field_squared(self) -> None:
+    def test_optical_path_intensities_decorrelate_like_the_field_squared(self) -> None:
         tau_s = 0.01
         config = small_config(seed=16, drift_tau_s=tau_s, camera_width=96, camera_height=64)
-        bench = OpticalBench(config)
-        bench.set_layout(1, whole_dmd_runs(config))
+        optics = OpticalPath(config)
+        optics.set_layout(1, whole_dmd_runs(config))
         times = np.array([0.0, 3_000.0, 10_000.0, 50_000.0])
-        frames = bench.intensity_features(np.ones((4, 1), np.uint8), times)
-        raw = bench.intensity_raw(np.full((4, 64 * 48 // 8), 255, np.uint8), times)
+        frames = optics.intensity_features(np.ones((4, 1), np.uint8), times)
+        raw = optics.intensity_raw(np.full((4, 64 * 48 // 8), 255, np.uint8), times)
         for index, time_us in enumerate(times):
             expected = math.exp(-2 * time_us * 1e-6 / tau_s)  # speckle intensity correlation = |field corr|^2
             assert abs(correlation(frames[0], frames[index]) - expected) < 5 / math.sqrt(frames.shape[1])
         assert np.abs(raw - frames).max() < 1e-4 * frames.mean()
-        expected = bench.ground_truth.expected_intensity_features(np.ones((1, 1)), 10_000.0)[0]
+        expected = optics.ground_truth.expected_intensity_features(np.ones((1, 1)), 10_000.0)[0]
         assert np.abs(frames[2] - expected).max() < 1e-4 * expected.mean()
 
     def test_no_drift_ignores_time(self) -> None:
         config = small_config(seed=17)
-        bench = OpticalBench(config)
-        bench.set_layout(1, whole_dmd_runs(config))
-        frames = bench.intensity_features(np.ones((2, 1), np.uint8), np.array([0.0, 1e12]))
+        optics = OpticalPath(config)
+        optics.set_layout(1, whole_dmd_runs(config))
+        frames = optics.intensity_features(np.ones((2, 1), np.uint8), np.array([0.0, 1e12]))
         assert frames[0].tobytes() == frames[1].tobytes()
 
 
@@ -516,7 +517,7 @@ class TestSensor:
         assert np.array_equal(sensor.capture(intensity, frame_indices=np.arange(100, 106), **kwargs), counts)
         kwargs["light_on"] = False
         assert not sensor.capture(intensity, frame_indices=np.arange(6), **kwargs).any()
-        assert not OpticalBench(config).ground_truth.dark_pattern_e.any()
+        assert not OpticalPath(config).ground_truth.dark_pattern_e.any()
 
     def test_dark_frames_average_to_pattern_plus_dark_current(self) -> None:
         config = small_config(seed=18, hot_pixel_fraction=0.02, hot_pixel_e=150.0, camera_width=96, camera_height=64)
@@ -526,7 +527,7 @@ class TestSensor:
             np.full((n_frames, 48 * 20), 5.0, np.float32), roi=roi, frame_indices=np.arange(n_frames),
             exposure_us=exposure_us, gain=gain, laser_power_mw=50.0, light_on=False, bits=bits,
         )
-        truth = OpticalBench(config).ground_truth
+        truth = OpticalPath(config).ground_truth
         hot = truth.hot_pixels[5:25, 10:58].ravel()
         assert 0 < hot.sum() < hot.size / 10
         expected_e = (
@@ -607,8 +608,8 @@ class TestSensor:
 # ====================================================================================== ground truth
 def test_ground_truth_exposes_the_hidden_parameters() -> None:
     config = small_config(seed=24, lag_frames=3, grain_px=2.0, dmd_width=60, dmd_height=44)
-    bench = OpticalBench(config)
-    truth = bench.ground_truth
+    optics = OpticalPath(config)
+    truth = optics.ground_truth
     assert isinstance(truth, GroundTruth)
     assert truth.config is config and truth.lag_frames == 3 and truth.grain_px == 2.0
     assert truth.cell_grid_shape == (6, 8) and truth.n_input_modes == 48
@@ -616,8 +617,8 @@ def test_ground_truth_exposes_the_hidden_parameters() -> None:
     assert truth.noise.read_noise_e == config.read_noise_e and truth.noise.enabled
     assert truth.dark_pattern_e.shape == (48, 64) and truth.dark_pattern_e.dtype == np.float32
     assert truth.hot_pixels.shape == (48, 64) and truth.hot_pixels.dtype == bool
-    bench.set_roi(2, 3, 10, 7)
-    bench.set_layout(2, np.array([(0, 0, 120), (1, 300, 50)], dtype=np.uint32))
+    optics.set_roi(2, 3, 10, 7)
+    optics.set_layout(2, np.array([(0, 0, 120), (1, 300, 50)], dtype=np.uint32))
     matrix = truth.feature_matrix()
     assert matrix.shape == (2, 70) and matrix.dtype == np.complex64
     assert truth.transmission().shape == (48, 70)

@@ -323,16 +323,20 @@ def test_a_layout_cleared_behind_the_drivers_back_is_reloaded(quiet_opu):
     np.testing.assert_array_equal(quiet_opu.transform(X, 40), good)
 
 
-def test_frames_the_device_refuses_are_reported_with_its_code_before_start(quiet_opu, monkeypatch):
+def test_frames_the_device_refuses_are_reported_with_its_code_before_start():
     X = np.ones((30, 20), dtype=np.uint8)
-    quiet_opu.transform(X[:2], 40)
-    frames_before = quiet_opu.dmd.frame_count
-    monkeypatch.setattr(firmware_sim.device, "SEQ_CAPACITY", 10)  # smaller than the driver read at open
-    with pytest.raises(DeviceRefusedError) as info:
-        quiet_opu.transform(X, 40)
-    assert info.value.code == DeviceErrorCode.E_SEQ_FULL
-    assert quiet_opu.dmd.frame_count == frames_before  # nothing was displayed
-    assert quiet_opu.dmd.queued_frames == 0  # and the recovery emptied the queue
+    frame_bytes = 96 * 64 // 8
+    # The device's memory for raw frames holds 10 of them, a limit no register tells the driver: it learns of
+    # it when the device refuses frames of a sequence while they are queued.
+    url = SMALL_SIM + f"&noise=0&seed=5&raw_queue_bytes={10 * frame_bytes}"
+    with opu_driver.open(url, frame_mode="raw") as opu:
+        opu.transform(X[:2], 40)
+        frames_before = opu.dmd.frame_count
+        with pytest.raises(DeviceRefusedError) as info:
+            opu.transform(X, 40)
+        assert info.value.code == DeviceErrorCode.E_SEQ_FULL
+        assert opu.dmd.frame_count == frames_before  # nothing was displayed
+        assert opu.dmd.queued_frames == 0  # and the recovery emptied the queue
 
 
 def test_a_corrupt_camera_packet_is_a_protocol_error_and_the_next_call_recovers(strict_opu):
@@ -471,12 +475,13 @@ def test_a_sensor_narrower_than_tall_still_fits_every_n_components():
         assert opu.transform(np.ones((1, 4), dtype=np.uint8), 1600).shape == (1, 1600)
 
 
-def test_a_camera_fifo_smaller_than_the_lag_still_works(monkeypatch):
+def test_a_camera_fifo_smaller_than_the_lag_still_works():
     X = np.random.default_rng(11).integers(0, 2, size=(9, 30), dtype=np.uint8)
     with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=4") as opu:
         reference = opu.transform(X, 200)
     packet = 16 + 32 + 200 + 4
-    monkeypatch.setattr(firmware_sim.device, "IN_FIFO_BYTES", 6 * packet)
-    with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=4&lag=8") as opu:
+    url = f"sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=4&lag=8&in_fifo_bytes={6 * packet}"
+    with opu_driver.open(url) as opu:
+        assert opu.camera.fifo_bytes == 6 * packet
         for _ in range(2):
             np.testing.assert_array_equal(opu.transform(X, 200), reference)
