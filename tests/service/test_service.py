@@ -719,7 +719,7 @@ def _welcome_and_read_request(listener: socket.socket):
 
 def test_opu_serve_has_a_flag_for_every_service_limit_and_refuses_a_bad_one(capsys) -> None:
     from opu_tools.cli import _service_limits, build_parser, main
-    from opu_driver.service.server import ServiceLimits
+    from opu_driver.service import ServiceLimits
 
     args = build_parser().parse_args(["serve", "--max-device-bytes", "1000000", "--max-pending-connections", "3",
                                       "--hello-timeout-s", "0.5"])

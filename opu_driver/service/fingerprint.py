@@ -1,0 +1,105 @@
+"""What the OPU service reads of its device, once at start: the identity and geometry that HELLO is checked
+against and WELCOME announces (:class:`ServedDevice`), and the fingerprint of what fixes the served random matrix
+(:func:`device_fingerprint`), which clients compare across reconnects.
+
+These are the service's only reads of the Opu's state (the device thread alone makes its device calls, in
+``scheduler``); the ones beneath the Opu's public API (camera settings, laser power, the linear mode's reference
+fraction and layout) are all here, so that moving them to public Opu methods touches this module only.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..encoding.layouts import SplitLayout
+from ..errors import InvalidInputError
+
+__all__ = ["ServedDevice", "read_served_device", "device_fingerprint"]
+
+
+@dataclass(frozen=True)
+class ServedDevice:
+    """The served device as read at start (the service never reads these again while it runs).
+
+    Attributes:
+        model, serial_number, firmware_version: its identity (announced in WELCOME).
+        camera_pixels: camera width x height, the most n_components a client may ask for.
+        dmd_width, dmd_height: the DMD's size in mirrors, which bounds n_features.
+        reference_fraction: the linear mode's share of the DMD kept for its reference.
+        frame_time_us: the camera's frame time (one DMD frame's device time), None when it cannot be read.
+        fingerprint: :func:`device_fingerprint` of the device at start.
+    """
+
+    model: str
+    serial_number: str
+    firmware_version: str
+    camera_pixels: int
+    dmd_width: int
+    dmd_height: int
+    reference_fraction: float
+    frame_time_us: int | None
+    fingerprint: str
+
+    def features_problem(self, n_features: int) -> str | None:
+        """Why ``n_features`` cannot be projected (it must fit on the DMD beside the linear mode's reference),
+        or None when it can."""
+        try:
+            SplitLayout(n_features, self.dmd_width, self.dmd_height, reference_fraction=self.reference_fraction)
+        except InvalidInputError as exc:
+            return str(exc)
+        return None
+
+
+def read_served_device(opu: Any) -> ServedDevice:
+    """Read what the service needs of ``opu`` once, at start.
+
+    Raises:
+        whatever reading the identity or the linear mode's reference fraction raises (the service cannot serve
+        without them); the frame time and the fingerprint's parts never raise.
+    """
+    info = opu.info
+    reference_fraction = float(opu.linear_mode.reference_fraction)
+    return ServedDevice(model=info.model, serial_number=info.serial_number,
+                        firmware_version=info.firmware_version,
+                        camera_pixels=info.camera_width * info.camera_height, dmd_width=info.dmd_width,
+                        dmd_height=info.dmd_height, reference_fraction=reference_fraction,
+                        frame_time_us=_frame_time_us(opu), fingerprint=device_fingerprint(opu))
+
+
+def _frame_time_us(opu: Any) -> int | None:
+    """The camera's frame time (one DMD frame's device time), or None when unknown."""
+    with contextlib.suppress(Exception):
+        value = opu.camera.settings.frame_time_us
+        return int(value) if value is not None else None
+    return None
+
+
+def device_fingerprint(opu: Any) -> str:
+    """A short hash of what fixes the served random matrix B and its scale: the device identity, the camera
+    settings (exposure, frame time, gain, pixel format), the laser power, the linear mode's reference fraction,
+    and the calibration record applied at open (its file and date). Clients compare it across reconnects (with
+    model, serial number and firmware) and refuse results from a service whose fingerprint changed.
+
+    The linear mode's per-size reference calibration is measured by the service after start and is not part of
+    it: it re-measures the same device under the same settings, so B is the same up to measurement noise."""
+    info = opu.info
+    state: dict[str, Any] = {"model": info.model, "serial_number": info.serial_number,
+                             "firmware_version": info.firmware_version}
+    with contextlib.suppress(Exception):
+        camera = opu.camera.settings
+        pixel_format = getattr(camera.pixel_format, "name", camera.pixel_format)
+        state["camera"] = [camera.exposure_us, camera.frame_time_us, camera.gain, str(pixel_format)]
+    with contextlib.suppress(Exception):
+        state["laser_power_mw"] = opu.controller.laser_power_mw
+    with contextlib.suppress(Exception):
+        state["reference_fraction"] = float(opu.linear_mode.reference_fraction)
+    with contextlib.suppress(Exception):
+        applied = opu.calibration
+        if applied is not None:
+            record = applied.record
+            state["calibration"] = [str(record.path), record.created.isoformat(), list(applied.applied)]
+    text = json.dumps(state, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
