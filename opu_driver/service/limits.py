@@ -4,18 +4,19 @@ every service thread increments."""
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-import numpy as np
-
-from ..errors import ConfigurationError
+from ..validation import Validated, setting
 
 __all__ = ["ServiceLimits", "ServiceStats", "StatsCounter"]
 
 
 @dataclass(frozen=True)
-class ServiceLimits:
+class ServiceLimits(Validated):
     """What the service accepts, and how long it waits.
+
+    Counts and byte sizes are integers >= 1 (a float such as 2.0 is refused here rather than failing after the
+    device was opened), times finite numbers > 0; anything else is a ``ConfigurationError`` naming the field.
 
     Attributes:
         max_clients: authenticated clients (HELLO accepted) served at once; more are refused with an ERROR
@@ -40,37 +41,20 @@ class ServiceLimits:
             client bound by the device never reaches the default; a flood of empty or refused requests does.
     """
 
-    max_clients: int = 32
-    max_pending_connections: int = 16
-    max_batch: int = 4096
-    max_message_bytes: int = 128 * 1024 * 1024
-    max_header_bytes: int = 16 * 1024
-    max_device_rows: int = 65_536
-    max_device_bytes: int = 256 * 1024 * 1024
-    hello_timeout_s: float = 5.0
-    idle_timeout_s: float = 600.0
-    message_timeout_s: float = 10.0
-    request_timeout_s: float = 300.0
-    send_timeout_s: float = 30.0
-    max_requests_per_s: float = 1000.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_s"):
-                ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-                      and 0 < value < float("inf"))
-                if ok:
-                    object.__setattr__(self, f.name, float(value))
-            else:  # counts and byte sizes: integers only (2.0 would fail later, after the device was opened)
-                ok = not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value > 0
-                if ok:
-                    object.__setattr__(self, f.name, int(value))
-            if not ok:
-                kind = "a finite number > 0" if f.name.endswith("_s") else "an integer > 0"
-                raise ConfigurationError(f"{f.name} must be {kind}, got {value!r}")
-        if self.max_requests_per_s < 1:  # slower pacing would hold a request past a client's timeout
-            raise ConfigurationError(f"max_requests_per_s must be >= 1, got {self.max_requests_per_s!r}")
+    max_clients: int = setting(32, kind="int", low=1)
+    max_pending_connections: int = setting(16, kind="int", low=1)
+    max_batch: int = setting(4096, kind="int", low=1)
+    max_message_bytes: int = setting(128 * 1024 * 1024, kind="int", low=1)
+    max_header_bytes: int = setting(16 * 1024, kind="int", low=1)
+    max_device_rows: int = setting(65_536, kind="int", low=1)
+    max_device_bytes: int = setting(256 * 1024 * 1024, kind="int", low=1)
+    hello_timeout_s: float = setting(5.0, kind="number", low=0, low_open=True)
+    idle_timeout_s: float = setting(600.0, kind="number", low=0, low_open=True)
+    message_timeout_s: float = setting(10.0, kind="number", low=0, low_open=True)
+    request_timeout_s: float = setting(300.0, kind="number", low=0, low_open=True)
+    send_timeout_s: float = setting(30.0, kind="number", low=0, low_open=True)
+    # at least 1: slower pacing would hold a request past a client's timeout
+    max_requests_per_s: float = setting(1000.0, kind="number", low=1)
 
 
 @dataclass(frozen=True)

@@ -633,7 +633,9 @@ def test_tokens_never_appear_in_error_messages(url: str) -> None:
 
 
 @pytest.mark.parametrize("limit, value", [("max_clients", 2.0), ("max_batch", True), ("max_device_bytes", 1.5),
-                                          ("max_pending_connections", "4"), ("hello_timeout_s", float("inf"))])
+                                          ("max_pending_connections", "4"), ("hello_timeout_s", float("inf")),
+                                          ("max_header_bytes", -1), ("send_timeout_s", 0),
+                                          ("idle_timeout_s", float("nan")), ("message_timeout_s", False)])
 def test_limits_must_have_the_right_type_before_the_device_opens(limit: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=limit):
         OpuService("sim://?this-url-is-never-opened", **{limit: value})
