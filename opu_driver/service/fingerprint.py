@@ -11,13 +11,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
 
-__all__ = ["ServedDevice", "read_served_device", "device_fingerprint"]
+__all__ = ["ServedDevice", "read_served_device", "device_fingerprint", "fingerprint_parts", "UNREADABLE"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ def read_served_device(opu: Any) -> ServedDevice:
 
     Raises:
         whatever reading the identity or the linear mode's reference fraction raises (the service cannot serve
-        without them); the frame time and the fingerprint's parts never raise.
+        without them); the frame time (None) and the fingerprint's other parts (:data:`UNREADABLE`) never raise.
     """
     info = opu.info
     reference_fraction = float(opu.linear_mode.reference_fraction)
@@ -77,29 +81,67 @@ def _frame_time_us(opu: Any) -> int | None:
     return None
 
 
+UNREADABLE = "unreadable"
+"""What :func:`fingerprint_parts` records for a part it could not read (no real value of any part is this string)."""
+
+
+def fingerprint_parts(opu: Any) -> dict[str, Any]:
+    """What the fingerprint covers, part by part: the device identity (``model``, ``serial_number``,
+    ``firmware_version``), the camera settings (``camera``: exposure, frame time, gain, pixel format), the laser
+    power (``laser_power_mw``), the linear mode's reference fraction (``reference_fraction``) and the calibration
+    record applied at open (``calibration``: its file, date and applied parts; absent when none was applied).
+
+    A part that cannot be read is recorded as :data:`UNREADABLE` and a warning names it, rather than being left
+    out unnoticed: the fingerprint then cannot tell a change of that part, and whoever runs the service should know.
+
+    Raises:
+        whatever reading the identity raises (the service cannot serve a device it cannot identify).
+    """
+    info = opu.info
+    parts: dict[str, Any] = {"model": info.model, "serial_number": info.serial_number,
+                             "firmware_version": info.firmware_version}
+    parts["camera"] = _read_part("camera", _camera_settings, opu)
+    parts["laser_power_mw"] = _read_part("laser_power_mw", lambda opu: opu.controller.laser_power_mw, opu)
+    parts["reference_fraction"] = _read_part("reference_fraction",
+                                             lambda opu: float(opu.linear_mode.reference_fraction), opu)
+    calibration = _read_part("calibration", _applied_calibration, opu)
+    if calibration is not None:
+        parts["calibration"] = calibration
+    return parts
+
+
 def device_fingerprint(opu: Any) -> str:
-    """A short hash of what fixes the served random matrix B and its scale: the device identity, the camera
-    settings (exposure, frame time, gain, pixel format), the laser power, the linear mode's reference fraction,
-    and the calibration record applied at open (its file and date). Clients compare it across reconnects (with
-    model, serial number and firmware) and refuse results from a service whose fingerprint changed.
+    """A short hash (16 hex digits) of :func:`fingerprint_parts`: what fixes the served random matrix B and its
+    scale. Clients compare it across reconnects (with model, serial number and firmware) and refuse results from a
+    service whose fingerprint changed.
 
     The linear mode's per-size reference calibration is measured by the service after start and is not part of
     it: it re-measures the same device under the same settings, so B is the same up to measurement noise."""
-    info = opu.info
-    state: dict[str, Any] = {"model": info.model, "serial_number": info.serial_number,
-                             "firmware_version": info.firmware_version}
-    with contextlib.suppress(Exception):
-        camera = opu.camera.settings
-        pixel_format = getattr(camera.pixel_format, "name", camera.pixel_format)
-        state["camera"] = [camera.exposure_us, camera.frame_time_us, camera.gain, str(pixel_format)]
-    with contextlib.suppress(Exception):
-        state["laser_power_mw"] = opu.controller.laser_power_mw
-    with contextlib.suppress(Exception):
-        state["reference_fraction"] = float(opu.linear_mode.reference_fraction)
-    with contextlib.suppress(Exception):
-        applied = opu.calibration
-        if applied is not None:
-            record = applied.record
-            state["calibration"] = [str(record.path), record.created.isoformat(), list(applied.applied)]
-    text = json.dumps(state, sort_keys=True, default=str, separators=(",", ":"))
+    text = json.dumps(fingerprint_parts(opu), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _read_part(name: str, read: Callable[[Any], Any], opu: Any) -> Any:
+    """``read(opu)``, or :data:`UNREADABLE` with a warning when it raises (whatever the reason: a fingerprint
+    with a part marked unreadable is still served, and the warning says what it no longer covers)."""
+    try:
+        return read(opu)
+    except Exception as exc:
+        _log.warning("device fingerprint: %s cannot be read (%s: %s); it is recorded as %r, so clients cannot "
+                     "tell a change of it across reconnects", name, type(exc).__name__, exc, UNREADABLE)
+        return UNREADABLE
+
+
+def _camera_settings(opu: Any) -> list[Any]:
+    camera = opu.camera.settings
+    pixel_format = getattr(camera.pixel_format, "name", camera.pixel_format)
+    return [camera.exposure_us, camera.frame_time_us, camera.gain, str(pixel_format)]
+
+
+def _applied_calibration(opu: Any) -> list[Any] | None:
+    """The calibration record applied at open (file, date, applied parts), None when none was applied."""
+    applied = opu.calibration
+    if applied is None:
+        return None
+    record = applied.record
+    return [str(record.path), record.created.isoformat(), list(applied.applied)]
