@@ -129,7 +129,7 @@ def _serve_opu_settings(args: argparse.Namespace) -> dict[str, object]:
 
 def _service_limits(args: argparse.Namespace) -> dict[str, int | float]:
     """The ServiceLimits fields given on the command line (the others keep their defaults)."""
-    from opu_driver.service.server import ServiceLimits
+    from opu_driver.service import ServiceLimits
 
     names = (f.name for f in dataclasses.fields(ServiceLimits))
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -137,7 +137,7 @@ def _service_limits(args: argparse.Namespace) -> dict[str, int | float]:
 
 def _add_service_limit_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`ServiceLimits` field (``--max-device-bytes`` ...), so the CLI cannot fall behind."""
-    from opu_driver.service.server import ServiceLimits
+    from opu_driver.service import ServiceLimits
 
     defaults = ServiceLimits()
     for f in dataclasses.fields(ServiceLimits):

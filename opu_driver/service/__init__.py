@@ -5,8 +5,10 @@
         service.serve_forever()
 
 Clients use ``dfa_client.connect("tcp://127.0.0.1:5000", n_components=...)``. The message format, the limits and
-the security model are in docs/service.md.
+the security model are in docs/service.md, and so is how the package is organised (one module per concern:
+``server``, ``session``, ``scheduler``, ``fingerprint``, ``limits``).
 """
-from .server import OpuService, ServiceLimits, ServiceStats, is_loopback
+from .limits import ServiceLimits, ServiceStats
+from .server import OpuService, is_loopback
 
 __all__ = ["OpuService", "ServiceLimits", "ServiceStats", "is_loopback"]

@@ -633,7 +633,9 @@ def test_tokens_never_appear_in_error_messages(url: str) -> None:
 
 
 @pytest.mark.parametrize("limit, value", [("max_clients", 2.0), ("max_batch", True), ("max_device_bytes", 1.5),
-                                          ("max_pending_connections", "4"), ("hello_timeout_s", float("inf"))])
+                                          ("max_pending_connections", "4"), ("hello_timeout_s", float("inf")),
+                                          ("max_header_bytes", -1), ("send_timeout_s", 0),
+                                          ("idle_timeout_s", float("nan")), ("message_timeout_s", False)])
 def test_limits_must_have_the_right_type_before_the_device_opens(limit: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=limit):
         OpuService("sim://?this-url-is-never-opened", **{limit: value})
@@ -719,7 +721,7 @@ def _welcome_and_read_request(listener: socket.socket):
 
 def test_opu_serve_has_a_flag_for_every_service_limit_and_refuses_a_bad_one(capsys) -> None:
     from opu_tools.cli import _service_limits, build_parser, main
-    from opu_driver.service.server import ServiceLimits
+    from opu_driver.service import ServiceLimits
 
     args = build_parser().parse_args(["serve", "--max-device-bytes", "1000000", "--max-pending-connections", "3",
                                       "--hello-timeout-s", "0.5"])

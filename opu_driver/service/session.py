@@ -1,0 +1,375 @@
+"""One client connection of the OPU service, from its HELLO to its close, served by a thread of its own.
+
+A session checks the HELLO (protocol version, token, options) and asks the service to admit the client, answers
+WELCOME, then reads PROJECT requests one at a time: each is checked (its shape from its header, before its payload
+is read, then its values), paced to ``max_requests_per_s``, submitted to the scheduler and waited for, and its
+reply written by this same thread. One request in flight per connection, so a reply can only ever go to the
+request that asked for it.
+
+A connection's payload is bounded by its max_batch x n_features once its width is known, and a request whose
+client disconnected (or timed out) while it waited is marked abandoned, so the device thread skips it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dfa_client import wire
+from dfa_client.errors import ProtocolVersionError
+from dfa_client.wire import MessageType, MessageTooLargeError, PeerClosedError, ProtocolError, WireLimits
+
+from .._version import __version__
+from ..opu import PROJECTION_SCHEMES
+from .fingerprint import ServedDevice
+from .limits import ServiceLimits, StatsCounter
+from .scheduler import Scheduler
+
+__all__ = ["Connection", "ServiceContext", "Session"]
+
+_log = logging.getLogger(__name__)
+
+_PEER_POLL_S = 0.05  # how often a connection waiting for the device checks that its client is still there
+
+
+class Connection:
+    """One accepted connection as the service's connection pool sees it (the session holds what its HELLO
+    fixed)."""
+
+    def __init__(self, number: int, sock: socket.socket, peer: Any) -> None:
+        self.number = number
+        self.sock = sock
+        self.peer = peer
+        self.lock = threading.Lock()
+        self.busy = False  # a request was read and its reply is not written yet
+        self.authenticated = False  # HELLO accepted: counts toward max_clients
+        self.evicted = False  # dropped from the handshake pool to make room
+        self.thread: threading.Thread | None = None
+
+    def shutdown(self) -> None:
+        """Wake the connection's thread from a blocking read (it then closes the socket)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What every session shares with the service, fixed at start.
+
+    Attributes:
+        limits: the service's limits.
+        token: the shared secret (UTF-8) a HELLO must carry, None when none is needed.
+        device: the served device as read at start.
+        scheduler: where requests go to the device.
+        stats: the service's counters.
+        admit: moves a connection whose HELLO was accepted from the handshake pool to the clients; returns a
+            refusal (kind, message) when it cannot.
+    """
+
+    limits: ServiceLimits
+    token: bytes | None
+    device: ServedDevice
+    scheduler: Scheduler
+    stats: StatsCounter
+    admit: Callable[[Connection], tuple[str, str] | None]
+
+
+class _TokenBucket:
+    """Paces one connection's requests to ``rate_per_s``, with a burst of one second's worth."""
+
+    def __init__(self, rate_per_s: float) -> None:
+        self.rate_per_s = rate_per_s
+        self.capacity = max(1.0, rate_per_s)
+        self.tokens = self.capacity
+        self.last = time.monotonic()
+
+    def wait_s(self) -> float:
+        """Take one token; how long to wait first (0 when one is there)."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate_per_s)
+        self.last = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate_per_s
+
+
+class _RefusedRequest(Exception):
+    """A PROJECT refused from its header (its payload unread): answered with an ERROR, then the connection
+    closes."""
+
+    def __init__(self, request_id: int, message: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.message = message
+
+
+class Session:
+    """Serve one connection (:meth:`run`, on the connection's own thread) with what its HELLO fixed."""
+
+    def __init__(self, conn: Connection, context: ServiceContext) -> None:
+        self.conn = conn
+        self.context = context
+        self.n_features: int | None = None
+        self.n_components = 0
+        self.scheme = "four_frame"
+        self.n_bits: int | None = None
+        self.max_batch = 1
+        # full from the start (refills are capped at one second's worth), so its creation time does not matter
+        self.bucket = _TokenBucket(context.limits.max_requests_per_s)
+
+    def run(self) -> None:
+        """Handshake, then requests until BYE, a close, a timeout, a protocol error or the service's stop; the
+        socket is closed on return. Never raises for anything the client does."""
+        conn, context = self.conn, self.context
+        sock, limits, stats = conn.sock, context.limits, context.stats
+        try:
+            # The whole HELLO within hello_timeout_s (a total deadline: trickling bytes does not extend it).
+            hello = wire.read_message(sock, WireLimits(limits.max_header_bytes, 0),
+                                      time.monotonic() + limits.hello_timeout_s)
+            if hello.type != MessageType.HELLO:
+                raise ProtocolError(f"the first message must be HELLO, got {hello.type.name}")
+            refusal = self._accept_hello(hello.header)
+            if refusal is None:
+                refusal = context.admit(conn)
+            sock.settimeout(limits.send_timeout_s)
+            if refusal is not None:
+                kind, message = refusal
+                _log.warning("client %d (%s) refused: %s", conn.number, conn.peer, message)
+                wire.send_message(sock, MessageType.ERROR, hello.request_id, {"kind": kind, "message": message})
+                return
+            wire.send_message(sock, MessageType.WELCOME, hello.request_id, self._welcome())
+
+            def check_header(prefix: wire.Prefix, header: dict[str, Any], spec: Any) -> None:
+                if prefix.type == MessageType.PROJECT:
+                    problem = self._check_shape(None if spec is None else spec[1])
+                    if problem is not None:
+                        raise _RefusedRequest(prefix.request_id, problem)
+
+            while not context.scheduler.stopping:
+                message = wire.read_message(sock, self._request_limits(),
+                                            time.monotonic() + limits.idle_timeout_s, limits.message_timeout_s,
+                                            check_header)
+                if message.type == MessageType.BYE:
+                    return
+                if message.type != MessageType.PROJECT:
+                    raise ProtocolError(f"unexpected {message.type.name} from a client")
+                with conn.lock:
+                    conn.busy = True
+                try:
+                    self._pace()
+                    reply_type, header, array = self._handle_project(message)
+                    sock.settimeout(limits.send_timeout_s)
+                    wire.send_message(sock, reply_type, message.request_id, header, array)
+                finally:
+                    with conn.lock:
+                        conn.busy = False
+        except _RefusedRequest as exc:
+            # The shape was refused from the header: the payload stays unread, so the stream cannot continue.
+            stats.count(requests=1, request_errors=1)
+            _log.info("client %d (%s): request refused from its header: %s; closing", conn.number, conn.peer,
+                      exc.message)
+            _send_error_and_close(sock, exc.request_id, "InvalidInputError", exc.message)
+        except ProtocolVersionError as exc:
+            stats.count(protocol_errors=1)
+            _send_error_and_close(sock, 0, "ProtocolVersionError", str(exc))
+        except MessageTooLargeError as exc:
+            stats.count(protocol_errors=1)
+            _log.warning("client %d (%s): %s; closing", conn.number, conn.peer, exc)
+            _send_error_and_close(sock, 0, "MessageTooLarge", str(exc))
+        except ProtocolError as exc:
+            stats.count(protocol_errors=1)
+            _log.warning("client %d (%s) broke the protocol: %s; closing", conn.number, conn.peer, exc)
+            _send_error_and_close(sock, 0, "ProtocolError", str(exc))
+        except socket.timeout:
+            _log.info("client %d (%s): timed out (idle, a half-sent message or an unread reply); closing",
+                      conn.number, conn.peer)
+        except PeerClosedError as exc:
+            log = _log.warning if exc.partial else _log.debug
+            log("client %d (%s) disconnected%s", conn.number, conn.peer, " mid-message" if exc.partial else "")
+        except OSError as exc:
+            if not context.scheduler.stopping:
+                _log.info("client %d (%s): connection error %s", conn.number, conn.peer, exc)
+        except Exception:  # a bug must cost this connection only, never the service
+            _log.exception("client %d (%s): unexpected error; closing", conn.number, conn.peer)
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # -- the handshake ------------------------------------------------------------------------------------------
+    def _accept_hello(self, header: dict[str, Any]) -> tuple[str, str] | None:
+        """Fix the connection's settings from its HELLO; (kind, message) when it is refused."""
+        version = header.get("protocol_version")
+        if version != wire.PROTOCOL_VERSION:
+            return "ProtocolVersionError", (f"the client speaks protocol version {version!r}; this service speaks "
+                                            f"{wire.PROTOCOL_VERSION}")
+        token = self.context.token
+        if token is not None:
+            given = header.get("token")
+            # compare_digest: the comparison takes the same time wherever the first differing byte is.
+            if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8"), token):
+                return "AuthenticationError", "wrong or missing token"
+        n_components, n_features = header.get("n_components"), header.get("n_features")
+        scheme, n_bits, max_batch = header.get("scheme"), header.get("n_bits"), header.get("max_batch")
+        pixels = self.context.device.camera_pixels
+        if not _is_count(n_components) or not 1 <= n_components <= pixels:
+            return "InvalidInputError", f"n_components={n_components!r}: the device has {pixels} camera pixels"
+        if n_features is not None:
+            if not _is_count(n_features):
+                return "InvalidInputError", f"n_features={n_features!r} must be null or a positive integer"
+            problem = self.context.device.features_problem(n_features)
+            if problem:
+                return "InvalidInputError", problem
+        if scheme not in PROJECTION_SCHEMES:
+            return "InvalidInputError", f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}"
+        if n_bits is not None and (not _is_count(n_bits) or not 1 <= n_bits <= 16):
+            return "InvalidInputError", f"n_bits={n_bits!r} must be null or an integer within 1..16"
+        if not _is_count(max_batch):
+            return "InvalidInputError", f"max_batch={max_batch!r} must be a positive integer"
+        self.n_components, self.n_features, self.scheme, self.n_bits = n_components, n_features, scheme, n_bits
+        self.max_batch = min(max_batch, self.context.limits.max_batch)
+        return None
+
+    def _welcome(self) -> dict[str, Any]:
+        """WELCOME's header: the device's identity and what this connection may send."""
+        device, limits = self.context.device, self.context.limits
+        return {
+            "protocol_version": wire.PROTOCOL_VERSION,
+            "service_version": __version__,
+            "model": device.model,
+            "serial_number": device.serial_number,
+            "firmware_version": device.firmware_version,
+            "n_features": self.n_features,
+            "n_components": self.n_components,
+            "max_batch": self.max_batch,
+            "max_message_bytes": limits.max_message_bytes,
+            "max_header_bytes": limits.max_header_bytes,
+            "device_fingerprint": device.fingerprint,
+            "frame_time_us": device.frame_time_us,
+        }
+
+    # -- requests -----------------------------------------------------------------------------------------------
+    def _request_limits(self) -> WireLimits:
+        """What a PROJECT of this connection may carry: once its width is known, max_batch x n_features float64
+        values (never more than max_message_bytes), so a connection cannot make the service hold more."""
+        limits = self.context.limits
+        payload_bytes = limits.max_message_bytes
+        if self.n_features is not None:
+            payload_bytes = min(payload_bytes, self.max_batch * self.n_features * 8)
+        return WireLimits(limits.max_header_bytes, payload_bytes)
+
+    def _check_shape(self, shape: tuple[int, ...] | None) -> str | None:
+        """Why a PROJECT of this shape is refused (checked from its header, before its payload is read)."""
+        if shape is None or len(shape) != 2:
+            return "PROJECT needs a 2-D (batch, n_features) array payload"
+        batch, width = shape
+        if self.n_features is None:
+            device = self.context.device
+            if width < 1:
+                return "errors have zero features"
+            if width > device.dmd_width * device.dmd_height:
+                return f"{width} features do not fit the {device.dmd_width}x{device.dmd_height} DMD"
+        elif width != self.n_features:
+            return f"errors have {width} features; this connection takes {self.n_features}"
+        if batch > self.max_batch:
+            return f"a batch of {batch} exceeds max_batch={self.max_batch}"
+        return None
+
+    def _check_request(self, E: np.ndarray | None) -> str | None:
+        """Why a PROJECT's errors are refused, or None; the first accepted one fixes the connection's width."""
+        if E is None or E.ndim != 2:
+            return "PROJECT needs a 2-D (batch, n_features) array payload"
+        batch, width = E.shape
+        if self.n_features is None:
+            if width < 1:
+                return "errors have zero features"
+            problem = self.context.device.features_problem(width)
+            if problem:
+                return problem
+            self.n_features = width  # fixed by the first call, as in-process projectors do
+        elif width != self.n_features:
+            return f"errors have {width} features; this connection takes {self.n_features}"
+        if batch > self.max_batch:
+            return f"a batch of {batch} exceeds max_batch={self.max_batch}"
+        if not np.isfinite(E).all():
+            return "errors contain NaN or Inf"
+        return None
+
+    def _pace(self) -> None:
+        """Hold a PROJECT that came faster than ``max_requests_per_s`` until its turn (its client waits for the
+        reply, so its next request comes later: pacing, not refusal)."""
+        wait_s = self.bucket.wait_s()
+        if wait_s <= 0:
+            return
+        self.context.stats.count(requests_paced=1)
+        resume = time.monotonic() + wait_s
+        while not self.context.scheduler.stopping and time.monotonic() < resume:
+            time.sleep(min(_PEER_POLL_S, max(0.0, resume - time.monotonic())))
+
+    def _handle_project(self, message: wire.Message) -> tuple[MessageType, dict[str, Any], np.ndarray | None]:
+        """Validate a PROJECT, hand it to the device thread, wait for it; the reply (type, header, array)."""
+        stats, limits = self.context.stats, self.context.limits
+        stats.count(requests=1)
+        problem = self._check_request(message.array)
+        if problem is not None:
+            stats.count(request_errors=1)
+            return MessageType.ERROR, {"kind": "InvalidInputError", "message": problem}, None
+        E = message.array
+        assert E is not None
+        if E.shape[0] == 0:
+            return MessageType.RESULT, {}, np.zeros((0, self.n_components), dtype=np.float32)
+        request = self.context.scheduler.submit(E, self.n_components, self.scheme, self.n_bits)
+        deadline = time.monotonic() + limits.request_timeout_s
+        while not request.done.wait(_PEER_POLL_S):
+            if _peer_closed(self.conn.sock):
+                # The client is gone (it closed, or timed out and dropped the connection): the device skips the
+                # request if it has not taken it yet, and nothing is written.
+                request.abandoned = True
+                stats.count(requests_abandoned=1)
+                raise PeerClosedError("the client disconnected while its request waited")
+            if time.monotonic() >= deadline:
+                request.abandoned = True
+                stats.count(request_errors=1)
+                return MessageType.ERROR, {"kind": "RequestTimeoutError", "message": "the device did not answer "
+                                           f"within {limits.request_timeout_s} s"}, None
+        if request.error is not None:
+            stats.count(request_errors=1)
+            kind, text = request.error
+            return MessageType.ERROR, {"kind": kind, "message": text}, None
+        stats.count(vectors=E.shape[0])
+        return MessageType.RESULT, {}, request.result
+
+
+def _send_error_and_close(sock: socket.socket, request_id: int, kind: str, message: str) -> None:
+    """Best effort: tell the client why (within a second), then close."""
+    with contextlib.suppress(OSError):
+        sock.settimeout(1.0)
+        wire.send_message(sock, MessageType.ERROR, request_id, {"kind": kind, "message": message})
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the client closed its side (a non-blocking peek: data waiting means it is still there)."""
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset, or the socket was shut down by stop()
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
+def _is_count(value: object) -> bool:
+    """Whether ``value`` is an int >= 1 (not a bool): JSON numbers from a HELLO."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
