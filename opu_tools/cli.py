@@ -29,14 +29,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     with open_opu(args.url, laser_on=False) as opu:
         info = opu.info.as_dict()
-        info["laser_power_mw"] = opu.controller.laser_power_mw
-        info["temperature_c"] = opu.controller.temperature_c
-        info["interlock_ok"] = opu.controller.interlock_ok
-        info["trigger_mode"] = opu.controller.trigger_mode.value
-        settings = opu.camera.settings
-        info["exposure_us"] = settings.exposure_us
-        info["frame_time_us"] = settings.frame_time_us
-        info["pixel_format"] = settings.pixel_format.name
+        status = opu.status()
+        info["laser_power_mw"] = status.laser_power_mw
+        info["temperature_c"] = status.temperature_c
+        info["interlock_ok"] = status.interlock_ok
+        info["trigger_mode"] = status.trigger_mode.value
+        info["exposure_us"] = status.camera.exposure_us
+        info["frame_time_us"] = status.camera.frame_time_us
+        info["pixel_format"] = status.camera.pixel_format.name if status.camera.pixel_format else None
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 
-from dataclasses import replace
 
 from opu_driver.encoding.layouts import MacroPixelLayout
 from opu_driver.errors import InvalidInputError
@@ -34,11 +33,12 @@ def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: i
             MacroPixelLayout(n_features, info.dmd_width, info.dmd_height, macro_px)
         except InvalidInputError:
             macro_px = MacroPixelLayout.largest_side(n_features, info.dmd_width, info.dmd_height)
-        opu.settings = replace(opu.settings, macro_px=macro_px)
+        opu.set_layout("macro", macro_px)
         print(f"Device: {info.manufacturer} {info.model}, serial {info.serial_number}, firmware {info.firmware_version}")
         print(f"  DMD {info.dmd_width}x{info.dmd_height} mirrors, camera {info.camera_width}x{info.camera_height} "
               f"pixels, formats {', '.join(info.pixel_formats)}")
-        print(f"  laser {opu.controller.laser_power_mw:.1f} mW, medium at {opu.controller.temperature_c:.2f} C")
+        status = opu.status()
+        print(f"  laser {status.laser_power_mw:.1f} mW, medium at {status.temperature_c:.2f} C")
         print()
         print(f"Layout: {n_features} features as {macro_px}x{macro_px}-mirror macro-pixels")
         print(f"Projecting {batch} random binary vectors of {n_features} features to {n_components} outputs ...")

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInputError
+from ..native import RunTable, encode_frames
 
 __all__ = ["Layout", "LinedLayout", "MacroPixelLayout", "SplitLayout", "make_layout", "LAYOUT_KINDS"]
 
@@ -89,18 +90,14 @@ class Layout(ABC):
         return self._expand_table(bits)
 
     def _expand_table(self, bits: np.ndarray) -> npt.NDArray[np.uint8]:
-        from ..native import encode_frames
-
         if bits.dtype not in (np.uint8, np.bool_):
             bits = bits.astype(np.bool_)  # the kernels take bytes; any nonzero value is ON, as in a feature frame
         return encode_frames(bits, self.run_table, self.dmd_width * self.dmd_height)
 
     @cached_property
-    def run_table(self):
+    def run_table(self) -> RunTable:
         """The runs checked and planned once for the data path's kernels (opu_driver.native.RunTable)."""
-        from ..native import RunTable
-
-        return RunTable.from_layout(self)
+        return RunTable(self.runs, self.dmd_width * self.dmd_height, row_width=self.dmd_width)
 
 
 @dataclass(frozen=True)

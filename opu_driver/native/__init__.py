@@ -2,7 +2,6 @@
 
 Kernels:
     encode_frames: feature bits -> packed raw DMD frames through a layout's runs of mirrors.
-    decode_pixels / decode_pixels_batch: camera payloads (MONO8 .. MONO12P) -> float32, with a pixel gather.
     combine_four / combine_two: the differential combination of frames of the linear mode.
 
 The C library is compiled at first use into a per-user cache (see opu_driver.native.build). Without a compiler,
@@ -20,16 +19,14 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import LibraryLoadError, ProtocolError
+from ..errors import LibraryLoadError
 from . import fallback
-from .checks import RunTable, as_table, check_bits, check_combine, check_frames, check_index, check_pixel_data
+from .checks import RunTable, as_table, check_bits, check_combine
 
 __all__ = [
     "RunTable",
     "backend",
     "encode_frames",
-    "decode_pixels",
-    "decode_pixels_batch",
     "combine_four",
     "combine_two",
 ]
@@ -78,7 +75,7 @@ def encode_frames(bits: npt.ArrayLike, runs: RunTable | npt.ArrayLike, n_mirrors
     Args:
         bits: (n, n_features) uint8 or bool feature frames; a nonzero value turns the feature's mirrors ON.
         runs: the layout's (M, 3) runs (feature, first_mirror, n_mirrors), or a RunTable built once from them
-            (``RunTable.from_layout(layout)``): faster, because the checks and planning are not repeated.
+            (``layout.run_table``): faster, because the checks and planning are not repeated.
         n_mirrors: mirrors in a frame (width * height).
 
     Returns:
@@ -105,61 +102,6 @@ def encode_frames(bits: npt.ArrayLike, runs: RunTable | npt.ArrayLike, n_mirrors
         table.frame_bytes, ffi.from_buffer("uint8_t[]", out),
     )
     return out
-
-
-def _decode_native(mod: ModuleType, pf: int, frames: np.ndarray, n_pixels: int, idx: np.ndarray | None,
-                   check: bool) -> np.ndarray:
-    n_out = n_pixels if idx is None else idx.shape[0]
-    out = np.empty((frames.shape[0], n_out), dtype=np.float32)
-    if frames.shape[0] == 0 or (n_out == 0 and not check) or n_pixels == 0:
-        return out
-    ffi, lib = mod.ffi, mod.lib  # type: ignore[attr-defined]
-    if idx is not None and idx.size == 0:
-        # The C kernel reads a NULL index as "every pixel": an empty gather needs a real (unused) pointer.
-        idx = np.zeros(1, dtype=np.int64)
-    bad = lib.opu_decode_pixels(
-        int(pf), ffi.from_buffer("uint8_t[]", frames), frames.shape[0], frames.shape[1], n_pixels,
-        ffi.from_buffer("int64_t[]", idx) if idx is not None else ffi.NULL, n_out,
-        ffi.from_buffer("float[]", out) if out.size else ffi.NULL, 1 if check else 0,
-    )
-    if bad:
-        raise ProtocolError(f"{pf.name}: a pixel has bits set above its range")  # type: ignore[union-attr]
-    return out
-
-
-def decode_pixels(
-    fmt: int, data: bytes | bytearray | memoryview | npt.ArrayLike, n_pixels: int,
-    pixel_index: npt.ArrayLike | None = None, check: bool = True,
-) -> npt.NDArray[np.float32]:
-    """Pixels of one camera payload as float32, gathered at ``pixel_index`` (in its order), or all when None.
-
-    Args:
-        fmt: pixel format code (protocol section 1.5): 1 MONO8, 2 MONO10, 3 MONO12, 4 MONO10P, 5 MONO12P.
-        data: exactly the format's byte count for n_pixels (bytes-like or 1-D uint8).
-        n_pixels: pixels in the payload (roi_w * roi_h).
-        pixel_index: 1-D integer indices into 0..n_pixels-1, or None.
-        check: scan the whole payload of MONO10/MONO12 for bits above the range (as protocol.decode_pixels).
-
-    Raises:
-        InvalidInputError: unknown format, wrong byte count, indices out of range.
-        ProtocolError: bits above the range (MONO10/MONO12) or padding bits set (packed formats).
-    """
-    mod = _native()
-    if mod is None:
-        return fallback.decode_pixels(fmt, data, n_pixels, pixel_index, check)
-    pf, frames = check_pixel_data(fmt, data, n_pixels)
-    return _decode_native(mod, pf, frames, int(n_pixels), check_index(pixel_index, n_pixels), check)[0]
-
-
-def decode_pixels_batch(
-    fmt: int, frames: npt.ArrayLike, n_pixels: int, pixel_index: npt.ArrayLike | None = None, check: bool = True,
-) -> npt.NDArray[np.float32]:
-    """Like decode_pixels for many payloads at once: frames uint8 (n_frames, frame_bytes) -> (n_frames, n_sel)."""
-    mod = _native()
-    if mod is None:
-        return fallback.decode_pixels_batch(fmt, frames, n_pixels, pixel_index, check)
-    pf, arr = check_frames(fmt, frames, n_pixels)
-    return _decode_native(mod, pf, arr, int(n_pixels), check_index(pixel_index, n_pixels), check)
 
 
 def _combine(name: str, n_parts: int, frames: npt.ArrayLike, scale: npt.ArrayLike) -> npt.NDArray[np.float32]:

@@ -29,8 +29,6 @@ CDEF = """
 void opu_encode_frames(const uint8_t *bits, uint64_t n_frames, uint64_t n_features,
                        const uint32_t *runs, uint64_t n_runs, const uint32_t *ops, uint64_t n_ops,
                        uint64_t frame_bytes, uint8_t *out);
-int opu_decode_pixels(int fmt, const uint8_t *data, uint64_t n_frames, uint64_t frame_bytes, uint64_t n_pixels,
-                      const int64_t *index, uint64_t n_sel, float *out, int check);
 void opu_combine_four(const float *frames, uint64_t n, uint64_t m, const float *scale, float *out);
 void opu_combine_two(const float *frames, uint64_t n, uint64_t m, const float *scale, float *out);
 """

@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import InvalidInputError, ProtocolError
-from ..protocol.pixels import PixelFormat, payload_size
+from ..errors import InvalidInputError
 
-if TYPE_CHECKING:
-    from ..encoding.layouts import Layout
-
-__all__ = ["RunTable", "check_bits", "check_frames", "check_pixel_data", "check_index", "check_combine"]
+__all__ = ["RunTable", "as_table", "check_bits", "check_combine"]
 
 _MAX_MIRRORS = 2**32 - 1  # runs are uint32 (protocol section 1.3)
 
@@ -78,11 +73,6 @@ class RunTable:
         if getattr(self, "_frozen", False):
             raise AttributeError(f"RunTable is read-only (checked once for the native kernels): {name}")
         object.__setattr__(self, name, value)
-
-    @classmethod
-    def from_layout(cls, layout: "Layout") -> "RunTable":
-        """The run table of a Layout (row width from its DMD geometry)."""
-        return cls(layout.runs, layout.dmd_width * layout.dmd_height, row_width=layout.dmd_width)
 
     @cached_property
     def mirror_sources(self) -> tuple[np.ndarray, np.ndarray]:
@@ -164,61 +154,6 @@ def as_table(runs: "RunTable | npt.ArrayLike", n_mirrors: int) -> RunTable:
             raise InvalidInputError(f"the run table is for {runs.n_mirrors} mirrors, not {n_mirrors}")
         return runs
     return RunTable(runs, n_mirrors)
-
-
-def _format(fmt: int) -> PixelFormat:
-    try:
-        return PixelFormat(int(fmt))
-    except (ValueError, TypeError):
-        raise InvalidInputError(f"unknown pixel format code {fmt!r}") from None
-
-
-def check_frames(fmt: int, data: npt.ArrayLike, n_pixels: int) -> tuple[PixelFormat, np.ndarray]:
-    """Camera payloads as a C-contiguous uint8 (n_frames, frame_bytes) array of the right size for the format.
-
-    Raises:
-        InvalidInputError: unknown format, bad n_pixels, wrong dtype or byte count.
-        ProtocolError: padding bits of a packed format set (the bytes cannot be a frame of this format).
-    """
-    pf = _format(fmt)
-    if isinstance(n_pixels, bool) or not isinstance(n_pixels, (int, np.integer)) or n_pixels < 0:
-        raise InvalidInputError(f"n_pixels must be a non-negative integer, got {n_pixels!r}")
-    arr = np.asarray(data)
-    if arr.dtype != np.uint8 or arr.ndim != 2:
-        raise InvalidInputError(f"frames must be a 2-D uint8 array, got {arr.dtype} {arr.shape}")
-    expected = payload_size(pf, int(n_pixels))
-    if arr.shape[1] != expected:
-        raise InvalidInputError(f"{pf.name}: {n_pixels} pixels need {expected} bytes a frame, got {arr.shape[1]}")
-    arr = np.ascontiguousarray(arr)
-    if pf in (PixelFormat.MONO10P, PixelFormat.MONO12P) and arr.shape[0] and arr.shape[1]:
-        used = (10 if pf == PixelFormat.MONO10P else 12) * int(n_pixels) % 8
-        if used and np.any(arr[:, -1] >> used):
-            raise ProtocolError(f"{pf.name}: padding bits after the last pixel are not 0")
-    return pf, arr
-
-
-def check_pixel_data(fmt: int, data: "bytes | bytearray | memoryview | npt.ArrayLike", n_pixels: int):
-    """One camera payload (bytes-like or 1-D uint8) as a (1, frame_bytes) uint8 array; see check_frames."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        arr = np.frombuffer(data, dtype=np.uint8)
-    else:
-        arr = np.asarray(data)
-        if arr.dtype != np.uint8 or arr.ndim != 1:
-            raise InvalidInputError(f"data must be bytes or a 1-D uint8 array, got {arr.dtype} {arr.shape}")
-    return check_frames(fmt, arr.reshape(1, -1), n_pixels)
-
-
-def check_index(pixel_index: npt.ArrayLike | None, n_pixels: int) -> np.ndarray | None:
-    """Pixel indices as a C-contiguous int64 array inside 0..n_pixels-1 (None keeps every pixel)."""
-    if pixel_index is None:
-        return None
-    idx = np.asarray(pixel_index)
-    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-        raise InvalidInputError(f"pixel_index must be a 1-D integer array, got {idx.dtype} {idx.shape}")
-    idx = np.ascontiguousarray(idx, dtype=np.int64)
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n_pixels):
-        raise InvalidInputError(f"pixel_index must lie in 0..{n_pixels - 1}")
-    return idx
 
 
 def check_combine(frames: npt.ArrayLike, scale: npt.ArrayLike, n_parts: int) -> tuple[np.ndarray, np.ndarray]:

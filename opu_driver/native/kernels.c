@@ -93,58 +93,6 @@ static void opu_copy_stretches(uint8_t *frame, const uint32_t *ops, uint64_t n_o
     }
 }
 
-/* Camera pixels -> float32. fmt: 1 MONO8, 2 MONO10, 3 MONO12, 4 MONO10P, 5 MONO12P (protocol section 1.5).
- * index (n_sel) selects pixels in order, or is NULL for all n_pixels. Returns 1 when a MONO10/MONO12 pixel of
- * the whole frame has bits above its range (when check is set), else 0; out is filled either way. */
-static int decode_one(int fmt, const uint8_t *d, uint64_t n_pixels, const int64_t *index, uint64_t n_sel,
-                      float *out, int check)
-{
-    uint64_t n = index ? n_sel : n_pixels;
-    switch (fmt) {
-    case 1:
-        for (uint64_t i = 0; i < n; ++i) out[i] = (float)d[index ? (uint64_t)index[i] : i];
-        return 0;
-    case 2:
-    case 3: {
-        unsigned high = fmt == 2 ? 0xFC00u : 0xF000u;
-        for (uint64_t i = 0; i < n; ++i) {
-            uint64_t k = index ? (uint64_t)index[i] : i;
-            out[i] = (float)(unsigned)(d[2 * k] | (d[2 * k + 1] << 8));
-        }
-        if (check) {
-            unsigned acc = 0;
-            for (uint64_t k = 0; k < n_pixels; ++k) acc |= d[2 * k + 1];
-            return (acc << 8) & high ? 1 : 0;
-        }
-        return 0;
-    }
-    case 4:
-    case 5: {
-        /* Pixel k sits at stream bits b*k ..; with b = 10 or 12 and an offset of at most 6 (10P) or 4 (12P)
-         * bits into its first byte, it always lies within two consecutive bytes of the stream. */
-        unsigned b = fmt == 4 ? 10u : 12u, mask = (1u << b) - 1u;
-        for (uint64_t i = 0; i < n; ++i) {
-            uint64_t k = index ? (uint64_t)index[i] : i;
-            uint64_t bit = b * k, j = bit >> 3;
-            unsigned word = (unsigned)d[j] | ((unsigned)d[j + 1] << 8);
-            out[i] = (float)((word >> (bit & 7)) & mask);
-        }
-        return 0;
-    }
-    }
-    return 0;
-}
-
-int opu_decode_pixels(int fmt, const uint8_t *data, uint64_t n_frames, uint64_t frame_bytes, uint64_t n_pixels,
-                      const int64_t *index, uint64_t n_sel, float *out, int check)
-{
-    int bad = 0;
-    uint64_t n_out = index ? n_sel : n_pixels;
-    for (uint64_t f = 0; f < n_frames; ++f)
-        bad |= decode_one(fmt, data + f * frame_bytes, n_pixels, index, n_sel, out + f * n_out, check);
-    return bad;
-}
-
 /* out (n, m) = ((f0 - f1) - (f2 - f3)) * scale for frames (n, 4, m). */
 void opu_combine_four(const float *frames, uint64_t n, uint64_t m, const float *scale, float *out)
 {

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +153,9 @@ class Opu:
         try:
             self._rig.open()
             self._closed = False
+            if self.settings.frame_mode == "feature" and not self.dmd.supports_feature_frames:
+                raise ConfigurationError(f"{type(self.dmd).__name__} cannot expand feature frames through a layout "
+                                         "table: open with frame_mode='raw'")
             self._info = self._read_info()
             self.camera.configure(self.settings.camera_settings())
             if self.settings.laser_power_mw is not None:
@@ -349,6 +352,17 @@ class Opu:
                                       what="configuring the camera")
             assert result is not None
             return result
+
+    def set_layout(self, layout: str, macro_px: int | None = None) -> None:
+        """Lay features out differently from now on ("lined", or "macro" with macro-pixels of ``macro_px``
+        mirrors; None picks the largest that fits). The new table is uploaded by the next request.
+
+        Raises:
+            ConfigurationError: an unknown layout or a bad macro_px (nothing changes).
+        """
+        with self._lock:
+            self._require_open()
+            self.settings = replace(self.settings, layout=layout, macro_px=macro_px)
 
     # -- projection ---------------------------------------------------------------------------------
     def transform(self, X: npt.ArrayLike, n_components: int) -> np.ndarray:

@@ -78,13 +78,6 @@ def _frame_flags(value: int) -> FrameFlags:
     return flags
 
 
-def _check_u32(name: str, value: int) -> int:
-    value = int(value)
-    if not 0 <= value < _U32_LIMIT:
-        raise InvalidInputError(f"{name} must fit in a u32, got {value}")
-    return value
-
-
 def _check_frame_id(name: str, value: int) -> int:
     value = int(value)
     if not 0 <= value <= MAX_FRAME_ID:

@@ -85,10 +85,6 @@ class PacketParser:
         self._buf.clear()
         self._pos = 0
 
-    def reset_counters(self) -> None:
-        """Set junk_bytes, faults and packets back to 0."""
-        self.junk_bytes = self.faults = self.packets = 0
-
     def feed(self, data: bytes | bytearray | memoryview) -> list[ParsedItem]:
         """Add received bytes; return every packet and fault completed by them, in stream order."""
         if data:

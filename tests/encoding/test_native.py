@@ -12,10 +12,8 @@ from hypothesis import strategies as st
 
 from opu_driver import native
 from opu_driver.encoding.layouts import make_layout
-from opu_driver.errors import InvalidInputError, ProtocolError
-from opu_driver.native import RunTable, fallback
-from opu_driver.protocol.pixels import decode_pixels as reference_decode
-from opu_driver.protocol.pixels import encode_pixels, payload_size
+from opu_driver.errors import InvalidInputError
+from opu_driver.native import fallback
 
 from tests.support import REPO_ROOT
 
@@ -65,7 +63,7 @@ def test_encode_random_runs_native_fallback_reference(seed: int, n_mirrors: int,
 def test_encode_layouts_match_layout_expand(kind: str, width: int, height: int, n_features: int) -> None:
     # Odd widths (not multiples of 8) make rows start mid-byte, which exercises the row-copy plan.
     layout = make_layout(kind, n_features, width, height)
-    table = RunTable.from_layout(layout)
+    table = layout.run_table
     rng = np.random.default_rng(width * height + n_features)
     bits = rng.integers(0, 2, size=(5, layout.n_table_features)).astype(np.uint8)
     bits[0] = 0
@@ -78,7 +76,7 @@ def test_encode_layouts_match_layout_expand(kind: str, width: int, height: int, 
 
 
 def test_macro_layout_plan_copies_rows() -> None:
-    table = RunTable.from_layout(make_layout("macro", 12, 36, 24))
+    table = make_layout("macro", 12, 36, 24).run_table
     assert table.copy_ops.shape[0] > 0 and table.draw_runs.shape[0] < table.runs.shape[0]
 
 
@@ -107,59 +105,6 @@ def test_encode_refuses_bad_bits() -> None:
             module.encode_frames(np.ones((1, 4), np.float64), runs, 8)
         with pytest.raises(InvalidInputError):
             module.encode_frames(np.ones(4, np.uint8), runs, 8)
-
-
-def pixel_payload(fmt: int, values: np.ndarray) -> bytes:
-    return encode_pixels(fmt, values)
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    fmt=st.sampled_from(FORMATS), n_pixels=st.integers(0, 41), seed=st.integers(0, 2**32 - 1),
-    mode=st.sampled_from(["random", "max", "zero"]), gather=st.booleans(),
-)
-def test_decode_native_fallback_reference(fmt: int, n_pixels: int, seed: int, mode: str, gather: bool) -> None:
-    rng = np.random.default_rng(seed)
-    top = MAX_VALUE[fmt]
-    values = {"random": rng.integers(0, top + 1, size=n_pixels), "max": np.full(n_pixels, top),
-              "zero": np.zeros(n_pixels, dtype=np.int64)}[mode]
-    data = pixel_payload(fmt, values)
-    full = reference_decode(fmt, data, n_pixels).astype(np.float32)
-    index = rng.integers(0, n_pixels, size=rng.integers(0, 30)) if gather and n_pixels else None
-    expected = full if index is None else full[index]
-    got_fallback = fallback.decode_pixels(fmt, data, n_pixels, index)
-    got_native = native.decode_pixels(fmt, data, n_pixels, index)
-    assert got_fallback.dtype == got_native.dtype == np.float32
-    assert np.array_equal(got_fallback, expected)
-    assert np.array_equal(got_native, expected)
-    batch = np.frombuffer(data * 3, dtype=np.uint8).reshape(3, -1) if n_pixels else np.zeros((3, 0), np.uint8)
-    assert np.array_equal(native.decode_pixels_batch(fmt, batch, n_pixels, index), np.tile(expected, (3, 1)))
-    assert np.array_equal(fallback.decode_pixels_batch(fmt, batch, n_pixels, index), np.tile(expected, (3, 1)))
-
-
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_decode_refuses_bad_input(fmt: int) -> None:
-    data = pixel_payload(fmt, np.arange(9) % 200)
-    for module in (native, fallback):
-        with pytest.raises(InvalidInputError):
-            module.decode_pixels(fmt, data[:-1], 9)
-        with pytest.raises(InvalidInputError):
-            module.decode_pixels(fmt, data, 9, np.array([9]))
-        with pytest.raises(InvalidInputError):
-            module.decode_pixels(fmt, data, 9, np.array([-1]))
-        with pytest.raises(InvalidInputError):
-            module.decode_pixels_batch(fmt, np.zeros((2, payload_size(fmt, 9) + 1), np.uint8), 9)
-        with pytest.raises(InvalidInputError):
-            module.decode_pixels(9, data, 9)
-
-
-@pytest.mark.parametrize("fmt,n_pixels", [(2, 5), (3, 5), (4, 5), (5, 5)])
-def test_decode_refuses_out_of_range_bits(fmt: int, n_pixels: int) -> None:
-    data = bytearray(payload_size(fmt, n_pixels))
-    data[-1] = 0xFF  # MONO10/12: high byte of the last pixel; packed: padding bits (5 pixels end mid-byte)
-    for module in (native, fallback):
-        with pytest.raises(ProtocolError):
-            module.decode_pixels(fmt, bytes(data), n_pixels, np.array([0]))
 
 
 @settings(max_examples=60, deadline=None)
@@ -203,12 +148,3 @@ def test_opu_native_0_forces_numpy() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "numpy"
 
-
-@pytest.mark.parametrize("fmt", [1, 2, 3, 4, 5])
-def test_an_empty_gather_decodes_nothing_and_reads_nothing_out_of_bounds(fmt):
-    # Regression: an empty index once reached the C kernel as NULL, which means "all pixels", into a NULL output.
-    from opu_driver.protocol import payload_size
-
-    data = bytes(payload_size(fmt, 9))
-    for decode in (native.decode_pixels, fallback.decode_pixels):
-        assert decode(fmt, data, 9, np.array([], dtype=np.int64)).shape == (0,)

@@ -248,10 +248,6 @@ class ScpiController(Controller):
         """Send one ready-made command line and return the checked reply (``ERR`` raises DeviceRefusedError)."""
         return self._exchange(line, _accept_any)
 
-    def _ask(self, keyword: str, *args: object) -> str:
-        """Send ``keyword`` with its arguments, built by format_command; return the reply."""
-        return self._query(format_command(keyword, *args))
-
     def _command(self, keyword: str, *args: object) -> None:
         """Send a command whose only good reply is ``OK``."""
         line = format_command(keyword, *args)

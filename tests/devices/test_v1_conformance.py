@@ -1,6 +1,9 @@
-"""Device conformance suite: written once against the driver's device classes, run on every implementation.
+"""The device conformance suites (tests/support/conformance.py) run on the protocol-v1 backend, and what protocol v1
+adds to them (its registers, its command line).
 
-- the in-process emulator through the pyusb backend and the pyserial ``opusim://`` handler;
+Where each runs:
+- the in-process emulator, through the pyusb backend and the pyserial ``opusim://`` handler (a rig built from a
+  ``sim://`` URL, its parts opened without an Opu);
 - the emulator as its own process (``opu sim``) on a real pseudo-terminal, for the controller line;
 - a physical OPU, with ``--hardware URL``.
 """
@@ -11,55 +14,85 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 import opu_driver
-from opu_driver.devices.camera import CameraSettings, Roi
-from opu_driver.devices.controller import TriggerMode
+from opu_driver.devices import Rig, make_rig
 from opu_driver.devices.v1.controller import ScpiController
-from opu_driver.errors import ConfigurationError, DeviceRefusedError
+from opu_driver.errors import DeviceRefusedError
 from opu_driver.protocol import DeviceErrorCode, Register, Status
 from opu_driver.transport import SerialTransport
 
 from tests.support import SMALL_SIM
+from tests.support.conformance import CameraConformance, ControllerConformance, DmdConformance, RigConformance
 from tests.support.v1 import v1_link
 
 
-class ControllerConformance:
-    """What every controller line must do (docs/protocol.md section 2)."""
+@pytest.fixture
+def sim_rig() -> Iterator[Rig]:
+    """An opened protocol-v1 rig on a new emulated device."""
+    rig = make_rig(SMALL_SIM, controller_retries=2)
+    rig.open()
+    try:
+        yield rig
+    finally:
+        assert not rig.close()
 
-    def test_identity(self, controller: ScpiController):
-        ident = controller.identity
-        assert ident.manufacturer and ident.model and ident.serial_number
-        assert re.fullmatch(r"\d+\.\d+\.\d+", ident.firmware_version)
 
-    def test_laser_and_shutter_round_trip(self, controller: ScpiController):
-        controller.laser_on()
-        assert controller.laser_is_on
-        controller.laser_off()
-        assert not controller.laser_is_on
-        controller.open_shutter()
-        assert controller.shutter_is_open
-        controller.close_shutter()
-        assert not controller.shutter_is_open
+@pytest.fixture
+def hardware_rig(hardware_url: str) -> Iterator[Rig]:
+    rig = make_rig(hardware_url, controller_retries=2)
+    rig.open()
+    try:
+        yield rig
+    finally:
+        rig.close()
 
-    def test_power_set_get_and_out_of_range_refused_before_sending(self, controller: ScpiController):
-        controller.set_laser_power_mw(12.5)
-        assert controller.laser_power_mw == pytest.approx(12.5, abs=1e-3)
-        with pytest.raises(ConfigurationError):
-            controller.set_laser_power_mw(controller.laser_power_max_mw * 2)
-        assert controller.laser_power_mw == pytest.approx(12.5, abs=1e-3)
 
-    def test_temperature_and_interlock(self, controller: ScpiController):
-        assert 0.0 < controller.temperature_c < 80.0
-        assert controller.interlock_ok
+class TestDmdOnTheEmulator(DmdConformance):
+    @pytest.fixture
+    def dmd(self, sim_rig):
+        return sim_rig.dmd
 
-    def test_trigger_mode_round_trip(self, controller: ScpiController):
-        for mode in (TriggerMode.SOFTWARE, TriggerMode.INTERNAL):
-            controller.set_trigger_mode(mode)
-            assert controller.trigger_mode is mode
+
+class TestCameraOnTheEmulator(CameraConformance):
+    @pytest.fixture
+    def camera(self, sim_rig):
+        return sim_rig.camera
+
+
+class TestRigOnTheEmulator(RigConformance):
+    @pytest.fixture
+    def rig(self, sim_rig):
+        return sim_rig
+
+
+@pytest.mark.hardware
+class TestDmdHardware(DmdConformance):
+    @pytest.fixture
+    def dmd(self, hardware_rig):
+        return hardware_rig.dmd
+
+
+@pytest.mark.hardware
+class TestCameraHardware(CameraConformance):
+    @pytest.fixture
+    def camera(self, hardware_rig):
+        return hardware_rig.camera
+
+
+@pytest.mark.hardware
+class TestRigHardware(RigConformance):
+    @pytest.fixture
+    def rig(self, hardware_rig):
+        return hardware_rig
+
+
+class ScpiConformance(ControllerConformance):
+    """What protocol v1's command line adds: refused commands are queued with their code."""
 
     def test_unknown_command_is_refused_and_queued(self, controller: ScpiController):
         controller.errors()
@@ -69,19 +102,11 @@ class ControllerConformance:
         assert controller.errors() == [(-113, "Undefined header")]
         assert controller.errors() == []
 
-    def test_reset_turns_the_laser_off(self, controller: ScpiController):
-        controller.laser_on()
-        controller.reset()
-        assert not controller.laser_is_on
-        assert controller.trigger_mode is TriggerMode.INTERNAL
 
-
-class TestControllerInProcess(ControllerConformance):
+class TestScpiOnTheEmulator(ScpiConformance):
     @pytest.fixture
-    def controller(self):
-        with opu_driver.open(SMALL_SIM, laser_on=False) as opu:
-            yield opu.controller
-
+    def controller(self, sim_rig):
+        return sim_rig.controller
 
 @pytest.fixture(scope="module")
 def pty_path():
@@ -112,7 +137,7 @@ def pty_path():
                 proc.kill()
 
 
-class TestControllerOverPty(ControllerConformance):
+class TestScpiOverPty(ScpiConformance):
     @pytest.fixture
     def controller(self, pty_path):
         controller = ScpiController(SerialTransport(pty_path))
@@ -124,15 +149,14 @@ class TestControllerOverPty(ControllerConformance):
 
 
 @pytest.mark.hardware
-class TestControllerHardware(ControllerConformance):
+class TestScpiHardware(ScpiConformance):
     @pytest.fixture
-    def controller(self, hardware_url):
-        with opu_driver.open(hardware_url, laser_on=False) as opu:
-            yield opu.controller
+    def controller(self, hardware_rig):
+        return hardware_rig.controller
 
 
 class UsbDeviceConformance:
-    """What the USB side must do (docs/protocol.md section 1)."""
+    """What the USB side of a protocol-v1 device must do (docs/protocol.md section 1), seen through an Opu."""
 
     def test_geometry_is_reported(self, opu):
         info = opu.info
@@ -153,34 +177,12 @@ class UsbDeviceConformance:
             link.read_register(0x7777)
         assert info.value.code == DeviceErrorCode.E_ADDRESS
 
-    def test_camera_settings_round_trip(self, opu):
-        camera = opu.camera
-        new = camera.configure(CameraSettings(exposure_us=300, roi=Roi(2, 3, 10, 7)))
-        assert camera.read_settings() == new
-
     def test_sequence_returns_one_camera_frame_per_dmd_frame(self, opu):
         X = np.random.default_rng(0).integers(0, 2, size=(9, 20), dtype=np.uint8)
         before = opu.camera.frame_count
         opu.transform(X, 30)
         assert opu.camera.frame_count - before == 9 + opu.counters.flush_frames_sent
         assert opu.counters.frames_matched == 9
-
-    def test_camera_frames_carry_their_metadata(self, opu):
-        opu.transform(np.ones((1, 16), dtype=np.uint8), 30)  # loads the layout and sets the ROI
-        packed = np.packbits(np.ones((2, 16), dtype=bool), axis=1)
-        opu.dmd.queue_feature_frames(1234, packed)
-        opu.dmd.start()
-        frames = list(opu.camera.read_frames(2 + opu.lag_frames, timeout_s=5.0))
-        settings = opu.camera.settings
-        ours = [f for f in frames if f.dmd_frame_id in (1234, 1235)]
-        assert [f.dmd_frame_id for f in ours] == [1234, 1235][: len(ours)] and ours
-        for frame in ours:
-            assert (frame.roi_x, frame.roi_y, frame.roi_w, frame.roi_h) == (
-                settings.roi.x, settings.roi.y, settings.roi.width, settings.roi.height)
-            assert frame.exposure_us == settings.exposure_us and frame.pixel_format == settings.pixel_format
-            assert not frame.dark
-        assert frames[1].camera_frame_id == frames[0].camera_frame_id + 1
-        assert frames[1].timestamp_us - frames[0].timestamp_us == settings.frame_time_us
 
     def test_last_error_clears_on_read_and_status_follows_the_controller(self, opu):
         link = v1_link(opu)
