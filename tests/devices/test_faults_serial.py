@@ -30,7 +30,9 @@ from opu_driver.errors import (
 )
 from opu_driver.transport import SerialTransport
 
-BASE = "sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=5"
+from tests.support import small_sim
+
+BASE = small_sim("noise=0&seed=5")
 N_COMPONENTS = 40
 TIMEOUT_S = 2.0
 ATTEMPTS = 1 + DEFAULT_MAX_RETRIES
@@ -83,7 +85,7 @@ def references() -> Callable[[int], dict[str, object]]:
 
 
 def _url(seed: int) -> str:
-    return f"sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed={seed}"
+    return small_sim(f"noise=0&seed={seed}")
 
 
 def _assert_same(result: dict[str, object], reference: dict[str, object]) -> None:

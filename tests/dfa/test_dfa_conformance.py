@@ -17,8 +17,10 @@ import pytest
 import dfa_client
 from dfa_client import InvalidInputError, ProjectorClosedError
 
+from tests.support import small_sim
+
 N_FEATURES, N_OUT = 16, 256
-OPTICAL_SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=3"
+OPTICAL_SIM = small_sim("seed=3")
 
 
 def _digital(**options):

@@ -11,7 +11,9 @@ from dfa_client.dfa import FeedbackProjection  # noqa: E402
 from dfa_client.nn import MLP  # noqa: E402
 from dfa_client.torch_dfa import DFA, DFAPerceptron  # noqa: E402
 
-SIM = "sim://?dmd=96x64&camera=64x48&cell=4&exposure_us=200&seed=3"
+from tests.support import small_sim
+
+SIM = small_sim("exposure_us=200&seed=3")
 
 
 def _batch(seed: int = 0, n: int = 16, n_in: int = 20, n_classes: int = 5):

@@ -19,11 +19,11 @@ pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (t
 
 from dfa_client.data import load_digits  # noqa: E402
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, small_sim
 
 ROOT = REPO_ROOT
 # A small emulator (fast) at an exposure that keeps frames below saturation; MONO12 for fine quantisation.
-OPTICAL_SIM = "sim://?dmd=96x64&camera=64x48&cell=4&exposure_us=200&seed=3"
+OPTICAL_SIM = small_sim("exposure_us=200&seed=3")
 
 
 @pytest.fixture(scope="module")

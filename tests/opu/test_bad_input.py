@@ -26,7 +26,7 @@ import pytest
 import dfa_client
 import firmware_sim
 import opu_driver
-from tests.support import SMALL_SIM
+from tests.support import small_sim
 from dfa_client import FeedbackProjection, ternarize
 from dfa_client import errors as dfa_errors
 from opu_driver import errors as opu_errors
@@ -48,7 +48,7 @@ from opu_driver.encoding.encoders import BinaryThreshold, BitPlaneEncoder, Terna
 from opu_driver.encoding.layouts import SplitLayout
 from opu_driver.service import OpuService
 
-URL = SMALL_SIM + "&noise=0&seed=11"
+URL = small_sim("noise=0&seed=11")
 NF, NC = 16, 32  # features and outputs used throughout: they fit the small device with room for a reference
 N_MIRRORS = 96 * 64
 N_PIXELS = 64 * 48
@@ -333,7 +333,7 @@ OPEN_ERRORS = {
     "open-url-sim-option-twice": (lambda: opu_driver.open("sim://?seed=1&seed=2"), OpuConfig),
     "open-url-sim-bad-seed": (lambda: opu_driver.open("sim://?seed=abc"), OpuConfig),
     "open-url-sim-huge-dmd": (lambda: opu_driver.open("sim://?dmd=1000000000x1000000000"), OpuConfig),
-    "open-url-sim-nan-noise": (lambda: opu_driver.open(SMALL_SIM + "&noise=nan"), OpuConfig),
+    "open-url-sim-nan-noise": (lambda: opu_driver.open(small_sim("noise=nan")), OpuConfig),
     "open-url-sim-unknown-name": (lambda: opu_driver.open("sim://no-such-device"), opu_errors.DeviceNotFoundError),
     "open-url-usb-bad-ids": (lambda: opu_driver.open("usb://zz:yy?port=/dev/null"), OpuUrl),
     "open-url-usb-three-ids": (lambda: opu_driver.open("usb://1209:4f50:1?port=/dev/null"), OpuUrl),

@@ -32,6 +32,8 @@ from tests.support.faults import BASE, CHUNK_FRAMES, ERRORS_WITHOUT_RETRY, MIX, 
 from tests.support.faults import fault_inputs as _inputs
 from tests.support.v1 import v1_link
 
+from tests.support import small_sim
+
 
 @pytest.fixture(scope="module")
 def reference():
@@ -158,7 +160,7 @@ def test_a_scheduled_reset_happens_at_exactly_that_sequence_start():
 
 def test_a_fault_plan_replays_exactly_from_the_seed():
     def run(seed: int):
-        url = f"sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed={seed}&faults={MIX}"
+        url = small_sim(f"noise=0&seed={seed}&faults={MIX}")
         with opu_driver.open(url, chunk_frames=CHUNK_FRAMES, retries=RETRIES) as opu:
             y = _operate(opu, "transform")
             counters = opu.counters
@@ -209,7 +211,7 @@ def test_a_restore_that_fails_half_way_is_finished_before_the_next_request():
     # forget the settings it wants (gain 3): the next request writes them again and gives the exact result.
     from opu_driver.protocol import Register
 
-    url = "sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=5"
+    url = small_sim("noise=0&seed=5")
     X = np.random.default_rng(11).integers(0, 2, size=(48, 30), dtype=np.uint8)
     settings = dict(chunk_frames=8, timeout_s=2.0, gain=3.0, calibration=None)
     with opu_driver.open(url, **settings) as opu:

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 import opu_driver
-from tests.support import exact_linear_matrix
+from tests.support import exact_linear_matrix, small_sim
 from opu_driver.errors import InvalidInputError
 
-SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=3"
+SIM = small_sim("seed=3")
 N_FEATURES, N_OUT = 64, 300
 
 

@@ -17,7 +17,7 @@ from opu_driver.errors import (
 )
 from opu_driver.protocol import DeviceErrorCode, PacketType, Register, encode_packet
 
-from tests.support import SMALL_SIM
+from tests.support import SMALL_SIM, small_query, small_sim
 from tests.support.v1 import v1_link, v1_connection
 
 
@@ -35,14 +35,14 @@ def _exact_dn(opu, X: np.ndarray, n_components: int) -> np.ndarray:
 
 @pytest.fixture
 def quiet_opu():
-    with opu_driver.open(SMALL_SIM + "&noise=0&seed=5") as opu:
+    with opu_driver.open(small_sim("noise=0&seed=5")) as opu:
         yield opu
 
 
 @pytest.fixture
 def strict_opu():
     """No retries: the first fault is raised (the typed errors of the reliability contract)."""
-    with opu_driver.open(SMALL_SIM + "&noise=0&seed=5", retries=0) as opu:
+    with opu_driver.open(small_sim("noise=0&seed=5"), retries=0) as opu:
         yield opu
 
 
@@ -80,7 +80,7 @@ def test_one_dimensional_input_and_bool_dtype(quiet_opu):
 
 
 def test_twelve_bit_output_is_uint16():
-    with opu_driver.open(SMALL_SIM + "&noise=0", pixel_format="MONO12P") as opu:
+    with opu_driver.open(small_sim("noise=0"), pixel_format="MONO12P") as opu:
         X = np.random.default_rng(1).integers(0, 2, size=(8, 100))
         Y = opu.transform(X, 300)
         assert Y.dtype == np.uint16
@@ -91,9 +91,9 @@ def test_twelve_bit_output_is_uint16():
 @pytest.mark.parametrize("lag", [1, 3])
 def test_lag_is_learned_and_results_match_no_lag(lag):
     X = np.random.default_rng(2).integers(0, 2, size=(30, 64), dtype=np.uint8)
-    with opu_driver.open(SMALL_SIM + "&noise=0&seed=9") as opu:
+    with opu_driver.open(small_sim("noise=0&seed=9")) as opu:
         reference = opu.transform(X, 200)
-    with opu_driver.open(SMALL_SIM + f"&noise=0&seed=9&lag={lag}", chunk_frames=8) as opu:
+    with opu_driver.open(small_sim(f"noise=0&seed=9&lag={lag}"), chunk_frames=8) as opu:
         lagged = opu.transform(X, 200)
         assert opu.lag_frames == lag
         # after learning the lag, each chunk appends exactly `lag` flush frames and needs one sequence
@@ -105,9 +105,9 @@ def test_lag_is_learned_and_results_match_no_lag(lag):
 
 def test_chunking_does_not_change_results():
     X = np.random.default_rng(3).integers(0, 2, size=(50, 80), dtype=np.uint8)
-    with opu_driver.open(SMALL_SIM + "&noise=0&seed=1") as opu:
+    with opu_driver.open(small_sim("noise=0&seed=1")) as opu:
         whole = opu.transform(X, 100)
-    with opu_driver.open(SMALL_SIM + "&noise=0&seed=1", chunk_frames=7) as opu:
+    with opu_driver.open(small_sim("noise=0&seed=1"), chunk_frames=7) as opu:
         chunked = opu.transform(X, 100)
         assert opu.counters.sequences == 8  # ceil(50 / 7)
     np.testing.assert_array_equal(whole, chunked)
@@ -117,7 +117,7 @@ def test_same_seed_reproduces_bytes_with_noise_and_different_seeds_differ():
     X = np.random.default_rng(4).integers(0, 2, size=(20, 120), dtype=np.uint8)
     outs = []
     for seed in (11, 11, 12):
-        with opu_driver.open(SMALL_SIM + f"&seed={seed}") as opu:
+        with opu_driver.open(small_sim(f"seed={seed}")) as opu:
             outs.append(opu.transform(X, 400))
     np.testing.assert_array_equal(outs[0], outs[1])
     a, c = outs[0].astype(np.float64).ravel(), outs[2].astype(np.float64).ravel()
@@ -129,9 +129,9 @@ def test_same_seed_reproduces_bytes_with_noise_and_different_seeds_differ():
 @pytest.mark.parametrize("layout", ["lined", "macro"])
 def test_raw_frames_equal_feature_frames(layout):
     X = np.random.default_rng(5).integers(0, 2, size=(12, 40), dtype=np.uint8)
-    with opu_driver.open(SMALL_SIM + "&noise=0&seed=2", layout=layout) as opu:
+    with opu_driver.open(small_sim("noise=0&seed=2"), layout=layout) as opu:
         features = opu.transform(X, 256)
-    with opu_driver.open(SMALL_SIM + "&noise=0&seed=2", layout=layout, frame_mode="raw") as opu:
+    with opu_driver.open(small_sim("noise=0&seed=2"), layout=layout, frame_mode="raw") as opu:
         raw = opu.transform(X, 256)
     # same light on the same mirrors; only float32 summation order differs (one count at a bin edge at most)
     assert np.abs(features.astype(int) - raw.astype(int)).max() <= 1
@@ -214,7 +214,7 @@ def test_closing_switches_the_laser_off_and_is_idempotent():
 
 
 def test_laser_off_gives_dark_frames_at_the_dark_level():
-    with opu_driver.open(SMALL_SIM + "&seed=3", laser_on=False, pixel_format="MONO12") as opu:
+    with opu_driver.open(small_sim("seed=3"), laser_on=False, pixel_format="MONO12") as opu:
         X = np.ones((16, 200), dtype=np.uint8)
         dark = opu.transform(X, 400).astype(np.float64)
         assert opu.counters.dark_frames == 16
@@ -259,14 +259,14 @@ def test_settings_of_the_wrong_type_or_range_are_refused_at_open(setting):
 @pytest.fixture
 def named_device():
     """A device that outlives the Opu objects opened on it, as hardware does."""
-    device = firmware_sim.create_device("dmd=96x64&camera=64x48&cell=4&noise=0&seed=6&lag=3")
+    device = firmware_sim.create_device(small_query("noise=0&seed=6&lag=3"))
     yield device
     firmware_sim.release_device(device)
 
 
 def test_reopening_a_device_with_lag_gives_correct_results(named_device):
     X = np.random.default_rng(7).integers(0, 2, size=(8, 50), dtype=np.uint8)
-    with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=6") as opu:
+    with opu_driver.open(small_sim("noise=0&seed=6")) as opu:
         reference = opu.transform(X, 100)
     for _ in range(3):  # each session leaves frames in the device's lag pipeline for the next one
         with opu_driver.open(f"sim://{named_device.name}") as opu:
@@ -300,7 +300,7 @@ def test_an_interrupted_transform_leaves_the_next_one_correct(named_device, monk
 
 
 def test_interlock_trip_is_an_interlock_error_not_dark_data():
-    with opu_driver.open(SMALL_SIM + "&seed=2") as opu:
+    with opu_driver.open(small_sim("seed=2")) as opu:
         X = np.ones((4, 30), dtype=np.uint8)
         before = opu.transform(X, 50).astype(np.float64)
         opu.emulator.trip_interlock()
@@ -328,7 +328,7 @@ def test_frames_the_device_refuses_are_reported_with_its_code_before_start():
     frame_bytes = 96 * 64 // 8
     # The device's memory for raw frames holds 10 of them, a limit no register tells the driver: it learns of
     # it when the device refuses frames of a sequence while they are queued.
-    url = SMALL_SIM + f"&noise=0&seed=5&raw_queue_bytes={10 * frame_bytes}"
+    url = small_sim(f"noise=0&seed=5&raw_queue_bytes={10 * frame_bytes}")
     with opu_driver.open(url, frame_mode="raw") as opu:
         opu.transform(X[:2], 40)
         frames_before = opu.dmd.frame_count
@@ -392,7 +392,7 @@ def test_with_the_default_retries_a_full_fifo_is_drained_and_the_frames_resent(q
 
 
 def test_saturation_is_counted_and_warned_about(caplog):
-    with opu_driver.open(SMALL_SIM + "&signal_e=100000") as opu:
+    with opu_driver.open(small_sim("signal_e=100000")) as opu:
         with caplog.at_level("WARNING", logger="opu_driver.opu"):
             opu.transform(np.ones((3, 20), dtype=np.uint8), 100)
         assert opu.counters.saturated_frames == 3
@@ -477,10 +477,10 @@ def test_a_sensor_narrower_than_tall_still_fits_every_n_components():
 
 def test_a_camera_fifo_smaller_than_the_lag_still_works():
     X = np.random.default_rng(11).integers(0, 2, size=(9, 30), dtype=np.uint8)
-    with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=4") as opu:
+    with opu_driver.open(small_sim("noise=0&seed=4")) as opu:
         reference = opu.transform(X, 200)
     packet = 16 + 32 + 200 + 4
-    url = f"sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=4&lag=8&in_fifo_bytes={6 * packet}"
+    url = small_sim(f"noise=0&seed=4&lag=8&in_fifo_bytes={6 * packet}")
     with opu_driver.open(url) as opu:
         assert opu.camera.fifo_bytes == 6 * packet
         for _ in range(2):

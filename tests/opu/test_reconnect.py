@@ -18,7 +18,9 @@ import opu_driver
 from opu_driver.errors import ConnectionLostError, DeviceNotFoundError
 from tests.support.v1 import v1_connection
 
-QUERY = "dmd=96x64&camera=64x48&cell=4&noise=0&seed=5"
+from tests.support import small_query
+
+QUERY = small_query("noise=0&seed=5")
 N_COMPONENTS = 40
 SETTINGS = dict(chunk_frames=8, timeout_s=2.0, calibration=None)
 REPLUG_AFTER_S = 0.2

@@ -4,13 +4,13 @@ import threading
 import numpy as np
 
 import opu_driver
-from tests.support import SMALL_SIM
+from tests.support import small_sim
 
 
 def test_threads_sharing_one_opu_each_get_their_own_results():
     # noise=0: every call's result is a function of its input alone, so a thread's result must equal the
     # result of the same input computed alone, whatever the other threads do meanwhile.
-    with opu_driver.open(SMALL_SIM + "&noise=0&seed=9", calibration=None, pixel_format="MONO12",
+    with opu_driver.open(small_sim("noise=0&seed=9"), calibration=None, pixel_format="MONO12",
                          exposure_us=200) as opu:
         rng = np.random.default_rng(0)
         binary = [rng.integers(0, 2, size=(int(rng.integers(1, 40)), 48), dtype=np.uint8) for _ in range(6)]

@@ -19,9 +19,9 @@ from dfa_client.wire import MessageType, WireLimits
 from opu_driver.errors import CommunicationTimeoutError
 from opu_driver.service import OpuService
 from opu_driver.service.fingerprint import UNREADABLE, device_fingerprint, fingerprint_parts
-from tests.support import SMALL_SIM
+from tests.support import small_sim
 
-URL = SMALL_SIM + "&noise=0&seed=5"
+URL = small_sim("noise=0&seed=5")
 
 
 class _LaserPowerUnanswered:

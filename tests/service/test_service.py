@@ -23,7 +23,7 @@ import pytest
 
 import dfa_client
 import opu_driver
-from tests.support import SMALL_SIM, REPO_ROOT
+from tests.support import REPO_ROOT, small_sim
 from dfa_client import wire
 from dfa_client.errors import (
     AuthenticationError,
@@ -39,7 +39,7 @@ from opu_driver.opu import linear
 from opu_driver.errors import ConfigurationError
 from opu_driver.service import OpuService, is_loopback
 
-URL = SMALL_SIM + "&noise=0&seed=5"
+URL = small_sim("noise=0&seed=5")
 N_FEATURES = 40
 REPO = REPO_ROOT
 WAIT_S = 10.0  # generous bound for "eventually" conditions; never a performance assertion
@@ -473,7 +473,7 @@ def test_a_reconnect_to_another_device_raises_device_changed_and_returns_nothing
         np.testing.assert_array_equal(projector.project(E), direct.linear_transform(E, 50))
         assert projector.reconnects >= 1 and same.stats().requests == 1
     # Another device (another seed, so another serial number and random matrix): typed error, nothing sent.
-    other_url = SMALL_SIM + "&noise=0&seed=6"
+    other_url = small_sim("noise=0&seed=6")
     with OpuService(other_url, bind=(host, port)) as other:
         for _ in range(2):  # and it stays refused: the first identity is the projector's for its life
             with pytest.raises(DeviceChangedError, match="serial_number"):

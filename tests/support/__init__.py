@@ -5,10 +5,25 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SMALL_SIM", "TESTS_DIR", "REPO_ROOT", "DOCS_DIR", "GOLDEN_DIR", "exact_linear_matrix"]
+__all__ = ["SMALL_QUERY", "SMALL_SIM", "small_query", "small_sim", "TESTS_DIR", "REPO_ROOT", "DOCS_DIR",
+           "GOLDEN_DIR", "exact_linear_matrix"]
 
-SMALL_SIM = "sim://?dmd=96x64&camera=64x48&cell=4"
-"""A small emulated device: tests must finish in seconds on 2 cores (benchmarks use the reference geometry)."""
+SMALL_QUERY = "dmd=96x64&camera=64x48&cell=4"
+"""The options of a small emulated device: tests must finish in seconds on 2 cores (benchmarks use the reference
+geometry)."""
+
+SMALL_SIM = f"sim://?{SMALL_QUERY}"
+"""A new small emulated device, as a URL."""
+
+
+def small_query(extra: str = "") -> str:
+    """The small device's options followed by ``extra`` (``"noise=0&seed=5"``), for ``firmware_sim.create_device``."""
+    return f"{SMALL_QUERY}&{extra}" if extra else SMALL_QUERY
+
+
+def small_sim(extra: str = "") -> str:
+    """The URL of a new small emulated device with the options ``extra`` added (``"noise=0&seed=5"``)."""
+    return f"sim://?{small_query(extra)}"
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = TESTS_DIR.parent

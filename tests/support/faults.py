@@ -6,7 +6,9 @@ import numpy as np
 from opu_driver.errors import CommunicationError, CommunicationTimeoutError, DroppedFramesError, ProtocolError
 from opu_driver.transport import StallError
 
-BASE = "sim://?dmd=96x64&camera=64x48&cell=4&noise=0&seed=5"
+from tests.support import small_sim
+
+BASE = small_sim("noise=0&seed=5")
 N_COMPONENTS = 40
 CHUNK_FRAMES = 8  # many short sequences: many events of every sort for the faults to hit
 RETRIES = 10

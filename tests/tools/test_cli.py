@@ -7,11 +7,11 @@ from firmware_sim.usb_backend import get_backend
 from opu_tools.cli import main
 from opu_driver.devices.v1.discovery import describe_devices, find_devices, udev_rule_path
 
-from tests.support import SMALL_SIM
+from tests.support import SMALL_QUERY, SMALL_SIM, small_query, small_sim
 
 
 def test_info_prints_what_the_device_reports(capsys):
-    assert main(["info", SMALL_SIM + "&seed=7", "--json"]) == 0
+    assert main(["info", small_sim("seed=7"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["serial_number"] == "SIM-00000007"
     assert (info["dmd_width"], info["dmd_height"]) == (96, 64)
@@ -23,7 +23,7 @@ def test_bad_url_is_a_clear_error_and_exit_code_2(capsys):
 
 
 def test_list_finds_an_emulated_usb_device_and_gives_its_url():
-    device = firmware_sim.create_device(SMALL_SIM.split("?", 1)[1] + "&seed=8")
+    device = firmware_sim.create_device(small_query("seed=8"))
     try:
         found = find_devices(backend=get_backend([device]))
         assert [d.serial_number for d in found] == ["SIM-00000008"]
@@ -75,6 +75,6 @@ def test_dfa_bench_code_runs_at_a_small_size():
     # direct, in-process client and service with client processes; the figures are not asserted
     from opu_tools.bench.dfa import bench_dfa
 
-    results = bench_dfa(quick=True, repeats=1, query="dmd=96x64&camera=64x48&cell=4", sizes=((10, 256),),
+    results = bench_dfa(quick=True, repeats=1, query=SMALL_QUERY, sizes=((10, 256),),
                         client_counts=(1, 2))
     assert len(results) == 4 and all(r.value > 0 and r.unit == "vectors/s" for r in results)

@@ -32,7 +32,7 @@ from opu_tools import fuzz
 from opu_driver.errors import ProtocolError
 from opu_driver.protocol import MAX_PAYLOAD, PacketFault, PacketParser, RawFramePacket, encode_raw_frame
 
-from tests.support import SMALL_SIM
+from tests.support import small_sim
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -273,7 +273,7 @@ def test_huge_service_lengths_are_refused_before_reading_or_allocating() -> None
 def service():
     from opu_driver.service import OpuService
 
-    svc = OpuService(SMALL_SIM + "&noise=0&seed=5", hello_timeout_s=2.0, message_timeout_s=1.0,
+    svc = OpuService(small_sim("noise=0&seed=5"), hello_timeout_s=2.0, message_timeout_s=1.0,
                      idle_timeout_s=5.0).start()
     yield svc
     svc.stop(timeout_s=5)

@@ -18,7 +18,7 @@ import pytest
 
 import dfa_client
 import opu_driver
-from tests.support import SMALL_SIM
+from tests.support import small_sim
 from opu_tools import soak
 from opu_tools.cli import main
 from opu_driver.errors import ConfigurationError, OpuError
@@ -28,7 +28,7 @@ from opu_tools.soak import RowCheck, SoakConfig, check_rows, run_soak
 # Every fault, at rates that make each fire several times in 20,000 frames (about 370 sequences of
 # 64 frames: timeout and reset are drawn once per sequence, the frame faults once per frame).
 SOAK_FAULTS = "timeout:0.02,stall:0.01,crc:0.002,drop:0.002,dup:0.002,reorder:0.002,truncate:0.002,reset:0.02"
-SERVICE_URL = SMALL_SIM + "&noise=0&seed=5"
+SERVICE_URL = small_sim("noise=0&seed=5")
 SERVICE_FAULTS = "timeout:0.05,stall:0.02,crc:0.01,drop:0.01,dup:0.01,reorder:0.01,truncate:0.01,reset:0.05"
 N_FEATURES = 40
 N_CLIENTS = 16
@@ -146,7 +146,7 @@ def test_a_stall_on_the_layout_upload_is_recovered() -> None:
     X = rng.integers(0, 2, (8, 32), dtype=np.uint8)
     E = rng.integers(-1, 2, (4, 32)).astype(np.float32)
     E[:, 0] = 1.0
-    url = SMALL_SIM + "&noise=0&seed=2"
+    url = small_sim("noise=0&seed=2")
     with opu_driver.open(url, calibration=None) as opu:
         expected = opu.linear_transform(E, 64)
     with opu_driver.open(url, calibration=None, retries=2, timeout_s=2.0) as opu:
