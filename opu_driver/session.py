@@ -21,7 +21,7 @@ MAX_CONTROLLER_RETRIES = 2
 exchange ends within about 3.3 s: controller calls are outside a request's deadline."""
 
 
-def open(url: str = "sim://", **settings: Any) -> Opu:  # noqa: A001 - mirrors builtins.open on purpose
+def open(url: str = "sim://", **settings: Any) -> Opu:
     """Open the OPU at ``url`` and return a ready :class:`Opu` (laser on, shutter open, calibration applied).
 
     Args:

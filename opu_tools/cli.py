@@ -6,8 +6,8 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from opu_driver.errors import OpuError
 

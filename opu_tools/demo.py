@@ -11,10 +11,9 @@ import time
 
 import numpy as np
 
-
+from opu_driver import open as open_opu
 from opu_driver.encoding.layouts import MacroPixelLayout
 from opu_driver.errors import InvalidInputError
-from opu_driver import open as open_opu
 
 __all__ = ["run_demo"]
 

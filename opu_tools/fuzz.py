@@ -24,8 +24,9 @@ import struct
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -648,7 +649,14 @@ class DeviceHarness:
               stats: CaseStats | None = None, expose: bool | None = None) -> None:
         """Garbage on both links, then a raw frame request; ``expose``: also run it and compare its camera
         frame with the reference (one optics computation; default: every ``expose_every``-th check)."""
-        from opu_driver.protocol import EP_CAMERA_IN, EP_DMD_OUT, PacketParser, RawFramePacket, Register, encode_raw_frame
+        from opu_driver.protocol import (
+            EP_CAMERA_IN,
+            EP_DMD_OUT,
+            PacketParser,
+            RawFramePacket,
+            Register,
+            encode_raw_frame,
+        )
 
         stats = stats if stats is not None else CaseStats()
         device = self.device
@@ -778,7 +786,7 @@ def check_service_bytes(data: bytes, limits: Any = None, stats: CaseStats | None
                     return
                 stats.documented["dfa_client.PeerClosedError"] += 1
                 return
-            except socket.timeout:
+            except TimeoutError:
                 raise FuzzFailure("read_message waited for bytes of a closed stream") from None
             prefix = wire.parse_prefix(data[offset:offset + wire.PREFIX_BYTES], limits)
             end = offset + wire.PREFIX_BYTES + prefix.header_bytes + prefix.payload_bytes

@@ -28,8 +28,9 @@ import logging
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

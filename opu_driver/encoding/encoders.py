@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -143,7 +144,7 @@ class BinaryThreshold(_FittedMixin):
         if self.threshold is not None:
             _check_real_scalar(self.threshold, "threshold")
 
-    def fit(self, X: npt.ArrayLike) -> "BinaryThreshold":
+    def fit(self, X: npt.ArrayLike) -> BinaryThreshold:
         arr = self._fit_batch(X)
         self.threshold_ = 0.0 if self.threshold is None else float(self.threshold)
         self.n_features_in_ = int(arr.shape[1])
@@ -211,7 +212,7 @@ class TernaryEncoder(_FittedMixin):
             raise ConfigurationError(f"rule must be 'fraction_of_max' or 'quantile', got {self.rule!r}")
         _check_real_scalar(self.value, "value", low=0.0, high=1.0)
 
-    def fit(self, X: npt.ArrayLike) -> "TernaryEncoder":
+    def fit(self, X: npt.ArrayLike) -> TernaryEncoder:
         arr = self._fit_batch(X)
         if self.threshold is not None:
             t = float(self.threshold)
@@ -304,7 +305,7 @@ class BitPlaneEncoder(_FittedMixin):
         """L = 2**n_bits - 1, the largest magnitude code."""
         return (1 << int(self.n_bits)) - 1
 
-    def fit(self, X: npt.ArrayLike) -> "BitPlaneEncoder":
+    def fit(self, X: npt.ArrayLike) -> BitPlaneEncoder:
         arr = self._fit_batch(X)
         if arr.size == 0:
             raise InvalidInputError("cannot fit the bit-plane scale on an empty batch")

@@ -147,7 +147,7 @@ def check_bits(bits: npt.ArrayLike, table: RunTable) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def as_table(runs: "RunTable | npt.ArrayLike", n_mirrors: int) -> RunTable:
+def as_table(runs: RunTable | npt.ArrayLike, n_mirrors: int) -> RunTable:
     """A RunTable for ``runs`` (checked when given as an array; a RunTable must match n_mirrors)."""
     if isinstance(runs, RunTable):
         if runs.n_mirrors != n_mirrors:

@@ -103,7 +103,7 @@ class OpuService:
         self._context: ServiceContext | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-    def start(self) -> "OpuService":
+    def start(self) -> OpuService:
         """Open the device, listen, and serve in background threads; returns self.
 
         Raises:
@@ -206,7 +206,7 @@ class OpuService:
             except Exception:  # closing must not raise
                 _log.exception("closing the device failed")
 
-    def __enter__(self) -> "OpuService":
+    def __enter__(self) -> OpuService:
         if not self._started:
             self.start()
         return self
@@ -240,7 +240,7 @@ class OpuService:
         while not self._scheduler.stopping:
             try:
                 sock, peer = self._listener.accept()
-            except (socket.timeout, BlockingIOError, InterruptedError):
+            except (TimeoutError, BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 if self._scheduler.stopping:

@@ -25,7 +25,7 @@ import numpy as np
 
 from dfa_client import wire
 from dfa_client.errors import ProtocolVersionError
-from dfa_client.wire import MessageType, MessageTooLargeError, PeerClosedError, ProtocolError, WireLimits
+from dfa_client.wire import MessageTooLargeError, MessageType, PeerClosedError, ProtocolError, WireLimits
 
 from .._version import __version__
 from ..opu import PROJECTION_SCHEMES
@@ -187,7 +187,7 @@ class Session:
             stats.count(protocol_errors=1)
             _log.warning("client %d (%s) broke the protocol: %s; closing", conn.number, conn.peer, exc)
             _send_error_and_close(sock, 0, "ProtocolError", str(exc))
-        except socket.timeout:
+        except TimeoutError:
             _log.info("client %d (%s): timed out (idle, a half-sent message or an unread reply); closing",
                       conn.number, conn.peer)
         except PeerClosedError as exc:

@@ -143,7 +143,7 @@ class SerialTransport:
         except (serial.SerialException, OSError) as exc:
             logger.debug("closing %s failed: %s", self.url, exc)
 
-    def __enter__(self) -> "SerialTransport":
+    def __enter__(self) -> SerialTransport:
         self.open()
         return self
 

@@ -7,8 +7,6 @@ request and latched the reason in LAST_ERROR), unplugs (``ConnectionLostError``)
 """
 from __future__ import annotations
 
-from importlib import resources
-
 import array
 import errno
 import logging
@@ -16,6 +14,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import usb.core
@@ -308,7 +307,7 @@ class UsbTransport:
         except usb.core.USBError as exc:
             logger.debug("dispose_resources failed on close: %s", exc)
 
-    def __enter__(self) -> "UsbTransport":
+    def __enter__(self) -> UsbTransport:
         self.open()
         return self
 

@@ -29,7 +29,6 @@ from opu_driver.errors import (
     ProtocolError,
 )
 from opu_driver.transport import SerialTransport
-
 from tests.support import small_sim
 
 BASE = small_sim("noise=0&seed=5")

@@ -25,7 +25,6 @@ from opu_driver.devices.v1.controller import ScpiController
 from opu_driver.errors import DeviceRefusedError
 from opu_driver.protocol import DeviceErrorCode, Register, Status
 from opu_driver.transport import SerialTransport
-
 from tests.support import SMALL_SIM
 from tests.support.conformance import CameraConformance, ControllerConformance, DmdConformance, RigConformance
 from tests.support.v1 import v1_link

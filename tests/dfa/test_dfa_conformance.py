@@ -16,7 +16,6 @@ import pytest
 
 import dfa_client
 from dfa_client import InvalidInputError, ProjectorClosedError
-
 from tests.support import small_sim
 
 N_FEATURES, N_OUT = 16, 256

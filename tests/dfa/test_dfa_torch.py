@@ -6,11 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (the optional torch extra: pip install torch)")
 
-import dfa_client  # noqa: E402
-from dfa_client.dfa import FeedbackProjection  # noqa: E402
-from dfa_client.nn import MLP  # noqa: E402
-from dfa_client.torch_dfa import DFA, DFAPerceptron  # noqa: E402
-
+import dfa_client
+from dfa_client.dfa import FeedbackProjection
+from dfa_client.nn import MLP
+from dfa_client.torch_dfa import DFA, DFAPerceptron
 from tests.support import small_sim
 
 SIM = small_sim("exposure_us=200&seed=3")

@@ -17,8 +17,7 @@ from dfa_client.nn import MLP, TrainSettings
 
 pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (the train or test extra)")
 
-from dfa_client.data import load_digits  # noqa: E402
-
+from dfa_client.data import load_digits
 from tests.support import REPO_ROOT, small_sim
 
 ROOT = REPO_ROOT

@@ -31,11 +31,10 @@ from firmware_sim import wire
 from firmware_sim.config import SimConfig
 from firmware_sim.controller import ERROR_QUEUE_LENGTH
 from firmware_sim.device import EmulatedDevice, Register, readout_us
+from firmware_sim.errors import SimConfigError, SimDeviceNotFoundError
 from firmware_sim.pty_server import PtyServer
 from firmware_sim.registry import create_device, get_device, list_devices, release_device
 from firmware_sim.usb_backend import get_backend
-from firmware_sim.errors import SimConfigError, SimDeviceNotFoundError
-
 from tests.support import REPO_ROOT
 
 BLANK = 0xFFFFFFFF
@@ -349,7 +348,7 @@ def test_pixel_values_out_of_range_are_refused():
 
 
 def test_out_packet_decoding_checks_lengths_and_types():
-    env = lambda t, p: wire.Envelope(t, p)  # noqa: E731
+    env = lambda t, p: wire.Envelope(t, p)
     layout = wire.decode_out_packet(env(1, struct.pack("<II", 4, 1) + struct.pack("<III", 3, 7, 2)), 9)
     assert layout.n_features == 4 and layout.runs.tolist() == [[3, 7, 2]] and layout.runs.dtype == np.uint32
     assert wire.decode_out_packet(env(1, struct.pack("<II", 4, 2) + bytes(12)), 9).code == E.E_LENGTH

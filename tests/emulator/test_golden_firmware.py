@@ -12,10 +12,9 @@ import struct
 import numpy as np
 import pytest
 
-from firmware_sim.config import SimConfig
 from firmware_sim import wire
+from firmware_sim.config import SimConfig
 from firmware_sim.device import EmulatedDevice, Register
-
 from tests.support import GOLDEN_DIR
 
 GOLDEN = GOLDEN_DIR

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware_sim.config import QUERY_KEYS, SimConfig
+from firmware_sim.errors import SimConfigError
 from firmware_sim.ground_truth import GroundTruth
 from firmware_sim.optics import OpticalPath, cell_overlaps
 from firmware_sim.sensor import Sensor, dn_per_electron, signal_scale_e
 from firmware_sim.transmission import Transmission, interpolation_weights, mode_grid_size
-from firmware_sim.errors import SimConfigError
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,7 +1,8 @@
 """Mirror layouts: runs are disjoint, inside the array, and expand to the mirrors they claim."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opu_driver.encoding.layouts import LinedLayout, MacroPixelLayout, SplitLayout, make_layout
 from opu_driver.errors import InvalidInputError

@@ -14,7 +14,6 @@ from opu_driver import native
 from opu_driver.encoding.layouts import make_layout
 from opu_driver.errors import InvalidInputError
 from opu_driver.native import fallback
-
 from tests.support import REPO_ROOT
 
 NATIVE = native.backend() == "native"

@@ -18,7 +18,8 @@ ends, not as a pass.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,6 @@ import pytest
 import dfa_client
 import firmware_sim
 import opu_driver
-from tests.support import small_sim
 from dfa_client import FeedbackProjection, ternarize
 from dfa_client import errors as dfa_errors
 from opu_driver import errors as opu_errors
@@ -47,6 +47,7 @@ from opu_driver.calibration import (
 from opu_driver.encoding.encoders import BinaryThreshold, BitPlaneEncoder, TernaryEncoder
 from opu_driver.encoding.layouts import SplitLayout
 from opu_driver.service import OpuService
+from tests.support import small_sim
 
 URL = small_sim("noise=0&seed=11")
 NF, NC = 16, 32  # features and outputs used throughout: they fit the small device with room for a reference
@@ -522,14 +523,14 @@ def test_opu_gives_the_same_result_for_any_memory_layout(opu, entry, layout) -> 
     if entry == "linear_transform":
         E = ternary(3, NF, seed=7)
         E[2] *= 0.61
-        call = lambda A: opu.linear_transform(A, NC)  # noqa: E731
+        call = lambda A: opu.linear_transform(A, NC)
     elif entry == "transform":
         E = binary(3, NF, seed=7)
-        call = lambda A: opu.transform(A, NC)  # noqa: E731
+        call = lambda A: opu.transform(A, NC)
     else:
         E = binary(3, NF + 1, seed=7)
         split = SplitLayout(NF, 96, 64)
-        call = lambda A: opu.acquire(A, split, NC)  # noqa: E731
+        call = lambda A: opu.acquire(A, split, NC)
     np.testing.assert_array_equal(call(LAYOUTS[layout](E)), call(E))
 
 

@@ -27,12 +27,10 @@ from opu_driver.errors import (
     ConfigurationError,
     ProtocolError,
 )
-
+from tests.support import small_sim
 from tests.support.faults import BASE, CHUNK_FRAMES, ERRORS_WITHOUT_RETRY, MIX, N_COMPONENTS, RATES, RETRIES, TIMEOUT_S
 from tests.support.faults import fault_inputs as _inputs
 from tests.support.v1 import v1_link
-
-from tests.support import small_sim
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,15 @@ from opu_driver.calibration.latency import measure_latency
 from opu_driver.calibration.matrix import estimate_matrix
 from opu_driver.calibration.reference import measure_reference
 from opu_driver.calibration.roi import measure_roi
-from opu_driver.errors import (AcquisitionError, CommunicationError, DeviceError, DeviceResetError, InterlockError,
-                               OpuError, ProtocolError)
-
+from opu_driver.errors import (
+    AcquisitionError,
+    CommunicationError,
+    DeviceError,
+    DeviceResetError,
+    InterlockError,
+    OpuError,
+    ProtocolError,
+)
 from tests.support.faults import BASE, CHUNK_FRAMES, N_COMPONENTS, TIMEOUT_S  # the same device and inputs
 from tests.support.faults import fault_inputs as _inputs
 

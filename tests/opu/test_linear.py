@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import opu_driver
-from tests.support import exact_linear_matrix, small_sim
 from opu_driver.errors import InvalidInputError
+from tests.support import exact_linear_matrix, small_sim
 
 SIM = small_sim("seed=3")
 N_FEATURES, N_OUT = 64, 300

@@ -16,9 +16,8 @@ from opu_driver.errors import (
     UnsupportedUrlError,
 )
 from opu_driver.protocol import DeviceErrorCode, PacketType, Register, encode_packet
-
 from tests.support import SMALL_SIM, small_query, small_sim
-from tests.support.v1 import v1_link, v1_connection
+from tests.support.v1 import v1_connection, v1_link
 
 
 def _exact_dn(opu, X: np.ndarray, n_components: int) -> np.ndarray:

@@ -16,9 +16,8 @@ import pytest
 import firmware_sim
 import opu_driver
 from opu_driver.errors import ConnectionLostError, DeviceNotFoundError
-from tests.support.v1 import v1_connection
-
 from tests.support import small_query
+from tests.support.v1 import v1_connection
 
 QUERY = small_query("noise=0&seed=5")
 N_COMPONENTS = 40

@@ -39,7 +39,6 @@ from opu_driver.protocol import (
     parse_error_entry,
     parse_reply,
 )
-
 from tests.support import GOLDEN_DIR
 
 GOLDEN = GOLDEN_DIR

@@ -18,7 +18,6 @@ from firmware_sim import device as fw_device
 from firmware_sim import wire as fw_wire
 from firmware_sim.config import SimConfig
 from opu_driver import protocol
-
 from tests.support import DOCS_DIR
 
 DOC = DOCS_DIR / "protocol.md"
@@ -166,7 +165,7 @@ def test_register_access_matches_the_firmware(device: fw_device.EmulatedDevice):
 def test_unknown_register_is_not_in_the_table(device: fw_device.EmulatedDevice):
     # Every address of the firmware that answers is in the table, and a gap address stalls.
     documented = {address for address, _ in doc_registers().values()}
-    for address in range(0x0000, 0x0040):
+    for address in range(0x0040):
         answers = device.usb_ctrl_read_register(address) is not None
         if address == fw_device.Register.LAST_ERROR:
             continue

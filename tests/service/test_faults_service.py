@@ -38,7 +38,6 @@ import opu_driver.transport
 from dfa_client.errors import ServiceError
 from opu_driver.errors import DeviceError, OpuError
 from opu_driver.service import OpuService
-
 from tests.support.faults import (  # the same device, inputs, rates and driver errors as the driver's columns
     BASE,
     CHUNK_FRAMES,
@@ -47,6 +46,8 @@ from tests.support.faults import (  # the same device, inputs, rates and driver 
     RATES,
     RETRIES,
     TIMEOUT_S,
+)
+from tests.support.faults import (
     fault_inputs as _inputs,
 )
 

@@ -23,7 +23,6 @@ import pytest
 
 import dfa_client
 import opu_driver
-from tests.support import REPO_ROOT, small_sim
 from dfa_client import wire
 from dfa_client.errors import (
     AuthenticationError,
@@ -35,9 +34,10 @@ from dfa_client.errors import (
 )
 from dfa_client.remote import RemoteProjector, redact_url
 from dfa_client.wire import MessageType, ProtocolError, WireLimits
-from opu_driver.opu import linear
 from opu_driver.errors import ConfigurationError
+from opu_driver.opu import linear
 from opu_driver.service import OpuService, is_loopback
+from tests.support import REPO_ROOT, small_sim
 
 URL = small_sim("noise=0&seed=5")
 N_FEATURES = 40
@@ -720,8 +720,8 @@ def _welcome_and_read_request(listener: socket.socket):
 
 
 def test_opu_serve_has_a_flag_for_every_service_limit_and_refuses_a_bad_one(capsys) -> None:
-    from opu_tools.cli import _service_limits, build_parser, main
     from opu_driver.service import ServiceLimits
+    from opu_tools.cli import _service_limits, build_parser, main
 
     args = build_parser().parse_args(["serve", "--max-device-bytes", "1000000", "--max-pending-connections", "3",
                                       "--hello-timeout-s", "0.5"])
@@ -732,8 +732,8 @@ def test_opu_serve_has_a_flag_for_every_service_limit_and_refuses_a_bad_one(caps
         flag = f"--{f.name.replace('_', '-')}"
         assert getattr(build_parser().parse_args(["serve", flag, "7"]), f.name) == 7, flag
     assert main(["serve", "--url", URL, "--max-batch", "0"]) == 2  # refused before the device opens
-    from opu_tools.cli import _serve_opu_settings
     from opu_driver.opu import OpuSettings
+    from opu_tools.cli import _serve_opu_settings
 
     args = build_parser().parse_args(["serve", "--retries", "0", "--timeout-s", "1.5", "--pixel-format", "MONO12"])
     settings = _serve_opu_settings(args)

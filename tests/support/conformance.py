@@ -79,7 +79,7 @@ class DmdConformance:
             with pytest.raises(DeviceError):
                 dmd.start()
             with pytest.raises(DeviceError):
-                dmd.geometry  # noqa: B018 - the property is the call under test
+                dmd.geometry
         finally:
             dmd.open()
 

@@ -5,7 +5,6 @@ import numpy as np
 
 from opu_driver.errors import CommunicationError, CommunicationTimeoutError, DroppedFramesError, ProtocolError
 from opu_driver.transport import StallError
-
 from tests.support import small_sim
 
 BASE = small_sim("noise=0&seed=5")

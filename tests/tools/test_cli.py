@@ -1,12 +1,10 @@
 """The `opu` command line."""
 import json
 
-
 import firmware_sim
 from firmware_sim.usb_backend import get_backend
-from opu_tools.cli import main
 from opu_driver.devices.v1.discovery import describe_devices, find_devices, udev_rule_path
-
+from opu_tools.cli import main
 from tests.support import SMALL_QUERY, SMALL_SIM, small_query, small_sim
 
 

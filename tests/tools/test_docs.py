@@ -1,7 +1,6 @@
 """The documents match the code."""
 
 from firmware_sim.config import SimConfig
-
 from tests.support import DOCS_DIR
 
 DOCS = DOCS_DIR

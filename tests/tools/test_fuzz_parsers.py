@@ -28,10 +28,9 @@ from hypothesis import strategies as st
 from dfa_client import wire
 from dfa_client.errors import ProtocolError as WireProtocolError
 from firmware_sim import wire as fw
-from opu_tools import fuzz
 from opu_driver.errors import ProtocolError
 from opu_driver.protocol import MAX_PAYLOAD, PacketFault, PacketParser, RawFramePacket, encode_raw_frame
-
+from opu_tools import fuzz
 from tests.support import small_sim
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -18,12 +18,12 @@ import pytest
 
 import dfa_client
 import opu_driver
-from tests.support import small_sim
-from opu_tools import soak
-from opu_tools.cli import main
 from opu_driver.errors import ConfigurationError, OpuError
 from opu_driver.service import OpuService
+from opu_tools import soak
+from opu_tools.cli import main
 from opu_tools.soak import RowCheck, SoakConfig, check_rows, run_soak
+from tests.support import small_sim
 
 # Every fault, at rates that make each fire several times in 20,000 frames (about 370 sequences of
 # 64 frames: timeout and reset are drawn once per sequence, the frame faults once per frame).

@@ -37,7 +37,6 @@ from opu_driver.transport import (
     find_usb_devices,
     list_serial_ports,
 )
-
 from tests.support.fake_usb import FakeUsbBackend, FakeUsbDevice
 
 # ================================================================================================ USB

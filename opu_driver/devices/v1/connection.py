@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ...errors import ConfigurationError, DeviceNotFoundError, LibraryLoadError, UnsupportedUrlError
@@ -124,7 +125,7 @@ def _connect_sim(parsed: DeviceUrl) -> Connection:
             config = SimConfig.from_query(parsed.options)
             device = firmware_sim.create_device(config)
             _log.info("emulated OPU %s (serial %s) with %s", device.name, device.serial_number, config.to_query())
-            cleanup = lambda: firmware_sim.release_device(device)  # noqa: E731
+            cleanup = lambda: firmware_sim.release_device(device)
     except SimConfigError as exc:
         raise ConfigurationError(exc.message) from exc
     except SimDeviceNotFoundError as exc:

@@ -7,24 +7,30 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from ...errors import CommunicationError, CommunicationTimeoutError, DeviceRefusedError, InvalidInputError, ProtocolError
+from ...errors import (
+    CommunicationError,
+    CommunicationTimeoutError,
+    DeviceRefusedError,
+    InvalidInputError,
+    ProtocolError,
+)
 from ...protocol import (
     CONTROL_TIMEOUT_S,
-    bulk_write_timeout_s,
-    CameraFrame,
-    DeviceErrorCode,
     EP_CAMERA_IN,
     EP_DMD_OUT,
+    REQ_READ_REG,
+    REQ_WRITE_REG,
+    CameraFrame,
+    DeviceErrorCode,
     PacketFault,
     PacketParser,
     PacketType,
     Register,
-    REQ_READ_REG,
-    REQ_WRITE_REG,
+    bulk_write_timeout_s,
 )
 from ...transport import StallError, UsbTransport
 from ..rig import LinkCounters
