@@ -13,11 +13,12 @@ stream, so the next request starts clean.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +49,20 @@ class Expected:
     roi: Roi
     pixel_format: PixelFormat
     exposure_us: int
+
+
+@dataclass
+class _Attempt:
+    """The state of one attempt: which request frames it runs, under which ids, and what has come back."""
+
+    todo: np.ndarray
+    done: np.ndarray
+    first_id: int
+    camera_first: int
+    dropped_before: int
+    n_done: int = 0
+    seen_positions: set[int] = field(default_factory=set)
+    last_position: int = -1
 
 
 class SequenceRunner:
@@ -178,27 +193,25 @@ class SequenceRunner:
             )
 
     def _run(
-        self, todo: np.ndarray, queue: QueueFn, queue_blank, sink: FrameSink, expected: Expected, capacity: int,
-        done: np.ndarray, request_deadline: float,
+        self, todo: np.ndarray, queue: QueueFn, queue_blank: Callable[[int, int], None], sink: FrameSink,
+        expected: Expected, capacity: int, done: np.ndarray, request_deadline: float,
     ) -> None:
         """One attempt: the frames ``todo`` (request indices, ascending) get ids first_id + k, k their position."""
         n_frames = len(todo)
         if n_frames > capacity:
             raise ValueError(f"{n_frames} frames exceed the {capacity} one sequence holds")  # caller's bug
         flush = max(0, min(self._lag_frames, self.max_lag_frames, capacity - n_frames))
-        first_id = self.reserve_ids(n_frames + self.max_lag_frames + flush)
-        next_flush_id = first_id + n_frames
-        n_done = 0
-        camera_first = self._camera.frame_count
-        dropped_before = self._camera.dropped_frames
+        attempt = _Attempt(todo, done, self.reserve_ids(n_frames + self.max_lag_frames + flush),
+                           self._camera.frame_count, self._camera.dropped_frames)
+        next_flush_id = attempt.first_id + n_frames
         # Runs of consecutive indices are queued with one call each (the first attempt: exactly one).
         breaks = np.flatnonzero(np.diff(todo) != 1) + 1
         run_starts = np.concatenate(([0], breaks)).astype(np.int64)
         run_ends = np.concatenate((breaks, [n_frames])).astype(np.int64)
 
         def queue_main_and_flush() -> None:
-            for lo, hi in zip(run_starts.tolist(), run_ends.tolist()):
-                queue(int(todo[lo]), int(todo[hi - 1]) + 1, first_id + lo)
+            for lo, hi in zip(run_starts.tolist(), run_ends.tolist(), strict=True):
+                queue(int(todo[lo]), int(todo[hi - 1]) + 1, attempt.first_id + lo)
             if flush:
                 queue_blank(next_flush_id, flush)
 
@@ -208,83 +221,98 @@ class SequenceRunner:
         self.tally.frames_sent += n_frames
         self.tally.flush_frames_sent += flush
         flushed = flush
-        seen_camera_ids: set[int] = set()
-        last_camera_id = -1
         while True:
             self._dmd.start()
             self.tally.sequences += 1
-            timeout_s = self.timeout_s + to_read * self._camera.settings.frame_time_us * 1e-6
-            deadline = min(time.monotonic() + timeout_s, request_deadline)
-            try:
-                while to_read:
-                    left_s = max(deadline - time.monotonic(), 1e-3)
-                    for frame in self._camera.read_frames(to_read, left_s):
-                        position = (frame.camera_frame_id - camera_first) & 0xFFFFFFFF
-                        if position >= 0x80000000:
-                            # Captured before this request's first trigger: not one of the frames we wait for.
-                            self.tally.frames_discarded += 1
-                            continue
-                        if position in seen_camera_ids:
-                            # The same exposure sent twice: it was counted when it first came.
-                            self.tally.duplicate_frames += 1
-                            continue
-                        seen_camera_ids.add(position)
-                        if position < last_camera_id:
-                            self.tally.reordered_frames += 1
-                        last_camera_id = max(last_camera_id, position)
-                        to_read -= 1
-                        k = (frame.dmd_frame_id - first_id) & 0xFFFFFFFF
-                        if k >= n_frames or done[todo[k]]:
-                            # Blank, flush, or from an earlier request or attempt: never data for this one.
-                            self.tally.frames_discarded += 1
-                            continue
-                        index = int(todo[k])
-                        self._check(frame, expected)
-                        lag = position - k
-                        if lag != self._lag_frames:
-                            if lag < 0 or lag > self.max_lag_frames:
-                                raise ProtocolError(
-                                    f"camera frame for DMD frame {index} arrived at an impossible lag {lag}"
-                                )
-                            _log.info("DMD-to-camera lag is %d frames", lag)
-                            self._lag_frames = lag
-                        if frame.dark:
-                            self.tally.dark_frames += 1
-                        if frame.saturated:
-                            self.tally.saturated_frames += 1
-                        sink(index, frame)
-                        done[index] = True
-                        n_done += 1
-            except CommunicationTimeoutError as exc:
-                dropped = self._camera.dropped_frames - dropped_before
-                if dropped:
-                    raise DroppedFramesError(
-                        f"the device dropped {dropped} camera frames (its FIFO overflowed); "
-                        f"{n_frames - n_done} of {n_frames} results are missing",
-                        missing=n_frames - n_done,
-                    ) from exc
-                raise
-            if n_done == n_frames:
+            self._read_sequence(attempt, to_read, request_deadline, expected, sink)
+            if attempt.n_done == n_frames:
                 self.tally.frames_matched += n_frames
                 return
-            missing = n_frames - n_done
-            # The missing frames are the last ones, still in the camera pipeline: flush them out. With the
-            # lag known, exactly enough blanks; otherwise as many as are missing, up to max_lag_frames.
-            more = self._lag_frames - flushed if self._lag_frames > flushed else missing
-            more = min(more, self.max_lag_frames - flushed, capacity)
-            if more <= 0:
-                first_missing = int(todo[np.flatnonzero(~done[todo])[0]])
-                raise DroppedFramesError(
-                    f"{missing} of {n_frames} camera frames never arrived (first missing: frame {first_missing}; "
-                    f"lag allowed up to {self.max_lag_frames} frames); the device counts "
-                    f"{self._camera.dropped_frames - dropped_before} dropped frames",
-                    missing=missing,
-                )
-            self._queue_checked(lambda: queue_blank(next_flush_id, more), more)
+            more = self._flush_needed(attempt, flushed, capacity)
+            self._queue_checked(functools.partial(queue_blank, next_flush_id, more), more)
             next_flush_id += more
             flushed += more
             self.tally.flush_frames_sent += more
             to_read = more
+
+    def _read_sequence(self, attempt: _Attempt, to_read: int, request_deadline: float, expected: Expected,
+                       sink: FrameSink) -> None:
+        """Read the ``to_read`` camera frames of a started sequence, handing each result to ``sink``."""
+        timeout_s = self.timeout_s + to_read * self._camera.settings.frame_time_us * 1e-6
+        deadline = min(time.monotonic() + timeout_s, request_deadline)
+        try:
+            while to_read:
+                left_s = max(deadline - time.monotonic(), 1e-3)
+                for frame in self._camera.read_frames(to_read, left_s):
+                    counted, index = self._place(frame, attempt)
+                    to_read -= counted
+                    if index is None:
+                        continue
+                    self._check(frame, expected)
+                    self.tally.dark_frames += frame.dark
+                    self.tally.saturated_frames += frame.saturated
+                    sink(index, frame)
+                    attempt.done[index] = True
+                    attempt.n_done += 1
+        except CommunicationTimeoutError as exc:
+            dropped = self._camera.dropped_frames - attempt.dropped_before
+            if dropped:
+                n_frames = len(attempt.todo)
+                raise DroppedFramesError(
+                    f"the device dropped {dropped} camera frames (its FIFO overflowed); "
+                    f"{n_frames - attempt.n_done} of {n_frames} results are missing",
+                    missing=n_frames - attempt.n_done,
+                ) from exc
+            raise
+
+    def _place(self, frame: CameraFrame, attempt: _Attempt) -> tuple[int, int | None]:
+        """Where a camera frame belongs: (1 if it is one of the exposures this sequence waits for, else 0;
+        the request index its result fills, or None when it is no result of this attempt). Learns the lag."""
+        position = (frame.camera_frame_id - attempt.camera_first) & 0xFFFFFFFF
+        if position >= 0x80000000:
+            # Captured before this request's first trigger: not one of the frames we wait for.
+            self.tally.frames_discarded += 1
+            return 0, None
+        if position in attempt.seen_positions:
+            # The same exposure sent twice: it was counted when it first came.
+            self.tally.duplicate_frames += 1
+            return 0, None
+        attempt.seen_positions.add(position)
+        if position < attempt.last_position:
+            self.tally.reordered_frames += 1
+        attempt.last_position = max(attempt.last_position, position)
+        k = (frame.dmd_frame_id - attempt.first_id) & 0xFFFFFFFF
+        if k >= len(attempt.todo) or attempt.done[attempt.todo[k]]:
+            # Blank, flush, or from an earlier request or attempt: never data for this one.
+            self.tally.frames_discarded += 1
+            return 1, None
+        index = int(attempt.todo[k])
+        lag = position - k
+        if lag != self._lag_frames:
+            if lag < 0 or lag > self.max_lag_frames:
+                raise ProtocolError(f"camera frame for DMD frame {index} arrived at an impossible lag {lag}")
+            _log.info("DMD-to-camera lag is %d frames", lag)
+            self._lag_frames = lag
+        return 1, index
+
+    def _flush_needed(self, attempt: _Attempt, flushed: int, capacity: int) -> int:
+        """Blank frames to queue so the missing results leave the camera pipeline; DroppedFramesError when no
+        more flushing can bring them."""
+        n_frames = len(attempt.todo)
+        missing = n_frames - attempt.n_done
+        # The missing frames are the last ones, still in the camera pipeline: flush them out. With the
+        # lag known, exactly enough blanks; otherwise as many as are missing, up to max_lag_frames.
+        more = self._lag_frames - flushed if self._lag_frames > flushed else missing
+        more = min(more, self.max_lag_frames - flushed, capacity)
+        if more <= 0:
+            first_missing = int(attempt.todo[np.flatnonzero(~attempt.done[attempt.todo])[0]])
+            raise DroppedFramesError(
+                f"{missing} of {n_frames} camera frames never arrived (first missing: frame {first_missing}; "
+                f"lag allowed up to {self.max_lag_frames} frames); the device counts "
+                f"{self._camera.dropped_frames - attempt.dropped_before} dropped frames",
+                missing=missing,
+            )
+        return more
 
     @staticmethod
     def _check(frame: CameraFrame, expected: Expected) -> None:
