@@ -44,7 +44,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +55,7 @@ from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int, is_number
+from .result import CalibrationResult, region, stored, summarised, summarised_property
 
 __all__ = ["DriftSample", "DriftResult", "DriftMonitor", "measure_drift", "check_drift", "default_threshold",
            "THRESHOLD_SIGMAS", "MIN_DROP"]
@@ -78,8 +80,8 @@ class DriftSample:
     device_time_us: int = 0
 
 
-@dataclass(frozen=True)
-class DriftResult:
+@dataclass(frozen=True, kw_only=True)
+class DriftResult(CalibrationResult):
     """A monitor's baseline, threshold and checks so far.
 
     Attributes:
@@ -96,55 +98,39 @@ class DriftResult:
         needs_recalibration: whether some check since the baseline fell below the threshold.
     """
 
-    n_features: int
-    n_components: int
-    scheme: str
-    threshold: float
-    baseline_repeatability: float | None
-    expected_correlation: float | None
-    baseline_device_time_us: int | None
-    roi: Roi
-    needs_recalibration: bool
-    times_s: npt.NDArray[np.float64] = field(repr=False)
-    correlations: npt.NDArray[np.float64] = field(repr=False)
-    probes: npt.NDArray[np.int8] = field(repr=False)
-    baseline: npt.NDArray[np.float32] = field(repr=False)
+    routine: ClassVar[str] = "drift"
 
-    @property
+    # declared in the order of the summary, then of the arrays (keyword-only, so that order is free);
+    # correlations are None in the summary when not finite
+    n_features: int = summarised()
+    n_components: int = summarised()
+    scheme: str = summarised()
+
+    @summarised_property()
     def n_probes(self) -> int:
         return int(self.probes.shape[0])
 
-    @property
+    threshold: float = summarised(digits=6, finite=True)
+    baseline_repeatability: float | None = summarised(digits=6, finite=True)
+    expected_correlation: float | None = summarised(digits=6, finite=True)
+
+    @summarised_property(digits=6, finite=True)
     def last_correlation(self) -> float | None:
         return float(self.correlations[-1]) if self.correlations.size else None
 
-    def summary(self) -> dict[str, float | int | str | bool | None]:
-        def rounded(value: float | None) -> float | None:
-            return None if value is None or not math.isfinite(value) else round(float(value), 6)
+    needs_recalibration: bool = summarised(convert=bool)
 
-        return {
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "scheme": self.scheme,
-            "n_probes": self.n_probes,
-            "threshold": rounded(self.threshold),
-            "baseline_repeatability": rounded(self.baseline_repeatability),
-            "expected_correlation": rounded(self.expected_correlation),
-            "last_correlation": rounded(self.last_correlation),
-            "needs_recalibration": bool(self.needs_recalibration),
-            "n_checks": int(self.correlations.size),
-            "baseline_device_time_us": self.baseline_device_time_us,
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
+    @summarised_property()
+    def n_checks(self) -> int:
+        """Checks since the baseline."""
+        return int(self.correlations.size)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The time series and what a later session needs to check against this baseline (``drift/<name>``)."""
-        return {
-            "times_s": np.asarray(self.times_s, dtype=np.float64),
-            "correlations": np.asarray(self.correlations, dtype=np.float64),
-            "probes": np.asarray(self.probes, dtype=np.int8),
-            "baseline": np.asarray(self.baseline, dtype=np.float32),
-        }
+    baseline_device_time_us: int | None = summarised()
+    roi: Roi = region()
+    times_s: npt.NDArray[np.float64] = stored(np.float64)
+    correlations: npt.NDArray[np.float64] = stored(np.float64)
+    probes: npt.NDArray[np.int8] = stored(np.int8)
+    baseline: npt.NDArray[np.float32] = stored(np.float32)
 
 
 def default_threshold(repeat_1: npt.ArrayLike, repeat_2: npt.ArrayLike) -> tuple[float, float, float]:
@@ -414,11 +400,13 @@ class DriftMonitor:
         if self._baseline is None or self._threshold is None:
             raise InvalidInputError("no baseline yet: call baseline() first")
         return DriftResult(
-            self.n_features, self.n_components, self.scheme, self._threshold, self.baseline_repeatability,
-            self.expected_correlation, self.baseline_device_time_us, self._opu.roi_for(self.n_components),
-            self._latched, np.array([s.time_s for s in self._history], dtype=np.float64),
-            np.array([s.correlation for s in self._history], dtype=np.float64), self.probes.copy(),
-            self._baseline.copy(),
+            n_features=self.n_features, n_components=self.n_components, scheme=self.scheme,
+            threshold=self._threshold, baseline_repeatability=self.baseline_repeatability,
+            expected_correlation=self.expected_correlation, baseline_device_time_us=self.baseline_device_time_us,
+            roi=self._opu.roi_for(self.n_components), needs_recalibration=self._latched,
+            times_s=np.array([s.time_s for s in self._history], dtype=np.float64),
+            correlations=np.array([s.correlation for s in self._history], dtype=np.float64),
+            probes=self.probes.copy(), baseline=self._baseline.copy(),
         )
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import tqdm
@@ -28,6 +29,7 @@ from ..encoding.layouts import Layout, make_layout
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
 from ._checks import check_components, is_int, is_number
+from .result import CalibrationResult, region, stored, summarised, summarised_property
 
 __all__ = ["ExposureResult", "tune_exposure"]
 
@@ -45,8 +47,8 @@ _MAX_STEPS_DOWN = 6  # steps down while too many pixels are saturated
 _STEP_DOWN = 0.85  # each step down lowers exposure x gain by 15%
 
 
-@dataclass(frozen=True)
-class ExposureResult:
+@dataclass(frozen=True, kw_only=True)
+class ExposureResult(CalibrationResult):
     """The chosen camera setting and every measurement that led to it.
 
     Attributes:
@@ -63,58 +65,36 @@ class ExposureResult:
         sweep_*: every measurement in order (sweep, refinement, steps down): exposure, gain, top, saturated share.
     """
 
-    exposure_us: int
-    gain: float
-    frame_time_us: int
-    top_dn: float
-    saturated_fraction: float
-    max_saturated_fraction: float
-    target_fraction: float
-    target_dn: float
-    full_scale_dn: int
-    dark_dn: float
-    slope_dn_per_us: float
-    reached_target: bool
-    n_features: int
-    n_components: int
-    n_frames: int
-    layout: str
-    roi: Roi
-    sweep_exposure_us: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    sweep_gain: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    sweep_top_dn: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    sweep_saturated_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    routine: ClassVar[str] = "exposure"
 
-    def summary(self) -> dict[str, float | int | str | bool]:
-        return {
-            "exposure_us": self.exposure_us,
-            "gain": round(self.gain, 3),
-            "frame_time_us": self.frame_time_us,
-            "saturated_fraction": round(self.saturated_fraction, 6),
-            "max_saturated_fraction": self.max_saturated_fraction,
-            "top_dn": round(self.top_dn, 2),
-            "full_scale_dn": self.full_scale_dn,
-            "target_dn": round(self.target_dn, 2),
-            "target_fraction": self.target_fraction,
-            "dark_dn": round(self.dark_dn, 3),
-            "slope_dn_per_us": float(f"{self.slope_dn_per_us:.6g}"),
-            "reached_target": self.reached_target,
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "n_frames": self.n_frames,
-            "layout": self.layout,
-            "n_measurements": int(self.sweep_exposure_us.size),
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
+    # declared in the order of the summary, then of the arrays (keyword-only, so that order is free)
+    exposure_us: int = summarised()
+    gain: float = summarised(digits=3)
+    frame_time_us: int = summarised()
+    saturated_fraction: float = summarised(digits=6)
+    max_saturated_fraction: float = summarised()
+    top_dn: float = summarised(digits=2)
+    full_scale_dn: int = summarised()
+    target_dn: float = summarised(digits=2)
+    target_fraction: float = summarised()
+    dark_dn: float = summarised(digits=3)
+    slope_dn_per_us: float = summarised(significant=6)
+    reached_target: bool = summarised()
+    n_features: int = summarised()
+    n_components: int = summarised()
+    n_frames: int = summarised()
+    layout: str = summarised()
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The measurements, in order (stored as ``exposure/<name>``)."""
-        return {
-            "sweep_exposure_us": np.asarray(self.sweep_exposure_us, dtype=np.float64),
-            "sweep_gain": np.asarray(self.sweep_gain, dtype=np.float64),
-            "sweep_top_dn": np.asarray(self.sweep_top_dn, dtype=np.float64),
-            "sweep_saturated_fraction": np.asarray(self.sweep_saturated_fraction, dtype=np.float64),
-        }
+    @summarised_property()
+    def n_measurements(self) -> int:
+        """Settings measured: the sweep, the refinement and the steps down."""
+        return int(self.sweep_exposure_us.size)
+
+    roi: Roi = region()
+    sweep_exposure_us: np.ndarray = stored(np.float64, default_factory=lambda: np.zeros(0))
+    sweep_gain: np.ndarray = stored(np.float64, default_factory=lambda: np.zeros(0))
+    sweep_top_dn: np.ndarray = stored(np.float64, default_factory=lambda: np.zeros(0))
+    sweep_saturated_fraction: np.ndarray = stored(np.float64, default_factory=lambda: np.zeros(0))
 
 
 class _QuietSaturation(logging.Filter):

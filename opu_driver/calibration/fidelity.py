@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import tqdm
@@ -37,6 +38,8 @@ import tqdm
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int
+from .result import CalibrationResult, Recorded, row_key, summarised
+from .result import rows as rows_of
 
 __all__ = ["FidelityRow", "FidelityResult", "measure_fidelity", "row_label", "correlation"]
 
@@ -49,8 +52,8 @@ def row_label(scheme: str, n_bits: int | None) -> str:
     return f"{scheme}/{'ternary' if n_bits is None else f'{n_bits}bit'}"
 
 
-@dataclass(frozen=True)
-class FidelityRow:
+@dataclass(frozen=True, kw_only=True)
+class FidelityRow(Recorded):
     """Fidelity of one (scheme, encoding).
 
     Attributes:
@@ -59,23 +62,25 @@ class FidelityRow:
         frames_per_vector: frames one nonzero vector costs (4 or 2 per ternary projection, times n_bits).
         repeatability: correlation between two projections of the same vectors.
         linearity_error: RMS of L(a) + L(b) - L(a + b) over RMS of L(a + b).
+        nonlinearity: the linearity error with the noise of its three projections removed (3 noise_variance
+            taken off the mean square residual): the systematic part, e.g. the two-frame scheme's bias.
         snr_db: 10 log10(signal variance / noise variance); inf when repeats are identical.
         signal_variance, noise_variance: the two variances, in output units (entries of unit variance).
         n_outputs: outputs the statistics used (those the linear mode did not mask).
-        nonlinearity: the linearity error with the noise of its three projections removed (3 noise_variance
-            taken off the mean square residual): the systematic part, e.g. the two-frame scheme's bias.
     """
 
+    # declared in the order of a row's summary (keyword-only, so that order is free); NaN and infinities are
+    # None in the summary (JSON has neither)
     scheme: str
     n_bits: int | None
-    frames_per_vector: int
-    repeatability: float
-    linearity_error: float
-    snr_db: float
+    frames_per_vector: int = summarised(array=np.int64)
+    repeatability: float = summarised(digits=6, finite=True, array=np.float64)
+    linearity_error: float = summarised(digits=6, finite=True, array=np.float64)
+    nonlinearity: float = summarised(digits=6, finite=True)
+    snr_db: float = summarised(digits=3, finite=True, array=np.float64)
     signal_variance: float
     noise_variance: float
     n_outputs: int
-    nonlinearity: float = float("nan")
 
     @property
     def label(self) -> str:
@@ -87,14 +92,29 @@ class FidelityRow:
         return math.inf if math.isinf(self.snr_db) and self.snr_db > 0 else 10 ** (self.snr_db / 10)
 
 
-@dataclass(frozen=True)
-class FidelityResult:
-    """Fidelity rows for every (scheme, encoding) measured, with the sizes they were measured at."""
+def _label(row: FidelityRow) -> str:
+    return row.label
 
-    n_features: int
-    n_components: int
-    n_vectors: int
-    rows: tuple[FidelityRow, ...] = field(default_factory=tuple)
+
+@dataclass(frozen=True)
+class FidelityResult(CalibrationResult):
+    """Fidelity rows for every (scheme, encoding) measured, with the sizes they were measured at.
+
+    The summary holds the sizes, the row labels (comma-separated, under ``rows``) and per row
+    "<label>:<quantity>" (:meth:`row_key`); the arrays one entry per row, in the order of the labels.
+    """
+
+    routine: ClassVar[str] = "fidelity"
+
+    n_features: int = summarised()
+    n_components: int = summarised()
+    n_vectors: int = summarised()
+    rows: tuple[FidelityRow, ...] = rows_of(FidelityRow, _label)
+
+    @staticmethod
+    def row_key(label: str, quantity: str) -> str:
+        """The summary key of one row's quantity (a key of ``FidelityRow.summary_key``)."""
+        return row_key(label, quantity)
 
     def row(self, scheme: str, n_bits: int | None = None) -> FidelityRow:
         """The row of one (scheme, encoding); KeyError if it was not measured."""
@@ -102,31 +122,6 @@ class FidelityResult:
             if candidate.scheme == scheme and candidate.n_bits == n_bits:
                 return candidate
         raise KeyError(row_label(scheme, n_bits))
-
-    def summary(self) -> dict[str, float | int | str | None]:
-        """Sizes, the row labels (comma-separated) and per row "<label>:<quantity>" (snr_db None when infinite)."""
-        out: dict[str, float | int | str | None] = {
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "n_vectors": self.n_vectors,
-            "rows": ",".join(r.label for r in self.rows),
-        }
-        for r in self.rows:
-            out[f"{r.label}:frames_per_vector"] = r.frames_per_vector
-            out[f"{r.label}:repeatability"] = _rounded(r.repeatability, 6)
-            out[f"{r.label}:linearity_error"] = _rounded(r.linearity_error, 6)
-            out[f"{r.label}:nonlinearity"] = _rounded(r.nonlinearity, 6)
-            out[f"{r.label}:snr_db"] = _rounded(r.snr_db, 3)
-        return out
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """One entry per row, in the order of ``summary()["rows"]`` (stored as ``fidelity/<name>``)."""
-        return {
-            "frames_per_vector": np.array([r.frames_per_vector for r in self.rows], dtype=np.int64),
-            "repeatability": np.array([r.repeatability for r in self.rows], dtype=np.float64),
-            "linearity_error": np.array([r.linearity_error for r in self.rows], dtype=np.float64),
-            "snr_db": np.array([r.snr_db for r in self.rows], dtype=np.float64),
-        }
 
     def table(self) -> str:
         """The rows as a printable text table."""
@@ -138,10 +133,6 @@ class FidelityResult:
             lines.append(f"{r.label:<22} {r.frames_per_vector:>13d} {r.repeatability:>13.5f} "
                          f"{r.linearity_error:>13.5f} {r.nonlinearity:>12.5f} {r.snr_db:>9.2f}")
         return "\n".join(lines)
-
-
-def _rounded(value: float, digits: int) -> float | None:
-    return round(float(value), digits) if math.isfinite(value) else None
 
 
 def _vectors(rng: np.random.Generator, n_vectors: int, n_features: int, n_bits: int | None):
@@ -229,7 +220,9 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
     used = np.any(out != 0, axis=0)
     nan = float("nan")
     if not used.any():
-        return FidelityRow(scheme, n_bits, frames, nan, nan, nan, nan, nan, 0)
+        return FidelityRow(scheme=scheme, n_bits=n_bits, frames_per_vector=frames, repeatability=nan,
+                           linearity_error=nan, nonlinearity=nan, snr_db=nan, signal_variance=nan,
+                           noise_variance=nan, n_outputs=0)
     y1, y2, yb, ys = y1[:, used], y2[:, used], yb[:, used], ys[:, used]
     repeatability = correlation(y1, y2)
     noise = float(np.var(y1 - y2)) / 2
@@ -246,5 +239,6 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
     # The residual holds the independent noise of three projections (about 3 noise, the noise of a + b being
     # close to that of a): what is left is systematic.
     nonlinearity = math.sqrt(max(mean_square - 3 * noise, 0.0)) / scale if scale > 0 else nan
-    return FidelityRow(scheme, n_bits, frames, repeatability, linearity, snr_db, signal, noise, int(used.sum()),
-                       nonlinearity)
+    return FidelityRow(scheme=scheme, n_bits=n_bits, frames_per_vector=frames, repeatability=repeatability,
+                       linearity_error=linearity, nonlinearity=nonlinearity, snr_db=snr_db, signal_variance=signal,
+                       noise_variance=noise, n_outputs=int(used.sum()))

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import MAX_FRAME_ID, decode_pixels
 from ._checks import check_components, check_count, check_features, is_number
+from .result import CalibrationResult, stored, summarised
 
 __all__ = ["LatencyResult", "measure_latency"]
 
@@ -23,24 +25,21 @@ _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LatencyResult:
-    """The optical lag, the lag the metadata implies, and how clear the optical peak was."""
+class LatencyResult(CalibrationResult):
+    """The optical lag, the lag the metadata implies, and how clear the optical peak was.
 
-    lag_frames: int
-    header_lag_frames: int | None
-    peak_correlation: float
-    second_correlation: float
-    n_frames: int
-    correlations: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    ``correlations`` holds the correlation of camera brightness with the pattern per candidate lag
+    0..max_lag_frames.
+    """
 
-    def summary(self) -> dict[str, float | int | None]:
-        return {"lag_frames": self.lag_frames, "header_lag_frames": self.header_lag_frames,
-                "peak_correlation": round(self.peak_correlation, 4),
-                "second_correlation": round(self.second_correlation, 4), "n_frames": self.n_frames}
+    routine: ClassVar[str] = "latency"
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Correlation of camera brightness with the pattern, per candidate lag 0..max_lag_frames."""
-        return {"correlations": np.asarray(self.correlations, dtype=np.float32)}
+    lag_frames: int = summarised()
+    header_lag_frames: int | None = summarised()
+    peak_correlation: float = summarised(digits=4)
+    second_correlation: float = summarised(digits=4)
+    n_frames: int = summarised()
+    correlations: np.ndarray = stored(np.float32, default_factory=lambda: np.zeros(0))
 
 
 def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_components: int = 256,

@@ -41,8 +41,8 @@ Only the public Opu API is used (``linear_transform``, ``acquire``, ``roi_for``,
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +55,7 @@ from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ..protocol import MAX_FEATURES, bits_per_pixel
 from ._checks import check_components, check_count, check_seed, correlation, is_int
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
+from .result import CalibrationResult, region, stored, summarised, summarised_property
 
 __all__ = ["MatrixResult", "estimate_matrix", "PROBES"]
 
@@ -71,8 +72,13 @@ _MIN_SIN = 0.25  # |sin D| below this amplifies the second quadrature's noise mo
 _MAX_FIELD_ERROR = 0.1  # largest relative error of the field estimate the reference measurements may cause
 
 
-@dataclass(frozen=True)
-class MatrixResult:
+def _has_field_estimate(result: "MatrixResult") -> bool:
+    """Whether the result holds the nonlinear check's field matrix and its mask (kept only together)."""
+    return result.field_matrix is not None and result.field_mask is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixResult(CalibrationResult):
     """The estimated effective matrix, what it cost, how well it predicts, and the nonlinear check.
 
     Attributes:
@@ -102,40 +108,50 @@ class MatrixResult:
         holdout_measured/predicted, nonlinear_measured/predicted: at most 20,000 sample points for plots.
     """
 
-    n_features: int
-    n_components: int
-    probes: str
-    scheme: str
-    n_probes: int
-    n_holdout: int
-    roi: Roi
-    matrix: npt.NDArray[np.float32] = field(repr=False)
-    mask: npt.NDArray[np.bool_] = field(repr=False)
-    n_frames: int
-    n_frames_reference: int
-    n_frames_probes: int
-    n_frames_noise: int
-    n_frames_holdout: int
-    n_frames_nonlinear: int
-    saturated_frames: int
-    relative_error: float
-    expected_relative_error: float
-    output_noise_variance: float
-    holdout_correlation: float
-    holdout_measured: npt.NDArray[np.float32] = field(repr=False)
-    holdout_predicted: npt.NDArray[np.float32] = field(repr=False)
-    nonlinear_correlation: float | None = None
-    nonlinear_relative_error: float | None = None
-    field_matrix: npt.NDArray[np.complex64] | None = field(default=None, repr=False)
-    field_mask: npt.NDArray[np.bool_] | None = field(default=None, repr=False)
-    nonlinear_measured: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32),
-                                                        repr=False)
-    nonlinear_predicted: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32),
-                                                         repr=False)
+    routine: ClassVar[str] = "matrix"
 
-    @property
+    # declared in the order of the summary, then of the arrays (keyword-only, so that order is free); errors and
+    # correlations are None in the summary when not finite
+    n_features: int = summarised()
+    n_components: int = summarised()
+    probes: str = summarised()
+    scheme: str = summarised()
+    n_probes: int = summarised()
+    n_holdout: int = summarised()
+    roi: Roi = region()
+    matrix: npt.NDArray[np.float32] = stored(np.float32)
+    mask: npt.NDArray[np.bool_] = stored(bool)
+    n_frames: int = summarised()
+    n_frames_reference: int = summarised()
+    n_frames_probes: int = summarised()
+    n_frames_noise: int = summarised()
+    n_frames_holdout: int = summarised()
+    n_frames_nonlinear: int = summarised()
+    saturated_frames: int = summarised()
+
+    @summarised_property(digits=4, finite=True)
     def usable_fraction(self) -> float:
         return float(self.mask.mean())
+
+    relative_error: float = summarised(digits=5, finite=True)
+    expected_relative_error: float = summarised(digits=5, finite=True)
+    output_noise_variance: float = summarised(digits=6, finite=True)
+    holdout_correlation: float = summarised(digits=5, finite=True)
+    holdout_measured: npt.NDArray[np.float32] = stored(np.float32)
+    holdout_predicted: npt.NDArray[np.float32] = stored(np.float32)
+    nonlinear_correlation: float | None = summarised(digits=5, finite=True, default=None)
+    nonlinear_relative_error: float | None = summarised(digits=5, finite=True, default=None)
+
+    @summarised_property(digits=4)
+    def nonlinear_usable_fraction(self) -> float | None:
+        """Share of the outputs the field matrix covers (None without the nonlinear check)."""
+        return None if self.field_mask is None else float(self.field_mask.mean())
+
+    nonlinear_measured: npt.NDArray[np.float32] = stored(np.float32, default_factory=lambda: np.zeros(0, np.float32))
+    nonlinear_predicted: npt.NDArray[np.float32] = stored(np.float32,
+                                                          default_factory=lambda: np.zeros(0, np.float32))
+    field_matrix: npt.NDArray[np.complex64] | None = stored(np.complex64, when=_has_field_estimate, default=None)
+    field_mask: npt.NDArray[np.bool_] | None = stored(bool, when=_has_field_estimate, default=None)
 
     def predict(self, E: npt.ArrayLike) -> np.ndarray:
         """The twin of ``opu.linear_transform(E, n_components)``: E @ matrix, float32."""
@@ -147,51 +163,6 @@ class MatrixResult:
             raise InvalidInputError("no field matrix: run estimate_matrix with nonlinear_check=True")
         fields = np.asarray(X, dtype=np.complex64) @ self.field_matrix
         return (fields.real ** 2 + fields.imag ** 2).astype(np.float32)
-
-    def summary(self) -> dict[str, float | int | str | bool | None]:
-        def rounded(value: float | None, digits: int = 5) -> float | None:
-            return None if value is None or not math.isfinite(value) else round(float(value), digits)
-
-        return {
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "probes": self.probes,
-            "scheme": self.scheme,
-            "n_probes": self.n_probes,
-            "n_holdout": self.n_holdout,
-            "n_frames": self.n_frames,
-            "n_frames_reference": self.n_frames_reference,
-            "n_frames_probes": self.n_frames_probes,
-            "n_frames_noise": self.n_frames_noise,
-            "n_frames_holdout": self.n_frames_holdout,
-            "n_frames_nonlinear": self.n_frames_nonlinear,
-            "saturated_frames": self.saturated_frames,
-            "usable_fraction": rounded(self.usable_fraction, 4),
-            "relative_error": rounded(self.relative_error),
-            "expected_relative_error": rounded(self.expected_relative_error),
-            "output_noise_variance": rounded(self.output_noise_variance, 6),
-            "holdout_correlation": rounded(self.holdout_correlation),
-            "nonlinear_correlation": rounded(self.nonlinear_correlation),
-            "nonlinear_relative_error": rounded(self.nonlinear_relative_error),
-            "nonlinear_usable_fraction": (None if self.field_mask is None
-                                          else round(float(self.field_mask.mean()), 4)),
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays a calibration record keeps (stored as ``matrix/<name>``)."""
-        out = {
-            "matrix": np.asarray(self.matrix, dtype=np.float32),
-            "mask": np.asarray(self.mask, dtype=bool),
-            "holdout_measured": np.asarray(self.holdout_measured, dtype=np.float32),
-            "holdout_predicted": np.asarray(self.holdout_predicted, dtype=np.float32),
-            "nonlinear_measured": np.asarray(self.nonlinear_measured, dtype=np.float32),
-            "nonlinear_predicted": np.asarray(self.nonlinear_predicted, dtype=np.float32),
-        }
-        if self.field_matrix is not None and self.field_mask is not None:
-            out["field_matrix"] = np.asarray(self.field_matrix, dtype=np.complex64)
-            out["field_mask"] = np.asarray(self.field_mask, dtype=bool)
-        return out
 
 
 def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats, nonlinear_check,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..linear import ReferenceCalibration
 from ._checks import check_count
+from .result import CalibrationResult, region, stored_property, summarised, summarised_property
 
 __all__ = ["ReferenceResult", "measure_reference", "install_reference", "reference_layout"]
 
@@ -24,7 +25,7 @@ _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ReferenceResult:
+class ReferenceResult(CalibrationResult):
     """The linear mode's reference for ``n_features`` signal features and ``n_components`` outputs.
 
     Attributes:
@@ -32,31 +33,45 @@ class ReferenceResult:
         roi: the camera region of the outputs.
     """
 
-    n_features: int
-    n_components: int
-    roi: Roi
+    routine: ClassVar[str] = "reference"
+
+    n_features: int = summarised()
+    n_components: int = summarised()
+    roi: Roi = region()
     calibration: ReferenceCalibration
 
-    @property
+    @summarised_property(digits=4)
     def usable_fraction(self) -> float:
+        """Share of the outputs the mask keeps."""
         return self.calibration.usable_fraction
 
-    def summary(self) -> dict[str, Any]:
-        c = self.calibration
-        usable = c.reference_dn[c.mask]
-        return {
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "usable_fraction": round(c.usable_fraction, 4),
-            "entry_variance": float(c.entry_variance),  # full precision: the scale of every output
-            "reference_median_dn": round(float(np.median(usable)), 3) if usable.size else 0.0,
-            "n_frames": c.n_frames,
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
+    @summarised_property(convert=float)
+    def entry_variance(self) -> float:
+        """The scale of every output, at full precision."""
+        return self.calibration.entry_variance
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        c = self.calibration
-        return {"reference_dn": c.reference_dn, "dark_dn": c.dark_dn, "mask": c.mask}
+    @summarised_property(digits=3)
+    def reference_median_dn(self) -> float:
+        """Median reference intensity of the usable outputs (0 when none is usable)."""
+        usable = self.calibration.reference_dn[self.calibration.mask]
+        return float(np.median(usable)) if usable.size else 0.0
+
+    @summarised_property()
+    def n_frames(self) -> int:
+        """Frames averaged for the reference and the dark."""
+        return self.calibration.n_frames
+
+    @stored_property()
+    def reference_dn(self) -> np.ndarray:
+        return self.calibration.reference_dn
+
+    @stored_property()
+    def dark_dn(self) -> np.ndarray:
+        return self.calibration.dark_dn
+
+    @stored_property()
+    def mask(self) -> np.ndarray:
+        return self.calibration.mask
 
 
 def reference_layout(opu, n_features: int):

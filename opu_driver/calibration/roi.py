@@ -13,6 +13,7 @@ import logging
 import math
 import secrets
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,7 @@ from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
 from ._checks import check_components, check_count, check_features, check_seed, is_int
 from .dark import DarkResult
+from .result import CalibrationResult, region, stored, stored_property, summarised, summarised_property
 
 __all__ = ["RoiResult", "measure_roi", "intensity_autocorrelation", "half_width_px", "stride_for",
            "autocorrelation_noise_sd", "neighbour_threshold"]
@@ -40,8 +42,8 @@ FALSE_ALARM = 1e-4
 _CHUNK_FRAMES = 8  # frames per transform call (the progress bar's step)
 
 
-@dataclass(frozen=True)
-class RoiResult:
+@dataclass(frozen=True, kw_only=True)
+class RoiResult(CalibrationResult):
     """Region, speckle grain and output selection.
 
     Attributes:
@@ -64,40 +66,51 @@ class RoiResult:
             count under several).
     """
 
-    roi: Roi
-    n_components: int
-    n_features: int
-    n_frames: int
-    grain_px: float
-    grain_x_px: float
-    grain_y_px: float
-    stride_px: int
-    stride_threshold: float
-    autocorrelation_noise_sd: float
-    hot_source: str
-    dropped_hot: int
-    dropped_dead: int
-    dropped_saturated: int
-    autocorrelation_2d: npt.NDArray[np.float64] = field(repr=False)
-    selection: npt.NDArray[np.int64] = field(repr=False)
-    mean_intensity_dn: npt.NDArray[np.float32] = field(repr=False)
-    hot: npt.NDArray[np.bool_] = field(repr=False)
-    dead: npt.NDArray[np.bool_] = field(repr=False)
-    saturated: npt.NDArray[np.bool_] = field(repr=False)
+    routine: ClassVar[str] = "roi"
 
-    @property
+    # declared in the order of the summary, then of the arrays (keyword-only, so that order is free)
+    roi: Roi = region()
+    grain_px: float = summarised(digits=4)
+    grain_x_px: float = summarised(digits=4)
+    grain_y_px: float = summarised(digits=4)
+    stride_px: int = summarised()
+    stride_threshold: float = summarised(digits=4)
+    autocorrelation_noise_sd: float = summarised(digits=5)
+
+    @summarised_property()
+    def n_selected(self) -> int:
+        return int(self.selection.size)
+
+    n_components: int = summarised()
+    n_features: int = summarised()
+    n_frames: int = summarised()
+
+    @summarised_property()
     def max_lag_px(self) -> int:
         return (self.autocorrelation_2d.shape[0] - 1) // 2
 
-    @property
+    hot_source: str = summarised()
+    dropped_hot: int = summarised()
+    dropped_dead: int = summarised()
+    dropped_saturated: int = summarised()
+
+    @stored_property(np.float64)
+    def autocorrelation_lag_px(self) -> npt.NDArray[np.float64]:
+        """The lags of :attr:`autocorrelation`: 0..max_lag_px."""
+        return np.arange(self.max_lag_px + 1, dtype=np.float64)
+
+    @stored_property(np.float64)
     def autocorrelation(self) -> npt.NDArray[np.float64]:
         """Autocorrelation versus lag 0..max_lag_px, the mean of the x and y axes (1 at lag 0)."""
         lag = self.max_lag_px
         return 0.5 * (self.autocorrelation_2d[lag, lag:] + self.autocorrelation_2d[lag:, lag])
 
-    @property
-    def n_selected(self) -> int:
-        return int(self.selection.size)
+    autocorrelation_2d: npt.NDArray[np.float64] = stored(np.float32)
+    selection: npt.NDArray[np.int64] = stored(np.int64)
+    mean_intensity_dn: npt.NDArray[np.float32] = stored(np.float32)
+    hot: npt.NDArray[np.bool_] = field(repr=False)
+    dead: npt.NDArray[np.bool_] = field(repr=False)
+    saturated: npt.NDArray[np.bool_] = field(repr=False)
 
     def select(self, Y: npt.ArrayLike) -> np.ndarray:
         """The selected outputs of projections Y (..., n_components): Y[..., selection]."""
@@ -105,36 +118,6 @@ class RoiResult:
         if Y.shape[-1] != self.n_components:
             raise InvalidInputError(f"Y has {Y.shape[-1]} outputs; this selection is for {self.n_components}")
         return Y[..., self.selection]
-
-    def summary(self) -> dict[str, float | int | str]:
-        return {
-            "grain_px": round(float(self.grain_px), 4),
-            "grain_x_px": round(float(self.grain_x_px), 4),
-            "grain_y_px": round(float(self.grain_y_px), 4),
-            "stride_px": self.stride_px,
-            "stride_threshold": round(float(self.stride_threshold), 4),
-            "autocorrelation_noise_sd": round(float(self.autocorrelation_noise_sd), 5),
-            "n_selected": self.n_selected,
-            "n_components": self.n_components,
-            "n_features": self.n_features,
-            "n_frames": self.n_frames,
-            "max_lag_px": self.max_lag_px,
-            "hot_source": self.hot_source,
-            "dropped_hot": self.dropped_hot,
-            "dropped_dead": self.dropped_dead,
-            "dropped_saturated": self.dropped_saturated,
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays a calibration record keeps (stored as ``roi/<name>``)."""
-        return {
-            "autocorrelation_lag_px": np.arange(self.max_lag_px + 1, dtype=np.float64),
-            "autocorrelation": np.asarray(self.autocorrelation, dtype=np.float64),
-            "autocorrelation_2d": np.asarray(self.autocorrelation_2d, dtype=np.float32),
-            "selection": np.asarray(self.selection, dtype=np.int64),
-            "mean_intensity_dn": np.asarray(self.mean_intensity_dn, dtype=np.float32),
-        }
 
 
 def intensity_autocorrelation(images: npt.ArrayLike, valid: npt.ArrayLike, max_lag_px: int) -> np.ndarray:
