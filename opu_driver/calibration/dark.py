@@ -6,8 +6,9 @@ line, blank frames are acquired over the camera region the projection uses, and 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -15,7 +16,12 @@ import numpy.typing as npt
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ._checks import check_components, check_count, is_number
+from .exposure import ExposureResult
+from .registry import register_routine
 from .result import CalibrationResult, region, region_keys, stored, summarised
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["DarkResult", "measure_dark"]
 
@@ -112,3 +118,9 @@ def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shut
                         read_noise, hot, method)
     _log.info("dark: %s", result.summary())
     return result
+
+
+@register_routine(DarkResult, position=20, stale_after=(ExposureResult,))
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> DarkResult:
+    """The dark step of ``calibrate``: the dark frames of the plan's outputs."""
+    return measure_dark(opu, plan.n_components, n_frames=plan.dark_frames, method=plan.dark_method)

@@ -44,8 +44,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -55,7 +56,13 @@ from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int, is_number
+from .exposure import ExposureResult
+from .reference import ReferenceResult
+from .registry import register_routine
 from .result import CalibrationResult, region, stored, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["DriftSample", "DriftResult", "DriftMonitor", "measure_drift", "check_drift", "default_threshold",
            "THRESHOLD_SIGMAS", "MIN_DROP"]
@@ -439,3 +446,11 @@ def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8,
     result = monitor.result()
     _log.info("drift: %s", result.summary())
     return result
+
+
+@register_routine(DriftResult, position=80, stale_after=(ExposureResult, ReferenceResult), needs_reference=True)
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> DriftResult:
+    """The drift step of ``calibrate``, last: its baseline uses the reference measured (and stored) just before,
+    then a few checks show the short-term stability; ``open`` compares the same probes with this baseline."""
+    return measure_drift(opu, plan.n_features, plan.n_components, n_checks=plan.drift_checks, frames_between=1000,
+                         n_probes=plan.drift_probes, refresh_reference=False, progress=progress)

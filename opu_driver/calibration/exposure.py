@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import tqdm
@@ -29,7 +30,11 @@ from ..encoding.layouts import Layout, make_layout
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
 from ._checks import check_components, is_int, is_number
+from .registry import register_routine
 from .result import CalibrationResult, region, stored, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["ExposureResult", "tune_exposure"]
 
@@ -329,3 +334,14 @@ def tune_exposure(
     )
     _log.info("exposure: %s", result.summary())
     return result
+
+
+@register_routine(ExposureResult, position=10, sets_camera=True)
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> ExposureResult:
+    """The exposure step of ``calibrate``, first: everything after it is measured at the exposure it sets."""
+    from .reference import reference_layout
+
+    # The brightest frame the calibrated projections use is the linear mode's: every signal feature and the
+    # reference on.
+    return tune_exposure(opu, plan.n_features, plan.n_components, layout=reference_layout(opu, plan.n_features),
+                         max_saturated_fraction=plan.max_saturated_fraction, progress=progress)

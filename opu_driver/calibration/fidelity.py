@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import tqdm
@@ -38,8 +39,14 @@ import tqdm
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int
+from .exposure import ExposureResult
+from .reference import ReferenceResult
+from .registry import register_routine
 from .result import CalibrationResult, Recorded, row_key, summarised
 from .result import rows as rows_of
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["FidelityRow", "FidelityResult", "measure_fidelity", "row_label", "correlation"]
 
@@ -242,3 +249,9 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
     return FidelityRow(scheme=scheme, n_bits=n_bits, frames_per_vector=frames, repeatability=repeatability,
                        linearity_error=linearity, nonlinearity=nonlinearity, snr_db=snr_db, signal_variance=signal,
                        noise_variance=noise, n_outputs=int(used.sum()))
+
+
+@register_routine(FidelityResult, position=60, stale_after=(ExposureResult, ReferenceResult))
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> FidelityResult:
+    """The fidelity step of ``calibrate``: every scheme and encoding at the plan's sizes."""
+    return measure_fidelity(opu, plan.n_features, plan.n_components, progress=progress)

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import MAX_FRAME_ID, decode_pixels
 from ._checks import check_components, check_count, check_features, is_number
+from .registry import register_routine
 from .result import CalibrationResult, stored, summarised
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["LatencyResult", "measure_latency"]
 
@@ -109,3 +114,9 @@ def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_compone
         _log.warning("the frame metadata implies a lag of %d frames, the light says %d", header, best)
     _log.info("latency: %s", result.summary())
     return result
+
+
+@register_routine(LatencyResult, position=30)
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> LatencyResult:
+    """The latency step of ``calibrate``: the lag does not depend on the sizes, so a small projection does."""
+    return measure_latency(opu, n_components=min(plan.n_components, 256), n_features=min(plan.n_features, 64))

@@ -41,8 +41,9 @@ Only the public Opu API is used (``linear_transform``, ``acquire``, ``roi_for``,
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -55,7 +56,13 @@ from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ..protocol import MAX_FEATURES, bits_per_pixel
 from ._checks import check_components, check_count, check_seed, correlation, is_int
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
+from .exposure import ExposureResult
+from .reference import ReferenceResult
+from .registry import register_routine
 from .result import CalibrationResult, region, stored, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["MatrixResult", "estimate_matrix", "PROBES"]
 
@@ -463,3 +470,9 @@ def _nonlinear_check(opu, n_features: int, n_components: int, n_holdout: int, rn
         "nonlinear_measured": measured[i, j][ok].astype(np.float32),
         "nonlinear_predicted": predicted[i, j][ok].astype(np.float32),
     }
+
+
+@register_routine(MatrixResult, position=70, stale_after=(ExposureResult, ReferenceResult), needs_reference=True)
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> MatrixResult:
+    """The matrix step of ``calibrate``: the twin of the plan's projection, through the stored reference."""
+    return estimate_matrix(opu, plan.n_features, plan.n_components, probes=plan.matrix_probes, progress=progress)

@@ -8,8 +8,9 @@ the physics: outputs are divided by 2 sqrt(|R r|^2 var), and outputs whose refer
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -17,7 +18,12 @@ from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..linear import ReferenceCalibration
 from ._checks import check_count
+from .exposure import ExposureResult
+from .registry import register_routine
 from .result import CalibrationResult, region, stored_property, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["ReferenceResult", "measure_reference", "install_reference", "reference_layout"]
 
@@ -140,3 +146,9 @@ def install_reference(opu, summary: dict[str, Any], arrays: dict[str, np.ndarray
         int(summary.get("n_frames", 0)),
     ))
     return True
+
+
+@register_routine(ReferenceResult, position=50, stale_after=(ExposureResult,))
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> ReferenceResult:
+    """The reference step of ``calibrate``: the linear mode's reference of the plan's sizes."""
+    return measure_reference(opu, plan.n_features, plan.n_components)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +25,12 @@ from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
 from ._checks import check_components, check_count, check_features, check_seed, is_int
 from .dark import DarkResult
+from .exposure import ExposureResult
+from .registry import register_routine
 from .result import CalibrationResult, region, stored, stored_property, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["RoiResult", "measure_roi", "intensity_autocorrelation", "half_width_px", "stride_for",
            "autocorrelation_noise_sd", "neighbour_threshold"]
@@ -390,3 +396,10 @@ def measure_roi(
         raise AcquisitionError("no output left to select: every sub-grid pixel is hot, dead or saturated")
     _log.info("roi: %s", result.summary())
     return result
+
+
+@register_routine(RoiResult, position=40, needs=(DarkResult,), stale_after=(ExposureResult,))
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> RoiResult:
+    """The roi step of ``calibrate``: with this run's dark result, hot pixels come from the dark frames."""
+    return measure_roi(opu, plan.n_components, n_features=plan.n_features, dark=earlier.get(DarkResult.routine),
+                       progress=progress)
