@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..devices.camera import Roi
-from ..errors import InvalidInputError
-from ._checks import check_components, check_count, is_number
+from ..validation import check_choice, check_number
+from ._checks import check_components, check_count
 from .exposure import ExposureResult
 from .registry import register_routine
 from .result import CalibrationResult, region, region_keys, stored, summarised
@@ -82,14 +82,10 @@ def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shut
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
     """
-    if method not in METHODS:
-        raise InvalidInputError(f"method={method!r}; choose one of {METHODS}")
+    check_choice(method, "method", METHODS)
     check_components(opu, n_components)  # before the shutter closes: nothing is sent for bad arguments
-    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 2:
-        raise InvalidInputError(f"n_frames must be an integer >= 2 (a temporal spread needs two), got {n_frames!r}")
-    check_count(n_frames, "n_frames", 2)
-    if not is_number(hot_sigma) or not hot_sigma > 0:
-        raise InvalidInputError(f"hot_sigma must be a finite number > 0, got {hot_sigma!r}")
+    check_count(n_frames, "n_frames", 2)  # a temporal spread needs two
+    check_number(hot_sigma, "hot_sigma", low=0, low_open=True)
     controller = opu.controller
     was_open, was_on = controller.shutter_is_open, controller.laser_is_on
     try:

@@ -55,7 +55,8 @@ import tqdm
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
-from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int, is_number
+from ..validation import check_choice, check_int, check_number
+from ._checks import check_components, check_count, check_features, check_seed, correlation
 from .exposure import ExposureResult
 from .reference import ReferenceResult
 from .registry import register_routine
@@ -173,13 +174,11 @@ def default_threshold(repeat_1: npt.ArrayLike, repeat_2: npt.ArrayLike) -> tuple
 
 
 def _check_threshold(threshold: object) -> None:
-    if not is_number(threshold) or not -1 <= threshold <= 1:
-        raise InvalidInputError(f"threshold must be a number within -1..1, got {threshold!r}")
+    check_number(threshold, "threshold", low=-1, high=1)
 
 
 def _check_scheme(scheme: object) -> None:
-    if scheme not in PROJECTION_SCHEMES:
-        raise InvalidInputError(f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}")
+    check_choice(scheme, "scheme", PROJECTION_SCHEMES)
 
 
 def _validated_record(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float,
@@ -269,19 +268,13 @@ class DriftMonitor:
 
     def __init__(self, opu, n_features: int, n_components: int, *, n_probes: int = 32, scheme: str = "four_frame",
                  threshold: float | None = None, interval_steps: int = 100, seed: int | None = None) -> None:
-        if not is_int(n_features, 1):
-            raise InvalidInputError(f"n_features must be an integer >= 1, got {n_features!r}")
-        check_components(opu, n_components)
-        if not is_int(n_probes, 3):
-            raise InvalidInputError(f"n_probes must be an integer >= 3 (the spread needs a jackknife), got "
-                                    f"{n_probes!r}")
-        check_count(n_probes, "n_probes", 3)
         check_features(opu, n_features)
+        check_components(opu, n_components)
+        check_count(n_probes, "n_probes", 3)  # the spread needs a jackknife
         _check_scheme(scheme)
         if threshold is not None:
             _check_threshold(threshold)
-        if not is_int(interval_steps, 1):
-            raise InvalidInputError(f"interval_steps must be an integer >= 1, got {interval_steps!r}")
+        check_int(interval_steps, "interval_steps", low=1)
         check_seed(seed)
         self._opu = opu
         self.n_features = int(n_features)
@@ -428,10 +421,8 @@ def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8,
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
     """
-    if not is_int(n_checks, 1):
-        raise InvalidInputError(f"n_checks must be an integer >= 1, got {n_checks!r}")
-    if not is_int(frames_between, 0):
-        raise InvalidInputError(f"frames_between must be an integer >= 0, got {frames_between!r}")
+    check_int(n_checks, "n_checks", low=1)
+    check_int(frames_between, "frames_between", low=0)
     monitor = DriftMonitor(opu, n_features, n_components, n_probes=n_probes, scheme=scheme, threshold=threshold,
                            seed=seed)
     monitor.baseline(refresh_reference=refresh_reference)

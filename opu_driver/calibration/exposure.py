@@ -29,7 +29,8 @@ from ..devices.camera import CameraSettings, Roi
 from ..encoding.layouts import Layout, make_layout
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
-from ._checks import check_components, is_int, is_number
+from ..validation import check_bool, check_int, is_number
+from ._checks import check_components
 from .registry import register_routine
 from .result import CalibrationResult, region, stored, summarised, summarised_property
 
@@ -147,17 +148,14 @@ def tune_exposure(
     """
     # -- arguments: everything below until the try block only computes -----------------------------
     info = opu.info
-    if not is_int(n_features, 1):
-        raise InvalidInputError(f"n_features must be a positive integer, got {n_features!r}")
+    check_int(n_features, "n_features", low=1)
     check_components(opu, n_components)
-    if not is_number(max_saturated_fraction) or not 0 < max_saturated_fraction < 0.5:
+    if not (is_number(max_saturated_fraction) and 0 < max_saturated_fraction < 0.5):
         raise InvalidInputError(f"max_saturated_fraction must be within (0, 0.5), got {max_saturated_fraction!r}")
-    if not is_number(target_fraction) or not 0 < target_fraction <= 1:
+    if not (is_number(target_fraction) and 0 < target_fraction <= 1):
         raise InvalidInputError(f"target_fraction must be within (0, 1], got {target_fraction!r}")
-    if not is_int(n_frames, 1):
-        raise InvalidInputError(f"n_frames must be a positive integer, got {n_frames!r}")
-    if not isinstance(allow_gain, (bool, np.bool_)):
-        raise InvalidInputError(f"allow_gain must be True or False, got {allow_gain!r}")
+    check_int(n_frames, "n_frames", low=1)
+    check_bool(allow_gain, "allow_gain")
     before = opu.camera.settings  # the settings last read or written: no traffic
     if max_exposure_us is None:
         max_exposure_us = before.frame_time_us - FRAME_GAP_US
@@ -165,10 +163,8 @@ def tune_exposure(
             raise InvalidInputError(
                 f"the frame time of {before.frame_time_us} us leaves no room for an exposure; pass max_exposure_us"
             )
-    elif not is_int(max_exposure_us) or not MIN_EXPOSURE_US <= max_exposure_us <= MAX_EXPOSURE_US:
-        raise InvalidInputError(
-            f"max_exposure_us must be an integer within {MIN_EXPOSURE_US}..{MAX_EXPOSURE_US}, got {max_exposure_us!r}"
-        )
+    else:
+        check_int(max_exposure_us, "max_exposure_us", low=MIN_EXPOSURE_US, high=MAX_EXPOSURE_US)
     max_exposure_us = int(max_exposure_us)
     if layout is None:
         options = {"macro_px": opu.settings.macro_px} if opu.settings.layout == "macro" else {}

@@ -38,7 +38,8 @@ import tqdm
 
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
-from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int
+from ..validation import is_int
+from ._checks import check_components, check_count, check_features, check_seed, correlation
 from .exposure import ExposureResult
 from .reference import ReferenceResult
 from .registry import register_routine
@@ -183,20 +184,15 @@ def measure_fidelity(
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
     """
-    if not is_int(n_features, 2):
-        raise InvalidInputError(f"n_features must be an integer >= 2 (a and b need disjoint supports), "
-                                f"got {n_features!r}")
+    check_features(opu, n_features, 2)  # a and b need disjoint supports
     check_components(opu, n_components)
-    check_features(opu, n_features, 2)
-    check_count(n_vectors, "n_vectors", 2)
-    if not is_int(n_vectors, 2):
-        raise InvalidInputError(f"n_vectors must be an integer >= 2 (a correlation needs two), got {n_vectors!r}")
+    check_count(n_vectors, "n_vectors", 2)  # a correlation needs two
     schemes = tuple(schemes) if isinstance(schemes, (tuple, list)) else (schemes,)
     if not schemes or any(s not in PROJECTION_SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
         raise InvalidInputError(f"schemes={schemes!r}; choose distinct ones of {PROJECTION_SCHEMES}")
     encodings = tuple(n_bits) if isinstance(n_bits, (tuple, list)) else (n_bits,)
     if not encodings or len(set(encodings)) != len(encodings) or any(
-            b is not None and not (is_int(b, 1) and b <= 16) for b in encodings):
+            b is not None and not is_int(b, 1, 16) for b in encodings):
         raise InvalidInputError(f"n_bits={n_bits!r}; give distinct values, each None (ternary) or 1..16")
     check_seed(seed)
 

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import AcquisitionError, InvalidInputError
+from ..errors import AcquisitionError
 from ..protocol import MAX_FRAME_ID, decode_pixels
-from ._checks import check_components, check_count, check_features, is_number
+from ..validation import check_int, check_number
+from ._checks import check_components, check_count, check_features
 from .registry import register_routine
 from .result import CalibrationResult, stored, summarised
 
@@ -55,17 +56,11 @@ def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_compone
         InvalidInputError: bad arguments (before anything is sent).
         AcquisitionError: no clear correlation peak (no light, or a lag beyond max_lag_frames).
     """
-    for name, value, low in (("n_frames", n_frames, 8), ("max_lag_frames", max_lag_frames, 1),
-                             ("n_components", n_components, 1), ("n_features", n_features, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
-    if max_lag_frames >= n_frames:
-        raise InvalidInputError("max_lag_frames must be smaller than n_frames")
     check_count(n_frames, "n_frames", 8)
+    check_int(max_lag_frames, "max_lag_frames", low=1, high=n_frames - 1)  # smaller than n_frames
     check_features(opu, n_features)
     check_components(opu, n_components)
-    if not is_number(timeout_s) or not timeout_s > 0:
-        raise InvalidInputError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
+    check_number(timeout_s, "timeout_s", low=0, low_open=True)
     # One ordinary projection loads a layout and sets the camera region; the patterns then reuse them.
     opu.transform(np.zeros((1, n_features), dtype=np.uint8), n_components)
     rng = np.random.default_rng(secrets.randbits(32))

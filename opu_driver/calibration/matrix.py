@@ -54,7 +54,8 @@ from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
 from ..linear import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ..protocol import MAX_FEATURES, bits_per_pixel
-from ._checks import check_components, check_count, check_seed, correlation, is_int
+from ..validation import check_bool, check_choice, check_int, is_int
+from ._checks import check_components, check_count, check_seed, correlation
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
 from .exposure import ExposureResult
 from .reference import ReferenceResult
@@ -175,22 +176,15 @@ class MatrixResult(CalibrationResult):
 def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats, nonlinear_check,
               seed, progress) -> int:
     """Check every argument (nothing is sent); return the number of probes."""
-    if not is_int(n_features, 1):
-        raise InvalidInputError(f"n_features must be a positive integer, got {n_features!r}")
+    check_int(n_features, "n_features", low=1)
     info = opu.info
     check_components(opu, n_components)
-    if probes not in PROBES:
-        raise InvalidInputError(f"probes={probes!r}; choose one of {PROBES}")
-    if scheme not in PROJECTION_SCHEMES:
-        raise InvalidInputError(f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}")
-    for name, value in (("n_holdout", n_holdout), ("n_repeats", n_repeats)):
-        if not is_int(value, 1):
-            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-        check_count(value, name, 1)
-    if not isinstance(nonlinear_check, (bool, np.bool_)):
-        raise InvalidInputError(f"nonlinear_check must be True or False, got {nonlinear_check!r}")
-    if not isinstance(progress, (bool, np.bool_)):
-        raise InvalidInputError(f"progress must be True or False, got {progress!r}")
+    check_choice(probes, "probes", PROBES)
+    check_choice(scheme, "scheme", PROJECTION_SCHEMES)
+    check_count(n_holdout, "n_holdout", 1)
+    check_count(n_repeats, "n_repeats", 1)
+    check_bool(nonlinear_check, "nonlinear_check")
+    check_bool(progress, "progress")
     check_seed(seed)
     # The layouts refuse a signal that does not fit beside the reference region(s).
     SplitLayout(int(n_features), info.dmd_width, info.dmd_height)
@@ -208,13 +202,11 @@ def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout
         return order
     if n_probes is None:
         return 2 * int(n_features)
-    if is_int(n_probes, n_features):
-        check_count(n_probes, "n_probes", int(n_features))
     if not is_int(n_probes, n_features):
         raise InvalidInputError(
             f"random probes need n_probes >= n_features = {n_features} (least squares), got {n_probes!r}"
         )
-    return int(n_probes)
+    return check_count(n_probes, "n_probes", int(n_features))
 
 
 def _relative_error(measured: np.ndarray, predicted: np.ndarray) -> float:

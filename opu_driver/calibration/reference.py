@@ -17,7 +17,8 @@ import numpy as np
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..linear import ReferenceCalibration
-from ._checks import check_count
+from ..validation import check_int
+from ._checks import check_components, check_count
 from .exposure import ExposureResult
 from .registry import register_routine
 from .result import CalibrationResult, region, stored_property, summarised, summarised_property
@@ -86,12 +87,8 @@ def reference_layout(opu, n_features: int):
 
 
 def _check_sizes(opu, n_features: int, n_components: int) -> None:
-    for name, value in (("n_features", n_features), ("n_components", n_components)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-    n_pixels = opu.info.camera_width * opu.info.camera_height
-    if n_components > n_pixels:
-        raise InvalidInputError(f"n_components={n_components} outside 1..{n_pixels} (camera pixels)")
+    check_int(n_features, "n_features", low=1)
+    check_components(opu, n_components)
 
 
 def measure_reference(opu, n_features: int, n_components: int, n_frames: int = 32) -> ReferenceResult:
@@ -105,8 +102,6 @@ def measure_reference(opu, n_features: int, n_components: int, n_frames: int = 3
             no usable reference light.
     """
     _check_sizes(opu, n_features, n_components)
-    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 2:
-        raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
     check_count(n_frames, "n_frames", 2)
     linear = opu.linear_mode
     linear.layout(n_features)  # refuses a signal that does not fit beside the reference, before any frame

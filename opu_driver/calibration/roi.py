@@ -23,7 +23,8 @@ import tqdm
 from ..devices.camera import Roi
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
-from ._checks import check_components, check_count, check_features, check_seed, is_int
+from ..validation import check_int
+from ._checks import check_components, check_count, check_features, check_seed
 from .dark import DarkResult
 from .exposure import ExposureResult
 from .registry import register_routine
@@ -314,14 +315,9 @@ def measure_roi(
             stays above the stride's threshold up to max_lag_px (use more frames or a larger max_lag_px).
     """
     check_components(opu, n_components)
-    if not is_int(n_features, 2):
-        raise InvalidInputError(f"n_features must be an integer >= 2 (half of them ON), got {n_features!r}")
-    check_features(opu, n_features, 2)
+    check_features(opu, n_features, 2)  # half of them ON
     check_count(n_frames, "n_frames", 2)
-    if not is_int(n_frames, 2):
-        raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
-    if not is_int(max_lag_px, 1):
-        raise InvalidInputError(f"max_lag_px must be a positive integer, got {max_lag_px!r}")
+    check_int(max_lag_px, "max_lag_px", low=1)
     check_seed(seed)
     roi = opu.roi_for(int(n_components))
     rows = n_components // roi.width

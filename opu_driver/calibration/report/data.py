@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ...validation import is_number
 from ..result import CalibrationResult, region_keys
 from ..store import CalibrationRecord
 
@@ -40,10 +41,7 @@ def summary(record: CalibrationRecord, result: type[CalibrationResult] | str) ->
 def number(values: Mapping[str, Any], key: str) -> float | None:
     """A finite number from a summary, or None (absent, None, bool, text, NaN)."""
     value = values.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return float(value) if is_number(value) else None
 
 
 def roi_geometry(record: CalibrationRecord, result: type[CalibrationResult], n: int) -> tuple[int, int, int]:
