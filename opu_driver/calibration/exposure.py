@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -184,117 +184,18 @@ def tune_exposure(
 
     full_scale = (1 << bits_per_pixel(before.pixel_format)) - 1
     target = float(target_fraction) * full_scale
-    quantile = 1.0 - float(max_saturated_fraction)
-    max_gain = MAX_GAIN if allow_gain else 1.0
-    bits = np.ones((int(n_frames), layout.n_table_features), dtype=np.uint8)
-    measured: dict[tuple[int, float], tuple[float, float]] = {}
-    order: list[tuple[int, float]] = []
-
-    def measure(exposure_us: int, gain: float) -> tuple[float, float]:
-        """(top_dn, saturated_fraction) of the brightest frame at this setting."""
-        key = (int(exposure_us), round(float(gain), 3))
-        if key in measured:
-            return measured[key]
-        opu.camera.configure(CameraSettings(
-            exposure_us=key[0], gain=key[1], frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US)
-        ))
-        values = opu.acquire(bits, layout, n_components)
-        top = float(np.quantile(values, quantile))
-        saturated = float(np.count_nonzero(values >= full_scale)) / values.size
-        measured[key] = (top, saturated)
-        order.append(key)
-        bar.update(1)
-        _log.debug("exposure %d us, gain %.3f: top %.1f DN, %.2e saturated", key[0], key[1], top, saturated)
-        return top, saturated
-
-    def usable(key: tuple[int, float]) -> bool:
-        top, saturated = measured[key]
-        return top < _CLIPPED * full_scale and saturated <= max_saturated_fraction
-
-    def fit(near: float | None = None) -> tuple[float, float]:
-        """(dark_dn, slope per us of exposure x gain) through the usable points, the two nearest ``near``
-        (in log exposure x gain) when given: the line is exact in the physics, nearly so with an ADC offset
-        or a dark level that scales with gain, and the nearest points make what is left of that negligible."""
-        keys = [key for key in order if usable(key)]
-        if near is not None and len(keys) > 2:
-            keys = sorted(keys, key=lambda k: abs(math.log(k[0] * k[1] / near)))[:2]
-        x = np.array([k[0] * k[1] for k in keys], dtype=np.float64)
-        y = np.array([measured[k][0] for k in keys], dtype=np.float64)
-        if np.ptp(x) == 0:
-            return 0.0, float(y.mean() / x[0])
-        slope, dark = np.polyfit(x, y, 1)
-        return float(dark), float(slope)
-
-    def setting_for(dark: float, slope: float) -> tuple[int, float]:
-        """The exposure (then gain) that the line puts on the target, within the limits."""
-        x = (target - dark) / slope
-        if x <= max_exposure_us:
-            return max(MIN_EXPOSURE_US, int(math.floor(x))), 1.0
-        return max_exposure_us, round(min(max_gain, x / max_exposure_us), 3)
-
     opu_log = logging.getLogger("opu_driver.opu")
     quiet = _QuietSaturation()
     opu_log.addFilter(quiet)
     bar = tqdm.tqdm(desc="exposure", unit="setting", disable=not progress)
+    search = _Search(opu=opu, layout=layout, n_components=n_components,
+                     bits=np.ones((int(n_frames), layout.n_table_features), dtype=np.uint8), before=before,
+                     full_scale=full_scale, target=target, max_saturated_fraction=max_saturated_fraction,
+                     max_exposure_us=max_exposure_us, max_gain=MAX_GAIN if allow_gain else 1.0, bar=bar)
     try:
-        # 1. Sweep at gain 1, halving from the longest exposure, until two points are not clipped (and three
-        #    were measured: a line through two points has no check at all).
-        exposure = max_exposure_us
-        while True:
-            measure(exposure, 1.0)
-            n_usable = sum(usable(key) for key in order)
-            if (n_usable >= 2 and len(order) >= 3) or exposure == MIN_EXPOSURE_US:
-                break
-            exposure = max(MIN_EXPOSURE_US, exposure // 2)
-        if n_usable < 2:
-            raise AcquisitionError(
-                f"the brightest frame is clipped even at {exposure} us: too much light for this camera; lower "
-                "the laser power (opu.controller.set_laser_power_mw)"
-            )
-        fitted = [key for key in order if usable(key)]
-        tops = [measured[key][0] for key in fitted]
-        rise = max(tops) - min(tops)
-        if rise < max(3.0, 0.005 * full_scale):
-            raise AcquisitionError(
-                f"no light: the brightest frame's top rises by only {rise:.1f} DN from {fitted[-1][0]} to "
-                f"{fitted[0][0]} us (is the laser on and the shutter open? is anything blocking the beam?)"
-            )
-        # 2. Converge on the target: predict, measure, refit with the nearest points.
-        dark, slope = fit()
-        choice = setting_for(dark, slope)
-        for _ in range(_MAX_REFINE):
-            if slope <= 0:
-                raise AcquisitionError("no light: the top of the brightest frame does not grow with exposure")
-            top, _sat = measure(*choice)
-            at_limit = choice[0] == max_exposure_us and choice[1] >= max_gain
-            if abs(top - target) <= _ACCEPT * target or (at_limit and top < target):
-                break
-            dark, slope = fit(near=choice[0] * choice[1])
-            following = setting_for(dark, slope)
-            if following == choice:
-                break
-            choice = following
-        # 3. Verify: step down while too many pixels are saturated (gain first: exposure is free signal).
-        top, saturated = measure(*choice)
-        steps = 0
-        while saturated > max_saturated_fraction:
-            if steps == _MAX_STEPS_DOWN:
-                raise AcquisitionError(
-                    f"{saturated:.2%} of the pixels are still saturated at {choice[0]} us, gain {choice[1]:.3f} "
-                    f"after {steps} steps down (hot pixels? a reflection?); lower the laser power"
-                )
-            exposure_us, gain = choice
-            if gain > 1.0:
-                gain = round(max(1.0, gain * _STEP_DOWN), 3)
-            else:
-                exposure_us = max(MIN_EXPOSURE_US, int(exposure_us * _STEP_DOWN))
-            if (exposure_us, gain) == choice:
-                raise AcquisitionError(
-                    f"{saturated:.2%} of the pixels are saturated at the shortest exposure; lower the laser power"
-                )
-            choice = (exposure_us, gain)
-            top, saturated = measure(*choice)
-            steps += 1
+        _sweep(search)
+        choice, dark, slope = _refine(search)
+        choice, top, saturated, steps = _step_down(search, choice)
         final = opu.camera.configure(CameraSettings(
             exposure_us=choice[0], gain=choice[1],
             frame_time_us=max(before.frame_time_us, choice[0] + FRAME_GAP_US),
@@ -316,7 +217,7 @@ def tune_exposure(
     if not reached:
         _log.warning("the brightest frame reaches %.0f DN of the %.0f DN target at %d us, gain %.3f: the light is "
                      "weak for this exposure limit", top, target, choice[0], choice[1])
-    keys = order
+    keys, measured = search.order, search.measured
     result = ExposureResult(
         exposure_us=int(final.exposure_us), gain=float(final.gain), frame_time_us=int(final.frame_time_us),
         top_dn=top, saturated_fraction=saturated, max_saturated_fraction=float(max_saturated_fraction),
@@ -330,6 +231,142 @@ def tune_exposure(
     )
     _log.info("exposure: %s", result.summary())
     return result
+
+
+@dataclass
+class _Search:
+    """What the phases of :func:`tune_exposure` share: the frame measured, the target and limits, and every
+    measurement so far (by setting, and in the order taken)."""
+
+    opu: Any
+    layout: Layout
+    n_components: int
+    bits: np.ndarray
+    before: CameraSettings  # the camera settings found, restored on failure
+    full_scale: int
+    target: float
+    max_saturated_fraction: float
+    max_exposure_us: int
+    max_gain: float
+    bar: Any  # progress bar, one step per measurement
+    measured: dict[tuple[int, float], tuple[float, float]] = field(default_factory=dict)
+    order: list[tuple[int, float]] = field(default_factory=list)
+
+    def measure(self, exposure_us: int, gain: float) -> tuple[float, float]:
+        """(top_dn, saturated_fraction) of the brightest frame at this setting (each setting measured once)."""
+        key = (int(exposure_us), round(float(gain), 3))
+        if key in self.measured:
+            return self.measured[key]
+        opu, before, bits, layout, n_components = self.opu, self.before, self.bits, self.layout, self.n_components
+        opu.camera.configure(CameraSettings(
+            exposure_us=key[0], gain=key[1], frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US)
+        ))
+        values = opu.acquire(bits, layout, n_components)
+        top = float(np.quantile(values, 1.0 - float(self.max_saturated_fraction)))
+        saturated = float(np.count_nonzero(values >= self.full_scale)) / values.size
+        self.measured[key] = (top, saturated)
+        self.order.append(key)
+        self.bar.update(1)
+        _log.debug("exposure %d us, gain %.3f: top %.1f DN, %.2e saturated", key[0], key[1], top, saturated)
+        return top, saturated
+
+    def usable(self, key: tuple[int, float]) -> bool:
+        """Whether a measured setting may be fitted: its top not clipped, few enough pixels saturated."""
+        top, saturated = self.measured[key]
+        return top < _CLIPPED * self.full_scale and saturated <= self.max_saturated_fraction
+
+
+def _sweep(search: _Search) -> None:
+    """Sweep at gain 1, halving from the longest exposure, until two points are not clipped (and three were
+    measured: a line through two points has no check at all); refuse too much light and no light."""
+    exposure = search.max_exposure_us
+    while True:
+        search.measure(exposure, 1.0)
+        n_usable = sum(search.usable(key) for key in search.order)
+        if (n_usable >= 2 and len(search.order) >= 3) or exposure == MIN_EXPOSURE_US:
+            break
+        exposure = max(MIN_EXPOSURE_US, exposure // 2)
+    if n_usable < 2:
+        raise AcquisitionError(
+            f"the brightest frame is clipped even at {exposure} us: too much light for this camera; lower "
+            "the laser power (opu.controller.set_laser_power_mw)"
+        )
+    fitted = [key for key in search.order if search.usable(key)]
+    tops = [search.measured[key][0] for key in fitted]
+    rise = max(tops) - min(tops)
+    if rise < max(3.0, 0.005 * search.full_scale):
+        raise AcquisitionError(
+            f"no light: the brightest frame's top rises by only {rise:.1f} DN from {fitted[-1][0]} to "
+            f"{fitted[0][0]} us (is the laser on and the shutter open? is anything blocking the beam?)"
+        )
+
+
+def _fit(search: _Search, near: float | None = None) -> tuple[float, float]:
+    """(dark_dn, slope per us of exposure x gain) of the line through the usable points, the two nearest ``near``
+    (in log exposure x gain) when given: the line is exact in the physics, nearly so with an ADC offset or a dark
+    level that scales with gain, and the nearest points make what is left of that negligible."""
+    keys = [key for key in search.order if search.usable(key)]
+    if near is not None and len(keys) > 2:
+        keys = sorted(keys, key=lambda k: abs(math.log(k[0] * k[1] / near)))[:2]
+    x = np.array([k[0] * k[1] for k in keys], dtype=np.float64)
+    y = np.array([search.measured[k][0] for k in keys], dtype=np.float64)
+    if np.ptp(x) == 0:
+        return 0.0, float(y.mean() / x[0])
+    slope, dark = np.polyfit(x, y, 1)
+    return float(dark), float(slope)
+
+
+def _setting_for(search: _Search, dark: float, slope: float) -> tuple[int, float]:
+    """The exposure (then gain) that the line puts on the target, within the limits."""
+    x = (search.target - dark) / slope
+    if x <= search.max_exposure_us:
+        return max(MIN_EXPOSURE_US, int(math.floor(x))), 1.0
+    return search.max_exposure_us, round(min(search.max_gain, x / search.max_exposure_us), 3)
+
+
+def _refine(search: _Search) -> tuple[tuple[int, float], float, float]:
+    """Converge on the target: predict, measure, refit with the nearest points; (setting, dark_dn, slope)."""
+    dark, slope = _fit(search)
+    choice = _setting_for(search, dark, slope)
+    for _ in range(_MAX_REFINE):
+        if slope <= 0:
+            raise AcquisitionError("no light: the top of the brightest frame does not grow with exposure")
+        top, _sat = search.measure(*choice)
+        at_limit = choice[0] == search.max_exposure_us and choice[1] >= search.max_gain
+        if abs(top - search.target) <= _ACCEPT * search.target or (at_limit and top < search.target):
+            break
+        dark, slope = _fit(search, near=choice[0] * choice[1])
+        following = _setting_for(search, dark, slope)
+        if following == choice:
+            break
+        choice = following
+    return choice, dark, slope
+
+
+def _step_down(search: _Search, choice: tuple[int, float]) -> tuple[tuple[int, float], float, float, int]:
+    """Verify the setting and step down while too many pixels are saturated (gain first: exposure is free
+    signal); (setting, top_dn, saturated_fraction, steps taken)."""
+    top, saturated = search.measure(*choice)
+    steps = 0
+    while saturated > search.max_saturated_fraction:
+        if steps == _MAX_STEPS_DOWN:
+            raise AcquisitionError(
+                f"{saturated:.2%} of the pixels are still saturated at {choice[0]} us, gain {choice[1]:.3f} "
+                f"after {steps} steps down (hot pixels? a reflection?); lower the laser power"
+            )
+        exposure_us, gain = choice
+        if gain > 1.0:
+            gain = round(max(1.0, gain * _STEP_DOWN), 3)
+        else:
+            exposure_us = max(MIN_EXPOSURE_US, int(exposure_us * _STEP_DOWN))
+        if (exposure_us, gain) == choice:
+            raise AcquisitionError(
+                f"{saturated:.2%} of the pixels are saturated at the shortest exposure; lower the laser power"
+            )
+        choice = (exposure_us, gain)
+        top, saturated = search.measure(*choice)
+        steps += 1
+    return choice, top, saturated, steps
 
 
 @register_routine(ExposureResult, position=10, sets_camera=True)
