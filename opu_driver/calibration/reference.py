@@ -123,11 +123,12 @@ def install_reference(opu, summary: dict[str, Any], arrays: dict[str, np.ndarray
     calibrations by them), so the caller applies the record's settings first. Returns False, with a log line,
     when the stored arrays do not fit the device (a record of another geometry).
     """
-    n_features, n_components = int(summary["n_features"]), int(summary["n_components"])
-    reference, dark, mask = arrays["reference_dn"], arrays["dark_dn"], arrays["mask"]
+    key, name = ReferenceResult.summary_key, ReferenceResult.array_key
+    n_features, n_components = int(summary[key.n_features]), int(summary[key.n_components])
+    reference, dark, mask = arrays[name.reference_dn], arrays[name.dark_dn], arrays[name.mask]
     n_pixels = opu.info.camera_width * opu.info.camera_height
     if not (1 <= n_components <= n_pixels and reference.shape == dark.shape == mask.shape == (n_components,)
-            and mask.dtype == np.bool_ and float(summary["entry_variance"]) > 0):
+            and mask.dtype == np.bool_ and float(summary[key.entry_variance]) > 0):
         _log.warning("stored reference does not fit this device; it is not used")
         return False
     linear = opu.linear_mode
