@@ -1,43 +1,10 @@
 """Drift monitoring: re-project a fixed probe set and say when the projection has changed enough to recalibrate.
 
-A scattering medium (and the optics around it) slowly changes: the effective matrix B(t) of the linear mode moves
-away from the one a model was trained with or a matrix estimate measured. The monitor keeps a fixed set of ternary
-probe vectors and their linear projections at a baseline; a check projects the probes again and correlates the
-result with the baseline. Without drift the correlation only reflects the camera noise; with drift it falls.
-
-Baseline and noise floor. ``baseline()`` projects the probes twice. The two repeats give the noise floor: with
-signal variance S and independent noise variance N per projection their correlation is r0 = S / (S + N). The
-stored baseline is the mean of the two (noise N / 2), so a check without drift is expected to correlate with it at
-
-    rho_c = S / sqrt((S + N) (S + N / 2)) = r0 sqrt(2 / (1 + r0)).
-
-Default threshold. The sampling spread of such a correlation is estimated from the data by a jackknife over the
-probes (leave one probe out, recompute r0): probes and their noise are independent from probe to probe, while the
-outputs of one probe are not (speckle grains span several pixels, the laser jitter is common to a frame), so the
-probes are the honest unit. The check's correlation and the estimate of rho_c each have about that spread sigma,
-so their difference has sqrt(2) sigma; the threshold sits ``THRESHOLD_SIGMAS`` (6) of those below rho_c:
-
-    threshold = min(rho_c - 6 sqrt(2) sigma, 1 - MIN_DROP)
-
-A Gaussian excursion of 6 sigma happens once in about 10^9 checks, and the jackknife over a fixed probe set
-overestimates the spread of a check with the same probes (their signal part does not change), so a false alarm
-without drift is very unlikely. ``MIN_DROP`` (0.001) keeps a noise-free device from flagging changes of the last
-digits that no application would notice.
-
-Time is the device clock (``opu.dmd.device_time_us``), so the emulator's drift (which follows device time, not the
-wall clock) and a real device are read the same way; times are reported in seconds since the baseline (the middle of
-its two repeats), each check at the middle of its projection. A device reset or replug sets the device clock back
-to 0; checks after one (the driver counts them in ``opu.counters``) or whose clock reads before the baseline's get
-a NaN time and a warning, never a wrong one.
-
-Stale reference. The linear mode measures its reference |R r|^2 per pixel once (``baseline()`` refreshes it) and
-then keeps it. On a drifting medium the reference field changes too, so checks divide by a stale reference: the
-scale of each output drifts as well as the matrix. Both lower the correlation, so the monitor's verdict holds either
-way; for the emulator's model R(t) = R0 cos + R1 sin the correlation with a baseline taken with a fresh reference is
-about a^2 / sqrt(a^2 + K b^2) times rho_c, with a = cos(theta_t - theta_b), b = sin(theta_t - theta_b) and
-K = E|u|^2 E[1 / |u_b|^2] over the unmasked outputs (u: the reference field), rather than plain cos(theta_t -
-theta_b). Recalibrating means refreshing the reference (``baseline()`` does) and whatever was fitted to the old
-matrix.
+A scattering medium slowly changes, and with it the effective matrix of the linear mode. The monitor keeps fixed
+ternary probes and their projections at a baseline (taken twice, which gives the noise floor); a check projects
+them again and correlates with the baseline, against a threshold derived from the baseline's own spread. Times
+are read on the device clock. The noise floor, the threshold, the clock and the stale reference are derived in
+docs/calibration.md ("Drift").
 """
 from __future__ import annotations
 
@@ -142,11 +109,11 @@ class DriftResult(CalibrationResult):
 
 
 def default_threshold(repeat_1: npt.ArrayLike, repeat_2: npt.ArrayLike) -> tuple[float, float, float]:
-    """(threshold, r0, rho_c) from two projections (n_probes, n_outputs) of the same probes (see the module doc).
+    """(threshold, r0, rho_c) from two projections (n_probes, n_outputs) of the same probes.
 
     r0 is their correlation, rho_c = r0 sqrt(2 / (1 + r0)) what a check correlates with their mean without drift,
     and the threshold rho_c - THRESHOLD_SIGMAS sqrt(2) sigma (at most 1 - MIN_DROP), sigma the jackknife spread of
-    r0 over probes.
+    r0 over probes (derived in docs/calibration.md, "Drift").
     """
     y1 = np.asarray(repeat_1, dtype=np.float64)
     y2 = np.asarray(repeat_2, dtype=np.float64)

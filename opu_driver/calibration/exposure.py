@@ -1,18 +1,10 @@
 """Exposure calibration: choose exposure (and gain if needed) for the brightest frame a projection can show.
 
-The brightest expected frame is every feature ON through the projection's layout. Speckle intensity is
-exponential, so a frame has no "maximum" worth aiming at: its top is a high quantile. The routine aims the
-(1 - max_saturated_fraction) quantile of that frame's pixel values at ``target_fraction`` of the ADC's full
-scale, which leaves about max_saturated_fraction * exp(-(1 - target) / target * ln(1 / max_saturated_fraction))
-of the pixels saturated (1.8e-4 for the defaults), and then checks it by measuring.
-
-How: a short sweep of exposures at gain 1 (halving from the longest allowed), the straight line
-top = dark + slope * exposure_us * gain fitted to the points that are not clipped, the setting that puts the top
-on the target (gain only when the longest exposure cannot), a measurement there (refined a few times with the
-nearest points), and a bounded number of steps down while more than max_saturated_fraction of the pixels are
-saturated. The laser power is never changed: it is the light budget the caller chose.
-
-It uses the public Opu API only (``opu.acquire`` with the caller's layout, ``opu.camera.configure``).
+Speckle intensity is exponential, so a frame has no maximum worth aiming at: the routine puts a high quantile of
+the brightest frame (every feature on) at ``target_fraction`` of full scale with at most
+``max_saturated_fraction`` of its pixels saturated, through a sweep, a straight-line fit, a refinement and steps
+down, and never changes the laser power (the caller's light budget). The derivation and the steps are in
+docs/calibration.md ("Exposure").
 """
 from __future__ import annotations
 

@@ -1,29 +1,9 @@
 """Fidelity of linear projections: repeatability, linearity and signal-to-noise, per scheme and frame budget.
 
-For each linear-mode scheme ("four_frame", "two_frame") and each encoding (ternary vectors sent directly, or
-real Gaussian vectors through ``b`` bit planes) the routine projects, in one batch,
-
-    a, a (again), b, a + b
-
-with ``opu.linear_transform`` and derives three numbers from what comes back:
-
-- **repeatability**: the correlation between the two projections of a (1 when repeats are identical);
-- **linearity error**: RMS of L(a) + L(b) - L(a + b) over RMS of L(a + b). For ternary rows a and b have
-  disjoint supports so that a + b is ternary too. It holds the noise of three projections, the two-frame scheme's
-  bias (|R e+|^2 - |R e-|^2 is not linear in e) and, for bit planes, the quantisation;
-- **SNR**: signal variance over noise variance, the noise variance being var(Y1 - Y2) / 2 from the repeat
-  (independent noise of equal variance in both) and the signal variance the rest of var(Y). Anything the device
-  reproduces exactly (the two-frame bias, the quantisation of bit planes) counts as signal here: the SNR says how
-  much a result changes from one call to the next. With independent noise it predicts the correlation of a
-  projection with its noise-free value: rho = sqrt(snr / (1 + snr)), and the repeatability snr / (1 + snr).
-
-Outputs the linear mode masks (weak or saturated reference: always exactly 0) are left out of every statistic.
-Single outputs the linear mode sets to 0 because their frames saturated stay in (that is what a user gets; the
-linear mode warns): keep the brightest frame, a + b + reference, below saturation for numbers about noise alone.
-
-Every row projects the same vectors (one ternary pair, one Gaussian pair, drawn once), so rows differ only in
-scheme and encoding and their comparison is not blurred by different draws.
-Only the public Opu API is used.
+For each linear-mode scheme and encoding (ternary vectors, or real vectors through bit planes) the routine projects
+a, a again, b and a + b in one batch and derives the repeatability, the linearity error (and the nonlinearity left
+when the noise is taken off) and the SNR, so schemes and frame budgets can be compared on the same vectors. The
+definitions and what each number holds are in docs/calibration.md ("Fidelity"). Only the public Opu API is used.
 """
 from __future__ import annotations
 

@@ -1,42 +1,9 @@
 """The effective projection matrix, estimated by probing: a digital twin of ``opu.linear_transform``.
 
-Linear part. ``opu.linear_transform(E, n_components)`` returns E @ B plus noise, with B (n_features x
-n_components) fixed by the optics and the linear mode's reference calibration. Displaying known +-1 probe
-vectors P (one per row) gives Y = P B + noise, and B is recovered by least squares, B = (P^T P)^-1 P^T Y:
-
-- "hadamard" probes are n rows of a Sylvester Hadamard matrix of order n (the next power of two >= n_features),
-  its first n_features columns, each column's sign flipped at random: P^T P = n I, so B = P^T Y / n exactly,
-  with the least noise any n +-1 probes allow (each entry averages all n measurements);
-- "random" probes are n_probes >= n_features random +-1 rows (least squares; 2 n_features by default, which
-  gives about the noise of n Hadamard probes; fewer makes the inverse ill-conditioned).
-
-Its error: ``n_holdout`` fresh random +-1 vectors are projected and compared with their prediction E_h @ B:
-``relative_error`` = RMS(measured - predicted) / RMS(measured) and ``holdout_correlation``. Beside it,
-``expected_relative_error`` is what the camera noise alone would give: a few probes are measured twice, so
-var(y1 - y2) / 2 is the noise variance s^2 of one output; a prediction E_h @ B carries the noise of B,
-s^2 e_h^T (P^T P)^-1 e_h (= s^2 n_features / n for Hadamard probes), and the measurement its own s^2. A twin
-whose error is close to the expected one is noise-limited; a larger error means the device changed (drift) or
-saturated while it was probed.
-
-Nonlinear consistency check. The linear mode sees one quadrature only, Re[exp(-i phi) s] of the signal field
-s = x M at each pixel; the plain intensity |x M|^2 of a binary frame needs the complex M. A layout with two
-reference regions A and B (the reference columns of the split layout, cut into their upper and lower halves)
-gives the second quadrature. With a, b the reference fields at a pixel (D = arg b - arg a):
-
-    I(A) - I(0) = |a|^2,  I(B) - I(0) = |b|^2,  I(A + B) - I(A) - I(B) + I(0) = 2 |a| |b| cos D
-    (I(p+ + A) - I(p+)) - (I(p- + A) - I(p-)) = 2 |a| Re[t]              with t = exp(-i arg a) p M
-    (I(p+ + B) - I(p+)) - (I(p- + B) - I(p-)) = 2 |b| (Re[t] cos D + Im[t] sin D)
-
-for a +-1 probe p = p+ - p- (six frames), so Im[t] = (u_B - u_A cos D) / sin D. The sign of sin D is not
-measurable; taking it positive may conjugate every t of that pixel, and a per-pixel phase or conjugation
-leaves |x M|^2 unchanged, so the estimate M' = exp(-i arg a) M (or its conjugate), in sqrt(DN), predicts
-intensities in DN with no fitted scale. Pixels with a weak reference, with |sin D| small (the division would
-amplify noise) or with a saturated frame are left out. Held-out random binary frames (reference off) then
-compare the measured intensity minus dark with |x M'|^2: ``nonlinear_correlation`` and
-``nonlinear_relative_error`` (RMS difference / RMS measured).
-
-Only the public Opu API is used (``linear_transform``, ``acquire``, ``roi_for``, ``counters``, ``camera``,
-``info``); the device is left with the settings it had.
+Known +-1 probe vectors (Hadamard rows or random) give the real matrix B of ``linear_transform`` by least squares,
+held-out vectors its error beside the error the camera noise explains, and a layout with two reference regions
+the complex field matrix whose |x M|^2 is checked against measured intensities. The derivations are in
+docs/calibration.md ("Matrix"). Only the public Opu API is used; the device is left with the settings it had.
 """
 from __future__ import annotations
 
