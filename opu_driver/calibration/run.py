@@ -37,8 +37,6 @@ _log = logging.getLogger(__name__)
 ROUTINES = routine_names()
 """The registered routines' names, in the order ``calibrate(opu, ["all"], ...)`` runs them."""
 _RUN = "run"  # the results entry that describes the run itself
-FRAMES_USED_KEY = "frames_used"  # added to each routine's summary: frames the DMD displayed for it
-WALL_KEY = "wall_s"  # added to each routine's summary: seconds it took
 
 # Results that no longer hold once a routine runs again: everything measured at the old exposure, and everything
 # measured through the old linear-mode reference (from the routines' stale_after).
@@ -180,8 +178,8 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
                 _drop(record, stale)
         _put(record, name, result)
         # what the routine cost, beside what it found: frames the DMD displayed (blanks flushing the lag included)
-        record.results[name][FRAMES_USED_KEY] = (opu.dmd.frame_count - frames_before) & 0xFFFFFFFF
-        record.results[name][WALL_KEY] = round(time.perf_counter() - started, 3)
+        record.results[name]["frames_used"] = (opu.dmd.frame_count - frames_before) & 0xFFFFFFFF
+        record.results[name]["wall_s"] = round(time.perf_counter() - started, 3)
         if get_routine(name).sets_camera:
             record.settings = record_settings(opu)
         if run_all:
@@ -238,7 +236,6 @@ def _fidelity_lines(summary: dict[str, Any], name_width: int) -> list[str]:
             value = summary.get(FidelityResult.row_key(label, key))
             return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
         lines.append(f"{indent}{label:<20}" + "".join(f" {get(key):>{width}}" for key, _, width in _FIDELITY_COLUMNS))
-    if FRAMES_USED_KEY in summary:
-        lines.append(f"{'':<{name_width}}  {FRAMES_USED_KEY}={summary[FRAMES_USED_KEY]}, "
-                     f"{WALL_KEY}={summary.get(WALL_KEY)}")
+    if "frames_used" in summary:
+        lines.append(f"{'':<{name_width}}  frames_used={summary['frames_used']}, wall_s={summary.get('wall_s')}")
     return lines
