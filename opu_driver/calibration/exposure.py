@@ -234,7 +234,7 @@ class _Search:
     layout: Layout
     n_components: int
     bits: np.ndarray
-    before: CameraSettings  # the camera settings found, restored on failure
+    before: Any  # the CameraSettings found, restored on failure
     full_scale: int
     target: float
     max_saturated_fraction: float

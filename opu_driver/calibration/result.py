@@ -66,7 +66,7 @@ class _Entry:
     rank: int
     scalar: _Scalar | None = None
     array: bool = False
-    dtype: npt.DTypeLike = None
+    dtype: npt.DTypeLike | None = None
     when: Callable[[Any], bool] | None = None
 
     def summary_keys(self, name: str) -> list[str]:
@@ -101,7 +101,7 @@ class _Rows(_Entry):
     """A tuple of row dataclasses: the labels joined under the field's key, each row's summary entries under
     "<label>:<key>", and one array per stored column (one value per row, in row order)."""
 
-    row_type: type | None = None
+    row_type: type = object
     label: Callable[[Any], str] = str
 
     def summary_keys(self, name: str) -> list[str]:
@@ -151,7 +151,7 @@ def summarised(*, digits: int | None = None, significant: int | None = None, fin
     return _field(entry, default, default_factory, repr)
 
 
-def stored(dtype: npt.DTypeLike = None, *, summary: Callable[[Any], Any] | None = None,
+def stored(dtype: npt.DTypeLike | None = None, *, summary: Callable[[Any], Any] | None = None,
            when: Callable[[Any], bool] | None = None, default: Any = dataclasses.MISSING,
            default_factory: Any = dataclasses.MISSING, repr: bool = False) -> Any:
     """A field kept as an array of ``arrays()`` under its own name, as ``dtype`` (None: as it is).
@@ -196,7 +196,7 @@ def summarised_property(*, digits: int | None = None, significant: int | None = 
     return wrap
 
 
-def stored_property(dtype: npt.DTypeLike = None) -> Callable[[Callable[[Any], Any]], property]:
+def stored_property(dtype: npt.DTypeLike | None = None) -> Callable[[Callable[[Any], Any]], property]:
     """Decorator: a property derived from the fields that ``arrays()`` keeps, as ``dtype`` (None: as it is), at
     its place in the class body."""
     entry = _Entry(next(_ranks), None, True, dtype)
@@ -290,7 +290,7 @@ class _Names:
                 keys = [key for name, entry in _entries(owner) for key in entry.summary_keys(name)]
             else:
                 keys = [key for name, entry in _entries(owner) for key in entry.array_keys(name)]
-            prefix = f"{owner.routine}/" if self._qualify else ""
+            prefix = f"{getattr(owner, 'routine', '')}/" if self._qualify else ""
             names = KeyNames(owner.__name__, self._what, ((key, prefix + key) for key in keys))
             self._cache[owner] = names
         return names

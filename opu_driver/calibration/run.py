@@ -148,7 +148,8 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
             apply_record(opu, record, explicit=opu.settings.explicit_record_settings(), drift_check=False)
             for needed in dict.fromkeys(name for entry in registered_routines() for name in entry.needs):
                 if needed in record.results:  # handed to the routines that use it, as in an uninterrupted run
-                    done[needed] = get_routine(needed).result.from_record(record.results[needed], record.arrays)
+                    rebuild = get_routine(needed).result.from_record  # type: ignore[attr-defined]  # checked
+                    done[needed] = rebuild(record.results[needed], record.arrays)
             _log.info("resuming %s: done %s", record.path, ", ".join(k for k in record.results if k != _RUN))
         else:
             _log.info("nothing to resume: starting a new calibration run")

@@ -41,7 +41,7 @@ def summary(record: CalibrationRecord, result: type[CalibrationResult] | str) ->
 def number(values: Mapping[str, Any], key: str) -> float | None:
     """A finite number from a summary, or None (absent, None, bool, text, NaN)."""
     value = values.get(key)
-    return float(value) if is_number(value) else None
+    return float(value) if is_number(value) else None  # type: ignore[arg-type]
 
 
 def roi_geometry(record: CalibrationRecord, result: type[CalibrationResult], n: int) -> tuple[int, int, int]:
