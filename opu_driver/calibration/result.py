@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["Recorded", "CalibrationResult", "KeyNames", "summarised", "stored", "region", "rows",
-           "summarised_property", "stored_property", "REGION_PREFIX", "REGION_PARTS", "region_keys"]
+           "summarised_property", "stored_property", "summary_of", "arrays_of", "row_key", "REGION_PREFIX",
+           "REGION_PARTS", "region_keys"]
 
 REGION_PREFIX = "roi_"
 """Prefix of the summary keys that hold a result's camera region (``roi_x``, ``roi_y``, ``roi_width``,
