@@ -5,7 +5,7 @@ built-in byte-level emulator (``firmware_sim``). The names exported here and by 
 ``encoding``, ``calibration`` and ``service`` are the public API.
 """
 from ._version import __version__
-from .errors import *
+from .errors import *  # noqa: F403 - the error tree is part of the public API
 from .errors import __all__ as _error_names
 from .opu import (
     FRAMES_PER_TERNARY,

@@ -1,7 +1,8 @@
 """Argument checks and the correlation statistic shared by the calibration routines.
 
 Every routine refuses bad arguments before anything is sent to the device; these helpers only look at the
-values (and at ``opu.info``, which the Opu reads once at open), so calling them costs no traffic.
+values (and at ``opu.info``, which the Opu reads once at open), so calling them costs no traffic. They add the
+device's limits to the checks of :mod:`opu_driver.validation`.
 """
 from __future__ import annotations
 
@@ -11,56 +12,45 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInputError
+from ..validation import check_int, is_int
 
-__all__ = ["is_int", "is_number", "check_components", "check_features", "check_count", "check_seed", "correlation",
-           "MAX_COUNT"]
+__all__ = ["check_components", "check_features", "check_count", "check_seed", "correlation", "MAX_COUNT"]
 
 MAX_COUNT = 1 << 20
 """The most frames, vectors or probes one routine argument may ask for (about a million: minutes to hours of
 device time). Larger counts are refused before anything is allocated or sent."""
 
 
-def is_int(value: object, low: int | None = None) -> bool:
-    """Whether ``value`` is a Python or NumPy integer (not a bool), and at least ``low`` when given."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        return False
-    return low is None or value >= low
-
-
-def is_number(value: object) -> bool:
-    """Whether ``value`` is a finite Python or NumPy real number (not a bool)."""
-    return (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-            and math.isfinite(float(value)))
-
-
-def check_components(opu, n_components: object) -> None:
-    """Refuse an ``n_components`` that is not an integer within 1..(camera pixels)."""
+def check_components(opu, n_components: object) -> int:
+    """``n_components`` as an int; InvalidInputError unless it is an integer within 1..(camera pixels)."""
     n_pixels = opu.info.camera_width * opu.info.camera_height
-    if not is_int(n_components, 1) or n_components > n_pixels:
+    if not is_int(n_components, 1, n_pixels):
         raise InvalidInputError(
             f"n_components must be an integer within 1..{n_pixels} (camera pixels), got {n_components!r}"
         )
+    return int(n_components)  # type: ignore[call-overload]
 
 
-def check_features(opu, n_features: object, low: int = 1) -> None:
-    """Refuse an ``n_features`` that is not an integer within low..(DMD mirrors)."""
+def check_features(opu, n_features: object, low: int = 1) -> int:
+    """``n_features`` as an int; InvalidInputError unless it is an integer within low..(DMD mirrors)."""
     n_mirrors = opu.info.dmd_width * opu.info.dmd_height
-    if not is_int(n_features, low) or n_features > n_mirrors:
+    if not is_int(n_features, low, n_mirrors):
         raise InvalidInputError(
             f"n_features must be an integer within {low}..{n_mirrors} (DMD mirrors), got {n_features!r}"
         )
+    return int(n_features)  # type: ignore[call-overload]
 
 
-def check_count(value: object, name: str, low: int) -> None:
-    """Refuse a count of frames, vectors or probes that is not an integer within low..MAX_COUNT."""
-    if not is_int(value, low) or value > MAX_COUNT:
-        raise InvalidInputError(f"{name} must be an integer within {low}..{MAX_COUNT}, got {value!r}")
+def check_count(value: object, name: str, low: int) -> int:
+    """A count of frames, vectors or probes as an int; InvalidInputError unless it is within low..MAX_COUNT."""
+    return check_int(value, name, low=low, high=MAX_COUNT)
 
 
-def check_seed(seed: object) -> None:
-    """Refuse a seed that is neither None nor a non-negative integer."""
+def check_seed(seed: object) -> int | None:
+    """The seed (None or an int); InvalidInputError unless it is None or an integer >= 0."""
     if seed is not None and not is_int(seed, 0):
         raise InvalidInputError(f"seed must be None or an integer >= 0, got {seed!r}")
+    return None if seed is None else int(seed)  # type: ignore[call-overload]
 
 
 def correlation(x: npt.ArrayLike, y: npt.ArrayLike) -> float:

@@ -1,13 +1,8 @@
 """Probe patterns and the two-reference layout the matrix estimate uses (helpers of ``matrix.py``).
 
-Hadamard probes: the Sylvester matrix of order n (a power of two) has entries H[i, j] = (-1)^popcount(i & j)
-and H^T H = n I, so the rows of any n x k block of its columns, with each column's sign flipped at random
-(D = diag(+-1)), are k-dimensional +-1 probes P = H[:, :k] D with P^T P = n I: the matrix behind the
-probes is recovered exactly as P^T Y / n. The random signs do not change that, and they split every probe into
-about as many +1 as -1 entries (the plain first row is all +1): the frames of a probe then carry half the
-signal light, not all of it, which keeps them further from saturation.
-
-Rows are computed on demand, a batch at a time, so no n x n matrix is ever held.
+Hadamard probes are rows of a Sylvester matrix with each column's sign flipped at random, so the matrix behind
+them is recovered exactly as P^T Y / n while each frame carries about half the signal light (docs/calibration.md,
+"Matrix"); rows are computed on demand, a batch at a time, so no n x n matrix is ever held.
 """
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from ..devices.camera import CameraSettings
 from ..protocol import PixelFormat
+from .drift import DriftResult, check_drift
+from .reference import ReferenceResult, install_reference
 from .store import CalibrationError, CalibrationRecord, CalibrationStore
 
 __all__ = ["CalibrationWarning", "AppliedCalibration", "default_store_dir", "find_record", "apply_record",
@@ -120,25 +122,22 @@ def apply_record(opu, record: CalibrationRecord, *, explicit: dict[str, Any], dr
     if latency and isinstance(latency.get("lag_frames"), int) and 0 <= latency["lag_frames"] <= opu.settings.max_lag_frames:
         opu.lag_frames = latency["lag_frames"]
         applied.append("latency")
-    if "reference" in record.results:
-        from .reference import install_reference
-
+    if ReferenceResult.routine in record.results:
         arrays = {name.split("/", 1)[1]: value for name, value in record.arrays.items()
-                  if name.startswith("reference/")}
+                  if name.startswith(ReferenceResult.routine + "/")}
         try:
-            if install_reference(opu, record.results["reference"], arrays):
+            if install_reference(opu, record.results[ReferenceResult.routine], arrays):
                 applied.append("reference")
         except (KeyError, ValueError, TypeError) as exc:
             _log.warning("stored reference not used: %s", exc)
     correlation = threshold = None
     drifted = False
-    drift = record.results.get("drift")
-    if drift_check and drift and "drift/probes" in record.arrays and "drift/baseline" in record.arrays:
-        from .drift import check_drift
-
-        sample = check_drift(opu, record.arrays["drift/probes"], record.arrays["drift/baseline"],
-                             float(drift["threshold"]), str(drift.get("scheme", "four_frame")))
-        correlation, threshold, drifted = sample.correlation, float(drift["threshold"]), sample.drifted
+    drift = record.results.get(DriftResult.routine)
+    key, drift_arrays = DriftResult.summary_key, DriftResult.record_array
+    if drift_check and drift and drift_arrays.probes in record.arrays and drift_arrays.baseline in record.arrays:
+        sample = check_drift(opu, record.arrays[drift_arrays.probes], record.arrays[drift_arrays.baseline],
+                             float(drift[key.threshold]), str(drift.get(key.scheme, "four_frame")))
+        correlation, threshold, drifted = sample.correlation, float(drift[key.threshold]), sample.drifted
         applied.append("drift_check")
         if drifted:
             notes.append(f"drift check failed: the probes correlate at {correlation:.4f} with the stored "

@@ -6,15 +6,22 @@ line, blank frames are acquired over the camera region the projection uses, and 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from ..devices.camera import Roi
-from ..errors import InvalidInputError
-from ._checks import check_components, check_count, is_number
+from ..validation import check_choice, check_number
+from ._checks import check_components, check_count
+from .exposure import ExposureResult
+from .registry import register_routine
+from .result import CalibrationResult, region, region_keys, stored, summarised
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["DarkResult", "measure_dark"]
 
@@ -23,8 +30,13 @@ _log = logging.getLogger(__name__)
 METHODS = ("shutter", "laser_off")
 
 
+def _count(mask: npt.NDArray[np.bool_]) -> int:
+    """How many outputs a per-output flag array marks."""
+    return int(mask.sum())
+
+
 @dataclass(frozen=True)
-class DarkResult:
+class DarkResult(CalibrationResult):
     """What the dark frames say, in ADC counts (DN) of the current pixel format.
 
     Attributes:
@@ -36,41 +48,31 @@ class DarkResult:
             temporal noise of a mean of n_frames adds removed.
         read_noise_dn: median over outputs of the temporal standard deviation (read noise with the dark
             current's shot noise and the ADC rounding).
-        hot_pixels: outputs whose dark level stands out of the pattern (more than ``hot_sigma`` robust spreads).
+        hot_pixels: outputs whose dark level stands out of the pattern (more than ``hot_sigma`` robust spreads);
+            the summary holds their count.
         method: how the light was blocked ("shutter" or "laser_off").
     """
 
-    roi: Roi
-    n_frames: int
-    mean_dn: npt.NDArray[np.float32]
-    level_dn: float
-    fixed_pattern_dn: float
-    read_noise_dn: float
-    hot_pixels: npt.NDArray[np.bool_]
-    method: str
+    routine: ClassVar[str] = "dark"
 
-    def summary(self) -> dict[str, float | int | str]:
-        return {
-            "n_frames": self.n_frames,
-            "level_dn": round(self.level_dn, 4),
-            "fixed_pattern_dn": round(self.fixed_pattern_dn, 4),
-            "read_noise_dn": round(self.read_noise_dn, 4),
-            "hot_pixels": int(self.hot_pixels.sum()),
-            "method": self.method,
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays a calibration record keeps (stored as ``dark/<name>``)."""
-        return {"mean_dn": self.mean_dn, "hot_pixels": self.hot_pixels}
+    roi: Roi = region()
+    n_frames: int = summarised()
+    mean_dn: npt.NDArray[np.float32] = stored(repr=True)
+    level_dn: float = summarised(digits=4)
+    fixed_pattern_dn: float = summarised(digits=4)
+    read_noise_dn: float = summarised(digits=4)
+    hot_pixels: npt.NDArray[np.bool_] = stored(summary=_count, repr=True)
+    method: str = summarised()
 
     @classmethod
     def from_record(cls, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> "DarkResult":
         """The result again from a record's ``dark`` summary and its ``dark/...`` arrays (a resumed run)."""
-        roi = Roi(int(summary["roi_x"]), int(summary["roi_y"]), int(summary["roi_width"]), int(summary["roi_height"]))
-        return cls(roi, int(summary["n_frames"]), np.asarray(arrays["dark/mean_dn"], dtype=np.float32),
-                   float(summary["level_dn"]), float(summary["fixed_pattern_dn"]), float(summary["read_noise_dn"]),
-                   np.asarray(arrays["dark/hot_pixels"], dtype=bool), str(summary["method"]))
+        key, stored_as = cls.summary_key, cls.record_array
+        roi = Roi(*(int(summary[k]) for k in region_keys()))
+        return cls(roi, int(summary[key.n_frames]), np.asarray(arrays[stored_as.mean_dn], dtype=np.float32),
+                   float(summary[key.level_dn]), float(summary[key.fixed_pattern_dn]),
+                   float(summary[key.read_noise_dn]), np.asarray(arrays[stored_as.hot_pixels], dtype=bool),
+                   str(summary[key.method]))
 
 
 def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shutter",
@@ -80,14 +82,10 @@ def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shut
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
     """
-    if method not in METHODS:
-        raise InvalidInputError(f"method={method!r}; choose one of {METHODS}")
+    check_choice(method, "method", METHODS)
     check_components(opu, n_components)  # before the shutter closes: nothing is sent for bad arguments
-    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 2:
-        raise InvalidInputError(f"n_frames must be an integer >= 2 (a temporal spread needs two), got {n_frames!r}")
-    check_count(n_frames, "n_frames", 2)
-    if not is_number(hot_sigma) or not hot_sigma > 0:
-        raise InvalidInputError(f"hot_sigma must be a finite number > 0, got {hot_sigma!r}")
+    check_count(n_frames, "n_frames", 2)  # a temporal spread needs two
+    check_number(hot_sigma, "hot_sigma", low=0, low_open=True)
     controller = opu.controller
     was_open, was_on = controller.shutter_is_open, controller.laser_is_on
     try:
@@ -116,3 +114,9 @@ def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shut
                         read_noise, hot, method)
     _log.info("dark: %s", result.summary())
     return result
+
+
+@register_routine(DarkResult, position=20, stale_after=(ExposureResult,))
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> DarkResult:
+    """The dark step of ``calibrate``: the dark frames of the plan's outputs."""
+    return measure_dark(opu, plan.n_components, n_frames=plan.dark_frames, method=plan.dark_method)

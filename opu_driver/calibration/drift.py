@@ -1,50 +1,19 @@
 """Drift monitoring: re-project a fixed probe set and say when the projection has changed enough to recalibrate.
 
-A scattering medium (and the optics around it) slowly changes: the effective matrix B(t) of the linear mode moves
-away from the one a model was trained with or a matrix estimate measured. The monitor keeps a fixed set of ternary
-probe vectors and their linear projections at a baseline; a check projects the probes again and correlates the
-result with the baseline. Without drift the correlation only reflects the camera noise; with drift it falls.
-
-Baseline and noise floor. ``baseline()`` projects the probes twice. The two repeats give the noise floor: with
-signal variance S and independent noise variance N per projection their correlation is r0 = S / (S + N). The
-stored baseline is the mean of the two (noise N / 2), so a check without drift is expected to correlate with it at
-
-    rho_c = S / sqrt((S + N) (S + N / 2)) = r0 sqrt(2 / (1 + r0)).
-
-Default threshold. The sampling spread of such a correlation is estimated from the data by a jackknife over the
-probes (leave one probe out, recompute r0): probes and their noise are independent from probe to probe, while the
-outputs of one probe are not (speckle grains span several pixels, the laser jitter is common to a frame), so the
-probes are the honest unit. The check's correlation and the estimate of rho_c each have about that spread sigma,
-so their difference has sqrt(2) sigma; the threshold sits ``THRESHOLD_SIGMAS`` (6) of those below rho_c:
-
-    threshold = min(rho_c - 6 sqrt(2) sigma, 1 - MIN_DROP)
-
-A Gaussian excursion of 6 sigma happens once in about 10^9 checks, and the jackknife over a fixed probe set
-overestimates the spread of a check with the same probes (their signal part does not change), so a false alarm
-without drift is very unlikely. ``MIN_DROP`` (0.001) keeps a noise-free device from flagging changes of the last
-digits that no application would notice.
-
-Time is the device clock (``opu.dmd.device_time_us``), so the emulator's drift (which follows device time, not the
-wall clock) and a real device are read the same way; times are reported in seconds since the baseline (the middle of
-its two repeats), each check at the middle of its projection. A device reset or replug sets the device clock back
-to 0; checks after one (the driver counts them in ``opu.counters``) or whose clock reads before the baseline's get
-a NaN time and a warning, never a wrong one.
-
-Stale reference. The linear mode measures its reference |R r|^2 per pixel once (``baseline()`` refreshes it) and
-then keeps it. On a drifting medium the reference field changes too, so checks divide by a stale reference: the
-scale of each output drifts as well as the matrix. Both lower the correlation, so the monitor's verdict holds either
-way; for the emulator's model R(t) = R0 cos + R1 sin the correlation with a baseline taken with a fresh reference is
-about a^2 / sqrt(a^2 + K b^2) times rho_c, with a = cos(theta_t - theta_b), b = sin(theta_t - theta_b) and
-K = E|u|^2 E[1 / |u_b|^2] over the unmasked outputs (u: the reference field), rather than plain cos(theta_t -
-theta_b). Recalibrating means refreshing the reference (``baseline()`` does) and whatever was fitted to the old
-matrix.
+A scattering medium slowly changes, and with it the effective matrix of the linear mode. The monitor keeps fixed
+ternary probes and their projections at a baseline (taken twice, which gives the noise floor); a check projects
+them again and correlates with the baseline, against a threshold derived from the baseline's own spread. Times
+are read on the device clock. The noise floor, the threshold, the clock and the stale reference are derived in
+docs/calibration.md ("Drift").
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +22,15 @@ import tqdm
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
-from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int, is_number
+from ..validation import check_choice, check_int, check_number
+from ._checks import check_components, check_count, check_features, check_seed, correlation
+from .exposure import ExposureResult
+from .reference import ReferenceResult
+from .registry import register_routine
+from .result import CalibrationResult, region, stored, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["DriftSample", "DriftResult", "DriftMonitor", "measure_drift", "check_drift", "default_threshold",
            "THRESHOLD_SIGMAS", "MIN_DROP"]
@@ -78,8 +55,8 @@ class DriftSample:
     device_time_us: int = 0
 
 
-@dataclass(frozen=True)
-class DriftResult:
+@dataclass(frozen=True, kw_only=True)
+class DriftResult(CalibrationResult):
     """A monitor's baseline, threshold and checks so far.
 
     Attributes:
@@ -96,63 +73,47 @@ class DriftResult:
         needs_recalibration: whether some check since the baseline fell below the threshold.
     """
 
-    n_features: int
-    n_components: int
-    scheme: str
-    threshold: float
-    baseline_repeatability: float | None
-    expected_correlation: float | None
-    baseline_device_time_us: int | None
-    roi: Roi
-    needs_recalibration: bool
-    times_s: npt.NDArray[np.float64] = field(repr=False)
-    correlations: npt.NDArray[np.float64] = field(repr=False)
-    probes: npt.NDArray[np.int8] = field(repr=False)
-    baseline: npt.NDArray[np.float32] = field(repr=False)
+    routine: ClassVar[str] = "drift"
 
-    @property
+    # declared in the order of the summary, then of the arrays (keyword-only, so that order is free);
+    # correlations are None in the summary when not finite
+    n_features: int = summarised()
+    n_components: int = summarised()
+    scheme: str = summarised()
+
+    @summarised_property()
     def n_probes(self) -> int:
         return int(self.probes.shape[0])
 
-    @property
+    threshold: float = summarised(digits=6, finite=True)
+    baseline_repeatability: float | None = summarised(digits=6, finite=True)
+    expected_correlation: float | None = summarised(digits=6, finite=True)
+
+    @summarised_property(digits=6, finite=True)
     def last_correlation(self) -> float | None:
         return float(self.correlations[-1]) if self.correlations.size else None
 
-    def summary(self) -> dict[str, float | int | str | bool | None]:
-        def rounded(value: float | None) -> float | None:
-            return None if value is None or not math.isfinite(value) else round(float(value), 6)
+    needs_recalibration: bool = summarised(convert=bool)
 
-        return {
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "scheme": self.scheme,
-            "n_probes": self.n_probes,
-            "threshold": rounded(self.threshold),
-            "baseline_repeatability": rounded(self.baseline_repeatability),
-            "expected_correlation": rounded(self.expected_correlation),
-            "last_correlation": rounded(self.last_correlation),
-            "needs_recalibration": bool(self.needs_recalibration),
-            "n_checks": int(self.correlations.size),
-            "baseline_device_time_us": self.baseline_device_time_us,
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
+    @summarised_property()
+    def n_checks(self) -> int:
+        """Checks since the baseline."""
+        return int(self.correlations.size)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The time series and what a later session needs to check against this baseline (``drift/<name>``)."""
-        return {
-            "times_s": np.asarray(self.times_s, dtype=np.float64),
-            "correlations": np.asarray(self.correlations, dtype=np.float64),
-            "probes": np.asarray(self.probes, dtype=np.int8),
-            "baseline": np.asarray(self.baseline, dtype=np.float32),
-        }
+    baseline_device_time_us: int | None = summarised()
+    roi: Roi = region()
+    times_s: npt.NDArray[np.float64] = stored(np.float64)
+    correlations: npt.NDArray[np.float64] = stored(np.float64)
+    probes: npt.NDArray[np.int8] = stored(np.int8)
+    baseline: npt.NDArray[np.float32] = stored(np.float32)
 
 
 def default_threshold(repeat_1: npt.ArrayLike, repeat_2: npt.ArrayLike) -> tuple[float, float, float]:
-    """(threshold, r0, rho_c) from two projections (n_probes, n_outputs) of the same probes (see the module doc).
+    """(threshold, r0, rho_c) from two projections (n_probes, n_outputs) of the same probes.
 
     r0 is their correlation, rho_c = r0 sqrt(2 / (1 + r0)) what a check correlates with their mean without drift,
     and the threshold rho_c - THRESHOLD_SIGMAS sqrt(2) sigma (at most 1 - MIN_DROP), sigma the jackknife spread of
-    r0 over probes.
+    r0 over probes (derived in docs/calibration.md, "Drift").
     """
     y1 = np.asarray(repeat_1, dtype=np.float64)
     y2 = np.asarray(repeat_2, dtype=np.float64)
@@ -180,13 +141,11 @@ def default_threshold(repeat_1: npt.ArrayLike, repeat_2: npt.ArrayLike) -> tuple
 
 
 def _check_threshold(threshold: object) -> None:
-    if not is_number(threshold) or not -1 <= threshold <= 1:
-        raise InvalidInputError(f"threshold must be a number within -1..1, got {threshold!r}")
+    check_number(threshold, "threshold", low=-1, high=1)
 
 
 def _check_scheme(scheme: object) -> None:
-    if scheme not in PROJECTION_SCHEMES:
-        raise InvalidInputError(f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}")
+    check_choice(scheme, "scheme", PROJECTION_SCHEMES)
 
 
 def _validated_record(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float,
@@ -276,19 +235,13 @@ class DriftMonitor:
 
     def __init__(self, opu, n_features: int, n_components: int, *, n_probes: int = 32, scheme: str = "four_frame",
                  threshold: float | None = None, interval_steps: int = 100, seed: int | None = None) -> None:
-        if not is_int(n_features, 1):
-            raise InvalidInputError(f"n_features must be an integer >= 1, got {n_features!r}")
-        check_components(opu, n_components)
-        if not is_int(n_probes, 3):
-            raise InvalidInputError(f"n_probes must be an integer >= 3 (the spread needs a jackknife), got "
-                                    f"{n_probes!r}")
-        check_count(n_probes, "n_probes", 3)
         check_features(opu, n_features)
+        check_components(opu, n_components)
+        check_count(n_probes, "n_probes", 3)  # the spread needs a jackknife
         _check_scheme(scheme)
         if threshold is not None:
             _check_threshold(threshold)
-        if not is_int(interval_steps, 1):
-            raise InvalidInputError(f"interval_steps must be an integer >= 1, got {interval_steps!r}")
+        check_int(interval_steps, "interval_steps", low=1)
         check_seed(seed)
         self._opu = opu
         self.n_features = int(n_features)
@@ -414,11 +367,13 @@ class DriftMonitor:
         if self._baseline is None or self._threshold is None:
             raise InvalidInputError("no baseline yet: call baseline() first")
         return DriftResult(
-            self.n_features, self.n_components, self.scheme, self._threshold, self.baseline_repeatability,
-            self.expected_correlation, self.baseline_device_time_us, self._opu.roi_for(self.n_components),
-            self._latched, np.array([s.time_s for s in self._history], dtype=np.float64),
-            np.array([s.correlation for s in self._history], dtype=np.float64), self.probes.copy(),
-            self._baseline.copy(),
+            n_features=self.n_features, n_components=self.n_components, scheme=self.scheme,
+            threshold=self._threshold, baseline_repeatability=self.baseline_repeatability,
+            expected_correlation=self.expected_correlation, baseline_device_time_us=self.baseline_device_time_us,
+            roi=self._opu.roi_for(self.n_components), needs_recalibration=self._latched,
+            times_s=np.array([s.time_s for s in self._history], dtype=np.float64),
+            correlations=np.array([s.correlation for s in self._history], dtype=np.float64),
+            probes=self.probes.copy(), baseline=self._baseline.copy(),
         )
 
 
@@ -433,10 +388,8 @@ def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8,
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
     """
-    if not is_int(n_checks, 1):
-        raise InvalidInputError(f"n_checks must be an integer >= 1, got {n_checks!r}")
-    if not is_int(frames_between, 0):
-        raise InvalidInputError(f"frames_between must be an integer >= 0, got {frames_between!r}")
+    check_int(n_checks, "n_checks", low=1)
+    check_int(frames_between, "frames_between", low=0)
     monitor = DriftMonitor(opu, n_features, n_components, n_probes=n_probes, scheme=scheme, threshold=threshold,
                            seed=seed)
     monitor.baseline(refresh_reference=refresh_reference)
@@ -451,3 +404,11 @@ def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8,
     result = monitor.result()
     _log.info("drift: %s", result.summary())
     return result
+
+
+@register_routine(DriftResult, position=80, stale_after=(ExposureResult, ReferenceResult), needs_reference=True)
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> DriftResult:
+    """The drift step of ``calibrate``, last: its baseline uses the reference measured (and stored) just before,
+    then a few checks show the short-term stability; ``open`` compares the same probes with this baseline."""
+    return measure_drift(opu, plan.n_features, plan.n_components, n_checks=plan.drift_checks, frames_between=1000,
+                         n_probes=plan.drift_probes, refresh_reference=False, progress=progress)

@@ -1,24 +1,18 @@
 """Exposure calibration: choose exposure (and gain if needed) for the brightest frame a projection can show.
 
-The brightest expected frame is every feature ON through the projection's layout. Speckle intensity is
-exponential, so a frame has no "maximum" worth aiming at: its top is a high quantile. The routine aims the
-(1 - max_saturated_fraction) quantile of that frame's pixel values at ``target_fraction`` of the ADC's full
-scale, which leaves about max_saturated_fraction * exp(-(1 - target) / target * ln(1 / max_saturated_fraction))
-of the pixels saturated (1.8e-4 for the defaults), and then checks it by measuring.
-
-How: a short sweep of exposures at gain 1 (halving from the longest allowed), the straight line
-top = dark + slope * exposure_us * gain fitted to the points that are not clipped, the setting that puts the top
-on the target (gain only when the longest exposure cannot), a measurement there (refined a few times with the
-nearest points), and a bounded number of steps down while more than max_saturated_fraction of the pixels are
-saturated. The laser power is never changed: it is the light budget the caller chose.
-
-It uses the public Opu API only (``opu.acquire`` with the caller's layout, ``opu.camera.configure``).
+Speckle intensity is exponential, so a frame has no maximum worth aiming at: the routine puts a high quantile of
+the brightest frame (every feature on) at ``target_fraction`` of full scale with at most
+``max_saturated_fraction`` of its pixels saturated, through a sweep, a straight-line fit, a refinement and steps
+down, and never changes the laser power (the caller's light budget). The derivation and the steps are in
+docs/calibration.md ("Exposure").
 """
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import tqdm
@@ -27,7 +21,13 @@ from ..devices.camera import CameraSettings, Roi
 from ..encoding.layouts import Layout, make_layout
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
-from ._checks import check_components, is_int, is_number
+from ..validation import check_bool, check_int, is_number
+from ._checks import check_components
+from .registry import register_routine
+from .result import CalibrationResult, region, stored, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["ExposureResult", "tune_exposure"]
 
@@ -45,8 +45,8 @@ _MAX_STEPS_DOWN = 6  # steps down while too many pixels are saturated
 _STEP_DOWN = 0.85  # each step down lowers exposure x gain by 15%
 
 
-@dataclass(frozen=True)
-class ExposureResult:
+@dataclass(frozen=True, kw_only=True)
+class ExposureResult(CalibrationResult):
     """The chosen camera setting and every measurement that led to it.
 
     Attributes:
@@ -63,58 +63,36 @@ class ExposureResult:
         sweep_*: every measurement in order (sweep, refinement, steps down): exposure, gain, top, saturated share.
     """
 
-    exposure_us: int
-    gain: float
-    frame_time_us: int
-    top_dn: float
-    saturated_fraction: float
-    max_saturated_fraction: float
-    target_fraction: float
-    target_dn: float
-    full_scale_dn: int
-    dark_dn: float
-    slope_dn_per_us: float
-    reached_target: bool
-    n_features: int
-    n_components: int
-    n_frames: int
-    layout: str
-    roi: Roi
-    sweep_exposure_us: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    sweep_gain: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    sweep_top_dn: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    sweep_saturated_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    routine: ClassVar[str] = "exposure"
 
-    def summary(self) -> dict[str, float | int | str | bool]:
-        return {
-            "exposure_us": self.exposure_us,
-            "gain": round(self.gain, 3),
-            "frame_time_us": self.frame_time_us,
-            "saturated_fraction": round(self.saturated_fraction, 6),
-            "max_saturated_fraction": self.max_saturated_fraction,
-            "top_dn": round(self.top_dn, 2),
-            "full_scale_dn": self.full_scale_dn,
-            "target_dn": round(self.target_dn, 2),
-            "target_fraction": self.target_fraction,
-            "dark_dn": round(self.dark_dn, 3),
-            "slope_dn_per_us": float(f"{self.slope_dn_per_us:.6g}"),
-            "reached_target": self.reached_target,
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "n_frames": self.n_frames,
-            "layout": self.layout,
-            "n_measurements": int(self.sweep_exposure_us.size),
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
+    # declared in the order of the summary, then of the arrays (keyword-only, so that order is free)
+    exposure_us: int = summarised()
+    gain: float = summarised(digits=3)
+    frame_time_us: int = summarised()
+    saturated_fraction: float = summarised(digits=6)
+    max_saturated_fraction: float = summarised()
+    top_dn: float = summarised(digits=2)
+    full_scale_dn: int = summarised()
+    target_dn: float = summarised(digits=2)
+    target_fraction: float = summarised()
+    dark_dn: float = summarised(digits=3)
+    slope_dn_per_us: float = summarised(significant=6)
+    reached_target: bool = summarised()
+    n_features: int = summarised()
+    n_components: int = summarised()
+    n_frames: int = summarised()
+    layout: str = summarised()
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The measurements, in order (stored as ``exposure/<name>``)."""
-        return {
-            "sweep_exposure_us": np.asarray(self.sweep_exposure_us, dtype=np.float64),
-            "sweep_gain": np.asarray(self.sweep_gain, dtype=np.float64),
-            "sweep_top_dn": np.asarray(self.sweep_top_dn, dtype=np.float64),
-            "sweep_saturated_fraction": np.asarray(self.sweep_saturated_fraction, dtype=np.float64),
-        }
+    @summarised_property()
+    def n_measurements(self) -> int:
+        """Settings measured: the sweep, the refinement and the steps down."""
+        return int(self.sweep_exposure_us.size)
+
+    roi: Roi = region()
+    sweep_exposure_us: np.ndarray = stored(np.float64, default_factory=lambda: np.zeros(0))
+    sweep_gain: np.ndarray = stored(np.float64, default_factory=lambda: np.zeros(0))
+    sweep_top_dn: np.ndarray = stored(np.float64, default_factory=lambda: np.zeros(0))
+    sweep_saturated_fraction: np.ndarray = stored(np.float64, default_factory=lambda: np.zeros(0))
 
 
 class _QuietSaturation(logging.Filter):
@@ -162,17 +140,14 @@ def tune_exposure(
     """
     # -- arguments: everything below until the try block only computes -----------------------------
     info = opu.info
-    if not is_int(n_features, 1):
-        raise InvalidInputError(f"n_features must be a positive integer, got {n_features!r}")
+    check_int(n_features, "n_features", low=1)
     check_components(opu, n_components)
-    if not is_number(max_saturated_fraction) or not 0 < max_saturated_fraction < 0.5:
+    if not (is_number(max_saturated_fraction) and 0 < max_saturated_fraction < 0.5):
         raise InvalidInputError(f"max_saturated_fraction must be within (0, 0.5), got {max_saturated_fraction!r}")
-    if not is_number(target_fraction) or not 0 < target_fraction <= 1:
+    if not (is_number(target_fraction) and 0 < target_fraction <= 1):
         raise InvalidInputError(f"target_fraction must be within (0, 1], got {target_fraction!r}")
-    if not is_int(n_frames, 1):
-        raise InvalidInputError(f"n_frames must be a positive integer, got {n_frames!r}")
-    if not isinstance(allow_gain, (bool, np.bool_)):
-        raise InvalidInputError(f"allow_gain must be True or False, got {allow_gain!r}")
+    check_int(n_frames, "n_frames", low=1)
+    check_bool(allow_gain, "allow_gain")
     before = opu.camera.settings  # the settings last read or written: no traffic
     if max_exposure_us is None:
         max_exposure_us = before.frame_time_us - FRAME_GAP_US
@@ -180,10 +155,8 @@ def tune_exposure(
             raise InvalidInputError(
                 f"the frame time of {before.frame_time_us} us leaves no room for an exposure; pass max_exposure_us"
             )
-    elif not is_int(max_exposure_us) or not MIN_EXPOSURE_US <= max_exposure_us <= MAX_EXPOSURE_US:
-        raise InvalidInputError(
-            f"max_exposure_us must be an integer within {MIN_EXPOSURE_US}..{MAX_EXPOSURE_US}, got {max_exposure_us!r}"
-        )
+    else:
+        check_int(max_exposure_us, "max_exposure_us", low=MIN_EXPOSURE_US, high=MAX_EXPOSURE_US)
     max_exposure_us = int(max_exposure_us)
     if layout is None:
         options = {"macro_px": opu.settings.macro_px} if opu.settings.layout == "macro" else {}
@@ -203,117 +176,18 @@ def tune_exposure(
 
     full_scale = (1 << bits_per_pixel(before.pixel_format)) - 1
     target = float(target_fraction) * full_scale
-    quantile = 1.0 - float(max_saturated_fraction)
-    max_gain = MAX_GAIN if allow_gain else 1.0
-    bits = np.ones((int(n_frames), layout.n_table_features), dtype=np.uint8)
-    measured: dict[tuple[int, float], tuple[float, float]] = {}
-    order: list[tuple[int, float]] = []
-
-    def measure(exposure_us: int, gain: float) -> tuple[float, float]:
-        """(top_dn, saturated_fraction) of the brightest frame at this setting."""
-        key = (int(exposure_us), round(float(gain), 3))
-        if key in measured:
-            return measured[key]
-        opu.camera.configure(CameraSettings(
-            exposure_us=key[0], gain=key[1], frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US)
-        ))
-        values = opu.acquire(bits, layout, n_components)
-        top = float(np.quantile(values, quantile))
-        saturated = float(np.count_nonzero(values >= full_scale)) / values.size
-        measured[key] = (top, saturated)
-        order.append(key)
-        bar.update(1)
-        _log.debug("exposure %d us, gain %.3f: top %.1f DN, %.2e saturated", key[0], key[1], top, saturated)
-        return top, saturated
-
-    def usable(key: tuple[int, float]) -> bool:
-        top, saturated = measured[key]
-        return top < _CLIPPED * full_scale and saturated <= max_saturated_fraction
-
-    def fit(near: float | None = None) -> tuple[float, float]:
-        """(dark_dn, slope per us of exposure x gain) through the usable points, the two nearest ``near``
-        (in log exposure x gain) when given: the line is exact in the physics, nearly so with an ADC offset
-        or a dark level that scales with gain, and the nearest points make what is left of that negligible."""
-        keys = [key for key in order if usable(key)]
-        if near is not None and len(keys) > 2:
-            keys = sorted(keys, key=lambda k: abs(math.log(k[0] * k[1] / near)))[:2]
-        x = np.array([k[0] * k[1] for k in keys], dtype=np.float64)
-        y = np.array([measured[k][0] for k in keys], dtype=np.float64)
-        if np.ptp(x) == 0:
-            return 0.0, float(y.mean() / x[0])
-        slope, dark = np.polyfit(x, y, 1)
-        return float(dark), float(slope)
-
-    def setting_for(dark: float, slope: float) -> tuple[int, float]:
-        """The exposure (then gain) that the line puts on the target, within the limits."""
-        x = (target - dark) / slope
-        if x <= max_exposure_us:
-            return max(MIN_EXPOSURE_US, int(math.floor(x))), 1.0
-        return max_exposure_us, round(min(max_gain, x / max_exposure_us), 3)
-
     opu_log = logging.getLogger("opu_driver.opu")
     quiet = _QuietSaturation()
     opu_log.addFilter(quiet)
     bar = tqdm.tqdm(desc="exposure", unit="setting", disable=not progress)
+    search = _Search(opu=opu, layout=layout, n_components=n_components,
+                     bits=np.ones((int(n_frames), layout.n_table_features), dtype=np.uint8), before=before,
+                     full_scale=full_scale, target=target, max_saturated_fraction=max_saturated_fraction,
+                     max_exposure_us=max_exposure_us, max_gain=MAX_GAIN if allow_gain else 1.0, bar=bar)
     try:
-        # 1. Sweep at gain 1, halving from the longest exposure, until two points are not clipped (and three
-        #    were measured: a line through two points has no check at all).
-        exposure = max_exposure_us
-        while True:
-            measure(exposure, 1.0)
-            n_usable = sum(usable(key) for key in order)
-            if (n_usable >= 2 and len(order) >= 3) or exposure == MIN_EXPOSURE_US:
-                break
-            exposure = max(MIN_EXPOSURE_US, exposure // 2)
-        if n_usable < 2:
-            raise AcquisitionError(
-                f"the brightest frame is clipped even at {exposure} us: too much light for this camera; lower "
-                "the laser power (opu.controller.set_laser_power_mw)"
-            )
-        fitted = [key for key in order if usable(key)]
-        tops = [measured[key][0] for key in fitted]
-        rise = max(tops) - min(tops)
-        if rise < max(3.0, 0.005 * full_scale):
-            raise AcquisitionError(
-                f"no light: the brightest frame's top rises by only {rise:.1f} DN from {fitted[-1][0]} to "
-                f"{fitted[0][0]} us (is the laser on and the shutter open? is anything blocking the beam?)"
-            )
-        # 2. Converge on the target: predict, measure, refit with the nearest points.
-        dark, slope = fit()
-        choice = setting_for(dark, slope)
-        for _ in range(_MAX_REFINE):
-            if slope <= 0:
-                raise AcquisitionError("no light: the top of the brightest frame does not grow with exposure")
-            top, _sat = measure(*choice)
-            at_limit = choice[0] == max_exposure_us and choice[1] >= max_gain
-            if abs(top - target) <= _ACCEPT * target or (at_limit and top < target):
-                break
-            dark, slope = fit(near=choice[0] * choice[1])
-            following = setting_for(dark, slope)
-            if following == choice:
-                break
-            choice = following
-        # 3. Verify: step down while too many pixels are saturated (gain first: exposure is free signal).
-        top, saturated = measure(*choice)
-        steps = 0
-        while saturated > max_saturated_fraction:
-            if steps == _MAX_STEPS_DOWN:
-                raise AcquisitionError(
-                    f"{saturated:.2%} of the pixels are still saturated at {choice[0]} us, gain {choice[1]:.3f} "
-                    f"after {steps} steps down (hot pixels? a reflection?); lower the laser power"
-                )
-            exposure_us, gain = choice
-            if gain > 1.0:
-                gain = round(max(1.0, gain * _STEP_DOWN), 3)
-            else:
-                exposure_us = max(MIN_EXPOSURE_US, int(exposure_us * _STEP_DOWN))
-            if (exposure_us, gain) == choice:
-                raise AcquisitionError(
-                    f"{saturated:.2%} of the pixels are saturated at the shortest exposure; lower the laser power"
-                )
-            choice = (exposure_us, gain)
-            top, saturated = measure(*choice)
-            steps += 1
+        _sweep(search)
+        choice, dark, slope = _refine(search)
+        choice, top, saturated, steps = _step_down(search, choice)
         final = opu.camera.configure(CameraSettings(
             exposure_us=choice[0], gain=choice[1],
             frame_time_us=max(before.frame_time_us, choice[0] + FRAME_GAP_US),
@@ -335,7 +209,7 @@ def tune_exposure(
     if not reached:
         _log.warning("the brightest frame reaches %.0f DN of the %.0f DN target at %d us, gain %.3f: the light is "
                      "weak for this exposure limit", top, target, choice[0], choice[1])
-    keys = order
+    keys, measured = search.order, search.measured
     result = ExposureResult(
         exposure_us=int(final.exposure_us), gain=float(final.gain), frame_time_us=int(final.frame_time_us),
         top_dn=top, saturated_fraction=saturated, max_saturated_fraction=float(max_saturated_fraction),
@@ -349,3 +223,150 @@ def tune_exposure(
     )
     _log.info("exposure: %s", result.summary())
     return result
+
+
+@dataclass
+class _Search:
+    """What the phases of :func:`tune_exposure` share: the frame measured, the target and limits, and every
+    measurement so far (by setting, and in the order taken)."""
+
+    opu: Any
+    layout: Layout
+    n_components: int
+    bits: np.ndarray
+    before: Any  # the CameraSettings found, restored on failure
+    full_scale: int
+    target: float
+    max_saturated_fraction: float
+    max_exposure_us: int
+    max_gain: float
+    bar: Any  # progress bar, one step per measurement
+    measured: dict[tuple[int, float], tuple[float, float]] = field(default_factory=dict)
+    order: list[tuple[int, float]] = field(default_factory=list)
+
+    def measure(self, exposure_us: int, gain: float) -> tuple[float, float]:
+        """(top_dn, saturated_fraction) of the brightest frame at this setting (each setting measured once)."""
+        key = (int(exposure_us), round(float(gain), 3))
+        if key in self.measured:
+            return self.measured[key]
+        opu, before, bits, layout, n_components = self.opu, self.before, self.bits, self.layout, self.n_components
+        opu.camera.configure(CameraSettings(
+            exposure_us=key[0], gain=key[1], frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US)
+        ))
+        values = opu.acquire(bits, layout, n_components)
+        top = float(np.quantile(values, 1.0 - float(self.max_saturated_fraction)))
+        saturated = float(np.count_nonzero(values >= self.full_scale)) / values.size
+        self.measured[key] = (top, saturated)
+        self.order.append(key)
+        self.bar.update(1)
+        _log.debug("exposure %d us, gain %.3f: top %.1f DN, %.2e saturated", key[0], key[1], top, saturated)
+        return top, saturated
+
+    def usable(self, key: tuple[int, float]) -> bool:
+        """Whether a measured setting may be fitted: its top not clipped, few enough pixels saturated."""
+        top, saturated = self.measured[key]
+        return top < _CLIPPED * self.full_scale and saturated <= self.max_saturated_fraction
+
+
+def _sweep(search: _Search) -> None:
+    """Sweep at gain 1, halving from the longest exposure, until two points are not clipped (and three were
+    measured: a line through two points has no check at all); refuse too much light and no light."""
+    exposure = search.max_exposure_us
+    while True:
+        search.measure(exposure, 1.0)
+        n_usable = sum(search.usable(key) for key in search.order)
+        if (n_usable >= 2 and len(search.order) >= 3) or exposure == MIN_EXPOSURE_US:
+            break
+        exposure = max(MIN_EXPOSURE_US, exposure // 2)
+    if n_usable < 2:
+        raise AcquisitionError(
+            f"the brightest frame is clipped even at {exposure} us: too much light for this camera; lower "
+            "the laser power (opu.controller.set_laser_power_mw)"
+        )
+    fitted = [key for key in search.order if search.usable(key)]
+    tops = [search.measured[key][0] for key in fitted]
+    rise = max(tops) - min(tops)
+    if rise < max(3.0, 0.005 * search.full_scale):
+        raise AcquisitionError(
+            f"no light: the brightest frame's top rises by only {rise:.1f} DN from {fitted[-1][0]} to "
+            f"{fitted[0][0]} us (is the laser on and the shutter open? is anything blocking the beam?)"
+        )
+
+
+def _fit(search: _Search, near: float | None = None) -> tuple[float, float]:
+    """(dark_dn, slope per us of exposure x gain) of the line through the usable points, the two nearest ``near``
+    (in log exposure x gain) when given: the line is exact in the physics, nearly so with an ADC offset or a dark
+    level that scales with gain, and the nearest points make what is left of that negligible."""
+    keys = [key for key in search.order if search.usable(key)]
+    if near is not None and len(keys) > 2:
+        keys = sorted(keys, key=lambda k: abs(math.log(k[0] * k[1] / near)))[:2]
+    x = np.array([k[0] * k[1] for k in keys], dtype=np.float64)
+    y = np.array([search.measured[k][0] for k in keys], dtype=np.float64)
+    if np.ptp(x) == 0:
+        return 0.0, float(y.mean() / x[0])
+    slope, dark = np.polyfit(x, y, 1)
+    return float(dark), float(slope)
+
+
+def _setting_for(search: _Search, dark: float, slope: float) -> tuple[int, float]:
+    """The exposure (then gain) that the line puts on the target, within the limits."""
+    x = (search.target - dark) / slope
+    if x <= search.max_exposure_us:
+        return max(MIN_EXPOSURE_US, int(math.floor(x))), 1.0
+    return search.max_exposure_us, round(min(search.max_gain, x / search.max_exposure_us), 3)
+
+
+def _refine(search: _Search) -> tuple[tuple[int, float], float, float]:
+    """Converge on the target: predict, measure, refit with the nearest points; (setting, dark_dn, slope)."""
+    dark, slope = _fit(search)
+    choice = _setting_for(search, dark, slope)
+    for _ in range(_MAX_REFINE):
+        if slope <= 0:
+            raise AcquisitionError("no light: the top of the brightest frame does not grow with exposure")
+        top, _sat = search.measure(*choice)
+        at_limit = choice[0] == search.max_exposure_us and choice[1] >= search.max_gain
+        if abs(top - search.target) <= _ACCEPT * search.target or (at_limit and top < search.target):
+            break
+        dark, slope = _fit(search, near=choice[0] * choice[1])
+        following = _setting_for(search, dark, slope)
+        if following == choice:
+            break
+        choice = following
+    return choice, dark, slope
+
+
+def _step_down(search: _Search, choice: tuple[int, float]) -> tuple[tuple[int, float], float, float, int]:
+    """Verify the setting and step down while too many pixels are saturated (gain first: exposure is free
+    signal); (setting, top_dn, saturated_fraction, steps taken)."""
+    top, saturated = search.measure(*choice)
+    steps = 0
+    while saturated > search.max_saturated_fraction:
+        if steps == _MAX_STEPS_DOWN:
+            raise AcquisitionError(
+                f"{saturated:.2%} of the pixels are still saturated at {choice[0]} us, gain {choice[1]:.3f} "
+                f"after {steps} steps down (hot pixels? a reflection?); lower the laser power"
+            )
+        exposure_us, gain = choice
+        if gain > 1.0:
+            gain = round(max(1.0, gain * _STEP_DOWN), 3)
+        else:
+            exposure_us = max(MIN_EXPOSURE_US, int(exposure_us * _STEP_DOWN))
+        if (exposure_us, gain) == choice:
+            raise AcquisitionError(
+                f"{saturated:.2%} of the pixels are saturated at the shortest exposure; lower the laser power"
+            )
+        choice = (exposure_us, gain)
+        top, saturated = search.measure(*choice)
+        steps += 1
+    return choice, top, saturated, steps
+
+
+@register_routine(ExposureResult, position=10, sets_camera=True)
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> ExposureResult:
+    """The exposure step of ``calibrate``, first: everything after it is measured at the exposure it sets."""
+    from .reference import reference_layout
+
+    # The brightest frame the calibrated projections use is the linear mode's: every signal feature and the
+    # reference on.
+    return tune_exposure(opu, plan.n_features, plan.n_components, layout=reference_layout(opu, plan.n_features),
+                         max_saturated_fraction=plan.max_saturated_fraction, progress=progress)

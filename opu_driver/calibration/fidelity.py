@@ -1,42 +1,33 @@
 """Fidelity of linear projections: repeatability, linearity and signal-to-noise, per scheme and frame budget.
 
-For each linear-mode scheme ("four_frame", "two_frame") and each encoding (ternary vectors sent directly, or
-real Gaussian vectors through ``b`` bit planes) the routine projects, in one batch,
-
-    a, a (again), b, a + b
-
-with ``opu.linear_transform`` and derives three numbers from what comes back:
-
-- **repeatability**: the correlation between the two projections of a (1 when repeats are identical);
-- **linearity error**: RMS of L(a) + L(b) - L(a + b) over RMS of L(a + b). For ternary rows a and b have
-  disjoint supports so that a + b is ternary too. It holds the noise of three projections, the two-frame scheme's
-  bias (|R e+|^2 - |R e-|^2 is not linear in e) and, for bit planes, the quantisation;
-- **SNR**: signal variance over noise variance, the noise variance being var(Y1 - Y2) / 2 from the repeat
-  (independent noise of equal variance in both) and the signal variance the rest of var(Y). Anything the device
-  reproduces exactly (the two-frame bias, the quantisation of bit planes) counts as signal here: the SNR says how
-  much a result changes from one call to the next. With independent noise it predicts the correlation of a
-  projection with its noise-free value: rho = sqrt(snr / (1 + snr)), and the repeatability snr / (1 + snr).
-
-Outputs the linear mode masks (weak or saturated reference: always exactly 0) are left out of every statistic.
-Single outputs the linear mode sets to 0 because their frames saturated stay in (that is what a user gets; the
-linear mode warns): keep the brightest frame, a + b + reference, below saturation for numbers about noise alone.
-
-Every row projects the same vectors (one ternary pair, one Gaussian pair, drawn once), so rows differ only in
-scheme and encoding and their comparison is not blurred by different draws.
-Only the public Opu API is used.
+For each linear-mode scheme and encoding (ternary vectors, or real vectors through bit planes) the routine projects
+a, a again, b and a + b in one batch and derives the repeatability, the linearity error (and the nonlinearity left
+when the noise is taken off) and the SNR, so schemes and frame budgets can be compared on the same vectors. The
+definitions and what each number holds are in docs/calibration.md ("Fidelity"). Only the public Opu API is used.
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import tqdm
 
 from ..errors import InvalidInputError
 from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
-from ._checks import check_components, check_count, check_features, check_seed, correlation, is_int
+from ..validation import is_int
+from ._checks import check_components, check_count, check_features, check_seed, correlation
+from .exposure import ExposureResult
+from .reference import ReferenceResult
+from .registry import register_routine
+from .result import CalibrationResult, Recorded, row_key, summarised
+from .result import rows as rows_of
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["FidelityRow", "FidelityResult", "measure_fidelity", "row_label", "correlation"]
 
@@ -49,8 +40,8 @@ def row_label(scheme: str, n_bits: int | None) -> str:
     return f"{scheme}/{'ternary' if n_bits is None else f'{n_bits}bit'}"
 
 
-@dataclass(frozen=True)
-class FidelityRow:
+@dataclass(frozen=True, kw_only=True)
+class FidelityRow(Recorded):
     """Fidelity of one (scheme, encoding).
 
     Attributes:
@@ -59,23 +50,25 @@ class FidelityRow:
         frames_per_vector: frames one nonzero vector costs (4 or 2 per ternary projection, times n_bits).
         repeatability: correlation between two projections of the same vectors.
         linearity_error: RMS of L(a) + L(b) - L(a + b) over RMS of L(a + b).
+        nonlinearity: the linearity error with the noise of its three projections removed (3 noise_variance
+            taken off the mean square residual): the systematic part, e.g. the two-frame scheme's bias.
         snr_db: 10 log10(signal variance / noise variance); inf when repeats are identical.
         signal_variance, noise_variance: the two variances, in output units (entries of unit variance).
         n_outputs: outputs the statistics used (those the linear mode did not mask).
-        nonlinearity: the linearity error with the noise of its three projections removed (3 noise_variance
-            taken off the mean square residual): the systematic part, e.g. the two-frame scheme's bias.
     """
 
+    # declared in the order of a row's summary (keyword-only, so that order is free); NaN and infinities are
+    # None in the summary (JSON has neither)
     scheme: str
     n_bits: int | None
-    frames_per_vector: int
-    repeatability: float
-    linearity_error: float
-    snr_db: float
+    frames_per_vector: int = summarised(array=np.int64)
+    repeatability: float = summarised(digits=6, finite=True, array=np.float64)
+    linearity_error: float = summarised(digits=6, finite=True, array=np.float64)
+    nonlinearity: float = summarised(digits=6, finite=True)
+    snr_db: float = summarised(digits=3, finite=True, array=np.float64)
     signal_variance: float
     noise_variance: float
     n_outputs: int
-    nonlinearity: float = float("nan")
 
     @property
     def label(self) -> str:
@@ -87,14 +80,29 @@ class FidelityRow:
         return math.inf if math.isinf(self.snr_db) and self.snr_db > 0 else 10 ** (self.snr_db / 10)
 
 
-@dataclass(frozen=True)
-class FidelityResult:
-    """Fidelity rows for every (scheme, encoding) measured, with the sizes they were measured at."""
+def _label(row: FidelityRow) -> str:
+    return row.label
 
-    n_features: int
-    n_components: int
-    n_vectors: int
-    rows: tuple[FidelityRow, ...] = field(default_factory=tuple)
+
+@dataclass(frozen=True)
+class FidelityResult(CalibrationResult):
+    """Fidelity rows for every (scheme, encoding) measured, with the sizes they were measured at.
+
+    The summary holds the sizes, the row labels (comma-separated, under ``rows``) and per row
+    "<label>:<quantity>" (:meth:`row_key`); the arrays one entry per row, in the order of the labels.
+    """
+
+    routine: ClassVar[str] = "fidelity"
+
+    n_features: int = summarised()
+    n_components: int = summarised()
+    n_vectors: int = summarised()
+    rows: tuple[FidelityRow, ...] = rows_of(FidelityRow, _label)
+
+    @staticmethod
+    def row_key(label: str, quantity: str) -> str:
+        """The summary key of one row's quantity (a key of ``FidelityRow.summary_key``)."""
+        return row_key(label, quantity)
 
     def row(self, scheme: str, n_bits: int | None = None) -> FidelityRow:
         """The row of one (scheme, encoding); KeyError if it was not measured."""
@@ -102,31 +110,6 @@ class FidelityResult:
             if candidate.scheme == scheme and candidate.n_bits == n_bits:
                 return candidate
         raise KeyError(row_label(scheme, n_bits))
-
-    def summary(self) -> dict[str, float | int | str | None]:
-        """Sizes, the row labels (comma-separated) and per row "<label>:<quantity>" (snr_db None when infinite)."""
-        out: dict[str, float | int | str | None] = {
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "n_vectors": self.n_vectors,
-            "rows": ",".join(r.label for r in self.rows),
-        }
-        for r in self.rows:
-            out[f"{r.label}:frames_per_vector"] = r.frames_per_vector
-            out[f"{r.label}:repeatability"] = _rounded(r.repeatability, 6)
-            out[f"{r.label}:linearity_error"] = _rounded(r.linearity_error, 6)
-            out[f"{r.label}:nonlinearity"] = _rounded(r.nonlinearity, 6)
-            out[f"{r.label}:snr_db"] = _rounded(r.snr_db, 3)
-        return out
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """One entry per row, in the order of ``summary()["rows"]`` (stored as ``fidelity/<name>``)."""
-        return {
-            "frames_per_vector": np.array([r.frames_per_vector for r in self.rows], dtype=np.int64),
-            "repeatability": np.array([r.repeatability for r in self.rows], dtype=np.float64),
-            "linearity_error": np.array([r.linearity_error for r in self.rows], dtype=np.float64),
-            "snr_db": np.array([r.snr_db for r in self.rows], dtype=np.float64),
-        }
 
     def table(self) -> str:
         """The rows as a printable text table."""
@@ -138,10 +121,6 @@ class FidelityResult:
             lines.append(f"{r.label:<22} {r.frames_per_vector:>13d} {r.repeatability:>13.5f} "
                          f"{r.linearity_error:>13.5f} {r.nonlinearity:>12.5f} {r.snr_db:>9.2f}")
         return "\n".join(lines)
-
-
-def _rounded(value: float, digits: int) -> float | None:
-    return round(float(value), digits) if math.isfinite(value) else None
 
 
 def _vectors(rng: np.random.Generator, n_vectors: int, n_features: int, n_bits: int | None):
@@ -185,20 +164,15 @@ def measure_fidelity(
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
     """
-    if not is_int(n_features, 2):
-        raise InvalidInputError(f"n_features must be an integer >= 2 (a and b need disjoint supports), "
-                                f"got {n_features!r}")
+    check_features(opu, n_features, 2)  # a and b need disjoint supports
     check_components(opu, n_components)
-    check_features(opu, n_features, 2)
-    check_count(n_vectors, "n_vectors", 2)
-    if not is_int(n_vectors, 2):
-        raise InvalidInputError(f"n_vectors must be an integer >= 2 (a correlation needs two), got {n_vectors!r}")
+    check_count(n_vectors, "n_vectors", 2)  # a correlation needs two
     schemes = tuple(schemes) if isinstance(schemes, (tuple, list)) else (schemes,)
     if not schemes or any(s not in PROJECTION_SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
         raise InvalidInputError(f"schemes={schemes!r}; choose distinct ones of {PROJECTION_SCHEMES}")
     encodings = tuple(n_bits) if isinstance(n_bits, (tuple, list)) else (n_bits,)
     if not encodings or len(set(encodings)) != len(encodings) or any(
-            b is not None and not (is_int(b, 1) and b <= 16) for b in encodings):
+            b is not None and not is_int(b, 1, 16) for b in encodings):
         raise InvalidInputError(f"n_bits={n_bits!r}; give distinct values, each None (ternary) or 1..16")
     check_seed(seed)
 
@@ -229,7 +203,9 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
     used = np.any(out != 0, axis=0)
     nan = float("nan")
     if not used.any():
-        return FidelityRow(scheme, n_bits, frames, nan, nan, nan, nan, nan, 0)
+        return FidelityRow(scheme=scheme, n_bits=n_bits, frames_per_vector=frames, repeatability=nan,
+                           linearity_error=nan, nonlinearity=nan, snr_db=nan, signal_variance=nan,
+                           noise_variance=nan, n_outputs=0)
     y1, y2, yb, ys = y1[:, used], y2[:, used], yb[:, used], ys[:, used]
     repeatability = correlation(y1, y2)
     noise = float(np.var(y1 - y2)) / 2
@@ -246,5 +222,12 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
     # The residual holds the independent noise of three projections (about 3 noise, the noise of a + b being
     # close to that of a): what is left is systematic.
     nonlinearity = math.sqrt(max(mean_square - 3 * noise, 0.0)) / scale if scale > 0 else nan
-    return FidelityRow(scheme, n_bits, frames, repeatability, linearity, snr_db, signal, noise, int(used.sum()),
-                       nonlinearity)
+    return FidelityRow(scheme=scheme, n_bits=n_bits, frames_per_vector=frames, repeatability=repeatability,
+                       linearity_error=linearity, nonlinearity=nonlinearity, snr_db=snr_db, signal_variance=signal,
+                       noise_variance=noise, n_outputs=int(used.sum()))
+
+
+@register_routine(FidelityResult, position=60, stale_after=(ExposureResult, ReferenceResult))
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> FidelityResult:
+    """The fidelity step of ``calibrate``: every scheme and encoding at the plan's sizes."""
+    return measure_fidelity(opu, plan.n_features, plan.n_components, progress=progress)

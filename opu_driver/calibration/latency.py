@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import AcquisitionError, InvalidInputError
+from ..errors import AcquisitionError
 from ..protocol import MAX_FRAME_ID, decode_pixels
-from ._checks import check_components, check_count, check_features, is_number
+from ..validation import check_int, check_number
+from ._checks import check_components, check_count, check_features
+from .registry import register_routine
+from .result import CalibrationResult, stored, summarised
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["LatencyResult", "measure_latency"]
 
@@ -23,24 +31,21 @@ _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LatencyResult:
-    """The optical lag, the lag the metadata implies, and how clear the optical peak was."""
+class LatencyResult(CalibrationResult):
+    """The optical lag, the lag the metadata implies, and how clear the optical peak was.
 
-    lag_frames: int
-    header_lag_frames: int | None
-    peak_correlation: float
-    second_correlation: float
-    n_frames: int
-    correlations: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    ``correlations`` holds the correlation of camera brightness with the pattern per candidate lag
+    0..max_lag_frames.
+    """
 
-    def summary(self) -> dict[str, float | int | None]:
-        return {"lag_frames": self.lag_frames, "header_lag_frames": self.header_lag_frames,
-                "peak_correlation": round(self.peak_correlation, 4),
-                "second_correlation": round(self.second_correlation, 4), "n_frames": self.n_frames}
+    routine: ClassVar[str] = "latency"
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Correlation of camera brightness with the pattern, per candidate lag 0..max_lag_frames."""
-        return {"correlations": np.asarray(self.correlations, dtype=np.float32)}
+    lag_frames: int = summarised()
+    header_lag_frames: int | None = summarised()
+    peak_correlation: float = summarised(digits=4)
+    second_correlation: float = summarised(digits=4)
+    n_frames: int = summarised()
+    correlations: np.ndarray = stored(np.float32, default_factory=lambda: np.zeros(0))
 
 
 def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_components: int = 256,
@@ -51,17 +56,11 @@ def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_compone
         InvalidInputError: bad arguments (before anything is sent).
         AcquisitionError: no clear correlation peak (no light, or a lag beyond max_lag_frames).
     """
-    for name, value, low in (("n_frames", n_frames, 8), ("max_lag_frames", max_lag_frames, 1),
-                             ("n_components", n_components, 1), ("n_features", n_features, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
-    if max_lag_frames >= n_frames:
-        raise InvalidInputError("max_lag_frames must be smaller than n_frames")
     check_count(n_frames, "n_frames", 8)
+    check_int(max_lag_frames, "max_lag_frames", low=1, high=n_frames - 1)  # smaller than n_frames
     check_features(opu, n_features)
     check_components(opu, n_components)
-    if not is_number(timeout_s) or not timeout_s > 0:
-        raise InvalidInputError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
+    check_number(timeout_s, "timeout_s", low=0, low_open=True)
     # One ordinary projection loads a layout and sets the camera region; the patterns then reuse them.
     opu.transform(np.zeros((1, n_features), dtype=np.uint8), n_components)
     rng = np.random.default_rng(secrets.randbits(32))
@@ -110,3 +109,9 @@ def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_compone
         _log.warning("the frame metadata implies a lag of %d frames, the light says %d", header, best)
     _log.info("latency: %s", result.summary())
     return result
+
+
+@register_routine(LatencyResult, position=30)
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> LatencyResult:
+    """The latency step of ``calibrate``: the lag does not depend on the sizes, so a small projection does."""
+    return measure_latency(opu, n_components=min(plan.n_components, 256), n_features=min(plan.n_features, 64))

@@ -1,48 +1,16 @@
 """The effective projection matrix, estimated by probing: a digital twin of ``opu.linear_transform``.
 
-Linear part. ``opu.linear_transform(E, n_components)`` returns E @ B plus noise, with B (n_features x
-n_components) fixed by the optics and the linear mode's reference calibration. Displaying known +-1 probe
-vectors P (one per row) gives Y = P B + noise, and B is recovered by least squares, B = (P^T P)^-1 P^T Y:
-
-- "hadamard" probes are n rows of a Sylvester Hadamard matrix of order n (the next power of two >= n_features),
-  its first n_features columns, each column's sign flipped at random: P^T P = n I, so B = P^T Y / n exactly,
-  with the least noise any n +-1 probes allow (each entry averages all n measurements);
-- "random" probes are n_probes >= n_features random +-1 rows (least squares; 2 n_features by default, which
-  gives about the noise of n Hadamard probes; fewer makes the inverse ill-conditioned).
-
-Its error: ``n_holdout`` fresh random +-1 vectors are projected and compared with their prediction E_h @ B:
-``relative_error`` = RMS(measured - predicted) / RMS(measured) and ``holdout_correlation``. Beside it,
-``expected_relative_error`` is what the camera noise alone would give: a few probes are measured twice, so
-var(y1 - y2) / 2 is the noise variance s^2 of one output; a prediction E_h @ B carries the noise of B,
-s^2 e_h^T (P^T P)^-1 e_h (= s^2 n_features / n for Hadamard probes), and the measurement its own s^2. A twin
-whose error is close to the expected one is noise-limited; a larger error means the device changed (drift) or
-saturated while it was probed.
-
-Nonlinear consistency check. The linear mode sees one quadrature only, Re[exp(-i phi) s] of the signal field
-s = x M at each pixel; the plain intensity |x M|^2 of a binary frame needs the complex M. A layout with two
-reference regions A and B (the reference columns of the split layout, cut into their upper and lower halves)
-gives the second quadrature. With a, b the reference fields at a pixel (D = arg b - arg a):
-
-    I(A) - I(0) = |a|^2,  I(B) - I(0) = |b|^2,  I(A + B) - I(A) - I(B) + I(0) = 2 |a| |b| cos D
-    (I(p+ + A) - I(p+)) - (I(p- + A) - I(p-)) = 2 |a| Re[t]              with t = exp(-i arg a) p M
-    (I(p+ + B) - I(p+)) - (I(p- + B) - I(p-)) = 2 |b| (Re[t] cos D + Im[t] sin D)
-
-for a +-1 probe p = p+ - p- (six frames), so Im[t] = (u_B - u_A cos D) / sin D. The sign of sin D is not
-measurable; taking it positive may conjugate every t of that pixel, and a per-pixel phase or conjugation
-leaves |x M|^2 unchanged, so the estimate M' = exp(-i arg a) M (or its conjugate), in sqrt(DN), predicts
-intensities in DN with no fitted scale. Pixels with a weak reference, with |sin D| small (the division would
-amplify noise) or with a saturated frame are left out. Held-out random binary frames (reference off) then
-compare the measured intensity minus dark with |x M'|^2: ``nonlinear_correlation`` and
-``nonlinear_relative_error`` (RMS difference / RMS measured).
-
-Only the public Opu API is used (``linear_transform``, ``acquire``, ``roi_for``, ``counters``, ``camera``,
-``info``); the device is left with the settings it had.
+Known +-1 probe vectors (Hadamard rows or random) give the real matrix B of ``linear_transform`` by least squares,
+held-out vectors its error beside the error the camera noise explains, and a layout with two reference regions
+the complex field matrix whose |x M|^2 is checked against measured intensities. The derivations are in
+docs/calibration.md ("Matrix"). Only the public Opu API is used; the device is left with the settings it had.
 """
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -53,8 +21,16 @@ from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
 from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ..protocol import MAX_FEATURES, bits_per_pixel
-from ._checks import check_components, check_count, check_seed, correlation, is_int
+from ..validation import check_bool, check_choice, check_int, is_int
+from ._checks import check_components, check_count, check_seed, correlation
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
+from .exposure import ExposureResult
+from .reference import ReferenceResult
+from .registry import register_routine
+from .result import CalibrationResult, region, stored, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["MatrixResult", "estimate_matrix", "PROBES"]
 
@@ -71,8 +47,13 @@ _MIN_SIN = 0.25  # |sin D| below this amplifies the second quadrature's noise mo
 _MAX_FIELD_ERROR = 0.1  # largest relative error of the field estimate the reference measurements may cause
 
 
-@dataclass(frozen=True)
-class MatrixResult:
+def _has_field_estimate(result: "MatrixResult") -> bool:
+    """Whether the result holds the nonlinear check's field matrix and its mask (kept only together)."""
+    return result.field_matrix is not None and result.field_mask is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixResult(CalibrationResult):
     """The estimated effective matrix, what it cost, how well it predicts, and the nonlinear check.
 
     Attributes:
@@ -102,40 +83,50 @@ class MatrixResult:
         holdout_measured/predicted, nonlinear_measured/predicted: at most 20,000 sample points for plots.
     """
 
-    n_features: int
-    n_components: int
-    probes: str
-    scheme: str
-    n_probes: int
-    n_holdout: int
-    roi: Roi
-    matrix: npt.NDArray[np.float32] = field(repr=False)
-    mask: npt.NDArray[np.bool_] = field(repr=False)
-    n_frames: int
-    n_frames_reference: int
-    n_frames_probes: int
-    n_frames_noise: int
-    n_frames_holdout: int
-    n_frames_nonlinear: int
-    saturated_frames: int
-    relative_error: float
-    expected_relative_error: float
-    output_noise_variance: float
-    holdout_correlation: float
-    holdout_measured: npt.NDArray[np.float32] = field(repr=False)
-    holdout_predicted: npt.NDArray[np.float32] = field(repr=False)
-    nonlinear_correlation: float | None = None
-    nonlinear_relative_error: float | None = None
-    field_matrix: npt.NDArray[np.complex64] | None = field(default=None, repr=False)
-    field_mask: npt.NDArray[np.bool_] | None = field(default=None, repr=False)
-    nonlinear_measured: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32),
-                                                        repr=False)
-    nonlinear_predicted: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32),
-                                                         repr=False)
+    routine: ClassVar[str] = "matrix"
 
-    @property
+    # declared in the order of the summary, then of the arrays (keyword-only, so that order is free); errors and
+    # correlations are None in the summary when not finite
+    n_features: int = summarised()
+    n_components: int = summarised()
+    probes: str = summarised()
+    scheme: str = summarised()
+    n_probes: int = summarised()
+    n_holdout: int = summarised()
+    roi: Roi = region()
+    matrix: npt.NDArray[np.float32] = stored(np.float32)
+    mask: npt.NDArray[np.bool_] = stored(bool)
+    n_frames: int = summarised()
+    n_frames_reference: int = summarised()
+    n_frames_probes: int = summarised()
+    n_frames_noise: int = summarised()
+    n_frames_holdout: int = summarised()
+    n_frames_nonlinear: int = summarised()
+    saturated_frames: int = summarised()
+
+    @summarised_property(digits=4, finite=True)
     def usable_fraction(self) -> float:
         return float(self.mask.mean())
+
+    relative_error: float = summarised(digits=5, finite=True)
+    expected_relative_error: float = summarised(digits=5, finite=True)
+    output_noise_variance: float = summarised(digits=6, finite=True)
+    holdout_correlation: float = summarised(digits=5, finite=True)
+    holdout_measured: npt.NDArray[np.float32] = stored(np.float32)
+    holdout_predicted: npt.NDArray[np.float32] = stored(np.float32)
+    nonlinear_correlation: float | None = summarised(digits=5, finite=True, default=None)
+    nonlinear_relative_error: float | None = summarised(digits=5, finite=True, default=None)
+
+    @summarised_property(digits=4)
+    def nonlinear_usable_fraction(self) -> float | None:
+        """Share of the outputs the field matrix covers (None without the nonlinear check)."""
+        return None if self.field_mask is None else float(self.field_mask.mean())
+
+    nonlinear_measured: npt.NDArray[np.float32] = stored(np.float32, default_factory=lambda: np.zeros(0, np.float32))
+    nonlinear_predicted: npt.NDArray[np.float32] = stored(np.float32,
+                                                          default_factory=lambda: np.zeros(0, np.float32))
+    field_matrix: npt.NDArray[np.complex64] | None = stored(np.complex64, when=_has_field_estimate, default=None)
+    field_mask: npt.NDArray[np.bool_] | None = stored(bool, when=_has_field_estimate, default=None)
 
     def predict(self, E: npt.ArrayLike) -> np.ndarray:
         """The twin of ``opu.linear_transform(E, n_components)``: E @ matrix, float32."""
@@ -148,71 +139,19 @@ class MatrixResult:
         fields = np.asarray(X, dtype=np.complex64) @ self.field_matrix
         return (fields.real ** 2 + fields.imag ** 2).astype(np.float32)
 
-    def summary(self) -> dict[str, float | int | str | bool | None]:
-        def rounded(value: float | None, digits: int = 5) -> float | None:
-            return None if value is None or not math.isfinite(value) else round(float(value), digits)
-
-        return {
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "probes": self.probes,
-            "scheme": self.scheme,
-            "n_probes": self.n_probes,
-            "n_holdout": self.n_holdout,
-            "n_frames": self.n_frames,
-            "n_frames_reference": self.n_frames_reference,
-            "n_frames_probes": self.n_frames_probes,
-            "n_frames_noise": self.n_frames_noise,
-            "n_frames_holdout": self.n_frames_holdout,
-            "n_frames_nonlinear": self.n_frames_nonlinear,
-            "saturated_frames": self.saturated_frames,
-            "usable_fraction": rounded(self.usable_fraction, 4),
-            "relative_error": rounded(self.relative_error),
-            "expected_relative_error": rounded(self.expected_relative_error),
-            "output_noise_variance": rounded(self.output_noise_variance, 6),
-            "holdout_correlation": rounded(self.holdout_correlation),
-            "nonlinear_correlation": rounded(self.nonlinear_correlation),
-            "nonlinear_relative_error": rounded(self.nonlinear_relative_error),
-            "nonlinear_usable_fraction": (None if self.field_mask is None
-                                          else round(float(self.field_mask.mean()), 4)),
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays a calibration record keeps (stored as ``matrix/<name>``)."""
-        out = {
-            "matrix": np.asarray(self.matrix, dtype=np.float32),
-            "mask": np.asarray(self.mask, dtype=bool),
-            "holdout_measured": np.asarray(self.holdout_measured, dtype=np.float32),
-            "holdout_predicted": np.asarray(self.holdout_predicted, dtype=np.float32),
-            "nonlinear_measured": np.asarray(self.nonlinear_measured, dtype=np.float32),
-            "nonlinear_predicted": np.asarray(self.nonlinear_predicted, dtype=np.float32),
-        }
-        if self.field_matrix is not None and self.field_mask is not None:
-            out["field_matrix"] = np.asarray(self.field_matrix, dtype=np.complex64)
-            out["field_mask"] = np.asarray(self.field_mask, dtype=bool)
-        return out
-
 
 def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats, nonlinear_check,
               seed, progress) -> int:
     """Check every argument (nothing is sent); return the number of probes."""
-    if not is_int(n_features, 1):
-        raise InvalidInputError(f"n_features must be a positive integer, got {n_features!r}")
+    check_int(n_features, "n_features", low=1)
     info = opu.info
     check_components(opu, n_components)
-    if probes not in PROBES:
-        raise InvalidInputError(f"probes={probes!r}; choose one of {PROBES}")
-    if scheme not in PROJECTION_SCHEMES:
-        raise InvalidInputError(f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}")
-    for name, value in (("n_holdout", n_holdout), ("n_repeats", n_repeats)):
-        if not is_int(value, 1):
-            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-        check_count(value, name, 1)
-    if not isinstance(nonlinear_check, (bool, np.bool_)):
-        raise InvalidInputError(f"nonlinear_check must be True or False, got {nonlinear_check!r}")
-    if not isinstance(progress, (bool, np.bool_)):
-        raise InvalidInputError(f"progress must be True or False, got {progress!r}")
+    check_choice(probes, "probes", PROBES)
+    check_choice(scheme, "scheme", PROJECTION_SCHEMES)
+    check_count(n_holdout, "n_holdout", 1)
+    check_count(n_repeats, "n_repeats", 1)
+    check_bool(nonlinear_check, "nonlinear_check")
+    check_bool(progress, "progress")
     check_seed(seed)
     # The layouts refuse a signal that does not fit beside the reference region(s).
     SplitLayout(int(n_features), info.dmd_width, info.dmd_height)
@@ -230,13 +169,11 @@ def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout
         return order
     if n_probes is None:
         return 2 * int(n_features)
-    if is_int(n_probes, n_features):
-        check_count(n_probes, "n_probes", int(n_features))
     if not is_int(n_probes, n_features):
         raise InvalidInputError(
             f"random probes need n_probes >= n_features = {n_features} (least squares), got {n_probes!r}"
         )
-    return int(n_probes)
+    return check_count(n_probes, "n_probes", int(n_features))
 
 
 def _relative_error(measured: np.ndarray, predicted: np.ndarray) -> float:
@@ -491,3 +428,9 @@ def _nonlinear_check(opu, n_features: int, n_components: int, n_holdout: int, rn
         "nonlinear_measured": measured[i, j][ok].astype(np.float32),
         "nonlinear_predicted": predicted[i, j][ok].astype(np.float32),
     }
+
+
+@register_routine(MatrixResult, position=70, stale_after=(ExposureResult, ReferenceResult), needs_reference=True)
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> MatrixResult:
+    """The matrix step of ``calibrate``: the twin of the plan's projection, through the stored reference."""
+    return estimate_matrix(opu, plan.n_features, plan.n_components, probes=plan.matrix_probes, progress=progress)

@@ -8,15 +8,23 @@ the physics: outputs are divided by 2 sqrt(|R r|^2 var), and outputs whose refer
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..devices.camera import Roi
 from ..errors import InvalidInputError
 from ..opu import ReferenceCalibration
-from ._checks import check_count
+from ..validation import check_int
+from ._checks import check_components, check_count
+from .exposure import ExposureResult
+from .registry import register_routine
+from .result import CalibrationResult, region, stored_property, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["ReferenceResult", "measure_reference", "install_reference", "reference_layout"]
 
@@ -24,7 +32,7 @@ _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ReferenceResult:
+class ReferenceResult(CalibrationResult):
     """The linear mode's reference for ``n_features`` signal features and ``n_components`` outputs.
 
     Attributes:
@@ -32,31 +40,45 @@ class ReferenceResult:
         roi: the camera region of the outputs.
     """
 
-    n_features: int
-    n_components: int
-    roi: Roi
+    routine: ClassVar[str] = "reference"
+
+    n_features: int = summarised()
+    n_components: int = summarised()
+    roi: Roi = region()
     calibration: ReferenceCalibration
 
-    @property
+    @summarised_property(digits=4)
     def usable_fraction(self) -> float:
+        """Share of the outputs the mask keeps."""
         return self.calibration.usable_fraction
 
-    def summary(self) -> dict[str, Any]:
-        c = self.calibration
-        usable = c.reference_dn[c.mask]
-        return {
-            "n_features": self.n_features,
-            "n_components": self.n_components,
-            "usable_fraction": round(c.usable_fraction, 4),
-            "entry_variance": float(c.entry_variance),  # full precision: the scale of every output
-            "reference_median_dn": round(float(np.median(usable)), 3) if usable.size else 0.0,
-            "n_frames": c.n_frames,
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
+    @summarised_property(convert=float)
+    def entry_variance(self) -> float:
+        """The scale of every output, at full precision."""
+        return self.calibration.entry_variance
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        c = self.calibration
-        return {"reference_dn": c.reference_dn, "dark_dn": c.dark_dn, "mask": c.mask}
+    @summarised_property(digits=3)
+    def reference_median_dn(self) -> float:
+        """Median reference intensity of the usable outputs (0 when none is usable)."""
+        usable = self.calibration.reference_dn[self.calibration.mask]
+        return float(np.median(usable)) if usable.size else 0.0
+
+    @summarised_property()
+    def n_frames(self) -> int:
+        """Frames averaged for the reference and the dark."""
+        return self.calibration.n_frames
+
+    @stored_property()
+    def reference_dn(self) -> np.ndarray:
+        return self.calibration.reference_dn
+
+    @stored_property()
+    def dark_dn(self) -> np.ndarray:
+        return self.calibration.dark_dn
+
+    @stored_property()
+    def mask(self) -> np.ndarray:
+        return self.calibration.mask
 
 
 def reference_layout(opu, n_features: int):
@@ -65,12 +87,8 @@ def reference_layout(opu, n_features: int):
 
 
 def _check_sizes(opu, n_features: int, n_components: int) -> None:
-    for name, value in (("n_features", n_features), ("n_components", n_components)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-    n_pixels = opu.info.camera_width * opu.info.camera_height
-    if n_components > n_pixels:
-        raise InvalidInputError(f"n_components={n_components} outside 1..{n_pixels} (camera pixels)")
+    check_int(n_features, "n_features", low=1)
+    check_components(opu, n_components)
 
 
 def measure_reference(opu, n_features: int, n_components: int, n_frames: int = 32) -> ReferenceResult:
@@ -84,8 +102,6 @@ def measure_reference(opu, n_features: int, n_components: int, n_frames: int = 3
             no usable reference light.
     """
     _check_sizes(opu, n_features, n_components)
-    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 2:
-        raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
     check_count(n_frames, "n_frames", 2)
     linear = opu.linear_mode
     linear.layout(n_features)  # refuses a signal that does not fit beside the reference, before any frame
@@ -107,11 +123,12 @@ def install_reference(opu, summary: dict[str, Any], arrays: dict[str, np.ndarray
     calibrations by them), so the caller applies the record's settings first. Returns False, with a log line,
     when the stored arrays do not fit the device (a record of another geometry).
     """
-    n_features, n_components = int(summary["n_features"]), int(summary["n_components"])
-    reference, dark, mask = arrays["reference_dn"], arrays["dark_dn"], arrays["mask"]
+    key, name = ReferenceResult.summary_key, ReferenceResult.array_key
+    n_features, n_components = int(summary[key.n_features]), int(summary[key.n_components])
+    reference, dark, mask = arrays[name.reference_dn], arrays[name.dark_dn], arrays[name.mask]
     n_pixels = opu.info.camera_width * opu.info.camera_height
     if not (1 <= n_components <= n_pixels and reference.shape == dark.shape == mask.shape == (n_components,)
-            and mask.dtype == np.bool_ and float(summary["entry_variance"]) > 0):
+            and mask.dtype == np.bool_ and float(summary[key.entry_variance]) > 0):
         _log.warning("stored reference does not fit this device; it is not used")
         return False
     linear = opu.linear_mode
@@ -125,3 +142,9 @@ def install_reference(opu, summary: dict[str, Any], arrays: dict[str, np.ndarray
         int(summary.get("n_frames", 0)),
     ))
     return True
+
+
+@register_routine(ReferenceResult, position=50, stale_after=(ExposureResult,))
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> ReferenceResult:
+    """The reference step of ``calibrate``: the linear mode's reference of the plan's sizes."""
+    return measure_reference(opu, plan.n_features, plan.n_components)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -21,8 +23,15 @@ import tqdm
 from ..devices.camera import Roi
 from ..errors import AcquisitionError, InvalidInputError
 from ..protocol import bits_per_pixel
-from ._checks import check_components, check_count, check_features, check_seed, is_int
+from ..validation import check_int
+from ._checks import check_components, check_count, check_features, check_seed
 from .dark import DarkResult
+from .exposure import ExposureResult
+from .registry import register_routine
+from .result import CalibrationResult, region, stored, stored_property, summarised, summarised_property
+
+if TYPE_CHECKING:
+    from .plan import CalibrationPlan
 
 __all__ = ["RoiResult", "measure_roi", "intensity_autocorrelation", "half_width_px", "stride_for",
            "autocorrelation_noise_sd", "neighbour_threshold"]
@@ -40,8 +49,8 @@ FALSE_ALARM = 1e-4
 _CHUNK_FRAMES = 8  # frames per transform call (the progress bar's step)
 
 
-@dataclass(frozen=True)
-class RoiResult:
+@dataclass(frozen=True, kw_only=True)
+class RoiResult(CalibrationResult):
     """Region, speckle grain and output selection.
 
     Attributes:
@@ -64,40 +73,51 @@ class RoiResult:
             count under several).
     """
 
-    roi: Roi
-    n_components: int
-    n_features: int
-    n_frames: int
-    grain_px: float
-    grain_x_px: float
-    grain_y_px: float
-    stride_px: int
-    stride_threshold: float
-    autocorrelation_noise_sd: float
-    hot_source: str
-    dropped_hot: int
-    dropped_dead: int
-    dropped_saturated: int
-    autocorrelation_2d: npt.NDArray[np.float64] = field(repr=False)
-    selection: npt.NDArray[np.int64] = field(repr=False)
-    mean_intensity_dn: npt.NDArray[np.float32] = field(repr=False)
-    hot: npt.NDArray[np.bool_] = field(repr=False)
-    dead: npt.NDArray[np.bool_] = field(repr=False)
-    saturated: npt.NDArray[np.bool_] = field(repr=False)
+    routine: ClassVar[str] = "roi"
 
-    @property
+    # declared in the order of the summary, then of the arrays (keyword-only, so that order is free)
+    roi: Roi = region()
+    grain_px: float = summarised(digits=4)
+    grain_x_px: float = summarised(digits=4)
+    grain_y_px: float = summarised(digits=4)
+    stride_px: int = summarised()
+    stride_threshold: float = summarised(digits=4)
+    autocorrelation_noise_sd: float = summarised(digits=5)
+
+    @summarised_property()
+    def n_selected(self) -> int:
+        return int(self.selection.size)
+
+    n_components: int = summarised()
+    n_features: int = summarised()
+    n_frames: int = summarised()
+
+    @summarised_property()
     def max_lag_px(self) -> int:
         return (self.autocorrelation_2d.shape[0] - 1) // 2
 
-    @property
+    hot_source: str = summarised()
+    dropped_hot: int = summarised()
+    dropped_dead: int = summarised()
+    dropped_saturated: int = summarised()
+
+    @stored_property(np.float64)
+    def autocorrelation_lag_px(self) -> npt.NDArray[np.float64]:
+        """The lags of :attr:`autocorrelation`: 0..max_lag_px."""
+        return np.arange(self.max_lag_px + 1, dtype=np.float64)
+
+    @stored_property(np.float64)
     def autocorrelation(self) -> npt.NDArray[np.float64]:
         """Autocorrelation versus lag 0..max_lag_px, the mean of the x and y axes (1 at lag 0)."""
         lag = self.max_lag_px
         return 0.5 * (self.autocorrelation_2d[lag, lag:] + self.autocorrelation_2d[lag:, lag])
 
-    @property
-    def n_selected(self) -> int:
-        return int(self.selection.size)
+    autocorrelation_2d: npt.NDArray[np.float64] = stored(np.float32)
+    selection: npt.NDArray[np.int64] = stored(np.int64)
+    mean_intensity_dn: npt.NDArray[np.float32] = stored(np.float32)
+    hot: npt.NDArray[np.bool_] = field(repr=False)
+    dead: npt.NDArray[np.bool_] = field(repr=False)
+    saturated: npt.NDArray[np.bool_] = field(repr=False)
 
     def select(self, Y: npt.ArrayLike) -> np.ndarray:
         """The selected outputs of projections Y (..., n_components): Y[..., selection]."""
@@ -105,36 +125,6 @@ class RoiResult:
         if Y.shape[-1] != self.n_components:
             raise InvalidInputError(f"Y has {Y.shape[-1]} outputs; this selection is for {self.n_components}")
         return Y[..., self.selection]
-
-    def summary(self) -> dict[str, float | int | str]:
-        return {
-            "grain_px": round(float(self.grain_px), 4),
-            "grain_x_px": round(float(self.grain_x_px), 4),
-            "grain_y_px": round(float(self.grain_y_px), 4),
-            "stride_px": self.stride_px,
-            "stride_threshold": round(float(self.stride_threshold), 4),
-            "autocorrelation_noise_sd": round(float(self.autocorrelation_noise_sd), 5),
-            "n_selected": self.n_selected,
-            "n_components": self.n_components,
-            "n_features": self.n_features,
-            "n_frames": self.n_frames,
-            "max_lag_px": self.max_lag_px,
-            "hot_source": self.hot_source,
-            "dropped_hot": self.dropped_hot,
-            "dropped_dead": self.dropped_dead,
-            "dropped_saturated": self.dropped_saturated,
-            "roi_x": self.roi.x, "roi_y": self.roi.y, "roi_width": self.roi.width, "roi_height": self.roi.height,
-        }
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays a calibration record keeps (stored as ``roi/<name>``)."""
-        return {
-            "autocorrelation_lag_px": np.arange(self.max_lag_px + 1, dtype=np.float64),
-            "autocorrelation": np.asarray(self.autocorrelation, dtype=np.float64),
-            "autocorrelation_2d": np.asarray(self.autocorrelation_2d, dtype=np.float32),
-            "selection": np.asarray(self.selection, dtype=np.int64),
-            "mean_intensity_dn": np.asarray(self.mean_intensity_dn, dtype=np.float32),
-        }
 
 
 def intensity_autocorrelation(images: npt.ArrayLike, valid: npt.ArrayLike, max_lag_px: int) -> np.ndarray:
@@ -148,18 +138,9 @@ def intensity_autocorrelation(images: npt.ArrayLike, valid: npt.ArrayLike, max_l
     Returns:
         (2L+1, 2L+1) array c[L + dy, L + dx] = sum over frames and valid pairs of dI(r) dI(r + d), divided by
         the number of pairs, over the same at lag 0 (so c = 1 at the centre; c(-d) = c(d)). dI is each frame's
-        intensity minus that frame's spatial mean over the valid pixels.
-
-    Why the spatial mean and not each pixel's mean over frames: random binary frames are not zero-mean, so
-    every frame's field holds a common part (the field of the mean frame, half of all features) besides its
-    own fluctuation. A pixel's mean over frames is therefore not just the camera's fixed pattern: it carries
-    that common speckle, and subtracting it would keep only the fluctuating field, whose intensity correlation
-    across space mixes |mu| and |mu|^2 terms instead of the |mu|^2 of fully developed speckle. Within one frame
-    the whole field is one circular Gaussian field, so the spatial autocovariance of its intensity is exactly
-    the |mu(d)|^2 of the Gaussian moment theorem. The camera's fixed pattern is removed beforehand by the dark
-    frame when one is given; what remains of it, the shot noise and the read noise are white and add to lag 0
-    only, lowering the other lags by their share of the variance (1 / electrons per pixel for shot noise, far
-    below the statistical error at a sensible exposure).
+        intensity minus that frame's spatial mean over the valid pixels: within one frame the field is one circular
+        Gaussian field, so this gives the |mu(d)|^2 of fully developed speckle (why not each pixel's mean over
+        frames: docs/calibration.md, "Roi").
     """
     data = np.asarray(images, dtype=np.float64)
     mask = np.asarray(valid, dtype=bool)
@@ -206,25 +187,9 @@ def half_width_px(profile: npt.ArrayLike) -> float:
 
 def autocorrelation_noise_sd(autocorrelation_2d: npt.ArrayLike, n_frames_eff: float, n_pixels: int) -> float:
     """Standard error of the pooled autocorrelation estimate (:func:`intensity_autocorrelation`) at a lag where
-    the true autocorrelation is 0.
-
-    Derivation. The estimate at lag d averages the products dI(r) dI(r + d) over P = ``n_pixels`` positions
-    and n frames, divided by the variance. Where c(d) = 0 the two factors of one product are independent and
-    each product has variance 1 (in units of the squared variance). Two products of one frame at positions r
-    and r' covary by E[dI(r) dI(r')] E[dI(r + d) dI(r' + d)] = c(r - r')^2 (the four-point cumulant vanishes
-    when r, r' are far from r + d, r' + d), so the P products of a frame count as P / A independent ones with
-    A = sum over all 2D lags of c^2: Bartlett's formula, A the speckle's coherence area in pixels (about
-    0.57 grain^2 for a Gaussian profile), summed here over the measured lags. Two frames i, j whose
-    intensities correlate by rho_ij at the same pixel (they share part of their field, see
-    :func:`_hot_threshold`) have products covarying by rho_ij^2 c(r - r')^2, so the n frames count as
-    ``n_frames_eff`` = n / (1 + (n - 1) mean(rho_ij^2)) independent ones. Together:
-
-        sd = sqrt(A / (n_frames_eff * P)).
-
-    The measured c carries its own noise at every lag, which adds about (2L + 1)^2 sd^2 to A: a few percent
-    for the sizes used here, and on the safe side. With 16 frames of a 64 x 48 region, grain 3 and the frames'
-    mutual correlation of the default geometry (n_frames_eff about 2) this is 0.03, matching the spread of the
-    far lags over 100 media; 3 of it (:data:`NOISE_SIGMAS`) exceed the 0.05 criterion.
+    the true autocorrelation is 0: sqrt(A / (n_frames_eff * P)), with A the sum of c^2 over the measured lags
+    (the speckle's coherence area in pixels), ``n_frames_eff`` the frames counted as independent ones and P =
+    ``n_pixels`` positions (Bartlett's formula; derived in docs/calibration.md, "Roi").
     """
     c = np.asarray(autocorrelation_2d, dtype=np.float64)
     area = float((c ** 2).sum())
@@ -243,9 +208,8 @@ def neighbour_threshold(noise_sd: float) -> float:
 def stride_for(autocorrelation_2d: npt.ArrayLike, threshold: float = NEIGHBOUR_CORRELATION) -> int:
     """Smallest lag s >= 1 at which the autocorrelation is <= threshold along both axes.
 
-    This is ceil(grain) made robust: for the emulator's grains 1, 1.5, 2, 2.5 and 3 it equals the ceiling of
-    the equivalent width sum_d c(d) (1, 2, 3, 3, 4), but it does not flip with noise when the width sits on an
-    integer (grain 1: width 1), and it says what it guarantees: neighbours correlate by at most ``threshold``.
+    This is ceil(grain) made robust: it does not flip with noise when the grain sits on an integer, and it says
+    what it guarantees: neighbours correlate by at most ``threshold`` (docs/calibration.md, "Roi").
     :func:`measure_roi` passes :func:`neighbour_threshold`, which the estimate's noise can meet.
 
     Raises:
@@ -265,12 +229,9 @@ def stride_for(autocorrelation_2d: npt.ArrayLike, threshold: float = NEIGHBOUR_C
 def _dead_threshold(n_eff: float, false_alarm: float) -> float:
     """Share of the median mean below which a pixel's mean over frames is called dead.
 
-    A working pixel's mean over frames is modelled as a Gamma law with ``n_eff`` degrees of freedom (the
-    mean of n_eff independent exponential intensities). Its lower tail obeys P(X < x) <= (x/theta)^k / Gamma(k+1)
-    (theta = mean / k), so x = theta * (p * Gamma(k + 1))^(1/k) has a probability below p; the median is about
-    mean * (1 - 1/(9k))^3 (Wilson-Hilferty). The Gamma law has a fatter lower tail than the real one (where the
-    common field of the frames keeps every pixel's mean away from 0), so the threshold errs towards calling
-    fewer pixels dead.
+    A working pixel's mean over frames is modelled as a Gamma law with ``n_eff`` degrees of freedom, whose lower
+    tail is fatter than the real one, so the threshold errs towards calling fewer pixels dead (derived in
+    docs/calibration.md, "Roi").
     """
     k = max(float(n_eff), 1.0)
     x_over_theta = math.exp((math.log(false_alarm) + math.lgamma(k + 1)) / k)
@@ -280,12 +241,8 @@ def _dead_threshold(n_eff: float, false_alarm: float) -> float:
 def _hot_threshold(false_alarm: float) -> float:
     """Multiple of the median mean that a pixel's minimum over the frames exceeds only if it is hot.
 
-    Random binary frames share part of their field (the field of the mean frame; with the lined layout and
-    cells of several mirrors it is most of it), so how much a pixel's minimum over frames drops below its mean
-    depends on the optics. The worst case is frames that share their whole field: the minimum is then one
-    exponential intensity, above t medians with probability 2^-t. Any independent part only lowers the
-    minimum, so t = log2(1 / false_alarm) (13.3 for 1e-4) holds whatever the layout. Hot pixels fainter than
-    that are indistinguishable from bright speckle in the frames: pass a DarkResult to catch them all.
+    log2(1 / false_alarm) (13.3 for 1e-4) whatever the layout (derived in docs/calibration.md, "Roi"). Hot pixels
+    fainter than that are indistinguishable from bright speckle in the frames: pass a DarkResult to catch them all.
     """
     return math.log2(1.0 / false_alarm)
 
@@ -325,14 +282,9 @@ def measure_roi(
             stays above the stride's threshold up to max_lag_px (use more frames or a larger max_lag_px).
     """
     check_components(opu, n_components)
-    if not is_int(n_features, 2):
-        raise InvalidInputError(f"n_features must be an integer >= 2 (half of them ON), got {n_features!r}")
-    check_features(opu, n_features, 2)
+    check_features(opu, n_features, 2)  # half of them ON
     check_count(n_frames, "n_frames", 2)
-    if not is_int(n_frames, 2):
-        raise InvalidInputError(f"n_frames must be an integer >= 2, got {n_frames!r}")
-    if not is_int(max_lag_px, 1):
-        raise InvalidInputError(f"max_lag_px must be a positive integer, got {max_lag_px!r}")
+    check_int(max_lag_px, "max_lag_px", low=1)
     check_seed(seed)
     roi = opu.roi_for(int(n_components))
     rows = n_components // roi.width
@@ -366,7 +318,7 @@ def measure_roi(
     median = float(np.median(mean))
     if not median > 0:
         raise AcquisitionError("the frames are dark (median signal <= 0): is the light on?")
-    # Frames share part of their field (see _hot_threshold), so a pixel's mean over n frames varies like the
+    # Frames share part of their field (docs/calibration.md, "Roi"), so a pixel's mean over n frames varies like the
     # mean of n_eff independent intensities: n_eff = n / (1 + (n - 1) rho), rho the mean correlation of two
     # frames' intensities across the region, measured here rather than assumed (it depends on the optics).
     frame_corr = np.corrcoef(signal)
@@ -407,3 +359,10 @@ def measure_roi(
         raise AcquisitionError("no output left to select: every sub-grid pixel is hot, dead or saturated")
     _log.info("roi: %s", result.summary())
     return result
+
+
+@register_routine(RoiResult, position=40, needs=(DarkResult,), stale_after=(ExposureResult,))
+def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> RoiResult:
+    """The roi step of ``calibrate``: with this run's dark result, hot pixels come from the dark frames."""
+    return measure_roi(opu, plan.n_components, n_features=plan.n_features, dark=earlier.get(DarkResult.routine),
+                       progress=progress)

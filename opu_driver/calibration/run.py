@@ -14,108 +14,44 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from ..errors import InvalidInputError
 from ._checks import check_components, check_features
 from .apply import apply_record, record_settings
-from .dark import DarkResult
+from .fidelity import FidelityResult, FidelityRow
+from .plan import CalibrationPlan
+from .reference import ReferenceResult
+from .registry import get_routine, routine_names
+from .registry import routines as registered_routines
+from .result import REGION_PREFIX
 from .store import CalibrationError, CalibrationRecord, CalibrationStore
 
 __all__ = ["ROUTINES", "CalibrationPlan", "calibrate", "run_routine", "summary_table"]
 
 _log = logging.getLogger(__name__)
 
-ROUTINES = ("exposure", "dark", "latency", "roi", "reference", "fidelity", "matrix", "drift")
+ROUTINES = routine_names()
+"""The registered routines' names, in the order ``calibrate(opu, ["all"], ...)`` runs them."""
 _RUN = "run"  # the results entry that describes the run itself
 
-
-@dataclass(frozen=True)
-class CalibrationPlan:
-    """The sizes and options the routines use (the projection the device is calibrated for).
-
-    Attributes:
-        n_features: signal features of the projection (linear mode: beside the reference).
-        n_components: outputs (camera pixels of ``opu.roi_for(n_components)``).
-        dark_frames: frames averaged by the dark routine; dark_method: "shutter" or "laser_off".
-        max_saturated_fraction: the exposure routine's limit on saturated pixels of the brightest frame.
-        matrix_probes: "hadamard" or "random".
-        drift_probes, drift_checks: probe vectors of the drift monitor, and checks after its baseline (1,000
-            frames apart).
-    """
-
-    n_features: int = 1000
-    n_components: int = 4096
-    dark_frames: int = 64
-    dark_method: str = "shutter"
-    max_saturated_fraction: float = 1e-3
-    matrix_probes: str = "hadamard"
-    drift_probes: int = 32
-    drift_checks: int = 4
-
-    def __post_init__(self) -> None:
-        for name in ("n_features", "n_components", "dark_frames", "drift_probes", "drift_checks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-        if self.dark_method not in ("shutter", "laser_off"):
-            raise InvalidInputError(f"dark_method={self.dark_method!r}; choose 'shutter' or 'laser_off'")
-        if self.matrix_probes not in ("hadamard", "random"):
-            raise InvalidInputError(f"matrix_probes={self.matrix_probes!r}; choose 'hadamard' or 'random'")
-        if isinstance(self.max_saturated_fraction, bool) or not isinstance(
-                self.max_saturated_fraction, (int, float, np.integer, np.floating)) or not 0 <= self.max_saturated_fraction < 1:
-            raise InvalidInputError(f"max_saturated_fraction must be within [0, 1), got {self.max_saturated_fraction}")
+# Results that no longer hold once a routine runs again: everything measured at the old exposure, and everything
+# measured through the old linear-mode reference (from the routines' stale_after).
+INVALIDATES: dict[str, tuple[str, ...]] = {
+    name: stale for name in ROUTINES
+    if (stale := tuple(r.name for r in registered_routines() if name in r.stale_after))
+}
+# Routines whose result is tied to the reference in use: it must be the stored one (measured first if missing).
+NEEDS_REFERENCE = tuple(r.name for r in registered_routines() if r.needs_reference)
 
 
 def run_routine(opu, name: str, plan: CalibrationPlan, *, done: dict[str, Any] | None = None,
                 progress: bool = False) -> Any:
     """Run one routine with the plan's sizes; ``done`` holds results of this run (the roi uses the dark's)."""
-    done = done or {}
-    f, c = plan.n_features, plan.n_components
-    if name == "exposure":
-        from .exposure import tune_exposure
-        from .reference import reference_layout
-
-        # The brightest frame the calibrated projections use is the linear mode's: every signal feature and the
-        # reference on.
-        return tune_exposure(opu, f, c, layout=reference_layout(opu, f),
-                             max_saturated_fraction=plan.max_saturated_fraction, progress=progress)
-    if name == "dark":
-        from .dark import measure_dark
-
-        return measure_dark(opu, c, n_frames=plan.dark_frames, method=plan.dark_method)
-    if name == "latency":
-        from .latency import measure_latency
-
-        return measure_latency(opu, n_components=min(c, 256), n_features=min(f, 64))
-    if name == "roi":
-        from .roi import measure_roi
-
-        return measure_roi(opu, c, n_features=f, dark=done.get("dark"), progress=progress)
-    if name == "reference":
-        from .reference import measure_reference
-
-        return measure_reference(opu, f, c)
-    if name == "fidelity":
-        from .fidelity import measure_fidelity
-
-        return measure_fidelity(opu, f, c, progress=progress)
-    if name == "matrix":
-        from .matrix import estimate_matrix
-
-        return estimate_matrix(opu, f, c, probes=plan.matrix_probes, progress=progress)
-    if name == "drift":
-        from .drift import measure_drift
-
-        # The baseline uses the reference measured (and stored) just before, then a few checks show the
-        # short-term stability; open() compares the same probes with this baseline.
-        return measure_drift(opu, f, c, n_checks=plan.drift_checks, frames_between=1000, n_probes=plan.drift_probes,
-                             refresh_reference=False, progress=progress)
-    raise InvalidInputError(f"unknown routine {name!r}; choose from {ROUTINES} or 'all'")
+    return get_routine(name).run(opu, plan, done or {}, progress)
 
 
 def _new_record(opu, base: CalibrationRecord | None) -> CalibrationRecord:
@@ -140,19 +76,10 @@ def _put(record: CalibrationRecord, name: str, result: Any) -> None:
     record.arrays.update({f"{name}/{key}": value for key, value in result.arrays().items()})
 
 
-# Results that no longer hold once a routine runs again: everything measured at the old exposure, and everything
-# measured through the old linear-mode reference.
-INVALIDATES = {
-    "exposure": ("dark", "roi", "reference", "fidelity", "matrix", "drift"),
-    "reference": ("fidelity", "matrix", "drift"),
-}
-# Routines whose result is tied to the reference in use: it must be the stored one (measured first if missing).
-NEEDS_REFERENCE = ("matrix", "drift")
-
-
 def _has_reference_for(record: CalibrationRecord, plan: CalibrationPlan) -> bool:
-    stored = record.results.get("reference", {})
-    return stored.get("n_features") == plan.n_features and stored.get("n_components") == plan.n_components
+    stored = record.results.get(ReferenceResult.routine, {})
+    key = ReferenceResult.summary_key
+    return stored.get(key.n_features) == plan.n_features and stored.get(key.n_components) == plan.n_components
 
 
 def _unfinished_run(opu, store: CalibrationStore, plan_fields: dict[str, Any]) -> CalibrationRecord | None:
@@ -219,8 +146,10 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
         record = _unfinished_run(opu, store, plan_fields)
         if record is not None:
             apply_record(opu, record, explicit=opu.settings.explicit_record_settings(), drift_check=False)
-            if "dark" in record.results:
-                done["dark"] = DarkResult.from_record(record.results["dark"], record.arrays)
+            for needed in dict.fromkeys(name for entry in registered_routines() for name in entry.needs):
+                if needed in record.results:  # handed to the routines that use it, as in an uninterrupted run
+                    rebuild = get_routine(needed).result.from_record  # type: ignore[attr-defined]  # checked
+                    done[needed] = rebuild(record.results[needed], record.arrays)
             _log.info("resuming %s: done %s", record.path, ", ".join(k for k in record.results if k != _RUN))
         else:
             _log.info("nothing to resume: starting a new calibration run")
@@ -237,8 +166,9 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
         todo = [n for n in names if n not in record.results]
     else:
         todo = list(names)
-        if any(n in NEEDS_REFERENCE for n in todo) and "reference" not in todo and not _has_reference_for(record, plan):
-            todo.insert(min(todo.index(n) for n in todo if n in NEEDS_REFERENCE), "reference")
+        reference = ReferenceResult.routine
+        if any(n in NEEDS_REFERENCE for n in todo) and reference not in todo and not _has_reference_for(record, plan):
+            todo.insert(min(todo.index(n) for n in todo if n in NEEDS_REFERENCE), reference)
     for name in tqdm(todo, desc="calibration", unit="routine", disable=not progress or len(todo) < 2):
         frames_before, started = opu.dmd.frame_count, time.perf_counter()
         result = run_routine(opu, name, plan, done=done, progress=progress)
@@ -251,7 +181,7 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
         # what the routine cost, beside what it found: frames the DMD displayed (blanks flushing the lag included)
         record.results[name]["frames_used"] = (opu.dmd.frame_count - frames_before) & 0xFFFFFFFF
         record.results[name]["wall_s"] = round(time.perf_counter() - started, 3)
-        if name == "exposure":
+        if get_routine(name).sets_camera:
             record.settings = record_settings(opu)
         if run_all:
             record.results[_RUN]["complete"] = name == todo[-1]
@@ -276,10 +206,10 @@ def summary_table(record: CalibrationRecord, width: int = 100) -> str:
     lines.append(f"{'-' * name_width}  {'-' * (width - name_width - 2)}")
     for name in [n for n in ROUTINES if n in record.results] + [n for n in record.results if n not in ROUTINES]:
         summary = record.results[name]
-        if name == "fidelity" and isinstance(summary.get("rows"), str):
+        if name == FidelityResult.routine and isinstance(summary.get(FidelityResult.summary_key.rows), str):
             lines.extend(_fidelity_lines(summary, name_width))
             continue
-        items = [f"{k}={v}" for k, v in summary.items() if not k.startswith("roi_")]
+        items = [f"{k}={v}" for k, v in summary.items() if not k.startswith(REGION_PREFIX)]
         current, first = "", True
         for item in items:
             if current and len(current) + 2 + len(item) > width - name_width - 2:
@@ -291,18 +221,22 @@ def summary_table(record: CalibrationRecord, width: int = 100) -> str:
     return "\n".join(lines)
 
 
+# The columns of the fidelity table: a row's summary key, its heading and its width.
+_FIDELITY_COLUMNS = tuple(zip(FidelityRow.summary_key, ("frames", "repeatability", "linearity err", "nonlinearity",
+                                                        "SNR dB"), (6, 13, 13, 12, 7), strict=True))
+
+
 def _fidelity_lines(summary: dict[str, Any], name_width: int) -> list[str]:
     """The fidelity summary's flat "<row>:<figure>" keys as a small table."""
-    header = (f"{'scheme/encoding':<20} {'frames':>6} {'repeatability':>13} {'linearity err':>13} "
-              f"{'nonlinearity':>12} {'SNR dB':>7}")
-    lines = [f"{'fidelity':<{name_width}}  {summary.get('n_vectors')} vectors; {header}"]
-    indent = " " * (name_width + 2 + len(f"{summary.get('n_vectors')} vectors; "))
-    for label in summary["rows"].split(","):
+    n_vectors = summary.get(FidelityResult.summary_key.n_vectors)
+    header = f"{'scheme/encoding':<20}" + "".join(f" {heading:>{width}}" for _, heading, width in _FIDELITY_COLUMNS)
+    lines = [f"{'fidelity':<{name_width}}  {n_vectors} vectors; {header}"]
+    indent = " " * (name_width + 2 + len(f"{n_vectors} vectors; "))
+    for label in summary[FidelityResult.summary_key.rows].split(","):
         def get(key: str) -> str:
-            value = summary.get(f"{label}:{key}")
+            value = summary.get(FidelityResult.row_key(label, key))
             return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-        lines.append(f"{indent}{label:<20} {get('frames_per_vector'):>6} {get('repeatability'):>13} "
-                     f"{get('linearity_error'):>13} {get('nonlinearity'):>12} {get('snr_db'):>7}")
+        lines.append(f"{indent}{label:<20}" + "".join(f" {get(key):>{width}}" for key, _, width in _FIDELITY_COLUMNS))
     if "frames_used" in summary:
         lines.append(f"{'':<{name_width}}  frames_used={summary['frames_used']}, wall_s={summary.get('wall_s')}")
     return lines

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from opu_driver.errors import ConfigurationError
+from opu_driver.validation import is_int
 
 __all__ = [
     "FORMAT_NAME",
@@ -382,7 +383,7 @@ class CalibrationStore:
             raise CorruptCalibrationError(f"{path}: not an {FORMAT_NAME} file")
         version = metadata.get("format_version")
         if version != FORMAT_VERSION or isinstance(version, bool):
-            newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+            newer = is_int(version, FORMAT_VERSION + 1)
             raise CalibrationVersionError(
                 f"{path}: format version {version!r}, this driver reads version {FORMAT_VERSION}"
                 + (" (written by a newer driver)" if newer else "")
