@@ -6,7 +6,7 @@ prepare a request); :class:`AcquisitionCounters` is what both counted.
 """
 from .counters import AcquisitionCounters
 from .retry import RETRYABLE, RetryPolicy, run_with_retries
-from .runner import Expected, FrameSink, SequenceRunner
+from .runner import Expected, FrameSink, SequenceRunner, check_frame
 
 __all__ = ["AcquisitionCounters", "Expected", "FrameSink", "RETRYABLE", "RetryPolicy", "SequenceRunner",
-           "run_with_retries"]
+           "check_frame", "run_with_retries"]

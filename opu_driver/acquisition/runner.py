@@ -28,7 +28,7 @@ from ..protocol import MAX_FRAME_ID, CameraFrame, DeviceErrorCode, PixelFormat
 from .counters import AcquisitionCounters, new_tally
 from .retry import RetryPolicy, run_with_retries
 
-__all__ = ["SequenceRunner", "Expected", "FrameSink"]
+__all__ = ["SequenceRunner", "Expected", "FrameSink", "check_frame"]
 
 _log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class SequenceRunner:
                     to_read -= counted
                     if index is None:
                         continue
-                    self._check(frame, expected)
+                    check_frame(frame, expected)
                     self.tally.dark_frames += frame.dark
                     self.tally.saturated_frames += frame.saturated
                     sink(index, frame)
@@ -314,22 +314,23 @@ class SequenceRunner:
             )
         return more
 
-    @staticmethod
-    def _check(frame: CameraFrame, expected: Expected) -> None:
-        roi = expected.roi
-        if (frame.roi_x, frame.roi_y, frame.roi_w, frame.roi_h) != (roi.x, roi.y, roi.width, roi.height):
-            raise ProtocolError(
-                f"camera frame {frame.camera_frame_id} has ROI {frame.roi_x},{frame.roi_y},{frame.roi_w}x"
-                f"{frame.roi_h}, expected {roi}"
-            )
-        if frame.pixel_format != expected.pixel_format:
-            raise ProtocolError(
-                f"camera frame {frame.camera_frame_id} has pixel format {frame.pixel_format}, "
-                f"expected {expected.pixel_format!r}"
-            )
-        if frame.exposure_us != expected.exposure_us:
-            raise ProtocolError(
-                f"camera frame {frame.camera_frame_id} was exposed {frame.exposure_us} us, "
-                f"expected {expected.exposure_us} us"
-            )
+
+def check_frame(frame: CameraFrame, expected: Expected) -> None:
+    """ProtocolError when a camera frame's metadata contradict the settings it was taken under (a reset)."""
+    roi = expected.roi
+    if (frame.roi_x, frame.roi_y, frame.roi_w, frame.roi_h) != (roi.x, roi.y, roi.width, roi.height):
+        raise ProtocolError(
+            f"camera frame {frame.camera_frame_id} has ROI {frame.roi_x},{frame.roi_y},{frame.roi_w}x"
+            f"{frame.roi_h}, expected {roi}"
+        )
+    if frame.pixel_format != expected.pixel_format:
+        raise ProtocolError(
+            f"camera frame {frame.camera_frame_id} has pixel format {frame.pixel_format}, "
+            f"expected {expected.pixel_format!r}"
+        )
+    if frame.exposure_us != expected.exposure_us:
+        raise ProtocolError(
+            f"camera frame {frame.camera_frame_id} was exposed {frame.exposure_us} us, "
+            f"expected {expected.exposure_us} us"
+        )
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..devices.camera import CameraSettings
-from ..protocol import PixelFormat
+from ..opu import PixelFormat
 from .drift import DriftResult, check_drift
 from .reference import ReferenceResult, install_reference
 from .store import CalibrationError, CalibrationRecord, CalibrationStore
@@ -63,9 +62,9 @@ def default_store_dir() -> Path:
 
 def record_settings(opu) -> dict[str, Any]:
     """The Opu's current settings as a record stores them."""
-    camera = opu.camera.settings
+    camera = opu.camera_settings
     return {"exposure_us": camera.exposure_us, "frame_time_us": camera.frame_time_us, "gain": camera.gain,
-            "pixel_format": camera.pixel_format.name, "laser_power_mw": opu.controller.laser_power_mw}
+            "pixel_format": camera.pixel_format.name, "laser_power_mw": opu.laser_power_mw}
 
 
 def find_record(opu, source: str | os.PathLike[str], explicit: dict[str, Any]) -> CalibrationRecord | None:
@@ -112,11 +111,11 @@ def apply_record(opu, record: CalibrationRecord, *, explicit: dict[str, Any], dr
     if camera_changes:
         if "pixel_format" in camera_changes:
             camera_changes["pixel_format"] = PixelFormat[camera_changes["pixel_format"]]
-        opu.camera.configure(CameraSettings(**camera_changes))
+        opu.configure_camera(**camera_changes)
         applied.append("camera")
     if "laser_power_mw" not in explicit and stored.get("laser_power_mw") is not None:
-        if stored["laser_power_mw"] != opu.controller.laser_power_mw:
-            opu.controller.set_laser_power_mw(float(stored["laser_power_mw"]))
+        if stored["laser_power_mw"] != opu.laser_power_mw:
+            opu.set_laser_power_mw(float(stored["laser_power_mw"]))
         applied.append("laser_power")
     latency = record.results.get("latency")
     if latency and isinstance(latency.get("lag_frames"), int) and 0 <= latency["lag_frames"] <= opu.settings.max_lag_frames:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from ..devices.camera import Roi
+from ..opu import Roi
 from ..validation import check_choice, check_number
 from ._checks import check_components, check_count
 from .exposure import ExposureResult

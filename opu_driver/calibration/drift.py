@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import tqdm
 
-from ..devices.camera import Roi
+from ..opu import Roi
 from ..errors import InvalidInputError
 from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
 from ..validation import check_choice, check_int, check_number
@@ -172,10 +172,10 @@ def _validated_record(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, thres
 def _project(opu, probes: np.ndarray, n_components: int, scheme: str, refresh: bool = False) -> tuple[np.ndarray,
                                                                                                      int]:
     """Linear projections of the probes and the device time (us) at the middle of their frames."""
-    frame_time_us = opu.camera.settings.frame_time_us
-    before = opu.dmd.device_time_us
+    frame_time_us = opu.camera_settings.frame_time_us
+    before = opu.device_time_us
     out = opu.linear_transform(probes, n_components, scheme=scheme, refresh_reference=refresh)
-    after = opu.dmd.device_time_us
+    after = opu.device_time_us
     # The call may first measure the reference: the probes' frames are the last ones.
     duration = min(after - before, probes.shape[0] * FRAMES_PER_TERNARY[scheme] * frame_time_us)
     return np.asarray(out, dtype=np.float64), int(after - duration // 2)
@@ -334,7 +334,7 @@ class DriftMonitor:
             self.baseline()
         assert self._baseline is not None and self._threshold is not None
         if self.baseline_device_time_us is None:  # resumed without a time: count from the first check
-            self.baseline_device_time_us = self._opu.dmd.device_time_us
+            self.baseline_device_time_us = self._opu.device_time_us
             self._clock_epoch = _clock_epoch(self._opu)
         sample = _sample(self._opu, self.probes, self._baseline, self._threshold, self.scheme,
                          self.baseline_device_time_us)

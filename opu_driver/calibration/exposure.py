@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import tqdm
 
-from ..devices.camera import CameraSettings, Roi
-from ..encoding.layouts import Layout, make_layout
+from ..opu import Roi
+from ..encoding.layouts import Layout
 from ..errors import AcquisitionError, InvalidInputError
-from ..protocol import bits_per_pixel
 from ..validation import check_bool, check_int, is_number
 from ._checks import check_components
 from .registry import register_routine
@@ -95,13 +94,6 @@ class ExposureResult(CalibrationResult):
     sweep_saturated_fraction: np.ndarray = stored(np.float64, default_factory=lambda: np.zeros(0))
 
 
-class _QuietSaturation(logging.Filter):
-    """Drops the Opu's "outputs are saturated" warning: the sweep saturates on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "outputs are saturated" not in str(record.msg)
-
-
 def tune_exposure(
     opu,
     n_features: int,
@@ -148,7 +140,7 @@ def tune_exposure(
         raise InvalidInputError(f"target_fraction must be within (0, 1], got {target_fraction!r}")
     check_int(n_frames, "n_frames", low=1)
     check_bool(allow_gain, "allow_gain")
-    before = opu.camera.settings  # the settings last read or written: no traffic
+    before = opu.camera_settings  # the settings last read or written: no traffic
     if max_exposure_us is None:
         max_exposure_us = before.frame_time_us - FRAME_GAP_US
         if max_exposure_us < MIN_EXPOSURE_US:
@@ -159,8 +151,7 @@ def tune_exposure(
         check_int(max_exposure_us, "max_exposure_us", low=MIN_EXPOSURE_US, high=MAX_EXPOSURE_US)
     max_exposure_us = int(max_exposure_us)
     if layout is None:
-        options = {"macro_px": opu.settings.macro_px} if opu.settings.layout == "macro" else {}
-        layout = make_layout(opu.settings.layout, int(n_features), info.dmd_width, info.dmd_height, **options)
+        layout = opu.layout_for(int(n_features))
     elif not isinstance(layout, Layout):
         raise InvalidInputError(f"layout must be a Layout or None, got {type(layout).__name__}")
     elif layout.n_features != n_features:
@@ -174,11 +165,8 @@ def tune_exposure(
         _log.warning("the %.4g quantile of %d outputs rests on fewer than 3 pixels: the top will be noisy",
                      1 - max_saturated_fraction, n_components)
 
-    full_scale = (1 << bits_per_pixel(before.pixel_format)) - 1
+    full_scale = opu.full_scale_dn
     target = float(target_fraction) * full_scale
-    opu_log = logging.getLogger("opu_driver.opu")
-    quiet = _QuietSaturation()
-    opu_log.addFilter(quiet)
     bar = tqdm.tqdm(desc="exposure", unit="setting", disable=not progress)
     search = _Search(opu=opu, layout=layout, n_components=n_components,
                      bits=np.ones((int(n_frames), layout.n_table_features), dtype=np.uint8), before=before,
@@ -188,21 +176,17 @@ def tune_exposure(
         _sweep(search)
         choice, dark, slope = _refine(search)
         choice, top, saturated, steps = _step_down(search, choice)
-        final = opu.camera.configure(CameraSettings(
-            exposure_us=choice[0], gain=choice[1],
-            frame_time_us=max(before.frame_time_us, choice[0] + FRAME_GAP_US),
-        ))
+        final = opu.configure_camera(exposure_us=choice[0], gain=choice[1],
+                                     frame_time_us=max(before.frame_time_us, choice[0] + FRAME_GAP_US))
     except BaseException:
         try:
-            opu.camera.configure(CameraSettings(
-                exposure_us=before.exposure_us, gain=before.gain, frame_time_us=before.frame_time_us
-            ))
+            opu.configure_camera(exposure_us=before.exposure_us, gain=before.gain,
+                                 frame_time_us=before.frame_time_us)
         except Exception as exc:  # report the first failure, not this one
             _log.warning("could not restore the camera settings: %s", exc)
         raise
     finally:
         bar.close()
-        opu_log.removeFilter(quiet)
 
     # After steps down the top sits wherever saturation allows: the target was reached, and passed.
     reached = top >= (1 - _ACCEPT) * target or steps > 0
@@ -250,10 +234,10 @@ class _Search:
         if key in self.measured:
             return self.measured[key]
         opu, before, bits, layout, n_components = self.opu, self.before, self.bits, self.layout, self.n_components
-        opu.camera.configure(CameraSettings(
-            exposure_us=key[0], gain=key[1], frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US)
-        ))
-        values = opu.acquire(bits, layout, n_components)
+        opu.configure_camera(exposure_us=key[0], gain=key[1],
+                             frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US))
+        # the sweep saturates on purpose: measured here, not warned about
+        values = opu.acquire(bits, layout, n_components, warn_saturated=False)
         top = float(np.quantile(values, 1.0 - float(self.max_saturated_fraction)))
         saturated = float(np.count_nonzero(values >= self.full_scale)) / values.size
         self.measured[key] = (top, saturated)
@@ -281,7 +265,7 @@ def _sweep(search: _Search) -> None:
     if n_usable < 2:
         raise AcquisitionError(
             f"the brightest frame is clipped even at {exposure} us: too much light for this camera; lower "
-            "the laser power (opu.controller.set_laser_power_mw)"
+            "the laser power (opu.set_laser_power_mw)"
         )
     fitted = [key for key in search.order if search.usable(key)]
     tops = [search.measured[key][0] for key in fitted]

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import AcquisitionError
-from ..protocol import MAX_FRAME_ID, decode_pixels
 from ..validation import check_int, check_number
 from ._checks import check_components, check_count, check_features
 from .registry import register_routine
@@ -61,33 +60,21 @@ def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_compone
     check_features(opu, n_features)
     check_components(opu, n_components)
     check_number(timeout_s, "timeout_s", low=0, low_open=True)
-    # One ordinary projection loads a layout and sets the camera region; the patterns then reuse them.
-    opu.transform(np.zeros((1, n_features), dtype=np.uint8), n_components)
     rng = np.random.default_rng(secrets.randbits(32))
     pattern = rng.integers(0, 2, size=n_frames).astype(bool)
     pattern[:2] = (True, False)  # never constant
     bits = np.zeros((n_frames + max_lag_frames, n_features), dtype=bool)
     bits[:n_frames] = pattern[:, None]
-    first_id = secrets.randbelow(MAX_FRAME_ID - len(bits))
-    settings = opu.camera.settings
-    opu.dmd.abort()
-    opu.camera.drain(0.05, 10_000)
-    camera_first = opu.camera.frame_count
-    opu.dmd.queue_feature_frames(first_id, np.packbits(bits, axis=1))
-    opu.dmd.start()
-    wait_s = timeout_s + len(bits) * settings.frame_time_us * 1e-6
-    # Each camera frame goes where the camera's own counter puts it (not the DMD id it claims to show, which is
-    # what the optical measurement checks): a duplicated frame lands on its slot twice, a reordered one in its
+    # One sequence, every camera frame in arrival order, unmatched: the light is what is measured here.
+    sequence = opu.display_sequence(bits, n_components, timeout_s=timeout_s)
+    # Each camera frame goes where the camera's own counter puts it (not the DMD frame it claims to show, which
+    # is what the optical measurement checks): a duplicated frame lands on its slot twice, a reordered one in its
     # place, a lost one leaves its slot empty (NaN) and out of the correlation.
     brightness = np.full(len(bits), np.nan)
-    header_lags = []
-    for frame in opu.camera.read_frames(len(bits), wait_s):
-        position = (frame.camera_frame_id - camera_first) & 0xFFFFFFFF
-        if position < len(bits):
-            brightness[position] = decode_pixels(settings.pixel_format, frame.pixels, frame.n_pixels).mean()
-        shown = (frame.dmd_frame_id - first_id) & 0xFFFFFFFF
-        if shown < n_frames:
-            header_lags.append(position - shown)
+    inside = sequence.camera_positions < len(bits)
+    brightness[sequence.camera_positions[inside]] = sequence.pixels[inside].mean(axis=1)
+    claimed = (sequence.shown >= 0) & (sequence.shown < n_frames)
+    header_lags = (sequence.camera_positions[claimed] - sequence.shown[claimed]).tolist()
     correlations = []
     for lag in range(max_lag_frames + 1):
         seen = brightness[lag:lag + n_frames]

@@ -16,11 +16,10 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from ..devices.camera import Roi
+from ..opu import Roi
 from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
 from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
-from ..protocol import MAX_FEATURES, bits_per_pixel
 from ..validation import check_bool, check_choice, check_int, is_int
 from ._checks import check_components, check_count, check_seed, correlation
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
@@ -157,8 +156,8 @@ def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout
     SplitLayout(int(n_features), info.dmd_width, info.dmd_height)
     if nonlinear_check:
         TwoReferenceLayout(int(n_features), info.dmd_width, info.dmd_height)
-    if opu.settings.frame_mode == "feature" and n_features + 2 > MAX_FEATURES:
-        raise InvalidInputError(f"{n_features} features exceed the {MAX_FEATURES - 2} a probe table can hold")
+    if n_features + 2 > opu.max_features:
+        raise InvalidInputError(f"{n_features} features exceed the {opu.max_features - 2} a probe table can hold")
     order = hadamard_order(int(n_features))
     if probes == "hadamard":
         if n_probes is not None and (not is_int(n_probes) or n_probes != order):
@@ -336,7 +335,7 @@ def _nonlinear_check(opu, n_features: int, n_components: int, n_holdout: int, rn
     layout = TwoReferenceLayout(n_features, info.dmd_width, info.dmd_height)
     a_col, b_col = layout.reference_features
     width = layout.n_table_features
-    full_scale = (1 << bits_per_pixel(opu.camera.settings.pixel_format)) - 1
+    full_scale = opu.full_scale_dn
     order = hadamard_order(n_features)
     signs = rng.choice(np.array([-1, 1], dtype=np.int8), size=n_features)
     rows = rng.permutation(order)

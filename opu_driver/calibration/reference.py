@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..devices.camera import Roi
+from ..opu import Roi
 from ..errors import InvalidInputError
 from ..opu import ReferenceCalibration
 from ..validation import check_int

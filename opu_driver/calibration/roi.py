@@ -5,7 +5,7 @@ The region is the one ``opu.transform`` uses for n_components outputs (``opu.roi
 grain; the selection keeps a sub-grid of outputs spaced so that neighbours are nearly independent, without the
 hot, dead and saturated pixels.
 
-It uses the public Opu API only (``opu.transform``, ``opu.roi_for``, ``opu.camera.settings``).
+It uses the public Opu API only (``opu.transform``, ``opu.roi_for``, ``opu.full_scale_dn``).
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import tqdm
 
-from ..devices.camera import Roi
+from ..opu import Roi
 from ..errors import AcquisitionError, InvalidInputError
-from ..protocol import bits_per_pixel
 from ..validation import check_int
 from ._checks import check_components, check_count, check_features, check_seed
 from .dark import DarkResult
@@ -310,7 +309,7 @@ def measure_roi(
     Y = np.empty((n_frames, n_components), dtype=np.float64)
     for start in tqdm.tqdm(range(0, n_frames, _CHUNK_FRAMES), desc="roi", unit="chunk", disable=not progress):
         Y[start:start + _CHUNK_FRAMES] = opu.transform(bits[start:start + _CHUNK_FRAMES], n_components)
-    full_scale = (1 << bits_per_pixel(opu.camera.settings.pixel_format)) - 1
+    full_scale = opu.full_scale_dn
 
     saturated = (Y >= full_scale).any(axis=0)
     signal = Y - dark.mean_dn.astype(np.float64) if dark is not None else Y

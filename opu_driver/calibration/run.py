@@ -170,7 +170,7 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
         if any(n in NEEDS_REFERENCE for n in todo) and reference not in todo and not _has_reference_for(record, plan):
             todo.insert(min(todo.index(n) for n in todo if n in NEEDS_REFERENCE), reference)
     for name in tqdm(todo, desc="calibration", unit="routine", disable=not progress or len(todo) < 2):
-        frames_before, started = opu.dmd.frame_count, time.perf_counter()
+        frames_before, started = opu.frames_displayed, time.perf_counter()
         result = run_routine(opu, name, plan, done=done, progress=progress)
         done[name] = result
         for stale in INVALIDATES.get(name, ()):
@@ -179,7 +179,7 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
                 _drop(record, stale)
         _put(record, name, result)
         # what the routine cost, beside what it found: frames the DMD displayed (blanks flushing the lag included)
-        record.results[name]["frames_used"] = (opu.dmd.frame_count - frames_before) & 0xFFFFFFFF
+        record.results[name]["frames_used"] = opu.frames_displayed - frames_before
         record.results[name]["wall_s"] = round(time.perf_counter() - started, 3)
         if get_routine(name).sets_camera:
             record.settings = record_settings(opu)

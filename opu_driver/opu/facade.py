@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..acquisition import AcquisitionCounters, Expected, SequenceRunner, run_with_retries
+from ..acquisition import AcquisitionCounters, Expected, SequenceRunner, check_frame, run_with_retries
 from ..devices import CameraSettings, LinkCounters, Rig, Roi, TriggerMode
 from ..encoding.layouts import Layout, make_layout
 from ..errors import ConfigurationError, InvalidInputError, OpuError
@@ -277,6 +277,13 @@ class Opu:
         return (1 << bits_per_pixel(pixel_format)) - 1
 
     @property
+    def max_features(self) -> int:
+        """The most features one frame may carry: a layout table's limit in frame_mode "feature", the DMD's
+        mirrors in frame_mode "raw" (a table or layout of more is refused before anything is sent)."""
+        n_mirrors = self.info.dmd_width * self.info.dmd_height
+        return min(MAX_FEATURES, n_mirrors) if self.settings.frame_mode == "feature" else n_mirrors
+
+    @property
     def laser_power_mw(self) -> float:
         """The laser setpoint, read from the controller."""
         self._require_open()
@@ -525,7 +532,8 @@ class Opu:
         (the latency calibration compares what the light shows with what the metadata says). The batch must fit
         one sequence (``info.sequence_capacity`` and the camera buffer). Frames that never arrive leave their
         places empty; a timeout raises CommunicationTimeoutError after ``timeout_s`` plus the sequence's display
-        time, and the device is left clean for the next request.
+        time, and the device is left clean for the next request. The device's camera settings, layout table and
+        light are checked (and restored) first; a frame exposed under other settings raises ProtocolError.
 
         Raises:
             InvalidInputError: before anything is sent, as for :meth:`transform`, or a batch larger than one
@@ -548,11 +556,14 @@ class Opu:
             frame_time_us = self.camera.settings.frame_time_us
             assert pixel_format is not None and frame_time_us is not None
             n_pixels = self.roi_for(n_components).n_pixels
+            expected = Expected(self.camera.settings.roi, pixel_format, self.camera.settings.exposure_us)
             first_id = self._runner.reserve_ids(len(X2))
             positions: list[int] = []
             shown: list[int] = []
             rows: list[np.ndarray] = []
             try:
+                # What a reset may have lost is checked on the device itself (one sequence, no retry to repair it).
+                self._recovery.restore(layout)
                 self.dmd.abort()
                 self.camera.drain(_DRAIN_TIMEOUT_S, _DRAIN_MAX_READS)
                 camera_first = self.camera.frame_count
@@ -560,6 +571,7 @@ class Opu:
                 self.dmd.start()
                 wait_s = timeout_s + len(X2) * frame_time_us * 1e-6
                 for frame in self.camera.read_frames(len(X2), wait_s):
+                    check_frame(frame, expected)  # a frame of other settings is a typed error, never decoded
                     positions.append((frame.camera_frame_id - camera_first) % _COUNTER_WRAP)
                     index = (frame.dmd_frame_id - first_id) % _COUNTER_WRAP
                     shown.append(index if index < len(X2) else -1)
