@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .base import Projector, ProjectorInfo
 from .errors import ConnectionFailedError, InvalidInputError, RequestTimeoutError, ServiceError
@@ -62,7 +63,7 @@ class LocalProjector(Projector):
             self.close()
             raise InvalidInputError(f"n_components={self.n_components} exceeds the camera's {n_pixels} pixels")
 
-    def _project(self, E: np.ndarray) -> np.ndarray:
+    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         with driver_errors():
             return self.opu.linear_transform(E, self.n_components, scheme=self.scheme, n_bits=self.n_bits)
 
