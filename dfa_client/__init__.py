@@ -28,7 +28,6 @@ from .errors import (
     ServiceError,
     UnsupportedUrlError,
 )
-from .errors import __all__ as _error_names
 
 __all__ = [
     "connect",
@@ -39,7 +38,19 @@ __all__ = [
     "ternary_scales",
     "alignment_angle",
     "DEFAULT_THRESHOLD",
-    *_error_names,  # one list of error names: dfa_client.errors.__all__
+    # The whole error tree: every name of dfa_client.errors.__all__, in its order (a literal list, so that linters
+    # and type checkers see these imports as re-exports).
+    "DfaError",
+    "InvalidInputError",
+    "UnsupportedUrlError",
+    "ConnectionFailedError",
+    "RequestTimeoutError",
+    "AuthenticationError",
+    "ProtocolVersionError",
+    "ServiceError",
+    "ProjectorClosedError",
+    "ProtocolError",
+    "DeviceChangedError",
 ]
 
 
@@ -48,8 +59,8 @@ def connect(url: str, n_components: int, **options: Any) -> Projector:
 
     Options common to every backend: ``n_features`` (else fixed by the first call), ``scheme`` ("four_frame" or
     "two_frame"), ``n_bits`` (bit planes for real-valued errors on optical backends), ``max_batch``.
-    ``digital://`` also takes ``seed``; ``tcp://`` takes ``token``, ``timeout_s``, ``retries``, ``backoff_s``; ``sim://`` and
-    ``usb://`` pass any other option to ``opu_driver.open`` (e.g. ``pixel_format="MONO12"``).
+    ``digital://`` also takes ``seed``; ``tcp://`` takes ``token``, ``timeout_s``, ``retries``, ``backoff_s``;
+    ``sim://`` and ``usb://`` pass any other option to ``opu_driver.open`` (e.g. ``pixel_format="MONO12"``).
 
     Raises:
         UnsupportedUrlError: a URL no backend serves.

@@ -13,7 +13,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +52,8 @@ class ProjectorInfo:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
+    """An integer option: a Python or numpy integer, not a bool."""
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
@@ -71,7 +72,8 @@ def check_options(n_components: object, n_features: object, scheme: object, n_bi
         raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}")
 
 
-def check_errors(errors: npt.ArrayLike, n_features: int | None, max_batch: int) -> tuple[np.ndarray, bool]:
+def check_errors(errors: npt.ArrayLike, n_features: int | None,
+                 max_batch: int) -> tuple[npt.NDArray[np.float64], bool]:
     """Return errors as a C-contiguous float64 (batch, n_features) array and whether the input was 1-D.
 
     Raises:
@@ -124,7 +126,7 @@ class Projector(ABC):
         self._lock = threading.Lock()
 
     # -- the contract --------------------------------------------------------------------------------------
-    def project(self, errors: npt.ArrayLike) -> np.ndarray:
+    def project(self, errors: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Real projections B e of error vectors: float32 (batch, n_components), or (n_components,) for 1-D e.
 
         Raises:
@@ -152,7 +154,7 @@ class Projector(ABC):
         self.n_features = n_features
 
     @abstractmethod
-    def _project(self, E: np.ndarray) -> np.ndarray:
+    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         """Project validated float64 (batch >= 1, n_features) errors; return float32 (batch, n_components)."""
 
     @property
@@ -168,14 +170,14 @@ class Projector(ABC):
                 self._closed = True
                 self._close()
 
-    def _close(self) -> None:
-        pass
+    def _close(self) -> None:  # noqa: B027 - an optional hook, not an abstract method: most backends hold nothing
+        """Release what the backend holds; called once, by the first close(). The default holds nothing."""
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "Projector":
+    def __enter__(self) -> Projector:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import InvalidInputError
 
@@ -35,10 +36,10 @@ class Dataset:
     """
 
     name: str
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
+    X_train: npt.NDArray[np.float32]
+    y_train: npt.NDArray[np.int64]
+    X_test: npt.NDArray[np.float32]
+    y_test: npt.NDArray[np.int64]
     n_classes: int
     seed: int
 
@@ -51,14 +52,16 @@ class Dataset:
                 f"n_inputs={self.n_inputs}, n_classes={self.n_classes}, seed={self.seed})")
 
 
-def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: npt.ArrayLike, test_fraction: float,
+                     seed: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Indices (train, test) with ``test_fraction`` of every class in the test part, from a seeded generator."""
     if not 0.0 < float(test_fraction) < 1.0:
         raise InvalidInputError(f"test_fraction must be within (0, 1), got {test_fraction!r}")
     rng = np.random.default_rng(seed)
+    labels = np.asarray(y)
     train, test = [], []
-    for label in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == label))
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
         n_test = int(round(len(members) * float(test_fraction)))
         test.append(members[:n_test])
         train.append(members[n_test:])
@@ -66,13 +69,15 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
-def _make(name: str, X: np.ndarray, y: np.ndarray, full_scale: float, test_fraction: float, seed: int) -> Dataset:
+def _make(name: str, X: npt.ArrayLike, y: npt.ArrayLike, full_scale: float, test_fraction: float,
+          seed: int) -> Dataset:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidInputError(f"seed must be an integer >= 0, got {seed!r}")
-    X = np.asarray(X, dtype=np.float32) / np.float32(full_scale)
-    y = np.asarray(y).astype(np.int64)
-    train, test = stratified_split(y, test_fraction, int(seed))
-    return Dataset(name, X[train], y[train], X[test], y[test], int(y.max()) + 1, int(seed))
+    features = np.asarray(X, dtype=np.float32) / np.float32(full_scale)
+    labels = np.asarray(y).astype(np.int64)
+    train, test = stratified_split(labels, test_fraction, int(seed))
+    return Dataset(name, features[train], labels[train], features[test], labels[test], int(labels.max()) + 1,
+                   int(seed))
 
 
 def load_mnist_subset(test_fraction: float = 0.2, seed: int = 0) -> Dataset:

@@ -5,9 +5,11 @@ effective matrix has (zero mean, unit variance). It is the reference that optica
 """
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
+import numpy.typing as npt
 
 from .base import Projector, ProjectorInfo
 from .errors import InvalidInputError, UnsupportedUrlError
@@ -38,13 +40,13 @@ class DigitalProjector(Projector):
 
     backend = "digital"
 
-    def __init__(self, url: str, n_components: int, *, seed: int | None = None, **options) -> None:
+    def __init__(self, url: str, n_components: int, *, seed: int | None = None, **options: Any) -> None:
         url_seed = parse_digital_url(url)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise InvalidInputError(f"seed must be an integer >= 0, got {seed!r}")
         super().__init__(url, n_components, **options)
         self.seed = url_seed if seed is None else int(seed)
-        self._matrix: np.ndarray | None = None
+        self._matrix: npt.NDArray[np.float32] | None = None
         if self.n_features is not None:
             self._fix_features(self.n_features)
 
@@ -54,11 +56,11 @@ class DigitalProjector(Projector):
         self._matrix = rng.standard_normal((n_features, self.n_components), dtype=np.float32)
 
     @property
-    def matrix(self) -> np.ndarray | None:
+    def matrix(self) -> npt.NDArray[np.float32] | None:
         """B (n_features x n_components), once n_features is known."""
         return self._matrix
 
-    def _project(self, E: np.ndarray) -> np.ndarray:
+    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         assert self._matrix is not None
         return (E @ self._matrix.astype(np.float64)).astype(np.float32)
 

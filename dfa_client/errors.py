@@ -59,7 +59,7 @@ class ServiceError(DfaError):
         super().__init__(message)
         self.kind = kind
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[ServiceError], tuple[str, str]]:
         return (type(self), (self.args[0] if self.args else "", self.kind))
 
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .base import Projector, ProjectorInfo
 from .errors import ConnectionFailedError, InvalidInputError, RequestTimeoutError, ServiceError
+
+if TYPE_CHECKING:  # the driver is imported at run time only when this backend is used
+    from opu_driver import Opu
 
 __all__ = ["LocalProjector", "LOCAL_SCHEMES"]
 
@@ -49,20 +53,21 @@ class LocalProjector(Projector):
     backend = "local"
 
     def __init__(self, url: str, n_components: int, *, n_features: int | None = None, scheme: str = "four_frame",
-                 n_bits: int | None = None, max_batch: int = 65_536, opu: Any = None, **opu_settings: Any) -> None:
+                 n_bits: int | None = None, max_batch: int = 65_536, opu: Opu | None = None,
+                 **opu_settings: Any) -> None:
         super().__init__(url, n_components, n_features=n_features, scheme=scheme, n_bits=n_bits,
                          max_batch=max_batch)
         import opu_driver
 
         self._owns_opu = opu is None
         with driver_errors():
-            self.opu = opu_driver.open(url, **opu_settings) if opu is None else opu
+            self.opu: Opu = opu_driver.open(url, **opu_settings) if opu is None else opu
             n_pixels = self.opu.info.camera_width * self.opu.info.camera_height
         if self.n_components > n_pixels:
             self.close()
             raise InvalidInputError(f"n_components={self.n_components} exceeds the camera's {n_pixels} pixels")
 
-    def _project(self, E: np.ndarray) -> np.ndarray:
+    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         with driver_errors():
             return self.opu.linear_transform(E, self.n_components, scheme=self.scheme, n_bits=self.n_bits)
 

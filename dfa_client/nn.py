@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,35 +31,47 @@ __all__ = ["MLP", "LayerGradients", "TrainSettings", "EpochLog", "Sgd", "ACTIVAT
 _log = logging.getLogger(__name__)
 
 METHODS = ("backprop", "dfa")
-Feedback = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+FloatArray = npt.NDArray[np.floating[Any]]
+"""Weights, activations and gradients, in the network's dtype (float32 by default)."""
+LabelArray = npt.NDArray[np.int64]
+"""Class labels (batch,), checked to lie within 0..n_classes - 1."""
+ErrorArray = npt.NDArray[np.float64]
+"""Output errors e = softmax - onehot (batch, n_classes), always float64."""
+
+Feedback = Callable[[ErrorArray], Sequence[npt.NDArray[Any]]]
 """e (batch, n_classes) -> one projected error (batch, width) per hidden layer."""
+Activation = Callable[[FloatArray], FloatArray]
+"""f(a): the hidden activation of the pre-activation a."""
+ActivationSlope = Callable[[FloatArray, FloatArray], FloatArray]
+"""f'(a) as a function of the pre-activation a and the output h = f(a)."""
 
 
-def _tanh(a: np.ndarray) -> np.ndarray:
+def _tanh(a: FloatArray) -> FloatArray:
     return np.tanh(a)
 
 
-def _tanh_slope(a: np.ndarray, h: np.ndarray) -> np.ndarray:
+def _tanh_slope(a: FloatArray, h: FloatArray) -> FloatArray:
     return 1.0 - h * h
 
 
-def _relu(a: np.ndarray) -> np.ndarray:
+def _relu(a: FloatArray) -> FloatArray:
     return np.maximum(a, 0)
 
 
-def _relu_slope(a: np.ndarray, h: np.ndarray) -> np.ndarray:
+def _relu_slope(a: FloatArray, h: FloatArray) -> FloatArray:
     return (a > 0).astype(a.dtype)
 
 
-def _sigmoid(a: np.ndarray) -> np.ndarray:
+def _sigmoid(a: FloatArray) -> FloatArray:
     return 0.5 * (1.0 + np.tanh(0.5 * a))  # overflow-free logistic
 
 
-def _sigmoid_slope(a: np.ndarray, h: np.ndarray) -> np.ndarray:
+def _sigmoid_slope(a: FloatArray, h: FloatArray) -> FloatArray:
     return h * (1.0 - h)
 
 
-ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, np.ndarray], np.ndarray]]] = {
+ACTIVATIONS: dict[str, tuple[Activation, ActivationSlope]] = {
     "tanh": (_tanh, _tanh_slope),
     "relu": (_relu, _relu_slope),
     "sigmoid": (_sigmoid, _sigmoid_slope),
@@ -70,8 +83,8 @@ ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.nd
 class LayerGradients:
     """The gradient (or DFA update direction) of one layer's weight (n_in, n_out) and bias (n_out,)."""
 
-    weight: np.ndarray
-    bias: np.ndarray
+    weight: FloatArray
+    bias: FloatArray
 
 
 @dataclass(frozen=True)
@@ -126,11 +139,15 @@ class EpochLog:
 
 @dataclass
 class _Cache:
-    """What a forward pass keeps for the backward one: inputs of each layer and hidden pre-activations."""
+    """What a forward pass keeps for the backward one: inputs of each layer, hidden pre-activations, logits."""
 
-    inputs: list[np.ndarray] = field(default_factory=list)  # inputs[l] feeds layer l (inputs[0] = X)
-    pre: list[np.ndarray] = field(default_factory=list)  # pre-activations of the hidden layers
-    logits: np.ndarray | None = None
+    inputs: list[FloatArray]  # inputs[l] feeds layer l (inputs[0] = X)
+    pre: list[FloatArray]  # pre-activations of the hidden layers
+    logits: FloatArray
+
+
+_UpdateRule = Callable[[_Cache, ErrorArray], list[LayerGradients]]
+"""(forward cache, output error) -> one update per layer: how ``fit`` turns a batch into a step."""
 
 
 class Sgd:
@@ -141,10 +158,10 @@ class Sgd:
         self.momentum = float(momentum)
         self._velocity: list[LayerGradients] | None = None
 
-    def step(self, net: "MLP", grads: Sequence[LayerGradients]) -> None:
+    def step(self, net: MLP, grads: Sequence[LayerGradients]) -> None:
         if self._velocity is None:
             self._velocity = [LayerGradients(np.zeros_like(g.weight), np.zeros_like(g.bias)) for g in grads]
-        for layer, (v, g) in enumerate(zip(self._velocity, grads)):
+        for layer, (v, g) in enumerate(zip(self._velocity, grads, strict=True)):
             v.weight *= self.momentum
             v.weight += g.weight
             v.bias *= self.momentum
@@ -179,9 +196,10 @@ class MLP:
         self._f, self._slope = ACTIVATIONS[activation]
         rng = np.random.default_rng(seed)
         gain = 2.0 if activation == "relu" else 1.0
-        self.weights = [(rng.standard_normal((n_in, n_out)) * np.sqrt(gain / n_in)).astype(self.dtype)
-                        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])]
-        self.biases = [np.zeros(n_out, dtype=self.dtype) for n_out in self.sizes[1:]]
+        self.weights: list[FloatArray] = [
+            (rng.standard_normal((n_in, n_out)) * np.sqrt(gain / n_in)).astype(self.dtype)
+            for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True)]
+        self.biases: list[FloatArray] = [np.zeros(n_out, dtype=self.dtype) for n_out in self.sizes[1:]]
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
@@ -193,74 +211,86 @@ class MLP:
         return self.sizes[-1]
 
     # -- forward ---------------------------------------------------------------------------------------------
-    def _check_inputs(self, X: npt.ArrayLike, y: npt.ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.sizes[0] or X.dtype.kind not in "biuf":
-            raise InvalidInputError(f"X must be real (batch, {self.sizes[0]}), got {X.dtype} {X.shape}")
-        X = X.astype(self.dtype, copy=False)
-        if not np.isfinite(X).all():
+    def _check_features(self, X: npt.ArrayLike) -> FloatArray:
+        """X as a finite (batch, n_inputs) array of the network's dtype."""
+        features = np.asarray(X)
+        if features.ndim != 2 or features.shape[1] != self.sizes[0] or features.dtype.kind not in "biuf":
+            raise InvalidInputError(f"X must be real (batch, {self.sizes[0]}), got {features.dtype} {features.shape}")
+        features = features.astype(self.dtype, copy=False)
+        if not np.isfinite(features).all():
             raise InvalidInputError("X contains NaN or Inf")
-        if y is None:
-            return X, None
-        y = np.asarray(y)
-        if y.shape != (X.shape[0],) or y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() >= self.n_classes)):
-            raise InvalidInputError(f"y must be {X.shape[0]} integer labels within 0..{self.n_classes - 1}")
-        return X, y.astype(np.int64)
+        return features
 
-    def _forward(self, X: np.ndarray) -> _Cache:
-        cache = _Cache(inputs=[X])
+    def _check_labels(self, y: npt.ArrayLike, n_samples: int) -> LabelArray:
+        """y as n_samples int64 labels within 0..n_classes - 1."""
+        labels = np.asarray(y)
+        if (labels.shape != (n_samples,) or labels.dtype.kind not in "iu"
+                or (labels.size and (labels.min() < 0 or labels.max() >= self.n_classes))):
+            raise InvalidInputError(f"y must be {n_samples} integer labels within 0..{self.n_classes - 1}")
+        return labels.astype(np.int64)
+
+    def _check_inputs(self, X: npt.ArrayLike, y: npt.ArrayLike) -> tuple[FloatArray, LabelArray]:
+        """Checked inputs and their labels (X first: its errors are reported before y's)."""
+        features = self._check_features(X)
+        return features, self._check_labels(y, features.shape[0])
+
+    def _forward(self, X: FloatArray) -> _Cache:
+        inputs: list[FloatArray] = [X]
+        pre: list[FloatArray] = []
         h = X
-        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+        for W, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
             a = h @ W + b
             h = self._f(a)
-            cache.pre.append(a)
-            cache.inputs.append(h)
-        cache.logits = h @ self.weights[-1] + self.biases[-1]
-        return cache
+            pre.append(a)
+            inputs.append(h)
+        return _Cache(inputs, pre, h @ self.weights[-1] + self.biases[-1])
 
-    def forward(self, X: npt.ArrayLike) -> np.ndarray:
+    def forward(self, X: npt.ArrayLike) -> FloatArray:
         """Logits (batch, n_classes) of inputs (batch, n_inputs)."""
-        X, _ = self._check_inputs(X)
-        return self._forward(X).logits
+        return self._forward(self._check_features(X)).logits
 
-    def predict(self, X: npt.ArrayLike) -> np.ndarray:
+    def predict(self, X: npt.ArrayLike) -> npt.NDArray[np.intp]:
         """Predicted labels (batch,)."""
         return self.forward(X).argmax(axis=1)
 
     def accuracy(self, X: npt.ArrayLike, y: npt.ArrayLike) -> float:
         """Share of correctly classified samples."""
-        X, y = self._check_inputs(X, y)
-        return float((self._forward(X).logits.argmax(axis=1) == y).mean())
+        features, labels = self._check_inputs(X, y)
+        return self._accuracy(self._forward(features).logits, labels)
 
     @staticmethod
-    def _softmax(logits: np.ndarray) -> np.ndarray:
+    def _accuracy(logits: FloatArray, labels: LabelArray) -> float:
+        return float((logits.argmax(axis=1) == labels).mean())
+
+    @staticmethod
+    def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         z = logits - logits.max(axis=1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
 
     def loss(self, X: npt.ArrayLike, y: npt.ArrayLike) -> float:
         """Mean cross-entropy."""
-        X, y = self._check_inputs(X, y)
-        return self._loss(self._forward(X).logits, y)
+        features, labels = self._check_inputs(X, y)
+        return self._loss(self._forward(features).logits, labels)
 
-    def _loss(self, logits: np.ndarray, y: np.ndarray) -> float:
+    def _loss(self, logits: FloatArray, y: LabelArray) -> float:
         z = logits - logits.max(axis=1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         return float(-log_p[np.arange(len(y)), y].mean())
 
-    def output_error(self, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def output_error(self, logits: FloatArray, y: LabelArray) -> ErrorArray:
         """e = softmax(logits) - onehot(y) (batch, n_classes): the gradient of each sample's loss at the logits."""
         e = self._softmax(logits.astype(np.float64))
         e[np.arange(len(y)), y] -= 1.0
         return e
 
     # -- gradients -------------------------------------------------------------------------------------------
-    def _layer_grad(self, layer_input: np.ndarray, delta: np.ndarray) -> LayerGradients:
+    def _layer_grad(self, layer_input: FloatArray, delta: FloatArray) -> LayerGradients:
         n = layer_input.shape[0]
         return LayerGradients((layer_input.T @ delta) / n, delta.sum(axis=0) / n)
 
-    def _backprop(self, cache: _Cache, e: np.ndarray) -> list[LayerGradients]:
-        delta = e.astype(self.dtype)
+    def _backprop(self, cache: _Cache, e: ErrorArray) -> list[LayerGradients]:
+        delta: FloatArray = e.astype(self.dtype)
         grads = [self._layer_grad(cache.inputs[-1], delta)]
         for layer in range(len(self.weights) - 2, -1, -1):
             a, h = cache.pre[layer], cache.inputs[layer + 1]
@@ -268,14 +298,15 @@ class MLP:
             grads.append(self._layer_grad(cache.inputs[layer], delta))
         return grads[::-1]
 
-    def dfa_from_projection(self, cache: _Cache, e: np.ndarray, projected: Sequence[np.ndarray]) -> list[LayerGradients]:
+    def dfa_from_projection(self, cache: _Cache, e: ErrorArray,
+                            projected: Sequence[npt.ArrayLike]) -> list[LayerGradients]:
         """DFA updates from a forward cache, the output error and one projected error per hidden layer."""
         hidden = self.hidden_sizes
         if len(projected) != len(hidden):
             raise InvalidInputError(f"{len(projected)} projected errors for {len(hidden)} hidden layers")
         grads = []
-        for layer, (width, p) in enumerate(zip(hidden, projected)):
-            p = np.asarray(p)
+        for layer, (width, projection) in enumerate(zip(hidden, projected, strict=True)):
+            p = np.asarray(projection)
             if p.shape != (e.shape[0], width):
                 raise InvalidInputError(f"projected error {layer} has shape {p.shape}; expected {(e.shape[0], width)}")
             a, h = cache.pre[layer], cache.inputs[layer + 1]
@@ -286,15 +317,15 @@ class MLP:
 
     def backprop_gradients(self, X: npt.ArrayLike, y: npt.ArrayLike) -> list[LayerGradients]:
         """True gradients of the mean cross-entropy, one per layer (input side first)."""
-        X, y = self._check_inputs(X, y)
-        cache = self._forward(X)
-        return self._backprop(cache, self.output_error(cache.logits, y))
+        features, labels = self._check_inputs(X, y)
+        cache = self._forward(features)
+        return self._backprop(cache, self.output_error(cache.logits, labels))
 
     def dfa_gradients(self, X: npt.ArrayLike, y: npt.ArrayLike, feedback: Feedback) -> list[LayerGradients]:
         """DFA update directions: hidden layers from feedback(e), the last layer from its true gradient."""
-        X, y = self._check_inputs(X, y)
-        cache = self._forward(X)
-        e = self.output_error(cache.logits, y)
+        features, labels = self._check_inputs(X, y)
+        cache = self._forward(features)
+        e = self.output_error(cache.logits, labels)
         return self.dfa_from_projection(cache, e, feedback(e))
 
     def alignment(self, X: npt.ArrayLike, y: npt.ArrayLike, feedback: Feedback) -> list[float]:
@@ -303,28 +334,62 @@ class MLP:
         Under 90 degrees the DFA update descends the true loss; DFA works because the forward weights come to
         align with the feedback, so these angles fall during training (they start near 90).
         """
-        X, y = self._check_inputs(X, y)
-        cache = self._forward(X)
-        e = self.output_error(cache.logits, y)
+        features, labels = self._check_inputs(X, y)
+        cache = self._forward(features)
+        e = self.output_error(cache.logits, labels)
         true = self._backprop(cache, e)
         dfa = self.dfa_from_projection(cache, e, feedback(e))
-        return [alignment_angle(d.weight, t.weight) for d, t in zip(dfa[:-1], true[:-1])]
+        return [alignment_angle(d.weight, t.weight) for d, t in zip(dfa[:-1], true[:-1], strict=True)]
 
     # -- training --------------------------------------------------------------------------------------------
     def backprop_step(self, X: npt.ArrayLike, y: npt.ArrayLike, optimizer: Sgd) -> float:
         """One backprop update on a batch; returns the batch's loss before it."""
-        X, y = self._check_inputs(X, y)
-        cache = self._forward(X)
-        optimizer.step(self, self._backprop(cache, self.output_error(cache.logits, y)))
-        return self._loss(cache.logits, y)
+        features, labels = self._check_inputs(X, y)
+        cache = self._forward(features)
+        optimizer.step(self, self._backprop(cache, self.output_error(cache.logits, labels)))
+        return self._loss(cache.logits, labels)
 
     def dfa_step(self, X: npt.ArrayLike, y: npt.ArrayLike, feedback: Feedback, optimizer: Sgd) -> float:
         """One DFA update on a batch (feedback(e) gives the projected error per hidden layer); returns the loss."""
-        X, y = self._check_inputs(X, y)
-        cache = self._forward(X)
-        e = self.output_error(cache.logits, y)
+        features, labels = self._check_inputs(X, y)
+        cache = self._forward(features)
+        e = self.output_error(cache.logits, labels)
         optimizer.step(self, self.dfa_from_projection(cache, e, feedback(e)))
-        return self._loss(cache.logits, y)
+        return self._loss(cache.logits, labels)
+
+    def _update_rule(self, method: str, feedback: Feedback | None) -> _UpdateRule:
+        """How ``fit`` computes a batch's updates under ``method`` (already checked to be one of METHODS)."""
+        if method == "backprop":
+            return self._backprop
+        if feedback is None:
+            raise InvalidInputError("DFA training needs a feedback (e.g. a FeedbackProjection)")
+
+        def dfa_update(cache: _Cache, e: ErrorArray) -> list[LayerGradients]:
+            return self.dfa_from_projection(cache, e, feedback(e))
+
+        return dfa_update
+
+    def _check_test_set(self, X_test: npt.ArrayLike | None,
+                        y_test: npt.ArrayLike | None) -> tuple[FloatArray, LabelArray] | None:
+        """The checked test set of ``fit``, or None without one."""
+        if X_test is None and y_test is None:
+            return None
+        if X_test is None or y_test is None:
+            raise InvalidInputError("give both X_test and y_test, or neither")
+        return self._check_inputs(X_test, y_test)
+
+    def _train_epoch(self, features: FloatArray, labels: LabelArray, order: npt.NDArray[np.intp], batch_size: int,
+                     update: _UpdateRule, optimizer: Sgd) -> tuple[float, float]:
+        """One pass over the training set in ``order``; returns its mean loss and accuracy (before each update)."""
+        losses: list[float] = []
+        correct = 0
+        for first in range(0, len(labels), batch_size):
+            batch = order[first:first + batch_size]
+            cache = self._forward(features[batch])
+            optimizer.step(self, update(cache, self.output_error(cache.logits, labels[batch])))
+            losses.append(self._loss(cache.logits, labels[batch]) * len(batch))
+            correct += int((cache.logits.argmax(axis=1) == labels[batch]).sum())
+        return float(sum(losses) / len(labels)), correct / len(labels)
 
     def fit(self, X: npt.ArrayLike, y: npt.ArrayLike, method: str = "backprop", feedback: Feedback | None = None,
             settings: TrainSettings | None = None, X_test: npt.ArrayLike | None = None,
@@ -333,46 +398,31 @@ class MLP:
         """Train by ``method`` ("backprop" or "dfa", which needs ``feedback``); returns one EpochLog per epoch.
 
         Each callback is called with the EpochLog after every epoch (hooks: logging, plotting, alignment,
-        early stopping by returning True).
+        early stopping by returning True: training stops once every callback has seen that epoch).
         """
         settings = settings or TrainSettings()
         if method not in METHODS:
             raise InvalidInputError(f"method={method!r}; choose one of {METHODS}")
-        if method == "dfa" and feedback is None:
-            raise InvalidInputError("DFA training needs a feedback (e.g. a FeedbackProjection)")
-        X, y = self._check_inputs(X, y)
-        if (X_test is None) != (y_test is None):
-            raise InvalidInputError("give both X_test and y_test, or neither")
-        if X_test is not None:
-            X_test, y_test = self._check_inputs(X_test, y_test)
+        update = self._update_rule(method, feedback)
+        features, labels = self._check_inputs(X, y)
+        test = self._check_test_set(X_test, y_test)
         optimizer = Sgd(settings.learning_rate, settings.momentum)
         rng = np.random.default_rng(settings.seed)
         history: list[EpochLog] = []
         start = time.perf_counter()
         for epoch in range(1, settings.epochs + 1):
-            order = rng.permutation(len(y))
-            losses, correct = [], 0
-            for first in range(0, len(y), settings.batch_size):
-                batch = order[first:first + settings.batch_size]
-                cache = self._forward(X[batch])
-                e = self.output_error(cache.logits, y[batch])
-                if method == "backprop":
-                    grads = self._backprop(cache, e)
-                else:
-                    grads = self.dfa_from_projection(cache, e, feedback(e))
-                optimizer.step(self, grads)
-                losses.append(self._loss(cache.logits, y[batch]) * len(batch))
-                correct += int((cache.logits.argmax(axis=1) == y[batch]).sum())
-            test_accuracy = None
-            if X_test is not None:
-                test_accuracy = float((self._forward(X_test).logits.argmax(axis=1) == y_test).mean())
-            log = EpochLog(epoch, method, float(sum(losses) / len(y)), correct / len(y), test_accuracy,
-                           time.perf_counter() - start)
+            order = rng.permutation(len(labels))
+            train_loss, train_accuracy = self._train_epoch(features, labels, order, settings.batch_size, update,
+                                                           optimizer)
+            test_accuracy = None if test is None else self._accuracy(self._forward(test[0]).logits, test[1])
+            log = EpochLog(epoch, method, train_loss, train_accuracy, test_accuracy, time.perf_counter() - start)
             history.append(log)
             _log.debug("epoch %d: %s", epoch, log)
             if not np.isfinite(log.train_loss):
                 _log.warning("the loss diverged at epoch %d: lower the learning rate", epoch)
                 break
-            if any(callback(log) is True for callback in list(callbacks)):
+            # Every callback sees every epoch, also after an earlier one asked to stop.
+            stop = [callback(log) is True for callback in callbacks]
+            if any(stop):
                 break
         return history

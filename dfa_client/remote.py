@@ -23,10 +23,12 @@ import logging
 import re
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
+import numpy.typing as npt
 
 from . import wire
 from .base import DEFAULT_MAX_BATCH, Projector, ProjectorInfo, finite_float
@@ -34,6 +36,7 @@ from .errors import (
     AuthenticationError,
     ConnectionFailedError,
     DeviceChangedError,
+    DfaError,
     InvalidInputError,
     ProtocolVersionError,
     RequestTimeoutError,
@@ -56,12 +59,15 @@ IDENTITY_KEYS = ("model", "serial_number", "firmware_version", "device_fingerpri
 _DEVICE_TIME_MARGIN = 2.0  # a request's own device time counts this many times in its timeout
 _FRAMES_PER_TERNARY = {"four_frame": 4, "two_frame": 2}
 _REPLY_HEADER_BYTES = 64 * 1024
-_ERROR_KINDS: dict[str, type] = {
+_ERROR_KINDS: dict[str, type[DfaError]] = {
     "AuthenticationError": AuthenticationError,
     "ProtocolVersionError": ProtocolVersionError,
     "InvalidInputError": InvalidInputError,
     "RequestTimeoutError": RequestTimeoutError,
 }
+
+
+_T = TypeVar("_T")
 
 
 class _Retryable(Exception):
@@ -178,7 +184,7 @@ class RemoteProjector(Projector):
                 raise ProtocolError(f"the service answered HELLO with {reply.type.name}")
             welcome = reply.header
             max_batch, max_bytes = welcome.get("max_batch"), welcome.get("max_message_bytes")
-            if not all(isinstance(v, int) and v > 0 for v in (max_batch, max_bytes)):
+            if not (isinstance(max_batch, int) and max_batch > 0 and isinstance(max_bytes, int) and max_bytes > 0):
                 raise ProtocolError(f"WELCOME without valid limits: {welcome}"[:500])
             identity = {key: welcome.get(key) for key in IDENTITY_KEYS}
             if self._identity is not None and identity != self._identity:
@@ -212,7 +218,7 @@ class RemoteProjector(Projector):
                 self._sock.close()
             self._sock = None
 
-    def _raise_error(self, reply: wire.Message) -> None:
+    def _raise_error(self, reply: wire.Message) -> NoReturn:
         kind = str(reply.header.get("kind", "ServiceError"))
         message = str(reply.header.get("message", ""))
         if kind in _RETRYABLE_KINDS:
@@ -223,7 +229,7 @@ class RemoteProjector(Projector):
             raise error(message)
         raise ServiceError(message, kind)
 
-    def _with_retries(self, action: Any) -> Any:
+    def _with_retries(self, action: Callable[[], _T]) -> _T:
         """Run ``action``; on a _Retryable failure drop the connection, back off and try again, at most
         ``retries`` more times; then ConnectionFailedError (the last failure chained)."""
         attempt = 0
@@ -249,7 +255,7 @@ class RemoteProjector(Projector):
                 raise
 
     # -- projection ----------------------------------------------------------------------------------------
-    def _project(self, E: np.ndarray) -> np.ndarray:
+    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         if self._max_message_bytes and E.nbytes > self._max_message_bytes:
             raise InvalidInputError(f"a request of {E.nbytes} bytes exceeds the service's limit of "
                                     f"{self._max_message_bytes}; split the batch")
@@ -258,7 +264,7 @@ class RemoteProjector(Projector):
         request_id = next(self._ids)
         return self._with_retries(lambda: self._exchange(request_id, E))
 
-    def _frames(self, E: np.ndarray) -> int:
+    def _frames(self, E: npt.NDArray[np.float64]) -> int:
         """DMD frames the request costs at most: batch x bit planes x frames per ternary projection."""
         if self.n_bits is None and np.isin(E, (-1.0, 0.0, 1.0)).all():
             planes = 1
@@ -266,13 +272,13 @@ class RemoteProjector(Projector):
             planes = self.n_bits or 8
         return E.shape[0] * planes * _FRAMES_PER_TERNARY.get(self.scheme, 4)
 
-    def request_timeout_s(self, E: np.ndarray) -> float:
+    def request_timeout_s(self, E: npt.ArrayLike) -> float:
         """How long a request for ``E`` waits for its reply: ``timeout_s`` (network, queueing behind other
         clients, the first call's calibration) plus twice the request's own device time (frames x the frame time
         the service announced)."""
         return self.timeout_s + _DEVICE_TIME_MARGIN * self._frames(np.asarray(E)) * self._frame_time_s
 
-    def _exchange(self, request_id: int, E: np.ndarray) -> np.ndarray:
+    def _exchange(self, request_id: int, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         sock = self._sock
         assert sock is not None
         expected_bytes = E.shape[0] * self.n_components * 4
@@ -282,7 +288,7 @@ class RemoteProjector(Projector):
             wire.send_message(sock, MessageType.PROJECT, request_id, None, E)
             reply = wire.read_message(sock, WireLimits(_REPLY_HEADER_BYTES, expected_bytes),
                                       time.monotonic() + timeout_s)
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise RequestTimeoutError(f"no reply from the service within {timeout_s:.3g} s") from exc
         except (OSError, PeerClosedError) as exc:
             raise _Retryable(f"connection lost: {exc}") from exc

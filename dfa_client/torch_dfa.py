@@ -21,8 +21,10 @@ device and dtype). torch is imported by this module only; ``dfa_client`` itself 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from .dfa import FeedbackProjection
@@ -31,22 +33,24 @@ from .errors import InvalidInputError
 __all__ = ["DFA", "HiddenTap", "OutputTap", "DFAPerceptron"]
 
 
+# ``ctx`` is torch's per-call context object: these Functions keep their own attributes on it (dfa, pass_id...),
+# which no torch type declares, hence ``Any``.
 class _OutputFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, dfa: "DFA", pass_id: int) -> torch.Tensor:
+    def forward(ctx: Any, logits: torch.Tensor, dfa: DFA, pass_id: int) -> torch.Tensor:
         ctx.dfa = dfa
         ctx.pass_id = pass_id
         return logits.view_as(logits)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         ctx.dfa._store(ctx.pass_id, ctx.dfa.project(grad))
         return grad, None, None
 
 
 class _HiddenFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, dfa: "DFA", index: int, pass_id: int) -> torch.Tensor:
+    def forward(ctx: Any, h: torch.Tensor, dfa: DFA, index: int, pass_id: int) -> torch.Tensor:
         ctx.dfa = dfa
         ctx.index = index
         ctx.pass_id = pass_id
@@ -54,7 +58,7 @@ class _HiddenFunction(torch.autograd.Function):
         return h.view_as(h)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         projected = ctx.dfa._take(ctx.pass_id, ctx.index)
         if projected.shape != ctx.shape:
             raise RuntimeError(f"DFA hidden tap {ctx.index}: the feedback has shape {tuple(projected.shape)}, the "
@@ -84,7 +88,7 @@ class DFA(torch.nn.Module):
         self._projected: tuple[int, list[torch.Tensor]] | None = None
 
     @classmethod
-    def digital(cls, n_classes: int, layer_sizes: Sequence[int], seed: int = 0, scale: str | float = "classes") -> "DFA":
+    def digital(cls, n_classes: int, layer_sizes: Sequence[int], seed: int = 0, scale: str | float = "classes") -> DFA:
         """A seeded digital feedback (the B of ``digital://?seed=seed``), held as a buffer."""
         from .digital import DigitalProjector
 
@@ -108,10 +112,10 @@ class DFA(torch.nn.Module):
         self._pass += 1
         return out
 
-    def hidden_tap(self, index: int) -> "HiddenTap":
+    def hidden_tap(self, index: int) -> HiddenTap:
         return HiddenTap(self, index)
 
-    def output_tap(self) -> "OutputTap":
+    def output_tap(self) -> OutputTap:
         return OutputTap(self)
 
     # -- projection ------------------------------------------------------------------------------------------
@@ -119,7 +123,8 @@ class DFA(torch.nn.Module):
         """[B_1 e, ..., B_L e] for errors (batch, n_classes), on the errors' device and in their dtype."""
         errors = errors.detach()
         if errors.ndim != 2:
-            raise RuntimeError(f"DFA output tap: expected logits' gradient (batch, n_classes), got {tuple(errors.shape)}")
+            raise RuntimeError(f"DFA output tap: expected logits' gradient (batch, n_classes), "
+                               f"got {tuple(errors.shape)}")
         if self.feedback_matrix is not None:
             matrix = self.feedback_matrix.to(device=errors.device, dtype=errors.dtype)
             projected = errors @ matrix
@@ -181,9 +186,11 @@ class DFAPerceptron(torch.nn.Module):
         if activation not in self._ACTIVATIONS:
             raise InvalidInputError(f"activation={activation!r}; choose one of {sorted(self._ACTIVATIONS)}")
         if tuple(sizes[1:-1]) != tuple(dfa.layer_sizes):
-            raise InvalidInputError(f"hidden widths {list(sizes[1:-1])} differ from the feedback's {list(dfa.layer_sizes)}")
+            raise InvalidInputError(f"hidden widths {list(sizes[1:-1])} differ from the feedback's "
+                                    f"{list(dfa.layer_sizes)}")
         self.sizes = tuple(int(s) for s in sizes)
-        self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+        self.layers = torch.nn.ModuleList(
+            torch.nn.Linear(a, b) for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=True))
         self.dfa = dfa
         self.activation = activation
 
@@ -194,9 +201,9 @@ class DFAPerceptron(torch.nn.Module):
         return self.dfa.output(self.layers[-1](x))
 
     @torch.no_grad()
-    def load_numpy(self, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]) -> "DFAPerceptron":
+    def load_numpy(self, weights: Sequence[npt.ArrayLike], biases: Sequence[npt.ArrayLike]) -> DFAPerceptron:
         """Copy weights (n_in, n_out) and biases from a ``dfa_client.nn.MLP`` (its .weights, .biases)."""
-        for layer, W, b in zip(self.layers, weights, biases):
+        for layer, W, b in zip(self.layers, weights, biases, strict=True):
             layer.weight.copy_(torch.as_tensor(np.asarray(W).T, dtype=layer.weight.dtype))
             layer.bias.copy_(torch.as_tensor(np.asarray(b), dtype=layer.bias.dtype))
         return self

@@ -33,15 +33,18 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .base import Projector
+from .data import Dataset
 from .dfa import DEFAULT_THRESHOLD, FeedbackProjection
 from .errors import DfaError, InvalidInputError
-from .nn import MLP, TrainSettings
+from .nn import MLP, EpochLog, TrainSettings
 
 __all__ = ["METHODS", "DEFAULT_SIM_URL", "RunSettings", "MethodResult", "run_method", "run", "format_table",
            "main"]
@@ -117,7 +120,7 @@ class MethodResult:
     alignment_deg: list[float] = field(default_factory=list)
 
 
-def _projector(method: str, settings: RunSettings, n_classes: int, seed: int):
+def _projector(method: str, settings: RunSettings, n_classes: int, seed: int) -> Projector:
     import dfa_client
 
     n_components = sum(settings.hidden)
@@ -125,14 +128,22 @@ def _projector(method: str, settings: RunSettings, n_classes: int, seed: int):
         return dfa_client.connect(f"digital://?seed={settings.feedback_seed + seed}", n_components=n_components,
                                   n_features=n_classes)
     scheme = "four_frame" if method == "optical4" else "two_frame"
-    options = {}
+    options: dict[str, Any] = {}
     if settings.pixel_format and not settings.url.startswith("tcp://"):
         options["pixel_format"] = settings.pixel_format
     return dfa_client.connect(settings.url, n_components=n_components, n_features=n_classes, scheme=scheme,
                               **options)
 
 
-def run_method(method: str, data, settings: RunSettings, seed: int = 0) -> MethodResult:
+def _test_curve(history: Sequence[EpochLog]) -> list[float]:
+    """The test accuracy after each epoch of a ``fit`` that was given a test set (so every epoch has one)."""
+    curve = [log.test_accuracy for log in history if log.test_accuracy is not None]
+    if not curve or len(curve) != len(history):
+        raise AssertionError(f"fit was given a test set, yet logged {history!r}")
+    return curve
+
+
+def run_method(method: str, data: Dataset, settings: RunSettings, seed: int = 0) -> MethodResult:
     """Train one network by ``method`` on ``data`` (a dfa_client.data.Dataset) and measure it."""
     if method not in METHODS:
         raise InvalidInputError(f"method={method!r}; choose from {METHODS}")
@@ -145,8 +156,9 @@ def run_method(method: str, data, settings: RunSettings, seed: int = 0) -> Metho
     if not dfa:
         history = net.fit(data.X_train, data.y_train, "backprop", settings=train, X_test=data.X_test,
                           y_test=data.y_test)
-        return MethodResult(method, data.name, seed, history[-1].test_accuracy, len(history), None, 0,
-                            time.perf_counter() - start, [log.test_accuracy for log in history])
+        curve = _test_curve(history)
+        return MethodResult(method, data.name, seed, curve[-1], len(history), None, 0, time.perf_counter() - start,
+                            curve)
     with _projector(method, settings, data.n_classes, seed) as projector:
         encoding = "real" if method == "digital" else "ternary"
         feedback = FeedbackProjection(projector, settings.hidden, encoding=encoding, threshold=settings.threshold,
@@ -158,11 +170,13 @@ def run_method(method: str, data, settings: RunSettings, seed: int = 0) -> Metho
         wall_s = time.perf_counter() - start
         # A diagnostic after training (not counted in frames or time): how far the DFA updates are from backprop's.
         alignment = net.alignment(data.X_test[:ALIGNMENT_SAMPLES], data.y_test[:ALIGNMENT_SAMPLES], feedback)
-    return MethodResult(method, data.name, seed, history[-1].test_accuracy, len(history), frames, vectors, wall_s,
-                        [log.test_accuracy for log in history], [round(a, 2) for a in alignment])
+    curve = _test_curve(history)
+    return MethodResult(method, data.name, seed, curve[-1], len(history), frames, vectors, wall_s, curve,
+                        [round(a, 2) for a in alignment])
 
 
-def run(settings: RunSettings, methods: Sequence[str], seeds: Sequence[int], progress=None) -> list[MethodResult]:
+def run(settings: RunSettings, methods: Sequence[str], seeds: Sequence[int],
+        progress: Callable[[MethodResult], object] | None = None) -> list[MethodResult]:
     """Every method for every seed, on one split of ``settings.dataset``."""
     from .data import load_dataset
 
@@ -177,7 +191,7 @@ def run(settings: RunSettings, methods: Sequence[str], seeds: Sequence[int], pro
     return results
 
 
-def summarise(results: Sequence[MethodResult]) -> list[dict]:
+def summarise(results: Sequence[MethodResult]) -> list[dict[str, Any]]:
     """One row per (method, dataset): median accuracy, frames and wall time over seeds, and every accuracy."""
     rows: dict[tuple[str, str], list[MethodResult]] = {}
     for result in results:
@@ -198,7 +212,7 @@ def summarise(results: Sequence[MethodResult]) -> list[dict]:
     return summary
 
 
-def format_table(summary: Sequence[dict]) -> str:
+def format_table(summary: Sequence[dict[str, Any]]) -> str:
     """A plain-text (Markdown) table of ``summarise`` rows."""
     lines = ["| method | dataset | test accuracy (%) | per seed | epochs | frames | wall (s) |",
              "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
@@ -220,7 +234,7 @@ def plot_curves(results: Sequence[MethodResult], path: Path) -> None:
     except ImportError as exc:
         raise ImportError("--plot needs matplotlib: pip install -e \".[plot]\"") from exc
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    colours = {}
+    colours: dict[str, str] = {}
     for result in results:
         colour = colours.setdefault(result.method, f"C{len(colours)}")
         label = result.method if sum(r.method == result.method for r in results[:results.index(result)]) == 0 else None
@@ -263,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated, from {','.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds; the table shows medians")
-    parser.add_argument("--hidden", type=_int_list, default=list(defaults.hidden), help="hidden widths (default 256,256)")
+    parser.add_argument("--hidden", type=_int_list, default=list(defaults.hidden),
+                        help="hidden widths (default 256,256)")
     parser.add_argument("--activation", choices=("tanh", "relu", "sigmoid"), default=defaults.activation)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr-backprop", type=float, default=defaults.lr_backprop)
@@ -286,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = RunSettings(dataset=args.dataset, hidden=tuple(args.hidden), activation=args.activation,
                                epochs=args.epochs, batch_size=args.batch_size, lr_backprop=args.lr_backprop,

@@ -19,10 +19,12 @@ import math
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import ProtocolError, ProtocolVersionError
 
@@ -50,12 +52,17 @@ MAGIC = b"OPUW"
 PROTOCOL_VERSION = 1
 PREFIX = struct.Struct("<4sHBBQIQ")
 PREFIX_BYTES = PREFIX.size  # 28
-ARRAY_DTYPES = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f8")}
+ARRAY_DTYPES: dict[str, np.dtype[np.floating[Any]]] = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f8")}
 """Payload dtypes the format allows: little-endian float32 and float64."""
 MAX_DIMS = 2
 MAX_DIMENSION = 2**31
 """The largest length of one payload dimension: a header announcing more is refused (a zero-size shape such as
 [0, 2**70] would otherwise pass the length check and make numpy fail when the array is allocated)."""
+
+FloatArray = npt.NDArray[np.floating[Any]]
+"""A payload array: float32 or float64 (little-endian on the wire)."""
+ArraySpec = tuple[np.dtype[np.floating[Any]], tuple[int, ...]]
+"""The (dtype, shape) of a payload, as its header announces it."""
 
 
 class MessageType(enum.IntEnum):
@@ -101,35 +108,35 @@ class Message:
     type: MessageType
     request_id: int
     header: dict[str, Any] = field(default_factory=dict)
-    array: np.ndarray | None = None
+    array: FloatArray | None = None
     version: int = PROTOCOL_VERSION
 
 
 # ------------------------------------------------------------------------------------------------ encoding
 def _encode_parts(msg_type: MessageType | int, request_id: int, header: dict[str, Any] | None,
-                  array: np.ndarray | None, version: int) -> tuple[bytes, bytes]:
+                  array: npt.ArrayLike | None, version: int) -> tuple[bytes, bytes | memoryview]:
     """(prefix + JSON header, payload bytes-like) of a message."""
     if not 0 <= int(request_id) < 1 << 64:
         raise ProtocolError(f"request id {request_id} does not fit 64 bits")
     fields = dict(header or {})
-    payload: Any = b""
+    payload: bytes | memoryview = b""
     if array is not None:
-        array = np.asarray(array)
-        if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8) or array.ndim > MAX_DIMS:
+        given = np.asarray(array)
+        if given.dtype.kind != "f" or given.dtype.itemsize not in (4, 8) or given.ndim > MAX_DIMS:
             raise ProtocolError(f"payload must be a float32/float64 array of at most 2 dimensions, got "
-                                f"{array.dtype} {array.shape}")
-        wire_dtype = "<f4" if array.dtype.itemsize == 4 else "<f8"
-        array = np.ascontiguousarray(array, dtype=ARRAY_DTYPES[wire_dtype])
+                                f"{given.dtype} {given.shape}")
+        wire_dtype = "<f4" if given.dtype.itemsize == 4 else "<f8"
+        contiguous = np.ascontiguousarray(given, dtype=ARRAY_DTYPES[wire_dtype])
         fields["dtype"] = wire_dtype
-        fields["shape"] = [int(n) for n in array.shape]
-        payload = memoryview(array.reshape(-1).view(np.uint8))
+        fields["shape"] = [int(n) for n in contiguous.shape]
+        payload = contiguous.reshape(-1).view(np.uint8).data  # the array's bytes, not a copy
     text = json.dumps(fields, separators=(",", ":"), allow_nan=False).encode() if fields else b""
     prefix = PREFIX.pack(MAGIC, version, int(msg_type), 0, int(request_id), len(text), len(payload))
     return prefix + text, payload
 
 
 def encode(msg_type: MessageType | int, request_id: int = 0, header: dict[str, Any] | None = None,
-           array: np.ndarray | None = None, version: int = PROTOCOL_VERSION) -> bytes:
+           array: npt.ArrayLike | None = None, version: int = PROTOCOL_VERSION) -> bytes:
     """One message as bytes. ``array`` (float32 or float64, at most 2-D) becomes the payload; its dtype and shape
     go into the header under the reserved keys "dtype" and "shape". ``version`` exists for tests of mismatches."""
     head, payload = _encode_parts(msg_type, request_id, header, array, version)
@@ -137,7 +144,7 @@ def encode(msg_type: MessageType | int, request_id: int = 0, header: dict[str, A
 
 
 def send_message(sock: socket.socket, msg_type: MessageType | int, request_id: int = 0,
-                 header: dict[str, Any] | None = None, array: np.ndarray | None = None,
+                 header: dict[str, Any] | None = None, array: npt.ArrayLike | None = None,
                  version: int = PROTOCOL_VERSION) -> None:
     """Write one message to a connected socket (its timeout bounds the write). Small messages go out in one
     write; a large payload is written straight from the array's memory, without a copy."""
@@ -209,7 +216,7 @@ def parse_header(data: bytes) -> dict[str, Any]:
     return value
 
 
-def array_spec(header: dict[str, Any], payload_bytes: int) -> tuple[np.dtype, tuple[int, ...]] | None:
+def array_spec(header: dict[str, Any], payload_bytes: int) -> ArraySpec | None:
     """The (dtype, shape) a header announces, checked against the payload length; None for no payload."""
     has_spec = "dtype" in header or "shape" in header
     if not has_spec:
@@ -243,7 +250,7 @@ def decode(data: bytes, limits: WireLimits = WireLimits()) -> Message:
         raise ProtocolError(f"the prefix announces a {total}-byte message; got {len(data)} bytes")
     header = parse_header(bytes(data[PREFIX_BYTES:PREFIX_BYTES + prefix.header_bytes]))
     spec = array_spec(header, prefix.payload_bytes)
-    array = None
+    array: FloatArray | None = None
     if spec is not None:
         dtype, shape = spec
         array = np.frombuffer(bytes(data[PREFIX_BYTES + prefix.header_bytes:]), dtype=dtype).reshape(shape)
@@ -255,7 +262,7 @@ def recv_exact(sock: socket.socket, into: memoryview, deadline: float | None, st
     """Fill ``into`` from the socket, by ``deadline`` (time.monotonic()) or socket.timeout.
 
     Raises:
-        socket.timeout (TimeoutError): the deadline passed.
+        TimeoutError (socket.timeout): the deadline passed.
         PeerClosedError: the peer closed first (``partial`` when some bytes of the message had arrived, that is
             ``started`` or part of ``into``).
     """
@@ -264,7 +271,7 @@ def recv_exact(sock: socket.socket, into: memoryview, deadline: float | None, st
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise socket.timeout("timed out")
+                raise TimeoutError("timed out")
             sock.settimeout(remaining)
         n = sock.recv_into(into[got:])
         if n == 0:
@@ -272,7 +279,7 @@ def recv_exact(sock: socket.socket, into: memoryview, deadline: float | None, st
         got += n
 
 
-HeaderCheck = Callable[[Prefix, dict[str, Any], "tuple[np.dtype, tuple[int, ...]] | None"], None]
+HeaderCheck = Callable[[Prefix, dict[str, Any], ArraySpec | None], None]
 """Called by read_message with the prefix, the header and the payload's (dtype, shape) before the payload is
 allocated or read; it raises to refuse the message (the payload is then left unread)."""
 
@@ -300,9 +307,9 @@ def read_message(sock: socket.socket, limits: WireLimits, first_byte_deadline: f
     spec = array_spec(header, prefix.payload_bytes)
     if check_header is not None:
         check_header(prefix, header, spec)
-    array = None
+    array: FloatArray | None = None
     if spec is not None:
         dtype, shape = spec
         array = np.empty(shape, dtype=dtype)
-        recv_exact(sock, memoryview(array.reshape(-1).view(np.uint8)), deadline)
+        recv_exact(sock, array.reshape(-1).view(np.uint8).data, deadline)  # straight into the array's memory
     return Message(prefix.type, prefix.request_id, header, array, prefix.version)

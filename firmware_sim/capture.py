@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -199,7 +200,8 @@ class Capture:
                 self.frames_computed += len(batch)
             start += len(group)
 
-    def _intensity(self, kind: FrameKind, batch: list[Frame], times_us: npt.NDArray[np.float64]) -> np.ndarray:
+    def _intensity(self, kind: FrameKind, batch: list[Frame],
+                   times_us: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         if kind == FrameKind.FEATURE:
             return self._optics.intensity_features(self._layout.feature_bits(batch), times_us)
         if kind == FrameKind.RAW:

@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from .errors import SimConfigError
-
 from .faults import ALL_FAULT_KINDS, FaultPlan
 
 __all__ = ["SimConfig", "QUERY_KEYS"]
@@ -368,7 +367,7 @@ class SimConfig:
             if len(entry.fields) == 1:
                 values[entry.fields[0]] = parsed
             else:
-                values.update(zip(entry.fields, parsed))
+                values.update(zip(entry.fields, parsed, strict=True))
         try:
             config = cls(**values)
         except SimConfigError as exc:

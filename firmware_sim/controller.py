@@ -16,8 +16,9 @@ import logging
 import math
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 __all__ = ["ControllerLine", "ControllerHost", "SERIAL_ERRORS", "MAX_LINE_BYTES", "ERROR_QUEUE_LENGTH",
            "TRIGGER_MODES"]
@@ -215,7 +216,7 @@ class ControllerLine:
         for command in self._commands:
             if command.query != query or len(command.path) != len(tokens):
                 continue
-            if all(_keyword_matches(t, k) for t, k in zip(tokens, command.path)):
+            if all(_keyword_matches(t, k) for t, k in zip(tokens, command.path, strict=True)):
                 if command.takes_parameter:
                     if not parameter:
                         raise _CommandError(-109)

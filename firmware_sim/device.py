@@ -123,9 +123,10 @@ class EmulatedDevice:
         self._sensor = Sensor(config) if sensor is None else sensor
         self._lock = threading.RLock()
         self._serial_ready = threading.Condition(self._lock)
-        version = tuple(int(v) for v in config.firmware_version)
+        major, minor, patch = (int(v) for v in config.firmware_version)  # SimConfig checked it is a triple
+        version = (major, minor, patch)
         self.usb_identity = UsbIdentity(
-            USB_VENDOR_ID, USB_PRODUCT_ID, (_bcd(version[0]) << 8) | _bcd(version[1]),
+            USB_VENDOR_ID, USB_PRODUCT_ID, (_bcd(major) << 8) | _bcd(minor),
             "OPU Open Stack", str(config.model), str(config.serial_number),
         )
         self.controller = ControllerLine(

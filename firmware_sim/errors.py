@@ -15,7 +15,7 @@ class SimError(Exception):
         super().__init__(message)
         self.message = message
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[type[SimError], tuple[str]]:
         return type(self), (self.message,)
 
 

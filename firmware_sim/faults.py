@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .errors import SimConfigError
 
@@ -120,7 +120,7 @@ class FaultPlan:
             raise _refuse(f"entry {kind!r}: unknown fault; known: {', '.join(ALL_FAULT_KINDS)}")
 
     @classmethod
-    def parse(cls, text: str) -> FaultPlan:
+    def parse(cls, text: FaultPlan | str) -> FaultPlan:
         """A plan from its text form: comma-separated ``NAME:RATE`` and ``NAME@K`` entries ("" = no faults)."""
         if isinstance(text, FaultPlan):
             return text

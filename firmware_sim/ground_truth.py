@@ -170,7 +170,8 @@ class GroundTruth:
             result += self._pixel_matrix(1, modes, xs, ys) * np.float32(sin)
         return result
 
-    def _pixel_matrix(self, purpose: int, input_modes, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    def _pixel_matrix(self, purpose: int, input_modes: npt.ArrayLike | slice, xs: npt.NDArray[np.int64],
+                      ys: npt.NDArray[np.int64]) -> npt.NDArray[np.complex64]:
         left, wx0, wx1 = interpolation_weights(xs, self.grain_px)
         top, wy0, wy1 = interpolation_weights(ys, self.grain_px)
         n_cols = self.mode_grid_shape[1]

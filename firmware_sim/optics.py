@@ -53,6 +53,9 @@ WORK_BYTES = 32 * 2**20
 _CHUNK_BYTES = 8 * 2**20
 _RAW_CHUNK_BYTES = 64 * 2**20
 
+FoldSink = Callable[[int, int, slice, npt.NDArray[np.float32], npt.NDArray[np.float32]], None]
+"""Receives a fold's pieces: (first feature, stop feature, flat modes, real part, imaginary part)."""
+
 # Row blocks of the fixed-shape matrix products: larger blocks amortise the packing of big matrices.
 _SMALL_PRODUCT = 2**22
 _LARGE_PRODUCT = 2**26
@@ -153,12 +156,14 @@ class _RoiModes:
         self.tile_col_start = self.u_start // TILE_SIDE
         self.tile_col_stop = (self.u_stop - 1) // TILE_SIDE + 1
         self.col_offset = self.u_start - self.tile_col_start * TILE_SIDE
-        self._interpolation: tuple[np.ndarray, np.ndarray] | None = None
+        self._interpolation: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
         # With grain 1 every pixel is exactly one mode: the interpolation is the identity and is skipped.
         self.pixels_are_modes = grain_px == 1.0 and (self.n_u, self.n_v) == (self.width, self.height)
 
     @staticmethod
-    def _axis(start: int, length: int, grain_px: float):
+    def _axis(start: int, length: int, grain_px: float) -> tuple[
+        int, int, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]
+    ]:
         left, w0, w1 = interpolation_weights(np.arange(start, start + length), grain_px)
         first = int(left[0])
         # The next mode is needed only where it has a weight (never with grain 1).
@@ -174,7 +179,8 @@ class _RoiModes:
             rows.append((tile_row, first, min(self.v_stop, (tile_row + 1) * TILE_SIDE)))
         return rows
 
-    def crop_band(self, band: npt.NDArray[np.complex64], tile_row: int, v_first: int, v_stop: int) -> np.ndarray:
+    def crop_band(self, band: npt.NDArray[np.complex64], tile_row: int, v_first: int,
+                  v_stop: int) -> npt.NDArray[np.complex64]:
         """The window's part (rows, v_stop - v_first, n_u) of a transmission band of this tile row."""
         top = tile_row * TILE_SIDE
         return band[:, v_first - top : v_stop - top, self.col_offset : self.col_offset + self.n_u]
@@ -450,7 +456,8 @@ class OpticalPath:
             self._roi_modes = _RoiModes(self._roi, self.config.grain_px)
         return self._roi_modes
 
-    def _drift_mix(self, times_us: npt.ArrayLike | None, n_frames: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def _drift_mix(self, times_us: npt.ArrayLike | None,
+                   n_frames: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
         """Per-frame (cos theta, sin theta) of the drift, or None without drift."""
         if not self.drifts:
             return None
@@ -472,7 +479,8 @@ class OpticalPath:
         grid = self._modes()
         fields = np.zeros((frames.shape[0], 2 * grid.n_modes), dtype=np.float32)
 
-        def accumulate(first: int, stop: int, modes: slice, real: np.ndarray, imag: np.ndarray) -> None:
+        def accumulate(first: int, stop: int, modes: slice, real: npt.NDArray[np.float32],
+                       imag: npt.NDArray[np.float32]) -> None:
             rows = np.ascontiguousarray(frames[:, first:stop])
             part = _matmul_rows(rows, np.concatenate((real, imag), axis=1))
             width = real.shape[1]
@@ -500,7 +508,8 @@ class OpticalPath:
             return None
         folded = np.empty((layout.n_features, 2 * grid.n_modes), dtype=np.float32)
 
-        def store(first: int, stop: int, modes: slice, real: np.ndarray, imag: np.ndarray) -> None:
+        def store(first: int, stop: int, modes: slice, real: npt.NDArray[np.float32],
+                  imag: npt.NDArray[np.float32]) -> None:
             folded[first:stop, modes] = real
             folded[first:stop, grid.n_modes + modes.start : grid.n_modes + modes.stop] = imag
 
@@ -509,7 +518,7 @@ class OpticalPath:
         logger.debug("folded %d features x %d output modes (purpose %d)", layout.n_features, grid.n_modes, purpose)
         return folded
 
-    def _fold(self, purpose: int, sink: Callable[[int, int, slice, np.ndarray, np.ndarray], None]) -> None:
+    def _fold(self, purpose: int, sink: FoldSink) -> None:
         """Compute W @ R over the ROI's mode window, one tile row and one group of features at a time.
 
         Calls ``sink(first_feature, stop_feature, modes, real, imag)`` with (n_group, n) float32 arrays for
@@ -534,7 +543,7 @@ class OpticalPath:
             block_stops = np.append(block_starts[1:], blocks.size)
             for tile_row, v_first, v_stop in grid.tile_rows():
                 modes = np.zeros((stop - first, v_stop - v_first, grid.n_u), dtype=np.complex64)
-                for block, s, e in zip(block_ids, block_starts, block_stops):
+                for block, s, e in zip(block_ids, block_starts, block_stops, strict=True):
                     band = transmission.band(int(block), tile_row, grid.tile_col_start, grid.tile_col_stop)
                     band = grid.crop_band(band, tile_row, v_first, v_stop)
                     _gather_sum(modes, band, cells[s:e] - int(block) * INPUT_BLOCK, features[s:e], group_weights[s:e])
@@ -549,17 +558,17 @@ class OpticalPath:
         n_frames = amplitudes.shape[0]
         fields = np.zeros((n_frames, 2 * grid.n_modes), dtype=np.float32)
         n_blocks = -(-self.n_input_modes // INPUT_BLOCK)
-        block_inputs = []
+        block_inputs: list[npt.NDArray[np.float32] | None] = []
         for block in range(n_blocks):
             rows = np.ascontiguousarray(amplitudes[:, block * INPUT_BLOCK : (block + 1) * INPUT_BLOCK])
             # An all-dark block adds exact zeros: skipping it changes no bit and spares its generation.
             block_inputs.append(rows if rows.any() else None)
         for tile_row, v_first, v_stop in grid.tile_rows():
-            total = None
-            for block, rows in enumerate(block_inputs):
-                if rows is None:
+            total: npt.NDArray[np.float32] | None = None
+            for block, block_rows in enumerate(block_inputs):
+                if block_rows is None:
                     continue
-                part = _matmul_rows(rows, self._raw_block(purpose, tile_row, v_first, v_stop, block))
+                part = _matmul_rows(block_rows, self._raw_block(purpose, tile_row, v_first, v_stop, block))
                 if total is None:
                     total = part
                 else:

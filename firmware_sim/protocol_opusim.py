@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import numbers
 import time
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException, to_bytes
+
+if TYPE_CHECKING:
+    from .device import EmulatedDevice
 
 __all__ = ["Serial"]
 
@@ -21,9 +25,10 @@ class Serial(SerialBase):
     """A serial port whose other end is an emulated device's controller."""
 
     BAUDRATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+    is_open: bool  # set by SerialBase.__init__, open() and close()
 
-    def __init__(self, *args, **kwargs) -> None:
-        self._device = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._device: EmulatedDevice | None = None
         super().__init__(*args, **kwargs)
 
     def open(self) -> None:
@@ -37,7 +42,7 @@ class Serial(SerialBase):
         self.reset_input_buffer()
 
     @staticmethod
-    def _lookup(url: str):
+    def _lookup(url: str) -> EmulatedDevice:
         parts = urlsplit(url)
         if parts.scheme.lower() != "opusim":
             raise SerialException(f"expected a URL like opusim://sim-1, got {url!r}")
@@ -45,7 +50,6 @@ class Serial(SerialBase):
             raise SerialException(f"opusim:// URLs take no options, got {parts.query!r}")
         name = (parts.netloc + parts.path).strip("/")
         from .errors import SimDeviceNotFoundError
-
         from .registry import get_device
 
         try:
@@ -62,10 +66,10 @@ class Serial(SerialBase):
 
     def _reconfigure_port(self) -> None:
         # Settings mean nothing to an in-process line, but keep pyserial's own validation.
-        if not isinstance(self._baudrate, numbers.Integral) or not 0 < self._baudrate < 2**32:
+        if not isinstance(self._baudrate, numbers.Integral) or not 0 < int(self._baudrate) < 2**32:
             raise ValueError(f"invalid baudrate: {self._baudrate!r}")
 
-    def _live_device(self):
+    def _live_device(self) -> EmulatedDevice:
         if not self.is_open:
             raise PortNotOpenError()
         device = self._device
@@ -103,7 +107,7 @@ class Serial(SerialBase):
             device.serial_wait(remaining_s)
         return bytes(data)
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         device = self._live_device()
         payload = to_bytes(data)
         device.serial_write(payload)

@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import tty
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["PtyServer", "main"]
 
@@ -73,7 +74,7 @@ class PtyServer:
                 os.close(fd)
                 setattr(self, name, -1)
 
-    def __enter__(self) -> "PtyServer":
+    def __enter__(self) -> PtyServer:
         self.start()
         return self
 
@@ -128,7 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .errors import SimConfigError
-
     from .registry import create_device, release_device
 
     try:

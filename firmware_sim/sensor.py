@@ -238,10 +238,10 @@ class Sensor:
         low = mean < POISSON_EXACT_BELOW_E
         if low.any():
             read_noise = np.float32(config.read_noise_e)
-            for row in np.flatnonzero(low.any(axis=1)):
-                pixels = np.flatnonzero(low[row])
-                shot = generators[row].poisson(mean[row, pixels]).astype(np.float32)
-                electrons[row, pixels] = shot + read_noise * normals[row, pixels]
+            for frame in np.flatnonzero(low.any(axis=1)):
+                pixels = np.flatnonzero(low[frame])
+                shot = generators[frame].poisson(mean[frame, pixels]).astype(np.float32)
+                electrons[frame, pixels] = shot + read_noise * normals[frame, pixels]
         electrons *= to_dn
         return _to_counts(electrons, full_scale)
 

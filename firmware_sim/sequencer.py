@@ -184,7 +184,7 @@ class Sequencer:
         for start in range(0, len(frames), _EXPAND_CHUNK_FRAMES):
             chunk = frames[start:start + _EXPAND_CHUNK_FRAMES]
             packed = self._layout.expand(self._layout.feature_bits(chunk))
-            for frame, row in zip(chunk, packed):
+            for frame, row in zip(chunk, packed, strict=True):
                 frame.kind, frame.data, frame.offset = FrameKind.RAW, row.tobytes(), 0
 
     # -- SEQ_CONTROL and SOFT_TRIGGER --------------------------------------------------------------

@@ -47,7 +47,8 @@ def derive_key(seed: int, domain: int, purpose: int = 0) -> npt.NDArray[np.uint6
     SeedSequence hashes its entropy with a fixed, documented algorithm, so keys are the same on every numpy
     version and platform, and nearby seeds give unrelated keys.
     """
-    return np.random.SeedSequence([domain, purpose, seed]).generate_state(2, dtype=np.uint64)
+    state = np.random.SeedSequence([domain, purpose, seed]).generate_state(2, dtype=np.uint64)
+    return np.asarray(state, dtype=np.uint64)  # already uint64 (no copy); numpy's stubs say uint32 or uint64
 
 
 def mode_grid_size(n_pixels: int, grain_px: float) -> int:

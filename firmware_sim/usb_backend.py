@@ -20,8 +20,9 @@ import errno
 import struct
 import time
 from array import array
+from collections.abc import Iterable
 from types import SimpleNamespace
-from typing import Any, Iterable
+from typing import Any
 
 import usb.backend
 import usb.core
@@ -250,7 +251,7 @@ class EmulatorBackend(usb.backend.IBackend):
             if len(data) and faults.fire("stall"):
                 faults.halt(ep)
                 raise _stall()
-        return device.usb_bulk_write(EP_DMD_OUT, data)
+        return device.usb_bulk_write(EP_DMD_OUT, memoryview(data).cast("B"))  # pyusb's array("B"): its bytes
 
     def bulk_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array, timeout: int) -> int:
         device = self._device(dev_handle)

@@ -19,7 +19,6 @@ import struct
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Union
 
 import numpy as np
 import numpy.typing as npt
@@ -278,7 +277,7 @@ class FeatureFramePacket:
         return memoryview(self.payload)[8:]
 
 
-OutPacket = Union[LayoutPacket, RawFramePacket, FeatureFramePacket]
+OutPacket = LayoutPacket | RawFramePacket | FeatureFramePacket
 
 
 def decode_out_packet(envelope: Envelope, mirror_bytes: int) -> OutPacket | StreamFault:
@@ -406,7 +405,7 @@ def encode_camera_frames(
     out[:, HEADER_SIZE + CAMERA_META_SIZE:HEADER_SIZE + payload_size] = pixels
     crcs = np.empty(n, dtype="<u4")
     for i in range(n):
-        crcs[i] = zlib.crc32(out[i, HEADER_SIZE:HEADER_SIZE + payload_size])
+        crcs[i] = zlib.crc32(out[i, HEADER_SIZE:HEADER_SIZE + payload_size].data)  # a row's bytes, not a copy
     out[:, HEADER_SIZE + payload_size:] = crcs.view(np.uint8).reshape(n, CRC_SIZE)
     return out.tobytes()
 
