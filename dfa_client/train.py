@@ -10,13 +10,7 @@ Methods:
     optical4, optical2: DFA with ternarised errors through the OPU (``--url``; default the built-in emulator),
         linear mode with the four-frame (exact) and two-frame (biased, half the frames) schemes.
 
-Why the default emulator geometry (``sim://?dmd=96x64&camera=64x48&cell=4&exposure_us=200``, MONO12 pixels):
-a DFA error has only n_classes = 10 entries, so the DMD needs a handful of input modes (4 x 4-mirror cells: 192 on
-the signal half) and the camera only sum(hidden) = 512 outputs (64 x 48 = 3,072 pixels). The emulator's cost per
-frame grows with cells and pixels, so this geometry projects a vector in about 0.3 ms (four-frame) instead of
-tens of ms at the reference 1140 x 912 / 2048 x 1088 geometry, with the same physics and noise model. An exposure
-of 200 us keeps every frame below saturation (at 400 us some speckle maxima clip and their outputs are zeroed);
-12-bit pixels halve the quantisation noise, so fewer outputs are masked for a weak reference.
+The default emulator (``DEFAULT_SIM_URL``) is a small geometry with the reference physics; why, is in docs/dfa.md.
 
 The table: method, dataset, test accuracy (median over ``--seeds``; each seed changes the initial weights, the
 shuffling and the digital B; the optical B is the device's), epochs, DMD frames used (from the projector,

@@ -17,7 +17,7 @@ PLAN = CalibrationPlan(n_features=64, n_components=512, dark_frames=16, drift_pr
 
 
 def _fidelity(opu, E):
-    """Correlation of four-frame projections with the exact ones over the usable outputs (the linear issue's
+    """Correlation of four-frame projections with the exact ones over the usable outputs (the linear mode's fidelity
     figure; outputs zeroed because their frames saturated count against it), and the usable fraction."""
     Y = opu.linear_transform(E, PLAN.n_components)
     exact = E @ exact_linear_matrix(opu, PLAN.n_features, PLAN.n_components)  # the split layout is loaded
@@ -42,7 +42,7 @@ def test_all_runs_in_order_saves_a_record_and_improves_fidelity(tmp_path):
         assert not applied.drifted
         assert opu.camera.settings.exposure_us == record.settings["exposure_us"]
         after, usable_after = _fidelity(opu, E)
-    # the linear issue's bar for four-frame ternary projections, met after calibration; before it the brightest
+    # the linear mode's fidelity bar for four-frame ternary projections, met after calibration; before it the brightest
     # frames saturated (about 0.96 here), so calibration must improve both the correlation and the usable outputs
     assert after >= 0.99 and after > before and usable_after >= usable_before
 

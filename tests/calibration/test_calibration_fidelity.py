@@ -35,7 +35,7 @@ def test_default_noise_meets_the_linear_bar_and_the_snr_predicts_the_correlation
         exact = a @ _exact_matrix(opu)
         mask = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
     assert row.frames_per_vector == 4 and row.n_outputs == mask.sum()
-    # The linear issue's bar (correlation with the exact projection >= 0.99) with the default noise. The
+    # The linear mode's fidelity bar (correlation with the exact projection >= 0.99) with the default noise. The
     # repeatability is the square of that correlation (snr / (1 + snr) versus sqrt(snr / (1 + snr))), so the bar
     # reads sqrt(repeatability) >= 0.99, i.e. repeatability >= 0.98. (The repeatability itself sits at 0.989-0.992
     # over emulator and vector seeds at MONO8: too close to 0.99 to be a bar of its own.)

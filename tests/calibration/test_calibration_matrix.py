@@ -66,7 +66,7 @@ def test_hadamard_estimate_correlates_with_the_true_matrix_at_0_99_and_counts_it
     exact = _exact_matrix(signal, a + b)[:, m]
     estimate = result.matrix[:, m].astype(np.float64)
     rho = np.corrcoef(estimate.ravel(), exact.ravel())[0, 1]
-    assert rho >= 0.99  # the bar
+    assert rho >= 0.99  # the linear mode's fidelity bar
     # Derived: B = P^T Y / n gives each entry the noise s^2 / n of n outputs of variance s^2 (orthogonal P), on
     # entries of variance v (~1, the unit-variance scaling): rho = 1 / sqrt(1 + s^2 / (n v)). s^2 comes from the
     # repeated probes (16 x ~950 outputs: its relative error is a few %, 1 - rho moves by << 0.001).

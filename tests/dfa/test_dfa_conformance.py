@@ -169,7 +169,7 @@ def test_one_matrix_repeatable_and_linear(make_projector, exact):
     keep = ~np.isnan(Pa + Pa2 + Pb + Pab)
     Pa, Pa2, Pb, Pab = Pa[keep], Pa2[keep], Pb[keep], Pab[keep]
     noise = np.var(Pa - Pa2) / 2  # per-projection noise variance, from the repeat
-    # Repeatable: the correlation of two repeats is S / (S + N) (the linear issue's bar 0.99 is on sqrt of it).
+    # Repeatable: the correlation of two repeats is S / (S + N) (the linear mode's fidelity bar, 0.99, is on its square root).
     assert np.corrcoef(Pa.ravel(), Pa2.ravel())[0, 1] >= 0.98
     # Linear: the residual Pa + Pb - Pab holds the independent noise of three projections (3 N); a linear-mode
     # bias would add to it. The variance estimate of N has relative sd sqrt(2 / n_eff) (n_eff ~ size / 4: a

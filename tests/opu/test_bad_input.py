@@ -1,4 +1,4 @@
-"""Bad input across the public API, table-driven (issue 6, part 5).
+"""Bad input across the public API, table-driven.
 
 Every public entry point is fed NaN, Inf, wrong shapes and dtypes, empty batches, huge sizes, wrong URL forms and
 bad options. Each row of a table names one case (its pytest id) and what must happen:

@@ -25,7 +25,7 @@ def test_four_frame_ternary_projection_matches_the_exact_matrix_with_default_noi
         mask = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
         exact = E @ _exact_matrix(opu)
         assert mask.mean() > 0.8
-        # the bar for the four-frame scheme with the default (realistic) noise
+        # the fidelity the linear mode promises for the four-frame scheme with the default (realistic) noise
         assert np.corrcoef(Y[:, mask].ravel(), exact[:, mask].ravel())[0, 1] >= 0.99
         assert (Y[:, ~mask] == 0).all()
         # unit-variance entries: a sum of k such entries has variance k (5 sigma on the sample variance)

@@ -1,4 +1,4 @@
-"""Reconnect after unplug and replug (issue 6, part 2).
+"""Reconnect after unplug and replug.
 
 The emulated device is really unplugged (``EmulatedDevice.unplug``: its USB handles and serial line die, it
 leaves the bus) and plugged back from another thread (``replug``: it powers up afresh, registers, layout and

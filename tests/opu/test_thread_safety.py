@@ -1,4 +1,4 @@
-"""One Opu shared by several threads: calls are serialised, never interleaved on the wire (issue 6, part 6)."""
+"""One Opu shared by several threads: calls are serialised, never interleaved on the wire."""
 import threading
 
 import numpy as np

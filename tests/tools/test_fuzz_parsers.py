@@ -1,4 +1,4 @@
-"""Fuzzing of the three parsers (issue 6, part 4): the driver's packet parser and reply codec, the firmware's
+"""Fuzzing of the three parsers: the driver's packet parser and reply codec, the firmware's
 receiver, controller line and emulated device, and the service's message parser.
 
 The generators, mutations and property checks live in ``opu_tools.fuzz`` (``opu fuzz`` runs them for 100,000

@@ -1,4 +1,4 @@
-"""Load and soak (issue 6, part 6): the soak command at a small N, and the service under 16 concurrent clients.
+"""Load and soak: the soak command at a small N, and the service under 16 concurrent clients.
 
 Every comparison is bit for bit. With ``noise=0`` the emulator is deterministic, so a vector's result is a pure
 function of the vector and the device's seed: the exact expectation of a faulty or concurrent run is the result of
