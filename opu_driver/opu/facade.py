@@ -419,6 +419,7 @@ class Opu:
             E2, squeeze = self._as_error_batch(E)
             n_components = self._validate_components(n_components)
             _check_result_bytes(E2.shape[0], n_components * 4)
+            self._check_finite(E2)
             out = self._project_linear([E2], n_components, scheme, n_bits, refresh_reference, None)[0]
             return out[0] if squeeze else out
 
@@ -447,6 +448,8 @@ class Opu:
             if len(widths) > 1:
                 raise InvalidInputError(f"every batch must have the same number of features, got {sorted(widths)}")
             _check_result_bytes(sum(E2.shape[0] for E2 in checked), n_components * 4)
+            for E2 in checked:
+                self._check_finite(E2)
             return self._project_linear(checked, n_components, scheme, n_bits, refresh_reference, max_call_bytes)
 
     @staticmethod
@@ -474,7 +477,7 @@ class Opu:
 
     @staticmethod
     def _as_error_batch(E: npt.ArrayLike) -> tuple[np.ndarray, bool]:
-        """E as a finite real 2-D array, and whether it was 1-D; InvalidInputError otherwise."""
+        """E as a real 2-D array, and whether it was 1-D; InvalidInputError otherwise (finiteness is checked later)."""
         try:
             array = np.asarray(E) if not isinstance(E, np.ma.MaskedArray) else None
         except (ValueError, TypeError):  # ragged lists and the like
@@ -485,9 +488,13 @@ class Opu:
         E2 = array[None, :] if squeeze else array
         if E2.ndim != 2 or E2.shape[1] == 0:
             raise InvalidInputError(f"E must have shape (batch, n_features), got {array.shape}")
+        return E2, squeeze
+
+    @staticmethod
+    def _check_finite(E2: np.ndarray) -> None:
+        """InvalidInputError for NaN or Inf (called after the size checks: a huge broadcast view is never scanned)."""
         if E2.dtype.kind == "f" and not np.isfinite(E2).all():
             raise InvalidInputError("E contains NaN or Inf")
-        return E2, squeeze
 
     @property
     def linear_mode(self) -> LinearMode:

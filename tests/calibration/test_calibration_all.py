@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 
 import opu_driver
-from tests.support import exact_linear_matrix
 from opu_driver.calibration import ROUTINES, CalibrationPlan, CalibrationStore, calibrate
 from opu_driver.calibration import run as run_module
 from opu_driver.errors import InvalidInputError
+from tests.calibration.conftest import CALIBRATED_SIM
+from tests.support import exact_linear_matrix
 
-# Strong light (2.4 times the default signal) so the device's default exposure saturates the brightest frames:
-# the exposure routine has something to improve.
-SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=21&signal_e=6000"
+SIM = CALIBRATED_SIM  # strong light: the exposure routine has something to improve
 PLAN = CalibrationPlan(n_features=64, n_components=512, dark_frames=16, drift_probes=16)
 
 
@@ -25,22 +24,18 @@ def _fidelity(opu, E):
     return float(np.corrcoef(Y[:, mask].ravel(), exact[:, mask].ravel())[0, 1]), float(mask.mean())
 
 
-def test_all_runs_in_order_saves_a_record_and_improves_fidelity(tmp_path):
+def test_all_runs_in_order_saves_a_record_and_improves_fidelity(calibrated):
     E = np.random.default_rng(0).choice([-1, 0, 1], size=(32, PLAN.n_features), p=[0.25, 0.5, 0.25])
     with opu_driver.open(SIM, calibration=None, pixel_format="MONO12") as opu:
         before, usable_before = _fidelity(opu, E)
-    order = []
-    with opu_driver.open(SIM, calibration=None, pixel_format="MONO12") as opu:
-        record = calibrate(opu, ["all"], CalibrationStore(tmp_path), PLAN,
-                           on_result=lambda name, result: order.append(name))
-    assert order == list(ROUTINES)
+    record = calibrated.record
+    assert set(ROUTINES) <= set(record.results)  # the order they ran in is checked on what the command printed
     assert record.results["run"]["complete"] is True
-    assert set(ROUTINES) <= set(record.results)
-    with opu_driver.open(SIM, calibration=str(tmp_path), pixel_format="MONO12") as opu:
+    with opu_driver.open(SIM, calibration=str(calibrated.store_dir), pixel_format="MONO12") as opu:
         applied = opu.calibration
         assert {"camera", "latency", "reference", "drift_check"} <= set(applied.applied)
         assert not applied.drifted
-        assert opu.camera.settings.exposure_us == record.settings["exposure_us"]
+        assert opu.camera_settings.exposure_us == record.settings["exposure_us"]
         after, usable_after = _fidelity(opu, E)
     # the linear mode's fidelity bar for four-frame ternary projections, met after calibration; before it the brightest
     # frames saturated (about 0.96 here), so calibration must improve both the correlation and the usable outputs
@@ -51,6 +46,7 @@ class _Crash(Exception):
     """Stands for anything that stops a run half-way (a cable pulled, Ctrl-C, a power cut)."""
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     store = CalibrationStore(tmp_path)
     calls = []
@@ -102,21 +98,18 @@ def test_unknown_routines_are_refused_before_anything_is_sent(tmp_path):
         CalibrationPlan(n_features=0)
 
 
-def test_opu_calibrate_all_prints_a_table_and_draws_the_report(tmp_path, capsys):
+def test_opu_calibrate_all_prints_a_table_and_draws_the_report(calibrated, capsys):
     from opu_tools.cli import main
 
-    report = tmp_path / "report.png"
-    assert main(["calibrate", "all", "--url", SIM, "--out", str(tmp_path / "store"), "--n-features", "64",
-                 "--n-components", "512", "--frames", "16", "--report", str(report), "--no-progress"]) == 0
-    text = capsys.readouterr().out
-    for name in ROUTINES:
-        assert f"\n{name}" in text
+    text = calibrated.printed
+    places = [text.index(f"\n{name}") for name in ROUTINES]  # one row per routine, in the order they ran
+    assert places == sorted(places)
     assert "saved to" in text and "report written to" in text
-    data = report.read_bytes()
+    data = calibrated.report.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 50_000
     import matplotlib.image
 
-    image = matplotlib.image.imread(str(report))
+    image = matplotlib.image.imread(str(calibrated.report))
     assert image.shape[0] > 500 and image.shape[1] > 500 and image[..., :3].std() > 0.05
     assert main(["calibrate", "latency", "--url", SIM, "--no-save", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -147,6 +140,7 @@ def test_command_line_errors_are_reported_with_exit_code_2(tmp_path, capsys):
     assert main(["calibrate", "latency", "--url", SIM, "--out", str(tmp_path), "--no-progress"]) == 0  # skipped
 
 
+@pytest.mark.slow
 def test_the_drift_check_at_open_agrees_with_the_stored_baseline(tmp_path):
     # drift alone: the reference it depends on is measured first and stored with it, so at open the probes go
     # through the very reference the baseline was taken with
@@ -165,6 +159,7 @@ def test_the_drift_check_at_open_agrees_with_the_stored_baseline(tmp_path):
     assert abs(applied.drift_correlation - drift["expected_correlation"]) < gap / 2
 
 
+@pytest.mark.slow
 def test_a_new_exposure_drops_what_was_measured_at_the_old_one(tmp_path):
     store = CalibrationStore(tmp_path)
     with opu_driver.open(SIM, calibration=None, exposure_us=300) as opu:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import opu_driver
-from opu_driver.calibration.drift import DriftMonitor, check_drift, measure_drift
 from opu_driver.calibration._checks import correlation
+from opu_driver.calibration.drift import DriftMonitor, check_drift, measure_drift
 from opu_driver.errors import InvalidInputError
 
 SIM = "sim://?dmd=96x64&camera=64x48&cell=4"
@@ -25,6 +25,7 @@ def _sampling_sd(rho, n_outputs):
     return (1 - rho ** 2) / math.sqrt(N_PROBES * n_outputs / 4)
 
 
+@pytest.mark.slow
 def test_drift_is_flagged_and_the_correlation_follows_the_drift_model():
     seed = 5
     drift_s = 2.0
@@ -75,7 +76,7 @@ def test_drift_is_flagged_and_the_correlation_follows_the_drift_model():
     assert result.summary()["needs_recalibration"] is True
     rho_c = result.expected_correlation
     sd = _sampling_sd(rho_c, mask.sum())
-    for t, measured, exact_corr in zip(result.times_s, result.correlations, exact):
+    for t, measured, exact_corr in zip(result.times_s, result.correlations, exact, strict=True):
         # The camera noise lowers a correlation by a factor between 1 (noise negligible) and rho_c (the noise-to-
         # signal ratio of the baseline: the reference's shot noise grows with |R_t r|^2 like the signal, the read
         # noise does not), so the measurement lies between exact * rho_c and exact, give or take 5 sampling sd.

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import opu_driver
-from tests.support import exact_linear_matrix
 from opu_driver.calibration.fidelity import _vectors, correlation, measure_fidelity
 from opu_driver.errors import InvalidInputError
+from tests.support import exact_linear_matrix
 
 SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=3"
 N_FEATURES, N_OUT, N_VECTORS = 64, 300, 32
@@ -80,7 +80,7 @@ def test_without_noise_repeats_are_identical_and_linearity_is_limited_by_the_adc
             assert row.linearity_error > 5 * result.row("four_frame").linearity_error
         # bit planes: the quantisation error falls as the step 1 / (2^b - 1) shrinks
         errors = [result.row(scheme, b).linearity_error for b in (1, 2, 4, 8)]
-        assert all(later < earlier for earlier, later in zip(errors, errors[1:]))
+        assert all(later < earlier for earlier, later in zip(errors, errors[1:], strict=False))
         # frames: 4 or 2 per ternary projection, times the planes
         assert [result.row(scheme, b).frames_per_vector for b in (None, 1, 2, 4, 8)] == [per, per, 2 * per,
                                                                                          4 * per, 8 * per]
@@ -99,7 +99,7 @@ def test_snr_grows_then_saturates_with_bits_and_two_frame_is_less_linear():
         # plane like the signal, sets the level. The SNR's sampling sd is about 10 log10(e) sqrt(2 / n_eff) dB
         # (under 0.2 dB); 5 sd of a difference of two: "never falls by more than 1.3 dB".
         sd_db = 10 / math.log(10) * math.sqrt(2 / _n_eff(rows[0]))
-        assert all(later > earlier - 5 * math.sqrt(2) * sd_db for earlier, later in zip(snr_db, snr_db[1:]))
+        assert all(later > earlier - 5 * math.sqrt(2) * sd_db for earlier, later in zip(snr_db, snr_db[1:], strict=False))
         assert snr_db[-1] > snr_db[0] + 3
     four, two = result.row("four_frame"), result.row("two_frame")
     # The four-frame scheme has no bias: its linearity error is the noise of three projections, residual variance

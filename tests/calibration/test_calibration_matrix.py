@@ -41,6 +41,7 @@ def _exact_matrix(signal, reference):
     return np.real(np.conj(reference) / np.abs(reference) * signal)
 
 
+@pytest.mark.slow
 def test_hadamard_estimate_correlates_with_the_true_matrix_at_0_99_and_counts_its_frames():
     with opu_driver.open(SIM, **SETTINGS) as opu:
         before = opu.counters.frames_sent
@@ -88,6 +89,7 @@ def test_hadamard_estimate_correlates_with_the_true_matrix_at_0_99_and_counts_it
     assert arrays["nonlinear_measured"].shape == arrays["nonlinear_predicted"].shape
 
 
+@pytest.mark.slow
 def test_random_probes_reach_the_derived_correlation():
     with opu_driver.open(SIM, **SETTINGS) as opu:
         result = estimate_matrix(opu, N_FEATURES, N_OUT, probes="random", n_probes=384, seed=3,
@@ -176,6 +178,7 @@ def _nonlinear_expectation(opu, result, X, noise: bool):
     return truth, var_pred, var_meas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", [False, True])
 def test_nonlinear_check_predicts_binary_intensities(noise):
     url = SIM if noise else SIM + "&noise=0"

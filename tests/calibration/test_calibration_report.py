@@ -90,7 +90,7 @@ def synthetic_record(seed: int = 0) -> CalibrationRecord:
     repeatability = [0.995, 0.9992, 0.986, 0.997]
     snr = [23.0, 31.0, 18.5, 25.2]
     results["fidelity"] = {"n_features": 64, "n_components": n_out, "n_vectors": 32, "rows": ",".join(labels),
-                           **{f"{label}:repeatability": r for label, r in zip(labels, repeatability)}}
+                           **{f"{label}:repeatability": r for label, r in zip(labels, repeatability, strict=True)}}
     arrays |= {"fidelity/frames_per_vector": np.array([4, 32, 2, 16]),
                "fidelity/repeatability": np.array(repeatability),
                "fidelity/linearity_error": np.array([0.01, 0.008, 0.04, 0.03]), "fidelity/snr_db": np.array(snr)}
@@ -118,6 +118,7 @@ def _dark_only(record: CalibrationRecord) -> CalibrationRecord:
                              {k: v for k, v in record.arrays.items() if k.startswith("dark/")})
 
 
+@pytest.mark.slow
 def test_full_record_renders_every_panel_as_a_png(tmp_path):
     record = synthetic_record()
     assert panels_for(record) == list(PANELS)
@@ -135,6 +136,7 @@ def test_full_record_renders_every_panel_as_a_png(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["report.png"]
 
 
+@pytest.mark.slow
 def test_a_dark_only_record_draws_only_the_dark_panels_at_the_dpi_asked(tmp_path):
     import matplotlib
 
@@ -188,6 +190,7 @@ def test_missing_matplotlib_is_a_typed_error_naming_the_extra(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_record_with_bare_arrays_nan_and_odd_shapes_still_renders(tmp_path):
     # Summaries are optional annotations: without them (no roi_width, no chosen points, no thresholds) every panel
     # still draws; NaN entries are skipped, an all-NaN array counts as absent, and mismatched masks are ignored.
@@ -246,6 +249,7 @@ def test_a_real_record_from_dark_and_latency_renders_and_survives_the_store(tmp_
     assert pixels[..., :3].std() > 0.05
 
 
+@pytest.mark.slow
 def test_the_format_follows_the_suffix(tmp_path):
     record = _dark_only(synthetic_record())
     assert render_report(record, tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")

@@ -18,8 +18,8 @@ from opu_driver.calibration import (
     MatrixResult,
     ReferenceResult,
     RoiResult,
+    registry,
 )
-from opu_driver.calibration import registry
 from opu_driver.calibration import run as run_module
 from opu_driver.calibration.result import (
     CalibrationResult,
@@ -106,7 +106,7 @@ def test_key_names_are_attributes_and_a_typo_fails():
     assert list(_Toy.array_key) == list(_toy(extra=np.ones(2)).arrays())  # optional arrays included
     assert "count" in _Toy.summary_key and len(_Toy.array_key) == 5
     with pytest.raises(AttributeError, match="_Toy has no summary key 'levle'"):
-        _Toy.summary_key.levle  # noqa: B018 - the attribute access is the test
+        _Toy.summary_key.levle
 
 
 @pytest.mark.parametrize("result", RESULTS)

@@ -22,7 +22,7 @@ def _expected_profile(grain, max_lag=8, n=4096):
     left = np.floor(position)
     frac = position - left
     norm = np.sqrt((1 - frac) ** 2 + frac ** 2)
-    weights = {(i, m): w for i, (m, w) in enumerate(zip(left, (1 - frac) / norm))}
+    weights = {(i, m): w for i, (m, w) in enumerate(zip(left, (1 - frac) / norm, strict=True))}
     profile = []
     for d in range(max_lag + 1):
         a, b = slice(0, n - d), slice(d, n)
@@ -46,6 +46,7 @@ def test_expected_profile_agrees_with_the_transmission():
     assert (num / den).mean() == pytest.approx(_expected_profile(1.5)[1], abs=0.01)
 
 
+@pytest.mark.slow
 def test_grain_matches_the_speckle_model():
     estimates, truths = [], []
     for grain in (1.5, 2.0, 3.0):

@@ -246,7 +246,7 @@ def test_calls_from_several_threads_each_get_their_own_result(make_projector, ex
     for t in threads:
         t.join(timeout=60)
     assert not failures and len(results) == len(inputs)
-    for i, E in enumerate(inputs):
+    for i in range(len(inputs)):
         if exact:
             np.testing.assert_array_equal(results[i], alone[i])
         else:

@@ -6,11 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (the optional torch extra: pip install torch)")
 
-import dfa_client
-from dfa_client.dfa import FeedbackProjection
-from dfa_client.nn import MLP
-from dfa_client.torch_dfa import DFA, DFAPerceptron
-from tests.support import small_sim
+import dfa_client  # noqa: E402 - after the skip: the module needs torch
+from dfa_client.dfa import FeedbackProjection  # noqa: E402
+from dfa_client.nn import MLP  # noqa: E402
+from dfa_client.torch_dfa import DFA, DFAPerceptron  # noqa: E402
+from tests.support import small_sim  # noqa: E402
 
 SIM = small_sim("exposure_us=200&seed=3")
 
@@ -45,7 +45,7 @@ def test_torch_dfa_gradients_match_the_numpy_dfa_update_for_the_same_feedback(en
         assert (dfa.feedback_matrix is not None) == (encoding == "real")
         model = DFAPerceptron(net.sizes, dfa).load_numpy(net.weights, net.biases)
         got = _torch_grads(model, X, y)
-    for layer, ((weight, bias), want) in enumerate(zip(got, expected)):
+    for layer, ((weight, bias), want) in enumerate(zip(got, expected, strict=True)):
         scale = np.abs(want.weight).max()
         np.testing.assert_allclose(weight, want.weight, rtol=0, atol=1e-5 * scale, err_msg=f"layer {layer}")
         np.testing.assert_allclose(bias, want.bias, rtol=0, atol=1e-5 * np.abs(want.bias).max() + 1e-9)

@@ -245,7 +245,7 @@ def test_fit_callbacks_can_stop_early_and_training_is_reproducible(digits):
         return net
 
     first, second = train(), train()
-    for a, b in zip(first.weights, second.weights):
+    for a, b in zip(first.weights, second.weights, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -283,6 +283,7 @@ def test_digits_split_is_fixed_stratified_and_scaled(digits):
 
 
 # -- the training example -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_cli_runs_end_to_end_on_digits(tmp_path):
     pytest.importorskip("matplotlib")
     out, plot = tmp_path / "results.json", tmp_path / "curves.png"

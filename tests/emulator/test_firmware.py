@@ -243,7 +243,7 @@ def test_stream_parser_skips_junk_and_ignores_chunking(packets, junks, data):
     assert whole.buffered == 0
 
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
-    chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+    chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)], strict=True)]
     chunked = wire.PacketStream()
     assert _stream_items(chunked, chunks) == items
     assert chunked.junk_bytes == junk_total
@@ -637,7 +637,7 @@ def test_int_sequence_gives_one_frame_per_dmd_frame_with_metadata():
     assert [h.timestamp_us for h, _ in frames] == [0, 500, 1000]
     assert all((h.exposure_us, h.roi_x, h.roi_y, h.roi_w, h.roi_h, h.pixel_format, h.flags) == (400, 0, 0, 8, 6, 1, 0)
                for h, _ in frames)
-    for (h, pixels), bits in zip(frames, frames_bits):
+    for (_, pixels), bits in zip(frames, frames_bits, strict=True):
         assert np.array_equal(pixels, expected_feature_counts(device, bits))
     assert read(device, Register.DMD_FRAME_COUNT) == 3 and read(device, Register.CAM_FRAME_COUNT) == 3
     assert read(device, Register.DEVICE_TIME_LO) == 1500
@@ -1232,7 +1232,7 @@ def test_real_optics_raw_equals_expanded_feature_frame_and_is_reproducible():
     send(device, layout_packet(8, runs))
     feature_frames = _run(device, b"".join(feature_packet(i, b) for i, b in enumerate(bits)))
     raw_frames = _run(device, b"".join(raw_packet(100 + i, m) for i, m in enumerate(mirrors)))
-    for (_, a), (_, b) in zip(feature_frames, raw_frames):
+    for (_, a), (_, b) in zip(feature_frames, raw_frames, strict=True):
         # Noise off: counts are round(signal); float32 sums in two orders may straddle a rounding edge by 1.
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     assert any(p.any() for _, p in feature_frames)
@@ -1240,7 +1240,7 @@ def test_real_optics_raw_equals_expanded_feature_frame_and_is_reproducible():
     ask(again, b"LASER:STATE ON\nSHUTTER:STATE OPEN\n")
     send(again, layout_packet(8, runs))
     repeat = _run(again, b"".join(feature_packet(i, b) for i, b in enumerate(bits)))
-    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(feature_frames, repeat))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(feature_frames, repeat, strict=True))
 
 
 def test_real_sensor_dark_frames_and_lag():

@@ -170,7 +170,7 @@ def test_streams_parse_the_same_in_any_chunking(name):
         assert parser.junk_bytes == entry["junk_bytes"]
         assert parser.buffered == 0
         assert len(items) == len(entry["items"])
-        for item, expected in zip(items, entry["items"]):
+        for item, expected in zip(items, entry["items"], strict=True):
             if "fault" in expected:
                 fault = expected["fault"]
                 assert isinstance(item, wire.StreamFault)

@@ -217,6 +217,7 @@ class TestTransmission:
         rows=st.lists(st.integers(0, 2099), min_size=1, max_size=30),
         modes=st.lists(st.tuples(st.integers(0, 18), st.integers(0, 10)), min_size=1, max_size=30),
     )
+    @pytest.mark.slow
     def test_any_sub_block_matches_the_full_matrix(self, rows, modes) -> None:
         # 3 input blocks (the last partial) x 3 x 2 output tiles (the last partial).
         transmission = Transmission(11, 2100, 19, 11)
@@ -431,7 +432,7 @@ class TestOpticalPath:
             optics.set_roi(2, 3, 50, 33)
             optics.set_layout(9, runs)
             results.append((optics.intensity_features(bits, times), optics.intensity_raw(expand(runs, bits, 64 * 48), times)))
-        for cached, streamed in zip(results[0], results[1]):
+        for cached, streamed in zip(results[0], results[1], strict=True):
             assert np.abs(cached - streamed).max() < 1e-4 * cached.mean()
 
     def test_dark_frames_and_unused_features(self) -> None:
@@ -476,6 +477,7 @@ class TestDrift:
             # The power is preserved: c^2 + s^2 = 1.
             assert abs(np.vdot(moved, moved).real / np.vdot(at_rest, at_rest).real - 1) < 5 * math.sqrt(2 / at_rest.size)
 
+    @pytest.mark.slow
     def test_optical_path_intensities_decorrelate_like_the_field_squared(self) -> None:
         tau_s = 0.01
         config = small_config(seed=16, drift_tau_s=tau_s, camera_width=96, camera_height=64)

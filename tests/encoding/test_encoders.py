@@ -190,7 +190,7 @@ def test_chunking_does_not_change_the_output(make, dtype) -> None:
 
     reference = arrays(enc.transform(x, chunk_rows=x.shape[0]))
     for chunk_rows in (1, 7, None, 1000):
-        for got, want in zip(arrays(enc.transform(x, chunk_rows=chunk_rows)), reference):
+        for got, want in zip(arrays(enc.transform(x, chunk_rows=chunk_rows)), reference, strict=True):
             np.testing.assert_array_equal(got, want)
 
 

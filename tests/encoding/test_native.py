@@ -28,7 +28,7 @@ def random_runs(rng: np.random.Generator, n_mirrors: int, n_features: int) -> np
     """Disjoint runs at random places, any lengths (including 1), starting and ending mid-byte."""
     cuts = np.unique(rng.integers(0, n_mirrors + 1, size=rng.integers(2, 40)))
     runs = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         if b > a and rng.random() < 0.7:
             runs.append((rng.integers(0, n_features), a, b - a))
     if not runs:

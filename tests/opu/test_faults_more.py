@@ -246,7 +246,7 @@ def _assert_same(a: object, b: object, where: str) -> None:
                 _assert_same(getattr(a, field.name), getattr(b, field.name), f"{where}.{field.name}")
     elif isinstance(a, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same(x, y, f"{where}[{i}]")
     elif isinstance(a, np.ndarray):
         np.testing.assert_array_equal(a, b, err_msg=where)
@@ -256,6 +256,7 @@ def _assert_same(a: object, b: object, where: str) -> None:
         assert a == b, where
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_calibration_routines_under_a_mix_of_faults_give_the_fault_free_results(seed):
     settings = {**SETTINGS, "timeout_s": CALIBRATION_TIMEOUT_S}

@@ -423,7 +423,7 @@ def test_exact_traffic_of_a_repeated_transform(quiet_opu):
     assert writes == [(0x02, int(Register.SEQ_CONTROL), (1).to_bytes(4, "little"))]  # START, nothing else
     packets = wire.PacketStream().feed(bytes(bulk))  # decoded by the firmware's own codec
     assert [p.packet_type for p in packets] == [wire.PacketType.FEATURE_FRAME] * 6
-    for row, envelope in zip(X, packets):
+    for row, envelope in zip(X, packets, strict=True):
         payload = bytes(envelope.payload)
         assert int.from_bytes(payload[4:8], "little") == 20
         np.testing.assert_array_equal(np.unpackbits(np.frombuffer(payload[8:], np.uint8))[:20], row)

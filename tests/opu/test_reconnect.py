@@ -91,6 +91,7 @@ def test_unplug_between_requests_and_replug(device, reference):
         assert opu.counters.reconnects == 1
 
 
+@pytest.mark.slow
 def test_unplug_without_replug_raises_in_time_and_the_next_open_works(device, reference):
     with opu_driver.open(f"sim://{device.name}", reconnect_timeout_s=RECONNECT_TIMEOUT_S, **SETTINGS) as opu:
         _unplug_on_bulk_read(opu, device, call=2, replug_after_s=None)
@@ -114,6 +115,7 @@ def test_reconnect_disabled_raises_at_once(device):
         assert opu.counters.reconnects == 0
 
 
+@pytest.mark.slow
 def test_another_device_is_not_taken_for_the_unplugged_one(device):
     """Same VID:PID but another serial number on the bus: the reconnect refuses it and times out."""
     with opu_driver.open(f"sim://{device.name}", reconnect_timeout_s=RECONNECT_TIMEOUT_S, **SETTINGS) as opu:

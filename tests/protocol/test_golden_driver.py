@@ -217,7 +217,7 @@ def test_stream(name):
             assert parser.junk_bytes == vector["junk_bytes"]
             assert parser.buffered == 0
             assert len(items) == len(vector["items"])
-            for item, expected in zip(items, vector["items"]):
+            for item, expected in zip(items, vector["items"], strict=True):
                 if "fault" in expected:
                     assert isinstance(item, PacketFault)
                     assert item.kind == expected["fault"]["kind"]

@@ -172,7 +172,7 @@ def layouts(draw):
     gaps = draw(st.lists(st.integers(0, 20), min_size=n_runs, max_size=n_runs))
     features = draw(st.lists(st.integers(0, n_features - 1), min_size=n_runs, max_size=n_runs))
     runs, start = [], 0
-    for length, gap, feature in zip(lengths, gaps, features):
+    for length, gap, feature in zip(lengths, gaps, features, strict=True):
         start += gap
         runs.append((feature, start, length))
         start += length

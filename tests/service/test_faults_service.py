@@ -351,7 +351,7 @@ def _coalesced_round(service: OpuService, projectors: list, batches: list[np.nda
         for i in range(2):
             threads.append(threading.Thread(target=run, args=(i,)))
             threads[-1].start()
-            _wait_until(lambda: service.pending == i + 1)  # the queue's order is fixed, so the faults replay
+            _wait_until(lambda queued=i + 1: service.pending == queued)  # the queue's order is fixed, so the faults replay
     finally:
         service.resume()
     for thread in threads:
@@ -360,6 +360,7 @@ def _coalesced_round(service: OpuService, projectors: list, batches: list[np.nda
     return outcomes
 
 
+@pytest.mark.slow
 def test_two_clients_under_a_mix_of_faults_each_get_exactly_their_own_rows():
     with opu_driver.open(BASE, **SETTINGS) as direct:
         expected = [[direct.linear_transform(_client_errors(c, r), N_COMPONENTS) for r in range(ROUNDS)]

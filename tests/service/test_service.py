@@ -218,7 +218,7 @@ def test_concurrent_requests_are_coalesced_into_shared_device_calls(service, dir
     service.pause()
     try:
         threads = [threading.Thread(target=lambda i=i, p=p, k=k: results.__setitem__(i, p.project(errors(40 + i, 2 + i, k))))
-                   for (i, _, k), p in zip(plans, projectors)]
+                   for (i, _, k), p in zip(plans, projectors, strict=True)]
         for thread in threads:
             thread.start()
         wait_until(lambda: service.pending == len(plans))
@@ -237,6 +237,7 @@ def test_concurrent_requests_are_coalesced_into_shared_device_calls(service, dir
 
 
 # ------------------------------------------------------------------------------------------------ misbehaviour
+@pytest.mark.slow
 def test_misbehaving_clients_never_disturb_the_others(service, direct) -> None:
     good = dfa_client.connect(tcp(service), n_components=100)
     E = errors(7, 5, "real")
@@ -297,7 +298,7 @@ def test_a_foreign_or_malformed_reply_is_never_returned() -> None:
                                                        np.zeros((1, 4), np.float32)),
         "not a result": lambda s, r: wire.send_message(s, MessageType.WELCOME, r.request_id, {}),
     }
-    for name, reply in replies.items():
+    for reply in replies.values():
         _expect_protocol_error(fake_service, reply)
 
 
@@ -743,6 +744,7 @@ def test_opu_serve_has_a_flag_for_every_service_limit_and_refuses_a_bad_one(caps
     assert "max_batch" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_client_faster_than_max_requests_per_s_is_paced_not_refused(direct) -> None:
     rate_per_s, n_requests = 5.0, 12
     with OpuService(URL, max_requests_per_s=rate_per_s) as svc:

@@ -1,6 +1,8 @@
 """The `opu` command line."""
 import json
 
+import pytest
+
 import firmware_sim
 from firmware_sim.usb_backend import get_backend
 from opu_driver.devices.v1.discovery import describe_devices, find_devices, udev_rule_path
@@ -44,6 +46,7 @@ def test_demo_runs_and_explains(capsys):
     assert "speckle contrast" in out and "theory" in out and "DFA training" not in out
 
 
+@pytest.mark.slow
 def test_demo_trains_by_dfa_with_optical_feedback(capsys, monkeypatch):
     # On a bare install (no scikit-learn) the demo trains on the synthetic stand-in task: simulate that.
     import sys
@@ -69,6 +72,7 @@ def test_bench_code_runs_at_a_small_size():
     assert len(results) == 5 and all(r.value > 0 for r in results)
 
 
+@pytest.mark.slow
 def test_dfa_bench_code_runs_at_a_small_size():
     # direct, in-process client and service with client processes; the figures are not asserted
     from opu_tools.bench.dfa import bench_dfa

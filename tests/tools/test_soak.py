@@ -85,6 +85,7 @@ def test_soak_settings_are_checked_before_anything_is_opened() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the soak
+@pytest.mark.slow
 def test_a_small_soak_with_faults_returns_every_row_exactly() -> None:
     config = SoakConfig(frames=20_000, faults=SOAK_FAULTS, seed=1)
     report = run_soak(config)
@@ -121,6 +122,7 @@ def test_the_soak_catches_rows_attributed_to_the_wrong_request(monkeypatch) -> N
     assert report.rows_matched == 0
 
 
+@pytest.mark.slow
 def test_soak_command(capsys, monkeypatch) -> None:
     assert main(["soak", "--frames", "3000", "--seed", "2", "--no-progress", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -182,6 +184,7 @@ def _client_errors(i: int, r: int) -> np.ndarray:
     return E
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("faults", ["", SERVICE_FAULTS], ids=["no-faults", "faults"])
 def test_sixteen_concurrent_clients_each_get_exactly_their_own_results(faults) -> None:
     url = SERVICE_URL + (f"&faults={faults}" if faults else "")
