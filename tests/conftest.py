@@ -1,10 +1,20 @@
-"""Shared pytest setup: the --hardware option and an empty default calibration store."""
+"""Shared pytest setup: the --hardware option, an empty default calibration store, and opened emulated devices.
+
+Fixtures: ``quiet_opu`` (a small noiseless emulator, deterministic: exact results), ``strict_opu`` (the same with
+no retries: the first fault raises), ``named_device`` (an emulated device that outlives the Opus opened on it, as
+hardware does; open it with ``sim://NAME``), ``hardware_url``.
+"""
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 
 import pytest
+
+import firmware_sim
+import opu_driver
+from tests.support import small_query, small_sim
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,3 +40,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def hardware_url(request: pytest.FixtureRequest) -> str:
     return request.config.getoption("--hardware")
+
+
+@pytest.fixture
+def quiet_opu() -> Iterator[opu_driver.Opu]:
+    """A small emulated OPU with every noise source off (exact, repeatable results)."""
+    with opu_driver.open(small_sim("noise=0&seed=5")) as opu:
+        yield opu
+
+
+@pytest.fixture
+def strict_opu() -> Iterator[opu_driver.Opu]:
+    """As ``quiet_opu``, with no retries: the first fault is raised (the typed errors of the reliability contract)."""
+    with opu_driver.open(small_sim("noise=0&seed=5"), retries=0) as opu:
+        yield opu
+
+
+@pytest.fixture
+def named_device() -> Iterator[firmware_sim.EmulatedDevice]:
+    """A device that outlives the Opu objects opened on it, as hardware does (noiseless, a lag of 3 frames)."""
+    device = firmware_sim.create_device(small_query("noise=0&seed=6&lag=3"))
+    yield device
+    firmware_sim.release_device(device)

@@ -16,7 +16,7 @@ from opu_driver.errors import (
     UnsupportedUrlError,
 )
 from opu_driver.protocol import DeviceErrorCode, PacketType, Register, encode_packet
-from tests.support import SMALL_SIM, small_query, small_sim
+from tests.support import SMALL_SIM, small_sim
 from tests.support.v1 import v1_connection, v1_link
 
 
@@ -30,19 +30,6 @@ def _exact_dn(opu, X: np.ndarray, n_components: int) -> np.ndarray:
              * settings.gain * (2**bits - 1) / cfg.full_well_e)
     intensity = gt.expected_intensity_features(X)[:, :n_components]
     return np.clip(np.round(intensity.astype(np.float64) * scale), 0, 2**bits - 1)
-
-
-@pytest.fixture
-def quiet_opu():
-    with opu_driver.open(small_sim("noise=0&seed=5")) as opu:
-        yield opu
-
-
-@pytest.fixture
-def strict_opu():
-    """No retries: the first fault is raised (the typed errors of the reliability contract)."""
-    with opu_driver.open(small_sim("noise=0&seed=5"), retries=0) as opu:
-        yield opu
 
 
 def test_info_is_read_from_the_device(quiet_opu):
@@ -254,14 +241,6 @@ def test_settings_of_the_wrong_type_or_range_are_refused_at_open(setting):
 
 
 # -- sessions, interruptions and faults ------------------------------------------------------------------
-
-@pytest.fixture
-def named_device():
-    """A device that outlives the Opu objects opened on it, as hardware does."""
-    device = firmware_sim.create_device(small_query("noise=0&seed=6&lag=3"))
-    yield device
-    firmware_sim.release_device(device)
-
 
 def test_reopening_a_device_with_lag_gives_correct_results(named_device):
     X = np.random.default_rng(7).integers(0, 2, size=(8, 50), dtype=np.uint8)
