@@ -267,11 +267,13 @@ class CalibrationStore:
             arrays[name] = array
             routines[routine]["arrays"].append(name)
             index[name] = {"dtype": array.dtype.str, "shape": list(array.shape)}
-        for routine in routines.values():
-            routine["arrays"].sort()
+        for entry in routines.values():
+            entry["arrays"].sort()
 
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        # Object arrays were refused above; allow_pickle=False says so to NumPy as well (and, named, it keeps
+        # the type checker from matching the array names against that keyword).
+        np.savez_compressed(buffer, allow_pickle=False, **arrays)
         npz_bytes = buffer.getvalue()
         digest = hashlib.sha256(npz_bytes).hexdigest()
         metadata = {
