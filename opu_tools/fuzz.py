@@ -533,15 +533,15 @@ def check_reply_lines(data: bytes, cuts: Sequence[int], max_line_bytes: int, sta
         overlong += 1  # an unterminated line already too long is refused before its newline comes
     if bool(overflows) != bool(overlong) or overflows > overlong:
         raise FuzzFailure(f"{overlong} overlong lines gave {overflows} ProtocolErrors")
-    for line in lines:
+    for text in lines:
         try:
-            parse_reply(line)
+            parse_reply(text)
         except DeviceRefusedError:
             stats.documented["opu_driver.DeviceRefusedError"] += 1
         except ProtocolError:
             stats.documented["opu_driver.ProtocolError"] += 1
         try:
-            code, _message = parse_error_entry(line)
+            code, _message = parse_error_entry(text)
         except ProtocolError:
             stats.documented["opu_driver.ProtocolError"] += 1
         else:
@@ -793,8 +793,7 @@ def check_service_bytes(data: bytes, limits: Any = None, stats: CaseStats | None
             stats.buffer(end - offset)
             again = wire.decode(data[offset:end], limits)
             if (again.type, again.request_id, again.header) != (message.type, message.request_id, message.header) \
-                    or (again.array is None) != (message.array is None) \
-                    or (again.array is not None and not np.array_equal(again.array, message.array, equal_nan=True)):
+                    or not _same_array(again.array, message.array):
                 raise FuzzFailure("read_message and decode disagree on a message")
             offset = end
         raise FuzzFailure("read_message returned more messages than the bytes hold")
@@ -804,6 +803,13 @@ def check_service_bytes(data: bytes, limits: Any = None, stats: CaseStats | None
 
 
 # ------------------------------------------------------------------------------------------------ the long run
+def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Whether two decoded message arrays agree: both absent, or both present and equal (NaN equal to NaN)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.array_equal(a, b, equal_nan=True))
+
+
 def _case_rng(seed: int, parser: str, index: int) -> random.Random:
     return random.Random(f"{seed}:{parser}:{index}")
 
