@@ -6,6 +6,8 @@ pickle, so they cross process boundaries (the OPU service, multiprocessing) inta
 """
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "OpuError",
     "InvalidInputError",
@@ -41,12 +43,14 @@ class OpuError(Exception):
         self.message = message
         self.code = code
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[OpuError], tuple[object, ...], dict[str, Any]]:
         # Keep subclass, message and code across pickling; the cause is restored by __setstate__.
         return (self.__class__, (self.message, self.code), {"__cause__": self.__cause__})
 
-    def __setstate__(self, state: dict) -> None:
-        self.__cause__ = state.get("__cause__")
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        # BaseException's signature allows None (no state); there is then no cause to restore.
+        if state is not None:
+            self.__cause__ = state.get("__cause__")
 
     def __str__(self) -> str:
         if self.code is None:
@@ -129,7 +133,7 @@ class DroppedFramesError(AcquisitionError):
         super().__init__(message, code)
         self.missing = missing
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[OpuError], tuple[object, ...], dict[str, Any]]:
         return (self.__class__, (self.message, self.code, self.missing), {"__cause__": self.__cause__})
 
 

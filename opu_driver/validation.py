@@ -33,7 +33,8 @@ def is_int(value: object, low: int | None = None, high: int | None = None) -> bo
     """Whether ``value`` is a Python or NumPy integer (not a bool) within ``low..high`` (bounds optional)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         return False
-    return (low is None or value >= low) and (high is None or value <= high)
+    # Comparing a NumPy integer gives a NumPy bool: convert, so callers always get a Python bool.
+    return bool((low is None or value >= low) and (high is None or value <= high))
 
 
 def is_number(value: object) -> bool:

@@ -233,7 +233,7 @@ def _cmd_soak(args: argparse.Namespace) -> int:
     try:
         report = run_soak(config, progress=not args.no_progress and not args.json and sys.stderr.isatty())
     finally:
-        for logger, level in zip(quiet, levels):
+        for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))

@@ -33,7 +33,8 @@ def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: i
         except InvalidInputError:
             macro_px = MacroPixelLayout.largest_side(n_features, info.dmd_width, info.dmd_height)
         opu.set_layout("macro", macro_px)
-        print(f"Device: {info.manufacturer} {info.model}, serial {info.serial_number}, firmware {info.firmware_version}")
+        print(f"Device: {info.manufacturer} {info.model}, serial {info.serial_number}, "
+              f"firmware {info.firmware_version}")
         print(f"  DMD {info.dmd_width}x{info.dmd_height} mirrors, camera {info.camera_width}x{info.camera_height} "
               f"pixels, formats {', '.join(info.pixel_formats)}")
         status = opu.status()
@@ -54,13 +55,13 @@ def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: i
         signal = Y.astype(np.float64) - dark_level
         contrast = float(np.median(signal.std(axis=1) / signal.mean(axis=1)))
         fractions = np.array([0.25, 0.5, 1.0])
-        means = []
+        measured: list[float] = []
         for fraction in fractions:
             Xk = np.zeros((64, n_features), dtype=np.uint8)
             Xk[:, : int(fraction * n_features)] = 1
             Xk = rng.permuted(Xk, axis=1)
-            means.append(opu.transform(Xk, n_components).astype(np.float64).mean() - dark_level)
-        means = np.array(means)
+            measured.append(opu.transform(Xk, n_components).astype(np.float64).mean() - dark_level)
+        means = np.array(measured)
         again = opu.transform(X[:50], n_components).astype(np.float64)
         repeat_corr = float(np.corrcoef(again.ravel(), Y[:50].astype(np.float64).ravel())[0, 1])
         saturated = float((Y == np.iinfo(Y.dtype).max).mean())
@@ -74,7 +75,7 @@ def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: i
         print("Statistics against theory (y = |x R|^2 with R complex Gaussian):")
         print(_line("dark level (all mirrors off), DN", f"{dark_level:.2f}", "camera offset + dark current"))
         print(_line("speckle contrast std/mean over outputs", f"{contrast:.3f}", "theory: 1 (exponential law)"))
-        for fraction, mean in zip(fractions, means):
+        for fraction, mean in zip(fractions, means, strict=True):
             print(_line(f"mean signal with {fraction:.0%} features on, DN", f"{mean:.2f}",
                         f"theory: {fraction / fractions[-1] * means[-1]:.2f} (proportional to light)"))
         print(_line("correlation of two inputs' outputs", f"{pair_corr:.3f}",

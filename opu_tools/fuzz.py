@@ -110,7 +110,7 @@ def truncate(data: bytes, n_bytes: int) -> bytes:
 def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
     """``data`` cut at the given offsets (taken modulo len + 1, sorted): the chunks a transport may deliver."""
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])] or [b""]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
 
 
 def set_packet_length(packet: bytes, length: int) -> bytes:
@@ -287,7 +287,8 @@ def make_reply_stream(rng: random.Random, max_line_bytes: int) -> bytes:
         elif kind == 1:
             pieces.append(mutate(rng, line + b"\n"))
         elif kind == 2:
-            pieces.append(b"A" * rng.randint(max_line_bytes - 2, max_line_bytes + 3) + rng.choice((b"\n", b"\r\n", b"")))
+            overlong = b"A" * rng.randint(max_line_bytes - 2, max_line_bytes + 3)
+            pieces.append(overlong + rng.choice((b"\n", b"\r\n", b"")))
         elif kind == 3:
             pieces.append(random_bytes(rng, rng.randint(0, 30)))
         else:
@@ -417,8 +418,7 @@ def check_packet_stream(data: bytes, cuts: Sequence[int], max_payload: int, stat
     every envelope the firmware keeps decodes to a packet or a StreamFault. Returns the driver's items.
     """
     from firmware_sim import wire as fw
-    from opu_driver.errors import ProtocolError
-    from opu_driver.protocol import HEADER_SIZE, TRAILER_SIZE, CameraFrame, PacketFault, PacketParser
+    from opu_driver.protocol import HEADER_SIZE, TRAILER_SIZE, PacketParser
 
     stats = stats if stats is not None else CaseStats()
     firmware_stats = stats if count_firmware else CaseStats()
@@ -448,8 +448,19 @@ def check_packet_stream(data: bytes, cuts: Sequence[int], max_payload: int, stat
     if whole.junk_bytes != firmware.junk_bytes or whole.buffered != firmware.buffered:
         raise FuzzFailure(f"junk/buffered differ: driver {whole.junk_bytes}/{whole.buffered}, firmware "
                           f"{firmware.junk_bytes}/{firmware.buffered}")
+    _check_driver_items(items, stats, count_faults=not count_firmware)
+    _check_firmware_items(firmware_items, mirror_bytes, firmware_stats)
+    return items
+
+
+def _check_driver_items(items: Sequence[Any], stats: CaseStats, count_faults: bool) -> None:
+    """Every camera frame the driver decoded gives its pixels or the documented ProtocolError; faults are
+    counted when ``count_faults``."""
+    from opu_driver.errors import ProtocolError
+    from opu_driver.protocol import CameraFrame, PacketFault
+
     for item in items:
-        if isinstance(item, PacketFault) and not count_firmware:
+        if isinstance(item, PacketFault) and count_faults:
             stats.documented[f"opu_driver.PacketFault({item.kind})"] += 1
         if isinstance(item, CameraFrame):
             try:
@@ -459,14 +470,19 @@ def check_packet_stream(data: bytes, cuts: Sequence[int], max_payload: int, stat
             else:
                 if pixels.shape != (item.roi_h, item.roi_w):
                     raise FuzzFailure(f"to_array gave shape {pixels.shape} for a {item.roi_w}x{item.roi_h} ROI")
+
+
+def _check_firmware_items(firmware_items: Sequence[Any], mirror_bytes: int, stats: CaseStats) -> None:
+    """Every envelope the firmware kept decodes to a packet or a StreamFault; the faults are counted."""
+    from firmware_sim import wire as fw
+
     for item in firmware_items:
         if isinstance(item, fw.Envelope):
             decoded = fw.decode_out_packet(item, mirror_bytes)
             if isinstance(decoded, fw.StreamFault):
-                firmware_stats.documented[f"firmware.{decoded.code.name}"] += 1
+                stats.documented[f"firmware.{decoded.code.name}"] += 1
         else:
-            firmware_stats.documented[f"firmware.{item.code.name}"] += 1
-    return items
+            stats.documented[f"firmware.{item.code.name}"] += 1
 
 
 def check_resync(segments: Sequence[tuple[bytes, bytes]], cuts: Sequence[int], max_payload: int,
@@ -492,7 +508,8 @@ def _item_key_of_packet(packet: bytes) -> tuple:
     return ("env", packet[4])
 
 
-def check_reply_lines(data: bytes, cuts: Sequence[int], max_line_bytes: int, stats: CaseStats | None = None) -> list[str]:
+def check_reply_lines(data: bytes, cuts: Sequence[int], max_line_bytes: int,
+                      stats: CaseStats | None = None) -> list[str]:
     """Feed reply bytes to the driver's LineReader in chunks and parse every line.
 
     Checks: the lines equal those of splitting the whole input at newlines (a trailing CR dropped, lines longer
@@ -533,15 +550,15 @@ def check_reply_lines(data: bytes, cuts: Sequence[int], max_line_bytes: int, sta
         overlong += 1  # an unterminated line already too long is refused before its newline comes
     if bool(overflows) != bool(overlong) or overflows > overlong:
         raise FuzzFailure(f"{overlong} overlong lines gave {overflows} ProtocolErrors")
-    for line in lines:
+    for text in lines:
         try:
-            parse_reply(line)
+            parse_reply(text)
         except DeviceRefusedError:
             stats.documented["opu_driver.DeviceRefusedError"] += 1
         except ProtocolError:
             stats.documented["opu_driver.ProtocolError"] += 1
         try:
-            code, _message = parse_error_entry(line)
+            code, _message = parse_error_entry(text)
         except ProtocolError:
             stats.documented["opu_driver.ProtocolError"] += 1
         else:
@@ -649,32 +666,48 @@ class DeviceHarness:
               stats: CaseStats | None = None, expose: bool | None = None) -> None:
         """Garbage on both links, then a raw frame request; ``expose``: also run it and compare its camera
         frame with the reference (one optics computation; default: every ``expose_every``-th check)."""
-        from opu_driver.protocol import (
-            EP_CAMERA_IN,
-            EP_DMD_OUT,
-            PacketParser,
-            RawFramePacket,
-            Register,
-            encode_raw_frame,
-        )
+        from opu_driver.protocol import EP_DMD_OUT, Register, encode_raw_frame
 
         stats = stats if stats is not None else CaseStats()
         device = self.device
         self.checks += 1
         if device.debug_counters["buffered_out_bytes"]:
             raise FuzzFailure("the device starts a check with a partial packet")
-        # Serial line: every line answered; then a fresh line is answered right.
+        self._check_serial(serial_garbage, stats)
+        oracle = self._write_usb_garbage(usb_garbage, stats)
+        request = encode_raw_frame(frame_id, self.mirror_bits)
+        device.usb_bulk_write(EP_DMD_OUT, request)
+        self._check_request_queued(request, oracle.feed(request), frame_id, stats)
+        device.usb_ctrl_write_register(Register.SEQ_CONTROL, 2)
+        if not (expose if expose is not None else self.checks % self.expose_every == 1):
+            return
+        frame = self._expose(device, frame_id)
+        if (frame.dmd_frame_id != frame_id or frame.pixels != self.expected.pixels
+                or frame.flags != self.expected.flags):
+            raise FuzzFailure(f"after garbage the device answered frame {frame_id} wrongly: {frame!r}")
+        if device.debug_counters["buffered_out_bytes"]:
+            raise FuzzFailure("the device holds bytes after a complete request")
+
+    def _check_serial(self, serial_garbage: bytes, stats: CaseStats) -> None:
+        """Serial line: every line of the garbage answered; then a fresh line is answered right."""
+        from firmware_sim.controller import SERIAL_ERRORS
+
+        device = self.device
         device.serial_reset_input()
         device.serial_write(serial_garbage)
         replies = device.serial_read(1 << 21)
-        from firmware_sim.controller import SERIAL_ERRORS
-
         _check_replies(replies, serial_garbage.count(b"\n"), SERIAL_ERRORS, stats)
         device.serial_write(b"\n*IDN?\n")
         tail = device.serial_read(1 << 16).split(b"\n")
         if len(tail) != 3 or tail[1] != device.controller.identity.encode():
             raise FuzzFailure(f"after serial garbage, *IDN? got {tail!r}")
-        # OUT endpoint: garbage, then a raw frame; the driver's parser says whether the frame can be found.
+
+    def _write_usb_garbage(self, usb_garbage: Sequence[bytes], stats: CaseStats) -> Any:
+        """OUT endpoint: write the garbage, check the registers still answer, then abort what it queued and light
+        the device again. Returns the driver's parser fed the same bytes: it says whether a frame can be found."""
+        from opu_driver.protocol import EP_CAMERA_IN, EP_DMD_OUT, PacketParser, Register
+
+        device = self.device
         oracle = PacketParser()
         for piece in usb_garbage:
             if device.usb_bulk_write(EP_DMD_OUT, piece) != len(piece):
@@ -691,45 +724,41 @@ class DeviceHarness:
         device.usb_ctrl_write_register(Register.SEQ_CONTROL, 2)  # ABORT: drop frames the garbage queued
         self._light(device)
         device.usb_bulk_read(EP_CAMERA_IN, 1 << 24)
-        request = encode_raw_frame(frame_id, self.mirror_bits)
-        device.usb_bulk_write(EP_DMD_OUT, request)
-        found = oracle.feed(request)
+        return oracle
+
+    def _check_request_queued(self, request: bytes, found: list[Any], frame_id: int, stats: CaseStats) -> None:
+        """The raw frame ``request`` just written is queued, or (when ``found``, the oracle's view, is not that
+        frame) absorbed by a packet the garbage left open: then the stream is completed and the frame queued."""
+        from opu_driver.protocol import EP_DMD_OUT, RawFramePacket, Register
+
+        device = self.device
         queued = device.usb_ctrl_read_register(Register.SEQ_QUEUED)
         error = device.usb_ctrl_read_register(Register.LAST_ERROR)
         if found == [RawFramePacket(frame_id, self.mirror_bits)]:
             if queued != 1 or error != 0:
                 raise FuzzFailure(f"a raw frame after garbage was not queued (queued {queued}, error {error})")
-        else:
-            # The frame completed a packet the garbage started: its payload CRC fails (E_CRC, documented), or
-            # the device still waits for that packet's bytes. One more outcome is E_LENGTH or E_TYPE: a packet
-            # left open announcing exactly 12 bytes takes the frame's header as payload and its header CRC as
-            # the payload CRC, which is right (both are CRC-32 of the same 12 bytes). Complete the stream with
-            # padding, as a host would after a refused frame, then send the frame again.
-            from firmware_sim.wire import ErrorCode
-
-            if queued != 0 or error not in (0, ErrorCode.E_CRC, ErrorCode.E_TYPE, ErrorCode.E_LENGTH):
-                raise FuzzFailure(f"an absorbed frame gave queued {queued}, LAST_ERROR {error}")
-            reason = f"{ErrorCode(error).name} (request absorbed)" if error else "request pending"
-            stats.documented[f"firmware.{reason}"] += 1
-            for _ in range(MODERATE_LENGTH_MAX // 4096 + 4):
-                if not device.debug_counters["buffered_out_bytes"]:
-                    break
-                device.usb_bulk_write(EP_DMD_OUT, bytes(4096))
-            else:
-                raise FuzzFailure("the OUT stream never completed after padding")
-            device.usb_ctrl_read_register(Register.LAST_ERROR)
-            device.usb_bulk_write(EP_DMD_OUT, request)
-            if device.usb_ctrl_read_register(Register.SEQ_QUEUED) != 1:
-                raise FuzzFailure("a raw frame sent after the padding was not queued")
-        device.usb_ctrl_write_register(Register.SEQ_CONTROL, 2)
-        if not (expose if expose is not None else self.checks % self.expose_every == 1):
             return
-        frame = self._expose(device, frame_id)
-        if (frame.dmd_frame_id != frame_id or frame.pixels != self.expected.pixels
-                or frame.flags != self.expected.flags):
-            raise FuzzFailure(f"after garbage the device answered frame {frame_id} wrongly: {frame!r}")
-        if device.debug_counters["buffered_out_bytes"]:
-            raise FuzzFailure("the device holds bytes after a complete request")
+        # The frame completed a packet the garbage started: its payload CRC fails (E_CRC, documented), or
+        # the device still waits for that packet's bytes. One more outcome is E_LENGTH or E_TYPE: a packet
+        # left open announcing exactly 12 bytes takes the frame's header as payload and its header CRC as
+        # the payload CRC, which is right (both are CRC-32 of the same 12 bytes). Complete the stream with
+        # padding, as a host would after a refused frame, then send the frame again.
+        from firmware_sim.wire import ErrorCode
+
+        if queued != 0 or error not in (0, ErrorCode.E_CRC, ErrorCode.E_TYPE, ErrorCode.E_LENGTH):
+            raise FuzzFailure(f"an absorbed frame gave queued {queued}, LAST_ERROR {error}")
+        reason = f"{ErrorCode(error).name} (request absorbed)" if error else "request pending"
+        stats.documented[f"firmware.{reason}"] += 1
+        for _ in range(MODERATE_LENGTH_MAX // 4096 + 4):
+            if not device.debug_counters["buffered_out_bytes"]:
+                break
+            device.usb_bulk_write(EP_DMD_OUT, bytes(4096))
+        else:
+            raise FuzzFailure("the OUT stream never completed after padding")
+        device.usb_ctrl_read_register(Register.LAST_ERROR)
+        device.usb_bulk_write(EP_DMD_OUT, request)
+        if device.usb_ctrl_read_register(Register.SEQ_QUEUED) != 1:
+            raise FuzzFailure("a raw frame sent after the padding was not queued")
 
 
 def make_device_garbage(rng: random.Random, mirror_bytes: int) -> list[bytes]:
@@ -793,8 +822,7 @@ def check_service_bytes(data: bytes, limits: Any = None, stats: CaseStats | None
             stats.buffer(end - offset)
             again = wire.decode(data[offset:end], limits)
             if (again.type, again.request_id, again.header) != (message.type, message.request_id, message.header) \
-                    or (again.array is None) != (message.array is None) \
-                    or (again.array is not None and not np.array_equal(again.array, message.array, equal_nan=True)):
+                    or not _same_array(again.array, message.array):
                 raise FuzzFailure("read_message and decode disagree on a message")
             offset = end
         raise FuzzFailure("read_message returned more messages than the bytes hold")
@@ -804,6 +832,13 @@ def check_service_bytes(data: bytes, limits: Any = None, stats: CaseStats | None
 
 
 # ------------------------------------------------------------------------------------------------ the long run
+def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Whether two decoded message arrays agree: both absent, or both present and equal (NaN equal to NaN)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.array_equal(a, b, equal_nan=True))
+
+
 def _case_rng(seed: int, parser: str, index: int) -> random.Random:
     return random.Random(f"{seed}:{parser}:{index}")
 

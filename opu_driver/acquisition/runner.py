@@ -140,7 +140,7 @@ class SequenceRunner:
         """
         done = np.zeros(n_frames, dtype=bool)
         policy = self.policy
-        frame_time_s = self._camera.settings.frame_time_us * 1e-6
+        frame_time_s = self._frame_time_us() * 1e-6
         budget_s = self.timeout_s + (1 + policy.retries) * (n_frames + self.max_lag_frames) * frame_time_s
         budget_s += policy.total_wait_s()
         if reconnect is not None and policy.reconnect_timeout_s > 0:
@@ -235,10 +235,16 @@ class SequenceRunner:
             self.tally.flush_frames_sent += more
             to_read = more
 
+    def _frame_time_us(self) -> int:
+        """The camera's frame time; an open camera's settings are complete (read at open, merged on configure)."""
+        frame_time_us = self._camera.settings.frame_time_us
+        assert frame_time_us is not None
+        return frame_time_us
+
     def _read_sequence(self, attempt: _Attempt, to_read: int, request_deadline: float, expected: Expected,
                        sink: FrameSink) -> None:
         """Read the ``to_read`` camera frames of a started sequence, handing each result to ``sink``."""
-        timeout_s = self.timeout_s + to_read * self._camera.settings.frame_time_us * 1e-6
+        timeout_s = self.timeout_s + to_read * self._frame_time_us() * 1e-6
         deadline = min(time.monotonic() + timeout_s, request_deadline)
         try:
             while to_read:

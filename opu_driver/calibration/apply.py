@@ -118,7 +118,8 @@ def apply_record(opu, record: CalibrationRecord, *, explicit: dict[str, Any], dr
             opu.set_laser_power_mw(float(stored["laser_power_mw"]))
         applied.append("laser_power")
     latency = record.results.get("latency")
-    if latency and isinstance(latency.get("lag_frames"), int) and 0 <= latency["lag_frames"] <= opu.settings.max_lag_frames:
+    if (latency and isinstance(latency.get("lag_frames"), int)
+            and 0 <= latency["lag_frames"] <= opu.settings.max_lag_frames):
         opu.lag_frames = latency["lag_frames"]
         applied.append("latency")
     if ReferenceResult.routine in record.results:

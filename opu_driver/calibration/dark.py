@@ -65,7 +65,7 @@ class DarkResult(CalibrationResult):
     method: str = summarised()
 
     @classmethod
-    def from_record(cls, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> "DarkResult":
+    def from_record(cls, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> DarkResult:
         """The result again from a record's ``dark`` summary and its ``dark/...`` arrays (a resumed run)."""
         key, stored_as = cls.summary_key, cls.record_array
         roi = Roi(*(int(summary[k]) for k in region_keys()))

@@ -19,9 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import tqdm
 
-from ..opu import Roi
 from ..errors import InvalidInputError
-from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
+from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, Roi
 from ..validation import check_choice, check_int, check_number
 from ._checks import check_components, check_count, check_features, check_seed, correlation
 from .exposure import ExposureResult
@@ -268,7 +267,7 @@ class DriftMonitor:
     @classmethod
     def from_arrays(cls, opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float,
                     scheme: str = "four_frame", *, baseline_time_us: int | None = None,
-                    interval_steps: int = 100) -> "DriftMonitor":
+                    interval_steps: int = 100) -> DriftMonitor:
         """Resume from a stored record (its probes, baseline and threshold); nothing is sent.
 
         Times count from ``baseline_time_us`` when given, else from the first check after resuming.

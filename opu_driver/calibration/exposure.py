@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import tqdm
 
-from ..opu import Roi
 from ..encoding.layouts import Layout
 from ..errors import AcquisitionError, InvalidInputError
+from ..opu import Roi
 from ..validation import check_bool, check_int, is_number
 from ._checks import check_components
 from .registry import register_routine

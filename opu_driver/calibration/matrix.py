@@ -16,10 +16,9 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from ..opu import Roi
 from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
-from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
+from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, Roi
 from ..validation import check_bool, check_choice, check_int, is_int
 from ._checks import check_components, check_count, check_seed, correlation
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
@@ -46,7 +45,7 @@ _MIN_SIN = 0.25  # |sin D| below this amplifies the second quadrature's noise mo
 _MAX_FIELD_ERROR = 0.1  # largest relative error of the field estimate the reference measurements may cause
 
 
-def _has_field_estimate(result: "MatrixResult") -> bool:
+def _has_field_estimate(result: MatrixResult) -> bool:
     """Whether the result holds the nonlinear check's field matrix and its mask (kept only together)."""
     return result.field_matrix is not None and result.field_mask is not None
 
@@ -261,6 +260,7 @@ def estimate_matrix(
         mask = nonzero
         if not mask.any():
             raise InvalidInputError("no output gave a signal: check the laser, shutter and exposure")
+        matrix: npt.NDArray[np.floating]
         if ptp is None:
             matrix = pty / order
             gram = None

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..opu import Roi
 from ..errors import InvalidInputError
-from ..opu import ReferenceCalibration
+from ..opu import ReferenceCalibration, Roi
 from ..validation import check_int
 from ._checks import check_components, check_count
 from .exposure import ExposureResult
@@ -45,7 +44,9 @@ class ReferenceResult(CalibrationResult):
     n_features: int = summarised()
     n_components: int = summarised()
     roi: Roi = region()
-    calibration: ReferenceCalibration
+    # mypy's dataclass plugin takes a call to the field helpers above for a default; they declare none, so a
+    # field without a default may follow them (the dataclass itself checks this at class creation).
+    calibration: ReferenceCalibration  # type: ignore[misc]
 
     @summarised_property(digits=4)
     def usable_fraction(self) -> float:

@@ -93,7 +93,7 @@ class _Region(_Entry):
         return list(region_keys())
 
     def summary_items(self, name: str, value: Any) -> Iterator[tuple[str, Any]]:
-        for key, part in zip(region_keys(), REGION_PARTS):
+        for key, part in zip(region_keys(), REGION_PARTS, strict=True):
             yield key, getattr(value, part)
 
 

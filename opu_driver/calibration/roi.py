@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import tqdm
 
-from ..opu import Roi
 from ..errors import AcquisitionError, InvalidInputError
+from ..opu import Roi
 from ..validation import check_int
 from ._checks import check_components, check_count, check_features, check_seed
 from .dark import DarkResult

@@ -127,6 +127,34 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
         InvalidInputError: unknown routine names, resume without "all", or a plan that is not a CalibrationPlan or
             whose sizes do not fit the device (before anything is sent).
     """
+    plan, names, run_all = _checked_request(opu, routines, plan, resume)
+    plan_fields = dict(asdict(plan))
+    done: dict[str, Any] = {}
+    record = _resumed_run(opu, store, plan_fields, done) if run_all and resume and store is not None else None
+    if record is None:
+        record = _fresh_record(opu, store, run_all)
+    todo = _routines_to_run(record, names, plan, plan_fields, run_all)
+    for name in tqdm(todo, desc="calibration", unit="routine", disable=not progress or len(todo) < 2):
+        frames_before, started = opu.frames_displayed, time.perf_counter()
+        result = run_routine(opu, name, plan, done=done, progress=progress)
+        done[name] = result
+        _record_result(opu, record, name, result, done, frames_before, started)
+        if run_all:
+            record.results[_RUN]["complete"] = name == todo[-1]
+        if store is not None:
+            store.save(record)
+        if on_result is not None:
+            on_result(name, result)
+    if run_all and not todo:
+        record.results[_RUN]["complete"] = True
+        if store is not None:
+            store.save(record)
+    return record
+
+
+def _checked_request(opu, routines: Sequence[str], plan: CalibrationPlan | None,
+                     resume: bool) -> tuple[CalibrationPlan, list[str], bool]:
+    """Check what :func:`calibrate` was asked before anything is sent: (plan, routine names, whether "all")."""
     plan = plan or CalibrationPlan()
     if not isinstance(plan, CalibrationPlan):
         raise InvalidInputError(f"plan must be a CalibrationPlan or None, got {type(plan).__name__}")
@@ -139,61 +167,64 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
     run_all = list(routines) == ["all"]
     if resume and not run_all:
         raise InvalidInputError("resume continues an interrupted 'all' run; single routines always run afresh")
-    plan_fields = dict(asdict(plan))
-    record: CalibrationRecord | None = None
-    done: dict[str, Any] = {}
-    if run_all and resume and store is not None:
-        record = _unfinished_run(opu, store, plan_fields)
-        if record is not None:
-            apply_record(opu, record, explicit=opu.settings.explicit_record_settings(), drift_check=False)
-            for needed in dict.fromkeys(name for entry in registered_routines() for name in entry.needs):
-                if needed in record.results:  # handed to the routines that use it, as in an uninterrupted run
-                    rebuild = get_routine(needed).result.from_record  # type: ignore[attr-defined]  # checked
-                    done[needed] = rebuild(record.results[needed], record.arrays)
-            _log.info("resuming %s: done %s", record.path, ", ".join(k for k in record.results if k != _RUN))
-        else:
-            _log.info("nothing to resume: starting a new calibration run")
+    return plan, names, run_all
+
+
+def _resumed_run(opu, store: CalibrationStore, plan_fields: dict[str, Any],
+                 done: dict[str, Any]) -> CalibrationRecord | None:
+    """The unfinished run to continue, its settings applied and the results later routines use put in ``done``;
+    None when there is none."""
+    record = _unfinished_run(opu, store, plan_fields)
     if record is None:
-        base = None
-        if not run_all and store is not None:
-            base = store.latest(opu.info.serial_number, record_settings(opu))
-            if base is not None:
-                # the stored lag and reference are the ones the new results must go with
-                apply_record(opu, base, explicit=record_settings(opu), drift_check=False)
-        record = _new_record(opu, base)
+        _log.info("nothing to resume: starting a new calibration run")
+        return None
+    apply_record(opu, record, explicit=opu.settings.explicit_record_settings(), drift_check=False)
+    for needed in dict.fromkeys(name for entry in registered_routines() for name in entry.needs):
+        if needed in record.results:  # handed to the routines that use it, as in an uninterrupted run
+            rebuild = get_routine(needed).result.from_record  # type: ignore[attr-defined]  # checked
+            done[needed] = rebuild(record.results[needed], record.arrays)
+    _log.info("resuming %s: done %s", record.path, ", ".join(k for k in record.results if k != _RUN))
+    return record
+
+
+def _fresh_record(opu, store: CalibrationStore | None, run_all: bool) -> CalibrationRecord:
+    """A new record: for single routines, on top of the newest stored one under the same settings."""
+    base = None
+    if not run_all and store is not None:
+        base = store.latest(opu.info.serial_number, record_settings(opu))
+        if base is not None:
+            # the stored lag and reference are the ones the new results must go with
+            apply_record(opu, base, explicit=record_settings(opu), drift_check=False)
+    return _new_record(opu, base)
+
+
+def _routines_to_run(record: CalibrationRecord, names: list[str], plan: CalibrationPlan,
+                     plan_fields: dict[str, Any], run_all: bool) -> list[str]:
+    """The routines to run in order: for "all", those the record lacks (marking the run unfinished); for single
+    routines, the reference first where a routine needs one the record does not hold for the plan's sizes."""
     if run_all:
         record.results[_RUN] = {**plan_fields, "complete": False}
-        todo = [n for n in names if n not in record.results]
-    else:
-        todo = list(names)
-        reference = ReferenceResult.routine
-        if any(n in NEEDS_REFERENCE for n in todo) and reference not in todo and not _has_reference_for(record, plan):
-            todo.insert(min(todo.index(n) for n in todo if n in NEEDS_REFERENCE), reference)
-    for name in tqdm(todo, desc="calibration", unit="routine", disable=not progress or len(todo) < 2):
-        frames_before, started = opu.frames_displayed, time.perf_counter()
-        result = run_routine(opu, name, plan, done=done, progress=progress)
-        done[name] = result
-        for stale in INVALIDATES.get(name, ()):
-            if stale not in done and stale in record.results:
-                _log.info("dropping the stored %s result: it was measured before this %s", stale, name)
-                _drop(record, stale)
-        _put(record, name, result)
-        # what the routine cost, beside what it found: frames the DMD displayed (blanks flushing the lag included)
-        record.results[name]["frames_used"] = opu.frames_displayed - frames_before
-        record.results[name]["wall_s"] = round(time.perf_counter() - started, 3)
-        if get_routine(name).sets_camera:
-            record.settings = record_settings(opu)
-        if run_all:
-            record.results[_RUN]["complete"] = name == todo[-1]
-        if store is not None:
-            store.save(record)
-        if on_result is not None:
-            on_result(name, result)
-    if run_all and not todo:
-        record.results[_RUN]["complete"] = True
-        if store is not None:
-            store.save(record)
-    return record
+        return [n for n in names if n not in record.results]
+    todo = list(names)
+    reference = ReferenceResult.routine
+    if any(n in NEEDS_REFERENCE for n in todo) and reference not in todo and not _has_reference_for(record, plan):
+        todo.insert(min(todo.index(n) for n in todo if n in NEEDS_REFERENCE), reference)
+    return todo
+
+
+def _record_result(opu, record: CalibrationRecord, name: str, result: Any, done: dict[str, Any],
+                   frames_before: int, started: float) -> None:
+    """Put a routine's result into the record, with what it cost, dropping the stored results it invalidates."""
+    for stale in INVALIDATES.get(name, ()):
+        if stale not in done and stale in record.results:
+            _log.info("dropping the stored %s result: it was measured before this %s", stale, name)
+            _drop(record, stale)
+    _put(record, name, result)
+    # what the routine cost, beside what it found: frames the DMD displayed (blanks flushing the lag included)
+    record.results[name]["frames_used"] = opu.frames_displayed - frames_before
+    record.results[name]["wall_s"] = round(time.perf_counter() - started, 3)
+    if get_routine(name).sets_camera:
+        record.settings = record_settings(opu)
 
 
 def summary_table(record: CalibrationRecord, width: int = 100) -> str:
@@ -233,10 +264,14 @@ def _fidelity_lines(summary: dict[str, Any], name_width: int) -> list[str]:
     lines = [f"{'fidelity':<{name_width}}  {n_vectors} vectors; {header}"]
     indent = " " * (name_width + 2 + len(f"{n_vectors} vectors; "))
     for label in summary[FidelityResult.summary_key.rows].split(","):
-        def get(key: str) -> str:
-            value = summary.get(FidelityResult.row_key(label, key))
-            return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-        lines.append(f"{indent}{label:<20}" + "".join(f" {get(key):>{width}}" for key, _, width in _FIDELITY_COLUMNS))
+        cells = "".join(f" {_fidelity_cell(summary, label, key):>{width}}" for key, _, width in _FIDELITY_COLUMNS)
+        lines.append(f"{indent}{label:<20}" + cells)
     if "frames_used" in summary:
         lines.append(f"{'':<{name_width}}  frames_used={summary['frames_used']}, wall_s={summary.get('wall_s')}")
     return lines
+
+
+def _fidelity_cell(summary: dict[str, Any], label: str, key: str) -> str:
+    """One cell of the fidelity table: row ``label``'s figure ``key`` ("-" when the summary lacks it)."""
+    value = summary.get(FidelityResult.row_key(label, key))
+    return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))

@@ -150,6 +150,11 @@ def _stem(serial_number: str, created: datetime) -> str:
     return f"{_serial_component(serial_number)}_{created.astimezone(timezone.utc).strftime(_TIME_FORMAT)}"
 
 
+def _corrupt(path: Path, what: str) -> CorruptCalibrationError:
+    """The error for a record whose JSON at ``path`` is malformed in ``what``."""
+    return CorruptCalibrationError(f"{path}: {what}")
+
+
 def _fsync_directory(directory: Path) -> None:
     # Makes the renames durable; not possible on every platform (Windows), where it is skipped.
     with contextlib.suppress(OSError):
@@ -267,11 +272,13 @@ class CalibrationStore:
             arrays[name] = array
             routines[routine]["arrays"].append(name)
             index[name] = {"dtype": array.dtype.str, "shape": list(array.shape)}
-        for routine in routines.values():
-            routine["arrays"].sort()
+        for entry in routines.values():
+            entry["arrays"].sort()
 
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        # Object arrays were refused above; allow_pickle=False says so to NumPy as well (and, named, it keeps
+        # the type checker from matching the array names against that keyword).
+        np.savez_compressed(buffer, allow_pickle=False, **arrays)
         npz_bytes = buffer.getvalue()
         digest = hashlib.sha256(npz_bytes).hexdigest()
         metadata = {
@@ -369,6 +376,18 @@ class CalibrationStore:
 
     def _read_metadata(self, path: Path) -> dict[str, Any]:
         """Parse and validate a record's JSON, with its created time as a datetime."""
+        metadata = self._parse_metadata(path)
+        device, created = self._check_identity(path, metadata)
+        arrays_file = self._check_contents(path, metadata)
+        stem = _stem(device["serial_number"], created)
+        if path.name != f"{stem}.json" or not arrays_file.startswith(f"{stem}."):
+            raise _corrupt(path, f"file name does not match its content (expected {stem}.json for this device and "
+                                 "time)")
+        return metadata
+
+    @staticmethod
+    def _parse_metadata(path: Path) -> dict[str, Any]:
+        """The record's JSON as a dict, once it says it is this format in the version this driver reads."""
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError as exc:
@@ -388,28 +407,34 @@ class CalibrationStore:
                 f"{path}: format version {version!r}, this driver reads version {FORMAT_VERSION}"
                 + (" (written by a newer driver)" if newer else "")
             )
+        return metadata
 
-        def bad(what: str) -> CorruptCalibrationError:
-            return CorruptCalibrationError(f"{path}: {what}")
-
+    @staticmethod
+    def _check_identity(path: Path, metadata: dict[str, Any]) -> tuple[dict[str, Any], datetime]:
+        """Check the device identity, the settings and the created time; the created time replaces its text in
+        ``metadata``. Returns (device identity, created time)."""
         device = metadata.get("device")
         if not isinstance(device, dict) or not all(
             isinstance(device.get(k), str) for k in ("model", "serial_number", "firmware_version")
         ):
-            raise bad("device identity (model, serial_number, firmware_version) is missing or malformed")
+            raise _corrupt(path, "device identity (model, serial_number, firmware_version) is missing or malformed")
         if not isinstance(metadata.get("settings"), dict):
-            raise bad("settings are missing or not a mapping")
+            raise _corrupt(path, "settings are missing or not a mapping")
         try:
             created = datetime.fromisoformat(metadata["created"])
             created = _check_utc(created, "created")
         except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"created time is missing or not ISO 8601 with a time zone ({exc})") from exc
+            raise _corrupt(path, f"created time is missing or not ISO 8601 with a time zone ({exc})") from exc
         metadata["created"] = created
+        return device, created
 
+    def _check_contents(self, path: Path, metadata: dict[str, Any]) -> str:
+        """Check the routines' results, the array index and the arrays file's name and checksum; returns the
+        arrays file's name."""
         routines = metadata.get("routines")
         index = metadata.get("arrays")
         if not isinstance(routines, dict) or not isinstance(index, dict):
-            raise bad("routine results or the array index are missing")
+            raise _corrupt(path, "routine results or the array index are missing")
         listed: set[str] = set()
         for name, routine in routines.items():
             if (
@@ -417,24 +442,21 @@ class CalibrationStore:
                 or not isinstance(routine.get("result"), dict)
                 or not isinstance(routine.get("arrays"), builtins.list)
             ):
-                raise bad(f"routine {name!r} is malformed")
+                raise _corrupt(path, f"routine {name!r} is malformed")
             listed.update(routine["arrays"])
         if listed != set(index):
-            raise bad("the routines' array names disagree with the array index")
+            raise _corrupt(path, "the routines' array names disagree with the array index")
         for name, spec in index.items():
-            if not (isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and isinstance(spec.get("shape"), builtins.list)):
-                raise bad(f"array index entry {name!r} is malformed")
+            if not (isinstance(spec, dict) and isinstance(spec.get("dtype"), str)
+                    and isinstance(spec.get("shape"), builtins.list)):
+                raise _corrupt(path, f"array index entry {name!r} is malformed")
 
         arrays_file, sha = metadata.get("arrays_file"), metadata.get("arrays_sha256")
         if not isinstance(arrays_file, str) or not self._is_plain_name(arrays_file):
-            raise bad("arrays file name is missing or not a plain file name")
+            raise _corrupt(path, "arrays file name is missing or not a plain file name")
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise bad("arrays checksum is missing or not a sha256")
-
-        stem = _stem(device["serial_number"], created)
-        if path.name != f"{stem}.json" or not arrays_file.startswith(f"{stem}."):
-            raise bad(f"file name does not match its content (expected {stem}.json for this device and time)")
-        return metadata
+            raise _corrupt(path, "arrays checksum is missing or not a sha256")
+        return arrays_file
 
     @staticmethod
     def _read_arrays(path: Path, npz_bytes: bytes, index: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:

@@ -88,5 +88,5 @@ class Device(ABC):
     def _do_open(self) -> None:
         """Hook: connect, read identity and geometry from the device."""
 
-    def _do_close(self) -> None:
+    def _do_close(self) -> None:  # noqa: B027 - an optional hook: a device with nothing to release keeps it
         """Hook: put the device in a safe state and release it. Default: nothing to do."""

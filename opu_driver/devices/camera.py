@@ -149,12 +149,13 @@ class Camera(Device):
             raise ConfigurationError(f"exposure_us={merged.exposure_us} outside 10..1000000")
         if not 1.0 <= merged.gain <= 16.0:
             raise ConfigurationError(f"gain={merged.gain} outside 1..16")
+        exposure_us = merged.exposure_us
         if settings.frame_time_us is None:
             # Keep the frame time legal when only the exposure changes.
-            needed = merged.exposure_us + MIN_FRAME_GAP_US
+            needed = exposure_us + MIN_FRAME_GAP_US
             merged = replace(merged, frame_time_us=max(merged.frame_time_us, needed))
         assert merged.frame_time_us is not None
-        if merged.frame_time_us < merged.exposure_us + MIN_FRAME_GAP_US:
+        if merged.frame_time_us < exposure_us + MIN_FRAME_GAP_US:
             raise ConfigurationError(
                 f"frame_time_us={merged.frame_time_us} must be >= exposure_us + {MIN_FRAME_GAP_US}"
             )

@@ -122,7 +122,7 @@ class Rig(ABC):
     def _do_open(self) -> RigInfo:
         """Hook: open the links the parts share and check the protocol version."""
 
-    def _do_check_parts(self) -> None:
+    def _do_check_parts(self) -> None:  # noqa: B027 - an optional hook: most rigs have nothing to check
         """Hook: check that the opened parts belong together (one OPU); default: nothing to check."""
 
     @abstractmethod

@@ -297,7 +297,8 @@ class BitPlaneEncoder(_FittedMixin):
     n_bits: int = 8
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_bits, bool) or not isinstance(self.n_bits, (int, np.integer)) or not 1 <= self.n_bits <= 16:
+        if (isinstance(self.n_bits, bool) or not isinstance(self.n_bits, (int, np.integer))
+                or not 1 <= self.n_bits <= 16):
             raise ConfigurationError(f"n_bits must be an integer in 1..16, got {self.n_bits!r}")
 
     @property
@@ -345,7 +346,8 @@ class BitPlaneEncoder(_FittedMixin):
                 values = np.arange(1 << (8 * dtype.itemsize), dtype=np.int64).astype(index_dtype).view(dtype)
             v = values.astype(np.float64)
             q = self._magnitude_codes(np.abs(v)).astype(self._q_dtype())
-            self._lut_cache[dtype] = (index_dtype, np.where(v > 0, q, 0).astype(q.dtype), np.where(v < 0, q, 0).astype(q.dtype))
+            self._lut_cache[dtype] = (index_dtype, np.where(v > 0, q, 0).astype(q.dtype),
+                                      np.where(v < 0, q, 0).astype(q.dtype))
         return self._lut_cache[dtype]
 
     def transform(
@@ -361,14 +363,7 @@ class BitPlaneEncoder(_FittedMixin):
         n_rows, n_feat = arr.shape
         step = _resolve_chunk_rows(chunk_rows, n_feat)
         shape = (self.n_bits, 2, n_rows, n_feat)
-        if out is None:
-            # zeros, not empty: the minus planes of non-negative chunks are never written (calloc'd pages stay lazy).
-            out = np.zeros(shape, dtype=np.uint8)
-            zeroed = True
-        else:
-            if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != shape or not out.flags.writeable:
-                raise InvalidInputError(f"out must be a writeable uint8 array of shape {shape}")
-            zeroed = False
+        out, zeroed = self._output_planes(shape, out)
         if n_rows == 0:
             return out[:, :, 0] if was_1d else out
         qdt = self._q_dtype()
@@ -411,12 +406,7 @@ class BitPlaneEncoder(_FittedMixin):
                     if not zeroed:
                         out[:, 1, r0:r0 + k] = 0
                     continue
-                for b in range(self.n_bits):
-                    if b == 0:
-                        np.bitwise_and(q, 1, out=out[0, sign, r0:r0 + k], casting="unsafe")
-                    else:
-                        np.right_shift(q, b, out=sh)
-                        np.bitwise_and(sh, 1, out=out[b, sign, r0:r0 + k], casting="unsafe")
+                self._write_planes(out, sign, q, slice(r0, r0 + k), sh)
         if clipped:
             warnings.warn(
                 f"values beyond the fitted range |x| <= {self.scale_:g} were clipped to the largest bit-plane code",
@@ -424,6 +414,27 @@ class BitPlaneEncoder(_FittedMixin):
                 stacklevel=2,
             )
         return out[:, :, 0] if was_1d else out
+
+    @staticmethod
+    def _output_planes(shape: tuple[int, int, int, int],
+                       out: np.ndarray | None) -> tuple[npt.NDArray[np.uint8], bool]:
+        """The array ``transform`` writes into, and whether it starts zeroed: a new one, or ``out`` once checked."""
+        if out is None:
+            # zeros, not empty: the minus planes of non-negative chunks are never written (calloc'd pages stay lazy).
+            return np.zeros(shape, dtype=np.uint8), True
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != shape or not out.flags.writeable:
+            raise InvalidInputError(f"out must be a writeable uint8 array of shape {shape}")
+        return out, False
+
+    def _write_planes(self, out: npt.NDArray[np.uint8], sign: int, q: np.ndarray, rows: slice,
+                      shifted: np.ndarray) -> None:
+        """Bit b of the codes ``q`` into ``out[b, sign, rows]``, for every plane b (``shifted``: scratch like q)."""
+        for b in range(self.n_bits):
+            if b == 0:
+                np.bitwise_and(q, 1, out=out[0, sign, rows], casting="unsafe")
+            else:
+                np.right_shift(q, b, out=shifted)
+                np.bitwise_and(shifted, 1, out=out[b, sign, rows], casting="unsafe")
 
     # -- decoding -----------------------------------------------------------------------------------
     def decode(self, values_per_plane: npt.ArrayLike) -> npt.NDArray[np.float32]:

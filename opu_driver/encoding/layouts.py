@@ -10,6 +10,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,9 @@ __all__ = ["Layout", "LinedLayout", "MacroPixelLayout", "SplitLayout", "make_lay
 @dataclass(frozen=True)
 class Layout(ABC):
     """Where features sit on a DMD of ``dmd_width`` x ``dmd_height`` mirrors."""
+
+    #: The name of the layout kind, set by each concrete subclass (a class constant, not a field).
+    kind_name: ClassVar[str]
 
     n_features: int
     dmd_width: int

@@ -93,7 +93,7 @@ def encode_frames(bits: npt.ArrayLike, runs: RunTable | npt.ArrayLike, n_mirrors
     out = np.empty((arr.shape[0], table.frame_bytes), dtype=np.uint8)
     if arr.shape[0] == 0:
         return out
-    ffi, lib = mod.ffi, mod.lib  # type: ignore[attr-defined]
+    ffi, lib = mod.ffi, mod.lib
     draw, ops = table.draw_runs, table.copy_ops
     lib.opu_encode_frames(
         ffi.from_buffer("uint8_t[]", arr), arr.shape[0], arr.shape[1],
@@ -111,7 +111,7 @@ def _combine(name: str, n_parts: int, frames: npt.ArrayLike, scale: npt.ArrayLik
     f, s = check_combine(frames, scale, n_parts)
     out = np.empty((f.shape[0], f.shape[2]), dtype=np.float32)
     if out.size:
-        ffi, lib = mod.ffi, mod.lib  # type: ignore[attr-defined]
+        ffi, lib = mod.ffi, mod.lib
         getattr(lib, "opu_" + name)(
             ffi.from_buffer("float[]", f), f.shape[0], f.shape[2], ffi.from_buffer("float[]", s),
             ffi.from_buffer("float[]", out),

@@ -101,7 +101,7 @@ def _plan_repeats(runs: np.ndarray, n_mirrors: int, row_width: int | None) -> tu
     spans = row_first != row_last
     # Rows touched by a run that crosses a row boundary are neither copied nor used as a source.
     tainted = np.zeros(n_rows, dtype=bool)
-    for a, b in zip(row_first[spans], row_last[spans]):
+    for a, b in zip(row_first[spans], row_last[spans], strict=True):
         tainted[a:b + 1] = True
     bounds = np.searchsorted(row_first, np.arange(n_rows + 1))
     signatures: list[bytes | None] = []

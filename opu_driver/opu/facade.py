@@ -559,11 +559,14 @@ class Opu:
             capacity = self._sequence_capacity()
             if X2.shape[0] > capacity:
                 raise InvalidInputError(f"{X2.shape[0]} frames exceed the {capacity} one sequence holds")
-            pixel_format = self.camera.settings.pixel_format
-            frame_time_us = self.camera.settings.frame_time_us
-            assert pixel_format is not None and frame_time_us is not None
+            camera_settings = self.camera.settings
+            roi, pixel_format = camera_settings.roi, camera_settings.pixel_format
+            exposure_us, frame_time_us = camera_settings.exposure_us, camera_settings.frame_time_us
+            # An open camera's settings are complete: read from the device at open, merged on every configure.
+            assert roi is not None and pixel_format is not None
+            assert exposure_us is not None and frame_time_us is not None
             n_pixels = self.roi_for(n_components).n_pixels
-            expected = Expected(self.camera.settings.roi, pixel_format, self.camera.settings.exposure_us)
+            expected = Expected(roi, pixel_format, exposure_us)
             first_id = self._runner.reserve_ids(len(X2))
             positions: list[int] = []
             shown: list[int] = []

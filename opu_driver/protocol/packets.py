@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 import numpy.typing as npt
@@ -181,7 +181,7 @@ class CameraFrame:
         return result if out is not None else result.reshape(self.roi_h, self.roi_w)
 
 
-Packet = Union[LayoutPacket, RawFramePacket, FeatureFramePacket, CameraFrame]
+Packet = LayoutPacket | RawFramePacket | FeatureFramePacket | CameraFrame
 
 
 # ----------------------------------------------------------------------------------------------- encoders
@@ -291,7 +291,7 @@ def _encode_frame_batch(ptype: PacketType, first_id: int, second_word: int, pack
     out[:, 16:20] = ids.view(np.uint8).reshape(n, 4)
     out[:, 20:24] = np.frombuffer(_U32.pack(second_word), dtype=np.uint8)
     out[:, 24 : 24 + nbytes] = packed
-    flat = memoryview(out.reshape(-1))
+    flat = out.reshape(-1).data  # a byte memoryview of the C-contiguous buffer, released below
     crc = zlib.crc32
     crcs = np.array(
         [crc(flat[o : o + payload_len]) for o in range(HEADER_SIZE, n * size, size)], dtype="<u4"
@@ -460,7 +460,7 @@ def decode_camera_frame(payload: bytes | bytearray | memoryview) -> CameraFrame:
     return frame
 
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[bytes | bytearray | memoryview], Packet]] = {
     PacketType.LAYOUT: decode_layout,
     PacketType.RAW_FRAME: decode_raw_frame,
     PacketType.FEATURE_FRAME: decode_feature_frame,

@@ -13,7 +13,6 @@ import logging
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Union
 
 from opu_driver.errors import CorruptPacketError, ProtocolError
 from opu_driver.protocol.constants import HEADER_SIZE, MAGIC, MAX_PAYLOAD, TRAILER_SIZE, PacketType
@@ -51,7 +50,7 @@ class PacketFault:
         return CorruptPacketError(f"corrupt packet ({self.kind}) of type {int(self.packet_type):#04x}: {self.detail}")
 
 
-ParsedItem = Union[Packet, PacketFault]
+ParsedItem = Packet | PacketFault
 
 
 class PacketParser:

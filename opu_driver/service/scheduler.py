@@ -188,5 +188,5 @@ class Scheduler:
             for request in requests:
                 request.finish(error=("InternalError", f"{type(exc).__name__}: {exc}"))
             return
-        for request, out in zip(requests, results):
+        for request, out in zip(requests, results, strict=True):  # one result per batch
             request.finish(result=np.ascontiguousarray(out, dtype=np.float32))

@@ -51,7 +51,14 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except OSError:
         return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+    return bool(infos) and all(_is_loopback_sockaddr(info[4][0]) for info in infos)
+
+
+def _is_loopback_sockaddr(host: str | int) -> bool:
+    """Whether the host part of a getaddrinfo address is a loopback IP (an IPv6 one may end in "%zone")."""
+    if not isinstance(host, str):  # only non-IP families give a number here: never loopback
+        return False
+    return ipaddress.ip_address(host.split("%")[0]).is_loopback
 
 
 class OpuService:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -128,48 +128,10 @@ class Session:
         """Handshake, then requests until BYE, a close, a timeout, a protocol error or the service's stop; the
         socket is closed on return. Never raises for anything the client does."""
         conn, context = self.conn, self.context
-        sock, limits, stats = conn.sock, context.limits, context.stats
+        sock, stats = conn.sock, context.stats
         try:
-            # The whole HELLO within hello_timeout_s (a total deadline: trickling bytes does not extend it).
-            hello = wire.read_message(sock, WireLimits(limits.max_header_bytes, 0),
-                                      time.monotonic() + limits.hello_timeout_s)
-            if hello.type != MessageType.HELLO:
-                raise ProtocolError(f"the first message must be HELLO, got {hello.type.name}")
-            refusal = self._accept_hello(hello.header)
-            if refusal is None:
-                refusal = context.admit(conn)
-            sock.settimeout(limits.send_timeout_s)
-            if refusal is not None:
-                kind, message = refusal
-                _log.warning("client %d (%s) refused: %s", conn.number, conn.peer, message)
-                wire.send_message(sock, MessageType.ERROR, hello.request_id, {"kind": kind, "message": message})
-                return
-            wire.send_message(sock, MessageType.WELCOME, hello.request_id, self._welcome())
-
-            def check_header(prefix: wire.Prefix, header: dict[str, Any], spec: Any) -> None:
-                if prefix.type == MessageType.PROJECT:
-                    problem = self._check_shape(None if spec is None else spec[1])
-                    if problem is not None:
-                        raise _RefusedRequest(prefix.request_id, problem)
-
-            while not context.scheduler.stopping:
-                message = wire.read_message(sock, self._request_limits(),
-                                            time.monotonic() + limits.idle_timeout_s, limits.message_timeout_s,
-                                            check_header)
-                if message.type == MessageType.BYE:
-                    return
-                if message.type != MessageType.PROJECT:
-                    raise ProtocolError(f"unexpected {message.type.name} from a client")
-                with conn.lock:
-                    conn.busy = True
-                try:
-                    self._pace()
-                    reply_type, header, array = self._handle_project(message)
-                    sock.settimeout(limits.send_timeout_s)
-                    wire.send_message(sock, reply_type, message.request_id, header, array)
-                finally:
-                    with conn.lock:
-                        conn.busy = False
+            if self._handshake(sock):
+                self._serve_requests(sock)
         except _RefusedRequest as exc:
             # The shape was refused from the header: the payload stays unread, so the stream cannot continue.
             stats.count(requests=1, request_errors=1)
@@ -203,6 +165,27 @@ class Session:
                 sock.close()
 
     # -- the handshake ------------------------------------------------------------------------------------------
+    def _handshake(self, sock: socket.socket) -> bool:
+        """Read and check the HELLO, have the service admit the client and answer WELCOME: True when admitted;
+        False when refused (the refusal is sent as an ERROR and the connection is to close)."""
+        conn, context, limits = self.conn, self.context, self.context.limits
+        # The whole HELLO within hello_timeout_s (a total deadline: trickling bytes does not extend it).
+        hello = wire.read_message(sock, WireLimits(limits.max_header_bytes, 0),
+                                  time.monotonic() + limits.hello_timeout_s)
+        if hello.type != MessageType.HELLO:
+            raise ProtocolError(f"the first message must be HELLO, got {hello.type.name}")
+        refusal = self._accept_hello(hello.header)
+        if refusal is None:
+            refusal = context.admit(conn)
+        sock.settimeout(limits.send_timeout_s)
+        if refusal is not None:
+            kind, text = refusal
+            _log.warning("client %d (%s) refused: %s", conn.number, conn.peer, text)
+            wire.send_message(sock, MessageType.ERROR, hello.request_id, {"kind": kind, "message": text})
+            return False
+        wire.send_message(sock, MessageType.WELCOME, hello.request_id, self._welcome())
+        return True
+
     def _accept_hello(self, header: dict[str, Any]) -> tuple[str, str] | None:
         """Fix the connection's settings from its HELLO; (kind, message) when it is refused."""
         version = header.get("protocol_version")
@@ -255,6 +238,41 @@ class Session:
         }
 
     # -- requests -----------------------------------------------------------------------------------------------
+    def _serve_requests(self, sock: socket.socket) -> None:
+        """Read PROJECT requests one at a time and answer each, until BYE or the service's stop."""
+        context, limits = self.context, self.context.limits
+
+        def check_header(prefix: wire.Prefix, header: dict[str, Any], spec: Any) -> None:
+            if prefix.type == MessageType.PROJECT:
+                problem = self._check_shape(None if spec is None else spec[1])
+                if problem is not None:
+                    raise _RefusedRequest(prefix.request_id, problem)
+
+        while not context.scheduler.stopping:
+            message = wire.read_message(sock, self._request_limits(),
+                                        time.monotonic() + limits.idle_timeout_s, limits.message_timeout_s,
+                                        check_header)
+            if message.type == MessageType.BYE:
+                return
+            if message.type != MessageType.PROJECT:
+                raise ProtocolError(f"unexpected {message.type.name} from a client")
+            self._serve_request(sock, message)
+
+    def _serve_request(self, sock: socket.socket, message: wire.Message) -> None:
+        """Answer one PROJECT (paced, then run on the device); the connection counts as busy until its reply is
+        written."""
+        conn = self.conn
+        with conn.lock:
+            conn.busy = True
+        try:
+            self._pace()
+            reply_type, header, array = self._handle_project(message)
+            sock.settimeout(self.context.limits.send_timeout_s)
+            wire.send_message(sock, reply_type, message.request_id, header, array)
+        finally:
+            with conn.lock:
+                conn.busy = False
+
     def _request_limits(self) -> WireLimits:
         """What a PROJECT of this connection may carry: once its width is known, max_batch x n_features float64
         values (never more than max_message_bytes), so a connection cannot make the service hold more."""
@@ -370,6 +388,6 @@ def _peer_closed(sock: socket.socket) -> bool:
             sock.settimeout(timeout)
 
 
-def _is_count(value: object) -> bool:
+def _is_count(value: object) -> TypeGuard[int]:
     """Whether ``value`` is an int >= 1 (not a bool): JSON numbers from a HELLO."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1

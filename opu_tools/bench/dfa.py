@@ -21,9 +21,11 @@ these linear-mode frames, so no output saturates).
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,11 @@ PAIRS_PER_ROUND = 4
 def _errors(n_features: int, batch: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice([-1, 0, 1], size=(batch, n_features), p=[0.25, 0.5, 0.25]).astype(
         np.int8)
+
+
+def _burst(call: Callable[[], object], times: int) -> Callable[[], list[object]]:
+    """A function that makes ``times`` calls of ``call``: one timed burst of requests."""
+    return lambda: [call() for _ in range(times)]
 
 
 def _client_process(url: str, n_features: int, n_components: int, requests: int, seed: int, ready: Any,
@@ -74,7 +81,7 @@ def _burst_client(url: str, n_features: int, n_components: int, requests: int, s
             answers.put(time.perf_counter() - start)
 
 
-def _paired_overhead(url: str, direct_burst: Any, n_features: int, n_components: int, requests: int,
+def _paired_overhead(url: str, direct_burst: Callable[[], object], n_features: int, n_components: int, requests: int,
                      pairs: int) -> tuple[list[float], list[float]]:
     """(service, direct) vectors/s of ``pairs`` bursts, each service burst followed at once by a direct one."""
     context = multiprocessing.get_context("spawn")
@@ -157,8 +164,10 @@ def bench_dfa(quick: bool, repeats: int, *, query: str = REFERENCE_QUERY,
     for n_features, n_components in sizes:
         label = f"{n_features} -> {n_components}"
         E = _errors(n_features, BATCH, 1)
-        direct, local = [], []
-        paired_service, paired_direct = [], []
+        direct: list[float] = []
+        local: list[float] = []
+        paired_service: list[float] = []
+        paired_direct: list[float] = []
         service_rates: dict[int, list[float]] = {n: [] for n in client_counts}
         # The three run in turn within each round, so that the machine's drifting speed (shared, noisy) hits
         # all of them alike; the ratios are taken per round, then their median.
@@ -168,33 +177,33 @@ def bench_dfa(quick: bool, repeats: int, *, query: str = REFERENCE_QUERY,
             url = f"tcp://{host}:{port}"
             opu.linear_transform(E, n_components)  # the reference calibrations, once
             projector.project(E)
+            direct_burst = _burst(functools.partial(opu.linear_transform, E, n_components), requests)
+            local_burst = _burst(functools.partial(projector.project, E), requests)
             for _ in range(rounds):
-                direct.append(requests * BATCH / median_time_s(
-                    lambda: [opu.linear_transform(E, n_components) for _ in range(requests)], 1))
-                local.append(requests * BATCH / median_time_s(
-                    lambda: [projector.project(E) for _ in range(requests)], 1))
+                direct.append(requests * BATCH / median_time_s(direct_burst, 1))
+                local.append(requests * BATCH / median_time_s(local_burst, 1))
                 for n_clients in client_counts:
                     service_rates[n_clients].append(_service_rate(url, n_features, n_components, n_clients,
                                                                   requests))
-                service, paired = _paired_overhead(
-                    url, lambda: [opu.linear_transform(E, n_components) for _ in range(requests)],
-                    n_features, n_components, requests, 1 if quick else PAIRS_PER_ROUND)
-                paired_service += service
-                paired_direct += paired
+                # (not named ``service``: that is the OpuService the with statement serves)
+                burst_service, burst_direct = _paired_overhead(url, direct_burst, n_features, n_components,
+                                                               requests, 1 if quick else PAIRS_PER_ROUND)
+                paired_service += burst_service
+                paired_direct += burst_direct
         median = statistics.median
         one = service_rates[client_counts[0]]
         results.append(BenchResult(f"DFA projections {label}, direct Opu.linear_transform", median(direct),
                                    "vectors/s", f"batch {BATCH}, four-frame, emulator {query}"))
         results.append(BenchResult(f"DFA projections {label}, in-process client", median(local), "vectors/s",
-                                   f"{median([a / b for a, b in zip(local, direct)]):.2f}x direct"))
+                                   f"{median([a / b for a, b in zip(local, direct, strict=True)]):.2f}x direct"))
         for n_clients in client_counts:
             rates = service_rates[n_clients]
             if n_clients == client_counts[0]:
-                overhead = median([1 - a / b for a, b in zip(paired_service, paired_direct)])
+                overhead = median([1 - a / b for a, b in zip(paired_service, paired_direct, strict=True)])
                 note = (f"overhead {100 * overhead:+.0f}% vs direct, median of {len(paired_service)} paired bursts "
                         "(target <= 10%)")
             else:
-                note = f"{median([a / b for a, b in zip(rates, one)]):.2f}x one client (target >= 1)"
+                note = f"{median([a / b for a, b in zip(rates, one, strict=True)]):.2f}x one client (target >= 1)"
             results.append(BenchResult(f"DFA projections {label}, service, {n_clients} client process"
                                        f"{'es' if n_clients > 1 else ''}", median(rates), "vectors/s", note))
     return results

@@ -15,7 +15,7 @@ from ...validation import is_number
 from ..result import CalibrationResult, region_keys
 from ..store import CalibrationRecord
 
-__all__ = ["array", "summary", "number", "roi_geometry", "as_map", "finite"]
+__all__ = ["array", "needed", "summary", "number", "roi_geometry", "as_map", "finite"]
 
 
 def array(record: CalibrationRecord, name: str) -> np.ndarray | None:
@@ -28,6 +28,17 @@ def array(record: CalibrationRecord, name: str) -> np.ndarray | None:
         return None
     if result.dtype.kind == "f" and not np.isfinite(result).any():
         return None
+    return result
+
+
+def needed(record: CalibrationRecord, name: str) -> np.ndarray:
+    """The record's array ``name`` for a panel that needs it, read as :func:`array` reads it.
+
+    A panel is drawn only when :func:`array` finds every array it needs (``panels.drawable``), so the array is
+    there by construction; this only says so to the type checker.
+    """
+    result = array(record, name)
+    assert result is not None, f"a panel was drawn without its array {name!r}"
     return result
 
 

@@ -21,7 +21,7 @@ from ..matrix import MatrixResult
 from ..reference import ReferenceResult
 from ..roi import RoiResult
 from ..store import CalibrationRecord
-from .data import array, as_map, finite, number, roi_geometry, summary
+from .data import array, as_map, finite, needed, number, roi_geometry, summary
 from .drawing import colour_bar, colour_limits, draw_map, positions, scatter
 from .style import DATA, GUIDE, MAP, MARK, SECOND, SERIES, fmt, integer_formatter
 
@@ -55,7 +55,7 @@ def drawable(record: CalibrationRecord, name: str) -> bool:
 @_panel(DarkResult.record_array.mean_dn)
 def dark_map(fig, ax, record: CalibrationRecord) -> None:
     stored = DarkResult.record_array
-    mean = array(record, stored.mean_dn).ravel()
+    mean = needed(record, stored.mean_dn).ravel()
     geometry = roi_geometry(record, DarkResult, mean.size)
     draw_map(fig, ax, mean, geometry, "dark level (DN)")
     hot = array(record, stored.hot_pixels)
@@ -97,7 +97,7 @@ def dark_histogram(fig, ax, record: CalibrationRecord) -> None:
     from matplotlib.patches import Patch
 
     key, stored = DarkResult.summary_key, DarkResult.record_array
-    raw = array(record, stored.mean_dn).ravel().astype(np.float64)
+    raw = needed(record, stored.mean_dn).ravel().astype(np.float64)
     values_of = summary(record, DarkResult)
     hot = array(record, stored.hot_pixels)
     hot_mask = hot.ravel().astype(bool) if hot is not None and hot.size == raw.size else np.zeros(raw.size, bool)
@@ -153,8 +153,8 @@ def dark_histogram(fig, ax, record: CalibrationRecord) -> None:
 def exposure_sweep(fig, ax, record: CalibrationRecord) -> None:
     key, stored = ExposureResult.summary_key, ExposureResult.record_array
     values_of = summary(record, ExposureResult)
-    exposure = array(record, stored.sweep_exposure_us).ravel().astype(np.float64)
-    top = array(record, stored.sweep_top_dn).ravel().astype(np.float64)
+    exposure = needed(record, stored.sweep_exposure_us).ravel().astype(np.float64)
+    top = needed(record, stored.sweep_top_dn).ravel().astype(np.float64)
     n = min(exposure.size, top.size)
     exposure, top = exposure[:n], top[:n]
     gain = array(record, stored.sweep_gain)
@@ -227,7 +227,7 @@ def exposure_sweep(fig, ax, record: CalibrationRecord) -> None:
 def latency(fig, ax, record: CalibrationRecord) -> None:
     key = LatencyResult.summary_key
     values_of = summary(record, LatencyResult)
-    correlations = array(record, LatencyResult.record_array.correlations).ravel().astype(np.float64)
+    correlations = needed(record, LatencyResult.record_array.correlations).ravel().astype(np.float64)
     lags = np.arange(correlations.size)
     chosen = number(values_of, key.lag_frames)
     chosen = int(chosen) if chosen is not None else int(np.nanargmax(correlations))
@@ -257,7 +257,7 @@ def latency(fig, ax, record: CalibrationRecord) -> None:
 def speckle_profile(fig, ax, record: CalibrationRecord) -> None:
     key, stored = RoiResult.summary_key, RoiResult.record_array
     values_of = summary(record, RoiResult)
-    lag, value = finite(array(record, stored.autocorrelation_lag_px), array(record, stored.autocorrelation))
+    lag, value = finite(needed(record, stored.autocorrelation_lag_px), needed(record, stored.autocorrelation))
     order = np.argsort(lag)
     ax.plot(lag[order], value[order], marker="o", markersize=3.5, color=DATA, linewidth=1.3,
             label="intensity autocorrelation")
@@ -277,7 +277,7 @@ def speckle_profile(fig, ax, record: CalibrationRecord) -> None:
 @_panel(RoiResult.record_array.autocorrelation_2d)
 def speckle_map(fig, ax, record: CalibrationRecord) -> None:
     values_of = summary(record, RoiResult)
-    image = array(record, RoiResult.record_array.autocorrelation_2d).astype(np.float64)
+    image = needed(record, RoiResult.record_array.autocorrelation_2d).astype(np.float64)
     if image.ndim != 2:
         side = math.isqrt(image.size)
         image = image.ravel()[:side * side].reshape(side, side)
@@ -325,7 +325,7 @@ def reference_map(fig, ax, record: CalibrationRecord) -> None:
 
     stored = ReferenceResult.record_array
     values_of = summary(record, ReferenceResult)
-    reference = array(record, stored.reference_dn).ravel().astype(np.float64)
+    reference = needed(record, stored.reference_dn).ravel().astype(np.float64)
     geometry = roi_geometry(record, ReferenceResult, reference.size)
     mask = array(record, stored.mask)
     usable = np.ones(reference.size, dtype=bool)
@@ -355,7 +355,7 @@ def reference_map(fig, ax, record: CalibrationRecord) -> None:
 def matrix_holdout(fig, ax, record: CalibrationRecord) -> None:
     key, stored = MatrixResult.summary_key, MatrixResult.record_array
     values_of = summary(record, MatrixResult)
-    scatter(ax, array(record, stored.holdout_predicted), array(record, stored.holdout_measured),
+    scatter(ax, needed(record, stored.holdout_predicted), needed(record, stored.holdout_measured),
             number(values_of, key.holdout_correlation), number(values_of, key.relative_error))
     ax.set_xlabel("predicted x·M (a.u.; entries of M have unit variance)")
     ax.set_ylabel("optical projection (a.u.)")
@@ -366,7 +366,7 @@ def matrix_holdout(fig, ax, record: CalibrationRecord) -> None:
 def matrix_nonlinear(fig, ax, record: CalibrationRecord) -> None:
     key, stored = MatrixResult.summary_key, MatrixResult.record_array
     values_of = summary(record, MatrixResult)
-    scatter(ax, array(record, stored.nonlinear_predicted), array(record, stored.nonlinear_measured),
+    scatter(ax, needed(record, stored.nonlinear_predicted), needed(record, stored.nonlinear_measured),
             number(values_of, key.nonlinear_correlation), number(values_of, key.nonlinear_relative_error))
     ax.set_xlabel("predicted |x·M|² (DN)")
     ax.set_ylabel("measured intensity (DN)")
@@ -386,8 +386,8 @@ def _fidelity(ax, record: CalibrationRecord, name: str, ylabel: str, title: str,
     """Fidelity figure ``name`` (an array of the record) against the frames each row costs."""
     from matplotlib.lines import Line2D
 
-    frames = array(record, FidelityResult.record_array.frames_per_vector).ravel().astype(np.float64)
-    values = array(record, name).ravel().astype(np.float64)
+    frames = needed(record, FidelityResult.record_array.frames_per_vector).ravel().astype(np.float64)
+    values = needed(record, name).ravel().astype(np.float64)
     n = min(frames.size, values.size)
     frames, values = frames[:n], values[:n]
     labels = _fidelity_rows(record, n)
@@ -453,7 +453,7 @@ def _time_axis(times_s: np.ndarray) -> tuple[np.ndarray, str]:
 def drift(fig, ax, record: CalibrationRecord) -> None:
     key, stored = DriftResult.summary_key, DriftResult.record_array
     values_of = summary(record, DriftResult)
-    times_s, correlations = finite(array(record, stored.times_s), array(record, stored.correlations))
+    times_s, correlations = finite(needed(record, stored.times_s), needed(record, stored.correlations))
     order = np.argsort(times_s)
     times_s, correlations = times_s[order], correlations[order]
     times, unit = _time_axis(times_s)
@@ -474,5 +474,5 @@ def drift(fig, ax, record: CalibrationRecord) -> None:
     ax.set_ylabel("correlation with baseline")
     ax.margins(y=0.2)
     needs = values_of.get(key.needs_recalibration)
-    status = {True: ": recalibrate", False: ": within threshold"}.get(needs if isinstance(needs, bool) else None, "")
+    status = {True: ": recalibrate", False: ": within threshold"}[needs] if isinstance(needs, bool) else ""
     ax.set_title(f"Drift of the projection{status}", **({"color": MARK} if needs is True else {}))

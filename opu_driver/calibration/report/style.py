@@ -5,7 +5,10 @@ thresholds' context) in grey; maps in viridis. Every panel takes its colours fro
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # matplotlib is optional: only the report needs it
 
 __all__ = ["DATA", "SECOND", "MARK", "GUIDE", "MAP", "SERIES", "RC_PARAMS", "fmt", "integer_formatter"]
 
@@ -16,7 +19,7 @@ GUIDE = "#6b6b6b"
 MAP = "viridis"
 SERIES = ("#1f5fa8", "#e07b18", "#2e8b57", "#8e44ad", "#b8860b", "#17a2b8")
 
-RC_PARAMS: dict[str, Any] = {
+RC_PARAMS: dict[RcKeyType, Any] = {
     "font.size": 9.5,
     "axes.titlesize": 10.5,
     "axes.titleweight": "bold",

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,7 +93,9 @@ def parse_url(url: str) -> DeviceUrl:
             vid, pid = parts.netloc.split(":")
             vendor_id, product_id = int(vid, 16), int(pid, 16)
         except ValueError:
-            raise UnsupportedUrlError(f"USB ids must be VID:PID in hex (e.g. 1209:4f50), got {parts.netloc!r}") from None
+            raise UnsupportedUrlError(
+                f"USB ids must be VID:PID in hex (e.g. 1209:4f50), got {parts.netloc!r}"
+            ) from None
     serial_number = parts.path.strip("/") or None
     port = options.pop("port", None)
     if options:
@@ -117,6 +120,7 @@ def _connect_sim(parsed: DeviceUrl) -> Connection:
         from firmware_sim.usb_backend import get_backend
     except ImportError as exc:  # pragma: no cover - firmware_sim ships with the driver
         raise LibraryLoadError("the emulator package firmware_sim is not installed") from exc
+    cleanup: Callable[[], None] | None
     try:
         if parsed.serial_number is not None:  # sim://NAME: a device that lives on after this connection
             device = firmware_sim.get_device(parsed.serial_number)
@@ -125,7 +129,7 @@ def _connect_sim(parsed: DeviceUrl) -> Connection:
             config = SimConfig.from_query(parsed.options)
             device = firmware_sim.create_device(config)
             _log.info("emulated OPU %s (serial %s) with %s", device.name, device.serial_number, config.to_query())
-            cleanup = lambda: firmware_sim.release_device(device)
+            cleanup = functools.partial(firmware_sim.release_device, device)
     except SimConfigError as exc:
         raise ConfigurationError(exc.message) from exc
     except SimDeviceNotFoundError as exc:

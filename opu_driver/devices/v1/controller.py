@@ -93,8 +93,8 @@ def _accept_any(reply: str) -> str:
 def _after_garbage(line: str) -> str | None:
     """The part of ``line`` after its last character that cannot belong to a reply, or None if there is none."""
     last = None
-    for last in _NOT_REPLY_CHAR.finditer(line):
-        pass
+    for match in _NOT_REPLY_CHAR.finditer(line):
+        last = match
     if last is None:
         return None
     rest = line[last.end():]

@@ -143,7 +143,10 @@ class UsbLink:
             except CommunicationTimeoutError as exc:
                 raise CommunicationTimeoutError(message) from exc
             self.bytes_received += len(chunk)
-            self._pending.extend(self._parser.feed(chunk))
+            for parsed in self._parser.feed(chunk):
+                # The parser accepts camera frames only: a packet of any other type comes back as a PacketFault.
+                assert isinstance(parsed, (CameraFrame, PacketFault))
+                self._pending.append(parsed)
 
     def drain(self, timeout_s: float, max_reads: int) -> int:
         """Discard the IN stream until a read times out (or ``max_reads`` reads); forget partial packets.
