@@ -1,4 +1,5 @@
 """Run every benchmark (same as ``opu bench``): python benchmarks/run_all.py [--quick] [--repeats N]."""
+
 import sys
 
 from opu_tools.cli import main

@@ -8,6 +8,7 @@ The URL picks the backend: ``tcp://host:port`` (the OPU service, ``opu serve``),
 (the driver in this process, imported only then), ``digital://?seed=N`` (an exact numpy projector with the same
 statistics). Remote use needs numpy and the standard library only.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,6 +6,7 @@ unit-variance entries. Ternary errors (-1, 0, 1) are projected as they are; othe
 exactly by the digital backend and through ``n_bits`` bit planes by optical ones. Zero vectors give zeros.
 ``n_features`` is fixed by the ``n_features`` option or by the first call.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,7 @@ def _is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
-def check_options(n_components: object, n_features: object, scheme: object, n_bits: object,
-                  max_batch: object) -> None:
+def check_options(n_components: object, n_features: object, scheme: object, n_bits: object, max_batch: object) -> None:
     """Refuse bad projector options with InvalidInputError (before any connection is made)."""
     if not _is_int(n_components) or not 1 <= n_components <= MAX_COMPONENTS:
         raise InvalidInputError(f"n_components must be an integer within 1..{MAX_COMPONENTS}, got {n_components!r}")
@@ -72,8 +72,7 @@ def check_options(n_components: object, n_features: object, scheme: object, n_bi
         raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}")
 
 
-def check_errors(errors: npt.ArrayLike, n_features: int | None,
-                 max_batch: int) -> tuple[npt.NDArray[np.float64], bool]:
+def check_errors(errors: npt.ArrayLike, n_features: int | None, max_batch: int) -> tuple[npt.NDArray[np.float64], bool]:
     """Return errors as a C-contiguous float64 (batch, n_features) array and whether the input was 1-D.
 
     Raises:
@@ -112,8 +111,16 @@ class Projector(ABC):
 
     backend = "abstract"
 
-    def __init__(self, url: str, n_components: int, *, n_features: int | None = None, scheme: str = "four_frame",
-                 n_bits: int | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self,
+        url: str,
+        n_components: int,
+        *,
+        n_features: int | None = None,
+        scheme: str = "four_frame",
+        n_bits: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
         check_options(n_components, n_features, scheme, n_bits, max_batch)
         self.url = url
         self.n_components = int(n_components)
@@ -180,18 +187,24 @@ class Projector(ABC):
     def __enter__(self) -> Projector:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.url!r}, n_components={self.n_components}, "
-                f"n_features={self.n_features}, scheme={self.scheme!r}{', closed' if self._closed else ''})")
+        return (
+            f"{type(self).__name__}({self.url!r}, n_components={self.n_components}, "
+            f"n_features={self.n_features}, scheme={self.scheme!r}{', closed' if self._closed else ''})"
+        )
 
 
 def finite_float(value: object, name: str) -> float:
     """A finite positive float option, or InvalidInputError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
-            math.isfinite(value) and value > 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not (math.isfinite(value) and value > 0)
+    ):
         raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)

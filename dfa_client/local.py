@@ -3,6 +3,7 @@
 It drives the device through ``opu_driver`` (imported only when this backend is used) and its linear mode:
 ``project`` is ``Opu.linear_transform``. Driver errors are re-raised as the client's, the driver's chained.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,11 +53,19 @@ class LocalProjector(Projector):
 
     backend = "local"
 
-    def __init__(self, url: str, n_components: int, *, n_features: int | None = None, scheme: str = "four_frame",
-                 n_bits: int | None = None, max_batch: int = 65_536, opu: Opu | None = None,
-                 **opu_settings: Any) -> None:
-        super().__init__(url, n_components, n_features=n_features, scheme=scheme, n_bits=n_bits,
-                         max_batch=max_batch)
+    def __init__(
+        self,
+        url: str,
+        n_components: int,
+        *,
+        n_features: int | None = None,
+        scheme: str = "four_frame",
+        n_bits: int | None = None,
+        max_batch: int = 65_536,
+        opu: Opu | None = None,
+        **opu_settings: Any,
+    ) -> None:
+        super().__init__(url, n_components, n_features=n_features, scheme=scheme, n_bits=n_bits, max_batch=max_batch)
         import opu_driver
 
         self._owns_opu = opu is None
@@ -83,6 +92,13 @@ class LocalProjector(Projector):
     @property
     def info(self) -> ProjectorInfo:
         info = self.opu.info
-        return ProjectorInfo("local", self.url, self.n_features, self.n_components, self.scheme, self.n_bits,
-                             self.max_batch, {"model": info.model, "serial_number": info.serial_number,
-                                              "firmware_version": info.firmware_version})
+        return ProjectorInfo(
+            "local",
+            self.url,
+            self.n_features,
+            self.n_components,
+            self.scheme,
+            self.n_bits,
+            self.max_batch,
+            {"model": info.model, "serial_number": info.serial_number, "firmware_version": info.firmware_version},
+        )

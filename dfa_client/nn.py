@@ -12,6 +12,7 @@ array per hidden layer). The last layer always learns from its true gradient. Ho
 with an ``EpochLog`` after each epoch; ``alignment`` measures the angle between the DFA and backprop updates.
 It is meant for examples and tests: plain numpy, no autodiff, SGD with momentum.
 """
+
 from __future__ import annotations
 
 import logging
@@ -180,8 +181,9 @@ class MLP:
         InvalidInputError: fewer than 2 sizes, a size < 1, an unknown activation.
     """
 
-    def __init__(self, sizes: Sequence[int], activation: str = "tanh", seed: int = 0,
-                 dtype: npt.DTypeLike = np.float32) -> None:
+    def __init__(
+        self, sizes: Sequence[int], activation: str = "tanh", seed: int = 0, dtype: npt.DTypeLike = np.float32
+    ) -> None:
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
             raise InvalidInputError(f"sizes must list at least the inputs and the classes, got {sizes!r}")
         for size in sizes:
@@ -198,7 +200,8 @@ class MLP:
         gain = 2.0 if activation == "relu" else 1.0
         self.weights: list[FloatArray] = [
             (rng.standard_normal((n_in, n_out)) * np.sqrt(gain / n_in)).astype(self.dtype)
-            for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True)]
+            for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True)
+        ]
         self.biases: list[FloatArray] = [np.zeros(n_out, dtype=self.dtype) for n_out in self.sizes[1:]]
 
     @property
@@ -224,8 +227,11 @@ class MLP:
     def _check_labels(self, y: npt.ArrayLike, n_samples: int) -> LabelArray:
         """y as n_samples int64 labels within 0..n_classes - 1."""
         labels = np.asarray(y)
-        if (labels.shape != (n_samples,) or labels.dtype.kind not in "iu"
-                or (labels.size and (labels.min() < 0 or labels.max() >= self.n_classes))):
+        if (
+            labels.shape != (n_samples,)
+            or labels.dtype.kind not in "iu"
+            or (labels.size and (labels.min() < 0 or labels.max() >= self.n_classes))
+        ):
             raise InvalidInputError(f"y must be {n_samples} integer labels within 0..{self.n_classes - 1}")
         return labels.astype(np.int64)
 
@@ -298,8 +304,9 @@ class MLP:
             grads.append(self._layer_grad(cache.inputs[layer], delta))
         return grads[::-1]
 
-    def dfa_from_projection(self, cache: _Cache, e: ErrorArray,
-                            projected: Sequence[npt.ArrayLike]) -> list[LayerGradients]:
+    def dfa_from_projection(
+        self, cache: _Cache, e: ErrorArray, projected: Sequence[npt.ArrayLike]
+    ) -> list[LayerGradients]:
         """DFA updates from a forward cache, the output error and one projected error per hidden layer."""
         hidden = self.hidden_sizes
         if len(projected) != len(hidden):
@@ -369,8 +376,9 @@ class MLP:
 
         return dfa_update
 
-    def _check_test_set(self, X_test: npt.ArrayLike | None,
-                        y_test: npt.ArrayLike | None) -> tuple[FloatArray, LabelArray] | None:
+    def _check_test_set(
+        self, X_test: npt.ArrayLike | None, y_test: npt.ArrayLike | None
+    ) -> tuple[FloatArray, LabelArray] | None:
         """The checked test set of ``fit``, or None without one."""
         if X_test is None and y_test is None:
             return None
@@ -378,23 +386,37 @@ class MLP:
             raise InvalidInputError("give both X_test and y_test, or neither")
         return self._check_inputs(X_test, y_test)
 
-    def _train_epoch(self, features: FloatArray, labels: LabelArray, order: npt.NDArray[np.intp], batch_size: int,
-                     update: _UpdateRule, optimizer: Sgd) -> tuple[float, float]:
+    def _train_epoch(
+        self,
+        features: FloatArray,
+        labels: LabelArray,
+        order: npt.NDArray[np.intp],
+        batch_size: int,
+        update: _UpdateRule,
+        optimizer: Sgd,
+    ) -> tuple[float, float]:
         """One pass over the training set in ``order``; returns its mean loss and accuracy (before each update)."""
         losses: list[float] = []
         correct = 0
         for first in range(0, len(labels), batch_size):
-            batch = order[first:first + batch_size]
+            batch = order[first : first + batch_size]
             cache = self._forward(features[batch])
             optimizer.step(self, update(cache, self.output_error(cache.logits, labels[batch])))
             losses.append(self._loss(cache.logits, labels[batch]) * len(batch))
             correct += int((cache.logits.argmax(axis=1) == labels[batch]).sum())
         return float(sum(losses) / len(labels)), correct / len(labels)
 
-    def fit(self, X: npt.ArrayLike, y: npt.ArrayLike, method: str = "backprop", feedback: Feedback | None = None,
-            settings: TrainSettings | None = None, X_test: npt.ArrayLike | None = None,
-            y_test: npt.ArrayLike | None = None,
-            callbacks: Sequence[Callable[[EpochLog], object]] = ()) -> list[EpochLog]:
+    def fit(
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        method: str = "backprop",
+        feedback: Feedback | None = None,
+        settings: TrainSettings | None = None,
+        X_test: npt.ArrayLike | None = None,
+        y_test: npt.ArrayLike | None = None,
+        callbacks: Sequence[Callable[[EpochLog], object]] = (),
+    ) -> list[EpochLog]:
         """Train by ``method`` ("backprop" or "dfa", which needs ``feedback``); returns one EpochLog per epoch.
 
         Each callback is called with the EpochLog after every epoch (hooks: logging, plotting, alignment,
@@ -412,8 +434,9 @@ class MLP:
         start = time.perf_counter()
         for epoch in range(1, settings.epochs + 1):
             order = rng.permutation(len(labels))
-            train_loss, train_accuracy = self._train_epoch(features, labels, order, settings.batch_size, update,
-                                                           optimizer)
+            train_loss, train_accuracy = self._train_epoch(
+                features, labels, order, settings.batch_size, update, optimizer
+            )
             test_accuracy = None if test is None else self._accuracy(self._forward(test[0]).logits, test[1])
             log = EpochLog(epoch, method, train_loss, train_accuracy, test_accuracy, time.perf_counter() - start)
             history.append(log)

@@ -15,6 +15,7 @@ DeviceChangedError before the request is sent, so a result from another device i
 
 Tokens never appear in messages, reprs or logs: URLs are redacted (``token=***``) wherever they are quoted.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,7 @@ from .errors import (
 )
 from .wire import MessageType, PeerClosedError, ProtocolError, WireLimits
 
-__all__ = ["RemoteProjector", "parse_tcp_url", "redact_url", "SHUTDOWN_KIND", "TOO_MANY_CLIENTS_KIND",
-           "IDENTITY_KEYS"]
+__all__ = ["RemoteProjector", "parse_tcp_url", "redact_url", "SHUTDOWN_KIND", "TOO_MANY_CLIENTS_KIND", "IDENTITY_KEYS"]
 
 _log = logging.getLogger(__name__)
 
@@ -136,14 +136,26 @@ class RemoteProjector(Projector):
 
     backend = "remote"
 
-    def __init__(self, url: str, n_components: int, *, token: str | None = None, timeout_s: float = 30.0,
-                 retries: int = 3, backoff_s: float = 0.1, n_features: int | None = None,
-                 scheme: str = "four_frame", n_bits: int | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self,
+        url: str,
+        n_components: int,
+        *,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 0.1,
+        n_features: int | None = None,
+        scheme: str = "four_frame",
+        n_bits: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
         if not isinstance(url, str):
             raise UnsupportedUrlError(f"url must be a string, got {type(url).__name__}")
         host, port, url_token = parse_tcp_url(url)  # redacts the token in its errors
-        super().__init__(_redact(url), n_components, n_features=n_features, scheme=scheme, n_bits=n_bits,
-                         max_batch=max_batch)
+        super().__init__(
+            _redact(url), n_components, n_features=n_features, scheme=scheme, n_bits=n_bits, max_batch=max_batch
+        )
         self.timeout_s = finite_float(timeout_s, "timeout_s")
         self.backoff_s = finite_float(backoff_s, "backoff_s")
         if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
@@ -173,9 +185,15 @@ class RemoteProjector(Projector):
             raise _Retryable(f"cannot connect to {self._address[0]}:{self._address[1]}: {exc}") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            hello = {"protocol_version": wire.PROTOCOL_VERSION, "token": self._token,
-                     "n_components": self.n_components, "n_features": self.n_features, "scheme": self.scheme,
-                     "n_bits": self.n_bits, "max_batch": self._requested_max_batch}
+            hello = {
+                "protocol_version": wire.PROTOCOL_VERSION,
+                "token": self._token,
+                "n_components": self.n_components,
+                "n_features": self.n_features,
+                "scheme": self.scheme,
+                "n_bits": self.n_bits,
+                "max_batch": self._requested_max_batch,
+            }
             wire.send_message(sock, MessageType.HELLO, 0, hello)
             reply = wire.read_message(sock, WireLimits(_REPLY_HEADER_BYTES, 0), time.monotonic() + self.timeout_s)
             if reply.type == MessageType.ERROR:
@@ -188,11 +206,15 @@ class RemoteProjector(Projector):
                 raise ProtocolError(f"WELCOME without valid limits: {welcome}"[:500])
             identity = {key: welcome.get(key) for key in IDENTITY_KEYS}
             if self._identity is not None and identity != self._identity:
-                changed = {key: (self._identity[key], identity[key]) for key in IDENTITY_KEYS
-                           if identity[key] != self._identity[key]}
+                changed = {
+                    key: (self._identity[key], identity[key])
+                    for key in IDENTITY_KEYS
+                    if identity[key] != self._identity[key]
+                }
                 raise DeviceChangedError(
                     f"the service at {self._address[0]}:{self._address[1]} now serves another device or another "
-                    f"random matrix (first -> now: {changed}); nothing was sent. Open a new projector to use it")
+                    f"random matrix (first -> now: {changed}); nothing was sent. Open a new projector to use it"
+                )
         except (OSError, PeerClosedError) as exc:  # incl. a timeout: the handshake never completed
             with contextlib.suppress(OSError):
                 sock.close()
@@ -205,8 +227,13 @@ class RemoteProjector(Projector):
         if self._identity is None:
             self._identity = identity
         frame_time_us = welcome.get("frame_time_us")
-        self._frame_time_s = (float(frame_time_us) * 1e-6 if isinstance(frame_time_us, (int, float))
-                              and not isinstance(frame_time_us, bool) and 0 < frame_time_us < 1e9 else 0.0)
+        self._frame_time_s = (
+            float(frame_time_us) * 1e-6
+            if isinstance(frame_time_us, (int, float))
+            and not isinstance(frame_time_us, bool)
+            and 0 < frame_time_us < 1e9
+            else 0.0
+        )
         self.max_batch = min(self._requested_max_batch, max_batch)
         self._max_message_bytes = max_bytes
         self._sock = sock
@@ -222,8 +249,9 @@ class RemoteProjector(Projector):
         kind = str(reply.header.get("kind", "ServiceError"))
         message = str(reply.header.get("message", ""))
         if kind in _RETRYABLE_KINDS:
-            raise _Retryable(f"{kind}: {message}" if kind != SHUTDOWN_KIND else
-                             f"the service is shutting down: {message}")
+            raise _Retryable(
+                f"{kind}: {message}" if kind != SHUTDOWN_KIND else f"the service is shutting down: {message}"
+            )
         error = _ERROR_KINDS.get(kind)
         if error is not None:
             raise error(message)
@@ -241,9 +269,11 @@ class RemoteProjector(Projector):
             except _Retryable as exc:
                 self._drop()
                 if attempt >= self.retries:
-                    raise ConnectionFailedError(f"the service at {self._address[0]}:{self._address[1]} is "
-                                                f"unavailable after {attempt + 1} attempt(s): {exc}") from exc
-                pause_s = min(2.0, self.backoff_s * 2 ** attempt)
+                    raise ConnectionFailedError(
+                        f"the service at {self._address[0]}:{self._address[1]} is "
+                        f"unavailable after {attempt + 1} attempt(s): {exc}"
+                    ) from exc
+                pause_s = min(2.0, self.backoff_s * 2**attempt)
                 attempt += 1
                 self.reconnects += 1
                 _log.info("%s; retry %d of %d in %.2f s", exc, attempt, self.retries, pause_s)
@@ -257,8 +287,10 @@ class RemoteProjector(Projector):
     # -- projection ----------------------------------------------------------------------------------------
     def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         if self._max_message_bytes and E.nbytes > self._max_message_bytes:
-            raise InvalidInputError(f"a request of {E.nbytes} bytes exceeds the service's limit of "
-                                    f"{self._max_message_bytes}; split the batch")
+            raise InvalidInputError(
+                f"a request of {E.nbytes} bytes exceeds the service's limit of "
+                f"{self._max_message_bytes}; split the batch"
+            )
         if E.shape[0] > self.max_batch:
             raise InvalidInputError(f"a batch of {E.shape[0]} exceeds the service's max_batch={self.max_batch}")
         request_id = next(self._ids)
@@ -286,8 +318,9 @@ class RemoteProjector(Projector):
         try:
             sock.settimeout(timeout_s)
             wire.send_message(sock, MessageType.PROJECT, request_id, None, E)
-            reply = wire.read_message(sock, WireLimits(_REPLY_HEADER_BYTES, expected_bytes),
-                                      time.monotonic() + timeout_s)
+            reply = wire.read_message(
+                sock, WireLimits(_REPLY_HEADER_BYTES, expected_bytes), time.monotonic() + timeout_s
+            )
         except TimeoutError as exc:
             raise RequestTimeoutError(f"no reply from the service within {timeout_s:.3g} s") from exc
         except (OSError, PeerClosedError) as exc:
@@ -295,14 +328,17 @@ class RemoteProjector(Projector):
         if reply.type == MessageType.ERROR and reply.request_id in (request_id, 0):
             self._raise_error(reply)  # id 0: about the connection, not a request
         if reply.request_id != request_id:
-            raise ProtocolError(f"a {reply.type.name} for request {reply.request_id} arrived while request "
-                                f"{request_id} was pending")
+            raise ProtocolError(
+                f"a {reply.type.name} for request {reply.request_id} arrived while request {request_id} was pending"
+            )
         if reply.type != MessageType.RESULT:
             raise ProtocolError(f"unexpected {reply.type.name} in reply to PROJECT")
         out = reply.array
         if out is None or out.dtype != np.float32 or out.shape != (E.shape[0], self.n_components):
-            raise ProtocolError(f"a RESULT of {None if out is None else (out.dtype, out.shape)} for a request of "
-                                f"{E.shape[0]} vectors and {self.n_components} components")
+            raise ProtocolError(
+                f"a RESULT of {None if out is None else (out.dtype, out.shape)} for a request of "
+                f"{E.shape[0]} vectors and {self.n_components} components"
+            )
         return out.astype(np.float32, copy=False)  # native byte order (a no-op on little-endian hosts)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -315,8 +351,11 @@ class RemoteProjector(Projector):
 
     @property
     def info(self) -> ProjectorInfo:
-        details = {key: self._welcome.get(key) for key in
-                   ("service_version", "protocol_version", "model", "serial_number", "firmware_version")}
+        details = {
+            key: self._welcome.get(key)
+            for key in ("service_version", "protocol_version", "model", "serial_number", "firmware_version")
+        }
         details["address"] = f"{self._address[0]}:{self._address[1]}"
-        return ProjectorInfo("remote", self.url, self.n_features, self.n_components, self.scheme, self.n_bits,
-                             self.max_batch, details)
+        return ProjectorInfo(
+            "remote", self.url, self.n_features, self.n_components, self.scheme, self.n_bits, self.max_batch, details
+        )

@@ -18,6 +18,7 @@ the gradient's device) when it is known exactly (a digital projector with real e
 called in backward (optical: the error goes to the host as float64 and the result comes back to the gradient's
 device and dtype). torch is imported by this module only; ``dfa_client`` itself never imports it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -61,8 +62,10 @@ class _HiddenFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         projected = ctx.dfa._take(ctx.pass_id, ctx.index)
         if projected.shape != ctx.shape:
-            raise RuntimeError(f"DFA hidden tap {ctx.index}: the feedback has shape {tuple(projected.shape)}, the "
-                               f"layer's output {tuple(ctx.shape)}: check layer_sizes")
+            raise RuntimeError(
+                f"DFA hidden tap {ctx.index}: the feedback has shape {tuple(projected.shape)}, the "
+                f"layer's output {tuple(ctx.shape)}: check layer_sizes"
+            )
         return projected.to(device=grad.device, dtype=grad.dtype), None, None, None
 
 
@@ -123,8 +126,9 @@ class DFA(torch.nn.Module):
         """[B_1 e, ..., B_L e] for errors (batch, n_classes), on the errors' device and in their dtype."""
         errors = errors.detach()
         if errors.ndim != 2:
-            raise RuntimeError(f"DFA output tap: expected logits' gradient (batch, n_classes), "
-                               f"got {tuple(errors.shape)}")
+            raise RuntimeError(
+                f"DFA output tap: expected logits' gradient (batch, n_classes), got {tuple(errors.shape)}"
+            )
         if self.feedback_matrix is not None:
             matrix = self.feedback_matrix.to(device=errors.device, dtype=errors.dtype)
             projected = errors @ matrix
@@ -138,8 +142,10 @@ class DFA(torch.nn.Module):
 
     def _take(self, pass_id: int, index: int) -> torch.Tensor:
         if self._projected is None or self._projected[0] != pass_id:
-            raise RuntimeError("DFA hidden tap: no output error for this forward pass; the loss must be computed "
-                               "from the output of this pass's DFA.output (output_tap) before backward")
+            raise RuntimeError(
+                "DFA hidden tap: no output error for this forward pass; the loss must be computed "
+                "from the output of this pass's DFA.output (output_tap) before backward"
+            )
         return self._projected[1][index]
 
     def extra_repr(self) -> str:
@@ -186,11 +192,13 @@ class DFAPerceptron(torch.nn.Module):
         if activation not in self._ACTIVATIONS:
             raise InvalidInputError(f"activation={activation!r}; choose one of {sorted(self._ACTIVATIONS)}")
         if tuple(sizes[1:-1]) != tuple(dfa.layer_sizes):
-            raise InvalidInputError(f"hidden widths {list(sizes[1:-1])} differ from the feedback's "
-                                    f"{list(dfa.layer_sizes)}")
+            raise InvalidInputError(
+                f"hidden widths {list(sizes[1:-1])} differ from the feedback's {list(dfa.layer_sizes)}"
+            )
         self.sizes = tuple(int(s) for s in sizes)
         self.layers = torch.nn.ModuleList(
-            torch.nn.Linear(a, b) for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=True))
+            torch.nn.Linear(a, b) for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=True)
+        )
         self.dfa = dfa
         self.activation = activation
 

@@ -17,6 +17,7 @@ shuffling and the digital B; the optical B is the device's), epochs, DMD frames 
 reference calibration included; "-" for methods that use no device), wall time. The JSON file holds every run,
 with learning curves and the final alignment angles between the DFA and backprop updates.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,7 @@ from .dfa import DEFAULT_THRESHOLD, FeedbackProjection
 from .errors import DfaError, InvalidInputError
 from .nn import MLP, EpochLog, TrainSettings
 
-__all__ = ["METHODS", "DEFAULT_SIM_URL", "RunSettings", "MethodResult", "run_method", "run", "format_table",
-           "main"]
+__all__ = ["METHODS", "DEFAULT_SIM_URL", "RunSettings", "MethodResult", "run_method", "run", "format_table", "main"]
 
 _log = logging.getLogger(__name__)
 
@@ -119,14 +119,14 @@ def _projector(method: str, settings: RunSettings, n_classes: int, seed: int) ->
 
     n_components = sum(settings.hidden)
     if method in ("digital", "digital-ternary"):
-        return dfa_client.connect(f"digital://?seed={settings.feedback_seed + seed}", n_components=n_components,
-                                  n_features=n_classes)
+        return dfa_client.connect(
+            f"digital://?seed={settings.feedback_seed + seed}", n_components=n_components, n_features=n_classes
+        )
     scheme = "four_frame" if method == "optical4" else "two_frame"
     options: dict[str, Any] = {}
     if settings.pixel_format and not settings.url.startswith("tcp://"):
         options["pixel_format"] = settings.pixel_format
-    return dfa_client.connect(settings.url, n_components=n_components, n_features=n_classes, scheme=scheme,
-                              **options)
+    return dfa_client.connect(settings.url, n_components=n_components, n_features=n_classes, scheme=scheme, **options)
 
 
 def _test_curve(history: Sequence[EpochLog]) -> list[float]:
@@ -144,33 +144,60 @@ def run_method(method: str, data: Dataset, settings: RunSettings, seed: int = 0)
     start = time.perf_counter()
     net = MLP([data.n_inputs, *settings.hidden, data.n_classes], activation=settings.activation, seed=seed)
     dfa = method != "backprop"
-    train = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size,
-                          learning_rate=settings.lr_dfa if dfa else settings.lr_backprop,
-                          momentum=settings.momentum, seed=seed)
+    train = TrainSettings(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.lr_dfa if dfa else settings.lr_backprop,
+        momentum=settings.momentum,
+        seed=seed,
+    )
     if not dfa:
-        history = net.fit(data.X_train, data.y_train, "backprop", settings=train, X_test=data.X_test,
-                          y_test=data.y_test)
+        history = net.fit(
+            data.X_train, data.y_train, "backprop", settings=train, X_test=data.X_test, y_test=data.y_test
+        )
         curve = _test_curve(history)
-        return MethodResult(method, data.name, seed, curve[-1], len(history), None, 0, time.perf_counter() - start,
-                            curve)
+        return MethodResult(
+            method, data.name, seed, curve[-1], len(history), None, 0, time.perf_counter() - start, curve
+        )
     with _projector(method, settings, data.n_classes, seed) as projector:
         encoding = "real" if method == "digital" else "ternary"
-        feedback = FeedbackProjection(projector, settings.hidden, encoding=encoding, threshold=settings.threshold,
-                                      rescale=settings.rescale, centre=settings.centre)
-        history = net.fit(data.X_train, data.y_train, "dfa", feedback, settings=train, X_test=data.X_test,
-                          y_test=data.y_test)
+        feedback = FeedbackProjection(
+            projector,
+            settings.hidden,
+            encoding=encoding,
+            threshold=settings.threshold,
+            rescale=settings.rescale,
+            centre=settings.centre,
+        )
+        history = net.fit(
+            data.X_train, data.y_train, "dfa", feedback, settings=train, X_test=data.X_test, y_test=data.y_test
+        )
         frames = feedback.frames_sent
         vectors = projector.vectors_projected
         wall_s = time.perf_counter() - start
         # A diagnostic after training (not counted in frames or time): how far the DFA updates are from backprop's.
         alignment = net.alignment(data.X_test[:ALIGNMENT_SAMPLES], data.y_test[:ALIGNMENT_SAMPLES], feedback)
     curve = _test_curve(history)
-    return MethodResult(method, data.name, seed, curve[-1], len(history), frames, vectors, wall_s, curve,
-                        [round(a, 2) for a in alignment])
+    return MethodResult(
+        method,
+        data.name,
+        seed,
+        curve[-1],
+        len(history),
+        frames,
+        vectors,
+        wall_s,
+        curve,
+        [round(a, 2) for a in alignment],
+    )
 
 
-def run(settings: RunSettings, methods: Sequence[str], seeds: Sequence[int],
-        progress: Callable[[MethodResult], object] | None = None) -> list[MethodResult]:
+def run(
+    settings: RunSettings,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    progress: Callable[[MethodResult], object] | None = None,
+) -> list[MethodResult]:
     """Every method for every seed, on one split of ``settings.dataset``."""
     from .data import load_dataset
 
@@ -193,28 +220,34 @@ def summarise(results: Sequence[MethodResult]) -> list[dict[str, Any]]:
     summary = []
     for (method, dataset), group in rows.items():
         frames = [r.frames for r in group if r.frames is not None]
-        summary.append({
-            "method": method,
-            "dataset": dataset,
-            "test_accuracy": statistics.median(r.test_accuracy for r in group),
-            "accuracies": [r.test_accuracy for r in group],
-            "epochs": statistics.median(r.epochs for r in group),
-            "frames": int(statistics.median(frames)) if frames else None,
-            "wall_s": statistics.median(r.wall_s for r in group),
-            "seeds": [r.seed for r in group],
-        })
+        summary.append(
+            {
+                "method": method,
+                "dataset": dataset,
+                "test_accuracy": statistics.median(r.test_accuracy for r in group),
+                "accuracies": [r.test_accuracy for r in group],
+                "epochs": statistics.median(r.epochs for r in group),
+                "frames": int(statistics.median(frames)) if frames else None,
+                "wall_s": statistics.median(r.wall_s for r in group),
+                "seeds": [r.seed for r in group],
+            }
+        )
     return summary
 
 
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
     """A plain-text (Markdown) table of ``summarise`` rows."""
-    lines = ["| method | dataset | test accuracy (%) | per seed | epochs | frames | wall (s) |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| method | dataset | test accuracy (%) | per seed | epochs | frames | wall (s) |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
     for row in summary:
         frames = "-" if row["frames"] is None else f"{row['frames']:,}"
         seeds = " ".join(f"{100 * a:.1f}" for a in row["accuracies"])
-        lines.append(f"| {row['method']} | {row['dataset']} | {100 * row['test_accuracy']:.1f} | {seeds} | "
-                     f"{row['epochs']:g} | {frames} | {row['wall_s']:.1f} |")
+        lines.append(
+            f"| {row['method']} | {row['dataset']} | {100 * row['test_accuracy']:.1f} | {seeds} | "
+            f"{row['epochs']:g} | {frames} | {row['wall_s']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -226,12 +259,12 @@ def plot_curves(results: Sequence[MethodResult], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("--plot needs matplotlib: pip install -e \".[plot]\"") from exc
+        raise ImportError('--plot needs matplotlib: pip install -e ".[plot]"') from exc
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     colours: dict[str, str] = {}
     for result in results:
         colour = colours.setdefault(result.method, f"C{len(colours)}")
-        label = result.method if sum(r.method == result.method for r in results[:results.index(result)]) == 0 else None
+        label = result.method if sum(r.method == result.method for r in results[: results.index(result)]) == 0 else None
         epochs = np.arange(1, len(result.curve) + 1)
         ax.plot(epochs, 100 * np.asarray(result.curve), color=colour, label=label, alpha=0.8)
     ax.set_xlabel("epoch")
@@ -264,28 +297,45 @@ def _methods(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = RunSettings()
-    parser = argparse.ArgumentParser(prog="python -m dfa_client.train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m dfa_client.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--dataset", choices=("mnist", "digits"), default=defaults.dataset)
-    parser.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS),
-                        help=f"comma-separated, from {','.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
+    parser.add_argument(
+        "--methods",
+        type=_methods,
+        default=list(DEFAULT_METHODS),
+        help=f"comma-separated, from {','.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})",
+    )
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds; the table shows medians")
-    parser.add_argument("--hidden", type=_int_list, default=list(defaults.hidden),
-                        help="hidden widths (default 256,256)")
+    parser.add_argument(
+        "--hidden", type=_int_list, default=list(defaults.hidden), help="hidden widths (default 256,256)"
+    )
     parser.add_argument("--activation", choices=("tanh", "relu", "sigmoid"), default=defaults.activation)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr-backprop", type=float, default=defaults.lr_backprop)
     parser.add_argument("--lr-dfa", type=float, default=defaults.lr_dfa)
-    parser.add_argument("--threshold", type=float, default=defaults.threshold,
-                        help="ternarisation threshold, a fraction of max|e| per error vector")
-    parser.add_argument("--no-rescale", action="store_true",
-                        help="send ternary codes without their per-vector scale (for comparison)")
-    parser.add_argument("--no-centre", action="store_true",
-                        help="send ternary codes without removing their mean (for comparison)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=defaults.threshold,
+        help="ternarisation threshold, a fraction of max|e| per error vector",
+    )
+    parser.add_argument(
+        "--no-rescale", action="store_true", help="send ternary codes without their per-vector scale (for comparison)"
+    )
+    parser.add_argument(
+        "--no-centre", action="store_true", help="send ternary codes without removing their mean (for comparison)"
+    )
     parser.add_argument("--url", default=defaults.url, help="optical projector URL (sim://, usb://, tcp://)")
-    parser.add_argument("--pixel-format", default=defaults.pixel_format,
-                        help="camera pixel format for sim:// and usb:// (default MONO12)")
+    parser.add_argument(
+        "--pixel-format",
+        default=defaults.pixel_format,
+        help="camera pixel format for sim:// and usb:// (default MONO12)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write every run and the table as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write learning curves (PNG, needs matplotlib)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log driver warnings and progress")
@@ -295,21 +345,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
-        settings = RunSettings(dataset=args.dataset, hidden=tuple(args.hidden), activation=args.activation,
-                               epochs=args.epochs, batch_size=args.batch_size, lr_backprop=args.lr_backprop,
-                               lr_dfa=args.lr_dfa, url=args.url, pixel_format=args.pixel_format or None,
-                               threshold=args.threshold, rescale=not args.no_rescale,
-                               centre=not args.no_centre)
+        settings = RunSettings(
+            dataset=args.dataset,
+            hidden=tuple(args.hidden),
+            activation=args.activation,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr_backprop=args.lr_backprop,
+            lr_dfa=args.lr_dfa,
+            url=args.url,
+            pixel_format=args.pixel_format or None,
+            threshold=args.threshold,
+            rescale=not args.no_rescale,
+            centre=not args.no_centre,
+        )
         TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.lr_dfa)
         TrainSettings(learning_rate=settings.lr_backprop)
 
         def progress(result: MethodResult) -> None:
             frames = "" if result.frames is None else f", {result.frames:,} frames"
-            print(f"  {result.method:<15} seed {result.seed}: {100 * result.test_accuracy:5.1f} % after "
-                  f"{result.epochs} epochs{frames}, {result.wall_s:.1f} s", flush=True)
+            print(
+                f"  {result.method:<15} seed {result.seed}: {100 * result.test_accuracy:5.1f} % after "
+                f"{result.epochs} epochs{frames}, {result.wall_s:.1f} s",
+                flush=True,
+            )
 
         print(f"training {args.dataset} with {', '.join(args.methods)} (seeds {args.seeds}, {args.epochs} epochs)")
         started = time.perf_counter()

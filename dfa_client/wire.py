@@ -11,6 +11,7 @@ library only, no pickle, no eval. docs/service.md is the specification; in short
 The magic and version come first and never move, so any version can read them and say "wrong version".
 Lengths are checked against the reader's limits before anything is allocated for them.
 """
+
 from __future__ import annotations
 
 import enum
@@ -113,8 +114,13 @@ class Message:
 
 
 # ------------------------------------------------------------------------------------------------ encoding
-def _encode_parts(msg_type: MessageType | int, request_id: int, header: dict[str, Any] | None,
-                  array: npt.ArrayLike | None, version: int) -> tuple[bytes, bytes | memoryview]:
+def _encode_parts(
+    msg_type: MessageType | int,
+    request_id: int,
+    header: dict[str, Any] | None,
+    array: npt.ArrayLike | None,
+    version: int,
+) -> tuple[bytes, bytes | memoryview]:
     """(prefix + JSON header, payload bytes-like) of a message."""
     if not 0 <= int(request_id) < 1 << 64:
         raise ProtocolError(f"request id {request_id} does not fit 64 bits")
@@ -123,8 +129,9 @@ def _encode_parts(msg_type: MessageType | int, request_id: int, header: dict[str
     if array is not None:
         given = np.asarray(array)
         if given.dtype.kind != "f" or given.dtype.itemsize not in (4, 8) or given.ndim > MAX_DIMS:
-            raise ProtocolError(f"payload must be a float32/float64 array of at most 2 dimensions, got "
-                                f"{given.dtype} {given.shape}")
+            raise ProtocolError(
+                f"payload must be a float32/float64 array of at most 2 dimensions, got {given.dtype} {given.shape}"
+            )
         wire_dtype = "<f4" if given.dtype.itemsize == 4 else "<f8"
         contiguous = np.ascontiguousarray(given, dtype=ARRAY_DTYPES[wire_dtype])
         fields["dtype"] = wire_dtype
@@ -135,17 +142,27 @@ def _encode_parts(msg_type: MessageType | int, request_id: int, header: dict[str
     return prefix + text, payload
 
 
-def encode(msg_type: MessageType | int, request_id: int = 0, header: dict[str, Any] | None = None,
-           array: npt.ArrayLike | None = None, version: int = PROTOCOL_VERSION) -> bytes:
+def encode(
+    msg_type: MessageType | int,
+    request_id: int = 0,
+    header: dict[str, Any] | None = None,
+    array: npt.ArrayLike | None = None,
+    version: int = PROTOCOL_VERSION,
+) -> bytes:
     """One message as bytes. ``array`` (float32 or float64, at most 2-D) becomes the payload; its dtype and shape
     go into the header under the reserved keys "dtype" and "shape". ``version`` exists for tests of mismatches."""
     head, payload = _encode_parts(msg_type, request_id, header, array, version)
     return head + bytes(payload)
 
 
-def send_message(sock: socket.socket, msg_type: MessageType | int, request_id: int = 0,
-                 header: dict[str, Any] | None = None, array: npt.ArrayLike | None = None,
-                 version: int = PROTOCOL_VERSION) -> None:
+def send_message(
+    sock: socket.socket,
+    msg_type: MessageType | int,
+    request_id: int = 0,
+    header: dict[str, Any] | None = None,
+    array: npt.ArrayLike | None = None,
+    version: int = PROTOCOL_VERSION,
+) -> None:
     """Write one message to a connected socket (its timeout bounds the write). Small messages go out in one
     write; a large payload is written straight from the array's memory, without a copy."""
     head, payload = _encode_parts(msg_type, request_id, header, array, version)
@@ -182,8 +199,7 @@ def parse_prefix(data: bytes, limits: WireLimits) -> Prefix:
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}: not an OPU service message")
     if version != PROTOCOL_VERSION:
-        raise ProtocolVersionError(f"the peer speaks protocol version {version}; this side speaks "
-                                   f"{PROTOCOL_VERSION}")
+        raise ProtocolVersionError(f"the peer speaks protocol version {version}; this side speaks {PROTOCOL_VERSION}")
     try:
         msg_type = MessageType(type_code)
     except ValueError:
@@ -191,11 +207,13 @@ def parse_prefix(data: bytes, limits: WireLimits) -> Prefix:
     if flags != 0:
         raise ProtocolError(f"flags must be 0 in protocol version {PROTOCOL_VERSION}, got {flags}")
     if header_bytes > limits.max_header_bytes:
-        raise MessageTooLargeError(f"a JSON header of {header_bytes} bytes exceeds the limit of "
-                                   f"{limits.max_header_bytes}")
+        raise MessageTooLargeError(
+            f"a JSON header of {header_bytes} bytes exceeds the limit of {limits.max_header_bytes}"
+        )
     if payload_bytes > limits.max_payload_bytes:
-        raise MessageTooLargeError(f"a payload of {payload_bytes} bytes exceeds the limit of "
-                                   f"{limits.max_payload_bytes}")
+        raise MessageTooLargeError(
+            f"a payload of {payload_bytes} bytes exceeds the limit of {limits.max_payload_bytes}"
+        )
     return Prefix(version, msg_type, request_id, header_bytes, payload_bytes)
 
 
@@ -229,14 +247,21 @@ def array_spec(header: dict[str, Any], payload_bytes: int) -> ArraySpec | None:
     if dtype is None:
         raise ProtocolError(f"payload dtype {header.get('dtype')!r}: the format allows {sorted(ARRAY_DTYPES)}")
     shape = header.get("shape")
-    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_DIMENSION for n in shape)):
-        raise ProtocolError(f"payload shape must be a list of at most {MAX_DIMS} integers within 0..{MAX_DIMENSION}, "
-                            f"got {shape!r}"[:300])
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_DIMENSION for n in shape)
+    ):
+        raise ProtocolError(
+            f"payload shape must be a list of at most {MAX_DIMS} integers within 0..{MAX_DIMENSION}, got {shape!r}"[
+                :300
+            ]
+        )
     expected = math.prod(shape) * dtype.itemsize
     if expected != payload_bytes:
-        raise ProtocolError(f"a {header['dtype']} array of shape {shape} has {expected} bytes; the payload has "
-                            f"{payload_bytes}")
+        raise ProtocolError(
+            f"a {header['dtype']} array of shape {shape} has {expected} bytes; the payload has {payload_bytes}"
+        )
     return dtype, tuple(shape)
 
 
@@ -248,12 +273,12 @@ def decode(data: bytes, limits: WireLimits = WireLimits()) -> Message:
     total = PREFIX_BYTES + prefix.header_bytes + prefix.payload_bytes
     if len(data) != total:
         raise ProtocolError(f"the prefix announces a {total}-byte message; got {len(data)} bytes")
-    header = parse_header(bytes(data[PREFIX_BYTES:PREFIX_BYTES + prefix.header_bytes]))
+    header = parse_header(bytes(data[PREFIX_BYTES : PREFIX_BYTES + prefix.header_bytes]))
     spec = array_spec(header, prefix.payload_bytes)
     array: FloatArray | None = None
     if spec is not None:
         dtype, shape = spec
-        array = np.frombuffer(bytes(data[PREFIX_BYTES + prefix.header_bytes:]), dtype=dtype).reshape(shape)
+        array = np.frombuffer(bytes(data[PREFIX_BYTES + prefix.header_bytes :]), dtype=dtype).reshape(shape)
     return Message(prefix.type, prefix.request_id, header, array, prefix.version)
 
 
@@ -284,8 +309,13 @@ HeaderCheck = Callable[[Prefix, dict[str, Any], ArraySpec | None], None]
 allocated or read; it raises to refuse the message (the payload is then left unread)."""
 
 
-def read_message(sock: socket.socket, limits: WireLimits, first_byte_deadline: float | None,
-                 message_timeout_s: float | None = None, check_header: HeaderCheck | None = None) -> Message:
+def read_message(
+    sock: socket.socket,
+    limits: WireLimits,
+    first_byte_deadline: float | None,
+    message_timeout_s: float | None = None,
+    check_header: HeaderCheck | None = None,
+) -> Message:
     """Read one message from a socket, allocating only what the checked lengths allow.
 
     Args:

@@ -7,6 +7,7 @@ handler (``opusim://``) for the controller line, or a real pseudo-terminal when 
 Importing the package registers it with pyserial, so ``serial.serial_for_url("opusim://<device name>")``
 opens the controller line of an in-process device (see :mod:`firmware_sim.protocol_opusim`).
 """
+
 from __future__ import annotations
 
 from typing import Any

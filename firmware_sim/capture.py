@@ -10,6 +10,7 @@ computed.
 The camera settings (ROI, pixel format, exposure, frame time, gain) live here as the registers last set them;
 the register file validates every change before it lands.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -74,8 +75,18 @@ class Capture:
         name: the device's name, for the log.
     """
 
-    def __init__(self, config: SimConfig, *, optics: Any, sensor: Any, controller: ControllerLine,
-                 faults: FaultInjector, dmd: DmdGeometry, layout: LayoutTable, name: str) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        optics: Any,
+        sensor: Any,
+        controller: ControllerLine,
+        faults: FaultInjector,
+        dmd: DmdGeometry,
+        layout: LayoutTable,
+        name: str,
+    ) -> None:
         self._config = config
         self._optics = optics
         self._sensor = sensor
@@ -171,7 +182,7 @@ class Capture:
         start = 0
         for kind, group in _runs_of_kind(seen, light_on):
             for offset in range(0, len(group), batch_max):
-                batch = group[offset:offset + batch_max]
+                batch = group[offset : offset + batch_max]
                 first = start + offset
                 index = np.arange(first, first + len(batch), dtype=np.int64)
                 times_us = (medium_time_us + index * frame_time_us).astype(np.float64)
@@ -179,9 +190,14 @@ class Capture:
                 if self.light_factor != 1.0:
                     intensity = intensity * self.light_factor  # injected ``saturate``: the light jumped
                 counts = self._sensor.capture(
-                    intensity, roi=roi, frame_indices=self.frame_count + index,
-                    exposure_us=settings.exposure_us, gain=settings.gain_milli / 1000.0,
-                    laser_power_mw=self._controller.power_mw, light_on=light_on, bits=bits,
+                    intensity,
+                    roi=roi,
+                    frame_indices=self.frame_count + index,
+                    exposure_us=settings.exposure_us,
+                    gain=settings.gain_milli / 1000.0,
+                    laser_power_mw=self._controller.power_mw,
+                    light_on=light_on,
+                    bits=bits,
                 )
                 flags = np.where(np.any(counts >= full_scale, axis=1), wire.FLAG_SATURATED, 0)
                 if not light_on:
@@ -191,7 +207,9 @@ class Capture:
                     [f.frame_id for f in batch],
                     device_time_us + index * frame_time_us,
                     flags,
-                    exposure_us=settings.exposure_us, roi=roi, pixel_format=settings.pixel_format,
+                    exposure_us=settings.exposure_us,
+                    roi=roi,
+                    pixel_format=settings.pixel_format,
                     pixels=wire.pack_pixels(settings.pixel_format, counts),
                 )
                 if self._faults.active:
@@ -200,8 +218,9 @@ class Capture:
                 self.frames_computed += len(batch)
             start += len(group)
 
-    def _intensity(self, kind: FrameKind, batch: list[Frame],
-                   times_us: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    def _intensity(
+        self, kind: FrameKind, batch: list[Frame], times_us: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float32]:
         if kind == FrameKind.FEATURE:
             return self._optics.intensity_features(self._layout.feature_bits(batch), times_us)
         if kind == FrameKind.RAW:

@@ -5,6 +5,7 @@ onto :class:`SimConfig` fields through :meth:`SimConfig.from_query`. A config is
 so a bad option is refused with a :class:`~firmware_sim.errors.SimConfigError` that names the key before
 any device exists.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,17 +82,23 @@ class _QueryKey:
 # firmware's memory sizes (tests shrink them to reach their limits quickly) and the faults.
 QUERY_KEYS: tuple[_QueryKey, ...] = (
     _QueryKey(
-        "seed", ("seed",), _parse_int,
+        "seed",
+        ("seed",),
+        _parse_int,
         "an integer >= 0",
         "seed of the transmission matrix, dark pattern and noise",
     ),
     _QueryKey(
-        "dmd", ("dmd_width", "dmd_height"), _parse_size,
+        "dmd",
+        ("dmd_width", "dmd_height"),
+        _parse_size,
         "WIDTHxHEIGHT, positive integers",
         "DMD geometry in mirrors",
     ),
     _QueryKey(
-        "camera", ("camera_width", "camera_height"), _parse_size,
+        "camera",
+        ("camera_width", "camera_height"),
+        _parse_size,
         "WIDTHxHEIGHT, 1..65535",
         "sensor geometry in pixels",
     ),
@@ -101,18 +108,24 @@ QUERY_KEYS: tuple[_QueryKey, ...] = (
     _QueryKey("noise", ("noise",), _parse_bool, "0, 1, false or true", "0 turns every noise source off"),
     _QueryKey("exposure_us", ("exposure_us",), _parse_int, "an integer 10..1000000", "initial exposure, microseconds"),
     _QueryKey(
-        "frame_time_us", ("frame_time_us",), _parse_int,
+        "frame_time_us",
+        ("frame_time_us",),
+        _parse_int,
         "an integer >= exposure_us + 50",
         "initial frame period, microseconds",
     ),
     _QueryKey("gain", ("gain",), _parse_float, "a number 1.0..16.0", "initial analogue gain"),
     _QueryKey(
-        "power_mw", ("laser_power_mw",), _parse_float,
+        "power_mw",
+        ("laser_power_mw",),
+        _parse_float,
         "a number 0..laser_power_max_mw",
         "initial laser power setpoint, mW",
     ),
     _QueryKey(
-        "drift_s", ("drift_tau_s",), _parse_float,
+        "drift_s",
+        ("drift_tau_s",),
+        _parse_float,
         "a number > 0, or inf",
         "decorrelation time of the medium, device seconds",
     ),
@@ -120,64 +133,88 @@ QUERY_KEYS: tuple[_QueryKey, ...] = (
     _QueryKey("read_noise_e", ("read_noise_e",), _parse_float, "a number >= 0", "read noise, electrons rms"),
     _QueryKey("hot", ("hot_pixel_fraction",), _parse_float, "a number 0..1", "fraction of hot pixels"),
     _QueryKey(
-        "jitter", ("laser_jitter",), _parse_float,
+        "jitter",
+        ("laser_jitter",),
+        _parse_float,
         "a number 0..<1",
         "relative rms of laser power, frame to frame",
     ),
     _QueryKey(
-        "signal_e", ("signal_e",), _parse_float,
+        "signal_e",
+        ("signal_e",),
+        _parse_float,
         "a number >= 0",
         "mean electrons per pixel, all mirrors ON, 400 us, 50 mW",
     ),
     _QueryKey("full_well_e", ("full_well_e",), _parse_float, "a number > 0", "electrons at ADC full scale, gain 1"),
     _QueryKey(
-        "model", ("model",), str,
+        "model",
+        ("model",),
+        str,
         "printable ASCII without ',', 1..64 characters",
         "model name reported by the device",
     ),
     _QueryKey(
-        "serial", ("serial_number",), str,
+        "serial",
+        ("serial_number",),
+        str,
         "printable ASCII without ',', up to 64 characters",
         "serial number (empty: SIM-<seed>)",
     ),
     _QueryKey(
-        "dark_current_e_s", ("dark_current_e_per_s",), _parse_float,
+        "dark_current_e_s",
+        ("dark_current_e_per_s",),
+        _parse_float,
         "a number >= 0",
         "dark current, electrons per second",
     ),
     _QueryKey(
-        "dark_pattern_e", ("dark_pattern_e",), _parse_float,
+        "dark_pattern_e",
+        ("dark_pattern_e",),
+        _parse_float,
         "a number >= 0",
         "rms of the fixed per-pixel dark pattern, electrons",
     ),
     _QueryKey("hot_e", ("hot_pixel_e",), _parse_float, "a number >= 0", "extra electrons of a hot pixel at 400 us"),
     _QueryKey(
-        "power_max_mw", ("laser_power_max_mw",), _parse_float,
+        "power_max_mw",
+        ("laser_power_max_mw",),
+        _parse_float,
         "a number > 0",
         "largest laser power setpoint, mW",
     ),
     _QueryKey(
-        "firmware", ("firmware_version",), _parse_version,
+        "firmware",
+        ("firmware_version",),
+        _parse_version,
         "MAJOR.MINOR.PATCH, major/minor 0..99, patch 0..255",
         "firmware version",
     ),
     _QueryKey(
-        "seq_capacity_frames", ("seq_capacity_frames",), _parse_int,
+        "seq_capacity_frames",
+        ("seq_capacity_frames",),
+        _parse_int,
         f"an integer 1..{_MAX_U32}",
         "frames the sequence memory holds (register SEQ_CAPACITY)",
     ),
     _QueryKey(
-        "raw_queue_bytes", ("raw_queue_bytes",), _parse_int,
+        "raw_queue_bytes",
+        ("raw_queue_bytes",),
+        _parse_int,
         "an integer >= 1",
         "bytes of mirror bits that queued raw frames may take (beyond: E_SEQ_FULL)",
     ),
     _QueryKey(
-        "in_fifo_bytes", ("in_fifo_bytes",), _parse_int,
+        "in_fifo_bytes",
+        ("in_fifo_bytes",),
+        _parse_int,
         f"an integer 1..{_MAX_U32}",
         "capacity of the camera frame FIFO in bytes (register IN_FIFO_BYTES)",
     ),
     _QueryKey(
-        "faults", ("faults",), str,
+        "faults",
+        ("faults",),
+        str,
         "comma-separated NAME:RATE, a probability per event, or NAME@K, at the K-th event",
         "faults to inject, drawn from the seed: " + ", ".join(ALL_FAULT_KINDS),
     ),
@@ -252,8 +289,14 @@ class SimConfig:
         return value
 
     def _check_float(
-        self, name: str, low: float, high: float = math.inf, *, low_open: bool = False,
-        high_open: bool = False, allow_inf: bool = False,
+        self,
+        name: str,
+        low: float,
+        high: float = math.inf,
+        *,
+        low_open: bool = False,
+        high_open: bool = False,
+        allow_inf: bool = False,
     ) -> float:
         value = getattr(self, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -311,7 +354,8 @@ class SimConfig:
         self._check_text("serial_number", allow_empty=True)
         version = self.firmware_version
         if (
-            not isinstance(version, tuple) or len(version) != 3
+            not isinstance(version, tuple)
+            or len(version) != 3
             or not all(isinstance(part, int) and not isinstance(part, bool) for part in version)
             or not (0 <= version[0] <= 99 and 0 <= version[1] <= 99 and 0 <= version[2] <= 255)
         ):
@@ -423,9 +467,9 @@ def _query_message(message: str) -> str:
     for entry in QUERY_KEYS:
         for name in entry.fields:
             if message.startswith(name + " ") and name != entry.key:
-                return f"emulator option {entry.key!r} ({name}){message[len(name):]}; allowed: {entry.allowed}"
+                return f"emulator option {entry.key!r} ({name}){message[len(name) :]}; allowed: {entry.allowed}"
             if message.startswith(name + " "):
-                return f"emulator option {entry.key!r}{message[len(name):]}; allowed: {entry.allowed}"
+                return f"emulator option {entry.key!r}{message[len(name) :]}; allowed: {entry.allowed}"
     return message
 
 

@@ -10,6 +10,7 @@ The controller owns the light path's state (laser, power setpoint, shutter, inte
 mode; the firmware reads them through :attr:`ControllerLine.light_on` and :attr:`ControllerLine.trigger_mode`.
 It never reads the wall clock: the temperature drifts with the device time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ControllerLine", "ControllerHost", "SERIAL_ERRORS", "MAX_LINE_BYTES", "ERROR_QUEUE_LENGTH",
-           "TRIGGER_MODES"]
+__all__ = ["ControllerLine", "ControllerHost", "SERIAL_ERRORS", "MAX_LINE_BYTES", "ERROR_QUEUE_LENGTH", "TRIGGER_MODES"]
 
 _log = logging.getLogger(__name__)
 
@@ -92,8 +92,16 @@ def _keyword_matches(token: str, long_form: str) -> bool:
 class ControllerLine:
     """Line parser and state of the serial controller; :meth:`feed` returns the reply bytes."""
 
-    def __init__(self, host: ControllerHost, *, model: str, serial_number: str, firmware_version: tuple[int, int, int],
-                 default_power_mw: float, max_power_mw: float) -> None:
+    def __init__(
+        self,
+        host: ControllerHost,
+        *,
+        model: str,
+        serial_number: str,
+        firmware_version: tuple[int, int, int],
+        default_power_mw: float,
+        max_power_mw: float,
+    ) -> None:
         if not (math.isfinite(max_power_mw) and max_power_mw > 0):
             raise ValueError(f"laser_power_max_mw must be positive, got {max_power_mw}")
         if not (math.isfinite(default_power_mw) and 0 <= default_power_mw <= max_power_mw):
@@ -297,8 +305,14 @@ class ControllerLine:
         return "OK"
 
     def _set_trigger(self, parameter: str) -> str:
-        mode = {"INT": "INT", "INTERNAL": "INT", "SOFT": "SOFT", "SOFTWARE": "SOFT", "EXT": "EXT",
-                "EXTERNAL": "EXT"}.get(parameter.upper())
+        mode = {
+            "INT": "INT",
+            "INTERNAL": "INT",
+            "SOFT": "SOFT",
+            "SOFTWARE": "SOFT",
+            "EXT": "EXT",
+            "EXTERNAL": "EXT",
+        }.get(parameter.upper())
         if mode is None:
             raise _CommandError(-222)
         if mode != self.trigger_mode and self._host.sequence_running:

@@ -25,6 +25,7 @@ INT, START computes and queues every camera frame of the sequence before the con
 One lock guards everything, so a pseudo-terminal thread and in-process callers may share a device. The
 parts do not lock: reach them directly only from the thread that owns the device (tests, diagnostics).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -126,38 +127,70 @@ class EmulatedDevice:
         major, minor, patch = (int(v) for v in config.firmware_version)  # SimConfig checked it is a triple
         version = (major, minor, patch)
         self.usb_identity = UsbIdentity(
-            USB_VENDOR_ID, USB_PRODUCT_ID, (_bcd(major) << 8) | _bcd(minor),
-            "OPU Open Stack", str(config.model), str(config.serial_number),
+            USB_VENDOR_ID,
+            USB_PRODUCT_ID,
+            (_bcd(major) << 8) | _bcd(minor),
+            "OPU Open Stack",
+            str(config.model),
+            str(config.serial_number),
         )
         self.controller = ControllerLine(
-            self, model=str(config.model), serial_number=str(config.serial_number), firmware_version=version,
-            default_power_mw=float(config.laser_power_mw), max_power_mw=float(config.laser_power_max_mw),
+            self,
+            model=str(config.model),
+            serial_number=str(config.serial_number),
+            firmware_version=version,
+            default_power_mw=float(config.laser_power_mw),
+            max_power_mw=float(config.laser_power_max_mw),
         )
         # The fault plan lives outside the device model: a reset (even an injected one) keeps it.
         self.faults = FaultInjector(getattr(config, "faults", ""), int(config.seed))
         dmd = DmdGeometry(config.dmd_width, config.dmd_height)
         self._layout = LayoutTable(dmd)
         self.capture = Capture(
-            config, optics=self._optics, sensor=self._sensor, controller=self.controller, faults=self.faults,
-            dmd=dmd, layout=self._layout, name=self._name,
+            config,
+            optics=self._optics,
+            sensor=self._sensor,
+            controller=self.controller,
+            faults=self.faults,
+            dmd=dmd,
+            layout=self._layout,
+            name=self._name,
         )
         self.sequencer = Sequencer(
-            config, dmd=dmd, layout=self._layout, capture=self.capture, controller=self.controller,
-            faults=self.faults, optics=self._optics, reset_usb_side=lambda: self._reset_usb_side(keep_fifo=True),
+            config,
+            dmd=dmd,
+            layout=self._layout,
+            capture=self.capture,
+            controller=self.controller,
+            faults=self.faults,
+            optics=self._optics,
+            reset_usb_side=lambda: self._reset_usb_side(keep_fifo=True),
             name=self._name,
         )
         self.registers = RegisterFile(
-            config, firmware_word=(version[0] << 16) | (version[1] << 8) | version[2], sequencer=self.sequencer,
-            capture=self.capture, layout=self._layout, controller=self.controller, name=self._name,
+            config,
+            firmware_word=(version[0] << 16) | (version[1] << 8) | version[2],
+            sequencer=self.sequencer,
+            capture=self.capture,
+            layout=self._layout,
+            controller=self.controller,
+            name=self._name,
         )
         self._serial_out = bytearray()
         self._serial_dropped_bytes = 0
         self.connected = True
         self.plug_generation = 0
         self.reset()
-        _log.info("emulated OPU %s: serial %s, DMD %dx%d, camera %dx%d, lag %d", self._name,
-                  config.serial_number, dmd.width, dmd.height, config.camera_width, config.camera_height,
-                  config.lag_frames)
+        _log.info(
+            "emulated OPU %s: serial %s, DMD %dx%d, camera %dx%d, lag %d",
+            self._name,
+            config.serial_number,
+            dmd.width,
+            dmd.height,
+            config.camera_width,
+            config.camera_height,
+            config.lag_frames,
+        )
 
     @staticmethod
     def _check_config(config: Any) -> None:
@@ -368,7 +401,7 @@ class EmulatedDevice:
         room = SERIAL_OUT_LIMIT_BYTES - len(self._serial_out)
         if len(data) > room:
             self._serial_dropped_bytes += len(data) - room
-            data = data[:max(room, 0)]
+            data = data[: max(room, 0)]
         self._serial_out += data
         self._serial_ready.notify_all()
 
@@ -392,8 +425,9 @@ class EmulatedDevice:
     def serial_wait(self, timeout_s: float | None) -> bool:
         """Block until reply bytes wait (True) or ``timeout_s`` passes (False); None waits forever."""
         with self._serial_ready:
-            return self._serial_ready.wait_for(lambda: bool(self._serial_out) or not self.connected, timeout_s) \
-                and bool(self._serial_out)
+            return self._serial_ready.wait_for(
+                lambda: bool(self._serial_out) or not self.connected, timeout_s
+            ) and bool(self._serial_out)
 
     def __repr__(self) -> str:
         return f"<EmulatedDevice {self._name} serial={self.serial_number}>"

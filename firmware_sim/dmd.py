@@ -5,6 +5,7 @@ packed feature bits for a FEATURE frame. The layout table (docs/protocol.md 1.4)
 mirror bitmaps; it is validated here, before the optics ever see it. The sequencer queues and shows these
 frames, the capture reads their bits to compute what the camera sees.
 """
+
 from __future__ import annotations
 
 from enum import IntEnum
@@ -63,8 +64,9 @@ class DmdGeometry:
 
     def packed_mirrors(self, frames: list[Frame]) -> npt.NDArray[np.uint8]:
         """The packed mirror bits (n, frame_bytes) of RAW frames, padding bits cleared (they are not mirrors)."""
-        packed = np.stack([np.frombuffer(f.data, dtype=np.uint8, count=self.frame_bytes, offset=f.offset)
-                           for f in frames])
+        packed = np.stack(
+            [np.frombuffer(f.data, dtype=np.uint8, count=self.frame_bytes, offset=f.offset) for f in frames]
+        )
         packed[:, -1] &= self._last_byte_mask
         return packed
 

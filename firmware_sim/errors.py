@@ -3,6 +3,7 @@
 Both are also standard exception types (``ValueError``, ``LookupError``), so code that uses the emulator on its own
 can catch them without knowing this module.
 """
+
 from __future__ import annotations
 
 __all__ = ["SimError", "SimConfigError", "SimDeviceNotFoundError"]

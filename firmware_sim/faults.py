@@ -16,6 +16,7 @@ behind until the host clears them. The pyusb backend (transfers), the capture (c
 (sequence starts) and the device (controller replies) ask it at their hook points; nothing else in the
 emulator changes when no fault is planned.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,16 @@ from dataclasses import dataclass
 
 from .errors import SimConfigError
 
-__all__ = ["FAULT_KINDS", "LIGHT_FAULT_KINDS", "ALL_FAULT_KINDS", "FaultPlan", "FaultInjector", "SLOW_DELAY_S",
-           "FRAME_FAULTS", "SATURATE_FACTOR"]
+__all__ = [
+    "FAULT_KINDS",
+    "LIGHT_FAULT_KINDS",
+    "ALL_FAULT_KINDS",
+    "FaultPlan",
+    "FaultInjector",
+    "SLOW_DELAY_S",
+    "FRAME_FAULTS",
+    "SATURATE_FACTOR",
+]
 
 #: The faults of the link, the camera stream and the USB side, with the event each is drawn on (once per event).
 FAULT_KINDS: Mapping[str, str] = {
@@ -39,7 +48,7 @@ FAULT_KINDS: Mapping[str, str] = {
     "dup": "a camera frame is sent twice (per camera frame)",
     "reorder": "a camera frame is sent after the next one (per camera frame)",
     "reset": "the device resets half-way through a sequence: sequence memory, layout and registers lost "
-             "(per sequence start)",
+    "(per sequence start)",
     "serial": "garbage bytes precede a reply on the controller line (per controller reply)",
     "slow": "a bulk IN read takes 20 ms longer (per bulk IN read)",
 }
@@ -48,7 +57,7 @@ FAULT_KINDS: Mapping[str, str] = {
 #: from FAULT_KINDS because they change what the camera sees rather than how it reaches the host.
 LIGHT_FAULT_KINDS: Mapping[str, str] = {
     "interlock": "the interlock trips half-way through a sequence: the laser goes off, the rest of the sequence "
-                 "is dark, and the cause stays until cleared (per sequence start)",
+    "is dark, and the cause stays until cleared (per sequence start)",
     "saturate": "the light jumps for one sequence (x20 signal), so its frames saturate (per sequence start)",
 }
 
@@ -101,8 +110,12 @@ class FaultPlan:
             if kind in seen:
                 raise _refuse(f"entry {kind!r} given two rates")
             seen.add(kind)
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
-                    or not 0.0 <= rate <= 1.0:
+            if (
+                isinstance(rate, bool)
+                or not isinstance(rate, (int, float))
+                or not math.isfinite(rate)
+                or not 0.0 <= rate <= 1.0
+            ):
                 raise _refuse(f"entry {kind!r}: rate must be a number in 0..1, got {rate!r}")
             rates.append((kind, float(rate)))
         schedule = []
@@ -236,7 +249,7 @@ class FaultInjector:
         frames: list[list[bytes]] = []
         swaps: list[int] = []
         for start in range(0, len(blob), packet_bytes):
-            packet = blob[start:start + packet_bytes]
+            packet = blob[start : start + packet_bytes]
             hits = {kind: self.fire(kind) for kind in FRAME_FAULTS}
             if hits["drop"]:
                 continue
@@ -246,7 +259,7 @@ class FaultInjector:
                 corrupted[bit // 8] ^= 1 << (bit % 8)
                 packet = bytes(corrupted)
             if hits["truncate"]:
-                packet = packet[:self.draw("truncate", _HEADER_BYTES, len(packet) - 1)]
+                packet = packet[: self.draw("truncate", _HEADER_BYTES, len(packet) - 1)]
             frames.append([packet, packet] if hits["dup"] else [packet])
             if hits["reorder"]:
                 swaps.append(len(frames) - 1)

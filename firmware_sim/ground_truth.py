@@ -4,6 +4,7 @@ The ground truth recomputes the optics by the plainest route (every mirror of th
 pixel's four modes fetched from the transmission by index, dense products), independently of the optical
 path's folded, blocked fast path, so tests can check one against the other. It is meant for small geometries.
 """
+
 from __future__ import annotations
 
 import math
@@ -170,8 +171,9 @@ class GroundTruth:
             result += self._pixel_matrix(1, modes, xs, ys) * np.float32(sin)
         return result
 
-    def _pixel_matrix(self, purpose: int, input_modes: npt.ArrayLike | slice, xs: npt.NDArray[np.int64],
-                      ys: npt.NDArray[np.int64]) -> npt.NDArray[np.complex64]:
+    def _pixel_matrix(
+        self, purpose: int, input_modes: npt.ArrayLike | slice, xs: npt.NDArray[np.int64], ys: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.complex64]:
         left, wx0, wx1 = interpolation_weights(xs, self.grain_px)
         top, wy0, wy1 = interpolation_weights(ys, self.grain_px)
         n_cols = self.mode_grid_shape[1]

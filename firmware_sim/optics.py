@@ -25,6 +25,7 @@ Reproducibility: every matrix product runs in blocks of a fixed number of rows (
 result does not depend on how a sequence was split into batches (BLAS picks different kernels, with
 different rounding, for different batch sizes).
 """
+
 from __future__ import annotations
 
 import logging
@@ -127,9 +128,8 @@ def cell_overlaps(
     pair_segment = np.repeat(np.arange(segment_run.size), n_pairs)
     pair_offset = np.arange(pair_segment.size) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
     cell_col = cell_col_first[pair_segment] + pair_offset
-    overlap = (
-        np.minimum(col_stop[pair_segment], (cell_col + 1) * cell_mirrors)
-        - np.maximum(col_start[pair_segment], cell_col * cell_mirrors)
+    overlap = np.minimum(col_stop[pair_segment], (cell_col + 1) * cell_mirrors) - np.maximum(
+        col_start[pair_segment], cell_col * cell_mirrors
     )
     cell = (segment_row[pair_segment] // cell_mirrors) * n_cell_cols + cell_col
     key = feature[segment_run[pair_segment]] * n_cells + cell
@@ -161,7 +161,9 @@ class _RoiModes:
         self.pixels_are_modes = grain_px == 1.0 and (self.n_u, self.n_v) == (self.width, self.height)
 
     @staticmethod
-    def _axis(start: int, length: int, grain_px: float) -> tuple[
+    def _axis(
+        start: int, length: int, grain_px: float
+    ) -> tuple[
         int, int, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]
     ]:
         left, w0, w1 = interpolation_weights(np.arange(start, start + length), grain_px)
@@ -179,8 +181,9 @@ class _RoiModes:
             rows.append((tile_row, first, min(self.v_stop, (tile_row + 1) * TILE_SIDE)))
         return rows
 
-    def crop_band(self, band: npt.NDArray[np.complex64], tile_row: int, v_first: int,
-                  v_stop: int) -> npt.NDArray[np.complex64]:
+    def crop_band(
+        self, band: npt.NDArray[np.complex64], tile_row: int, v_first: int, v_stop: int
+    ) -> npt.NDArray[np.complex64]:
         """The window's part (rows, v_stop - v_first, n_u) of a transmission band of this tile row."""
         top = tile_row * TILE_SIDE
         return band[:, v_first - top : v_stop - top, self.col_offset : self.col_offset + self.n_u]
@@ -251,10 +254,10 @@ def _matmul_rows(rows: npt.NDArray[np.float32], matrix: npt.NDArray[np.float32])
     out = np.empty((n_padded, matrix.shape[1]), dtype=np.float32)
     buffer = np.empty((block, inner), dtype=np.float32)
     for start in range(0, n_padded, block):
-        part = rows[start:start + block]
+        part = rows[start : start + block]
         buffer[: part.shape[0]] = part
-        buffer[part.shape[0]:] = 0.0
-        np.matmul(buffer, matrix, out=out[start:start + block])
+        buffer[part.shape[0] :] = 0.0
+        np.matmul(buffer, matrix, out=out[start : start + block])
     return out[:n_rows]
 
 
@@ -335,10 +338,15 @@ class OpticalPath:
             raise ValueError(f"runs must have shape (M, 3), got {table.shape}")
         table = table.astype(np.int64)
         n_mirrors = self.config.dmd_width * self.config.dmd_height
-        if n_features < 1 or (table.size and (
-            table[:, 0].max() >= n_features or table[:, 1:].min() < 0 or table[:, 2].min() < 1
-            or (table[:, 1] + table[:, 2]).max() > n_mirrors
-        )):
+        if n_features < 1 or (
+            table.size
+            and (
+                table[:, 0].max() >= n_features
+                or table[:, 1:].min() < 0
+                or table[:, 2].min() < 1
+                or (table[:, 1] + table[:, 2]).max() > n_mirrors
+            )
+        ):
             raise ValueError("layout runs out of range (the firmware validates layouts before loading them)")
         features, cells, counts = cell_overlaps(
             table, self.config.dmd_width, self.config.dmd_height, self.config.cell_mirrors
@@ -456,8 +464,9 @@ class OpticalPath:
             self._roi_modes = _RoiModes(self._roi, self.config.grain_px)
         return self._roi_modes
 
-    def _drift_mix(self, times_us: npt.ArrayLike | None,
-                   n_frames: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
+    def _drift_mix(
+        self, times_us: npt.ArrayLike | None, n_frames: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
         """Per-frame (cos theta, sin theta) of the drift, or None without drift."""
         if not self.drifts:
             return None
@@ -479,8 +488,9 @@ class OpticalPath:
         grid = self._modes()
         fields = np.zeros((frames.shape[0], 2 * grid.n_modes), dtype=np.float32)
 
-        def accumulate(first: int, stop: int, modes: slice, real: npt.NDArray[np.float32],
-                       imag: npt.NDArray[np.float32]) -> None:
+        def accumulate(
+            first: int, stop: int, modes: slice, real: npt.NDArray[np.float32], imag: npt.NDArray[np.float32]
+        ) -> None:
             rows = np.ascontiguousarray(frames[:, first:stop])
             part = _matmul_rows(rows, np.concatenate((real, imag), axis=1))
             width = real.shape[1]
@@ -502,14 +512,18 @@ class OpticalPath:
         if layout.n_features * 2 * grid.n_modes * 4 * matrices > self.fold_cache_bytes:
             logger.warning(
                 "folded matrix for %d features x %d output modes exceeds %d bytes: it is recomputed for every "
-                "batch (choose a smaller camera ROI)", layout.n_features, grid.n_modes, self.fold_cache_bytes,
+                "batch (choose a smaller camera ROI)",
+                layout.n_features,
+                grid.n_modes,
+                self.fold_cache_bytes,
             )
             self._fold_streamed = True
             return None
         folded = np.empty((layout.n_features, 2 * grid.n_modes), dtype=np.float32)
 
-        def store(first: int, stop: int, modes: slice, real: npt.NDArray[np.float32],
-                  imag: npt.NDArray[np.float32]) -> None:
+        def store(
+            first: int, stop: int, modes: slice, real: npt.NDArray[np.float32], imag: npt.NDArray[np.float32]
+        ) -> None:
             folded[first:stop, modes] = real
             folded[first:stop, grid.n_modes + modes.start : grid.n_modes + modes.stop] = imag
 
@@ -593,7 +607,8 @@ class OpticalPath:
             if not self._raw_cached:
                 logger.warning(
                     "transmission for raw frames over this ROI needs %d bytes (> %d): regenerated per batch",
-                    size, self.raw_cache_bytes,
+                    size,
+                    self.raw_cache_bytes,
                 )
         n_rows = min(INPUT_BLOCK, self.n_input_modes - block * INPUT_BLOCK)
         band = self.transmission(purpose).band(block, tile_row, grid.tile_col_start, grid.tile_col_stop)

@@ -6,6 +6,7 @@ this :class:`Serial`. It keeps pyserial's semantics: ``read`` returns short data
 (``timeout=None`` blocks, ``0`` does not wait), ``write`` returns the count; a device that was unplugged or
 released makes reads and writes raise ``SerialException``, as a vanished USB serial port does.
 """
+
 from __future__ import annotations
 
 import numbers

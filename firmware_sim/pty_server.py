@@ -6,6 +6,7 @@ slave path it returns, e.g. ``/dev/pts/5``, as it would open ``/dev/ttyACM0``. :
 point of the ``opu sim`` command: it builds a device from emulator options, prints the pty path and the
 device identity, and serves until SIGINT or SIGTERM.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,10 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="opu sim",
         description="Run an emulated OPU; its controller line is served on a pseudo-terminal. "
-                    "The USB side is in-process only (sim:// URLs).",
+        "The USB side is in-process only (sim:// URLs).",
     )
-    parser.add_argument("--url-query", "--query", dest="query", default="",
-                        help="emulator options as a URL query, e.g. 'seed=3&lag=1&noise=0'")
+    parser.add_argument(
+        "--url-query",
+        "--query",
+        dest="query",
+        default="",
+        help="emulator options as a URL query, e.g. 'seed=3&lag=1&noise=0'",
+    )
     parser.add_argument("--name", default=None, help="in-process device name (default sim-<n>)")
     args = parser.parse_args(argv)
 

@@ -8,6 +8,7 @@ The map is built from the device's parts: identity and geometry are constants, t
 checked here and then stored in the capture's :class:`~firmware_sim.capture.CameraSettings`, and the
 sequence registers (SEQ_CONTROL, SOFT_TRIGGER, counters, device time) are the sequencer's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -122,8 +123,17 @@ class RegisterFile:
         name: the device's name, for the log.
     """
 
-    def __init__(self, config: SimConfig, *, firmware_word: int, sequencer: Sequencer, capture: Capture,
-                 layout: LayoutTable, controller: ControllerLine, name: str) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        firmware_word: int,
+        sequencer: Sequencer,
+        capture: Capture,
+        layout: LayoutTable,
+        controller: ControllerLine,
+        name: str,
+    ) -> None:
         self._dmd_width = int(config.dmd_width)
         self._dmd_height = int(config.dmd_height)
         self._cam_width = int(config.camera_width)

@@ -3,6 +3,7 @@
 A device lives here from :func:`create_device` until :func:`release_device`, which also unplugs it: handles
 and serial ports still open on it then fail the way they do when hardware is pulled out.
 """
+
 from __future__ import annotations
 
 import logging

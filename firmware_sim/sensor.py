@@ -16,6 +16,7 @@ gives the same bytes whatever the batching of a sequence. Normals are made by fl
 64-bit Philox words (two per word): about twice as fast here as numpy's ziggurat, and the stream layout does
 not depend on the numpy version.
 """
+
 from __future__ import annotations
 
 import functools

@@ -14,6 +14,7 @@ a camera frame. Device time advances by the frame time per frame shown, never wi
 A layout table may change while frames that used the old one are still queued or in the lag pipeline:
 those frames are first converted to raw mirror frames, so the camera sees what the DMD really showed.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -65,9 +66,19 @@ class Sequencer:
         name: the device's name, for the log.
     """
 
-    def __init__(self, config: SimConfig, *, dmd: DmdGeometry, layout: LayoutTable, capture: Capture,
-                 controller: ControllerLine, faults: FaultInjector, optics: Any,
-                 reset_usb_side: Callable[[], None], name: str) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        dmd: DmdGeometry,
+        layout: LayoutTable,
+        capture: Capture,
+        controller: ControllerLine,
+        faults: FaultInjector,
+        optics: Any,
+        reset_usb_side: Callable[[], None],
+        name: str,
+    ) -> None:
         self.capacity_frames = int(config.seq_capacity_frames)
         self.raw_budget_bytes = int(config.raw_queue_bytes)
         self.lag_frames = int(config.lag_frames)
@@ -144,8 +155,9 @@ class Sequencer:
             if not self._layout.loaded:
                 self._refuse(refused, ErrorCode.E_NO_LAYOUT, f"feature frame {packet.dmd_frame_id}")
             elif packet.n_features != self._layout.n_features:
-                self._refuse(refused, ErrorCode.E_FEATURES,
-                             f"{packet.n_features} features, table has {self._layout.n_features}")
+                self._refuse(
+                    refused, ErrorCode.E_FEATURES, f"{packet.n_features} features, table has {self._layout.n_features}"
+                )
             elif len(self._queue) >= self.capacity_frames:
                 self._refuse(refused, ErrorCode.E_SEQ_FULL, f"feature frame {packet.dmd_frame_id}")
             else:
@@ -176,13 +188,14 @@ class Sequencer:
         else:
             self._layout.load(n_features, runs)
             self._optics.set_layout(n_features, self._layout.runs)
-        _log.debug("%s: layout %s", self._name,
-                   "cleared" if runs is None else f"{n_features} features, {len(runs)} runs")
+        _log.debug(
+            "%s: layout %s", self._name, "cleared" if runs is None else f"{n_features} features, {len(runs)} runs"
+        )
 
     def _materialize_feature_frames(self) -> None:
         frames = [f for f in itertools.chain(self._history, self._queue) if f.kind == FrameKind.FEATURE]
         for start in range(0, len(frames), _EXPAND_CHUNK_FRAMES):
-            chunk = frames[start:start + _EXPAND_CHUNK_FRAMES]
+            chunk = frames[start : start + _EXPAND_CHUNK_FRAMES]
             packed = self._layout.expand(self._layout.feature_bits(chunk))
             for frame, row in zip(chunk, packed, strict=True):
                 frame.kind, frame.data, frame.offset = FrameKind.RAW, row.tobytes(), 0
@@ -250,7 +263,7 @@ class Sequencer:
     def _reset_mid_sequence(self) -> None:
         """Injected fault: the first half of the queue is shown and sent, then the USB side resets."""
         frames = list(self._queue)
-        shown = frames[:len(frames) // 2]
+        shown = frames[: len(frames) // 2]
         if shown:
             self._show(shown)
         _log.info("%s: injected reset after %d of %d frames", self._name, len(shown), len(frames))
@@ -282,5 +295,5 @@ class Sequencer:
         if self.lag_frames == 0:
             return frames
         pipeline = list(self._history) + frames
-        self._history = deque(pipeline[len(frames):])
-        return pipeline[:len(frames)]
+        self._history = deque(pipeline[len(frames) :])
+        return pipeline[: len(frames)]

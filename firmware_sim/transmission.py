@@ -12,6 +12,7 @@ phase 2 pi u2 uniform, which is exactly a circular complex Gaussian with E|R|^2 
 Using the raw words rather than numpy's ziggurat keeps the layout of the stream under our control; u1 keeps
 32 bits, which truncates |R|^2 at 22 s (probability 2e-10), far beyond anything a sum over modes can see.
 """
+
 from __future__ import annotations
 
 import logging
@@ -158,9 +159,7 @@ class Transmission:
             out[:, :, columns] = self.tile(input_block, tile_row, tile_col_start + index)
         return out
 
-    def block(
-        self, input_modes: npt.ArrayLike | slice, output_modes: npt.ArrayLike
-    ) -> npt.NDArray[np.complex64]:
+    def block(self, input_modes: npt.ArrayLike | slice, output_modes: npt.ArrayLike) -> npt.NDArray[np.complex64]:
         """R[input_modes][:, output_modes] as complex64 (n_in, n_out); any order, duplicates allowed.
 
         Only the tiles that hold a requested entry are generated.

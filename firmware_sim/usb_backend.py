@@ -14,6 +14,7 @@
   (EPIPE on every transfer until ``clear_halt``), ``timeout`` fails a read that had data (at once, as an empty
   FIFO does: nothing is consumed), ``slow`` delays a read.
 """
+
 from __future__ import annotations
 
 import errno
@@ -84,46 +85,123 @@ def _address(device: EmulatedDevice) -> int:
 def _device_descriptor(device: EmulatedDevice) -> SimpleNamespace:
     ident = device.usb_identity
     port = _address(device) - 1
-    return _descriptor({
-        "bLength": 18, "bDescriptorType": _DESC_DEVICE, "bcdUSB": 0x0200, "bDeviceClass": 0, "bDeviceSubClass": 0,
-        "bDeviceProtocol": 0, "bMaxPacketSize0": 64, "idVendor": ident.vendor_id, "idProduct": ident.product_id,
-        "bcdDevice": ident.bcd_device, "iManufacturer": 1, "iProduct": 2, "iSerialNumber": 3,
-        "bNumConfigurations": 1, "address": _address(device), "bus": 1, "port_number": port,
-        "port_numbers": (port,), "speed": _LIBUSB_SPEED_HIGH,
-    })
+    return _descriptor(
+        {
+            "bLength": 18,
+            "bDescriptorType": _DESC_DEVICE,
+            "bcdUSB": 0x0200,
+            "bDeviceClass": 0,
+            "bDeviceSubClass": 0,
+            "bDeviceProtocol": 0,
+            "bMaxPacketSize0": 64,
+            "idVendor": ident.vendor_id,
+            "idProduct": ident.product_id,
+            "bcdDevice": ident.bcd_device,
+            "iManufacturer": 1,
+            "iProduct": 2,
+            "iSerialNumber": 3,
+            "bNumConfigurations": 1,
+            "address": _address(device),
+            "bus": 1,
+            "port_number": port,
+            "port_numbers": (port,),
+            "speed": _LIBUSB_SPEED_HIGH,
+        }
+    )
 
 
-_CONFIG = _descriptor({
-    "bLength": 9, "bDescriptorType": _DESC_CONFIG, "wTotalLength": 9 + 9 + 7 + 7, "bNumInterfaces": 1,
-    "bConfigurationValue": _CONFIGURATION_VALUE, "iConfiguration": 0, "bmAttributes": 0x80, "bMaxPower": 250,
-})
-_INTERFACE = _descriptor({
-    "bLength": 9, "bDescriptorType": 4, "bInterfaceNumber": 0, "bAlternateSetting": 0, "bNumEndpoints": 2,
-    "bInterfaceClass": 0xFF, "bInterfaceSubClass": 0x4F, "bInterfaceProtocol": 0x01, "iInterface": 0,
-})
+_CONFIG = _descriptor(
+    {
+        "bLength": 9,
+        "bDescriptorType": _DESC_CONFIG,
+        "wTotalLength": 9 + 9 + 7 + 7,
+        "bNumInterfaces": 1,
+        "bConfigurationValue": _CONFIGURATION_VALUE,
+        "iConfiguration": 0,
+        "bmAttributes": 0x80,
+        "bMaxPower": 250,
+    }
+)
+_INTERFACE = _descriptor(
+    {
+        "bLength": 9,
+        "bDescriptorType": 4,
+        "bInterfaceNumber": 0,
+        "bAlternateSetting": 0,
+        "bNumEndpoints": 2,
+        "bInterfaceClass": 0xFF,
+        "bInterfaceSubClass": 0x4F,
+        "bInterfaceProtocol": 0x01,
+        "iInterface": 0,
+    }
+)
 _ENDPOINTS = tuple(
-    _descriptor({"bLength": 7, "bDescriptorType": 5, "bEndpointAddress": address, "bmAttributes": 0x02,
-                 "wMaxPacketSize": _MAX_PACKET, "bInterval": 0, "bRefresh": 0, "bSynchAddress": 0})
+    _descriptor(
+        {
+            "bLength": 7,
+            "bDescriptorType": 5,
+            "bEndpointAddress": address,
+            "bmAttributes": 0x02,
+            "wMaxPacketSize": _MAX_PACKET,
+            "bInterval": 0,
+            "bRefresh": 0,
+            "bSynchAddress": 0,
+        }
+    )
     for address in (EP_DMD_OUT, EP_CAMERA_IN)
 )
 
 
 def _device_descriptor_bytes(device: EmulatedDevice) -> bytes:
     d = _device_descriptor(device)
-    return struct.pack("<BBHBBBBHHHBBBB", d.bLength, d.bDescriptorType, d.bcdUSB, d.bDeviceClass, d.bDeviceSubClass,
-                       d.bDeviceProtocol, d.bMaxPacketSize0, d.idVendor, d.idProduct, d.bcdDevice, d.iManufacturer,
-                       d.iProduct, d.iSerialNumber, d.bNumConfigurations)
+    return struct.pack(
+        "<BBHBBBBHHHBBBB",
+        d.bLength,
+        d.bDescriptorType,
+        d.bcdUSB,
+        d.bDeviceClass,
+        d.bDeviceSubClass,
+        d.bDeviceProtocol,
+        d.bMaxPacketSize0,
+        d.idVendor,
+        d.idProduct,
+        d.bcdDevice,
+        d.iManufacturer,
+        d.iProduct,
+        d.iSerialNumber,
+        d.bNumConfigurations,
+    )
 
 
 def _config_descriptor_bytes() -> bytes:
     c, i = _CONFIG, _INTERFACE
-    out = struct.pack("<BBHBBBBB", c.bLength, c.bDescriptorType, c.wTotalLength, c.bNumInterfaces,
-                      c.bConfigurationValue, c.iConfiguration, c.bmAttributes, c.bMaxPower)
-    out += struct.pack("<BBBBBBBBB", i.bLength, i.bDescriptorType, i.bInterfaceNumber, i.bAlternateSetting,
-                       i.bNumEndpoints, i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol, i.iInterface)
+    out = struct.pack(
+        "<BBHBBBBB",
+        c.bLength,
+        c.bDescriptorType,
+        c.wTotalLength,
+        c.bNumInterfaces,
+        c.bConfigurationValue,
+        c.iConfiguration,
+        c.bmAttributes,
+        c.bMaxPower,
+    )
+    out += struct.pack(
+        "<BBBBBBBBB",
+        i.bLength,
+        i.bDescriptorType,
+        i.bInterfaceNumber,
+        i.bAlternateSetting,
+        i.bNumEndpoints,
+        i.bInterfaceClass,
+        i.bInterfaceSubClass,
+        i.bInterfaceProtocol,
+        i.iInterface,
+    )
     for e in _ENDPOINTS:
-        out += struct.pack("<BBBBHB", e.bLength, e.bDescriptorType, e.bEndpointAddress, e.bmAttributes,
-                           e.wMaxPacketSize, e.bInterval)
+        out += struct.pack(
+            "<BBBBHB", e.bLength, e.bDescriptorType, e.bEndpointAddress, e.bmAttributes, e.wMaxPacketSize, e.bInterval
+        )
     return out
 
 
@@ -177,8 +255,9 @@ class EmulatorBackend(usb.backend.IBackend):
             raise IndexError(f"Invalid alternate setting index {alt}")
         return _INTERFACE
 
-    def get_endpoint_descriptor(self, dev: EmulatedDevice, ep: int, intf: int, alt: int,
-                                config: int) -> SimpleNamespace:
+    def get_endpoint_descriptor(
+        self, dev: EmulatedDevice, ep: int, intf: int, alt: int, config: int
+    ) -> SimpleNamespace:
         self.get_interface_descriptor(dev, intf, alt, config)
         if not 0 <= ep < len(_ENDPOINTS):
             raise IndexError(f"Invalid endpoint index {ep}")
@@ -273,11 +352,19 @@ class EmulatorBackend(usb.backend.IBackend):
         data = device.usb_bulk_read(EP_CAMERA_IN, len(target))
         if not data:
             raise usb.core.USBTimeoutError("Operation timed out", _LIBUSB_ERROR_TIMEOUT, errno.ETIMEDOUT)
-        target[:len(data)] = data
+        target[: len(data)] = data
         return len(data)
 
-    def ctrl_transfer(self, dev_handle: _Handle, bmRequestType: int, bRequest: int, wValue: int, wIndex: int,
-                      data: array, timeout: int) -> int:
+    def ctrl_transfer(
+        self,
+        dev_handle: _Handle,
+        bmRequestType: int,
+        bRequest: int,
+        wValue: int,
+        wIndex: int,
+        data: array,
+        timeout: int,
+    ) -> int:
         device = self._device(dev_handle)
         buffer = memoryview(data).cast("B")
         if bmRequestType == _RT_VENDOR_IN and bRequest == _REQ_READ_REG:

@@ -13,6 +13,7 @@ It holds what the firmware needs on the USB side:
 - the CAMERA_FRAME encoder (one frame, or a batch of frames with the same ROI and format, vectorised);
 - the five pixel formats of section 1.5, packed and unpacked with numpy.
 """
+
 from __future__ import annotations
 
 import struct
@@ -108,8 +109,13 @@ class ErrorCode(IntEnum):
     E_TRIGGER = 13
 
 
-_BITS = {PixelFormat.MONO8: 8, PixelFormat.MONO10: 10, PixelFormat.MONO12: 12,
-         PixelFormat.MONO10P: 10, PixelFormat.MONO12P: 12}
+_BITS = {
+    PixelFormat.MONO8: 8,
+    PixelFormat.MONO10: 10,
+    PixelFormat.MONO12: 12,
+    PixelFormat.MONO10P: 10,
+    PixelFormat.MONO12P: 12,
+}
 # Packed formats are handled in groups of pixels that fill whole bytes: 4 x 10 bits = 5 bytes, 2 x 12 = 3.
 _PACK_GROUP = {PixelFormat.MONO10P: (4, 5), PixelFormat.MONO12P: (2, 3)}
 
@@ -120,6 +126,7 @@ def crc32(data: bytes | bytearray | memoryview) -> int:
 
 
 # -- envelopes and the stream receiver ------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -187,7 +194,7 @@ class PacketStream:
         offset, total = 0, len(view)
         while offset < total:
             take = min(total - offset, self._capacity - len(self._buffer))
-            self._buffer += view[offset:offset + take]
+            self._buffer += view[offset : offset + take]
             offset += take
             used = self._parse(out)
             if used:
@@ -214,7 +221,7 @@ class PacketStream:
                     return pos
                 ptype, flags, _reserved, length = _HEAD_FIELDS.unpack_from(buf, pos + 4)
                 (header_crc,) = _U32.unpack_from(buf, pos + 12)
-                if length > self.max_payload or crc32(view[pos:pos + 12]) != header_crc:
+                if length > self.max_payload or crc32(view[pos : pos + 12]) != header_crc:
                     # Drop only the first magic byte: a real packet may start inside these 16 bytes.
                     self.header_errors += 1
                     self.junk_bytes += 1
@@ -223,7 +230,7 @@ class PacketStream:
                 packet_end = pos + HEADER_SIZE + length + CRC_SIZE
                 if end < packet_end:
                     return pos
-                payload = view[pos + HEADER_SIZE:pos + HEADER_SIZE + length]
+                payload = view[pos + HEADER_SIZE : pos + HEADER_SIZE + length]
                 (payload_crc,) = _U32.unpack_from(buf, pos + HEADER_SIZE + length)
                 if crc32(payload) != payload_crc:
                     self.crc_errors += 1
@@ -237,12 +244,13 @@ class PacketStream:
 def _magic_prefix_length(buf: bytearray, pos: int, end: int) -> int:
     """Length of the longest tail of buf[pos:end] that could be the start of a magic (0..3)."""
     for keep in range(min(len(MAGIC) - 1, end - pos), 0, -1):
-        if buf[end - keep:end] == MAGIC[:keep]:
+        if buf[end - keep : end] == MAGIC[:keep]:
             return keep
     return 0
 
 
 # -- host -> device packets --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LayoutPacket:
@@ -293,8 +301,9 @@ def decode_out_packet(envelope: Envelope, mirror_bytes: int) -> OutPacket | Stre
             return StreamFault(ErrorCode.E_LENGTH, ptype, f"LAYOUT payload of {size} bytes is shorter than 8")
         n_features, n_runs = _FRAME_ID_PAIR.unpack_from(payload, 0)
         if size != 8 + 12 * n_runs:
-            return StreamFault(ErrorCode.E_LENGTH, ptype,
-                               f"LAYOUT with {n_runs} runs needs {8 + 12 * n_runs} bytes, got {size}")
+            return StreamFault(
+                ErrorCode.E_LENGTH, ptype, f"LAYOUT with {n_runs} runs needs {8 + 12 * n_runs} bytes, got {size}"
+            )
         runs = np.frombuffer(payload, dtype="<u4", count=3 * n_runs, offset=8).reshape(n_runs, 3)
         return LayoutPacket(n_features, runs.astype(np.uint32))
     if ptype == PacketType.RAW_FRAME:
@@ -307,13 +316,15 @@ def decode_out_packet(envelope: Envelope, mirror_bytes: int) -> OutPacket | Stre
         frame_id, n_features = _FRAME_ID_PAIR.unpack_from(payload, 0)
         needed = 8 + (n_features + 7) // 8
         if size != needed:
-            return StreamFault(ErrorCode.E_LENGTH, ptype,
-                               f"FEATURE_FRAME of {n_features} features needs {needed} bytes, got {size}")
+            return StreamFault(
+                ErrorCode.E_LENGTH, ptype, f"FEATURE_FRAME of {n_features} features needs {needed} bytes, got {size}"
+            )
         return FeatureFramePacket(frame_id, n_features, payload)
     return StreamFault(ErrorCode.E_TYPE, ptype, f"packet type 0x{ptype:02X} is not accepted on the OUT endpoint")
 
 
 # -- device -> host camera frames --------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CameraFrameHeader:
@@ -354,17 +365,36 @@ def decode_camera_frame(payload: bytes | bytearray | memoryview) -> tuple[Camera
 def encode_camera_frame(header: CameraFrameHeader, pixels: bytes | bytearray | memoryview) -> bytes:
     """Encode one CAMERA_FRAME packet (envelope included)."""
     meta = _CAMERA_META.pack(
-        header.camera_frame_id, header.dmd_frame_id, header.timestamp_us, header.exposure_us,
-        header.roi_x, header.roi_y, header.roi_w, header.roi_h, header.pixel_format, header.flags, 0,
+        header.camera_frame_id,
+        header.dmd_frame_id,
+        header.timestamp_us,
+        header.exposure_us,
+        header.roi_x,
+        header.roi_y,
+        header.roi_w,
+        header.roi_h,
+        header.pixel_format,
+        header.flags,
+        0,
     )
     return encode_envelope(PacketType.CAMERA_FRAME, meta + bytes(pixels))
 
 
-_META_DTYPE = np.dtype([
-    ("camera_frame_id", "<u4"), ("dmd_frame_id", "<u4"), ("timestamp_us", "<u8"), ("exposure_us", "<u4"),
-    ("roi_x", "<u2"), ("roi_y", "<u2"), ("roi_w", "<u2"), ("roi_h", "<u2"),
-    ("pixel_format", "u1"), ("flags", "u1"), ("reserved", "<u2"),
-])
+_META_DTYPE = np.dtype(
+    [
+        ("camera_frame_id", "<u4"),
+        ("dmd_frame_id", "<u4"),
+        ("timestamp_us", "<u8"),
+        ("exposure_us", "<u4"),
+        ("roi_x", "<u2"),
+        ("roi_y", "<u2"),
+        ("roi_w", "<u2"),
+        ("roi_h", "<u2"),
+        ("pixel_format", "u1"),
+        ("flags", "u1"),
+        ("reserved", "<u2"),
+    ]
+)
 
 
 def encode_camera_frames(
@@ -401,16 +431,17 @@ def encode_camera_frames(
     meta["roi_x"], meta["roi_y"], meta["roi_w"], meta["roi_h"] = roi
     meta["pixel_format"] = pixel_format
     meta["flags"] = flags
-    out[:, HEADER_SIZE:HEADER_SIZE + CAMERA_META_SIZE] = meta.view(np.uint8).reshape(n, CAMERA_META_SIZE)
-    out[:, HEADER_SIZE + CAMERA_META_SIZE:HEADER_SIZE + payload_size] = pixels
+    out[:, HEADER_SIZE : HEADER_SIZE + CAMERA_META_SIZE] = meta.view(np.uint8).reshape(n, CAMERA_META_SIZE)
+    out[:, HEADER_SIZE + CAMERA_META_SIZE : HEADER_SIZE + payload_size] = pixels
     crcs = np.empty(n, dtype="<u4")
     for i in range(n):
-        crcs[i] = zlib.crc32(out[i, HEADER_SIZE:HEADER_SIZE + payload_size].data)  # a row's bytes, not a copy
-    out[:, HEADER_SIZE + payload_size:] = crcs.view(np.uint8).reshape(n, CRC_SIZE)
+        crcs[i] = zlib.crc32(out[i, HEADER_SIZE : HEADER_SIZE + payload_size].data)  # a row's bytes, not a copy
+    out[:, HEADER_SIZE + payload_size :] = crcs.view(np.uint8).reshape(n, CRC_SIZE)
     return out.tobytes()
 
 
 # -- pixel formats ---------------------------------------------------------------------------------
+
 
 def pixel_bits(pixel_format: int) -> int:
     """Significant bits per pixel of a format (8, 10 or 12); ValueError for an unknown code."""
@@ -459,11 +490,12 @@ def pack_pixels(pixel_format: int, values: npt.ArrayLike) -> npt.NDArray[np.uint
         word |= grouped[..., k] << np.uint64(k * bits)
     as_bytes = word.astype("<u8").view(np.uint8).reshape(*lead, n_groups, 8)[..., :group_bytes]
     flat = as_bytes.reshape(*lead, n_groups * group_bytes)
-    return np.ascontiguousarray(flat[..., :pixel_payload_size(fmt, n)])
+    return np.ascontiguousarray(flat[..., : pixel_payload_size(fmt, n)])
 
 
-def unpack_pixels(pixel_format: int, data: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
-                  n_pixels: int) -> npt.NDArray[np.uint16]:
+def unpack_pixels(
+    pixel_format: int, data: bytes | bytearray | memoryview | npt.NDArray[np.uint8], n_pixels: int
+) -> npt.NDArray[np.uint16]:
     """Decode the bytes of ``n_pixels`` pixels into uint16 values (data may be (..., nbytes) uint8).
 
     High bits that MONO10/MONO12 require to be 0 are returned as they are, so a test can see them.

@@ -4,6 +4,7 @@
 built-in byte-level emulator (``firmware_sim``). The names exported here and by the subpackages ``errors``,
 ``encoding``, ``calibration`` and ``service`` are the public API.
 """
+
 from ._version import __version__
 from .errors import *  # noqa: F403 - the error tree is part of the public API
 from .errors import __all__ as _error_names
@@ -26,6 +27,23 @@ from .opu import (
 )
 from .session import open
 
-__all__ = ["__version__", "open", "Opu", "OpuInfo", "OpuSettings", "OpuStatus", "FrameSequence",
-           "AcquisitionCounters", "LinkCounters", "CameraSettings", "Roi", "PixelFormat", "TriggerMode",
-           "LinearMode", "ReferenceCalibration", "PROJECTION_SCHEMES", "FRAMES_PER_TERNARY", *_error_names]
+__all__ = [
+    "__version__",
+    "open",
+    "Opu",
+    "OpuInfo",
+    "OpuSettings",
+    "OpuStatus",
+    "FrameSequence",
+    "AcquisitionCounters",
+    "LinkCounters",
+    "CameraSettings",
+    "Roi",
+    "PixelFormat",
+    "TriggerMode",
+    "LinearMode",
+    "ReferenceCalibration",
+    "PROJECTION_SCHEMES",
+    "FRAMES_PER_TERNARY",
+    *_error_names,
+]

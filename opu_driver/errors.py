@@ -4,6 +4,7 @@ Every error a user can meet derives from :class:`OpuError`, so ``except OpuError
 Errors chain their cause (``raise ... from exc``), carry a device error code where there is one, and
 pickle, so they cross process boundaries (the OPU service, multiprocessing) intact.
 """
+
 from __future__ import annotations
 
 from typing import Any

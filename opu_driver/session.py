@@ -3,6 +3,7 @@
 This is the one place that composes the layers: the device factory below the Opu, the Opu itself, and the
 calibration store above it (``open`` applies the newest matching record unless told otherwise).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,5 +56,10 @@ def _apply_stored_calibration(opu: Opu, settings: OpuSettings) -> Any:
     if record is None:
         _log.info("no stored calibration of %s matches; opening uncalibrated", opu.info.serial_number)
         return None
-    return apply_record(opu, record, explicit=explicit, drift_check=settings.drift_check,
-                        max_age_s=float(settings.calibration_max_age_s))
+    return apply_record(
+        opu,
+        record,
+        explicit=explicit,
+        drift_check=settings.drift_check,
+        max_age_s=float(settings.calibration_max_age_s),
+    )

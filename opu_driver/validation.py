@@ -12,6 +12,7 @@ Two ways in:
 Booleans are never accepted as numbers (``True`` is an ``int`` in Python, and ``retries=True`` is a bug), NaN and
 infinities are never accepted where a finite number is meant.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,7 @@ import numpy as np
 
 from .errors import ConfigurationError, InvalidInputError, OpuError
 
-__all__ = ["is_int", "is_number", "check_int", "check_number", "check_choice", "check_bool", "setting",
-           "Validated"]
+__all__ = ["is_int", "is_number", "check_int", "check_number", "check_choice", "check_bool", "setting", "Validated"]
 
 _T = TypeVar("_T")
 
@@ -39,8 +39,11 @@ def is_int(value: object, low: int | None = None, high: int | None = None) -> bo
 
 def is_number(value: object) -> bool:
     """Whether ``value`` is a finite Python or NumPy real number (not a bool)."""
-    return (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-            and math.isfinite(float(value)))
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float, np.integer, np.floating))
+        and math.isfinite(float(value))
+    )
 
 
 def _range_text(low: float | None, high: float | None, low_open: bool = False) -> str:
@@ -53,29 +56,40 @@ def _range_text(low: float | None, high: float | None, low_open: bool = False) -
     return ""
 
 
-def check_int(value: object, name: str, *, low: int | None = None, high: int | None = None,
-              error: type[OpuError] = InvalidInputError) -> int:
+def check_int(
+    value: object,
+    name: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    error: type[OpuError] = InvalidInputError,
+) -> int:
     """``value`` as an ``int``; ``error`` naming ``name`` and the range when it is not an integer within it."""
     if not is_int(value, low, high):
         raise error(f"{name} must be an integer{_range_text(low, high)}, got {value!r}")
     return int(value)  # type: ignore[call-overload]
 
 
-def check_number(value: object, name: str, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, error: type[OpuError] = InvalidInputError) -> float:
+def check_number(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    error: type[OpuError] = InvalidInputError,
+) -> float:
     """``value`` as a finite ``float`` within ``low..high`` (``low_open``: strictly above ``low``)."""
     ok = is_number(value)
     if ok:
         number = float(value)  # type: ignore[arg-type]
-        ok = ((low is None or (number > low if low_open else number >= low))
-              and (high is None or number <= high))
+        ok = (low is None or (number > low if low_open else number >= low)) and (high is None or number <= high)
     if not ok:
         raise error(f"{name} must be a finite number{_range_text(low, high, low_open)}, got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
-def check_choice(value: _T, name: str, choices: Collection[Any], *,
-                 error: type[OpuError] = InvalidInputError) -> _T:
+def check_choice(value: _T, name: str, choices: Collection[Any], *, error: type[OpuError] = InvalidInputError) -> _T:
     """``value`` itself when it is one of ``choices``; ``error`` listing them otherwise."""
     try:
         ok = value in choices
@@ -118,9 +132,16 @@ class _Rule:
         return value
 
 
-def setting(default: Any = dataclasses.MISSING, *, kind: str = "any", low: float | None = None,
-            high: float | None = None, low_open: bool = False, choices: Collection[Any] = (),
-            optional: bool = False) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    kind: str = "any",
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    choices: Collection[Any] = (),
+    optional: bool = False,
+) -> Any:
     """A dataclass field of a :class:`Validated` settings class, with the rule it is checked by.
 
     ``kind`` is "int", "number" (finite float), "bool", "choice" (one of ``choices``) or "any" (checked in

@@ -1,4 +1,5 @@
 """The ``opu`` command: list devices, show info, run the emulator, the demo and the benchmarks."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.url, n_features=args.features, n_components=args.components, batch=args.batch,
-                    macro_px=args.macro_px, dfa_epochs=args.dfa_epochs)
+    return run_demo(
+        args.url,
+        n_features=args.features,
+        n_components=args.components,
+        batch=args.batch,
+        macro_px=args.macro_px,
+        dfa_epochs=args.dfa_epochs,
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -89,8 +96,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     elif token is None:
         token = os.environ.get("OPU_SERVICE_TOKEN") or None
     limits = _service_limits(args)
-    service = OpuService(args.url, bind=_parse_bind(args.bind), token=token, opu_settings=_serve_opu_settings(args),
-                         **limits)
+    service = OpuService(
+        args.url, bind=_parse_bind(args.bind), token=token, opu_settings=_serve_opu_settings(args), **limits
+    )
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -104,15 +112,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(f"opu serve: cannot listen on {args.bind}: {exc}", file=sys.stderr)
             return 2
         host, port = service.address
-        print(f"opu serve: serving {args.url} on {host}:{port}"
-              f"{' (token required)' if token else ''}; stop with Ctrl-C or SIGTERM", flush=True)
+        print(
+            f"opu serve: serving {args.url} on {host}:{port}"
+            f"{' (token required)' if token else ''}; stop with Ctrl-C or SIGTERM",
+            flush=True,
+        )
         while not stop_requested.wait(0.5):
             pass
         clean = service.stop(timeout_s=args.shutdown_timeout_s)
         stats = service.stats()
-        print(f"opu serve: stopped{'' if clean else ' (some connections did not end in time)'}; "
-              f"{stats.requests} requests, {stats.vectors} vectors, {stats.device_calls} device calls; "
-              "device closed", flush=True)
+        print(
+            f"opu serve: stopped{'' if clean else ' (some connections did not end in time)'}; "
+            f"{stats.requests} requests, {stats.vectors} vectors, {stats.device_calls} device calls; "
+            "device closed",
+            flush=True,
+        )
         return 0
     finally:
         if not stop_requested.is_set() and service.running:
@@ -142,9 +156,14 @@ def _add_service_limit_flags(parser: argparse.ArgumentParser) -> None:
     defaults = ServiceLimits()
     for f in dataclasses.fields(ServiceLimits):
         default = getattr(defaults, f.name)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(default), default=None,
-                            metavar="R" if f.name.endswith("_per_s") else "S" if f.name.endswith("_s") else "N",
-                            help=f"ServiceLimits.{f.name} (default: {default}; see docs/service.md)")
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=type(default),
+            default=None,
+            metavar="R" if f.name.endswith("_per_s") else "S" if f.name.endswith("_s") else "N",
+            help=f"ServiceLimits.{f.name} (default: {default}; see docs/service.md)",
+        )
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -175,7 +194,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     plan = CalibrationPlan(
         n_features=1000 if args.n_features is None else args.n_features,
         n_components=4096 if args.n_components is None else args.n_components,
-        dark_frames=args.frames, dark_method=args.method,
+        dark_frames=args.frames,
+        dark_method=args.method,
     )
     settings = {"pixel_format": args.pixel_format} if args.pixel_format else {}
     # The stored calibration of this device is applied first (settings, lag, references) so a single routine
@@ -185,15 +205,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if args.n_components is None:
             plan = dataclasses.replace(plan, n_components=min(4096, info.camera_width * info.camera_height))
         if not args.json:
-            print(f"calibrating {info.model} {info.serial_number} (firmware {info.firmware_version}): "
-                  f"{plan.n_features} features -> {plan.n_components} outputs", flush=True)
+            print(
+                f"calibrating {info.model} {info.serial_number} (firmware {info.firmware_version}): "
+                f"{plan.n_features} features -> {plan.n_components} outputs",
+                flush=True,
+            )
 
         def report_progress(name: str, result) -> None:
             if not args.json:
                 print(f"  {name:<10} done", flush=True)
 
-        record = calibrate(opu, [args.routine], store, plan, resume=args.resume, progress=progress,
-                           on_result=report_progress)
+        record = calibrate(
+            opu, [args.routine], store, plan, resume=args.resume, progress=progress, on_result=report_progress
+        )
     report = None
     if args.report:
         from opu_driver.calibration.report import render_report
@@ -201,8 +225,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         report = str(render_report(record, args.report))
     saved = str(record.path) if record.path else None
     if args.json:
-        print(json.dumps({"routine": args.routine, "device": info.serial_number, "settings": record.settings,
-                          "results": record.results, "saved": saved, "report": report}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "routine": args.routine,
+                    "device": info.serial_number,
+                    "settings": record.settings,
+                    "results": record.results,
+                    "saved": saved,
+                    "report": report,
+                },
+                indent=2,
+            )
+        )
     else:
         print(summary_table(record))
         if saved:
@@ -224,8 +259,9 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
 def _cmd_soak(args: argparse.Namespace) -> int:
     from .soak import SoakConfig, format_report, run_soak
 
-    config = SoakConfig(frames=args.frames, faults=args.faults, url_query=args.url_query, seed=args.seed,
-                        retries=args.retries)
+    config = SoakConfig(
+        frames=args.frames, faults=args.faults, url_query=args.url_query, seed=args.seed, retries=args.retries
+    )
     quiet = [] if args.verbose else [logging.getLogger(name) for name in ("opu_driver", "firmware_sim")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:  # every retry and saturated frame is logged: thousands of lines; the table counts them
@@ -256,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     sub.add_parser(
-        "sim", help="run the emulator as its own process, its controller line on a pseudo-terminal "
-        "(options: opu sim --help)", add_help=False,
+        "sim",
+        help="run the emulator as its own process, its controller line on a pseudo-terminal (options: opu sim --help)",
+        add_help=False,
     )
 
     p = sub.add_parser("demo", help="project random data on the emulator and compare with theory")
@@ -265,24 +302,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=int, default=1000)
     p.add_argument("--components", type=int, default=1024)
     p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--macro-px", type=int, default=24,
-                   help="macro-pixel side in mirrors (24: whole input modes of the default emulator)")
+    p.add_argument(
+        "--macro-px",
+        type=int,
+        default=24,
+        help="macro-pixel side in mirrors (24: whole input modes of the default emulator)",
+    )
     p.add_argument("--dfa-epochs", type=int, default=3, help="epochs of the DFA training demo (0 skips it)")
     p.set_defaults(func=_cmd_demo)
 
     from opu_driver.calibration.run import ROUTINES
 
     p = sub.add_parser("calibrate", help="calibration routines; results saved to a calibration store that open applies")
-    p.add_argument("routine", choices=[*ROUTINES, "all"],
-                   help="one routine, or all of them in order (exposure first, drift baseline last)")
+    p.add_argument(
+        "routine",
+        choices=[*ROUTINES, "all"],
+        help="one routine, or all of them in order (exposure first, drift baseline last)",
+    )
     p.add_argument("--url", default="sim://", help="device URL (default: sim://)")
-    p.add_argument("--out", help="calibration store directory (default: $OPU_CALIBRATION_DIR or "
-                   "~/.local/share/opu-driver/calibrations, where opu_driver.open looks)")
+    p.add_argument(
+        "--out",
+        help="calibration store directory (default: $OPU_CALIBRATION_DIR or "
+        "~/.local/share/opu-driver/calibrations, where opu_driver.open looks)",
+    )
     p.add_argument("--no-save", action="store_true", help="measure only; neither read nor write a store")
     p.add_argument("--resume", action="store_true", help="with 'all': continue the last unfinished run")
     p.add_argument("--n-features", type=int, default=None, help="features of the projection (default: 1000)")
-    p.add_argument("--n-components", type=int, default=None,
-                   help="outputs of the projection (default: 4096, or all pixels of a smaller camera)")
+    p.add_argument(
+        "--n-components",
+        type=int,
+        default=None,
+        help="outputs of the projection (default: 4096, or all pixels of a smaller camera)",
+    )
     p.add_argument("--frames", type=int, default=64, help="dark frames to average")
     p.add_argument("--method", choices=["shutter", "laser_off"], default="shutter", help="how the dark is made")
     p.add_argument("--pixel-format", default=None, help="e.g. MONO12 (default: the device's)")
@@ -294,47 +345,80 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: emulator frame rate, transform vs a dense complex product")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for a smoke test")
     p.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
-    p.add_argument("--only", choices=["frames", "transform", "encoders", "linear", "dfa"],
-                   help="run one benchmark only")
+    p.add_argument(
+        "--only", choices=["frames", "transform", "encoders", "linear", "dfa"], help="run one benchmark only"
+    )
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("serve", help="serve one device's linear projections to DFA clients over TCP "
-                       "(tcp://HOST:PORT; protocol in docs/service.md)")
+    p = sub.add_parser(
+        "serve",
+        help="serve one device's linear projections to DFA clients over TCP "
+        "(tcp://HOST:PORT; protocol in docs/service.md)",
+    )
     p.add_argument("--url", default="sim://", help="device URL (default: sim://)")
-    p.add_argument("--bind", default="127.0.0.1:5000", help="HOST:PORT to listen on (default: 127.0.0.1:5000; "
-                   "port 0 picks a free one; any non-loopback host needs a token)")
-    p.add_argument("--token", default=None, help="shared secret clients must present (visible in the process "
-                   "list: prefer --token-file or $OPU_SERVICE_TOKEN)")
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1:5000",
+        help="HOST:PORT to listen on (default: 127.0.0.1:5000; "
+        "port 0 picks a free one; any non-loopback host needs a token)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="shared secret clients must present (visible in the process "
+        "list: prefer --token-file or $OPU_SERVICE_TOKEN)",
+    )
     p.add_argument("--token-file", default=None, help="read the token from this file")
     _add_service_limit_flags(p)
-    p.add_argument("--retries", type=int, default=None, help="device retries after a fault (OpuSettings.retries, "
-                   "default 2; 0 makes the first fault the request's error)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="device retries after a fault (OpuSettings.retries, "
+        "default 2; 0 makes the first fault the request's error)",
+    )
     p.add_argument("--timeout-s", type=float, default=None, help="device timeout (OpuSettings.timeout_s, default 5)")
-    p.add_argument("--reconnect-timeout-s", type=float, default=None, help="how long a request waits for an "
-                   "unplugged device to come back (OpuSettings.reconnect_timeout_s, default 5; 0 disables)")
+    p.add_argument(
+        "--reconnect-timeout-s",
+        type=float,
+        default=None,
+        help="how long a request waits for an "
+        "unplugged device to come back (OpuSettings.reconnect_timeout_s, default 5; 0 disables)",
+    )
     p.add_argument("--pixel-format", default=None, help="e.g. MONO12 (default: the device's or its calibration's)")
     p.add_argument("--shutdown-timeout-s", type=float, default=10.0, help="how long a stop waits for requests")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("fuzz", help="fuzz the packet parsers (driver, firmware) and the service's message parser; "
-                       "exit 1 on any undocumented exception")
+    p = sub.add_parser(
+        "fuzz",
+        help="fuzz the packet parsers (driver, firmware) and the service's message parser; "
+        "exit 1 on any undocumented exception",
+    )
     p.add_argument("--cases", type=int, default=100_000, help="cases per parser (default: 100000)")
-    p.add_argument("--parser", choices=["driver", "firmware", "service", "all"], default="all",
-                   help="which parser (default: all)")
+    p.add_argument(
+        "--parser", choices=["driver", "firmware", "service", "all"], default="all", help="which parser (default: all)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the cases (case i of a seed is always the same)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fuzz)
 
     from .soak import DEFAULT_FAULTS, DEFAULT_URL_QUERY
 
-    p = sub.add_parser("soak", help="push many frames through a faulty emulator and check every result row bit "
-                       "for bit against its own request's; exit 1 on any wrong, lost or duplicated row")
+    p = sub.add_parser(
+        "soak",
+        help="push many frames through a faulty emulator and check every result row bit "
+        "for bit against its own request's; exit 1 on any wrong, lost or duplicated row",
+    )
     p.add_argument("--frames", type=int, default=1_000_000, help="DMD frames to send (default: 1000000)")
-    p.add_argument("--faults", default=DEFAULT_FAULTS, help=f"emulator fault plan (default: {DEFAULT_FAULTS}; "
-                   "'' for none)")
-    p.add_argument("--url-query", default=DEFAULT_URL_QUERY, help=f"emulator options without seed, noise and "
-                   f"faults (default: {DEFAULT_URL_QUERY})")
+    p.add_argument(
+        "--faults", default=DEFAULT_FAULTS, help=f"emulator fault plan (default: {DEFAULT_FAULTS}; '' for none)"
+    )
+    p.add_argument(
+        "--url-query",
+        default=DEFAULT_URL_QUERY,
+        help=f"emulator options without seed, noise and faults (default: {DEFAULT_URL_QUERY})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the emulator, its faults and the batches")
     p.add_argument("--retries", type=int, default=2, help="the driver's retries per sequence (default: 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -5,6 +5,7 @@ intensities are exponentially distributed (contrast std/mean = 1), their mean gr
 light sent (the number of features ON), and the same input gives the same output up to camera noise. Then it
 trains a small network by direct feedback alignment with digital and with optical feedback (``dfa_epochs``).
 """
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,14 @@ def _line(label: str, value: str, theory: str = "") -> str:
     return f"  {label:<44} {value:>14}   {theory}"
 
 
-def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: int = 1024, batch: int = 500,
-             macro_px: int = 24, dfa_epochs: int = 3) -> int:
+def run_demo(
+    url: str = "sim://?seed=0",
+    n_features: int = 1000,
+    n_components: int = 1024,
+    batch: int = 500,
+    macro_px: int = 24,
+    dfa_epochs: int = 3,
+) -> int:
     """Run the demo; macro-pixels of 24 mirrors align with the emulator's default input-mode cells (8 mirrors)."""
     rng = np.random.default_rng(0)
     with open_opu(url, layout="macro") as opu:
@@ -33,10 +40,13 @@ def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: i
         except InvalidInputError:
             macro_px = MacroPixelLayout.largest_side(n_features, info.dmd_width, info.dmd_height)
         opu.set_layout("macro", macro_px)
-        print(f"Device: {info.manufacturer} {info.model}, serial {info.serial_number}, "
-              f"firmware {info.firmware_version}")
-        print(f"  DMD {info.dmd_width}x{info.dmd_height} mirrors, camera {info.camera_width}x{info.camera_height} "
-              f"pixels, formats {', '.join(info.pixel_formats)}")
+        print(
+            f"Device: {info.manufacturer} {info.model}, serial {info.serial_number}, firmware {info.firmware_version}"
+        )
+        print(
+            f"  DMD {info.dmd_width}x{info.dmd_height} mirrors, camera {info.camera_width}x{info.camera_height} "
+            f"pixels, formats {', '.join(info.pixel_formats)}"
+        )
         status = opu.status()
         print(f"  laser {status.laser_power_mw:.1f} mW, medium at {status.temperature_c:.2f} C")
         print()
@@ -76,16 +86,28 @@ def run_demo(url: str = "sim://?seed=0", n_features: int = 1000, n_components: i
         print(_line("dark level (all mirrors off), DN", f"{dark_level:.2f}", "camera offset + dark current"))
         print(_line("speckle contrast std/mean over outputs", f"{contrast:.3f}", "theory: 1 (exponential law)"))
         for fraction, mean in zip(fractions, means, strict=True):
-            print(_line(f"mean signal with {fraction:.0%} features on, DN", f"{mean:.2f}",
-                        f"theory: {fraction / fractions[-1] * means[-1]:.2f} (proportional to light)"))
-        print(_line("correlation of two inputs' outputs", f"{pair_corr:.3f}",
-                    f"theory: {field_corr_sq:.3f} (squared overlap, {len(pairs)} pairs)"))
+            print(
+                _line(
+                    f"mean signal with {fraction:.0%} features on, DN",
+                    f"{mean:.2f}",
+                    f"theory: {fraction / fractions[-1] * means[-1]:.2f} (proportional to light)",
+                )
+            )
+        print(
+            _line(
+                "correlation of two inputs' outputs",
+                f"{pair_corr:.3f}",
+                f"theory: {field_corr_sq:.3f} (squared overlap, {len(pairs)} pairs)",
+            )
+        )
         print(_line("repeatability: correlation of a re-run", f"{repeat_corr:.4f}", "theory: 1 minus camera noise"))
         print(_line("saturated outputs", f"{saturated:.2%}", "keep near 0 (lower exposure if not)"))
         counters = opu.counters
         print()
-        print(f"Driver: {counters.sequences} sequences, {counters.frames_sent} frames sent, "
-              f"{counters.frames_matched} matched by id, lag {opu.lag_frames} frames")
+        print(
+            f"Driver: {counters.sequences} sequences, {counters.frames_sent} frames sent, "
+            f"{counters.frames_matched} matched by id, lag {opu.lag_frames} frames"
+        )
     if dfa_epochs > 0:
         _dfa_demo(dfa_epochs)
     return 0
@@ -105,14 +127,20 @@ def _dfa_demo(epochs: int) -> None:
         source = "scikit-learn's 8x8 digits"
     except ImportError:
         data = make_teacher_task()
-        source = "a synthetic task (pip install -e \".[train]\" for the digits)"
+        source = 'a synthetic task (pip install -e ".[train]" for the digits)'
     settings = RunSettings(dataset=data.name, hidden=(64, 64), epochs=epochs, url=DEFAULT_SIM_URL)
     print()
-    print(f"DFA training: a {data.n_inputs}-64-64-{data.n_classes} network on {source}, {epochs} epochs, "
-          f"{len(data.y_train)} train / {len(data.y_test)} test images")
+    print(
+        f"DFA training: a {data.n_inputs}-64-64-{data.n_classes} network on {source}, {epochs} epochs, "
+        f"{len(data.y_train)} train / {len(data.y_test)} test images"
+    )
     print(f"  {'method':<34} {'test accuracy':>13} {'frames':>9} {'wall s':>7}")
-    labels = {"backprop": "backprop (exact gradients)", "digital": "DFA, digital feedback (numpy)",
-              "optical4": "DFA, optical feedback, four-frame", "optical2": "DFA, optical feedback, two-frame"}
+    labels = {
+        "backprop": "backprop (exact gradients)",
+        "digital": "DFA, digital feedback (numpy)",
+        "optical4": "DFA, optical feedback, four-frame",
+        "optical2": "DFA, optical feedback, two-frame",
+    }
     for method, label in labels.items():
         result = run_method(method, data, settings, seed=0)
         frames = "-" if result.frames is None else f"{result.frames:,}"

@@ -14,6 +14,7 @@ property breaks (results that depend on chunking, a buffer above its bound, a va
 protocol promises resynchronisation, a device that no longer answers right); the exceptions a parser documents
 are counted by the case, and anything else escapes and is an undocumented exception.
 """
+
 from __future__ import annotations
 
 import logging
@@ -99,7 +100,7 @@ def insert_bytes(data: bytes, pos: int, extra: bytes) -> bytes:
 def delete_bytes(data: bytes, pos: int, n_bytes: int) -> bytes:
     """``n_bytes`` removed from ``pos % (len + 1)`` on."""
     pos %= len(data) + 1
-    return data[:pos] + data[pos + max(n_bytes, 0):]
+    return data[:pos] + data[pos + max(n_bytes, 0) :]
 
 
 def truncate(data: bytes, n_bytes: int) -> bytes:
@@ -153,8 +154,12 @@ def _huge_length(rng: random.Random, limit: int, bits: int) -> int:
     return rng.randrange(0, min(limit, MODERATE_LENGTH_MAX) + 1)
 
 
-def mutate(rng: random.Random, data: bytes, relength: Callable[[random.Random, bytes], bytes] | None = None,
-           n_mutations: int | None = None) -> bytes:
+def mutate(
+    rng: random.Random,
+    data: bytes,
+    relength: Callable[[random.Random, bytes], bytes] | None = None,
+    n_mutations: int | None = None,
+) -> bytes:
     """Apply 1..3 random mutations: bit flips, insertions, deletions, truncation, or a length field set by
     ``relength`` (huge or moderate, with the header's CRC fixed where it has one)."""
     for _ in range(n_mutations if n_mutations is not None else rng.randint(1, 3)):
@@ -196,9 +201,19 @@ def make_camera_packet(rng: random.Random) -> bytes:
     w, h = rng.randint(1, 6), rng.randint(1, 5)
     bits = 8 if fmt == PixelFormat.MONO8 else (10 if fmt in (PixelFormat.MONO10, PixelFormat.MONO10P) else 12)
     values = np.array([rng.randrange(1 << bits) for _ in range(w * h)], dtype=np.int64)
-    frame = CameraFrame(rng.getrandbits(32), rng.getrandbits(32), rng.getrandbits(64), rng.getrandbits(32),
-                        rng.randrange(1 << 16), rng.randrange(1 << 16), w, h, fmt, FrameFlags(rng.randrange(4)),
-                        encode_pixels(fmt, values))
+    frame = CameraFrame(
+        rng.getrandbits(32),
+        rng.getrandbits(32),
+        rng.getrandbits(64),
+        rng.getrandbits(32),
+        rng.randrange(1 << 16),
+        rng.randrange(1 << 16),
+        w,
+        h,
+        fmt,
+        FrameFlags(rng.randrange(4)),
+        encode_pixels(fmt, values),
+    )
     return encode_camera_frame(frame)
 
 
@@ -271,9 +286,24 @@ def make_packet_stream(rng: random.Random, max_payload: int, camera: bool | None
     return b"".join(pieces)
 
 
-_REPLY_LINES = ("OK", "1", "0", "25.31", "OPEN", "CLOSED", 'ERR -113,"Undefined header"', '0,"No error"',
-                'ERR -222,"Data out of range"', '-350,"Queue overflow"', "OPU Open Stack,OPU-1,SIM-00000003,1.0.0",
-                'ERR 5,"a ""quoted"" word"', "ERR", "ERR x", '1,"', "TRIPPED")
+_REPLY_LINES = (
+    "OK",
+    "1",
+    "0",
+    "25.31",
+    "OPEN",
+    "CLOSED",
+    'ERR -113,"Undefined header"',
+    '0,"No error"',
+    'ERR -222,"Data out of range"',
+    '-350,"Queue overflow"',
+    "OPU Open Stack,OPU-1,SIM-00000003,1.0.0",
+    'ERR 5,"a ""quoted"" word"',
+    "ERR",
+    "ERR x",
+    '1,"',
+    "TRIPPED",
+)
 
 
 def make_reply_stream(rng: random.Random, max_line_bytes: int) -> bytes:
@@ -296,10 +326,32 @@ def make_reply_stream(rng: random.Random, max_line_bytes: int) -> bytes:
     return b"".join(pieces)
 
 
-_COMMANDS = ("*IDN?", "*RST", "SYSTEM:ERROR?", "SYST:VERS?", "LASER:STATE ON", "LAS:STAT OFF", "LASER:POWER 12.5",
-             "LASE:POWE?", "LASER:POWER:MAX?", "SHUTTER:STATE OPEN", "SHUT:STAT CLOS", "TEMPERATURE?", "INTERLOCK?",
-             "INTERLOCK:RESET", "TRIGGER:MODE SOFT", "TRIG:MODE INT", "TRIG:MODE?", ":LASER:POWER 1e1",
-             "LASER:POWER nan", "LASER:POWER 1e999", "LASER::POWER", "LASER:STATE ON OFF", "*IDN", "TEMPERATURE 3")
+_COMMANDS = (
+    "*IDN?",
+    "*RST",
+    "SYSTEM:ERROR?",
+    "SYST:VERS?",
+    "LASER:STATE ON",
+    "LAS:STAT OFF",
+    "LASER:POWER 12.5",
+    "LASE:POWE?",
+    "LASER:POWER:MAX?",
+    "SHUTTER:STATE OPEN",
+    "SHUT:STAT CLOS",
+    "TEMPERATURE?",
+    "INTERLOCK?",
+    "INTERLOCK:RESET",
+    "TRIGGER:MODE SOFT",
+    "TRIG:MODE INT",
+    "TRIG:MODE?",
+    ":LASER:POWER 1e1",
+    "LASER:POWER nan",
+    "LASER:POWER 1e999",
+    "LASER::POWER",
+    "LASER:STATE ON OFF",
+    "*IDN",
+    "TEMPERATURE 3",
+)
 
 
 def make_command_stream(rng: random.Random, max_line_bytes: int = 256) -> bytes:
@@ -313,8 +365,11 @@ def make_command_stream(rng: random.Random, max_line_bytes: int = 256) -> bytes:
         elif kind == 1:
             pieces.append(mutate(rng, line + b"\n"))
         elif kind == 2:
-            pieces.append(b"LASER:POWER " + b"9" * rng.randint(max_line_bytes - 14, max_line_bytes + 4)
-                          + rng.choice((b"\n", b"\r\n", b"")))
+            pieces.append(
+                b"LASER:POWER "
+                + b"9" * rng.randint(max_line_bytes - 14, max_line_bytes + 4)
+                + rng.choice((b"\n", b"\r\n", b""))
+            )
         elif kind == 3:
             pieces.append(random_bytes(rng, rng.randint(0, 30)))
         else:
@@ -325,7 +380,7 @@ def make_command_stream(rng: random.Random, max_line_bytes: int = 256) -> bytes:
 def _json_value(rng: random.Random, depth: int = 0) -> Any:
     kind = rng.randrange(8 if depth < 3 else 5)
     if kind == 0:
-        return rng.randint(-2**70, 2**70)
+        return rng.randint(-(2**70), 2**70)
     if kind == 1:
         return rng.uniform(-1e9, 1e9)
     if kind == 2:
@@ -336,8 +391,10 @@ def _json_value(rng: random.Random, depth: int = 0) -> Any:
         return rng.randint(0, 10)
     if kind == 5:
         return [_json_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
-    return {rng.choice(("dtype", "shape", "kind", "n_features", "token", "x")): _json_value(rng, depth + 1)
-            for _ in range(rng.randint(0, 3))}
+    return {
+        rng.choice(("dtype", "shape", "kind", "n_features", "token", "x")): _json_value(rng, depth + 1)
+        for _ in range(rng.randint(0, 3))
+    }
 
 
 def make_service_message(rng: random.Random) -> bytes:
@@ -348,12 +405,20 @@ def make_service_message(rng: random.Random) -> bytes:
     header: dict[str, Any] = {}
     kind = rng.randrange(3)
     if kind == 0:
-        header = {"protocol_version": 1, "token": None, "n_components": rng.randint(1, 100),
-                  "n_features": rng.choice((None, rng.randint(1, 50))), "scheme": "four_frame", "n_bits": None,
-                  "max_batch": rng.randint(1, 64)}
+        header = {
+            "protocol_version": 1,
+            "token": None,
+            "n_components": rng.randint(1, 100),
+            "n_features": rng.choice((None, rng.randint(1, 50))),
+            "scheme": "four_frame",
+            "n_bits": None,
+            "max_batch": rng.randint(1, 64),
+        }
     elif kind == 1:
-        header = {rng.choice(("dtype", "shape", "kind", "message", str(k))): _json_value(rng)
-                  for k in range(rng.randint(0, 4))}
+        header = {
+            rng.choice(("dtype", "shape", "kind", "message", str(k))): _json_value(rng)
+            for k in range(rng.randint(0, 4))
+        }
         header.pop("dtype", None) if rng.random() < 0.5 else None
         header.pop("shape", None) if rng.random() < 0.5 else None
     array = None
@@ -404,13 +469,23 @@ def _item_key(item: Any) -> tuple:
         return ("crc", int(item.packet_type)) if item.kind == "crc" else ("env", int(item.packet_type))
     from opu_driver.protocol import CameraFrame, FeatureFramePacket, LayoutPacket, PacketType, RawFramePacket
 
-    types = {CameraFrame: PacketType.CAMERA_FRAME, LayoutPacket: PacketType.LAYOUT,
-             RawFramePacket: PacketType.RAW_FRAME, FeatureFramePacket: PacketType.FEATURE_FRAME}
+    types = {
+        CameraFrame: PacketType.CAMERA_FRAME,
+        LayoutPacket: PacketType.LAYOUT,
+        RawFramePacket: PacketType.RAW_FRAME,
+        FeatureFramePacket: PacketType.FEATURE_FRAME,
+    }
     return ("env", int(types[type(item)]))
 
 
-def check_packet_stream(data: bytes, cuts: Sequence[int], max_payload: int, stats: CaseStats | None = None,
-                        mirror_bytes: int = 768, count_firmware: bool = False) -> list[Any]:
+def check_packet_stream(
+    data: bytes,
+    cuts: Sequence[int],
+    max_payload: int,
+    stats: CaseStats | None = None,
+    mirror_bytes: int = 768,
+    count_firmware: bool = False,
+) -> list[Any]:
     """Feed one stream to the driver's PacketParser (whole and chunked) and the firmware's PacketStream
     (chunked), and check that: neither raises; the chunking changes nothing; both codecs see the same packets
     and faults and count the same junk; neither ever buffers a whole packet's worth (header + max_payload +
@@ -435,8 +510,10 @@ def check_packet_stream(data: bytes, cuts: Sequence[int], max_payload: int, stat
         firmware_items += firmware.feed(piece)
         stats.buffer(max(chunked.buffered, firmware.buffered))
         if chunked.buffered >= bound or firmware.buffered >= bound:
-            raise FuzzFailure(f"buffer of {chunked.buffered} (driver) / {firmware.buffered} (firmware) bytes "
-                              f"reaches the bound of one packet ({bound})")
+            raise FuzzFailure(
+                f"buffer of {chunked.buffered} (driver) / {firmware.buffered} (firmware) bytes "
+                f"reaches the bound of one packet ({bound})"
+            )
     if chunk_items != items:
         raise FuzzFailure(f"the driver's result depends on the chunking: {items!r} vs {chunk_items!r}"[:500])
     if (whole.junk_bytes, whole.buffered) != (chunked.junk_bytes, chunked.buffered):
@@ -446,8 +523,10 @@ def check_packet_stream(data: bytes, cuts: Sequence[int], max_payload: int, stat
     if driver_keys != firmware_keys:
         raise FuzzFailure(f"driver and firmware codecs disagree: {driver_keys} vs {firmware_keys}")
     if whole.junk_bytes != firmware.junk_bytes or whole.buffered != firmware.buffered:
-        raise FuzzFailure(f"junk/buffered differ: driver {whole.junk_bytes}/{whole.buffered}, firmware "
-                          f"{firmware.junk_bytes}/{firmware.buffered}")
+        raise FuzzFailure(
+            f"junk/buffered differ: driver {whole.junk_bytes}/{whole.buffered}, firmware "
+            f"{firmware.junk_bytes}/{firmware.buffered}"
+        )
     _check_driver_items(items, stats, count_faults=not count_firmware)
     _check_firmware_items(firmware_items, mirror_bytes, firmware_stats)
     return items
@@ -485,8 +564,9 @@ def _check_firmware_items(firmware_items: Sequence[Any], mirror_bytes: int, stat
             stats.documented[f"firmware.{item.code.name}"] += 1
 
 
-def check_resync(segments: Sequence[tuple[bytes, bytes]], cuts: Sequence[int], max_payload: int,
-                 stats: CaseStats | None = None) -> None:
+def check_resync(
+    segments: Sequence[tuple[bytes, bytes]], cuts: Sequence[int], max_payload: int, stats: CaseStats | None = None
+) -> None:
     """Valid packets separated by junk (no packet in it, see :func:`make_junk`) are all found, in order, by
     both codecs: a bad header or an over-long length costs one byte, never a packet (section 1.4)."""
     from firmware_sim import wire as fw
@@ -508,8 +588,9 @@ def _item_key_of_packet(packet: bytes) -> tuple:
     return ("env", packet[4])
 
 
-def check_reply_lines(data: bytes, cuts: Sequence[int], max_line_bytes: int,
-                      stats: CaseStats | None = None) -> list[str]:
+def check_reply_lines(
+    data: bytes, cuts: Sequence[int], max_line_bytes: int, stats: CaseStats | None = None
+) -> list[str]:
     """Feed reply bytes to the driver's LineReader in chunks and parse every line.
 
     Checks: the lines equal those of splitting the whole input at newlines (a trailing CR dropped, lines longer
@@ -585,8 +666,14 @@ def check_controller(data: bytes, cuts: Sequence[int], stats: CaseStats | None =
     from firmware_sim.controller import MAX_LINE_BYTES, SERIAL_ERRORS, ControllerLine
 
     stats = stats if stats is not None else CaseStats()
-    line = ControllerLine(_Host(), model="OPU-F", serial_number="SIM-FUZZ", firmware_version=(1, 0, 0),
-                          default_power_mw=50.0, max_power_mw=100.0)
+    line = ControllerLine(
+        _Host(),
+        model="OPU-F",
+        serial_number="SIM-FUZZ",
+        firmware_version=(1, 0, 0),
+        default_power_mw=50.0,
+        max_power_mw=100.0,
+    )
     replies = b""
     for piece in split_at(data, cuts):
         replies += line.feed(piece)
@@ -662,8 +749,14 @@ class DeviceHarness:
             raise FuzzFailure(f"one frame gave {items!r}"[:300])
         return items[0]
 
-    def check(self, usb_garbage: Sequence[bytes], serial_garbage: bytes, frame_id: int,
-              stats: CaseStats | None = None, expose: bool | None = None) -> None:
+    def check(
+        self,
+        usb_garbage: Sequence[bytes],
+        serial_garbage: bytes,
+        frame_id: int,
+        stats: CaseStats | None = None,
+        expose: bool | None = None,
+    ) -> None:
         """Garbage on both links, then a raw frame request; ``expose``: also run it and compare its camera
         frame with the reference (one optics computation; default: every ``expose_every``-th check)."""
         from opu_driver.protocol import EP_DMD_OUT, Register, encode_raw_frame
@@ -682,8 +775,7 @@ class DeviceHarness:
         if not (expose if expose is not None else self.checks % self.expose_every == 1):
             return
         frame = self._expose(device, frame_id)
-        if (frame.dmd_frame_id != frame_id or frame.pixels != self.expected.pixels
-                or frame.flags != self.expected.flags):
+        if frame.dmd_frame_id != frame_id or frame.pixels != self.expected.pixels or frame.flags != self.expected.flags:
             raise FuzzFailure(f"after garbage the device answered frame {frame_id} wrongly: {frame!r}")
         if device.debug_counters["buffered_out_bytes"]:
             raise FuzzFailure("the device holds bytes after a complete request")
@@ -817,12 +909,15 @@ def check_service_bytes(data: bytes, limits: Any = None, stats: CaseStats | None
                 return
             except TimeoutError:
                 raise FuzzFailure("read_message waited for bytes of a closed stream") from None
-            prefix = wire.parse_prefix(data[offset:offset + wire.PREFIX_BYTES], limits)
+            prefix = wire.parse_prefix(data[offset : offset + wire.PREFIX_BYTES], limits)
             end = offset + wire.PREFIX_BYTES + prefix.header_bytes + prefix.payload_bytes
             stats.buffer(end - offset)
             again = wire.decode(data[offset:end], limits)
-            if (again.type, again.request_id, again.header) != (message.type, message.request_id, message.header) \
-                    or not _same_array(again.array, message.array):
+            if (again.type, again.request_id, again.header) != (
+                message.type,
+                message.request_id,
+                message.header,
+            ) or not _same_array(again.array, message.array):
                 raise FuzzFailure("read_message and decode disagree on a message")
             offset = end
         raise FuzzFailure("read_message returned more messages than the bytes hold")
@@ -871,8 +966,10 @@ def run_case(parser: str, seed: int, index: int, stats: CaseStats, device: Devic
         data = make_packet_stream(rng, max_payload, camera=True if kind == 0 else None)
         check_packet_stream(data, _cuts(rng, len(data)), max_payload, stats)
         if kind == 1:
-            segments = [(make_junk(rng, max_payload) if rng.random() < 0.8 else b"", make_camera_packet(rng))
-                        for _ in range(rng.randint(1, 4))]
+            segments = [
+                (make_junk(rng, max_payload) if rng.random() < 0.8 else b"", make_camera_packet(rng))
+                for _ in range(rng.randint(1, 4))
+            ]
             segments = [(j, p) for j, p in segments if len(p) - 20 <= max_payload]
             check_resync(segments, _cuts(rng, 200), max_payload, stats)
     elif parser == "firmware":
@@ -914,8 +1011,13 @@ class FuzzReport:
         return not self.undocumented
 
 
-def run_fuzz(parsers: Sequence[str] = PARSERS, cases: int = 100_000, seed: int = 0, progress: bool = True,
-             max_failures_kept: int = 5) -> list[FuzzReport]:
+def run_fuzz(
+    parsers: Sequence[str] = PARSERS,
+    cases: int = 100_000,
+    seed: int = 0,
+    progress: bool = True,
+    max_failures_kept: int = 5,
+) -> list[FuzzReport]:
     """Run ``cases`` cases of each parser; an undocumented exception is counted (with its case index, to
     reproduce it with :func:`run_case`) and the run goes on."""
     if cases < 0:
@@ -959,9 +1061,11 @@ def format_report(reports: Sequence[FuzzReport]) -> str:
     """A plain-text summary: per parser, cases, time, largest buffer, exceptions by type."""
     lines = []
     for r in reports:
-        lines.append(f"{r.parser}: {r.cases} cases (seed {r.seed}) in {r.elapsed_s:.1f} s, "
-                     f"largest parser buffer {r.max_buffer_bytes} bytes, "
-                     f"{sum(r.undocumented.values())} undocumented exceptions")
+        lines.append(
+            f"{r.parser}: {r.cases} cases (seed {r.seed}) in {r.elapsed_s:.1f} s, "
+            f"largest parser buffer {r.max_buffer_bytes} bytes, "
+            f"{sum(r.undocumented.values())} undocumented exceptions"
+        )
         if r.documented:
             top = ", ".join(f"{k} {v}" for k, v in sorted(r.documented.items(), key=lambda kv: -kv[1]))
             lines.append(f"  documented: {top}")

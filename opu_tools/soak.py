@@ -22,6 +22,7 @@ Only ternary vectors go through ``linear_transform``: a real-valued batch's bit 
 batch, so its rows depend on their batch-mates, while a ternary row depends on its own frames only
 (``LinearMode.project_ternary``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_FAULTS = ("timeout:0.005,crc:0.001,drop:0.001,dup:0.001,reorder:0.001,truncate:0.001,"
-                  "stall:0.005,reset:0.005")
+DEFAULT_FAULTS = "timeout:0.005,crc:0.001,drop:0.001,dup:0.001,reorder:0.001,truncate:0.001,stall:0.005,reset:0.005"
 """Every fault that can lose, spoil, repeat or reorder a frame, at a low rate per event of its sort. The frame
 faults are drawn once per camera frame; timeout and reset once per sequence (one bulk read, one start per 64
 frames here) and stall once per bulk transfer (two per sequence), so their rates are higher for a similar count:
@@ -109,8 +109,10 @@ class SoakConfig:
         if isinstance(self.retries, bool) or not isinstance(self.retries, (int, np.integer)) or self.retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, got {self.retries!r}")
         if self.pool_size < self.max_batch:
-            raise ConfigurationError(f"pool_size={self.pool_size} must be at least max_batch={self.max_batch} "
-                                     "(a batch draws distinct pool vectors)")
+            raise ConfigurationError(
+                f"pool_size={self.pool_size} must be at least max_batch={self.max_batch} "
+                "(a batch draws distinct pool vectors)"
+            )
         if not isinstance(self.faults, str):
             raise ConfigurationError(f"faults must be a fault plan text, got {self.faults!r}")
         from firmware_sim.errors import SimConfigError
@@ -123,14 +125,20 @@ class SoakConfig:
         if not isinstance(self.url_query, str):
             raise ConfigurationError(f"url_query must be a string, got {self.url_query!r}")
         try:
-            keys = [key for key, _ in urllib.parse.parse_qsl(self.url_query.lstrip("?"), keep_blank_values=True,
-                                                             strict_parsing=bool(self.url_query.strip("?")))]
+            keys = [
+                key
+                for key, _ in urllib.parse.parse_qsl(
+                    self.url_query.lstrip("?"), keep_blank_values=True, strict_parsing=bool(self.url_query.strip("?"))
+                )
+            ]
         except ValueError as exc:
             raise ConfigurationError(f"url_query {self.url_query!r}: {exc}") from None
         reserved = sorted(set(keys) & set(_RESERVED_KEYS))
         if reserved:
-            raise ConfigurationError(f"url_query must not set {', '.join(reserved)}: the soak sets seed, noise=0 "
-                                     "and faults itself (use --seed and --faults)")
+            raise ConfigurationError(
+                f"url_query must not set {', '.join(reserved)}: the soak sets seed, noise=0 "
+                "and faults itself (use --seed and --faults)"
+            )
 
     def url(self, faults: bool = True) -> str:
         """The emulator URL: the query, the seed, noise off and (for the soak device) the fault plan."""
@@ -199,15 +207,21 @@ class SoakReport:
 
     @property
     def ok(self) -> bool:
-        return (self.mismatched_rows == 0 and self.lost_rows == 0 and self.extra_rows == 0
-                and not self.unexpected_errors and self.stuck_at_request is None)
+        return (
+            self.mismatched_rows == 0
+            and self.lost_rows == 0
+            and self.extra_rows == 0
+            and not self.unexpected_errors
+            and self.stuck_at_request is None
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
 
 
-def check_rows(result: np.ndarray, indices: np.ndarray, reference: np.ndarray,
-               lookup: Callable[[bytes], int | None]) -> RowCheck:
+def check_rows(
+    result: np.ndarray, indices: np.ndarray, reference: np.ndarray, lookup: Callable[[bytes], int | None]
+) -> RowCheck:
     """Compare each row of ``result`` with ``reference[indices[i]]`` bit for bit.
 
     ``indices`` must be distinct (a batch draws without replacement) and the reference rows pairwise distinct;
@@ -235,15 +249,22 @@ def check_rows(result: np.ndarray, indices: np.ndarray, reference: np.ndarray,
             misattributed += 1
     seen = Counter(got_bytes[i].tobytes() for i in range(n))
     duplicated = sum(count - 1 for count in seen.values() if count > 1)
-    return RowCheck(rows=asked, matched=int(equal.sum()), mismatched=mismatched, misattributed=misattributed,
-                    duplicated=duplicated, lost=max(0, asked - got), extra=max(0, got - asked))
+    return RowCheck(
+        rows=asked,
+        matched=int(equal.sum()),
+        mismatched=mismatched,
+        misattributed=misattributed,
+        duplicated=duplicated,
+        lost=max(0, asked - got),
+        extra=max(0, got - asked),
+    )
 
 
 def _draw_pool(config: SoakConfig) -> tuple[np.ndarray, np.ndarray]:
     """Distinct binary vectors (transform) and distinct ternary vectors (linear), none all-zero."""
     rng = np.random.default_rng([config.seed, 0x50AC])
     k, n = config.pool_size, config.n_features
-    if 2 ** n - 1 < k:
+    if 2**n - 1 < k:
         raise ConfigurationError(f"{k} distinct nonzero binary vectors do not exist with {n} features")
     pools = []
     for values in ((0, 2), (-1, 2)):
@@ -273,8 +294,14 @@ def _open(url: str, config: SoakConfig) -> Any:
     import opu_driver
 
     # calibration=None: a stored calibration of the user's must not change what is measured
-    return opu_driver.open(url, calibration=None, drift_check=False, chunk_frames=config.chunk_frames,
-                           retries=config.retries, timeout_s=config.timeout_s)
+    return opu_driver.open(
+        url,
+        calibration=None,
+        drift_check=False,
+        chunk_frames=config.chunk_frames,
+        retries=config.retries,
+        timeout_s=config.timeout_s,
+    )
 
 
 def measure_reference(config: SoakConfig) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -292,12 +319,15 @@ def measure_reference(config: SoakConfig) -> tuple[np.ndarray, np.ndarray, dict[
         reference = {op: _operate(opu, op, X, E, config.n_components) for op in OPERATIONS}
     keep = np.ones(len(X), dtype=bool)
     for rows in reference.values():
-        _, inverse, counts = np.unique(rows.view(np.uint8).reshape(len(rows), -1), axis=0, return_inverse=True,
-                                       return_counts=True)
+        _, inverse, counts = np.unique(
+            rows.view(np.uint8).reshape(len(rows), -1), axis=0, return_inverse=True, return_counts=True
+        )
         keep &= counts[inverse.ravel()] == 1
     if keep.sum() < config.max_batch:
-        raise ConfigurationError(f"only {int(keep.sum())} of {len(X)} pool vectors give rows distinct from every "
-                                 f"other's, fewer than max_batch={config.max_batch}; use more features or outputs")
+        raise ConfigurationError(
+            f"only {int(keep.sum())} of {len(X)} pool vectors give rows distinct from every "
+            f"other's, fewer than max_batch={config.max_batch}; use more features or outputs"
+        )
     if not keep.all():
         _log.info("%d pool vectors dropped: their rows equal another vector's", int((~keep).sum()))
     return X[keep], E[keep], {op: rows[keep] for op, rows in reference.items()}
@@ -318,6 +348,7 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
                 view = rows.view(np.uint8).reshape(len(rows), -1)
                 lookups[op] = {view[i].tobytes(): i for i in range(len(rows))}
             return lookups[op].get(row)
+
         return lookup
 
     url = config.url(faults=True)
@@ -351,21 +382,37 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
                     name = type(exc).__name__
                     if opu.counters.requests_failed > failed_before:
                         typed[name] += 1  # the retries were spent: the contract's typed error
-                        _log.info("request %d (%s, %d vectors) failed after its retries: %s: %s",
-                                  report.requests, operation, batch, name, exc)
+                        _log.info(
+                            "request %d (%s, %d vectors) failed after its retries: %s: %s",
+                            report.requests,
+                            operation,
+                            batch,
+                            name,
+                            exc,
+                        )
                     else:
                         unexpected[name] += 1
                         if report.first_unexpected is None:
-                            report.first_unexpected = (f"request {report.requests} ({operation}, {batch} vectors): "
-                                                       f"{name}: {exc}")
-                        _log.error("request %d (%s, %d vectors) raised %s without a failed recovery: %s",
-                                   report.requests, operation, batch, name, exc)
+                            report.first_unexpected = (
+                                f"request {report.requests} ({operation}, {batch} vectors): {name}: {exc}"
+                            )
+                        _log.error(
+                            "request %d (%s, %d vectors) raised %s without a failed recovery: %s",
+                            report.requests,
+                            operation,
+                            batch,
+                            name,
+                            exc,
+                        )
                     report.rows_in_failed_requests += batch
                     failing = failing + 1 if opu.counters.frames_sent == sent_before else 0
                     if failing >= STUCK_REQUESTS:
                         report.stuck_at_request = report.requests
-                        _log.error("%d requests in a row failed without sending a frame: the device no longer "
-                                   "recovers; stopping the soak", failing)
+                        _log.error(
+                            "%d requests in a row failed without sending a frame: the device no longer "
+                            "recovers; stopping the soak",
+                            failing,
+                        )
                         break
                 else:
                     failing = 0
@@ -384,8 +431,12 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
                 if bar is not None:
                     bar.update(min(opu.counters.frames_sent, config.frames) - shown)
                     shown = min(opu.counters.frames_sent, config.frames)
-                    bar.set_postfix(mismatches=report.mismatched_rows, errors=sum(typed.values()),
-                                    retries=opu.counters.retries, refresh=False)
+                    bar.set_postfix(
+                        mismatches=report.mismatched_rows,
+                        errors=sum(typed.values()),
+                        retries=opu.counters.retries,
+                        refresh=False,
+                    )
             report.wall_s = time.perf_counter() - started
             report.frames_sent = opu.counters.frames_sent
             report.counters = asdict(opu.counters)
@@ -411,30 +462,51 @@ def format_report(report: SoakReport) -> str:
     ops = ", ".join(f"{k} {v:,}" for k, v in sorted(report.requests_by_operation.items()))
     rows = [
         ("device", report.url),
-        ("frames sent", f"{report.frames_sent:,} ({report.frames_requested:,} asked by requests that returned, "
-                        f"{c.get('frames_resent', 0):,} resent)"),
-        ("wall time", f"{report.wall_s:.1f} s ({report.frames_per_s:,.0f} frames/s; slowest request "
-                      f"{report.slowest_request_s:.2f} s)"),
+        (
+            "frames sent",
+            f"{report.frames_sent:,} ({report.frames_requested:,} asked by requests that returned, "
+            f"{c.get('frames_resent', 0):,} resent)",
+        ),
+        (
+            "wall time",
+            f"{report.wall_s:.1f} s ({report.frames_per_s:,.0f} frames/s; slowest request "
+            f"{report.slowest_request_s:.2f} s)",
+        ),
         ("requests", f"{report.requests:,} ({ops})"),
-        ("rows checked", f"{report.rows_checked:,} bit for bit against their reference rows (pool of "
-                         f"{report.pool_vectors:,} vectors with distinct rows)"),
-        ("mismatched rows", f"{report.mismatched_rows:,} (misattributed {report.misattributed_rows:,}, "
-                            f"duplicated {report.duplicated_rows:,})"),
+        (
+            "rows checked",
+            f"{report.rows_checked:,} bit for bit against their reference rows (pool of "
+            f"{report.pool_vectors:,} vectors with distinct rows)",
+        ),
+        (
+            "mismatched rows",
+            f"{report.mismatched_rows:,} (misattributed {report.misattributed_rows:,}, "
+            f"duplicated {report.duplicated_rows:,})",
+        ),
         ("lost / extra rows", f"{report.lost_rows:,} / {report.extra_rows:,}"),
         ("typed errors (retries spent)", f"{errors} ({report.rows_in_failed_requests:,} rows not returned)"),
-        ("unexpected errors", unexpected + (f"; first: {report.first_unexpected}" if report.first_unexpected
-                                            else "")),
-        ("stopped early", "no" if report.stuck_at_request is None else
-         f"at request {report.stuck_at_request:,}: {STUCK_REQUESTS} requests in a row failed without sending a "
-         "frame (the device no longer recovers)"),
+        ("unexpected errors", unexpected + (f"; first: {report.first_unexpected}" if report.first_unexpected else "")),
+        (
+            "stopped early",
+            "no"
+            if report.stuck_at_request is None
+            else f"at request {report.stuck_at_request:,}: {STUCK_REQUESTS} requests in a row failed without sending a "
+            "frame (the device no longer recovers)",
+        ),
         ("faults injected", injected),
-        ("retries", f"{c.get('retries', 0):,} (requests recovered {c.get('requests_recovered', 0):,}, "
-                    f"failed {c.get('requests_failed', 0):,}; frames recovered {c.get('frames_recovered', 0):,})"),
-        ("faults seen by the driver", f"timeouts {c.get('timeouts', 0):,}, stalls {c.get('stalls', 0):,}, "
-                                      f"corrupt packets {c.get('corrupt_packets', 0):,}, resets "
-                                      f"{c.get('resets_detected', 0):,}, duplicate frames "
-                                      f"{c.get('duplicate_frames', 0):,}, reordered frames "
-                                      f"{c.get('reordered_frames', 0):,}"),
+        (
+            "retries",
+            f"{c.get('retries', 0):,} (requests recovered {c.get('requests_recovered', 0):,}, "
+            f"failed {c.get('requests_failed', 0):,}; frames recovered {c.get('frames_recovered', 0):,})",
+        ),
+        (
+            "faults seen by the driver",
+            f"timeouts {c.get('timeouts', 0):,}, stalls {c.get('stalls', 0):,}, "
+            f"corrupt packets {c.get('corrupt_packets', 0):,}, resets "
+            f"{c.get('resets_detected', 0):,}, duplicate frames "
+            f"{c.get('duplicate_frames', 0):,}, reordered frames "
+            f"{c.get('reordered_frames', 0):,}",
+        ),
         ("verdict", "OK: every returned row is its own request's" if report.ok else "FAILED"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -4,6 +4,7 @@ Fixtures: ``quiet_opu`` (a small noiseless emulator, deterministic: exact result
 no retries: the first fault raises), ``named_device`` (an emulated device that outlives the Opus opened on it, as
 hardware does; open it with ``sim://NAME``), ``hardware_url``.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--hardware", action="store", default=None, metavar="URL",
-                     help="run hardware tests against the physical OPU at URL (e.g. usb://1209:4f50?port=/dev/ttyACM0)")
+    parser.addoption(
+        "--hardware",
+        action="store",
+        default=None,
+        metavar="URL",
+        help="run hardware tests against the physical OPU at URL (e.g. usb://1209:4f50?port=/dev/ttyACM0)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,4 +1,5 @@
 """What the acquisition did and met: counters kept by the runner, handed out as read-only snapshots."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,12 +54,16 @@ class AcquisitionCounters:
 
     def faults(self) -> dict[str, int]:
         """The fault counters that are not zero, by name (what the close summary logs)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.metadata.get("fault") and getattr(self, f.name)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("fault") and getattr(self, f.name)
+        }
 
 
 _Tally = dataclasses.make_dataclass(
-    "_Tally", [(f.name, int, dataclasses.field(default=0)) for f in dataclasses.fields(AcquisitionCounters)])
+    "_Tally", [(f.name, int, dataclasses.field(default=0)) for f in dataclasses.fields(AcquisitionCounters)]
+)
 
 
 def new_tally() -> Any:

@@ -5,6 +5,7 @@ request (layout upload, camera region) run through :func:`run_with_retries`, so 
 the same rules: which faults are retried, the backoff, the deadline, reconnecting after an unplug, restoring the
 device state before the next attempt, and the counters.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,12 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 RETRYABLE: tuple[type[Exception], ...] = (
-    CommunicationTimeoutError, ProtocolError, DroppedFramesError, StallError, DeviceResetError)
+    CommunicationTimeoutError,
+    ProtocolError,
+    DroppedFramesError,
+    StallError,
+    DeviceResetError,
+)
 """Faults that can only have lost or spoilt camera frames or an idempotent write, never changed what the device
 displays: a retry after abort, drain and restore is safe. Refusals, interlock trips and interrupts are never
 retried; a lost connection is retried only by reconnecting."""
@@ -124,9 +130,16 @@ def run_with_retries(
                 tries += 1
                 lost = missing()
                 tally.frames_missing += lost
-                _log.warning("connection lost during %s (%s); waiting up to %.3g s for the device to come back, "
-                             "then running again what is missing (%d frames; retry %d of %d)", what, exc,
-                             policy.reconnect_timeout_s, lost, tries, policy.retries)
+                _log.warning(
+                    "connection lost during %s (%s); waiting up to %.3g s for the device to come back, "
+                    "then running again what is missing (%d frames; retry %d of %d)",
+                    what,
+                    exc,
+                    policy.reconnect_timeout_s,
+                    lost,
+                    tries,
+                    policy.retries,
+                )
                 reconnect()  # raises ConnectionLostError or DeviceNotFoundError when it does not come back
                 tally.reconnects += 1
                 tally.retries += 1
@@ -145,8 +158,12 @@ def run_with_retries(
                 tally.frames_missing += lost
                 count_fault(tally, exc)
                 if complete():
-                    _log.info("%s after every result of %s arrived (%s): recovering without a retry",
-                              type(exc).__name__, what, exc)
+                    _log.info(
+                        "%s after every result of %s arrived (%s): recovering without a retry",
+                        type(exc).__name__,
+                        what,
+                        exc,
+                    )
                     recover()
                     _restore_quietly(restore, exc)  # it may have been a reset: leave the device ready
                     tally.requests_recovered += 1
@@ -156,8 +173,15 @@ def run_with_retries(
                     raise
                 tries += 1
                 tally.retries += 1
-                _log.warning("retry %d of %d of %s after %s: %s%s", tries, policy.retries, what,
-                             type(exc).__name__, exc, f"; re-running the {lost} frames still missing" if lost else "")
+                _log.warning(
+                    "retry %d of %d of %s after %s: %s%s",
+                    tries,
+                    policy.retries,
+                    what,
+                    type(exc).__name__,
+                    exc,
+                    f"; re-running the {lost} frames still missing" if lost else "",
+                )
                 recover()
                 time.sleep(wait_s)
                 needs_restore = True

@@ -10,6 +10,7 @@ by an earlier session (or an interrupted request) never match a new request; the
 anything else is looked at. A request that fails half-way aborts the device's queue and drains the camera
 stream, so the next request starts clean.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,15 @@ class SequenceRunner:
     endpoints); it is part of every recovery.
     """
 
-    def __init__(self, dmd: Dmd, camera: Camera, timeout_s: float = 5.0, max_lag_frames: int = 64,
-                 policy: RetryPolicy | None = None, clear_link_faults: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        dmd: Dmd,
+        camera: Camera,
+        timeout_s: float = 5.0,
+        max_lag_frames: int = 64,
+        policy: RetryPolicy | None = None,
+        clear_link_faults: Callable[[], None] | None = None,
+    ) -> None:
         self._dmd = dmd
         self._camera = camera
         self._clear_link_faults = clear_link_faults
@@ -96,10 +104,14 @@ class SequenceRunner:
 
     @lag_frames.setter
     def lag_frames(self, lag_frames: int) -> None:
-        if isinstance(lag_frames, bool) or not isinstance(lag_frames, (int, np.integer)) \
-                or not 0 <= lag_frames <= self.max_lag_frames:
-            raise InvalidInputError(f"lag_frames must be an integer within 0..{self.max_lag_frames}, "
-                                    f"got {lag_frames!r}")
+        if (
+            isinstance(lag_frames, bool)
+            or not isinstance(lag_frames, (int, np.integer))
+            or not 0 <= lag_frames <= self.max_lag_frames
+        ):
+            raise InvalidInputError(
+                f"lag_frames must be an integer within 0..{self.max_lag_frames}, got {lag_frames!r}"
+            )
         self._lag_frames = int(lag_frames)
 
     def reserve_ids(self, count: int) -> int:
@@ -156,9 +168,17 @@ class SequenceRunner:
             return True
 
         finished = run_with_retries(
-            policy, attempt, tally=self.tally, recover=self.recover, restore=restore, reconnect=reconnect,
-            deadline=deadline, complete=lambda: bool(done.all()), missing=lambda: n_frames - int(done.sum()),
-            what="the sequence")
+            policy,
+            attempt,
+            tally=self.tally,
+            recover=self.recover,
+            restore=restore,
+            reconnect=reconnect,
+            deadline=deadline,
+            complete=lambda: bool(done.all()),
+            missing=lambda: n_frames - int(done.sum()),
+            what="the sequence",
+        )
         if finished and attempts["count"] > 1:
             self.tally.frames_recovered += attempts["last"]
 
@@ -193,16 +213,28 @@ class SequenceRunner:
             )
 
     def _run(
-        self, todo: np.ndarray, queue: QueueFn, queue_blank: Callable[[int, int], None], sink: FrameSink,
-        expected: Expected, capacity: int, done: np.ndarray, request_deadline: float,
+        self,
+        todo: np.ndarray,
+        queue: QueueFn,
+        queue_blank: Callable[[int, int], None],
+        sink: FrameSink,
+        expected: Expected,
+        capacity: int,
+        done: np.ndarray,
+        request_deadline: float,
     ) -> None:
         """One attempt: the frames ``todo`` (request indices, ascending) get ids first_id + k, k their position."""
         n_frames = len(todo)
         if n_frames > capacity:
             raise ValueError(f"{n_frames} frames exceed the {capacity} one sequence holds")  # caller's bug
         flush = max(0, min(self._lag_frames, self.max_lag_frames, capacity - n_frames))
-        attempt = _Attempt(todo, done, self.reserve_ids(n_frames + self.max_lag_frames + flush),
-                           self._camera.frame_count, self._camera.dropped_frames)
+        attempt = _Attempt(
+            todo,
+            done,
+            self.reserve_ids(n_frames + self.max_lag_frames + flush),
+            self._camera.frame_count,
+            self._camera.dropped_frames,
+        )
         next_flush_id = attempt.first_id + n_frames
         # Runs of consecutive indices are queued with one call each (the first attempt: exactly one).
         breaks = np.flatnonzero(np.diff(todo) != 1) + 1
@@ -241,8 +273,9 @@ class SequenceRunner:
         assert frame_time_us is not None
         return frame_time_us
 
-    def _read_sequence(self, attempt: _Attempt, to_read: int, request_deadline: float, expected: Expected,
-                       sink: FrameSink) -> None:
+    def _read_sequence(
+        self, attempt: _Attempt, to_read: int, request_deadline: float, expected: Expected, sink: FrameSink
+    ) -> None:
         """Read the ``to_read`` camera frames of a started sequence, handing each result to ``sink``."""
         timeout_s = self.timeout_s + to_read * self._frame_time_us() * 1e-6
         deadline = min(time.monotonic() + timeout_s, request_deadline)
@@ -339,4 +372,3 @@ def check_frame(frame: CameraFrame, expected: Expected) -> None:
             f"camera frame {frame.camera_frame_id} was exposed {frame.exposure_us} us, "
             f"expected {expected.exposure_us} us"
         )
-

@@ -3,6 +3,7 @@
 The store (:mod:`opu_driver.calibration.store`) keeps each calibration as a versioned JSON + .npz pair,
 written atomically and verified on reading, so ``opu_driver.open`` can find and apply the latest one.
 """
+
 from opu_driver.calibration.apply import AppliedCalibration, CalibrationWarning, default_store_dir
 from opu_driver.calibration.dark import DarkResult, measure_dark
 from opu_driver.calibration.drift import DriftMonitor, DriftResult, DriftSample, check_drift, measure_drift

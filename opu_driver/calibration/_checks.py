@@ -4,6 +4,7 @@ Every routine refuses bad arguments before anything is sent to the device; these
 values (and at ``opu.info``, which the Opu reads once at open), so calling them costs no traffic. They add the
 device's limits to the checks of :mod:`opu_driver.validation`.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ Hadamard probes are rows of a Sylvester matrix with each column's sign flipped a
 them is recovered exactly as P^T Y / n while each frame carries about half the signal light (docs/calibration.md,
 "Matrix"); rows are computed on demand, a batch at a time, so no n x n matrix is ever held.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,8 +72,9 @@ class TwoReferenceLayout(SplitLayout):
         return runs
 
 
-def sample_pairs(n_rows: int, columns: npt.NDArray[np.intp], limit: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_pairs(
+    n_rows: int, columns: npt.NDArray[np.intp], limit: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """At most ``limit`` (row, column) index pairs drawn without replacement from rows x ``columns``."""
     total = n_rows * columns.size
     flat = np.arange(total) if total <= limit else np.sort(rng.choice(total, size=limit, replace=False))

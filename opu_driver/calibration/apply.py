@@ -12,6 +12,7 @@ of the device (by serial number) whose settings match the settings the caller ga
 It warns (:class:`CalibrationWarning`) when the record is older than ``calibration_max_age_s`` or the drift check
 fails. ``calibration=None`` opens without any of this; ``calibration=PATH`` names a store directory or one record.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,15 @@ from .drift import DriftResult, check_drift
 from .reference import ReferenceResult, install_reference
 from .store import CalibrationError, CalibrationRecord, CalibrationStore
 
-__all__ = ["CalibrationWarning", "AppliedCalibration", "default_store_dir", "find_record", "apply_record",
-           "SETTING_KEYS", "record_settings"]
+__all__ = [
+    "CalibrationWarning",
+    "AppliedCalibration",
+    "default_store_dir",
+    "find_record",
+    "apply_record",
+    "SETTING_KEYS",
+    "record_settings",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -63,8 +71,13 @@ def default_store_dir() -> Path:
 def record_settings(opu) -> dict[str, Any]:
     """The Opu's current settings as a record stores them."""
     camera = opu.camera_settings
-    return {"exposure_us": camera.exposure_us, "frame_time_us": camera.frame_time_us, "gain": camera.gain,
-            "pixel_format": camera.pixel_format.name, "laser_power_mw": opu.laser_power_mw}
+    return {
+        "exposure_us": camera.exposure_us,
+        "frame_time_us": camera.frame_time_us,
+        "gain": camera.gain,
+        "pixel_format": camera.pixel_format.name,
+        "laser_power_mw": opu.laser_power_mw,
+    }
 
 
 def find_record(opu, source: str | os.PathLike[str], explicit: dict[str, Any]) -> CalibrationRecord | None:
@@ -92,22 +105,35 @@ def find_record(opu, source: str | os.PathLike[str], explicit: dict[str, Any]) -
     return CalibrationStore(path).latest(serial, explicit)
 
 
-def apply_record(opu, record: CalibrationRecord, *, explicit: dict[str, Any], drift_check: bool = True,
-                 max_age_s: float = 7 * 86400.0) -> AppliedCalibration:
+def apply_record(
+    opu,
+    record: CalibrationRecord,
+    *,
+    explicit: dict[str, Any],
+    drift_check: bool = True,
+    max_age_s: float = 7 * 86400.0,
+) -> AppliedCalibration:
     """Apply ``record`` to an open Opu (see the module docstring) and return what was applied."""
     applied: list[str] = []
     notes: list[str] = []
     info = opu.info
     if record.firmware_version != info.firmware_version:
-        notes.append(f"calibration taken under firmware {record.firmware_version}; the device runs "
-                     f"{info.firmware_version}: recalibrate")
+        notes.append(
+            f"calibration taken under firmware {record.firmware_version}; the device runs "
+            f"{info.firmware_version}: recalibrate"
+        )
     age_s = record.age_s()
     if age_s > max_age_s:
-        notes.append(f"calibration is {age_s / 86400:.1f} days old (limit {max_age_s / 86400:.1f}): recalibrate "
-                     "(opu calibrate all)")
+        notes.append(
+            f"calibration is {age_s / 86400:.1f} days old (limit {max_age_s / 86400:.1f}): recalibrate "
+            "(opu calibrate all)"
+        )
     stored = record.settings
-    camera_changes = {k: stored[k] for k in ("exposure_us", "frame_time_us", "gain", "pixel_format")
-                      if k not in explicit and stored.get(k) is not None}
+    camera_changes = {
+        k: stored[k]
+        for k in ("exposure_us", "frame_time_us", "gain", "pixel_format")
+        if k not in explicit and stored.get(k) is not None
+    }
     if camera_changes:
         if "pixel_format" in camera_changes:
             camera_changes["pixel_format"] = PixelFormat[camera_changes["pixel_format"]]
@@ -118,13 +144,19 @@ def apply_record(opu, record: CalibrationRecord, *, explicit: dict[str, Any], dr
             opu.set_laser_power_mw(float(stored["laser_power_mw"]))
         applied.append("laser_power")
     latency = record.results.get("latency")
-    if (latency and isinstance(latency.get("lag_frames"), int)
-            and 0 <= latency["lag_frames"] <= opu.settings.max_lag_frames):
+    if (
+        latency
+        and isinstance(latency.get("lag_frames"), int)
+        and 0 <= latency["lag_frames"] <= opu.settings.max_lag_frames
+    ):
         opu.lag_frames = latency["lag_frames"]
         applied.append("latency")
     if ReferenceResult.routine in record.results:
-        arrays = {name.split("/", 1)[1]: value for name, value in record.arrays.items()
-                  if name.startswith(ReferenceResult.routine + "/")}
+        arrays = {
+            name.split("/", 1)[1]: value
+            for name, value in record.arrays.items()
+            if name.startswith(ReferenceResult.routine + "/")
+        }
         try:
             if install_reference(opu, record.results[ReferenceResult.routine], arrays):
                 applied.append("reference")
@@ -135,13 +167,20 @@ def apply_record(opu, record: CalibrationRecord, *, explicit: dict[str, Any], dr
     drift = record.results.get(DriftResult.routine)
     key, drift_arrays = DriftResult.summary_key, DriftResult.record_array
     if drift_check and drift and drift_arrays.probes in record.arrays and drift_arrays.baseline in record.arrays:
-        sample = check_drift(opu, record.arrays[drift_arrays.probes], record.arrays[drift_arrays.baseline],
-                             float(drift[key.threshold]), str(drift.get(key.scheme, "four_frame")))
+        sample = check_drift(
+            opu,
+            record.arrays[drift_arrays.probes],
+            record.arrays[drift_arrays.baseline],
+            float(drift[key.threshold]),
+            str(drift.get(key.scheme, "four_frame")),
+        )
         correlation, threshold, drifted = sample.correlation, float(drift[key.threshold]), sample.drifted
         applied.append("drift_check")
         if drifted:
-            notes.append(f"drift check failed: the probes correlate at {correlation:.4f} with the stored "
-                         f"baseline (threshold {threshold:.4f}): recalibrate (opu calibrate all)")
+            notes.append(
+                f"drift check failed: the probes correlate at {correlation:.4f} with the stored "
+                f"baseline (threshold {threshold:.4f}): recalibrate (opu calibrate all)"
+            )
     for note in notes:
         warnings.warn(f"{record.path or 'calibration'}: {note}", CalibrationWarning, stacklevel=5)
     _log.info("applied calibration %s: %s", record.path, ", ".join(applied) or "nothing")

@@ -3,6 +3,7 @@
 It uses the public Opu API only: the shutter is closed (or the laser switched off) through the controller
 line, blank frames are acquired over the camera region the projection uses, and the light is restored as it was.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,14 +70,21 @@ class DarkResult(CalibrationResult):
         """The result again from a record's ``dark`` summary and its ``dark/...`` arrays (a resumed run)."""
         key, stored_as = cls.summary_key, cls.record_array
         roi = Roi(*(int(summary[k]) for k in region_keys()))
-        return cls(roi, int(summary[key.n_frames]), np.asarray(arrays[stored_as.mean_dn], dtype=np.float32),
-                   float(summary[key.level_dn]), float(summary[key.fixed_pattern_dn]),
-                   float(summary[key.read_noise_dn]), np.asarray(arrays[stored_as.hot_pixels], dtype=bool),
-                   str(summary[key.method]))
+        return cls(
+            roi,
+            int(summary[key.n_frames]),
+            np.asarray(arrays[stored_as.mean_dn], dtype=np.float32),
+            float(summary[key.level_dn]),
+            float(summary[key.fixed_pattern_dn]),
+            float(summary[key.read_noise_dn]),
+            np.asarray(arrays[stored_as.hot_pixels], dtype=bool),
+            str(summary[key.method]),
+        )
 
 
-def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shutter",
-                 hot_sigma: float = 8.0) -> DarkResult:
+def measure_dark(
+    opu, n_components: int, n_frames: int = 64, method: str = "shutter", hot_sigma: float = 8.0
+) -> DarkResult:
     """Acquire ``n_frames`` dark frames over the region of ``n_components`` outputs and characterise them.
 
     Raises:
@@ -109,9 +117,17 @@ def measure_dark(opu, n_components: int, n_frames: int = 64, method: str = "shut
     spread = 1.4826 * float(np.median(np.abs(mean - level)))
     floor = max(spread, read_noise / np.sqrt(n_frames), 0.5)
     hot = mean > level + hot_sigma * floor
-    pattern_var = float(mean[~hot].var()) - read_noise ** 2 / n_frames
-    result = DarkResult(roi, int(n_frames), mean.astype(np.float32), level, float(np.sqrt(max(pattern_var, 0.0))),
-                        read_noise, hot, method)
+    pattern_var = float(mean[~hot].var()) - read_noise**2 / n_frames
+    result = DarkResult(
+        roi,
+        int(n_frames),
+        mean.astype(np.float32),
+        level,
+        float(np.sqrt(max(pattern_var, 0.0))),
+        read_noise,
+        hot,
+        method,
+    )
     _log.info("dark: %s", result.summary())
     return result
 

@@ -6,6 +6,7 @@ them again and correlates with the baseline, against a threshold derived from th
 are read on the device clock. The noise floor, the threshold, the clock and the stale reference are derived in
 docs/calibration.md ("Drift").
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,16 @@ from .result import CalibrationResult, region, stored, summarised, summarised_pr
 if TYPE_CHECKING:
     from .plan import CalibrationPlan
 
-__all__ = ["DriftSample", "DriftResult", "DriftMonitor", "measure_drift", "check_drift", "default_threshold",
-           "THRESHOLD_SIGMAS", "MIN_DROP"]
+__all__ = [
+    "DriftSample",
+    "DriftResult",
+    "DriftMonitor",
+    "measure_drift",
+    "check_drift",
+    "default_threshold",
+    "THRESHOLD_SIGMAS",
+    "MIN_DROP",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -133,8 +142,11 @@ def default_threshold(repeat_1: npt.ArrayLike, repeat_2: npt.ArrayLike) -> tuple
     with np.errstate(invalid="ignore", divide="ignore"):
         leave_one_out = np.clip(cxy / np.sqrt(cxx * cyy), -1, 1)
     leave_one_out = leave_one_out[np.isfinite(leave_one_out)]
-    sigma = math.sqrt((n - 1) / n * float(((leave_one_out - leave_one_out.mean()) ** 2).sum())) \
-        if leave_one_out.size >= 2 else 0.0
+    sigma = (
+        math.sqrt((n - 1) / n * float(((leave_one_out - leave_one_out.mean()) ** 2).sum()))
+        if leave_one_out.size >= 2
+        else 0.0
+    )
     threshold = min(rho_c - THRESHOLD_SIGMAS * math.sqrt(2) * sigma, 1 - MIN_DROP)
     return threshold, r0, rho_c
 
@@ -147,8 +159,9 @@ def _check_scheme(scheme: object) -> None:
     check_choice(scheme, "scheme", PROJECTION_SCHEMES)
 
 
-def _validated_record(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float,
-                      scheme: str) -> tuple[np.ndarray, np.ndarray]:
+def _validated_record(
+    opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float, scheme: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Probes and baseline of a stored record, checked (nothing is sent)."""
     _check_scheme(scheme)
     _check_threshold(threshold)
@@ -168,8 +181,7 @@ def _validated_record(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, thres
     return probes.astype(np.int8), baseline.astype(np.float32)
 
 
-def _project(opu, probes: np.ndarray, n_components: int, scheme: str, refresh: bool = False) -> tuple[np.ndarray,
-                                                                                                     int]:
+def _project(opu, probes: np.ndarray, n_components: int, scheme: str, refresh: bool = False) -> tuple[np.ndarray, int]:
     """Linear projections of the probes and the device time (us) at the middle of their frames."""
     frame_time_us = opu.camera_settings.frame_time_us
     before = opu.device_time_us
@@ -185,8 +197,9 @@ def _clock_epoch(opu) -> int:
     return opu.counters.resets_detected + opu.counters.reconnects
 
 
-def _sample(opu, probes: np.ndarray, baseline: np.ndarray, threshold: float, scheme: str,
-            origin_us: int | None) -> DriftSample:
+def _sample(
+    opu, probes: np.ndarray, baseline: np.ndarray, threshold: float, scheme: str, origin_us: int | None
+) -> DriftSample:
     projected, time_us = _project(opu, probes, baseline.shape[1], scheme)
     used = np.any(baseline != 0, axis=0)
     value = correlation(projected[:, used], baseline[:, used])
@@ -194,13 +207,21 @@ def _sample(opu, probes: np.ndarray, baseline: np.ndarray, threshold: float, sch
     time_s = (time_us - origin_us) * 1e-6 if origin_us is not None and time_us >= origin_us else float("nan")
     drifted = not value >= threshold  # NaN (no light any more) counts as drifted
     if drifted:
-        _log.warning("drift check: correlation %.4f with the baseline is below the threshold %.4f: recalibrate",
-                     value, threshold)
+        _log.warning(
+            "drift check: correlation %.4f with the baseline is below the threshold %.4f: recalibrate", value, threshold
+        )
     return DriftSample(float(time_s), float(value), bool(drifted), int(time_us))
 
 
-def check_drift(opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float, scheme: str = "four_frame",
-                *, baseline_time_us: int | None = None) -> DriftSample:
+def check_drift(
+    opu,
+    probes: npt.ArrayLike,
+    baseline: npt.ArrayLike,
+    threshold: float,
+    scheme: str = "four_frame",
+    *,
+    baseline_time_us: int | None = None,
+) -> DriftSample:
     """Project stored probes once and compare with their stored baseline (the open-time drift check).
 
     ``time_s`` is NaN unless ``baseline_time_us`` (the baseline's device time, meaningful only while the device
@@ -232,8 +253,18 @@ class DriftMonitor:
     ``needs_recalibration`` latches: it stays True from the first failed check until the next ``baseline()``.
     """
 
-    def __init__(self, opu, n_features: int, n_components: int, *, n_probes: int = 32, scheme: str = "four_frame",
-                 threshold: float | None = None, interval_steps: int = 100, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        opu,
+        n_features: int,
+        n_components: int,
+        *,
+        n_probes: int = 32,
+        scheme: str = "four_frame",
+        threshold: float | None = None,
+        interval_steps: int = 100,
+        seed: int | None = None,
+    ) -> None:
         check_features(opu, n_features)
         check_components(opu, n_components)
         check_count(n_probes, "n_probes", 3)  # the spread needs a jackknife
@@ -265,16 +296,31 @@ class DriftMonitor:
         self._steps = 0
 
     @classmethod
-    def from_arrays(cls, opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float,
-                    scheme: str = "four_frame", *, baseline_time_us: int | None = None,
-                    interval_steps: int = 100) -> DriftMonitor:
+    def from_arrays(
+        cls,
+        opu,
+        probes: npt.ArrayLike,
+        baseline: npt.ArrayLike,
+        threshold: float,
+        scheme: str = "four_frame",
+        *,
+        baseline_time_us: int | None = None,
+        interval_steps: int = 100,
+    ) -> DriftMonitor:
         """Resume from a stored record (its probes, baseline and threshold); nothing is sent.
 
         Times count from ``baseline_time_us`` when given, else from the first check after resuming.
         """
         probes, baseline = _validated_record(opu, probes, baseline, threshold, scheme)
-        monitor = cls(opu, probes.shape[1], baseline.shape[1], n_probes=max(3, probes.shape[0]), scheme=scheme,
-                      threshold=float(threshold), interval_steps=interval_steps)
+        monitor = cls(
+            opu,
+            probes.shape[1],
+            baseline.shape[1],
+            n_probes=max(3, probes.shape[0]),
+            scheme=scheme,
+            threshold=float(threshold),
+            interval_steps=interval_steps,
+        )
         monitor.probes = probes
         monitor._baseline = baseline
         monitor.baseline_device_time_us = None if baseline_time_us is None else int(baseline_time_us)
@@ -305,13 +351,19 @@ class DriftMonitor:
         """Project the probes twice (after refreshing the linear mode's reference unless told not to), keep the
         mean as the baseline, derive the threshold unless one was given, clear the history; return the repeats'
         correlation r0 (the noise floor)."""
-        both, time_us = _project(self._opu, np.concatenate([self.probes, self.probes]), self.n_components,
-                                 self.scheme, refresh=refresh_reference)
+        both, time_us = _project(
+            self._opu,
+            np.concatenate([self.probes, self.probes]),
+            self.n_components,
+            self.scheme,
+            refresh=refresh_reference,
+        )
         first, second = np.split(both, 2)
         used = np.any(both != 0, axis=0)
         if not used.any():
-            raise InvalidInputError("every output of the probes' projections is 0: no light, or every output "
-                                    "masked by the linear mode")
+            raise InvalidInputError(
+                "every output of the probes' projections is 0: no light, or every output masked by the linear mode"
+            )
         threshold, r0, rho_c = default_threshold(first[:, used], second[:, used])
         self._baseline = ((first + second) / 2).astype(np.float32)
         self._threshold = self._fixed_threshold if self._fixed_threshold is not None else threshold
@@ -323,8 +375,12 @@ class DriftMonitor:
         self._history = []
         self._latched = False
         self._steps = 0
-        _log.info("drift baseline: repeat correlation %.5f, expected check correlation %.5f, threshold %.5f",
-                  r0, rho_c, self._threshold)
+        _log.info(
+            "drift baseline: repeat correlation %.5f, expected check correlation %.5f, threshold %.5f",
+            r0,
+            rho_c,
+            self._threshold,
+        )
         return r0
 
     def check(self) -> DriftSample:
@@ -335,15 +391,18 @@ class DriftMonitor:
         if self.baseline_device_time_us is None:  # resumed without a time: count from the first check
             self.baseline_device_time_us = self._opu.device_time_us
             self._clock_epoch = _clock_epoch(self._opu)
-        sample = _sample(self._opu, self.probes, self._baseline, self._threshold, self.scheme,
-                         self.baseline_device_time_us)
+        sample = _sample(
+            self._opu, self.probes, self._baseline, self._threshold, self.scheme, self.baseline_device_time_us
+        )
         clock_back = sample.device_time_us < self.baseline_device_time_us
         if self._clock_lost or clock_back or _clock_epoch(self._opu) != self._clock_epoch:
             # The device reset (or was replugged, or power cycled) since the baseline: its clock restarted at 0,
             # so even a time that still lies after the baseline's is not the time since the baseline.
             if not self._clock_lost:
-                _log.warning("drift check: the device clock was reset since the baseline; the times of this and "
-                             "later checks are unknown (NaN)")
+                _log.warning(
+                    "drift check: the device clock was reset since the baseline; the times of this and "
+                    "later checks are unknown (NaN)"
+                )
             self._clock_lost = True
             sample = dataclasses.replace(sample, time_s=float("nan"))
         self._history.append(sample)
@@ -366,19 +425,36 @@ class DriftMonitor:
         if self._baseline is None or self._threshold is None:
             raise InvalidInputError("no baseline yet: call baseline() first")
         return DriftResult(
-            n_features=self.n_features, n_components=self.n_components, scheme=self.scheme,
-            threshold=self._threshold, baseline_repeatability=self.baseline_repeatability,
-            expected_correlation=self.expected_correlation, baseline_device_time_us=self.baseline_device_time_us,
-            roi=self._opu.roi_for(self.n_components), needs_recalibration=self._latched,
+            n_features=self.n_features,
+            n_components=self.n_components,
+            scheme=self.scheme,
+            threshold=self._threshold,
+            baseline_repeatability=self.baseline_repeatability,
+            expected_correlation=self.expected_correlation,
+            baseline_device_time_us=self.baseline_device_time_us,
+            roi=self._opu.roi_for(self.n_components),
+            needs_recalibration=self._latched,
             times_s=np.array([s.time_s for s in self._history], dtype=np.float64),
             correlations=np.array([s.correlation for s in self._history], dtype=np.float64),
-            probes=self.probes.copy(), baseline=self._baseline.copy(),
+            probes=self.probes.copy(),
+            baseline=self._baseline.copy(),
         )
 
 
-def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8, frames_between: int = 1000,
-                  n_probes: int = 32, scheme: str = "four_frame", threshold: float | None = None,
-                  seed: int | None = None, refresh_reference: bool = True, progress: bool = False) -> DriftResult:
+def measure_drift(
+    opu,
+    n_features: int,
+    n_components: int,
+    *,
+    n_checks: int = 8,
+    frames_between: int = 1000,
+    n_probes: int = 32,
+    scheme: str = "four_frame",
+    threshold: float | None = None,
+    seed: int | None = None,
+    refresh_reference: bool = True,
+    progress: bool = False,
+) -> DriftResult:
     """A baseline, then ``n_checks`` checks each after ``frames_between`` blank frames (standing in for work).
 
     At the default 500 us frame period 1000 frames are half a second of device time. ``refresh_reference=False``
@@ -389,8 +465,9 @@ def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8,
     """
     check_int(n_checks, "n_checks", low=1)
     check_int(frames_between, "frames_between", low=0)
-    monitor = DriftMonitor(opu, n_features, n_components, n_probes=n_probes, scheme=scheme, threshold=threshold,
-                           seed=seed)
+    monitor = DriftMonitor(
+        opu, n_features, n_components, n_probes=n_probes, scheme=scheme, threshold=threshold, seed=seed
+    )
     monitor.baseline(refresh_reference=refresh_reference)
     blank = np.zeros((min(frames_between, _BLANK_CHUNK_FRAMES), 1), dtype=np.uint8)
     for _ in tqdm.tqdm(range(n_checks), desc="drift", disable=not progress):
@@ -409,5 +486,13 @@ def measure_drift(opu, n_features: int, n_components: int, *, n_checks: int = 8,
 def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> DriftResult:
     """The drift step of ``calibrate``, last: its baseline uses the reference measured (and stored) just before,
     then a few checks show the short-term stability; ``open`` compares the same probes with this baseline."""
-    return measure_drift(opu, plan.n_features, plan.n_components, n_checks=plan.drift_checks, frames_between=1000,
-                         n_probes=plan.drift_probes, refresh_reference=False, progress=progress)
+    return measure_drift(
+        opu,
+        plan.n_features,
+        plan.n_components,
+        n_checks=plan.drift_checks,
+        frames_between=1000,
+        n_probes=plan.drift_probes,
+        refresh_reference=False,
+        progress=progress,
+    )

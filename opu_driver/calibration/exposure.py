@@ -6,6 +6,7 @@ the brightest frame (every feature on) at ``target_fraction`` of full scale with
 down, and never changes the laser power (the caller's light budget). The derivation and the steps are in
 docs/calibration.md ("Exposure").
 """
+
 from __future__ import annotations
 
 import logging
@@ -162,26 +163,38 @@ def tune_exposure(
             f"{info.dmd_width}x{info.dmd_height}"
         )
     if n_components * max_saturated_fraction < 3:
-        _log.warning("the %.4g quantile of %d outputs rests on fewer than 3 pixels: the top will be noisy",
-                     1 - max_saturated_fraction, n_components)
+        _log.warning(
+            "the %.4g quantile of %d outputs rests on fewer than 3 pixels: the top will be noisy",
+            1 - max_saturated_fraction,
+            n_components,
+        )
 
     full_scale = opu.full_scale_dn
     target = float(target_fraction) * full_scale
     bar = tqdm.tqdm(desc="exposure", unit="setting", disable=not progress)
-    search = _Search(opu=opu, layout=layout, n_components=n_components,
-                     bits=np.ones((int(n_frames), layout.n_table_features), dtype=np.uint8), before=before,
-                     full_scale=full_scale, target=target, max_saturated_fraction=max_saturated_fraction,
-                     max_exposure_us=max_exposure_us, max_gain=MAX_GAIN if allow_gain else 1.0, bar=bar)
+    search = _Search(
+        opu=opu,
+        layout=layout,
+        n_components=n_components,
+        bits=np.ones((int(n_frames), layout.n_table_features), dtype=np.uint8),
+        before=before,
+        full_scale=full_scale,
+        target=target,
+        max_saturated_fraction=max_saturated_fraction,
+        max_exposure_us=max_exposure_us,
+        max_gain=MAX_GAIN if allow_gain else 1.0,
+        bar=bar,
+    )
     try:
         _sweep(search)
         choice, dark, slope = _refine(search)
         choice, top, saturated, steps = _step_down(search, choice)
-        final = opu.configure_camera(exposure_us=choice[0], gain=choice[1],
-                                     frame_time_us=max(before.frame_time_us, choice[0] + FRAME_GAP_US))
+        final = opu.configure_camera(
+            exposure_us=choice[0], gain=choice[1], frame_time_us=max(before.frame_time_us, choice[0] + FRAME_GAP_US)
+        )
     except BaseException:
         try:
-            opu.configure_camera(exposure_us=before.exposure_us, gain=before.gain,
-                                 frame_time_us=before.frame_time_us)
+            opu.configure_camera(exposure_us=before.exposure_us, gain=before.gain, frame_time_us=before.frame_time_us)
         except Exception as exc:  # report the first failure, not this one
             _log.warning("could not restore the camera settings: %s", exc)
         raise
@@ -191,15 +204,33 @@ def tune_exposure(
     # After steps down the top sits wherever saturation allows: the target was reached, and passed.
     reached = top >= (1 - _ACCEPT) * target or steps > 0
     if not reached:
-        _log.warning("the brightest frame reaches %.0f DN of the %.0f DN target at %d us, gain %.3f: the light is "
-                     "weak for this exposure limit", top, target, choice[0], choice[1])
+        _log.warning(
+            "the brightest frame reaches %.0f DN of the %.0f DN target at %d us, gain %.3f: the light is "
+            "weak for this exposure limit",
+            top,
+            target,
+            choice[0],
+            choice[1],
+        )
     keys, measured = search.order, search.measured
     result = ExposureResult(
-        exposure_us=int(final.exposure_us), gain=float(final.gain), frame_time_us=int(final.frame_time_us),
-        top_dn=top, saturated_fraction=saturated, max_saturated_fraction=float(max_saturated_fraction),
-        target_fraction=float(target_fraction), target_dn=target, full_scale_dn=full_scale, dark_dn=dark,
-        slope_dn_per_us=slope, reached_target=bool(reached), n_features=int(n_features),
-        n_components=int(n_components), n_frames=int(n_frames), layout=layout.kind, roi=opu.roi_for(n_components),
+        exposure_us=int(final.exposure_us),
+        gain=float(final.gain),
+        frame_time_us=int(final.frame_time_us),
+        top_dn=top,
+        saturated_fraction=saturated,
+        max_saturated_fraction=float(max_saturated_fraction),
+        target_fraction=float(target_fraction),
+        target_dn=target,
+        full_scale_dn=full_scale,
+        dark_dn=dark,
+        slope_dn_per_us=slope,
+        reached_target=bool(reached),
+        n_features=int(n_features),
+        n_components=int(n_components),
+        n_frames=int(n_frames),
+        layout=layout.kind,
+        roi=opu.roi_for(n_components),
         sweep_exposure_us=np.array([k[0] for k in keys], dtype=np.float64),
         sweep_gain=np.array([k[1] for k in keys], dtype=np.float64),
         sweep_top_dn=np.array([measured[k][0] for k in keys], dtype=np.float64),
@@ -234,8 +265,9 @@ class _Search:
         if key in self.measured:
             return self.measured[key]
         opu, before, bits, layout, n_components = self.opu, self.before, self.bits, self.layout, self.n_components
-        opu.configure_camera(exposure_us=key[0], gain=key[1],
-                             frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US))
+        opu.configure_camera(
+            exposure_us=key[0], gain=key[1], frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US)
+        )
         # the sweep saturates on purpose: measured here, not warned about
         values = opu.acquire(bits, layout, n_components, warn_saturated=False)
         top = float(np.quantile(values, 1.0 - float(self.max_saturated_fraction)))
@@ -352,5 +384,11 @@ def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress:
 
     # The brightest frame the calibrated projections use is the linear mode's: every signal feature and the
     # reference on.
-    return tune_exposure(opu, plan.n_features, plan.n_components, layout=reference_layout(opu, plan.n_features),
-                         max_saturated_fraction=plan.max_saturated_fraction, progress=progress)
+    return tune_exposure(
+        opu,
+        plan.n_features,
+        plan.n_components,
+        layout=reference_layout(opu, plan.n_features),
+        max_saturated_fraction=plan.max_saturated_fraction,
+        progress=progress,
+    )

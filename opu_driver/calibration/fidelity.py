@@ -5,6 +5,7 @@ a, a again, b and a + b in one batch and derives the repeatability, the linearit
 when the noise is taken off) and the SNR, so schemes and frame budgets can be compared on the same vectors. The
 definitions and what each number holds are in docs/calibration.md ("Fidelity"). Only the public Opu API is used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["FidelityRow", "FidelityResult", "measure_fidelity", "row_label", "correlation"]
 
 _log = logging.getLogger(__name__)
-
 
 
 def row_label(scheme: str, n_bits: int | None) -> str:
@@ -113,13 +113,20 @@ class FidelityResult(CalibrationResult):
 
     def table(self) -> str:
         """The rows as a printable text table."""
-        header = (f"{'row':<22} {'frames/vector':>13} {'repeatability':>13} {'linearity err':>13} "
-                  f"{'nonlinearity':>12} {'SNR (dB)':>9}")
-        lines = [f"fidelity of {self.n_vectors} vectors, {self.n_features} features -> {self.n_components} outputs",
-                 header, "-" * len(header)]
+        header = (
+            f"{'row':<22} {'frames/vector':>13} {'repeatability':>13} {'linearity err':>13} "
+            f"{'nonlinearity':>12} {'SNR (dB)':>9}"
+        )
+        lines = [
+            f"fidelity of {self.n_vectors} vectors, {self.n_features} features -> {self.n_components} outputs",
+            header,
+            "-" * len(header),
+        ]
         for r in self.rows:
-            lines.append(f"{r.label:<22} {r.frames_per_vector:>13d} {r.repeatability:>13.5f} "
-                         f"{r.linearity_error:>13.5f} {r.nonlinearity:>12.5f} {r.snr_db:>9.2f}")
+            lines.append(
+                f"{r.label:<22} {r.frames_per_vector:>13d} {r.repeatability:>13.5f} "
+                f"{r.linearity_error:>13.5f} {r.nonlinearity:>12.5f} {r.snr_db:>9.2f}"
+            )
         return "\n".join(lines)
 
 
@@ -171,8 +178,11 @@ def measure_fidelity(
     if not schemes or any(s not in PROJECTION_SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
         raise InvalidInputError(f"schemes={schemes!r}; choose distinct ones of {PROJECTION_SCHEMES}")
     encodings = tuple(n_bits) if isinstance(n_bits, (tuple, list)) else (n_bits,)
-    if not encodings or len(set(encodings)) != len(encodings) or any(
-            b is not None and not is_int(b, 1, 16) for b in encodings):
+    if (
+        not encodings
+        or len(set(encodings)) != len(encodings)
+        or any(b is not None and not is_int(b, 1, 16) for b in encodings)
+    ):
         raise InvalidInputError(f"n_bits={n_bits!r}; give distinct values, each None (ternary) or 1..16")
     check_seed(seed)
 
@@ -184,13 +194,17 @@ def measure_fidelity(
     for scheme, bits in tqdm.tqdm(plan, desc="fidelity", disable=not progress):
         a, b = ternary if bits is None else gaussian
         rows.append(_measure_row(opu, n_components, a, b, scheme, bits))
-        _log.info("fidelity %s: repeatability %.5f, linearity error %.5f, SNR %.2f dB", rows[-1].label,
-                  rows[-1].repeatability, rows[-1].linearity_error, rows[-1].snr_db)
+        _log.info(
+            "fidelity %s: repeatability %.5f, linearity error %.5f, SNR %.2f dB",
+            rows[-1].label,
+            rows[-1].repeatability,
+            rows[-1].linearity_error,
+            rows[-1].snr_db,
+        )
     return FidelityResult(int(n_features), int(n_components), int(n_vectors), tuple(rows))
 
 
-def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: str,
-                 n_bits: int | None) -> FidelityRow:
+def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: str, n_bits: int | None) -> FidelityRow:
     s = a + b
     # One call: the same reference calibration and, for bit planes, one quantisation step for a, b and a + b
     # (fitted on the largest of them), so the linearity error holds the rounding, not a change of scale.
@@ -203,9 +217,18 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
     used = np.any(out != 0, axis=0)
     nan = float("nan")
     if not used.any():
-        return FidelityRow(scheme=scheme, n_bits=n_bits, frames_per_vector=frames, repeatability=nan,
-                           linearity_error=nan, nonlinearity=nan, snr_db=nan, signal_variance=nan,
-                           noise_variance=nan, n_outputs=0)
+        return FidelityRow(
+            scheme=scheme,
+            n_bits=n_bits,
+            frames_per_vector=frames,
+            repeatability=nan,
+            linearity_error=nan,
+            nonlinearity=nan,
+            snr_db=nan,
+            signal_variance=nan,
+            noise_variance=nan,
+            n_outputs=0,
+        )
     y1, y2, yb, ys = y1[:, used], y2[:, used], yb[:, used], ys[:, used]
     repeatability = correlation(y1, y2)
     noise = float(np.var(y1 - y2)) / 2
@@ -216,15 +239,24 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
     else:
         snr_db = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     residual = y1 + yb - ys
-    scale = math.sqrt(float(np.mean(ys ** 2)))
-    mean_square = float(np.mean(residual ** 2))
+    scale = math.sqrt(float(np.mean(ys**2)))
+    mean_square = float(np.mean(residual**2))
     linearity = math.sqrt(mean_square) / scale if scale > 0 else nan
     # The residual holds the independent noise of three projections (about 3 noise, the noise of a + b being
     # close to that of a): what is left is systematic.
     nonlinearity = math.sqrt(max(mean_square - 3 * noise, 0.0)) / scale if scale > 0 else nan
-    return FidelityRow(scheme=scheme, n_bits=n_bits, frames_per_vector=frames, repeatability=repeatability,
-                       linearity_error=linearity, nonlinearity=nonlinearity, snr_db=snr_db, signal_variance=signal,
-                       noise_variance=noise, n_outputs=int(used.sum()))
+    return FidelityRow(
+        scheme=scheme,
+        n_bits=n_bits,
+        frames_per_vector=frames,
+        repeatability=repeatability,
+        linearity_error=linearity,
+        nonlinearity=nonlinearity,
+        snr_db=snr_db,
+        signal_variance=signal,
+        noise_variance=noise,
+        n_outputs=int(used.sum()),
+    )
 
 
 @register_routine(FidelityResult, position=60, stale_after=(ExposureResult, ReferenceResult))

@@ -5,6 +5,7 @@ and the camera frames are read in arrival order, ignoring their metadata. The br
 follows the pattern shown k frames earlier: the k that maximises the correlation is the optical lag. The lag
 the frame metadata implies is reported beside it; the two disagree on a device whose firmware mislabels frames.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,14 @@ class LatencyResult(CalibrationResult):
     correlations: np.ndarray = stored(np.float32, default_factory=lambda: np.zeros(0))
 
 
-def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_components: int = 256,
-                    n_features: int = 64, timeout_s: float = 5.0) -> LatencyResult:
+def measure_latency(
+    opu,
+    n_frames: int = 64,
+    max_lag_frames: int = 16,
+    n_components: int = 256,
+    n_features: int = 64,
+    timeout_s: float = 5.0,
+) -> LatencyResult:
     """Display ``n_frames`` alternating patterns plus ``max_lag_frames`` blanks and find the camera's lag.
 
     Raises:
@@ -77,7 +84,7 @@ def measure_latency(opu, n_frames: int = 64, max_lag_frames: int = 16, n_compone
     header_lags = (sequence.camera_positions[claimed] - sequence.shown[claimed]).tolist()
     correlations = []
     for lag in range(max_lag_frames + 1):
-        seen = brightness[lag:lag + n_frames]
+        seen = brightness[lag : lag + n_frames]
         valid = np.isfinite(seen)
         if valid.sum() >= 3 and seen[valid].std() > 0 and pattern[valid].std() > 0:
             correlations.append(float(np.corrcoef(seen[valid], pattern[valid].astype(float))[0, 1]))

@@ -5,6 +5,7 @@ held-out vectors its error beside the error the camera noise explains, and a lay
 the complex field matrix whose |x M|^2 is checked against measured intensities. The derivations are in
 docs/calibration.md ("Matrix"). Only the public Opu API is used; the device is left with the settings it had.
 """
+
 from __future__ import annotations
 
 import logging
@@ -121,8 +122,7 @@ class MatrixResult(CalibrationResult):
         return None if self.field_mask is None else float(self.field_mask.mean())
 
     nonlinear_measured: npt.NDArray[np.float32] = stored(np.float32, default_factory=lambda: np.zeros(0, np.float32))
-    nonlinear_predicted: npt.NDArray[np.float32] = stored(np.float32,
-                                                          default_factory=lambda: np.zeros(0, np.float32))
+    nonlinear_predicted: npt.NDArray[np.float32] = stored(np.float32, default_factory=lambda: np.zeros(0, np.float32))
     field_matrix: npt.NDArray[np.complex64] | None = stored(np.complex64, when=_has_field_estimate, default=None)
     field_mask: npt.NDArray[np.bool_] | None = stored(bool, when=_has_field_estimate, default=None)
 
@@ -135,11 +135,12 @@ class MatrixResult(CalibrationResult):
         if self.field_matrix is None:
             raise InvalidInputError("no field matrix: run estimate_matrix with nonlinear_check=True")
         fields = np.asarray(X, dtype=np.complex64) @ self.field_matrix
-        return (fields.real ** 2 + fields.imag ** 2).astype(np.float32)
+        return (fields.real**2 + fields.imag**2).astype(np.float32)
 
 
-def _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats, nonlinear_check,
-              seed, progress) -> int:
+def _validate(
+    opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats, nonlinear_check, seed, progress
+) -> int:
     """Check every argument (nothing is sent); return the number of probes."""
     check_int(n_features, "n_features", low=1)
     info = opu.info
@@ -212,8 +213,9 @@ def estimate_matrix(
     Raises:
         InvalidInputError: bad arguments (before anything is sent), or no usable output.
     """
-    n_probes = _validate(opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats,
-                         nonlinear_check, seed, progress)
+    n_probes = _validate(
+        opu, n_features, n_components, probes, scheme, n_probes, n_holdout, n_repeats, nonlinear_check, seed, progress
+    )
     n_features, n_components = int(n_features), int(n_components)
     n_repeats = min(int(n_repeats), n_probes)
     rng = np.random.default_rng(seed)
@@ -236,8 +238,9 @@ def estimate_matrix(
             return random_probes[lo:hi]
 
     batches = [(lo, min(n_probes, lo + _BATCH_PROBES)) for lo in range(0, n_probes, _BATCH_PROBES)]
-    nonlinear_batches = ([(lo, min(order, lo + _BATCH_PROBES)) for lo in range(0, order, _BATCH_PROBES)]
-                         if nonlinear_check else [])
+    nonlinear_batches = (
+        [(lo, min(order, lo + _BATCH_PROBES)) for lo in range(0, order, _BATCH_PROBES)] if nonlinear_check else []
+    )
     bar = tqdm(total=len(batches) + len(nonlinear_batches), desc="matrix", unit="batch", disable=not progress)
     try:
         # -- linear probes: accumulate P^T Y (and P^T P for random probes) -----------------------------
@@ -287,11 +290,11 @@ def estimate_matrix(
         if gram is None:
             leverage = n_features / order  # e^T e / n for +-1 vectors
         else:
-            leverage = float(np.mean(np.sum(E_h * np.linalg.solve(gram, E_h.T.astype(np.float64)).T,
-                                            axis=1)))
-        rms_measured = float(np.sqrt(np.mean(m_meas ** 2)))
-        expected_relative_error = (float(np.sqrt(noise_var.mean() * (1 + leverage))) / rms_measured
-                                   if rms_measured > 0 else float("nan"))
+            leverage = float(np.mean(np.sum(E_h * np.linalg.solve(gram, E_h.T.astype(np.float64)).T, axis=1)))
+        rms_measured = float(np.sqrt(np.mean(m_meas**2)))
+        expected_relative_error = (
+            float(np.sqrt(noise_var.mean() * (1 + leverage))) / rms_measured if rms_measured > 0 else float("nan")
+        )
         usable = np.flatnonzero(mask)
         i, j = sample_pairs(n_holdout, usable, _SAMPLE_POINTS, rng)
         holdout_measured = measured[i, j].astype(np.float32)
@@ -301,9 +304,14 @@ def estimate_matrix(
         if zeroed:
             # Exponential speckle makes a rare saturated pixel normal; many of them bias the estimate.
             level = logging.WARNING if zeroed > _ZEROED_WARNING * n_outputs else logging.INFO
-            _log.log(level, "%d probe frames saturated; %d of %d projected outputs were zeroed by the linear mode "
-                     "and bias the estimate slightly: lower the exposure, gain or laser power if this matters",
-                     saturated_frames, zeroed, n_outputs)
+            _log.log(
+                level,
+                "%d probe frames saturated; %d of %d projected outputs were zeroed by the linear mode "
+                "and bias the estimate slightly: lower the exposure, gain or laser power if this matters",
+                saturated_frames,
+                zeroed,
+                n_outputs,
+            )
 
         # -- nonlinear |x M|^2 check ------------------------------------------------------------------
         nonlinear = None
@@ -314,22 +322,43 @@ def estimate_matrix(
         bar.close()
 
     result = MatrixResult(
-        n_features=n_features, n_components=n_components, probes=probes, scheme=scheme, n_probes=n_probes,
-        n_holdout=int(n_holdout), roi=opu.roi_for(n_components), matrix=matrix.astype(np.float32), mask=mask,
-        n_frames=end - start, n_frames_reference=n_frames_reference, n_frames_probes=per_probe * n_probes,
-        n_frames_noise=noise_end - probes_end, n_frames_holdout=holdout_end - noise_end,
-        n_frames_nonlinear=end - holdout_end, saturated_frames=int(saturated_frames),
-        relative_error=relative_error, expected_relative_error=expected_relative_error,
+        n_features=n_features,
+        n_components=n_components,
+        probes=probes,
+        scheme=scheme,
+        n_probes=n_probes,
+        n_holdout=int(n_holdout),
+        roi=opu.roi_for(n_components),
+        matrix=matrix.astype(np.float32),
+        mask=mask,
+        n_frames=end - start,
+        n_frames_reference=n_frames_reference,
+        n_frames_probes=per_probe * n_probes,
+        n_frames_noise=noise_end - probes_end,
+        n_frames_holdout=holdout_end - noise_end,
+        n_frames_nonlinear=end - holdout_end,
+        saturated_frames=int(saturated_frames),
+        relative_error=relative_error,
+        expected_relative_error=expected_relative_error,
         output_noise_variance=float(noise_var.mean()),
-        holdout_correlation=holdout_correlation, holdout_measured=holdout_measured,
-        holdout_predicted=holdout_predicted, **(nonlinear or {}),
+        holdout_correlation=holdout_correlation,
+        holdout_measured=holdout_measured,
+        holdout_predicted=holdout_predicted,
+        **(nonlinear or {}),
     )
     _log.info("matrix: %s", result.summary())
     return result
 
 
-def _nonlinear_check(opu, n_features: int, n_components: int, n_holdout: int, rng: np.random.Generator,
-                     batches: list[tuple[int, int]], bar) -> dict:
+def _nonlinear_check(
+    opu,
+    n_features: int,
+    n_components: int,
+    n_holdout: int,
+    rng: np.random.Generator,
+    batches: list[tuple[int, int]],
+    bar,
+) -> dict:
     """Complex field matrix from two references and Hadamard probes; held-out binary frames compared."""
     info = opu.info
     layout = TwoReferenceLayout(n_features, info.dmd_width, info.dmd_height)
@@ -343,9 +372,9 @@ def _nonlinear_check(opu, n_features: int, n_components: int, n_holdout: int, rn
     # dark, A, B and A + B, _REFERENCE_FRAMES each
     n = _REFERENCE_FRAMES
     frames = np.zeros((4 * n, width), dtype=np.uint8)
-    frames[n:2 * n, a_col] = 1
-    frames[2 * n:3 * n, b_col] = 1
-    frames[3 * n:, [a_col, b_col]] = 1
+    frames[n : 2 * n, a_col] = 1
+    frames[2 * n : 3 * n, b_col] = 1
+    frames[3 * n :, [a_col, b_col]] = 1
     raw = opu.acquire(frames, layout, n_components)
     saturated = (raw >= full_scale).any(axis=0)
     values = raw.astype(np.float64).reshape(4, n, n_components)
@@ -393,16 +422,17 @@ def _nonlinear_check(opu, n_features: int, n_components: int, n_holdout: int, rn
     amp_a = np.sqrt(np.where(field_mask, ref_a, 1.0))
     amp_b = np.sqrt(np.where(field_mask, ref_b, 1.0))
     cos_d = np.clip(cross / (2 * amp_a * amp_b), -1.0, 1.0)
-    sin_d = np.sqrt(1.0 - cos_d ** 2)
+    sin_d = np.sqrt(1.0 - cos_d**2)
     # Im = (u_B - u_A cos D) / sin D: an error e of cos D moves it by about e (1 / sin D + |cos D| / sin^2 D)
     # relative to the field (the second term through sin D = sqrt(1 - cos^2 D)); keep the pixels where the
     # cross term's error keeps that small.
     cos_error = cross_sd / (2 * amp_a * amp_b)
     safe_sin = np.maximum(sin_d, 1e-6)
-    phase_error = cos_error * (1 / safe_sin + np.abs(cos_d) / safe_sin ** 2)
+    phase_error = cos_error * (1 / safe_sin + np.abs(cos_d) / safe_sin**2)
     # and errors of |a|^2, |b|^2 scale the two quadratures by half their relative error
-    amplitude_error = (np.sqrt(frame_var[0] + frame_var[1]) / (2 * amp_a ** 2)
-                       + np.sqrt(frame_var[0] + frame_var[2]) / (2 * amp_b ** 2))
+    amplitude_error = np.sqrt(frame_var[0] + frame_var[1]) / (2 * amp_a**2) + np.sqrt(frame_var[0] + frame_var[2]) / (
+        2 * amp_b**2
+    )
     field_mask &= (sin_d >= _MIN_SIN) & (phase_error + amplitude_error <= _MAX_FIELD_ERROR)
     real = sum_a / order / (2 * amp_a)  # Re[t] per feature, sqrt(DN)
     quad_b = sum_b / order / (2 * amp_b)
@@ -411,7 +441,7 @@ def _nonlinear_check(opu, n_features: int, n_components: int, n_holdout: int, rn
     field_matrix[:, ~field_mask] = 0
 
     fields = X.astype(np.float64) @ field_matrix.astype(np.complex128)
-    predicted = fields.real ** 2 + fields.imag ** 2
+    predicted = fields.real**2 + fields.imag**2
     keep = field_mask[None, :] & ~held_saturated
     m_meas, m_pred = measured[keep], predicted[keep]
     if m_meas.size == 0:

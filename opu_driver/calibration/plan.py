@@ -2,6 +2,7 @@
 
 One frozen object, checked when it is built, so a bad size or option is refused before a device is opened.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

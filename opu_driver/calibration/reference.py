@@ -5,6 +5,7 @@ makes it explicit, stores it, and lets ``opu_driver.open`` install it so that th
 costs no calibration frames and uses the same effective matrix as the session that calibrated (see linear.py for
 the physics: outputs are divided by 2 sqrt(|R r|^2 var), and outputs whose reference is weak or saturated are masked).
 """
+
 from __future__ import annotations
 
 import logging
@@ -128,8 +129,12 @@ def install_reference(opu, summary: dict[str, Any], arrays: dict[str, np.ndarray
     n_features, n_components = int(summary[key.n_features]), int(summary[key.n_components])
     reference, dark, mask = arrays[name.reference_dn], arrays[name.dark_dn], arrays[name.mask]
     n_pixels = opu.info.camera_width * opu.info.camera_height
-    if not (1 <= n_components <= n_pixels and reference.shape == dark.shape == mask.shape == (n_components,)
-            and mask.dtype == np.bool_ and float(summary[key.entry_variance]) > 0):
+    if not (
+        1 <= n_components <= n_pixels
+        and reference.shape == dark.shape == mask.shape == (n_components,)
+        and mask.dtype == np.bool_
+        and float(summary[key.entry_variance]) > 0
+    ):
         _log.warning("stored reference does not fit this device; it is not used")
         return False
     linear = opu.linear_mode
@@ -138,10 +143,17 @@ def install_reference(opu, summary: dict[str, Any], arrays: dict[str, np.ndarray
     except InvalidInputError as exc:
         _log.warning("stored reference not used: %s", exc)
         return False
-    linear.install(n_features, n_components, ReferenceCalibration(
-        reference.astype(np.float32), dark.astype(np.float32), mask.copy(), float(summary["entry_variance"]),
-        int(summary.get("n_frames", 0)),
-    ))
+    linear.install(
+        n_features,
+        n_components,
+        ReferenceCalibration(
+            reference.astype(np.float32),
+            dark.astype(np.float32),
+            mask.copy(),
+            float(summary["entry_variance"]),
+            int(summary.get("n_frames", 0)),
+        ),
+    )
     return True
 
 

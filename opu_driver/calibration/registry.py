@@ -6,6 +6,7 @@ A routine registers itself with :func:`register_routine`, next to its function: 
 result stale. :mod:`~opu_driver.calibration.run` only reads this table, so adding a routine is one new module of
 this package (every module is imported when the registry is first read) and its registration.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -58,26 +59,40 @@ _REGISTRY: dict[str, Routine] = {}
 _loaded = False
 
 
-def register_routine(result: type[CalibrationResult], *, position: int,
-                     needs: tuple[type[CalibrationResult], ...] = (),
-                     stale_after: tuple[type[CalibrationResult], ...] = (), needs_reference: bool = False,
-                     sets_camera: bool = False) -> Callable[[RunFromPlan], RunFromPlan]:
+def register_routine(
+    result: type[CalibrationResult],
+    *,
+    position: int,
+    needs: tuple[type[CalibrationResult], ...] = (),
+    stale_after: tuple[type[CalibrationResult], ...] = (),
+    needs_reference: bool = False,
+    sets_camera: bool = False,
+) -> Callable[[RunFromPlan], RunFromPlan]:
     """Decorator: register the decorated ``run(opu, plan, earlier, progress)`` as the routine of ``result``.
 
     Other routines are named by their result classes. The checks between routines (unique names and places,
     ``needs`` and ``stale_after`` naming earlier routines) run when the registry is first read.
     """
+
     def register(run: RunFromPlan) -> RunFromPlan:
         name = result.routine
         if not name:
             raise TypeError(f"{result.__name__} has no routine name (set its ClassVar routine)")
         known = _REGISTRY.get(name)
-        if known is not None and (known.run.__module__, known.run.__qualname__) != (run.__module__,
-                                                                                    run.__qualname__):
+        if known is not None and (known.run.__module__, known.run.__qualname__) != (run.__module__, run.__qualname__):
             raise ValueError(f"routine {name!r} is registered twice ({known.run.__module__} and {run.__module__})")
-        _REGISTRY[name] = Routine(name, int(position), run, result, tuple(r.routine for r in needs),
-                                  tuple(r.routine for r in stale_after), bool(needs_reference), bool(sets_camera))
+        _REGISTRY[name] = Routine(
+            name,
+            int(position),
+            run,
+            result,
+            tuple(r.routine for r in needs),
+            tuple(r.routine for r in stale_after),
+            bool(needs_reference),
+            bool(sets_camera),
+        )
         return run
+
     return register
 
 
@@ -105,8 +120,10 @@ def _check(ordered: list[Routine]) -> None:
                 raise ValueError(f"routine {entry.name!r} refers to {name!r}, which is not an earlier routine")
         for name in entry.needs:
             if not hasattr(_REGISTRY[name].result, "from_record"):
-                raise ValueError(f"routine {entry.name!r} needs {name!r}, whose result has no from_record (a "
-                                 "resumed run could not hand it over)")
+                raise ValueError(
+                    f"routine {entry.name!r} needs {name!r}, whose result has no from_record (a "
+                    "resumed run could not hand it over)"
+                )
 
 
 def routines() -> tuple[Routine, ...]:

@@ -8,6 +8,7 @@ camera region last. Readers of a record (the report, the summary table, applying
 from the classes (``DarkResult.summary_key.level_dn``, ``DarkResult.record_array.mean_dn``), so a renamed or
 mistyped key fails at once instead of silently reading nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,23 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Recorded", "CalibrationResult", "KeyNames", "summarised", "stored", "region", "rows",
-           "summarised_property", "stored_property", "summary_of", "arrays_of", "row_key", "REGION_PREFIX",
-           "REGION_PARTS", "region_keys"]
+__all__ = [
+    "Recorded",
+    "CalibrationResult",
+    "KeyNames",
+    "summarised",
+    "stored",
+    "region",
+    "rows",
+    "summarised_property",
+    "stored_property",
+    "summary_of",
+    "arrays_of",
+    "row_key",
+    "REGION_PREFIX",
+    "REGION_PARTS",
+    "region_keys",
+]
 
 REGION_PREFIX = "roi_"
 """Prefix of the summary keys that hold a result's camera region (``roi_x``, ``roi_y``, ``roi_width``,
@@ -130,14 +145,20 @@ def row_key(label: str, key: str) -> str:
 
 
 def _field(entry: _Entry, default: Any, default_factory: Any, repr_: bool) -> Any:
-    return dataclasses.field(default=default, default_factory=default_factory, repr=repr_,
-                             metadata={_META: entry})
+    return dataclasses.field(default=default, default_factory=default_factory, repr=repr_, metadata={_META: entry})
 
 
-def summarised(*, digits: int | None = None, significant: int | None = None, finite: bool = False,
-               convert: Callable[[Any], Any] | None = None, array: npt.DTypeLike | bool = False,
-               default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING,
-               repr: bool = True) -> Any:
+def summarised(
+    *,
+    digits: int | None = None,
+    significant: int | None = None,
+    finite: bool = False,
+    convert: Callable[[Any], Any] | None = None,
+    array: npt.DTypeLike | bool = False,
+    default: Any = dataclasses.MISSING,
+    default_factory: Any = dataclasses.MISSING,
+    repr: bool = True,
+) -> Any:
     """A field that enters the summary under its own name.
 
     Args:
@@ -147,14 +168,24 @@ def summarised(*, digits: int | None = None, significant: int | None = None, fin
         convert: applied to the value first (``bool``, ``int``, a count of an array).
         array: also an array of ``arrays()`` (a row's column), of this dtype (True: as it is).
     """
-    entry = _Entry(next(_ranks), _Scalar(digits, significant, finite, convert), array is not False,
-                   None if array is True or array is False else array)
+    entry = _Entry(
+        next(_ranks),
+        _Scalar(digits, significant, finite, convert),
+        array is not False,
+        None if array is True or array is False else array,
+    )
     return _field(entry, default, default_factory, repr)
 
 
-def stored(dtype: npt.DTypeLike | None = None, *, summary: Callable[[Any], Any] | None = None,
-           when: Callable[[Any], bool] | None = None, default: Any = dataclasses.MISSING,
-           default_factory: Any = dataclasses.MISSING, repr: bool = False) -> Any:
+def stored(
+    dtype: npt.DTypeLike | None = None,
+    *,
+    summary: Callable[[Any], Any] | None = None,
+    when: Callable[[Any], bool] | None = None,
+    default: Any = dataclasses.MISSING,
+    default_factory: Any = dataclasses.MISSING,
+    repr: bool = False,
+) -> Any:
     """A field kept as an array of ``arrays()`` under its own name, as ``dtype`` (None: as it is).
 
     Args:
@@ -174,8 +205,9 @@ def region() -> Any:
 def rows(row_type: type, label: Callable[[Any], str], *, default_factory: Any = tuple) -> Any:
     """A tuple of ``row_type`` rows (dataclasses declared with these helpers), flattened into the summary and the
     arrays as :class:`_Rows` says; ``label`` names a row."""
-    return _field(_Rows(next(_ranks), array=True, row_type=row_type, label=label), dataclasses.MISSING,
-                  default_factory, True)
+    return _field(
+        _Rows(next(_ranks), array=True, row_type=row_type, label=label), dataclasses.MISSING, default_factory, True
+    )
 
 
 class _Property(property):
@@ -184,8 +216,13 @@ class _Property(property):
     entry: _Entry
 
 
-def summarised_property(*, digits: int | None = None, significant: int | None = None, finite: bool = False,
-                        convert: Callable[[Any], Any] | None = None) -> Callable[[Callable[[Any], Any]], property]:
+def summarised_property(
+    *,
+    digits: int | None = None,
+    significant: int | None = None,
+    finite: bool = False,
+    convert: Callable[[Any], Any] | None = None,
+) -> Callable[[Callable[[Any], Any]], property]:
     """Decorator: a property derived from the fields that enters the summary (rounded as :func:`summarised`
     says) at its place in the class body."""
     entry = _Entry(next(_ranks), _Scalar(digits, significant, finite, convert))
@@ -194,6 +231,7 @@ def summarised_property(*, digits: int | None = None, significant: int | None = 
         prop = _Property(function, doc=function.__doc__)
         prop.entry = entry
         return prop
+
     return wrap
 
 
@@ -206,6 +244,7 @@ def stored_property(dtype: npt.DTypeLike | None = None) -> Callable[[Callable[[A
         prop = _Property(function, doc=function.__doc__)
         prop.entry = entry
         return prop
+
     return wrap
 
 
@@ -217,8 +256,9 @@ def _entries(cls: type) -> tuple[tuple[str, _Entry], ...]:
     cached = _ENTRIES.get(cls)
     if cached is not None:
         return cached
-    found = [(f.metadata[_META].rank, f.name, f.metadata[_META]) for f in dataclasses.fields(cls)
-             if _META in f.metadata]
+    found = [
+        (f.metadata[_META].rank, f.name, f.metadata[_META]) for f in dataclasses.fields(cls) if _META in f.metadata
+    ]
     seen = set()
     for klass in cls.__mro__:
         for name, attribute in vars(klass).items():

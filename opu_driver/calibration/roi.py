@@ -7,6 +7,7 @@ hot, dead and saturated pixels.
 
 It uses the public Opu API only (``opu.transform``, ``opu.roi_for``, ``opu.full_scale_dn``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,15 @@ from .result import CalibrationResult, region, stored, stored_property, summaris
 if TYPE_CHECKING:
     from .plan import CalibrationPlan
 
-__all__ = ["RoiResult", "measure_roi", "intensity_autocorrelation", "half_width_px", "stride_for",
-           "autocorrelation_noise_sd", "neighbour_threshold"]
+__all__ = [
+    "RoiResult",
+    "measure_roi",
+    "intensity_autocorrelation",
+    "half_width_px",
+    "stride_for",
+    "autocorrelation_noise_sd",
+    "neighbour_threshold",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -157,10 +165,10 @@ def intensity_autocorrelation(images: npt.ArrayLike, valid: npt.ArrayLike, max_l
             if dy == 0 and dx < 0:
                 continue
             x0, x1 = max(0, -dx), width - max(0, dx)  # r runs over x0..x1, r + d over x0 + dx..x1 + dx
-            pairs = float((weight[:height - dy, x0:x1] * weight[dy:, x0 + dx:x1 + dx]).sum()) * n
+            pairs = float((weight[: height - dy, x0:x1] * weight[dy:, x0 + dx : x1 + dx]).sum()) * n
             if pairs == 0:
                 raise AcquisitionError(f"no valid pixel pair at lag ({dx}, {dy})")
-            value = float(np.einsum("nij,nij->", fluct[:, :height - dy, x0:x1], fluct[:, dy:, x0 + dx:x1 + dx]))
+            value = float(np.einsum("nij,nij->", fluct[:, : height - dy, x0:x1], fluct[:, dy:, x0 + dx : x1 + dx]))
             out[lag + dy, lag + dx] = out[lag - dy, lag - dx] = value / pairs
     if not out[lag, lag] > 0:
         raise AcquisitionError("the frames show no speckle (no intensity variation): is the light on?")
@@ -177,9 +185,7 @@ def half_width_px(profile: npt.ArrayLike) -> float:
     c = np.asarray(profile, dtype=np.float64)
     below = np.flatnonzero(c <= 0.5)
     if below.size == 0:
-        raise AcquisitionError(
-            f"the autocorrelation stays above 1/2 up to a lag of {c.size - 1} px: raise max_lag_px"
-        )
+        raise AcquisitionError(f"the autocorrelation stays above 1/2 up to a lag of {c.size - 1} px: raise max_lag_px")
     k = int(below[0])
     return float(2.0 * ((k - 1) + (c[k - 1] - 0.5) / (c[k - 1] - c[k])))
 
@@ -191,7 +197,7 @@ def autocorrelation_noise_sd(autocorrelation_2d: npt.ArrayLike, n_frames_eff: fl
     ``n_pixels`` positions (Bartlett's formula; derived in docs/calibration.md, "Roi").
     """
     c = np.asarray(autocorrelation_2d, dtype=np.float64)
-    area = float((c ** 2).sum())
+    area = float((c**2).sum())
     if not (n_frames_eff > 0 and n_pixels > 0):
         return math.inf
     return math.sqrt(area / (float(n_frames_eff) * float(n_pixels)))
@@ -308,7 +314,7 @@ def measure_roi(
     np.put_along_axis(bits, order[:, :n_on], 1, axis=1)
     Y = np.empty((n_frames, n_components), dtype=np.float64)
     for start in tqdm.tqdm(range(0, n_frames, _CHUNK_FRAMES), desc="roi", unit="chunk", disable=not progress):
-        Y[start:start + _CHUNK_FRAMES] = opu.transform(bits[start:start + _CHUNK_FRAMES], n_components)
+        Y[start : start + _CHUNK_FRAMES] = opu.transform(bits[start : start + _CHUNK_FRAMES], n_components)
     full_scale = opu.full_scale_dn
 
     saturated = (Y >= full_scale).any(axis=0)
@@ -323,7 +329,7 @@ def measure_roi(
     frame_corr = np.corrcoef(signal)
     rho = float(np.clip((frame_corr.sum() - n_frames) / (n_frames * (n_frames - 1)), 0.0, 1.0))
     # The autocorrelation's products covary between frames by rho_ij^2 (autocorrelation_noise_sd).
-    rho_squared = float(np.clip(((frame_corr ** 2).sum() - n_frames) / (n_frames * (n_frames - 1)), 0.0, 1.0))
+    rho_squared = float(np.clip(((frame_corr**2).sum() - n_frames) / (n_frames * (n_frames - 1)), 0.0, 1.0))
     n_eff = n_frames / (1 + (n_frames - 1) * rho)
     dead = mean < _dead_threshold(n_eff, FALSE_ALARM) * median
     if dark is not None:
@@ -333,8 +339,8 @@ def measure_roi(
 
     bad = hot | dead | saturated
     width = roi.width
-    images = signal[:, :rows * width].reshape(n_frames, rows, width)
-    valid = ~bad[:rows * width].reshape(rows, width)
+    images = signal[:, : rows * width].reshape(n_frames, rows, width)
+    valid = ~bad[: rows * width].reshape(rows, width)
     corr = intensity_autocorrelation(images, valid, max_lag_px)
     lag = int(max_lag_px)
     grain_x = half_width_px(corr[lag, lag:])
@@ -347,12 +353,26 @@ def measure_roi(
     on_grid = (index % width % stride == 0) & (index // width % stride == 0)
     selection = index[on_grid & ~bad]
     result = RoiResult(
-        roi=roi, n_components=int(n_components), n_features=int(n_features), n_frames=int(n_frames),
-        grain_px=0.5 * (grain_x + grain_y), grain_x_px=grain_x, grain_y_px=grain_y, stride_px=stride,
-        stride_threshold=threshold, autocorrelation_noise_sd=noise_sd,
-        hot_source=hot_source, dropped_hot=int((on_grid & hot).sum()), dropped_dead=int((on_grid & dead).sum()),
-        dropped_saturated=int((on_grid & saturated).sum()), autocorrelation_2d=corr, selection=selection,
-        mean_intensity_dn=Y.mean(axis=0).astype(np.float32), hot=hot, dead=dead, saturated=saturated,
+        roi=roi,
+        n_components=int(n_components),
+        n_features=int(n_features),
+        n_frames=int(n_frames),
+        grain_px=0.5 * (grain_x + grain_y),
+        grain_x_px=grain_x,
+        grain_y_px=grain_y,
+        stride_px=stride,
+        stride_threshold=threshold,
+        autocorrelation_noise_sd=noise_sd,
+        hot_source=hot_source,
+        dropped_hot=int((on_grid & hot).sum()),
+        dropped_dead=int((on_grid & dead).sum()),
+        dropped_saturated=int((on_grid & saturated).sum()),
+        autocorrelation_2d=corr,
+        selection=selection,
+        mean_intensity_dn=Y.mean(axis=0).astype(np.float32),
+        hot=hot,
+        dead=dead,
+        saturated=saturated,
     )
     if result.n_selected == 0:
         raise AcquisitionError("no output left to select: every sub-grid pixel is hot, dead or saturated")
@@ -363,5 +383,6 @@ def measure_roi(
 @register_routine(RoiResult, position=40, needs=(DarkResult,), stale_after=(ExposureResult,))
 def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> RoiResult:
     """The roi step of ``calibrate``: with this run's dark result, hot pixels come from the dark frames."""
-    return measure_roi(opu, plan.n_components, n_features=plan.n_features, dark=earlier.get(DarkResult.routine),
-                       progress=progress)
+    return measure_roi(
+        opu, plan.n_components, n_features=plan.n_features, dark=earlier.get(DarkResult.routine), progress=progress
+    )

@@ -9,6 +9,7 @@ the stored settings and results are applied and the missing routines run.
 A single routine starts from the newest record of the device under the same settings and replaces that routine's
 result in a new record, so the newest record always holds the latest of every routine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,23 +42,27 @@ _RUN = "run"  # the results entry that describes the run itself
 # Results that no longer hold once a routine runs again: everything measured at the old exposure, and everything
 # measured through the old linear-mode reference (from the routines' stale_after).
 INVALIDATES: dict[str, tuple[str, ...]] = {
-    name: stale for name in ROUTINES
-    if (stale := tuple(r.name for r in registered_routines() if name in r.stale_after))
+    name: stale for name in ROUTINES if (stale := tuple(r.name for r in registered_routines() if name in r.stale_after))
 }
 # Routines whose result is tied to the reference in use: it must be the stored one (measured first if missing).
 NEEDS_REFERENCE = tuple(r.name for r in registered_routines() if r.needs_reference)
 
 
-def run_routine(opu, name: str, plan: CalibrationPlan, *, done: dict[str, Any] | None = None,
-                progress: bool = False) -> Any:
+def run_routine(
+    opu, name: str, plan: CalibrationPlan, *, done: dict[str, Any] | None = None, progress: bool = False
+) -> Any:
     """Run one routine with the plan's sizes; ``done`` holds results of this run (the roi uses the dark's)."""
     return get_routine(name).run(opu, plan, done or {}, progress)
 
 
 def _new_record(opu, base: CalibrationRecord | None) -> CalibrationRecord:
     info = opu.info
-    record = CalibrationRecord(model=info.model, serial_number=info.serial_number,
-                               firmware_version=info.firmware_version, settings=record_settings(opu))
+    record = CalibrationRecord(
+        model=info.model,
+        serial_number=info.serial_number,
+        firmware_version=info.firmware_version,
+        settings=record_settings(opu),
+    )
     if base is not None:
         record.results.update({k: dict(v) for k, v in base.results.items() if k != _RUN})
         record.arrays.update(base.arrays)
@@ -106,9 +111,16 @@ def _unfinished_run(opu, store: CalibrationStore, plan_fields: dict[str, Any]) -
     return None
 
 
-def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan: CalibrationPlan | None = None, *,
-              resume: bool = False, progress: bool = False,
-              on_result: Callable[[str, Any], None] | None = None) -> CalibrationRecord:
+def calibrate(
+    opu,
+    routines: Sequence[str],
+    store: CalibrationStore | None,
+    plan: CalibrationPlan | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    on_result: Callable[[str, Any], None] | None = None,
+) -> CalibrationRecord:
     """Run ``routines`` (names from ROUTINES, or ["all"]) and return the record (saved after each routine).
 
     Single routines extend the newest record of the device under the current settings: its latency and reference
@@ -152,8 +164,9 @@ def calibrate(opu, routines: Sequence[str], store: CalibrationStore | None, plan
     return record
 
 
-def _checked_request(opu, routines: Sequence[str], plan: CalibrationPlan | None,
-                     resume: bool) -> tuple[CalibrationPlan, list[str], bool]:
+def _checked_request(
+    opu, routines: Sequence[str], plan: CalibrationPlan | None, resume: bool
+) -> tuple[CalibrationPlan, list[str], bool]:
     """Check what :func:`calibrate` was asked before anything is sent: (plan, routine names, whether "all")."""
     plan = plan or CalibrationPlan()
     if not isinstance(plan, CalibrationPlan):
@@ -170,8 +183,9 @@ def _checked_request(opu, routines: Sequence[str], plan: CalibrationPlan | None,
     return plan, names, run_all
 
 
-def _resumed_run(opu, store: CalibrationStore, plan_fields: dict[str, Any],
-                 done: dict[str, Any]) -> CalibrationRecord | None:
+def _resumed_run(
+    opu, store: CalibrationStore, plan_fields: dict[str, Any], done: dict[str, Any]
+) -> CalibrationRecord | None:
     """The unfinished run to continue, its settings applied and the results later routines use put in ``done``;
     None when there is none."""
     record = _unfinished_run(opu, store, plan_fields)
@@ -198,8 +212,9 @@ def _fresh_record(opu, store: CalibrationStore | None, run_all: bool) -> Calibra
     return _new_record(opu, base)
 
 
-def _routines_to_run(record: CalibrationRecord, names: list[str], plan: CalibrationPlan,
-                     plan_fields: dict[str, Any], run_all: bool) -> list[str]:
+def _routines_to_run(
+    record: CalibrationRecord, names: list[str], plan: CalibrationPlan, plan_fields: dict[str, Any], run_all: bool
+) -> list[str]:
     """The routines to run in order: for "all", those the record lacks (marking the run unfinished); for single
     routines, the reference first where a routine needs one the record does not hold for the plan's sizes."""
     if run_all:
@@ -212,8 +227,9 @@ def _routines_to_run(record: CalibrationRecord, names: list[str], plan: Calibrat
     return todo
 
 
-def _record_result(opu, record: CalibrationRecord, name: str, result: Any, done: dict[str, Any],
-                   frames_before: int, started: float) -> None:
+def _record_result(
+    opu, record: CalibrationRecord, name: str, result: Any, done: dict[str, Any], frames_before: int, started: float
+) -> None:
     """Put a routine's result into the record, with what it cost, dropping the stored results it invalidates."""
     for stale in INVALIDATES.get(name, ()):
         if stale not in done and stale in record.results:
@@ -229,9 +245,11 @@ def _record_result(opu, record: CalibrationRecord, name: str, result: Any, done:
 
 def summary_table(record: CalibrationRecord, width: int = 100) -> str:
     """The record's results as a plain-text table: one block per routine, its summary keys and values."""
-    lines = [f"{record.model} {record.serial_number} (firmware {record.firmware_version}), "
-             f"{record.created:%Y-%m-%d %H:%M:%S} UTC",
-             "settings: " + ", ".join(f"{k}={v}" for k, v in record.settings.items())]
+    lines = [
+        f"{record.model} {record.serial_number} (firmware {record.firmware_version}), "
+        f"{record.created:%Y-%m-%d %H:%M:%S} UTC",
+        "settings: " + ", ".join(f"{k}={v}" for k, v in record.settings.items()),
+    ]
     name_width = max([len(n) for n in record.results] + [7])
     lines.append(f"{'routine':<{name_width}}  results")
     lines.append(f"{'-' * name_width}  {'-' * (width - name_width - 2)}")
@@ -253,8 +271,14 @@ def summary_table(record: CalibrationRecord, width: int = 100) -> str:
 
 
 # The columns of the fidelity table: a row's summary key, its heading and its width.
-_FIDELITY_COLUMNS = tuple(zip(FidelityRow.summary_key, ("frames", "repeatability", "linearity err", "nonlinearity",
-                                                        "SNR dB"), (6, 13, 13, 12, 7), strict=True))
+_FIDELITY_COLUMNS = tuple(
+    zip(
+        FidelityRow.summary_key,
+        ("frames", "repeatability", "linearity err", "nonlinearity", "SNR dB"),
+        (6, 13, 13, 12, 7),
+        strict=True,
+    )
+)
 
 
 def _fidelity_lines(summary: dict[str, Any], name_width: int) -> list[str]:

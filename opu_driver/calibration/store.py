@@ -16,6 +16,7 @@ A JSON whose arrays file is missing, whose checksum does not match, or whose con
 metadata is corrupt; :meth:`CalibrationStore.load` refuses it with a typed error and
 :meth:`CalibrationStore.latest` skips it with a warning, so one bad file does not block opening a device.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -381,8 +382,9 @@ class CalibrationStore:
         arrays_file = self._check_contents(path, metadata)
         stem = _stem(device["serial_number"], created)
         if path.name != f"{stem}.json" or not arrays_file.startswith(f"{stem}."):
-            raise _corrupt(path, f"file name does not match its content (expected {stem}.json for this device and "
-                                 "time)")
+            raise _corrupt(
+                path, f"file name does not match its content (expected {stem}.json for this device and time)"
+            )
         return metadata
 
     @staticmethod
@@ -447,8 +449,11 @@ class CalibrationStore:
         if listed != set(index):
             raise _corrupt(path, "the routines' array names disagree with the array index")
         for name, spec in index.items():
-            if not (isinstance(spec, dict) and isinstance(spec.get("dtype"), str)
-                    and isinstance(spec.get("shape"), builtins.list)):
+            if not (
+                isinstance(spec, dict)
+                and isinstance(spec.get("dtype"), str)
+                and isinstance(spec.get("shape"), builtins.list)
+            ):
                 raise _corrupt(path, f"array index entry {name!r} is malformed")
 
         arrays_file, sha = metadata.get("arrays_file"), metadata.get("arrays_sha256")

@@ -4,6 +4,7 @@ A backend (protocol v1 today; ALP, DLPC900 or GenICam tomorrow) writes only the 
 in :mod:`opu_driver.devices`; the checks, the locking and the logging live here once. Devices HAVE a transport
 (composition); they never inherit from one.
 """
+
 from __future__ import annotations
 
 import logging

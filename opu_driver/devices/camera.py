@@ -5,6 +5,7 @@ in an order every camera accepts (a frame time that always exceeds the exposure,
 re-read from the device when a write fails half-way, and the settings the driver wants are kept apart from what
 was last read so that a device reset can be repaired. A backend implements the ``_do_*`` hooks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -141,8 +142,12 @@ class Camera(Device):
             )
         roi = merged.roi
         if (
-            roi.width < 1 or roi.height < 1 or roi.x < 0 or roi.y < 0
-            or roi.x + roi.width > geometry.width or roi.y + roi.height > geometry.height
+            roi.width < 1
+            or roi.height < 1
+            or roi.x < 0
+            or roi.y < 0
+            or roi.x + roi.width > geometry.width
+            or roi.y + roi.height > geometry.height
         ):
             raise ConfigurationError(f"{roi} does not fit the {geometry.width}x{geometry.height} sensor")
         if not 10 <= merged.exposure_us <= 1_000_000:

@@ -7,6 +7,7 @@ differs. Safety comes first: switching the light off is recorded before the comm
 never restored to on), an interlock trip is never re-armed or switched back on by the driver, and closing always
 tries both the laser and the shutter. A backend implements the ``_do_*`` hooks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -210,7 +211,8 @@ class Controller(Device):
                 mode = TriggerMode(mode)
             except ValueError:
                 raise ConfigurationError(
-                    f"unknown trigger mode {mode!r}; use one of {[m.value for m in TriggerMode]}") from None
+                    f"unknown trigger mode {mode!r}; use one of {[m.value for m in TriggerMode]}"
+                ) from None
             self._do_set_trigger_mode(mode)
 
     def errors(self) -> list[tuple[int, str]]:
@@ -225,7 +227,8 @@ class Controller(Device):
             self._require_open()
             wanted = self._wanted
             return (wanted.laser_on is True and not self._do_laser_is_on()) or (
-                wanted.shutter_open is True and not self._do_shutter_is_open())
+                wanted.shutter_open is True and not self._do_shutter_is_open()
+            )
 
     def restore(self) -> bool:
         """Write back the light path the driver last set (:attr:`wanted`) where the device differs.
@@ -241,8 +244,9 @@ class Controller(Device):
                 return False
             wanted, written = self._wanted, False
             # The device may round a setpoint: only a real difference is a lost setting.
-            if wanted.power_mw is not None and not math.isclose(self._do_laser_power_mw(), wanted.power_mw,
-                                                                rel_tol=1e-3, abs_tol=1e-3):
+            if wanted.power_mw is not None and not math.isclose(
+                self._do_laser_power_mw(), wanted.power_mw, rel_tol=1e-3, abs_tol=1e-3
+            ):
                 self._do_set_laser_power_mw(wanted.power_mw)
                 written = True
             if wanted.laser_on is not None and self._do_laser_is_on() != wanted.laser_on:
@@ -252,9 +256,13 @@ class Controller(Device):
                 self._do_set_shutter(wanted.shutter_open)
                 written = True
             if written:
-                _log.warning("the controller's light path differed from what the driver set (a restart?): restored "
-                             "laser %s, shutter %s, power %s mW", wanted.laser_on, wanted.shutter_open,
-                             wanted.power_mw)
+                _log.warning(
+                    "the controller's light path differed from what the driver set (a restart?): restored "
+                    "laser %s, shutter %s, power %s mW",
+                    wanted.laser_on,
+                    wanted.shutter_open,
+                    wanted.power_mw,
+                )
             return written
 
     # -- hooks ----------------------------------------------------------------------------------------

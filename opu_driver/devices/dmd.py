@@ -4,6 +4,7 @@ The acquisition and the Opu use only this interface; a backend implements its ``
 is done here once: open checks, the device lock, argument checks before anything is sent, and the record of
 which layout table the device holds.
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,8 +104,7 @@ class Dmd(Device):
                     f"layout is for a {layout.dmd_width}x{layout.dmd_height} DMD, device has "
                     f"{geometry.width}x{geometry.height}"
                 )
-            _log.info("loading %s layout: %d features, %d runs", layout.kind, layout.n_table_features,
-                      len(layout.runs))
+            _log.info("loading %s layout: %d features, %d runs", layout.kind, layout.n_table_features, len(layout.runs))
             self._layout = None
             self._do_load_layout(layout)
             self._layout = layout

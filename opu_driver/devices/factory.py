@@ -3,6 +3,7 @@
 A backend registers its schemes in ``_BACKENDS`` (a scheme and a function that builds the rig, imported when
 used); adding a kind of OPU is one backend package and one entry here.
 """
+
 from __future__ import annotations
 
 import importlib

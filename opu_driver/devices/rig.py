@@ -6,6 +6,7 @@ closing them safely, clearing faults of the link they share, coming back after a
 that crossed the link. A backend (protocol v1: one USB device and one serial line) subclasses :class:`Rig` and
 writes its hooks.
 """
+
 from __future__ import annotations
 
 import logging

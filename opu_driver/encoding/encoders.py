@@ -16,6 +16,7 @@ not bad data). Bad data raises :class:`~opu_driver.errors.InvalidInputError`: Na
 complex dtypes, more than 2 dimensions, or a number of features different from the one seen at ``fit``.
 A 1-D input is one vector; the output then has no batch axis either. An empty batch gives an empty output.
 """
+
 from __future__ import annotations
 
 import logging
@@ -156,9 +157,9 @@ class BinaryThreshold(_FittedMixin):
         step = _resolve_chunk_rows(chunk_rows, arr.shape[1])
         out = np.empty(arr.shape, dtype=np.uint8)
         for r0 in range(0, arr.shape[0], step):
-            chunk = arr[r0:r0 + step]
+            chunk = arr[r0 : r0 + step]
             _check_finite_range(chunk)
-            np.greater(chunk, self.threshold_, out=out[r0:r0 + step])
+            np.greater(chunk, self.threshold_, out=out[r0 : r0 + step])
         return out[0] if was_1d else out
 
     def decode(self, values: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -236,10 +237,10 @@ class TernaryEncoder(_FittedMixin):
         minus = np.empty(arr.shape, dtype=np.uint8)
         t = self.threshold_
         for r0 in range(0, arr.shape[0], step):
-            chunk = arr[r0:r0 + step]
+            chunk = arr[r0 : r0 + step]
             _check_finite_range(chunk)
-            np.greater(chunk, t, out=plus[r0:r0 + step])
-            np.less(chunk, -t, out=minus[r0:r0 + step])
+            np.greater(chunk, t, out=plus[r0 : r0 + step])
+            np.less(chunk, -t, out=minus[r0 : r0 + step])
         if was_1d:
             return TernaryPlanes(plus[0], minus[0])
         return TernaryPlanes(plus, minus)
@@ -297,8 +298,11 @@ class BitPlaneEncoder(_FittedMixin):
     n_bits: int = 8
 
     def __post_init__(self) -> None:
-        if (isinstance(self.n_bits, bool) or not isinstance(self.n_bits, (int, np.integer))
-                or not 1 <= self.n_bits <= 16):
+        if (
+            isinstance(self.n_bits, bool)
+            or not isinstance(self.n_bits, (int, np.integer))
+            or not 1 <= self.n_bits <= 16
+        ):
             raise ConfigurationError(f"n_bits must be an integer in 1..16, got {self.n_bits!r}")
 
     @property
@@ -346,8 +350,11 @@ class BitPlaneEncoder(_FittedMixin):
                 values = np.arange(1 << (8 * dtype.itemsize), dtype=np.int64).astype(index_dtype).view(dtype)
             v = values.astype(np.float64)
             q = self._magnitude_codes(np.abs(v)).astype(self._q_dtype())
-            self._lut_cache[dtype] = (index_dtype, np.where(v > 0, q, 0).astype(q.dtype),
-                                      np.where(v < 0, q, 0).astype(q.dtype))
+            self._lut_cache[dtype] = (
+                index_dtype,
+                np.where(v > 0, q, 0).astype(q.dtype),
+                np.where(v < 0, q, 0).astype(q.dtype),
+            )
         return self._lut_cache[dtype]
 
     def transform(
@@ -379,7 +386,7 @@ class BitPlaneEncoder(_FittedMixin):
             mags = np.empty((rows, n_feat), dtype=np.float64)
         clipped = False
         for r0 in range(0, n_rows, step):
-            chunk = arr[r0:r0 + step]
+            chunk = arr[r0 : r0 + step]
             k = chunk.shape[0]
             lo, hi = _check_finite_range(chunk)
             if hi > self.scale_ or -lo > self.scale_:
@@ -404,7 +411,7 @@ class BitPlaneEncoder(_FittedMixin):
             for sign, q in ((0, qp), (1, qm)):
                 if sign == 1 and not has_minus:
                     if not zeroed:
-                        out[:, 1, r0:r0 + k] = 0
+                        out[:, 1, r0 : r0 + k] = 0
                     continue
                 self._write_planes(out, sign, q, slice(r0, r0 + k), sh)
         if clipped:
@@ -416,8 +423,7 @@ class BitPlaneEncoder(_FittedMixin):
         return out[:, :, 0] if was_1d else out
 
     @staticmethod
-    def _output_planes(shape: tuple[int, int, int, int],
-                       out: np.ndarray | None) -> tuple[npt.NDArray[np.uint8], bool]:
+    def _output_planes(shape: tuple[int, int, int, int], out: np.ndarray | None) -> tuple[npt.NDArray[np.uint8], bool]:
         """The array ``transform`` writes into, and whether it starts zeroed: a new one, or ``out`` once checked."""
         if out is None:
             # zeros, not empty: the minus planes of non-negative chunks are never written (calloc'd pages stay lazy).
@@ -426,8 +432,9 @@ class BitPlaneEncoder(_FittedMixin):
             raise InvalidInputError(f"out must be a writeable uint8 array of shape {shape}")
         return out, False
 
-    def _write_planes(self, out: npt.NDArray[np.uint8], sign: int, q: np.ndarray, rows: slice,
-                      shifted: np.ndarray) -> None:
+    def _write_planes(
+        self, out: npt.NDArray[np.uint8], sign: int, q: np.ndarray, rows: slice, shifted: np.ndarray
+    ) -> None:
         """Bit b of the codes ``q`` into ``out[b, sign, rows]``, for every plane b (``shifted``: scratch like q)."""
         for b in range(self.n_bits):
             if b == 0:

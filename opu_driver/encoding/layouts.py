@@ -4,6 +4,7 @@ A layout is a list of runs (feature, first_mirror, n_mirrors) over the row-major
 ``row * width + column``. That is exactly the LAYOUT packet of the wire protocol (docs/protocol.md 1.3), so
 the firmware can expand feature frames itself, and it is compact: runs of mirrors, never a per-mirror table.
 """
+
 from __future__ import annotations
 
 import math
@@ -116,9 +117,7 @@ class LinedLayout(Layout):
     def _build_runs(self) -> np.ndarray:
         n_mirrors = self.dmd_width * self.dmd_height
         edges = (np.arange(self.n_features + 1, dtype=np.int64) * n_mirrors) // self.n_features
-        return np.stack(
-            [np.arange(self.n_features, dtype=np.int64), edges[:-1], np.diff(edges)], axis=1
-        )
+        return np.stack([np.arange(self.n_features, dtype=np.int64), edges[:-1], np.diff(edges)], axis=1)
 
 
 @dataclass(frozen=True)
@@ -165,9 +164,7 @@ class MacroPixelLayout(Layout):
         fy = (feature // cols) * side
         line = np.arange(side, dtype=np.int64)
         first = ((fy[:, None] + line[None, :]) * self.dmd_width + fx[:, None]).ravel()
-        return np.stack(
-            [np.repeat(feature, side), first, np.full(first.size, side, dtype=np.int64)], axis=1
-        )
+        return np.stack([np.repeat(feature, side), first, np.full(first.size, side, dtype=np.int64)], axis=1)
 
 
 def _remap_runs(runs: np.ndarray, sub_width: int, width: int, x0: int) -> np.ndarray:
@@ -181,9 +178,7 @@ def _remap_runs(runs: np.ndarray, sub_width: int, width: int, x0: int) -> np.nda
     last_row = (start + length - 1) // sub_width
     pieces = last_row - first_row + 1
     run_of_piece = np.repeat(np.arange(runs.shape[0]), pieces)
-    row = np.repeat(first_row, pieces) + (
-        np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    )
+    row = np.repeat(first_row, pieces) + (np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces))
     row_start = row * sub_width
     piece_start = np.maximum(start[run_of_piece], row_start)
     piece_stop = np.minimum(start[run_of_piece] + length[run_of_piece], row_start + sub_width)

@@ -9,6 +9,7 @@ or when the build fails, one warning is logged and the numpy versions (opu_drive
 ``backend()`` says which. ``OPU_NATIVE=0`` forces numpy; ``OPU_NATIVE=1`` makes a failed build an error.
 Inputs are checked in Python before any C code runs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,7 +66,7 @@ def _load() -> ModuleType | None:
 
 
 def backend() -> str:
-    """"native" when the C kernels are in use, "numpy" for the fallback."""
+    """ "native" when the C kernels are in use, "numpy" for the fallback."""
     return "native" if _native() is not None else "numpy"
 
 
@@ -96,10 +97,15 @@ def encode_frames(bits: npt.ArrayLike, runs: RunTable | npt.ArrayLike, n_mirrors
     ffi, lib = mod.ffi, mod.lib
     draw, ops = table.draw_runs, table.copy_ops
     lib.opu_encode_frames(
-        ffi.from_buffer("uint8_t[]", arr), arr.shape[0], arr.shape[1],
-        ffi.from_buffer("uint32_t[]", draw) if draw.size else ffi.NULL, draw.shape[0],
-        ffi.from_buffer("uint32_t[]", ops) if ops.size else ffi.NULL, ops.shape[0],
-        table.frame_bytes, ffi.from_buffer("uint8_t[]", out),
+        ffi.from_buffer("uint8_t[]", arr),
+        arr.shape[0],
+        arr.shape[1],
+        ffi.from_buffer("uint32_t[]", draw) if draw.size else ffi.NULL,
+        draw.shape[0],
+        ffi.from_buffer("uint32_t[]", ops) if ops.size else ffi.NULL,
+        ops.shape[0],
+        table.frame_bytes,
+        ffi.from_buffer("uint8_t[]", out),
     )
     return out
 
@@ -113,7 +119,10 @@ def _combine(name: str, n_parts: int, frames: npt.ArrayLike, scale: npt.ArrayLik
     if out.size:
         ffi, lib = mod.ffi, mod.lib
         getattr(lib, "opu_" + name)(
-            ffi.from_buffer("float[]", f), f.shape[0], f.shape[2], ffi.from_buffer("float[]", s),
+            ffi.from_buffer("float[]", f),
+            f.shape[0],
+            f.shape[2],
+            ffi.from_buffer("float[]", s),
             ffi.from_buffer("float[]", out),
         )
     return out

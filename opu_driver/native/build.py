@@ -6,6 +6,7 @@ changed source or interpreter gets its own build and a stale one is never loaded
 private temporary folder and the finished library is moved into place with an atomic rename: two processes that
 build at the same time both succeed, and neither ever loads a half-written file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,16 @@ def module_name() -> str:
     import cffi
 
     key = "\0".join(
-        [kernel_source(), CDEF, " ".join(COMPILE_ARGS), sys.version, platform.platform(), platform.machine(),
-         sysconfig.get_config_var("EXT_SUFFIX") or "", cffi.__version__]
+        [
+            kernel_source(),
+            CDEF,
+            " ".join(COMPILE_ARGS),
+            sys.version,
+            platform.platform(),
+            platform.machine(),
+            sysconfig.get_config_var("EXT_SUFFIX") or "",
+            cffi.__version__,
+        ]
     )
     return "_opu_kernels_" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 

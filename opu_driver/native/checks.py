@@ -3,6 +3,7 @@
 Everything the C code relies on (dtypes, contiguity, shapes, index ranges, byte counts) is checked here, in
 Python, before any kernel runs: a kernel never sees an argument that could make it read or write out of bounds.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,10 @@ class RunTable:
     """
 
     def __init__(self, runs: npt.ArrayLike, n_mirrors: int, row_width: int | None = None) -> None:
-        if isinstance(n_mirrors, bool) or not isinstance(n_mirrors, (int, np.integer)) or not (
-            1 <= n_mirrors <= _MAX_MIRRORS
+        if (
+            isinstance(n_mirrors, bool)
+            or not isinstance(n_mirrors, (int, np.integer))
+            or not (1 <= n_mirrors <= _MAX_MIRRORS)
         ):
             raise InvalidInputError(f"n_mirrors must be an integer in 1..{_MAX_MIRRORS}, got {n_mirrors!r}")
         arr = np.asarray(runs)
@@ -102,7 +105,7 @@ def _plan_repeats(runs: np.ndarray, n_mirrors: int, row_width: int | None) -> tu
     # Rows touched by a run that crosses a row boundary are neither copied nor used as a source.
     tainted = np.zeros(n_rows, dtype=bool)
     for a, b in zip(row_first[spans], row_last[spans], strict=True):
-        tainted[a:b + 1] = True
+        tainted[a : b + 1] = True
     bounds = np.searchsorted(row_first, np.arange(n_rows + 1))
     signatures: list[bytes | None] = []
     for r in range(n_rows):

@@ -4,6 +4,7 @@ Each function takes the same arguments as its twin in opu_driver.native, checks 
 written so that integer outputs are byte-identical and float32 outputs bit-identical to the C kernels (float32
 arithmetic in the same order; pixel values are small integers, exact in float32).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,10 +26,10 @@ def encode_frames(bits: npt.ArrayLike, runs: RunTable | npt.ArrayLike, n_mirrors
     out = np.empty((arr.shape[0], table.frame_bytes), dtype=np.uint8)
     unpacked = np.zeros((min(_ENCODE_CHUNK, arr.shape[0]), table.frame_bytes * 8), dtype=np.bool_)
     for start in range(0, arr.shape[0], _ENCODE_CHUNK):
-        block = arr[start:start + _ENCODE_CHUNK]
+        block = arr[start : start + _ENCODE_CHUNK]
         view = unpacked[: block.shape[0]]
         view[:, mirrors] = block[:, sources] != 0
-        out[start:start + block.shape[0]] = np.packbits(view, axis=1)
+        out[start : start + block.shape[0]] = np.packbits(view, axis=1)
     return out
 
 

@@ -3,6 +3,7 @@
 Calibration, the service and the tools import from here (and from ``opu_driver.errors``, ``opu_driver.encoding``,
 ``opu_driver.validation``) only: the names below are the Opu's public API, data types of the parts included.
 """
+
 from ..acquisition import AcquisitionCounters
 from ..devices import CameraSettings, LinkCounters, Roi, TriggerMode
 from ..protocol import PixelFormat
@@ -17,7 +18,24 @@ from .linear import (
 )
 from .settings import FRAME_MODES, OpuSettings
 
-__all__ = ["Opu", "OpuInfo", "OpuSettings", "OpuStatus", "FrameSequence", "FRAME_MODES", "MAX_RESULT_BYTES",
-           "LinearMode", "ReferenceCalibration", "PROJECTION_SCHEMES", "FRAMES_PER_TERNARY", "call_bytes",
-           "DEFAULT_MAX_CALL_BYTES", "AcquisitionCounters", "LinkCounters", "CameraSettings", "Roi", "PixelFormat",
-           "TriggerMode"]
+__all__ = [
+    "Opu",
+    "OpuInfo",
+    "OpuSettings",
+    "OpuStatus",
+    "FrameSequence",
+    "FRAME_MODES",
+    "MAX_RESULT_BYTES",
+    "LinearMode",
+    "ReferenceCalibration",
+    "PROJECTION_SCHEMES",
+    "FRAMES_PER_TERNARY",
+    "call_bytes",
+    "DEFAULT_MAX_CALL_BYTES",
+    "AcquisitionCounters",
+    "LinkCounters",
+    "CameraSettings",
+    "Roi",
+    "PixelFormat",
+    "TriggerMode",
+]

@@ -9,6 +9,7 @@ the retries go through the one retry engine (:func:`~opu_driver.acquisition.run_
 steps live in :mod:`opu_driver.opu.recovery`. Everything calibration, the service and the tools need is a
 public method or property here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -127,10 +128,17 @@ class Opu:
         self.dmd = rig.dmd
         self.camera = rig.camera
         self.controller = rig.controller
-        self._runner = SequenceRunner(self.dmd, self.camera, settings.timeout_s, settings.max_lag_frames,
-                                      policy=settings.retry_policy(), clear_link_faults=rig.clear_link_faults)
-        self._recovery = Recovery(rig, self._runner.tally, settings.reconnect_timeout_s,
-                                  feature_mode=settings.frame_mode == "feature")
+        self._runner = SequenceRunner(
+            self.dmd,
+            self.camera,
+            settings.timeout_s,
+            settings.max_lag_frames,
+            policy=settings.retry_policy(),
+            clear_link_faults=rig.clear_link_faults,
+        )
+        self._recovery = Recovery(
+            rig, self._runner.tally, settings.reconnect_timeout_s, feature_mode=settings.frame_mode == "feature"
+        )
         self._plan: _Plan | None = None
         self._info: OpuInfo | None = None
         self._closed = True
@@ -154,8 +162,10 @@ class Opu:
             self._rig.open()
             self._closed = False
             if self.settings.frame_mode == "feature" and not self.dmd.supports_feature_frames:
-                raise ConfigurationError(f"{type(self.dmd).__name__} cannot expand feature frames through a layout "
-                                         "table: open with frame_mode='raw'")
+                raise ConfigurationError(
+                    f"{type(self.dmd).__name__} cannot expand feature frames through a layout "
+                    "table: open with frame_mode='raw'"
+                )
             self._info = self._read_info()
             self.camera.configure(self.settings.camera_settings())
             if self.settings.laser_power_mw is not None:
@@ -232,10 +242,15 @@ class Opu:
         with self._lock:
             self._require_open()
             controller = self.controller
-            return OpuStatus(laser_on=controller.laser_is_on, laser_power_mw=controller.laser_power_mw,
-                             shutter_open=controller.shutter_is_open, interlock_ok=controller.interlock_ok,
-                             temperature_c=controller.temperature_c, trigger_mode=controller.trigger_mode,
-                             camera=self.camera.settings)
+            return OpuStatus(
+                laser_on=controller.laser_is_on,
+                laser_power_mw=controller.laser_power_mw,
+                shutter_open=controller.shutter_is_open,
+                interlock_ok=controller.interlock_ok,
+                temperature_c=controller.temperature_c,
+                trigger_mode=controller.trigger_mode,
+                camera=self.camera.settings,
+            )
 
     @property
     def counters(self) -> AcquisitionCounters:
@@ -324,8 +339,11 @@ class Opu:
         """One INFO line at close with every non-zero fault counter of the session (none when all went well)."""
         parts = [f"{name} {value}" for name, value in self._runner.counters.faults().items()]
         serial = self.controller.counters
-        parts += [f"serial {name} {getattr(serial, name)}" for name in ("retries", "garbled_replies", "timeouts",
-                                                                      "requests_failed") if getattr(serial, name)]
+        parts += [
+            f"serial {name} {getattr(serial, name)}"
+            for name in ("retries", "garbled_replies", "timeouts", "requests_failed")
+            if getattr(serial, name)
+        ]
         if parts:
             _log.info("faults met this session: %s", ", ".join(parts))
 
@@ -335,8 +353,14 @@ class Opu:
         return self._rig.emulator
 
     # -- settings -----------------------------------------------------------------------------------
-    def configure_camera(self, *, exposure_us: int | None = None, frame_time_us: int | None = None,
-                         gain: float | None = None, pixel_format: PixelFormat | str | None = None) -> CameraSettings:
+    def configure_camera(
+        self,
+        *,
+        exposure_us: int | None = None,
+        frame_time_us: int | None = None,
+        gain: float | None = None,
+        pixel_format: PixelFormat | str | None = None,
+    ) -> CameraSettings:
         """Change camera settings (None keeps a value), retried on a transient fault like a projection.
 
         Returns the settings now in force. The linear mode's reference is measured again for new settings.
@@ -347,16 +371,22 @@ class Opu:
         if isinstance(pixel_format, str):
             if pixel_format.upper() not in PixelFormat.__members__:
                 raise ConfigurationError(
-                    f"pixel_format={pixel_format!r}; choose one of {list(PixelFormat.__members__)}")
+                    f"pixel_format={pixel_format!r}; choose one of {list(PixelFormat.__members__)}"
+                )
             pixel_format = PixelFormat[pixel_format.upper()]
-        wanted = CameraSettings(exposure_us=exposure_us, frame_time_us=frame_time_us, gain=gain,
-                                pixel_format=pixel_format)
+        wanted = CameraSettings(
+            exposure_us=exposure_us, frame_time_us=frame_time_us, gain=gain, pixel_format=pixel_format
+        )
         with self._lock:
             self._require_open()
             self.camera.validate(wanted)  # refused before anything is sent
-            result = run_with_retries(self.settings.retry_policy(), lambda: self.camera.configure(wanted),
-                                      tally=self._runner.tally, recover=self._runner.recover,
-                                      what="configuring the camera")
+            result = run_with_retries(
+                self.settings.retry_policy(),
+                lambda: self.camera.configure(wanted),
+                tally=self._runner.tally,
+                recover=self._runner.recover,
+                what="configuring the camera",
+            )
             assert result is not None
             return result
 
@@ -394,7 +424,11 @@ class Opu:
             return out[0] if squeeze else out
 
     def linear_transform(
-        self, E: npt.ArrayLike, n_components: int, scheme: str = "four_frame", n_bits: int | None = None,
+        self,
+        E: npt.ArrayLike,
+        n_components: int,
+        scheme: str = "four_frame",
+        n_bits: int | None = None,
         refresh_reference: bool = False,
     ) -> np.ndarray:
         """Real linear projections B e of error vectors, float32 (batch, n_components).
@@ -424,8 +458,14 @@ class Opu:
             return out[0] if squeeze else out
 
     def linear_transform_many(
-        self, batches: Sequence[npt.ArrayLike], n_components: int, scheme: str = "four_frame",
-        n_bits: int | None = None, *, refresh_reference: bool = False, max_call_bytes: int | None = None,
+        self,
+        batches: Sequence[npt.ArrayLike],
+        n_components: int,
+        scheme: str = "four_frame",
+        n_bits: int | None = None,
+        *,
+        refresh_reference: bool = False,
+        max_call_bytes: int | None = None,
     ) -> list[np.ndarray]:
         """:meth:`linear_transform` of several 2-D batches of the same width, in as few device calls as fit.
 
@@ -463,8 +503,15 @@ class Opu:
         if max_call_bytes is not None:
             check_int(max_call_bytes, "max_call_bytes", low=1)
 
-    def _project_linear(self, batches: list[np.ndarray], n_components: int, scheme: str, n_bits: int | None,
-                        refresh_reference: bool, max_call_bytes: int | None) -> list[np.ndarray]:
+    def _project_linear(
+        self,
+        batches: list[np.ndarray],
+        n_components: int,
+        scheme: str,
+        n_bits: int | None,
+        refresh_reference: bool,
+        max_call_bytes: int | None,
+    ) -> list[np.ndarray]:
         """The linear mode's projection of checked batches (all of one width)."""
         if not batches:
             return []
@@ -506,8 +553,9 @@ class Opu:
             self._linear = LinearMode(self)
         return self._linear
 
-    def acquire(self, bits: npt.ArrayLike, layout: Layout, n_components: int, *,
-                warn_saturated: bool = True) -> np.ndarray:
+    def acquire(
+        self, bits: npt.ArrayLike, layout: Layout, n_components: int, *, warn_saturated: bool = True
+    ) -> np.ndarray:
         """Raw intensities of binary feature frames displayed through a layout of the caller's choice.
 
         ``transform`` lays features out as the settings say; calibration routines (the linear mode's
@@ -642,7 +690,7 @@ class Opu:
             # Chunked so that checking a huge batch does not double its memory.
             step = max(1, (1 << 24) // max(1, X.shape[1]))
             for start in range(0, X.shape[0], step):
-                part = X[start:start + step]
+                part = X[start : start + step]
                 if ((part != 0) & (part != 1)).any():
                     bad = part[(part != 0) & (part != 1)][0]
                     raise InvalidInputError(f"X must be binary (0 or 1); found the value {bad!r}")
@@ -727,8 +775,14 @@ class Opu:
             if self.settings.frame_mode == "feature" and not self.dmd.layout_is_loaded(layout):
                 self.dmd.load_layout(layout)
 
-        run_with_retries(self.settings.retry_policy(), attempt, tally=self._runner.tally,
-                         recover=self._runner.recover, reconnect=reconnect, what="loading the layout or region")
+        run_with_retries(
+            self.settings.retry_policy(),
+            attempt,
+            tally=self._runner.tally,
+            recover=self._runner.recover,
+            reconnect=reconnect,
+            what="loading the layout or region",
+        )
         self._plan = _Plan(layout, roi, n_components)
 
     def _sequence_capacity(self) -> int:
@@ -760,7 +814,7 @@ class Opu:
 
         start = 0
         while start < X.shape[0]:
-            block = X[start:start + self._chunk_frames(capacity)]
+            block = X[start : start + self._chunk_frames(capacity)]
             if feature_mode:
                 packed = np.packbits(block.astype(np.bool_, copy=False), axis=1)
             else:
@@ -778,8 +832,16 @@ class Opu:
                 pixels = decode_pixels(pixel_format, frame.pixels, n_pixels)
                 out[offset + index] = pixels[:n_components]
 
-            self._runner.run(block.shape[0], queue, queue_blank, sink, expected, capacity,
-                             restore=restore, reconnect=self._recovery.reconnect)
+            self._runner.run(
+                block.shape[0],
+                queue,
+                queue_blank,
+                sink,
+                expected,
+                capacity,
+                restore=restore,
+                reconnect=self._recovery.reconnect,
+            )
             start += block.shape[0]
         if warn_saturated and self._runner.tally.saturated_frames > saturated_before:
             full_scale = (1 << bits_per_pixel(pixel_format)) - 1

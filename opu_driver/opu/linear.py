@@ -17,6 +17,7 @@ of the entries of Re[exp(-i phi) R] by probing single features (two frames each,
 the reference frames subtracted); the output is divided by its square root. Masked outputs are 0, and so are
 outputs whose frames saturate in a call (counted in ``saturated_outputs`` and warned about).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,14 @@ from ..errors import AcquisitionError
 from ..native import combine_four, combine_two
 from ..protocol import bits_per_pixel
 
-__all__ = ["ReferenceCalibration", "LinearMode", "PROJECTION_SCHEMES", "FRAMES_PER_TERNARY", "DEFAULT_MAX_CALL_BYTES",
-           "call_bytes"]
+__all__ = [
+    "ReferenceCalibration",
+    "LinearMode",
+    "PROJECTION_SCHEMES",
+    "FRAMES_PER_TERNARY",
+    "DEFAULT_MAX_CALL_BYTES",
+    "call_bytes",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -61,8 +68,9 @@ class ReferenceCalibration:
 class LinearMode:
     """Turns an Opu's intensity measurements into real linear projections (``Opu.linear_transform``)."""
 
-    def __init__(self, opu, reference_fraction: float = 0.5, min_reference: float = 0.1,
-                 calibration_frames: int = 32) -> None:
+    def __init__(
+        self, opu, reference_fraction: float = 0.5, min_reference: float = 0.1, calibration_frames: int = 32
+    ) -> None:
         self._opu = opu
         self.reference_fraction = reference_fraction
         self.min_reference = min_reference
@@ -102,9 +110,9 @@ class LinearMode:
         probes = np.unique(np.linspace(0, n_features - 1, min(n_features, n)).astype(int))
         k = probes.size
         frames = np.zeros((2 * n + 2 * k, n_features + 1), dtype=np.uint8)
-        frames[n:2 * n, -1] = 1  # reference only
+        frames[n : 2 * n, -1] = 1  # reference only
         frames[2 * n + np.arange(k), probes] = 1  # one feature with the reference ...
-        frames[2 * n:2 * n + k, -1] = 1
+        frames[2 * n : 2 * n + k, -1] = 1
         frames[2 * n + k + np.arange(k), probes] = 1  # ... and without it
         saturated_before = self._opu.counters.saturated_frames
         raw = self._opu.acquire(frames, layout, n_components)
@@ -113,21 +121,25 @@ class LinearMode:
             # the scale of every later call, silently. Measure once more and keep that. If it saturates again,
             # the saturation is the settings' (the mask below handles it); if not, it was a jump.
             first_saturated = self._opu.counters.saturated_frames - saturated_before
-            _log.info("%d saturated frames while measuring the linear-mode reference: measuring it again",
-                      first_saturated)
+            _log.info(
+                "%d saturated frames while measuring the linear-mode reference: measuring it again", first_saturated
+            )
             saturated_before = self._opu.counters.saturated_frames
             raw = self._opu.acquire(frames, layout, n_components)
             if self._opu.counters.saturated_frames - saturated_before < first_saturated:
-                _log.warning("the light jumped while the linear-mode reference was measured (%d saturated frames, "
-                             "%d when measured again): kept the second measurement", first_saturated,
-                             self._opu.counters.saturated_frames - saturated_before)
+                _log.warning(
+                    "the light jumped while the linear-mode reference was measured (%d saturated frames, "
+                    "%d when measured again): kept the second measurement",
+                    first_saturated,
+                    self._opu.counters.saturated_frames - saturated_before,
+                )
         full_scale = _full_scale(self._opu)
         values = raw.astype(np.float32)
-        dark_frames, reference_frames = values[:n], values[n:2 * n]
+        dark_frames, reference_frames = values[:n], values[n : 2 * n]
         dark = dark_frames.mean(axis=0)
         reference_mean = reference_frames.mean(axis=0)
         reference = reference_mean - dark
-        saturated = (raw[n:2 * n] >= full_scale).any(axis=0) | (raw[2 * n:2 * n + k] >= full_scale).any(axis=0)
+        saturated = (raw[n : 2 * n] >= full_scale).any(axis=0) | (raw[2 * n : 2 * n + k] >= full_scale).any(axis=0)
         positive = reference > 0
         floor = self.min_reference * np.median(reference[positive]) if positive.any() else np.inf
         mask = ~saturated & positive & (reference >= floor)
@@ -135,19 +147,20 @@ class LinearMode:
             raise AcquisitionError("no camera pixel has a usable reference: raise the exposure or laser power")
         # Probes give the scale of the effective matrix: z = I(f + r) - I(f) - |R r|^2 = 2 Re[conj(R r) R f] plus
         # noise, so z^2 / (4 |R r|^2) averages var(B entry) plus the noise of the two frames and the mean.
-        z = values[2 * n:2 * n + k] - values[2 * n + k:] - reference
+        z = values[2 * n : 2 * n + k] - values[2 * n + k :] - reference
         noise = reference_frames.var(axis=0) * (1 + 1 / n) + dark_frames.var(axis=0)
         variance = float(((z[:, mask] ** 2 - noise[mask]) / (4 * reference[mask])).mean())
         if variance <= 0:
             raise AcquisitionError("the signal features give no measurable light: check the laser and exposure")
-        calibration = ReferenceCalibration(reference.astype(np.float32), dark.astype(np.float32), mask,
-                                           variance, n, key)
-        _log.info("linear-mode reference: %.1f%% of %d outputs usable", 100 * calibration.usable_fraction,
-                  n_components)
+        calibration = ReferenceCalibration(
+            reference.astype(np.float32), dark.astype(np.float32), mask, variance, n, key
+        )
+        _log.info("linear-mode reference: %.1f%% of %d outputs usable", 100 * calibration.usable_fraction, n_components)
         return calibration
 
-    def project_ternary(self, plus: np.ndarray, minus: np.ndarray, n_components: int, scheme: str,
-                        max_call_bytes: int | None = None) -> np.ndarray:
+    def project_ternary(
+        self, plus: np.ndarray, minus: np.ndarray, n_components: int, scheme: str, max_call_bytes: int | None = None
+    ) -> np.ndarray:
         """Real projections of e = plus - minus (binary, disjoint), float32 (batch, n_components).
 
         Rows go to the device in chunks of at most ``max_call_bytes`` (default ``DEFAULT_MAX_CALL_BYTES``) of
@@ -166,9 +179,8 @@ class LinearMode:
         layout = self.layout(n_features)
         clipped_count = clipped_size = 0
         for start in range(0, nonzero.size, step):
-            rows = nonzero[start:start + step]
-            projected, clipped = self._project_rows(plus[rows], minus[rows], n_components, scheme, calibration,
-                                                    layout)
+            rows = nonzero[start : start + step]
+            projected, clipped = self._project_rows(plus[rows], minus[rows], n_components, scheme, calibration, layout)
             out[rows] = projected
             clipped_count += int(clipped.sum())
             clipped_size += clipped.size
@@ -177,18 +189,35 @@ class LinearMode:
             share = clipped_count / clipped_size
             # Speckle intensity is exponential: a few saturated outputs are normal, many are a setting to change.
             level = logging.WARNING if share > _SATURATION_WARNING else logging.INFO
-            _log.log(level, "%d of %d linear outputs (%.2g%%) came from saturated frames and were set to 0: lower "
-                     "the exposure, gain or laser power", clipped_count, clipped_size, 100 * share)
+            _log.log(
+                level,
+                "%d of %d linear outputs (%.2g%%) came from saturated frames and were set to 0: lower "
+                "the exposure, gain or laser power",
+                clipped_count,
+                clipped_size,
+                100 * share,
+            )
         return out
 
-    def _project_rows(self, p: np.ndarray, m: np.ndarray, n_components: int, scheme: str,
-                      calibration: ReferenceCalibration, layout: SplitLayout) -> tuple[np.ndarray, np.ndarray]:
+    def _project_rows(
+        self,
+        p: np.ndarray,
+        m: np.ndarray,
+        n_components: int,
+        scheme: str,
+        calibration: ReferenceCalibration,
+        layout: SplitLayout,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One device call for nonzero ternary rows: (projections, mask of outputs zeroed for saturation)."""
         n_rows, n_features = p.shape
         reference = np.ones((n_rows, 1), dtype=np.uint8)
         if scheme == "four_frame":
-            parts = [np.hstack([p, reference]), np.hstack([p, 0 * reference]),
-                     np.hstack([m, reference]), np.hstack([m, 0 * reference])]
+            parts = [
+                np.hstack([p, reference]),
+                np.hstack([p, 0 * reference]),
+                np.hstack([m, reference]),
+                np.hstack([m, 0 * reference]),
+            ]
         else:
             parts = [np.hstack([p, reference]), np.hstack([m, reference])]
         per = FRAMES_PER_TERNARY[scheme]
@@ -214,8 +243,14 @@ class LinearMode:
         """Real projections of E (batch, n_features): ternary values directly, real values through bit planes."""
         return self.project_many([E], n_components, scheme, n_bits)[0]
 
-    def project_many(self, batches: list[np.ndarray], n_components: int, scheme: str,
-                     n_bits: int | None, max_call_bytes: int | None = None) -> list[np.ndarray]:
+    def project_many(
+        self,
+        batches: list[np.ndarray],
+        n_components: int,
+        scheme: str,
+        n_bits: int | None,
+        max_call_bytes: int | None = None,
+    ) -> list[np.ndarray]:
         """Project several batches of the same width, each exactly as ``project`` would alone, in as few device
         calls as ``max_call_bytes`` allows (default ``DEFAULT_MAX_CALL_BYTES``; see :func:`call_bytes`).
 
@@ -251,9 +286,16 @@ class LinearMode:
             self._project_pieces(pieces, batches, encoders, results, n_components, scheme, limit)
         return results
 
-    def _project_pieces(self, pieces: list[tuple[int, int, int]], batches: list[np.ndarray],
-                        encoders: list[BitPlaneEncoder | None], results: list[np.ndarray], n_components: int,
-                        scheme: str, limit: int) -> None:
+    def _project_pieces(
+        self,
+        pieces: list[tuple[int, int, int]],
+        batches: list[np.ndarray],
+        encoders: list[BitPlaneEncoder | None],
+        results: list[np.ndarray],
+        n_components: int,
+        scheme: str,
+        limit: int,
+    ) -> None:
         """Encode row ranges of several batches, project all their ternary rows in one call, decode each range
         into its batch's result."""
         encoded = [_encode_rows(batches[i][lo:hi], encoders[i]) for i, lo, hi in pieces]
@@ -265,14 +307,14 @@ class LinearMode:
         for i, lo, hi in pieces:
             batch, encoder = hi - lo, encoders[i]
             if encoder is None:
-                results[i][lo:hi] = rows[offset:offset + batch]
+                results[i][lo:hi] = rows[offset : offset + batch]
                 offset += batch
             else:
                 # Plane b carries bit b of |e| on its positive and negative parts: a ternary vector. Decoding weighs
                 # plane b by 2^b (its negative slot stays 0: the sign is already in the ternary projection).
                 n_planes = encoder.n_bits
                 projected = np.zeros((n_planes, 2, batch, n_components), dtype=np.float32)
-                projected[:, 0] = rows[offset:offset + n_planes * batch].reshape(n_planes, batch, n_components)
+                projected[:, 0] = rows[offset : offset + n_planes * batch].reshape(n_planes, batch, n_components)
                 results[i][lo:hi] = encoder.decode(projected).astype(np.float32)
                 offset += n_planes * batch
 

@@ -3,6 +3,7 @@
 These run inside the retry engine (:func:`~opu_driver.acquisition.run_with_retries`): ``reconnect`` when the
 connection was lost, ``restore`` before an attempt that follows a fault, ``check_dark`` when a frame arrives dark.
 """
+
 from __future__ import annotations
 
 import logging
@@ -99,12 +100,16 @@ class Recovery:
         if not controller.interlock_ok:
             self._dark_checked = True
             controller.note_interlock_trip()  # never switched back on without the user
-            raise InterlockError("the laser interlock tripped: frames are dark; clear its cause, then "
-                                 "opu.controller.reset_interlock() and opu.controller.laser_on()")
+            raise InterlockError(
+                "the laser interlock tripped: frames are dark; clear its cause, then "
+                "opu.controller.reset_interlock() and opu.controller.laser_on()"
+            )
         if controller.light_differs():
-            raise DeviceResetError("camera frames are dark and the laser or shutter is off although this driver "
-                                   "last switched it on: the device restarted, or it was switched off outside this "
-                                   "driver (front panel, a stuck shutter)")
+            raise DeviceResetError(
+                "camera frames are dark and the laser or shutter is off although this driver "
+                "last switched it on: the device restarted, or it was switched off outside this "
+                "driver (front panel, a stuck shutter)"
+            )
         self._dark_checked = True
         if controller.laser_is_on and controller.shutter_is_open:
             raise AcquisitionError("camera frames are dark although the laser is on and the shutter open")

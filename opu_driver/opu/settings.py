@@ -1,4 +1,5 @@
 """How the Opu drives the device (:class:`OpuSettings`), checked when built, before any device is touched."""
+
 from __future__ import annotations
 
 import os
@@ -91,14 +92,19 @@ class OpuSettings(Validated):
             raise ConfigurationError(f"unknown setting: {exc}; known settings: {', '.join(known)}") from None
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(retries=self.retries, backoff_s=self.retry_backoff_s,
-                           reconnect_timeout_s=self.reconnect_timeout_s)
+        return RetryPolicy(
+            retries=self.retries, backoff_s=self.retry_backoff_s, reconnect_timeout_s=self.reconnect_timeout_s
+        )
 
     def explicit_record_settings(self) -> dict[str, Any]:
         """The settings given explicitly, as a calibration record stores them (the keys a record must match)."""
-        given = {"exposure_us": self.exposure_us, "frame_time_us": self.frame_time_us, "gain": self.gain,
-                 "pixel_format": self.pixel_format.upper() if self.pixel_format else None,
-                 "laser_power_mw": self.laser_power_mw}
+        given = {
+            "exposure_us": self.exposure_us,
+            "frame_time_us": self.frame_time_us,
+            "gain": self.gain,
+            "pixel_format": self.pixel_format.upper() if self.pixel_format else None,
+            "laser_power_mw": self.laser_power_mw,
+        }
         return {key: value for key, value in given.items() if value is not None}
 
     def camera_settings(self) -> CameraSettings:

@@ -3,6 +3,7 @@
 Everything a layer above needs is re-exported here: constants and enums, the CRC, pixel formats, packet
 messages with their encoders and decoders, the stream parser, and the controller-line codec.
 """
+
 from opu_driver.protocol.constants import (
     BLANK_FRAME_ID,
     BM_REQUEST_READ_REG,

@@ -3,6 +3,7 @@
 Everything here is a literal reading of the document: magic, sizes, USB identifiers, registers, status bits,
 device error codes, frame flags and sequence commands. Other modules import these instead of repeating numbers.
 """
+
 from __future__ import annotations
 
 from enum import IntEnum, IntFlag

@@ -1,4 +1,5 @@
 """CRC-32 of the wire protocol (CRC-32/ISO-HDLC, the CRC of zlib), section "byte order and CRCs"."""
+
 from __future__ import annotations
 
 import zlib

@@ -5,6 +5,7 @@ An envelope is ``header (16 bytes) | payload (N) | CRC-32 of the payload (4)``; 
 Encoders validate their input (``InvalidInputError``) so that nothing malformed is ever sent; decoders refuse
 payloads that do not fit their type (``ProtocolError``) so that nothing malformed is ever taken for data.
 """
+
 from __future__ import annotations
 
 import struct
@@ -261,9 +262,7 @@ def _check_feature_bits(n_features: int, feature_bits: bytes | bytearray | memor
         raise InvalidInputError("padding bits after the last feature must be 0")
 
 
-def encode_feature_frame(
-    dmd_frame_id: int, n_features: int, feature_bits: bytes | bytearray | memoryview
-) -> bytes:
+def encode_feature_frame(dmd_frame_id: int, n_features: int, feature_bits: bytes | bytearray | memoryview) -> bytes:
     """Encode a FEATURE_FRAME packet from ceil(F/8) bytes of feature bits (MSB first, padding bits 0)."""
     dmd_frame_id = _check_frame_id("dmd_frame_id", dmd_frame_id)
     n_features = _check_n_features(n_features, InvalidInputError)
@@ -293,9 +292,7 @@ def _encode_frame_batch(ptype: PacketType, first_id: int, second_word: int, pack
     out[:, 24 : 24 + nbytes] = packed
     flat = out.reshape(-1).data  # a byte memoryview of the C-contiguous buffer, released below
     crc = zlib.crc32
-    crcs = np.array(
-        [crc(flat[o : o + payload_len]) for o in range(HEADER_SIZE, n * size, size)], dtype="<u4"
-    )
+    crcs = np.array([crc(flat[o : o + payload_len]) for o in range(HEADER_SIZE, n * size, size)], dtype="<u4")
     flat.release()
     out[:, size - TRAILER_SIZE :] = crcs.view(np.uint8).reshape(n, 4)
     return out.tobytes()
@@ -406,8 +403,7 @@ def decode_feature_frame(payload: bytes | bytearray | memoryview) -> FeatureFram
     _check_n_features(n_features, ProtocolError)
     if len(payload) != 8 + feature_bytes(n_features):
         raise ProtocolError(
-            f"FEATURE_FRAME with {n_features} features needs {8 + feature_bytes(n_features)} bytes, "
-            f"got {len(payload)}"
+            f"FEATURE_FRAME with {n_features} features needs {8 + feature_bytes(n_features)} bytes, got {len(payload)}"
         )
     mask = _padding_mask(n_features)
     if mask and payload[-1] & mask:

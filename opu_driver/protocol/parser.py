@@ -7,6 +7,7 @@ then decode. A corrupt or undecodable packet becomes a :class:`PacketFault` in t
 so the caller decides what a fault means (the driver raises a protocol error). Results never depend on how
 the bytes were chunked.
 """
+
 from __future__ import annotations
 
 import logging

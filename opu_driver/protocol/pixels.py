@@ -5,6 +5,7 @@ are one little-endian bit stream (pixel k at stream bits b*k .. b*k+b-1, least s
 packed formats repeat in groups (4 pixels in 5 bytes, 2 pixels in 3 bytes), which lets numpy decode a whole
 frame with a handful of shifts and masks instead of a loop per pixel.
 """
+
 from __future__ import annotations
 
 from enum import IntEnum
@@ -80,9 +81,7 @@ def _check_out(out: np.ndarray | None, dtype: np.dtype, n_pixels: int) -> np.nda
     if out is None:
         return np.empty(n_pixels, dtype=dtype)
     if out.dtype != dtype or out.size != n_pixels:
-        raise InvalidInputError(
-            f"out must hold {n_pixels} values of {dtype}, got {out.size} of {out.dtype}"
-        )
+        raise InvalidInputError(f"out must hold {n_pixels} values of {dtype}, got {out.size} of {out.dtype}")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise InvalidInputError("out must be a writable C-contiguous array")
     return out.reshape(-1)

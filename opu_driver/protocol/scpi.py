@@ -5,6 +5,7 @@ line: a value, ``OK``, or ``ERR <code>,"<message>"`` (SCPI error numbering). ``S
 ``<code>,"<message>"``. This module formats commands, splits the incoming byte stream into lines, and turns
 error replies into typed exceptions. It does no I/O.
 """
+
 from __future__ import annotations
 
 import math

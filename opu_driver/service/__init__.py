@@ -8,6 +8,7 @@ Clients use ``dfa_client.connect("tcp://127.0.0.1:5000", n_components=...)``. Th
 the security model are in docs/service.md, and so is how the package is organised (one module per concern:
 ``server``, ``session``, ``scheduler``, ``fingerprint``, ``limits``).
 """
+
 from .limits import ServiceLimits, ServiceStats
 from .server import OpuService, is_loopback
 

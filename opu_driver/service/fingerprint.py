@@ -5,6 +5,7 @@ against and WELCOME announces (:class:`ServedDevice`), and the fingerprint of wh
 These are the service's only reads of the Opu's state (the device thread alone makes its device calls, in
 ``scheduler``), all through the Opu's public API.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,11 +66,17 @@ def read_served_device(opu: Any) -> ServedDevice:
     """
     info = opu.info
     reference_fraction = float(opu.linear_mode.reference_fraction)
-    return ServedDevice(model=info.model, serial_number=info.serial_number,
-                        firmware_version=info.firmware_version,
-                        camera_pixels=info.camera_width * info.camera_height, dmd_width=info.dmd_width,
-                        dmd_height=info.dmd_height, reference_fraction=reference_fraction,
-                        frame_time_us=_frame_time_us(opu), fingerprint=device_fingerprint(opu))
+    return ServedDevice(
+        model=info.model,
+        serial_number=info.serial_number,
+        firmware_version=info.firmware_version,
+        camera_pixels=info.camera_width * info.camera_height,
+        dmd_width=info.dmd_width,
+        dmd_height=info.dmd_height,
+        reference_fraction=reference_fraction,
+        frame_time_us=_frame_time_us(opu),
+        fingerprint=device_fingerprint(opu),
+    )
 
 
 def _frame_time_us(opu: Any) -> int | None:
@@ -97,12 +104,16 @@ def fingerprint_parts(opu: Any) -> dict[str, Any]:
         whatever reading the identity raises (the service cannot serve a device it cannot identify).
     """
     info = opu.info
-    parts: dict[str, Any] = {"model": info.model, "serial_number": info.serial_number,
-                             "firmware_version": info.firmware_version}
+    parts: dict[str, Any] = {
+        "model": info.model,
+        "serial_number": info.serial_number,
+        "firmware_version": info.firmware_version,
+    }
     parts["camera"] = _read_part("camera", _camera_settings, opu)
     parts["laser_power_mw"] = _read_part("laser_power_mw", lambda opu: opu.laser_power_mw, opu)
-    parts["reference_fraction"] = _read_part("reference_fraction",
-                                             lambda opu: float(opu.linear_mode.reference_fraction), opu)
+    parts["reference_fraction"] = _read_part(
+        "reference_fraction", lambda opu: float(opu.linear_mode.reference_fraction), opu
+    )
     calibration = _read_part("calibration", _applied_calibration, opu)
     if calibration is not None:
         parts["calibration"] = calibration
@@ -126,8 +137,14 @@ def _read_part(name: str, read: Callable[[Any], Any], opu: Any) -> Any:
     try:
         return read(opu)
     except Exception as exc:
-        _log.warning("device fingerprint: %s cannot be read (%s: %s); it is recorded as %r, so clients cannot "
-                     "tell a change of it across reconnects", name, type(exc).__name__, exc, UNREADABLE)
+        _log.warning(
+            "device fingerprint: %s cannot be read (%s: %s); it is recorded as %r, so clients cannot "
+            "tell a change of it across reconnects",
+            name,
+            type(exc).__name__,
+            exc,
+            UNREADABLE,
+        )
         return UNREADABLE
 
 

@@ -1,6 +1,7 @@
 """What the OPU service accepts and what it counts: :class:`ServiceLimits` (sizes, rates and timeouts, checked
 before anything is opened) and :class:`ServiceStats` (counters since start), kept by :class:`StatsCounter`, which
 every service thread increments."""
+
 from __future__ import annotations
 
 import threading

@@ -13,6 +13,7 @@ coalesced result is bit-identical to the direct ``Opu.linear_transform`` of the 
 The service's device calls go through the Opu's public API only; what it needs to know of the linear mode to bound
 them (``call_bytes``, ``FRAMES_PER_TERNARY``) comes from ``opu_driver.opu``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -120,8 +121,9 @@ class Scheduler:
         """Queue a validated, non-empty (batch, n_features) request for the device thread; the returned request
         is finished by it (or already finished with ``SHUTDOWN_KIND`` when the service is stopping)."""
         E64 = np.asarray(E, dtype=np.float64)
-        request = Request((E64.shape[1], n_components, scheme, n_bits), E64,
-                          _cost_bytes(E64, n_components, scheme, n_bits))
+        request = Request(
+            (E64.shape[1], n_components, scheme, n_bits), E64, _cost_bytes(E64, n_components, scheme, n_bits)
+        )
         with self._cv:
             if self._stopping:
                 request.finish(error=(SHUTDOWN_KIND, "the service is shutting down"))
@@ -161,8 +163,10 @@ class Scheduler:
             if head.abandoned:
                 self._queue.popleft()
                 continue
-            if taken and (rows + head.E.shape[0] > self._limits.max_device_rows
-                          or cost + head.cost_bytes > self._limits.max_device_bytes):
+            if taken and (
+                rows + head.E.shape[0] > self._limits.max_device_rows
+                or cost + head.cost_bytes > self._limits.max_device_bytes
+            ):
                 break
             taken.append(self._queue.popleft())
             rows += head.E.shape[0]
@@ -175,8 +179,13 @@ class Scheduler:
         try:
             # each request encoded on its own (its own bit-plane scale), as few device calls as fit the bound, and
             # the same checks as a direct linear_transform
-            results = opu.linear_transform_many([request.E for request in requests], n_components, scheme, n_bits,
-                                                max_call_bytes=self._limits.max_device_bytes)
+            results = opu.linear_transform_many(
+                [request.E for request in requests],
+                n_components,
+                scheme,
+                n_bits,
+                max_call_bytes=self._limits.max_device_bytes,
+            )
             self._stats.count(device_calls=1)
         except OpuError as exc:
             _log.warning("device call for %d request(s) failed: %s", len(requests), exc)

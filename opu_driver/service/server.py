@@ -12,6 +12,7 @@ with a total deadline, so silent sockets cannot take the slots.
 
 The message format is dfa_client.wire (docs/service.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,21 +77,37 @@ class OpuService:
         ConfigurationError: bad limits, an empty token, or a non-loopback bind without a token (nothing opened).
     """
 
-    def __init__(self, url: str, bind: tuple[str, int] = ("127.0.0.1", 0), token: str | None = None, *,
-                 opu: Any = None, opu_settings: dict[str, Any] | None = None, **limits: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        bind: tuple[str, int] = ("127.0.0.1", 0),
+        token: str | None = None,
+        *,
+        opu: Any = None,
+        opu_settings: dict[str, Any] | None = None,
+        **limits: Any,
+    ) -> None:
         try:
             self.limits = ServiceLimits(**limits)
         except TypeError as exc:
-            raise ConfigurationError(f"unknown service limit: {exc}; known: "
-                                     f"{', '.join(f.name for f in fields(ServiceLimits))}") from None
-        if not (isinstance(bind, tuple) and len(bind) == 2 and isinstance(bind[0], str)
-                and isinstance(bind[1], int) and 0 <= bind[1] <= 65535):
+            raise ConfigurationError(
+                f"unknown service limit: {exc}; known: {', '.join(f.name for f in fields(ServiceLimits))}"
+            ) from None
+        if not (
+            isinstance(bind, tuple)
+            and len(bind) == 2
+            and isinstance(bind[0], str)
+            and isinstance(bind[1], int)
+            and 0 <= bind[1] <= 65535
+        ):
             raise ConfigurationError(f"bind must be (host, port), got {bind!r}")
         if token is not None and (not isinstance(token, str) or not token.strip()):
             raise ConfigurationError("token must be a non-empty string (or None on a loopback bind)")
         if token is None and not is_loopback(bind[0]):
-            raise ConfigurationError(f"binding to {bind[0]!r} (not loopback) needs a token: anyone who can reach "
-                                     "the port could otherwise use the device")
+            raise ConfigurationError(
+                f"binding to {bind[0]!r} (not loopback) needs a token: anyone who can reach "
+                "the port could otherwise use the device"
+            )
         self.url = url
         self.bind = bind
         self._token = None if token is None else token.encode("utf-8")
@@ -125,8 +142,7 @@ class OpuService:
             self._opu = opu_driver.open(self.url, **self._opu_settings)
         try:
             self._device = device = read_served_device(self._opu)
-            self._context = ServiceContext(self.limits, self._token, device, self._scheduler, self._stats,
-                                           self._admit)
+            self._context = ServiceContext(self.limits, self._token, device, self._scheduler, self._stats, self._admit)
             family = socket.AF_INET6 if ":" in self.bind[0] else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -137,9 +153,10 @@ class OpuService:
         except BaseException:
             self._close_device()
             raise
-        self._threads = [threading.Thread(target=self._scheduler.run, args=(self._opu,), name="opu-service-device",
-                                          daemon=True),
-                         threading.Thread(target=self._accept_loop, name="opu-service-accept", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._scheduler.run, args=(self._opu,), name="opu-service-device", daemon=True),
+            threading.Thread(target=self._accept_loop, name="opu-service-accept", daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
         _log.info("serving %s (%s %s) on %s:%d", self.url, device.model, device.serial_number, *self.address[:2])
@@ -218,8 +235,9 @@ class OpuService:
             self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- control and counters -------------------------------------------------------------------------------
@@ -273,8 +291,9 @@ class OpuService:
                 _log.warning("evicted %s (still in its handshake) to make room for %s", evicted.peer, peer)
                 evicted.shutdown()
             self._stats.count(connections_accepted=1)
-            conn.thread = threading.Thread(target=self._serve_connection, args=(conn,),
-                                           name=f"opu-service-client-{conn.number}", daemon=True)
+            conn.thread = threading.Thread(
+                target=self._serve_connection, args=(conn,), name=f"opu-service-client-{conn.number}", daemon=True
+            )
             conn.thread.start()
 
     def _serve_connection(self, conn: Connection) -> None:
@@ -299,8 +318,7 @@ class OpuService:
             clients = sum(1 for c in self._connections.values() if c.authenticated)
             if clients >= self.limits.max_clients:
                 self._stats.count(connections_refused=1)
-                _log.warning("refused client %d (%s): %d clients already connected", conn.number, conn.peer,
-                             clients)
+                _log.warning("refused client %d (%s): %d clients already connected", conn.number, conn.peer, clients)
                 return TOO_MANY_CLIENTS_KIND, f"the service already serves {self.limits.max_clients} clients"
             conn.authenticated = True
         self._stats.count(clients_connected=1)

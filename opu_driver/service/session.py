@@ -9,6 +9,7 @@ request that asked for it.
 A connection's payload is bounded by its max_batch x n_features once its width is known, and a request whose
 client disconnected (or timed out) while it waited is marked abandoned, so the device thread skips it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -135,8 +136,9 @@ class Session:
         except _RefusedRequest as exc:
             # The shape was refused from the header: the payload stays unread, so the stream cannot continue.
             stats.count(requests=1, request_errors=1)
-            _log.info("client %d (%s): request refused from its header: %s; closing", conn.number, conn.peer,
-                      exc.message)
+            _log.info(
+                "client %d (%s): request refused from its header: %s; closing", conn.number, conn.peer, exc.message
+            )
             _send_error_and_close(sock, exc.request_id, "InvalidInputError", exc.message)
         except ProtocolVersionError as exc:
             stats.count(protocol_errors=1)
@@ -150,8 +152,11 @@ class Session:
             _log.warning("client %d (%s) broke the protocol: %s; closing", conn.number, conn.peer, exc)
             _send_error_and_close(sock, 0, "ProtocolError", str(exc))
         except TimeoutError:
-            _log.info("client %d (%s): timed out (idle, a half-sent message or an unread reply); closing",
-                      conn.number, conn.peer)
+            _log.info(
+                "client %d (%s): timed out (idle, a half-sent message or an unread reply); closing",
+                conn.number,
+                conn.peer,
+            )
         except PeerClosedError as exc:
             log = _log.warning if exc.partial else _log.debug
             log("client %d (%s) disconnected%s", conn.number, conn.peer, " mid-message" if exc.partial else "")
@@ -170,8 +175,9 @@ class Session:
         False when refused (the refusal is sent as an ERROR and the connection is to close)."""
         conn, context, limits = self.conn, self.context, self.context.limits
         # The whole HELLO within hello_timeout_s (a total deadline: trickling bytes does not extend it).
-        hello = wire.read_message(sock, WireLimits(limits.max_header_bytes, 0),
-                                  time.monotonic() + limits.hello_timeout_s)
+        hello = wire.read_message(
+            sock, WireLimits(limits.max_header_bytes, 0), time.monotonic() + limits.hello_timeout_s
+        )
         if hello.type != MessageType.HELLO:
             raise ProtocolError(f"the first message must be HELLO, got {hello.type.name}")
         refusal = self._accept_hello(hello.header)
@@ -190,8 +196,9 @@ class Session:
         """Fix the connection's settings from its HELLO; (kind, message) when it is refused."""
         version = header.get("protocol_version")
         if version != wire.PROTOCOL_VERSION:
-            return "ProtocolVersionError", (f"the client speaks protocol version {version!r}; this service speaks "
-                                            f"{wire.PROTOCOL_VERSION}")
+            return "ProtocolVersionError", (
+                f"the client speaks protocol version {version!r}; this service speaks {wire.PROTOCOL_VERSION}"
+            )
         token = self.context.token
         if token is not None:
             given = header.get("token")
@@ -249,9 +256,13 @@ class Session:
                     raise _RefusedRequest(prefix.request_id, problem)
 
         while not context.scheduler.stopping:
-            message = wire.read_message(sock, self._request_limits(),
-                                        time.monotonic() + limits.idle_timeout_s, limits.message_timeout_s,
-                                        check_header)
+            message = wire.read_message(
+                sock,
+                self._request_limits(),
+                time.monotonic() + limits.idle_timeout_s,
+                limits.message_timeout_s,
+                check_header,
+            )
             if message.type == MessageType.BYE:
                 return
             if message.type != MessageType.PROJECT:
@@ -354,8 +365,14 @@ class Session:
             if time.monotonic() >= deadline:
                 request.abandoned = True
                 stats.count(request_errors=1)
-                return MessageType.ERROR, {"kind": "RequestTimeoutError", "message": "the device did not answer "
-                                           f"within {limits.request_timeout_s} s"}, None
+                return (
+                    MessageType.ERROR,
+                    {
+                        "kind": "RequestTimeoutError",
+                        "message": f"the device did not answer within {limits.request_timeout_s} s",
+                    },
+                    None,
+                )
         if request.error is not None:
             stats.count(request_errors=1)
             kind, text = request.error

@@ -3,6 +3,7 @@
 Transports move bytes and map library errors onto the driver's error tree; they know nothing of registers
 or packets beyond the endpoint numbers and request types of the protocol.
 """
+
 from opu_driver.transport.serial_line import SerialPortInfo, SerialTransport, list_serial_ports
 from opu_driver.transport.usb import UDEV_RULE, StallError, UsbDeviceInfo, UsbTransport, find_usb_devices
 

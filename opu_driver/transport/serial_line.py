@@ -3,6 +3,7 @@
 Ports are opened with ``serial.serial_for_url``, so a real port (``/dev/ttyACM0``, ``COM3``), pyserial's own
 URLs (``loop://``) and the emulator's ``opusim://`` handler all go through the same code.
 """
+
 from __future__ import annotations
 
 import logging
@@ -248,7 +249,8 @@ class SerialTransport:
             lines = self._reader.feed(chunk)  # ProtocolError on an overlong line propagates
             if lines:
                 if len(lines) > 1:
-                    logger.warning("controller %s sent %d lines to %r; using the first", self.url, len(lines),
-                                   sent.strip())
+                    logger.warning(
+                        "controller %s sent %d lines to %r; using the first", self.url, len(lines), sent.strip()
+                    )
                 self._reader.clear()
                 return lines[0]

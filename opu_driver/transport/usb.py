@@ -5,6 +5,7 @@ The backend is an argument (``backend=None`` lets pyusb pick libusb; the emulato
 onto the driver's error tree with their cause chained: timeouts, stalls (``StallError``: the device refused a
 request and latched the reason in LAST_ERROR), unplugs (``ConnectionLostError``), and the rest.
 """
+
 from __future__ import annotations
 
 import array
@@ -202,8 +203,9 @@ class UsbTransport:
                 if _is_access_error(exc):
                     denied.append(f"bus {dev.bus} address {dev.address}")
                     continue
-                raise DeviceNotFoundError(f"USB device {ids} at bus {dev.bus} address {dev.address}: "
-                                          f"cannot read its serial number: {exc}") from exc
+                raise DeviceNotFoundError(
+                    f"USB device {ids} at bus {dev.bus} address {dev.address}: cannot read its serial number: {exc}"
+                ) from exc
             if self._wanted_serial is None or serial == self._wanted_serial:
                 candidates.append((dev, serial))
             else:
@@ -229,15 +231,14 @@ class UsbTransport:
             if _is_access_error(exc):
                 raise DeviceNotFoundError(self._access_message(ids, serial)) from exc
             if isinstance(exc, usb.core.USBError) and exc.errno == errno.EBUSY:
-                raise DeviceNotFoundError(
-                    f"OPU {serial} ({ids}) is busy: another program holds its interface"
-                ) from exc
+                raise DeviceNotFoundError(f"OPU {serial} ({ids}) is busy: another program holds its interface") from exc
             raise DeviceNotFoundError(f"cannot open OPU {serial} ({ids}): {exc}") from exc
         self._serial_number = serial
         self._bcd_device = int(dev.bcdDevice)
         self._dev = dev
-        logger.info("opened USB device %s serial %s (%s, bcdDevice %#06x)", ids, serial, self._product,
-                    self._bcd_device)
+        logger.info(
+            "opened USB device %s serial %s (%s, bcdDevice %#06x)", ids, serial, self._product, self._bcd_device
+        )
 
     def reopen(self, timeout_s: float, poll_s: float = 0.05) -> None:
         """Open the same device again after it was unplugged and plugged back (or reset), waiting for it.

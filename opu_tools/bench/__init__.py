@@ -12,6 +12,7 @@ Benchmarks:
   8 client processes (opu_tools/bench/dfa.py).
 Each figure is the median of ``repeats`` runs; the machine is shared and noisy, so compare ratios.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,11 @@ def _dfa(quick: bool, repeats: int) -> list[BenchResult]:
 
 
 BENCHMARKS: dict[str, Callable[[bool, int], list[BenchResult]]] = {
-    "frames": _frames, "transform": _transform, "encoders": _encoders, "linear": _linear, "dfa": _dfa,
+    "frames": _frames,
+    "transform": _transform,
+    "encoders": _encoders,
+    "linear": _linear,
+    "dfa": _dfa,
 }
 """Every benchmark by its ``--only`` name, in the order ``opu bench`` runs them (each module is imported when run)."""
 

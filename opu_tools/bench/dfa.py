@@ -19,6 +19,7 @@ Sizes: 1,000 -> 4,096 (the reference size) and 10 -> 1,024 (the published MNIST 
 reference geometry with the default noise and a 200 us exposure (what the exposure calibration picks for
 these linear-mode frames, so no output saturates).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,7 @@ PAIRS_PER_ROUND = 4
 
 
 def _errors(n_features: int, batch: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).choice([-1, 0, 1], size=(batch, n_features), p=[0.25, 0.5, 0.25]).astype(
-        np.int8)
+    return np.random.default_rng(seed).choice([-1, 0, 1], size=(batch, n_features), p=[0.25, 0.5, 0.25]).astype(np.int8)
 
 
 def _burst(call: Callable[[], object], times: int) -> Callable[[], list[object]]:
@@ -50,8 +50,9 @@ def _burst(call: Callable[[], object], times: int) -> Callable[[], list[object]]
     return lambda: [call() for _ in range(times)]
 
 
-def _client_process(url: str, n_features: int, n_components: int, requests: int, seed: int, ready: Any,
-                    go: Any, done: Any) -> None:
+def _client_process(
+    url: str, n_features: int, n_components: int, requests: int, seed: int, ready: Any, go: Any, done: Any
+) -> None:
     import dfa_client
 
     E = _errors(n_features, BATCH, seed)
@@ -65,8 +66,9 @@ def _client_process(url: str, n_features: int, n_components: int, requests: int,
     done.put(requests * BATCH)
 
 
-def _burst_client(url: str, n_features: int, n_components: int, requests: int, seed: int, commands: Any,
-                  answers: Any) -> None:
+def _burst_client(
+    url: str, n_features: int, n_components: int, requests: int, seed: int, commands: Any, answers: Any
+) -> None:
     """A client that stays connected and times one burst of ``requests`` requests per command."""
     import dfa_client
 
@@ -81,13 +83,13 @@ def _burst_client(url: str, n_features: int, n_components: int, requests: int, s
             answers.put(time.perf_counter() - start)
 
 
-def _paired_overhead(url: str, direct_burst: Callable[[], object], n_features: int, n_components: int, requests: int,
-                     pairs: int) -> tuple[list[float], list[float]]:
+def _paired_overhead(
+    url: str, direct_burst: Callable[[], object], n_features: int, n_components: int, requests: int, pairs: int
+) -> tuple[list[float], list[float]]:
     """(service, direct) vectors/s of ``pairs`` bursts, each service burst followed at once by a direct one."""
     context = multiprocessing.get_context("spawn")
     commands, answers = context.Queue(), context.Queue()
-    worker = context.Process(target=_burst_client,
-                             args=(url, n_features, n_components, requests, 1, commands, answers))
+    worker = context.Process(target=_burst_client, args=(url, n_features, n_components, requests, 1, commands, answers))
     worker.start()
     service, direct = [], []
     try:
@@ -118,8 +120,9 @@ def _collect(queue: Any, workers: list, count: int, timeout_s: float) -> list:
         except queue_module.Empty:
             dead = [w for w in workers if w.exitcode not in (None, 0)]
             if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"benchmark client processes failed (exit codes "
-                                   f"{[w.exitcode for w in workers]}) or timed out") from None
+                raise RuntimeError(
+                    f"benchmark client processes failed (exit codes {[w.exitcode for w in workers]}) or timed out"
+                ) from None
     return items
 
 
@@ -127,9 +130,12 @@ def _service_rate(url: str, n_features: int, n_components: int, n_clients: int, 
     """Aggregate vectors/s of ``n_clients`` client processes against the service at ``url``."""
     context = multiprocessing.get_context("spawn")
     ready, done, go = context.Queue(), context.Queue(), context.Event()
-    workers = [context.Process(target=_client_process,
-                               args=(url, n_features, n_components, requests, 100 + i, ready, go, done))
-               for i in range(n_clients)]
+    workers = [
+        context.Process(
+            target=_client_process, args=(url, n_features, n_components, requests, 100 + i, ready, go, done)
+        )
+        for i in range(n_clients)
+    ]
     for w in workers:
         w.start()
     try:
@@ -147,9 +153,14 @@ def _service_rate(url: str, n_features: int, n_components: int, n_clients: int, 
     return total / elapsed
 
 
-def bench_dfa(quick: bool, repeats: int, *, query: str = REFERENCE_QUERY,
-              sizes: tuple[tuple[int, int], ...] = SIZES,
-              client_counts: tuple[int, ...] = CLIENT_COUNTS) -> list[BenchResult]:
+def bench_dfa(
+    quick: bool,
+    repeats: int,
+    *,
+    query: str = REFERENCE_QUERY,
+    sizes: tuple[tuple[int, int], ...] = SIZES,
+    client_counts: tuple[int, ...] = CLIENT_COUNTS,
+) -> list[BenchResult]:
     """The DFA throughput table (see the module docstring); ``query``, ``sizes`` and ``client_counts`` shrink it
     for a smoke test."""
     import dfa_client
@@ -171,8 +182,11 @@ def bench_dfa(quick: bool, repeats: int, *, query: str = REFERENCE_QUERY,
         service_rates: dict[int, list[float]] = {n: [] for n in client_counts}
         # The three run in turn within each round, so that the machine's drifting speed (shared, noisy) hits
         # all of them alike; the ratios are taken per round, then their median.
-        with opu_driver.open(sim) as opu, dfa_client.connect(sim, n_components, n_features=n_features) as projector, \
-                OpuService(sim) as service:
+        with (
+            opu_driver.open(sim) as opu,
+            dfa_client.connect(sim, n_components, n_features=n_features) as projector,
+            OpuService(sim) as service,
+        ):
             host, port = service.address
             url = f"tcp://{host}:{port}"
             opu.linear_transform(E, n_components)  # the reference calibrations, once
@@ -183,27 +197,47 @@ def bench_dfa(quick: bool, repeats: int, *, query: str = REFERENCE_QUERY,
                 direct.append(requests * BATCH / median_time_s(direct_burst, 1))
                 local.append(requests * BATCH / median_time_s(local_burst, 1))
                 for n_clients in client_counts:
-                    service_rates[n_clients].append(_service_rate(url, n_features, n_components, n_clients,
-                                                                  requests))
+                    service_rates[n_clients].append(_service_rate(url, n_features, n_components, n_clients, requests))
                 # (not named ``service``: that is the OpuService the with statement serves)
-                burst_service, burst_direct = _paired_overhead(url, direct_burst, n_features, n_components,
-                                                               requests, 1 if quick else PAIRS_PER_ROUND)
+                burst_service, burst_direct = _paired_overhead(
+                    url, direct_burst, n_features, n_components, requests, 1 if quick else PAIRS_PER_ROUND
+                )
                 paired_service += burst_service
                 paired_direct += burst_direct
         median = statistics.median
         one = service_rates[client_counts[0]]
-        results.append(BenchResult(f"DFA projections {label}, direct Opu.linear_transform", median(direct),
-                                   "vectors/s", f"batch {BATCH}, four-frame, emulator {query}"))
-        results.append(BenchResult(f"DFA projections {label}, in-process client", median(local), "vectors/s",
-                                   f"{median([a / b for a, b in zip(local, direct, strict=True)]):.2f}x direct"))
+        results.append(
+            BenchResult(
+                f"DFA projections {label}, direct Opu.linear_transform",
+                median(direct),
+                "vectors/s",
+                f"batch {BATCH}, four-frame, emulator {query}",
+            )
+        )
+        results.append(
+            BenchResult(
+                f"DFA projections {label}, in-process client",
+                median(local),
+                "vectors/s",
+                f"{median([a / b for a, b in zip(local, direct, strict=True)]):.2f}x direct",
+            )
+        )
         for n_clients in client_counts:
             rates = service_rates[n_clients]
             if n_clients == client_counts[0]:
                 overhead = median([1 - a / b for a, b in zip(paired_service, paired_direct, strict=True)])
-                note = (f"overhead {100 * overhead:+.0f}% vs direct, median of {len(paired_service)} paired bursts "
-                        "(target <= 10%)")
+                note = (
+                    f"overhead {100 * overhead:+.0f}% vs direct, median of {len(paired_service)} paired bursts "
+                    "(target <= 10%)"
+                )
             else:
                 note = f"{median([a / b for a, b in zip(rates, one, strict=True)]):.2f}x one client (target >= 1)"
-            results.append(BenchResult(f"DFA projections {label}, service, {n_clients} client process"
-                                       f"{'es' if n_clients > 1 else ''}", median(rates), "vectors/s", note))
+            results.append(
+                BenchResult(
+                    f"DFA projections {label}, service, {n_clients} client process{'es' if n_clients > 1 else ''}",
+                    median(rates),
+                    "vectors/s",
+                    note,
+                )
+            )
     return results

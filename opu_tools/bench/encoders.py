@@ -1,4 +1,5 @@
 """Host-side data path: DMD frames from features, camera frames to vectors, separated bit planes."""
+
 from __future__ import annotations
 
 import functools
@@ -48,12 +49,20 @@ def bench_encoders(quick: bool, repeats: int) -> list[BenchResult]:
         plain_peak = peak_bytes(plain) - out.nbytes  # its output is not transient
         size = f"uint8 {rows}x{cols}"
         results += [
-            BenchResult(f"bit planes (6 bits), encoder, {size}", ours_s, "s", "published encoder: "
-                        + ("0.225 s" if cols == 10_000 else "3.05 s, ~3 GB transient")),
+            BenchResult(
+                f"bit planes (6 bits), encoder, {size}",
+                ours_s,
+                "s",
+                "published encoder: " + ("0.225 s" if cols == 10_000 else "3.05 s, ~3 GB transient"),
+            ),
             BenchResult(f"bit planes (6 bits), plain numpy, {size}", plain_s, "s"),
             BenchResult(f"speed-up of the encoder over plain numpy, {size}", plain_s / ours_s, "x", "target >= 5"),
-            BenchResult(f"transient memory, encoder / plain numpy, {size}",
-                        ours_peak / max(plain_peak, 1), "x", f"encoder {ours_peak / 2**20:.1f} MiB; target <= 0.1"),
+            BenchResult(
+                f"transient memory, encoder / plain numpy, {size}",
+                ours_peak / max(plain_peak, 1),
+                "x",
+                f"encoder {ours_peak / 2**20:.1f} MiB; target <= 0.1",
+            ),
         ]
     return results
 
@@ -68,15 +77,20 @@ def bench_frame_codec(quick: bool, repeats: int) -> list[BenchResult]:
             layout = make_layout(kind, n_features, 1140, 912)
             table = layout.run_table
             bits = rng.integers(0, 2, size=(n_frames, n_features), dtype=np.uint8)
-            native_s = median_time_s(functools.partial(native.encode_frames, bits, table, 1140 * 912),
-                                     repeats) / n_frames
-            numpy_s = median_time_s(functools.partial(fallback.encode_frames, bits, table, 1140 * 912),
-                                    repeats) / n_frames
-            results.append(BenchResult(
-                f"encode a 1140x912 DMD frame, {kind} layout, {n_features} features, {native.backend()} path",
-                native_s * 1e6, "us/frame",
-                f"numpy fallback {numpy_s * 1e6:,.0f} us; target < 50 us (frame time 500 us)",
-            ))
+            native_s = (
+                median_time_s(functools.partial(native.encode_frames, bits, table, 1140 * 912), repeats) / n_frames
+            )
+            numpy_s = (
+                median_time_s(functools.partial(fallback.encode_frames, bits, table, 1140 * 912), repeats) / n_frames
+            )
+            results.append(
+                BenchResult(
+                    f"encode a 1140x912 DMD frame, {kind} layout, {n_features} features, {native.backend()} path",
+                    native_s * 1e6,
+                    "us/frame",
+                    f"numpy fallback {numpy_s * 1e6:,.0f} us; target < 50 us (frame time 500 us)",
+                )
+            )
     # The camera side as the driver runs it: each CAMERA_FRAME payload decoded by protocol.decode_pixels into the
     # request's output row (4,096 outputs: a 64x64 region).
     n_pixels = 4096
@@ -90,8 +104,12 @@ def bench_frame_codec(quick: bool, repeats: int) -> list[BenchResult]:
                 row[:] = decode_pixels(fmt, payload, n_pixels)
 
         seconds = median_time_s(decode_all, repeats) / n_frames
-        results.append(BenchResult(
-            f"decode a {n_pixels}-pixel {fmt.name} camera frame into its output row (the driver's path)",
-            seconds * 1e6, "us/frame", "target < 50 us (frame time 500 us)",
-        ))
+        results.append(
+            BenchResult(
+                f"decode a {n_pixels}-pixel {fmt.name} camera frame into its output row (the driver's path)",
+                seconds * 1e6,
+                "us/frame",
+                "target < 50 us (frame time 500 us)",
+            )
+        )
     return results

@@ -1,4 +1,5 @@
 """Frames per second end to end through the driver, and the emulator's own optics per raw frame."""
+
 from __future__ import annotations
 
 import functools
@@ -23,17 +24,25 @@ def bench_frames(
     with opu_driver.open(f"sim://?seed=1&{query}") as opu:
         opu.transform(X[:8], n_components)  # layout upload and optics fold happen once, not per frame
         t = median_time_s(lambda: opu.transform(X, n_components), repeats)
-        results.append(BenchResult(
-            f"feature frames, {n_features} features -> {n_components} components", n_frames / t, "frames/s",
-            f"{n_frames} frames per run",
-        ))
+        results.append(
+            BenchResult(
+                f"feature frames, {n_features} features -> {n_components} components",
+                n_frames / t,
+                "frames/s",
+                f"{n_frames} frames per run",
+            )
+        )
     n_raw = 16 if quick else 64
     with opu_driver.open(f"sim://?seed=1&{query}", frame_mode="raw") as opu:
         opu.transform(X[:2], n_components)
         t = median_time_s(lambda: opu.transform(X[:n_raw], n_components), repeats)
-        results.append(BenchResult(
-            "raw frames end to end (full mirror bitmaps both expanded and sent)", n_raw / t, "frames/s",
-        ))
+        results.append(
+            BenchResult(
+                "raw frames end to end (full mirror bitmaps both expanded and sent)",
+                n_raw / t,
+                "frames/s",
+            )
+        )
     results += _bench_raw_optics(query, n_components, n_raw, repeats)
     return results
 
@@ -55,8 +64,12 @@ def _bench_raw_optics(query: str, n_components: int, n_frames: int, repeats: int
         optics.set_roi((base.camera_width - width) // 2, (base.camera_height - height) // 2, width, height)
         optics.intensity_raw(packed[:2], None)
         t = median_time_s(functools.partial(optics.intensity_raw, packed, None), repeats)
-        results.append(BenchResult(
-            f"emulator optics per raw frame, cell {cell} = {optics.n_input_modes} input modes",
-            t / n_frames * 1e3, "ms/frame", "grows with input modes, not mirrors",
-        ))
+        results.append(
+            BenchResult(
+                f"emulator optics per raw frame, cell {cell} = {optics.n_input_modes} input modes",
+                t / n_frames * 1e3,
+                "ms/frame",
+                "grows with input modes, not mirrors",
+            )
+        )
     return results

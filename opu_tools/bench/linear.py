@@ -1,4 +1,5 @@
 """The linear mode: throughput of linear_transform and its fidelity to the exact B e."""
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,14 @@ def bench_linear(quick: bool, repeats: int) -> list[BenchResult]:
         for scheme in ("four_frame", "two_frame"):
             opu.linear_transform(E[:2], 4096, scheme=scheme)  # reference calibration, once
             t = median_time_s(functools.partial(opu.linear_transform, E, 4096, scheme=scheme), repeats)
-            results.append(BenchResult(f"linear_transform {scheme}, ternary, 1000 -> 4096", batch / t, "vectors/s",
-                                       f"batch {batch}, reference geometry"))
+            results.append(
+                BenchResult(
+                    f"linear_transform {scheme}, ternary, 1000 -> 4096",
+                    batch / t,
+                    "vectors/s",
+                    f"batch {batch}, reference geometry",
+                )
+            )
     return results
 
 
@@ -44,11 +51,21 @@ def bench_fidelity(quick: bool, repeats: int) -> list[BenchResult]:
             return float(np.corrcoef(values[:, mask].ravel(), (vectors @ B)[:, mask].ravel())[0, 1])
 
         for scheme in ("four_frame", "two_frame"):
-            results.append(BenchResult(f"fidelity {scheme}, ternary, {n_features} -> {n_out}",
-                                       correlation(opu.linear_transform(E, n_out, scheme=scheme), E),
-                                       "corr", "vs exact B e; four-frame target >= 0.99"))
-        for n_bits in ((2, 4, 8) if quick else range(1, 9)):
-            results.append(BenchResult(f"fidelity four_frame, real values, {n_bits} bit planes",
-                                       correlation(opu.linear_transform(real, n_out, n_bits=n_bits), real),
-                                       "corr", "Gaussian inputs vs exact B x"))
+            results.append(
+                BenchResult(
+                    f"fidelity {scheme}, ternary, {n_features} -> {n_out}",
+                    correlation(opu.linear_transform(E, n_out, scheme=scheme), E),
+                    "corr",
+                    "vs exact B e; four-frame target >= 0.99",
+                )
+            )
+        for n_bits in (2, 4, 8) if quick else range(1, 9):
+            results.append(
+                BenchResult(
+                    f"fidelity four_frame, real values, {n_bits} bit planes",
+                    correlation(opu.linear_transform(real, n_out, n_bits=n_bits), real),
+                    "corr",
+                    "Gaussian inputs vs exact B x",
+                )
+            )
     return results

@@ -1,4 +1,5 @@
 """Shared timing helpers of the benchmarks: medians of repeated runs, traced peak memory, one result row."""
+
 from __future__ import annotations
 
 import gc

@@ -1,4 +1,5 @@
 """opu.transform against the published simulator's dense complex64 product, same sizes, same run."""
+
 from __future__ import annotations
 
 import gc
@@ -65,14 +66,23 @@ def bench_transform(quick: bool, repeats: int) -> list[BenchResult]:
     size = f"{n_features} -> {n_components}, batch {batch}"
     results += [
         BenchResult(f"dense complex64 abs(X @ R)**2, {size}", batch / dense_s, "vectors/s"),
-        BenchResult(f"opu.transform on sim:// noise=0, {size}", batch / quiet_s, "vectors/s",
-                    "end to end through the driver: feature frames, USB backend, MONO8 camera frames"),
+        BenchResult(
+            f"opu.transform on sim:// noise=0, {size}",
+            batch / quiet_s,
+            "vectors/s",
+            "end to end through the driver: feature frames, USB backend, MONO8 camera frames",
+        ),
         BenchResult("speed-up of transform (noise=0) over the dense product", dense_s / quiet_s, "x", "target >= 1.5"),
-        BenchResult("default noise model cost on top of noise=0", noisy_s / quiet_s - 1.0, "fraction",
-                    "target <= 0.25"),
+        BenchResult(
+            "default noise model cost on top of noise=0", noisy_s / quiet_s - 1.0, "fraction", "target <= 0.25"
+        ),
         BenchResult("peak memory, dense product (R + product)", dense_peak / 2**20, "MiB"),
-        BenchResult("peak memory, transform incl. setup (noise=0)", quiet_peak / 2**20, "MiB",
-                    "target <= 60% of the published simulator's 1.58 GB = 948 MB"),
+        BenchResult(
+            "peak memory, transform incl. setup (noise=0)",
+            quiet_peak / 2**20,
+            "MiB",
+            "target <= 60% of the published simulator's 1.58 GB = 948 MB",
+        ),
         BenchResult("peak memory ratio transform / dense", quiet_peak / dense_peak, "x"),
     ]
     return results

@@ -1,5 +1,6 @@
 """One calibrated record shared by the tests that need a whole calibration: made once per session, by the command
 line (``opu calibrate all``), on the small emulator with strong light (so the exposure routine has work to do)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,11 +38,27 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Calibrated:
     store_dir, report = root / "store", root / "report.png"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        status = main(["calibrate", "all", "--url", CALIBRATED_SIM, "--out", str(store_dir),
-                       "--n-features", str(CALIBRATED_PLAN.n_features),
-                       "--n-components", str(CALIBRATED_PLAN.n_components),
-                       "--frames", str(CALIBRATED_PLAN.dark_frames), "--pixel-format", "MONO12",
-                       "--report", str(report), "--no-progress"])
+        status = main(
+            [
+                "calibrate",
+                "all",
+                "--url",
+                CALIBRATED_SIM,
+                "--out",
+                str(store_dir),
+                "--n-features",
+                str(CALIBRATED_PLAN.n_features),
+                "--n-components",
+                str(CALIBRATED_PLAN.n_components),
+                "--frames",
+                str(CALIBRATED_PLAN.dark_frames),
+                "--pixel-format",
+                "MONO12",
+                "--report",
+                str(report),
+                "--no-progress",
+            ]
+        )
     assert status == 0, out.getvalue()
     records = CalibrationStore(store_dir).list()
     assert len(records) == 1

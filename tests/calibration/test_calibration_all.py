@@ -1,4 +1,5 @@
 """The whole calibration sequence: in order, saved after each routine, resumable, applied at the next open."""
+
 import json
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The reference routine, and applying the newest matching calibration record when an Opu opens."""
+
 import json
 import warnings
 from datetime import timedelta
@@ -40,17 +41,17 @@ def test_reference_recovers_the_hidden_reference_intensity():
         expected_dn = electrons * dn_per_e
         noise = gt.noise
         roi = result.roi
-        dark_e = gt.dark_pattern_e[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width].ravel()[:N_OUT]
+        dark_e = gt.dark_pattern_e[roi.y : roi.y + roi.height, roi.x : roi.x + roi.width].ravel()[:N_OUT]
         dark_e = dark_e + noise.dark_current_e_per_s * settings.exposure_us * 1e-6
-        hot = gt.hot_pixels[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width].ravel()[:N_OUT]
+        hot = gt.hot_pixels[roi.y : roi.y + roi.height, roi.x : roi.x + roi.width].ravel()[:N_OUT]
     c = result.calibration
     # reference_dn = mean(reference frames) - mean(dark frames). Per pixel and frame the variances (electrons^2)
     # are signal + dark + read^2 (shot noise on the whole mean, read noise) and dark + read^2, plus the ADC
     # rounding 1/12 DN^2 each; both means are over n_frames. The laser's frame-to-frame power jitter (relative sd
     # laser_jitter) is common to a frame's pixels and averages down the same way. Hot pixels (their excess has
     # its own shot noise) and pixels near full scale (clipped) are left out.
-    var_e = electrons + 2 * (dark_e + noise.read_noise_e ** 2)
-    sd_dn = np.sqrt(var_e * dn_per_e ** 2 + 2 / 12 + (expected_dn * noise.laser_jitter) ** 2) / np.sqrt(n_frames)
+    var_e = electrons + 2 * (dark_e + noise.read_noise_e**2)
+    sd_dn = np.sqrt(var_e * dn_per_e**2 + 2 / 12 + (expected_dn * noise.laser_jitter) ** 2) / np.sqrt(n_frames)
     unclipped = (expected_dn + dark_e * dn_per_e + 6 * sd_dn * np.sqrt(n_frames) < 4095) & ~hot
     assert unclipped.mean() > 0.95
     assert (np.abs(c.reference_dn - expected_dn) < 5 * sd_dn)[unclipped].all()
@@ -67,7 +68,7 @@ def test_reference_recovers_the_hidden_reference_intensity():
 def test_reference_bad_arguments_are_refused_before_anything_is_sent():
     with opu_driver.open(SIM, calibration=None) as opu:
         sent = opu.link_counters.bytes_sent
-        for args in ((0, N_OUT), (N_FEATURES, 0), (N_FEATURES, 10 ** 6), (N_FEATURES, N_OUT, 1), (10 ** 6, N_OUT)):
+        for args in ((0, N_OUT), (N_FEATURES, 0), (N_FEATURES, 10**6), (N_FEATURES, N_OUT, 1), (10**6, N_OUT)):
             with pytest.raises(InvalidInputError):
                 measure_reference(opu, *args)
         assert opu.link_counters.bytes_sent == sent

@@ -1,4 +1,5 @@
 """The dark routine recovers the emulator's hidden dark parameters."""
+
 import numpy as np
 import pytest
 
@@ -24,13 +25,13 @@ def test_dark_recovers_level_pattern_noise_and_hot_pixels(method):
         noise = gt.noise
         dn_per_e = gt.dn_per_electron(settings.gain, 12)
         exposure_s = settings.exposure_us * 1e-6
-        dark_e = gt.dark_pattern_e[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width].ravel()
+        dark_e = gt.dark_pattern_e[roi.y : roi.y + roi.height, roi.x : roi.x + roi.width].ravel()
         mean_e = dark_e + noise.dark_current_e_per_s * exposure_s
-        hot = gt.hot_pixels[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width].ravel()
+        hot = gt.hot_pixels[roi.y : roi.y + roi.height, roi.x : roi.x + roi.width].ravel()
         mean_e = mean_e + hot * noise.hot_pixel_e * settings.exposure_us / 400.0
         expected_dn = mean_e * dn_per_e
     # Temporal sd per pixel: sqrt(shot + read^2) electrons, plus the ADC's 1/12 DN^2.
-    temporal_dn = np.sqrt((mean_e + noise.read_noise_e ** 2) * dn_per_e ** 2 + 1 / 12)
+    temporal_dn = np.sqrt((mean_e + noise.read_noise_e**2) * dn_per_e**2 + 1 / 12)
     # each pixel's mean within 5 sigma of its N_FRAMES-frame average
     assert (np.abs(result.mean_dn - expected_dn) < 5 * temporal_dn / np.sqrt(N_FRAMES) + 1e-3).all()
     np.testing.assert_array_equal(result.hot_pixels, hot)
@@ -57,8 +58,24 @@ def test_opu_calibrate_dark_prints_json_and_saves_a_record(tmp_path, capsys):
     from opu_tools.cli import main
 
     url = "sim://?dmd=96x64&camera=32x24&seed=13"
-    assert main(["calibrate", "dark", "--url", url, "--out", str(tmp_path), "--frames", "8",
-                 "--pixel-format", "MONO12", "--json"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "dark",
+                "--url",
+                url,
+                "--out",
+                str(tmp_path),
+                "--frames",
+                "8",
+                "--pixel-format",
+                "MONO12",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     dark = printed["results"]["dark"]
     assert dark["n_frames"] == 8 and dark["roi_width"] * dark["roi_height"] == 32 * 24

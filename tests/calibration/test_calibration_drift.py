@@ -1,4 +1,5 @@
 """The drift monitor: flags the emulator's drift, follows the predicted decorrelation, stays quiet without drift."""
+
 import math
 
 import numpy as np
@@ -22,7 +23,7 @@ def _blank(opu, n_frames):
 def _sampling_sd(rho, n_outputs):
     # sd of a sample correlation, at most (1 - rho^2) / sqrt(n_eff); neighbouring pixels share a speckle grain
     # (2 px): about 4 outputs per independent sample.
-    return (1 - rho ** 2) / math.sqrt(N_PROBES * n_outputs / 4)
+    return (1 - rho**2) / math.sqrt(N_PROBES * n_outputs / 4)
 
 
 @pytest.mark.slow
@@ -102,8 +103,9 @@ def test_without_drift_no_check_is_flagged_and_checks_match_the_expected_correla
     sd = _sampling_sd(result.expected_correlation, N_OUT)
     assert abs(result.correlations.mean() - result.expected_correlation) < 5 * sd
     assert result.threshold < result.expected_correlation < 1
-    assert result.baseline_repeatability ** 2 == pytest.approx(
-        result.expected_correlation ** 2 * (1 + result.baseline_repeatability) / 2)
+    assert result.baseline_repeatability**2 == pytest.approx(
+        result.expected_correlation**2 * (1 + result.baseline_repeatability) / 2
+    )
     # times: device seconds since the baseline, 100 blank frames + 64 probe frames at 500 us apart
     np.testing.assert_allclose(np.diff(result.times_s), (100 + 4 * N_PROBES) * 500e-6, rtol=0.05)
     summary, arrays = result.summary(), result.arrays()
@@ -131,8 +133,9 @@ def test_step_checks_at_the_chosen_interval_and_a_stored_record_resumes():
         stored = monitor.result()
         # the open-time check: stored probes, baseline and threshold; drift goes on meanwhile
         _blank(opu, 3000)
-        sample = check_drift(opu, stored.probes, stored.baseline, stored.threshold,
-                             baseline_time_us=stored.baseline_device_time_us)
+        sample = check_drift(
+            opu, stored.probes, stored.baseline, stored.threshold, baseline_time_us=stored.baseline_device_time_us
+        )
         assert sample.drifted and sample.time_s > 1.5
         assert math.isnan(check_drift(opu, stored.probes, stored.baseline, stored.threshold).time_s)
         resumed = DriftMonitor.from_arrays(opu, stored.probes, stored.baseline, stored.threshold, "four_frame")
@@ -143,25 +146,28 @@ def test_step_checks_at_the_chosen_interval_and_a_stored_record_resumes():
         assert not resumed.needs_recalibration and resumed.history == ()
 
 
-@pytest.mark.parametrize("make", [
-    lambda opu: DriftMonitor(opu, 0, N_OUT),
-    lambda opu: DriftMonitor(opu, N_FEATURES, 64 * 48 + 1),
-    lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, n_probes=2),
-    lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, scheme="three_frame"),
-    lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, threshold=1.5),
-    lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, threshold=float("nan")),
-    lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, interval_steps=0),
-    lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, seed=-1),
-    lambda opu: DriftMonitor(opu, 96 * 64, N_OUT).baseline(),  # no room beside the reference region
-    lambda opu: measure_drift(opu, N_FEATURES, N_OUT, n_checks=0),
-    lambda opu: measure_drift(opu, N_FEATURES, N_OUT, frames_between=-1),
-    lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT).result(),  # no baseline yet
-    lambda opu: check_drift(opu, np.full((4, 8), 2), np.ones((4, N_OUT)), 0.9),
-    lambda opu: check_drift(opu, np.ones((4, 8)), np.ones((3, N_OUT)), 0.9),
-    lambda opu: check_drift(opu, np.ones((4, 8)), np.full((4, N_OUT), np.nan), 0.9),
-    lambda opu: check_drift(opu, np.ones((4, 8)), np.ones((4, N_OUT)), 0.9, scheme="one_frame"),
-    lambda opu: DriftMonitor.from_arrays(opu, np.zeros((4, 8)), np.ones((4, N_OUT)), 0.9, "four_frame"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opu: DriftMonitor(opu, 0, N_OUT),
+        lambda opu: DriftMonitor(opu, N_FEATURES, 64 * 48 + 1),
+        lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, n_probes=2),
+        lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, scheme="three_frame"),
+        lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, threshold=1.5),
+        lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, threshold=float("nan")),
+        lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, interval_steps=0),
+        lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT, seed=-1),
+        lambda opu: DriftMonitor(opu, 96 * 64, N_OUT).baseline(),  # no room beside the reference region
+        lambda opu: measure_drift(opu, N_FEATURES, N_OUT, n_checks=0),
+        lambda opu: measure_drift(opu, N_FEATURES, N_OUT, frames_between=-1),
+        lambda opu: DriftMonitor(opu, N_FEATURES, N_OUT).result(),  # no baseline yet
+        lambda opu: check_drift(opu, np.full((4, 8), 2), np.ones((4, N_OUT)), 0.9),
+        lambda opu: check_drift(opu, np.ones((4, 8)), np.ones((3, N_OUT)), 0.9),
+        lambda opu: check_drift(opu, np.ones((4, 8)), np.full((4, N_OUT), np.nan), 0.9),
+        lambda opu: check_drift(opu, np.ones((4, 8)), np.ones((4, N_OUT)), 0.9, scheme="one_frame"),
+        lambda opu: DriftMonitor.from_arrays(opu, np.zeros((4, 8)), np.ones((4, N_OUT)), 0.9, "four_frame"),
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_is_sent(make):
     with opu_driver.open(f"{SIM}&seed=1") as opu:
         sent = opu.link_counters.bytes_sent

@@ -1,4 +1,5 @@
 """The exposure routine puts the brightest frame's top where the emulator's hidden optics say it should be."""
+
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ def _expected(opu, result, quantile_of):
     roi = result.roi
     intensity = gt.expected_intensity_features(np.ones((1, N_FEATURES)))[0]
     top = quantile_of(intensity)
-    dark_e = float(gt.dark_pattern_e[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width].mean())
+    dark_e = float(gt.dark_pattern_e[roi.y : roi.y + roi.height, roi.x : roi.x + roi.width].mean())
     dark_e += gt.noise.dark_current_e_per_s * result.exposure_us * 1e-6
     power = opu.controller.laser_power_mw
     # top_dn = dn_per_e(gain) * (dark_e + top * signal_e_per_intensity(exposure)); both linear in their knob
@@ -40,7 +41,10 @@ def test_exposure_matches_the_ground_truth(fraction):
         result = tune_exposure(opu, N_FEATURES, N_OUT, max_saturated_fraction=fraction)
         settings = opu.camera.settings
         assert (settings.exposure_us, settings.gain, settings.frame_time_us) == (
-            result.exposure_us, result.gain, result.frame_time_us)
+            result.exposure_us,
+            result.gain,
+            result.frame_time_us,
+        )
         assert result.frame_time_us == before.frame_time_us and result.gain == 1.0  # enough light at gain 1
         assert result.saturated_fraction <= fraction and result.reached_target
         assert abs(result.top_dn - result.target_dn) <= 0.03 * result.target_dn
@@ -74,7 +78,7 @@ def test_weak_light_raises_the_gain_at_the_longest_exposure():
         gt = opu.emulator.ground_truth
         intensity = gt.expected_intensity_features(np.ones((1, N_FEATURES)))[0]
         roi = result.roi
-        dark_e = float(gt.dark_pattern_e[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width].mean())
+        dark_e = float(gt.dark_pattern_e[roi.y : roi.y + roi.height, roi.x : roi.x + roi.width].mean())
         dark_e += gt.noise.dark_current_e_per_s * 450e-6
         top_e = dark_e + float(np.quantile(intensity, 0.999)) * gt.signal_e_per_intensity(450, 50.0)
         gain = result.target_dn / (top_e * gt.dn_per_electron(1.0, 12))
@@ -101,17 +105,21 @@ def test_bad_arguments_are_refused_before_anything_is_sent():
     with opu_driver.open(SIM) as opu:
         sent = opu.link_counters.bytes_sent
         other = opu_driver.encoding.layouts.make_layout("lined", 10, 32, 32)
-        for args, kwargs in (((0, N_OUT), {}), ((N_FEATURES, 0), {}), ((N_FEATURES, 10 ** 9), {}),
-                             ((N_FEATURES, N_OUT), {"max_saturated_fraction": 0}),
-                             ((N_FEATURES, N_OUT), {"max_saturated_fraction": 0.5}),
-                             ((N_FEATURES, N_OUT), {"target_fraction": 1.5}),
-                             ((N_FEATURES, N_OUT), {"target_fraction": float("nan")}),
-                             ((N_FEATURES, N_OUT), {"max_exposure_us": 5}),
-                             ((N_FEATURES, N_OUT), {"max_exposure_us": 100.5}),
-                             ((N_FEATURES, N_OUT), {"n_frames": 0}),
-                             ((N_FEATURES, N_OUT), {"layout": "lined"}),
-                             ((10, N_OUT), {"layout": other}),
-                             ((11, N_OUT), {"layout": opu_driver.encoding.layouts.make_layout("lined", 10, 96, 64)})):
+        for args, kwargs in (
+            ((0, N_OUT), {}),
+            ((N_FEATURES, 0), {}),
+            ((N_FEATURES, 10**9), {}),
+            ((N_FEATURES, N_OUT), {"max_saturated_fraction": 0}),
+            ((N_FEATURES, N_OUT), {"max_saturated_fraction": 0.5}),
+            ((N_FEATURES, N_OUT), {"target_fraction": 1.5}),
+            ((N_FEATURES, N_OUT), {"target_fraction": float("nan")}),
+            ((N_FEATURES, N_OUT), {"max_exposure_us": 5}),
+            ((N_FEATURES, N_OUT), {"max_exposure_us": 100.5}),
+            ((N_FEATURES, N_OUT), {"n_frames": 0}),
+            ((N_FEATURES, N_OUT), {"layout": "lined"}),
+            ((10, N_OUT), {"layout": other}),
+            ((11, N_OUT), {"layout": opu_driver.encoding.layouts.make_layout("lined", 10, 96, 64)}),
+        ):
             with pytest.raises(InvalidInputError):
                 tune_exposure(opu, *args, **kwargs)
         assert opu.link_counters.bytes_sent == sent

@@ -1,4 +1,5 @@
 """The fidelity routine: repeatability, linearity and SNR of linear projections, checked against the emulator."""
+
 import math
 
 import numpy as np
@@ -26,8 +27,9 @@ def _n_eff(row):
 def test_default_noise_meets_the_linear_bar_and_the_snr_predicts_the_correlation_with_the_truth():
     seed = 5
     with opu_driver.open(SIM) as opu:
-        result = measure_fidelity(opu, N_FEATURES, N_OUT, schemes=("four_frame",), n_bits=(None,),
-                                  n_vectors=N_VECTORS, seed=seed)
+        result = measure_fidelity(
+            opu, N_FEATURES, N_OUT, schemes=("four_frame",), n_bits=(None,), n_vectors=N_VECTORS, seed=seed
+        )
         row = result.row("four_frame")
         # the vectors of the first row are the first draw of the seeded generator
         a, _ = _vectors(np.random.default_rng(seed), N_VECTORS, N_FEATURES, None)
@@ -43,15 +45,16 @@ def test_default_noise_meets_the_linear_bar_and_the_snr_predicts_the_correlation
     # repeatability and SNR are two readings of the same variances: r = snr / (1 + snr) up to sampling
     # (sd of r about (1 - r^2) / sqrt(n_eff); 5 sd)
     snr = row.snr
-    assert row.repeatability == pytest.approx(snr / (1 + snr), abs=5 * (1 - row.repeatability ** 2) /
-                                              math.sqrt(_n_eff(row)))
+    assert row.repeatability == pytest.approx(
+        snr / (1 + snr), abs=5 * (1 - row.repeatability**2) / math.sqrt(_n_eff(row))
+    )
     # The SNR predicts the correlation with the truth: rho = sqrt(snr / (1 + snr)) for independent noise.
     # Tolerance: the SNR's noise variance comes from n_eff samples (relative sd sqrt(2 / n_eff)), which moves rho by
     # 0.5 (1 - rho^2) sqrt(2 / n_eff); the measured correlation has sd at most (1 - rho^2) / sqrt(n_eff); 5 sd of
     # the two together.
     measured = correlation(Y[:, mask], exact[:, mask])
     predicted = math.sqrt(snr / (1 + snr))
-    sd = (1 - predicted ** 2) * math.sqrt(1.5 / _n_eff(row))
+    sd = (1 - predicted**2) * math.sqrt(1.5 / _n_eff(row))
     assert abs(measured - predicted) < 5 * sd, (measured, predicted, sd)
     assert measured >= 0.99
 
@@ -71,7 +74,7 @@ def test_without_noise_repeats_are_identical_and_linearity_is_limited_by_the_adc
         # ADC rounding only: each frame off by U(-1/2, 1/2) DN, `per` frames per projection, 3 projections in the
         # residual: variance 3 per / 12 DN^2, times the per-output scale. The RMS of L(a + b) is sqrt(2 S) (a and b
         # disjoint, S the variance of L(a) = the row's signal variance). 1.5x for the sample RMS.
-        bound = 1.5 * math.sqrt(3 * per / 12 * float(np.mean(scale ** 2))) / math.sqrt(2 * row.signal_variance)
+        bound = 1.5 * math.sqrt(3 * per / 12 * float(np.mean(scale**2))) / math.sqrt(2 * row.signal_variance)
         if scheme == "four_frame":
             assert row.linearity_error < bound
         else:
@@ -82,8 +85,13 @@ def test_without_noise_repeats_are_identical_and_linearity_is_limited_by_the_adc
         errors = [result.row(scheme, b).linearity_error for b in (1, 2, 4, 8)]
         assert all(later < earlier for earlier, later in zip(errors, errors[1:], strict=False))
         # frames: 4 or 2 per ternary projection, times the planes
-        assert [result.row(scheme, b).frames_per_vector for b in (None, 1, 2, 4, 8)] == [per, per, 2 * per,
-                                                                                         4 * per, 8 * per]
+        assert [result.row(scheme, b).frames_per_vector for b in (None, 1, 2, 4, 8)] == [
+            per,
+            per,
+            2 * per,
+            4 * per,
+            8 * per,
+        ]
 
 
 def test_snr_grows_then_saturates_with_bits_and_two_frame_is_less_linear():
@@ -99,7 +107,9 @@ def test_snr_grows_then_saturates_with_bits_and_two_frame_is_less_linear():
         # plane like the signal, sets the level. The SNR's sampling sd is about 10 log10(e) sqrt(2 / n_eff) dB
         # (under 0.2 dB); 5 sd of a difference of two: "never falls by more than 1.3 dB".
         sd_db = 10 / math.log(10) * math.sqrt(2 / _n_eff(rows[0]))
-        assert all(later > earlier - 5 * math.sqrt(2) * sd_db for earlier, later in zip(snr_db, snr_db[1:], strict=False))
+        assert all(
+            later > earlier - 5 * math.sqrt(2) * sd_db for earlier, later in zip(snr_db, snr_db[1:], strict=False)
+        )
         assert snr_db[-1] > snr_db[0] + 3
     four, two = result.row("four_frame"), result.row("two_frame")
     # The four-frame scheme has no bias: its linearity error is the noise of three projections, residual variance
@@ -135,20 +145,23 @@ def test_result_summary_arrays_and_table_follow_the_shared_spec():
     assert all(label in table for label in labels) and "SNR" in table
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"n_features": 1},
-    {"n_components": 0},
-    {"n_components": 64 * 48 + 1},
-    {"n_vectors": 1},
-    {"schemes": ("three_frame",)},
-    {"schemes": ()},
-    {"n_bits": (0,)},
-    {"n_bits": (17,)},
-    {"n_bits": (None, None)},
-    {"n_bits": (2.5,)},
-    {"seed": -1},
-    {"n_features": 96 * 64},  # no room beside the linear mode's reference region
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_features": 1},
+        {"n_components": 0},
+        {"n_components": 64 * 48 + 1},
+        {"n_vectors": 1},
+        {"schemes": ("three_frame",)},
+        {"schemes": ()},
+        {"n_bits": (0,)},
+        {"n_bits": (17,)},
+        {"n_bits": (None, None)},
+        {"n_bits": (2.5,)},
+        {"seed": -1},
+        {"n_features": 96 * 64},  # no room beside the linear mode's reference region
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_is_sent(kwargs):
     args = {"n_features": N_FEATURES, "n_components": N_OUT, **kwargs}
     with opu_driver.open(SIM) as opu:

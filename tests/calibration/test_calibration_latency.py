@@ -1,4 +1,5 @@
 """The latency routine finds the emulator's hidden lag from the light alone."""
+
 import numpy as np
 import pytest
 

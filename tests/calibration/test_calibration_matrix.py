@@ -1,4 +1,5 @@
 """The matrix estimate (digital twin of the linear mode) and the |xM|^2 check, against the emulator's truth."""
+
 import numpy as np
 import pytest
 
@@ -78,8 +79,18 @@ def test_hadamard_estimate_correlates_with_the_true_matrix_at_0_99_and_counts_it
     assert result.relative_error == pytest.approx(result.expected_relative_error, rel=0.1)
     assert result.holdout_correlation > 0.99
     summary = result.summary()
-    for key in ("n_features", "n_components", "probes", "scheme", "n_frames", "relative_error",
-                "holdout_correlation", "nonlinear_correlation", "nonlinear_relative_error", "roi_width"):
+    for key in (
+        "n_features",
+        "n_components",
+        "probes",
+        "scheme",
+        "n_frames",
+        "relative_error",
+        "holdout_correlation",
+        "nonlinear_correlation",
+        "nonlinear_relative_error",
+        "roi_width",
+    ):
         assert key in summary
     assert all(isinstance(v, (bool, int, float, str, type(None))) for v in summary.values())
     arrays = result.arrays()
@@ -92,8 +103,7 @@ def test_hadamard_estimate_correlates_with_the_true_matrix_at_0_99_and_counts_it
 @pytest.mark.slow
 def test_random_probes_reach_the_derived_correlation():
     with opu_driver.open(SIM, **SETTINGS) as opu:
-        result = estimate_matrix(opu, N_FEATURES, N_OUT, probes="random", n_probes=384, seed=3,
-                                 nonlinear_check=False)
+        result = estimate_matrix(opu, N_FEATURES, N_OUT, probes="random", n_probes=384, seed=3, nonlinear_check=False)
         m = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
         opu.linear_transform(np.eye(1, N_FEATURES), N_OUT)  # loads the linear layout for the ground truth
         F = opu.emulator.ground_truth.feature_matrix()[:, :N_OUT].astype(np.complex128)
@@ -147,19 +157,21 @@ def _nonlinear_expectation(opu, result, X, noise: bool):
     if noise:
         p = gt.noise
         t_s = opu.camera.settings.exposure_us * 1e-6
-        floor = dn ** 2 * (p.dark_offset_e + p.dark_current_e_per_s * t_s + p.read_noise_e ** 2) + 1 / 12
+        floor = dn**2 * (p.dark_offset_e + p.dark_current_e_per_s * t_s + p.read_noise_e**2) + 1 / 12
 
         def var(intensity_dn):  # shot noise, dark and read noise, ADC rounding, laser jitter (DN^2)
             return dn * intensity_dn + floor + (p.laser_jitter * intensity_dn) ** 2
     else:
+
         def var(intensity_dn):
             return np.full_like(intensity_dn, 1 / 12)
+
     ia, ib = g * np.abs(a[k]) ** 2, g * np.abs(b[k]) ** 2
     half = 0.5 * g * (np.abs(signal[:, k]) ** 2).sum(axis=0)  # a probe's p+ (or p-): half the features
     cos_d = np.real(np.conj(a[k]) * b[k]) / np.abs(a[k]) / np.abs(b[k])
     var_re = (2 * var(ia + half) + 2 * var(half)) / (4 * ia * n)
     var_ub = (2 * var(ib + half) + 2 * var(half)) / (4 * ib * n)
-    var_im = (var_ub + cos_d ** 2 * var_re) / (1 - cos_d ** 2)
+    var_im = (var_ub + cos_d**2 * var_re) / (1 - cos_d**2)
     truth = g * np.abs(X @ signal[:, k]) ** 2
     ones = X.sum(axis=1, keepdims=True)
     entry = var_re + var_im
@@ -167,13 +179,17 @@ def _nonlinear_expectation(opu, result, X, noise: bool):
     # The reference means (64 frames each of dark, A, B, A + B; rounding 1/12 DN^2 each) err once per pixel:
     # a relative error e of a quadrature's scale moves that quadrature of every x M' by e, the intensity by
     # ~2 e x (its half of it). cos D errs by sd_c / (2 |a| |b|), which moves Im by (1/sin D + |cos D|/sin^2 D).
-    mean_var = [var(np.zeros_like(ia)) / 64 + 1 / 12, var(ia) / 64 + 1 / 12, var(ib) / 64 + 1 / 12,
-                var(g * np.abs(a[k] + b[k]) ** 2) / 64 + 1 / 12]
-    sin_d = np.sqrt(1 - cos_d ** 2)
-    e_im = np.sqrt(sum(mean_var)) / (2 * np.sqrt(ia * ib)) * (1 / sin_d + np.abs(cos_d) / sin_d ** 2)
+    mean_var = [
+        var(np.zeros_like(ia)) / 64 + 1 / 12,
+        var(ia) / 64 + 1 / 12,
+        var(ib) / 64 + 1 / 12,
+        var(g * np.abs(a[k] + b[k]) ** 2) / 64 + 1 / 12,
+    ]
+    sin_d = np.sqrt(1 - cos_d**2)
+    e_im = np.sqrt(sum(mean_var)) / (2 * np.sqrt(ia * ib)) * (1 / sin_d + np.abs(cos_d) / sin_d**2)
     e_re = np.sqrt(mean_var[0] + mean_var[1]) / (2 * ia)
     e_b = np.sqrt(mean_var[0] + mean_var[2]) / (2 * ib) / sin_d
-    var_pred = var_pred + 4 * truth ** 2 * (e_re ** 2 + e_im ** 2 + e_b ** 2) / 2
+    var_pred = var_pred + 4 * truth**2 * (e_re**2 + e_im**2 + e_b**2) / 2
     var_meas = var(truth) * (1 + 1 / 64)  # the frame, and the mean of 64 dark frames subtracted
     return truth, var_pred, var_meas
 
@@ -231,20 +247,23 @@ def test_hadamard_rows_are_orthogonal_and_the_layout_splits_the_reference():
     np.testing.assert_array_equal(np.minimum(layout.mirror_feature_map(), N_FEATURES), split.mirror_feature_map())
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"probes": "sobol"},
-    {"scheme": "three_frame"},
-    {"probes": "hadamard", "n_probes": 300},
-    {"probes": "random", "n_probes": 50},  # fewer probes than the 64 features
-    {"n_holdout": 0},
-    {"n_repeats": 0},
-    {"seed": -1},
-    {"nonlinear_check": "yes"},
-    {"n_features": 0},
-    {"n_features": 96 * 64},  # no room beside the reference region
-    {"n_components": 0},
-    {"n_components": 64 * 48 + 1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"probes": "sobol"},
+        {"scheme": "three_frame"},
+        {"probes": "hadamard", "n_probes": 300},
+        {"probes": "random", "n_probes": 50},  # fewer probes than the 64 features
+        {"n_holdout": 0},
+        {"n_repeats": 0},
+        {"seed": -1},
+        {"nonlinear_check": "yes"},
+        {"n_features": 0},
+        {"n_features": 96 * 64},  # no room beside the reference region
+        {"n_components": 0},
+        {"n_components": 64 * 48 + 1},
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_is_sent(kwargs):
     with opu_driver.open(SIM) as opu:
         sent = opu.link_counters.bytes_sent

@@ -1,4 +1,5 @@
 """The calibration report draws one readable PNG of whatever a calibration record holds."""
+
 from __future__ import annotations
 
 import builtins
@@ -38,84 +39,160 @@ def synthetic_record(seed: int = 0) -> CalibrationRecord:
     hot = np.zeros(n_out, dtype=bool)
     hot[rng.choice(n_out, 30, replace=False)] = True
     mean_dn = (9.0 + rng.normal(0, 0.6, n_out) + hot * rng.uniform(15, 60, n_out)).astype(np.float32)
-    results["dark"] = {"n_frames": 64, "level_dn": 9.0, "fixed_pattern_dn": 0.6, "read_noise_dn": 1.2,
-                       "hot_pixels": int(hot.sum()), "method": "shutter", **roi}
+    results["dark"] = {
+        "n_frames": 64,
+        "level_dn": 9.0,
+        "fixed_pattern_dn": 0.6,
+        "read_noise_dn": 1.2,
+        "hot_pixels": int(hot.sum()),
+        "method": "shutter",
+        **roi,
+    }
     arrays |= {"dark/mean_dn": mean_dn, "dark/hot_pixels": hot}
 
     exposure_us = np.array([25, 50, 100, 200, 400, 800, 1600], dtype=np.float64)
     top_dn = np.minimum(255.0, 12 + 0.55 * exposure_us)
     saturated = np.clip((exposure_us - 420) / 4000, 0, None)
-    results["exposure"] = {"exposure_us": 400, "gain": 1.0, "saturated_fraction": 0.0, "max_saturated_fraction": 0.001,
-                           "top_dn": 232.0, "full_scale_dn": 255, "target_dn": 230}
-    arrays |= {"exposure/sweep_exposure_us": exposure_us, "exposure/sweep_gain": np.ones(7),
-               "exposure/sweep_top_dn": top_dn, "exposure/sweep_saturated_fraction": saturated}
+    results["exposure"] = {
+        "exposure_us": 400,
+        "gain": 1.0,
+        "saturated_fraction": 0.0,
+        "max_saturated_fraction": 0.001,
+        "top_dn": 232.0,
+        "full_scale_dn": 255,
+        "target_dn": 230,
+    }
+    arrays |= {
+        "exposure/sweep_exposure_us": exposure_us,
+        "exposure/sweep_gain": np.ones(7),
+        "exposure/sweep_top_dn": top_dn,
+        "exposure/sweep_saturated_fraction": saturated,
+    }
 
     correlations = rng.normal(0, 0.08, 17).astype(np.float32)
     correlations[2] = 0.98
-    results["latency"] = {"lag_frames": 2, "header_lag_frames": 2, "peak_correlation": 0.98,
-                          "second_correlation": float(np.sort(correlations)[-2]), "n_frames": 64}
+    results["latency"] = {
+        "lag_frames": 2,
+        "header_lag_frames": 2,
+        "peak_correlation": 0.98,
+        "second_correlation": float(np.sort(correlations)[-2]),
+        "n_frames": 64,
+    }
     arrays["latency/correlations"] = correlations
 
     lags = np.arange(9, dtype=np.float64)
     grid = np.arange(-8, 9)
     r2 = grid[:, None] ** 2 + grid[None, :] ** 2
-    auto_2d = np.exp(-r2 / 2.0 ** 2) + rng.normal(0, 0.01, r2.shape)
+    auto_2d = np.exp(-r2 / 2.0**2) + rng.normal(0, 0.01, r2.shape)
     auto_2d[8, 8] = 1.0
     selection = np.flatnonzero((np.arange(n_out) % width) % 3 == 0)
-    results["roi"] = {"grain_px": 2.0, "stride_px": 3, "n_selected": int(selection.size), "dropped_hot": 30,
-                      "dropped_dead": 0, "dropped_saturated": 0, **roi}
-    arrays |= {"roi/autocorrelation_lag_px": lags, "roi/autocorrelation": np.exp(-lags ** 2 / 4.0),
-               "roi/autocorrelation_2d": auto_2d.astype(np.float32), "roi/selection": selection.astype(np.int64),
-               "roi/mean_intensity_dn": rng.exponential(80, n_out).astype(np.float32)}
+    results["roi"] = {
+        "grain_px": 2.0,
+        "stride_px": 3,
+        "n_selected": int(selection.size),
+        "dropped_hot": 30,
+        "dropped_dead": 0,
+        "dropped_saturated": 0,
+        **roi,
+    }
+    arrays |= {
+        "roi/autocorrelation_lag_px": lags,
+        "roi/autocorrelation": np.exp(-(lags**2) / 4.0),
+        "roi/autocorrelation_2d": auto_2d.astype(np.float32),
+        "roi/selection": selection.astype(np.int64),
+        "roi/mean_intensity_dn": rng.exponential(80, n_out).astype(np.float32),
+    }
 
     reference = rng.exponential(60, n_out).astype(np.float32)
     mask = (reference >= 0.1 * np.median(reference)) & (reference < 240)
-    results["reference"] = {"n_features": 64, "n_components": n_out, "usable_fraction": round(float(mask.mean()), 4),
-                            "entry_variance": 3.2, "n_frames": 32, **roi}
+    results["reference"] = {
+        "n_features": 64,
+        "n_components": n_out,
+        "usable_fraction": round(float(mask.mean()), 4),
+        "entry_variance": 3.2,
+        "n_frames": 32,
+        **roi,
+    }
     arrays |= {"reference/reference_dn": reference, "reference/dark_dn": mean_dn, "reference/mask": mask}
 
     predicted = rng.normal(0, 1, 5000)
     intensity = rng.exponential(60, 5000)
-    results["matrix"] = {"n_features": 64, "n_components": n_out, "probes": "hadamard", "scheme": "four_frame",
-                         "n_frames": 256, "relative_error": 0.05, "holdout_correlation": 0.9987,
-                         "nonlinear_correlation": 0.995, "nonlinear_relative_error": 0.09}
-    arrays |= {"matrix/matrix": rng.normal(0, 1, (64, n_out)).astype(np.float32),
-               "matrix/holdout_predicted": predicted.astype(np.float32),
-               "matrix/holdout_measured": (predicted + rng.normal(0, 0.05, 5000)).astype(np.float32),
-               "matrix/nonlinear_predicted": intensity.astype(np.float32),
-               "matrix/nonlinear_measured":
-                   (intensity + rng.normal(0, 1, 5000) * np.sqrt(intensity)).astype(np.float32)}
+    results["matrix"] = {
+        "n_features": 64,
+        "n_components": n_out,
+        "probes": "hadamard",
+        "scheme": "four_frame",
+        "n_frames": 256,
+        "relative_error": 0.05,
+        "holdout_correlation": 0.9987,
+        "nonlinear_correlation": 0.995,
+        "nonlinear_relative_error": 0.09,
+    }
+    arrays |= {
+        "matrix/matrix": rng.normal(0, 1, (64, n_out)).astype(np.float32),
+        "matrix/holdout_predicted": predicted.astype(np.float32),
+        "matrix/holdout_measured": (predicted + rng.normal(0, 0.05, 5000)).astype(np.float32),
+        "matrix/nonlinear_predicted": intensity.astype(np.float32),
+        "matrix/nonlinear_measured": (intensity + rng.normal(0, 1, 5000) * np.sqrt(intensity)).astype(np.float32),
+    }
 
     labels = ["four_frame/ternary", "four_frame/8bit", "two_frame/ternary", "two_frame/8bit"]
     repeatability = [0.995, 0.9992, 0.986, 0.997]
     snr = [23.0, 31.0, 18.5, 25.2]
-    results["fidelity"] = {"n_features": 64, "n_components": n_out, "n_vectors": 32, "rows": ",".join(labels),
-                           **{f"{label}:repeatability": r for label, r in zip(labels, repeatability, strict=True)}}
-    arrays |= {"fidelity/frames_per_vector": np.array([4, 32, 2, 16]),
-               "fidelity/repeatability": np.array(repeatability),
-               "fidelity/linearity_error": np.array([0.01, 0.008, 0.04, 0.03]), "fidelity/snr_db": np.array(snr)}
+    results["fidelity"] = {
+        "n_features": 64,
+        "n_components": n_out,
+        "n_vectors": 32,
+        "rows": ",".join(labels),
+        **{f"{label}:repeatability": r for label, r in zip(labels, repeatability, strict=True)},
+    }
+    arrays |= {
+        "fidelity/frames_per_vector": np.array([4, 32, 2, 16]),
+        "fidelity/repeatability": np.array(repeatability),
+        "fidelity/linearity_error": np.array([0.01, 0.008, 0.04, 0.03]),
+        "fidelity/snr_db": np.array(snr),
+    }
 
     times_s = np.arange(0, 3601, 300, dtype=np.float64)
     drift = 0.998 * np.exp(-times_s / 60000) - 0.012 * (times_s / 3600) ** 2 + rng.normal(0, 0.001, times_s.size)
-    results["drift"] = {"n_features": 64, "n_components": n_out, "scheme": "four_frame", "n_probes": 16,
-                        "threshold": 0.95, "baseline_repeatability": 0.998,
-                        "last_correlation": round(float(drift[-1]), 4),
-                        "needs_recalibration": bool(drift[-1] < 0.95)}
-    arrays |= {"drift/times_s": times_s, "drift/correlations": drift,
-               "drift/probes": rng.integers(-1, 2, (16, 64)).astype(np.int8),
-               "drift/baseline": rng.normal(0, 1, (16, n_out)).astype(np.float32)}
+    results["drift"] = {
+        "n_features": 64,
+        "n_components": n_out,
+        "scheme": "four_frame",
+        "n_probes": 16,
+        "threshold": 0.95,
+        "baseline_repeatability": 0.998,
+        "last_correlation": round(float(drift[-1]), 4),
+        "needs_recalibration": bool(drift[-1] < 0.95),
+    }
+    arrays |= {
+        "drift/times_s": times_s,
+        "drift/correlations": drift,
+        "drift/probes": rng.integers(-1, 2, (16, 64)).astype(np.int8),
+        "drift/baseline": rng.normal(0, 1, (16, n_out)).astype(np.float32),
+    }
 
     return CalibrationRecord(
-        model="OPU-1", serial_number="SIM-00000003", firmware_version="1.0.0",
+        model="OPU-1",
+        serial_number="SIM-00000003",
+        firmware_version="1.0.0",
         settings={"exposure_us": 400, "gain": 1.0, "pixel_format": "MONO8", "n_components": n_out},
-        created=datetime(2024, 5, 17, 14, 3, 22, tzinfo=timezone.utc), results=results, arrays=arrays,
+        created=datetime(2024, 5, 17, 14, 3, 22, tzinfo=timezone.utc),
+        results=results,
+        arrays=arrays,
     )
 
 
 def _dark_only(record: CalibrationRecord) -> CalibrationRecord:
-    return CalibrationRecord(record.model, record.serial_number, record.firmware_version, dict(record.settings),
-                             record.created, {"dark": record.results["dark"]},
-                             {k: v for k, v in record.arrays.items() if k.startswith("dark/")})
+    return CalibrationRecord(
+        record.model,
+        record.serial_number,
+        record.firmware_version,
+        dict(record.settings),
+        record.created,
+        {"dark": record.results["dark"]},
+        {k: v for k, v in record.arrays.items() if k.startswith("dark/")},
+    )
 
 
 @pytest.mark.slow
@@ -233,12 +310,20 @@ def test_a_real_record_from_dark_and_latency_renders_and_survives_the_store(tmp_
         latency = measure_latency(opu, n_frames=32, max_lag_frames=8)
         info, camera = opu.info, opu.camera.settings
     record = CalibrationRecord(
-        model=info.model, serial_number=info.serial_number, firmware_version=info.firmware_version,
-        settings={"exposure_us": camera.exposure_us, "gain": camera.gain, "pixel_format": camera.pixel_format.name,
-                  "n_components": n_out},
+        model=info.model,
+        serial_number=info.serial_number,
+        firmware_version=info.firmware_version,
+        settings={
+            "exposure_us": camera.exposure_us,
+            "gain": camera.gain,
+            "pixel_format": camera.pixel_format.name,
+            "n_components": n_out,
+        },
         results={"dark": dark.summary(), "latency": latency.summary()},
-        arrays={**{f"dark/{k}": v for k, v in dark.arrays().items()},
-                **{f"latency/{k}": v for k, v in latency.arrays().items()}},
+        arrays={
+            **{f"dark/{k}": v for k, v in dark.arrays().items()},
+            **{f"latency/{k}": v for k, v in latency.arrays().items()},
+        },
     )
     loaded = CalibrationStore(tmp_path / "store").load(CalibrationStore(tmp_path / "store").save(record))
     assert panels_for(loaded) == ["dark_map", "dark_histogram", "latency"]

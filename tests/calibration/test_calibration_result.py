@@ -1,4 +1,5 @@
 """Results declare what a record keeps of them; routines declare how calibrate runs them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,16 @@ from opu_driver.calibration.result import (
 from opu_driver.devices.camera import Roi
 from opu_driver.errors import InvalidInputError
 
-RESULTS = (ExposureResult, DarkResult, LatencyResult, RoiResult, ReferenceResult, FidelityResult, MatrixResult,
-           DriftResult)
+RESULTS = (
+    ExposureResult,
+    DarkResult,
+    LatencyResult,
+    RoiResult,
+    ReferenceResult,
+    FidelityResult,
+    MatrixResult,
+    DriftResult,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,17 +82,36 @@ class _Toy(CalibrationResult):
 
 
 def _toy(**changes) -> _Toy:
-    values = dict(roi=Roi(1, 2, 30, 40), count=3, level=1.23456, slope=0.000123456, error=float("nan"),
-                  flags=np.array([1, 0, 1]), trace=np.arange(3, dtype=np.float64),
-                  table=(_Row("a", 0.123, "x"), _Row("b", math.inf, "y")))
+    values = dict(
+        roi=Roi(1, 2, 30, 40),
+        count=3,
+        level=1.23456,
+        slope=0.000123456,
+        error=float("nan"),
+        flags=np.array([1, 0, 1]),
+        trace=np.arange(3, dtype=np.float64),
+        table=(_Row("a", 0.123, "x"), _Row("b", math.inf, "y")),
+    )
     values.update(changes)
     return _Toy(**values)
 
 
 def test_the_summary_follows_the_declarations_with_the_region_last():
     summary = _toy().summary()
-    assert list(summary) == ["count", "level", "slope", "error", "doubled", "flags", "table", "a:value", "a:note",
-                             "b:value", "b:note", *region_keys()]
+    assert list(summary) == [
+        "count",
+        "level",
+        "slope",
+        "error",
+        "doubled",
+        "flags",
+        "table",
+        "a:value",
+        "a:note",
+        "b:value",
+        "b:note",
+        *region_keys(),
+    ]
     assert summary["level"] == 1.235 and summary["slope"] == 0.000123 and summary["doubled"] == 2.5
     assert summary["error"] is None and summary["b:value"] is None  # NaN and infinity: JSON has neither
     assert summary["flags"] == 2 and isinstance(summary["flags"], int)
@@ -118,13 +146,27 @@ def test_every_result_names_its_keys(result):
 
 
 def test_fidelity_rows_flatten_into_the_summary_in_row_order():
-    row = FidelityRow(scheme="two_frame", n_bits=4, frames_per_vector=8, repeatability=0.9999999, linearity_error=0.5,
-                      nonlinearity=float("nan"), snr_db=math.inf, signal_variance=1.0, noise_variance=0.0,
-                      n_outputs=3)
+    row = FidelityRow(
+        scheme="two_frame",
+        n_bits=4,
+        frames_per_vector=8,
+        repeatability=0.9999999,
+        linearity_error=0.5,
+        nonlinearity=float("nan"),
+        snr_db=math.inf,
+        signal_variance=1.0,
+        noise_variance=0.0,
+        n_outputs=3,
+    )
     result = FidelityResult(16, 32, 4, (row,))
     summary = result.summary()
-    assert list(FidelityRow.summary_key) == ["frames_per_vector", "repeatability", "linearity_error", "nonlinearity",
-                                             "snr_db"]
+    assert list(FidelityRow.summary_key) == [
+        "frames_per_vector",
+        "repeatability",
+        "linearity_error",
+        "nonlinearity",
+        "snr_db",
+    ]
     assert summary["rows"] == "two_frame/4bit" and summary["two_frame/4bit:repeatability"] == 1.0
     assert summary[FidelityResult.row_key("two_frame/4bit", "snr_db")] is None
     assert summary["two_frame/4bit:nonlinearity"] is None
@@ -162,8 +204,17 @@ def test_a_registered_routine_takes_its_place_in_the_order(monkeypatch):
     def from_plan(opu, plan, earlier, progress):
         return NoiseResult(level=float(earlier[DarkResult.routine].level_dn))
 
-    assert registry.routine_names() == ("exposure", "dark", "latency", "noise", "roi", "reference", "fidelity",
-                                        "matrix", "drift")
+    assert registry.routine_names() == (
+        "exposure",
+        "dark",
+        "latency",
+        "noise",
+        "roi",
+        "reference",
+        "fidelity",
+        "matrix",
+        "drift",
+    )
     dark = DarkResult(Roi(0, 0, 2, 1), 2, np.zeros(2, np.float32), 3.14159, 0.0, 1.0, np.zeros(2, bool), "shutter")
     assert registry.get_routine("noise").run(None, None, {"dark": dark}, False).summary() == {"level": 3.14}
 

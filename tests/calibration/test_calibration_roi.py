@@ -1,4 +1,5 @@
 """The roi routine recovers the emulator's speckle grain and selects nearly independent, healthy outputs."""
+
 import math
 
 import numpy as np
@@ -21,7 +22,7 @@ def _expected_profile(grain, max_lag=8, n=4096):
     position = x / grain
     left = np.floor(position)
     frac = position - left
-    norm = np.sqrt((1 - frac) ** 2 + frac ** 2)
+    norm = np.sqrt((1 - frac) ** 2 + frac**2)
     weights = {(i, m): w for i, (m, w) in enumerate(zip(left, (1 - frac) / norm, strict=True))}
     profile = []
     for d in range(max_lag + 1):
@@ -30,7 +31,7 @@ def _expected_profile(grain, max_lag=8, n=4096):
         for da, wa in ((0, (1 - frac) / norm), (1, frac / norm)):
             for db, wb in ((0, (1 - frac) / norm), (1, frac / norm)):
                 mu += wa[a] * wb[b] * ((left[a] + da) == (left[b] + db))
-        profile.append(np.mean(mu ** 2))
+        profile.append(np.mean(mu**2))
     del weights
     return np.array(profile)
 
@@ -182,9 +183,16 @@ def test_a_stride_beyond_the_measured_lags_raises_and_says_what_to_do():
 def test_bad_arguments_are_refused_before_anything_is_sent():
     with opu_driver.open(SIM + "&seed=1") as opu:
         sent = opu.link_counters.bytes_sent
-        for args, kwargs in (((0,), {}), ((N_OUT,), {"n_features": 1}), ((N_OUT,), {"n_frames": 1}),
-                             ((N_OUT,), {"max_lag_px": 0}), ((N_OUT,), {"max_lag_px": 48}), ((20,), {}),
-                             ((N_OUT,), {"dark": "dark"}), ((N_OUT,), {"n_frames": 2.0})):
+        for args, kwargs in (
+            ((0,), {}),
+            ((N_OUT,), {"n_features": 1}),
+            ((N_OUT,), {"n_frames": 1}),
+            ((N_OUT,), {"max_lag_px": 0}),
+            ((N_OUT,), {"max_lag_px": 48}),
+            ((20,), {}),
+            ((N_OUT,), {"dark": "dark"}),
+            ((N_OUT,), {"n_frames": 2.0}),
+        ):
             with pytest.raises(InvalidInputError):
                 measure_roi(opu, *args, **kwargs)
         dark = measure_dark(opu, 100, n_frames=4)

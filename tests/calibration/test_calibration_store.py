@@ -1,4 +1,5 @@
 """The calibration store: round trips, choice of the latest record, refusal of bad files, atomic writes."""
+
 from __future__ import annotations
 
 import io

@@ -3,6 +3,7 @@
 A scripted fake transport stands in for the serial line: it records the command lines the Controller sends
 and answers with the replies a test chooses, so garbage and out-of-grammar replies can be fed to each query.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -23,8 +24,12 @@ class FakeSerial:
     """A serial transport whose replies are scripted: a dict from command line to reply, or a callable."""
 
     def __init__(self, replies: dict[str, str] | None = None) -> None:
-        self.replies: dict[str, str] = {"*IDN?": IDN, "SYSTEM:VERSION?": "1", "LASER:STATE OFF": "OK",
-                                         "SHUTTER:STATE CLOSED": "OK"}
+        self.replies: dict[str, str] = {
+            "*IDN?": IDN,
+            "SYSTEM:VERSION?": "1",
+            "LASER:STATE OFF": "OK",
+            "SHUTTER:STATE CLOSED": "OK",
+        }
         self.replies.update(replies or {})
         self.sent: list[str] = []
         self.timeouts: list[float | None] = []
@@ -55,11 +60,37 @@ def _open(replies: dict[str, str] | None = None) -> tuple[ScpiController, FakeSe
     return controller, transport
 
 
-GARBAGE = ["", "   ", "\x00\x01", "\ufffd\ufffd", "OK OK", "ERR", 'ERR -200', "nan", "inf", "-inf", "1e999", "0x10",
-           "1_000", "12,5", "yes", "true", "on", "ON", "open", "ok", "int", "2", "-1", " 1 0", "50.000 mW"]
+GARBAGE = [
+    "",
+    "   ",
+    "\x00\x01",
+    "\ufffd\ufffd",
+    "OK OK",
+    "ERR",
+    "ERR -200",
+    "nan",
+    "inf",
+    "-inf",
+    "1e999",
+    "0x10",
+    "1_000",
+    "12,5",
+    "yes",
+    "true",
+    "on",
+    "ON",
+    "open",
+    "ok",
+    "int",
+    "2",
+    "-1",
+    " 1 0",
+    "50.000 mW",
+]
 
 
 # -- good replies parse -----------------------------------------------------------------------------------------
+
 
 def test_open_reads_identity_and_version_with_the_protocol_timeout():
     controller, transport = _open()
@@ -68,25 +99,36 @@ def test_open_reads_identity_and_version_with_the_protocol_timeout():
     assert transport.timeouts == [SERIAL_TIMEOUT_S, SERIAL_TIMEOUT_S]
 
 
-@pytest.mark.parametrize("reply, value", [("50.000", 50.0), ("0", 0.0), ("-3.5", -3.5), ("1e-3", 0.001),
-                                          ("+2.", 2.0), (".25", 0.25), ("1.5E+2", 150.0)])
-@pytest.mark.parametrize("keyword, getter", [
-    ("TEMPERATURE?", lambda c: c.temperature_c),
-    ("LASER:POWER?", lambda c: c.laser_power_mw),
-    ("LASER:POWER:MAX?", lambda c: c.laser_power_max_mw),
-])
+@pytest.mark.parametrize(
+    "reply, value",
+    [("50.000", 50.0), ("0", 0.0), ("-3.5", -3.5), ("1e-3", 0.001), ("+2.", 2.0), (".25", 0.25), ("1.5E+2", 150.0)],
+)
+@pytest.mark.parametrize(
+    "keyword, getter",
+    [
+        ("TEMPERATURE?", lambda c: c.temperature_c),
+        ("LASER:POWER?", lambda c: c.laser_power_mw),
+        ("LASER:POWER:MAX?", lambda c: c.laser_power_max_mw),
+    ],
+)
 def test_numbers_parse(keyword: str, getter: Callable[[ScpiController], float], reply: str, value: float):
     controller, _ = _open({keyword: reply})
     assert getter(controller) == pytest.approx(value, rel=1e-12)  # decimal -> float: exact up to rounding
 
 
-@pytest.mark.parametrize("keyword, getter, table", [
-    ("LASER:STATE?", lambda c: c.laser_is_on, {"1": True, "0": False}),
-    ("SHUTTER:STATE?", lambda c: c.shutter_is_open, {"OPEN": True, "CLOSED": False}),
-    ("INTERLOCK?", lambda c: c.interlock_ok, {"OK": True, "TRIPPED": False}),
-    ("TRIGGER:MODE?", lambda c: c.trigger_mode,
-     {"INT": TriggerMode.INTERNAL, "SOFT": TriggerMode.SOFTWARE, "EXT": TriggerMode.EXTERNAL}),
-])
+@pytest.mark.parametrize(
+    "keyword, getter, table",
+    [
+        ("LASER:STATE?", lambda c: c.laser_is_on, {"1": True, "0": False}),
+        ("SHUTTER:STATE?", lambda c: c.shutter_is_open, {"OPEN": True, "CLOSED": False}),
+        ("INTERLOCK?", lambda c: c.interlock_ok, {"OK": True, "TRIPPED": False}),
+        (
+            "TRIGGER:MODE?",
+            lambda c: c.trigger_mode,
+            {"INT": TriggerMode.INTERNAL, "SOFT": TriggerMode.SOFTWARE, "EXT": TriggerMode.EXTERNAL},
+        ),
+    ],
+)
 def test_words_parse(keyword: str, getter: Callable[[ScpiController], object], table: dict[str, object]):
     for reply, value in table.items():
         controller, _ = _open({keyword: reply})
@@ -94,10 +136,17 @@ def test_words_parse(keyword: str, getter: Callable[[ScpiController], object], t
 
 
 def test_commands_are_built_by_format_command_and_accept_ok():
-    controller, transport = _open({
-        "*RST": "OK", "LASER:STATE ON": "OK", "LASER:POWER:MAX?": "100.000", "LASER:POWER 12.5": "OK",
-        "SHUTTER:STATE OPEN": "OK", "INTERLOCK:RESET": "OK", "TRIGGER:MODE SOFT": "OK",
-    })
+    controller, transport = _open(
+        {
+            "*RST": "OK",
+            "LASER:STATE ON": "OK",
+            "LASER:POWER:MAX?": "100.000",
+            "LASER:POWER 12.5": "OK",
+            "SHUTTER:STATE OPEN": "OK",
+            "INTERLOCK:RESET": "OK",
+            "TRIGGER:MODE SOFT": "OK",
+        }
+    )
     controller.reset()
     controller.laser_on()
     controller.laser_off()
@@ -106,9 +155,17 @@ def test_commands_are_built_by_format_command_and_accept_ok():
     controller.close_shutter()
     controller.reset_interlock()
     controller.set_trigger_mode("SOFT")
-    assert transport.sent[2:] == ["*RST", "LASER:STATE ON", "LASER:STATE OFF", "LASER:POWER:MAX?",
-                                  "LASER:POWER 12.5", "SHUTTER:STATE OPEN", "SHUTTER:STATE CLOSED",
-                                  "INTERLOCK:RESET", "TRIGGER:MODE SOFT"]
+    assert transport.sent[2:] == [
+        "*RST",
+        "LASER:STATE ON",
+        "LASER:STATE OFF",
+        "LASER:POWER:MAX?",
+        "LASER:POWER 12.5",
+        "SHUTTER:STATE OPEN",
+        "SHUTTER:STATE CLOSED",
+        "INTERLOCK:RESET",
+        "TRIGGER:MODE SOFT",
+    ]
 
 
 def test_errors_drains_the_queue():
@@ -154,8 +211,12 @@ QUERIES: list[tuple[str, Callable[[ScpiController], object], set[str]]] = [
 ]
 
 
-BAD_QUERY_REPLIES = [pytest.param(keyword, getter, reply, id=f"{keyword}-{reply!r}")
-                     for keyword, getter, good in QUERIES for reply in GARBAGE if reply not in good]
+BAD_QUERY_REPLIES = [
+    pytest.param(keyword, getter, reply, id=f"{keyword}-{reply!r}")
+    for keyword, getter, good in QUERIES
+    for reply in GARBAGE
+    if reply not in good
+]
 
 
 @pytest.mark.parametrize("keyword, getter, reply", BAD_QUERY_REPLIES)
@@ -216,7 +277,7 @@ def test_bad_protocol_version_fails_open(version: str):
         ScpiController(transport).open()  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("entry", ["", "0", "-113", '-113,Undefined header', 'x,"y"', "garbage"])
+@pytest.mark.parametrize("entry", ["", "0", "-113", "-113,Undefined header", 'x,"y"', "garbage"])
 def test_malformed_error_queue_entries_raise_protocol_error(entry: str):
     controller, _ = _open({"SYSTEM:ERROR?": entry})
     with pytest.raises(ProtocolError):

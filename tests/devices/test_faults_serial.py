@@ -7,6 +7,7 @@ is deterministic, so "recovered" means bit for bit the fault-free result of the 
 Timeouts are tested on a real pseudo-terminal, whose far end a test thread plays, so the transport's deadline
 and its drain before a retry run for real.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,13 @@ def _session(opu) -> dict[str, object]:
     out["off"] = (controller.laser_is_on, controller.shutter_is_open)
     controller.set_laser_power_mw(20.0)
     controller.laser_on()
-    out["on"] = (controller.laser_is_on, controller.laser_power_mw, controller.interlock_ok,
-                 controller.trigger_mode, controller.laser_power_max_mw)
+    out["on"] = (
+        controller.laser_is_on,
+        controller.laser_power_mw,
+        controller.interlock_ok,
+        controller.trigger_mode,
+        controller.laser_power_max_mw,
+    )
     out["errors"] = controller.errors()
     return out
 
@@ -98,13 +104,15 @@ def _assert_same(result: dict[str, object], reference: dict[str, object]) -> Non
 
 # -- the emulator: garbage before replies ----------------------------------------------------------------------
 
+
 # A session makes about 22 controller exchanges (open, both projections, laser off and on, the queries, the error
 # queue, close). At rate 0.2 per reply, one exchange uses up its 3 attempts with probability 0.2**3 = 0.008, so
 # a session fails with about 16 % probability: the draws are replayed exactly from the seed, and seeds 2 and 3
 # draw 9 and 3 garbled replies (seed 2 garbles some exchange twice in a row; seed 3 hits SYSTEM:ERROR?, which is
 # resynchronised) and no exhausted exchange. serial@1,serial@4 hits *IDN? and the first command of the session.
-@pytest.mark.parametrize("seed, faults, least", [(2, "serial:0.2", 6), (3, "serial:0.2", 3),
-                                                 (5, "serial@1,serial@4", 2)])
+@pytest.mark.parametrize(
+    "seed, faults, least", [(2, "serial:0.2", 6), (3, "serial:0.2", 3), (5, "serial@1,serial@4", 2)]
+)
 def test_garbage_is_retried_and_the_session_gives_the_fault_free_results(references, seed, faults, least, caplog):
     caplog.set_level(logging.WARNING, logger="opu_driver.devices.v1.controller")
     with opu_driver.open(f"{_url(seed)}&faults={faults}", timeout_s=TIMEOUT_S) as opu:
@@ -179,6 +187,7 @@ def test_the_error_queue_is_resynchronised_not_retried():
 
 # -- scripted replies: what is retried and what is not ---------------------------------------------------------
 
+
 class ScriptedSerial:
     """A transport answering each command line with the next reply of its script (a callable may raise)."""
 
@@ -210,13 +219,16 @@ def _timeout() -> str:
     raise CommunicationTimeoutError("no reply (scripted)")
 
 
-@pytest.mark.parametrize("line, act", [
-    ("LASER:STATE ON", lambda c: c.laser_on()),
-    ("SHUTTER:STATE CLOSED", lambda c: c.close_shutter()),
-    ("TRIGGER:MODE SOFT", lambda c: c.set_trigger_mode("SOFT")),
-    ("*RST", lambda c: c.reset()),
-    ("TEMPERATURE?", lambda c: c.temperature_c),
-])
+@pytest.mark.parametrize(
+    "line, act",
+    [
+        ("LASER:STATE ON", lambda c: c.laser_on()),
+        ("SHUTTER:STATE CLOSED", lambda c: c.close_shutter()),
+        ("TRIGGER:MODE SOFT", lambda c: c.set_trigger_mode("SOFT")),
+        ("*RST", lambda c: c.reset()),
+        ("TEMPERATURE?", lambda c: c.temperature_c),
+    ],
+)
 def test_idempotent_exchanges_are_retried_after_garbage_and_timeouts(line, act):
     good = "25.00" if line.endswith("?") else "OK"
     transport = ScriptedSerial({line: ["\ufffdOK\ufffd", _timeout, good]})
@@ -251,8 +263,9 @@ def test_refusals_are_answers_and_are_not_retried():
 
 
 def test_the_error_queue_is_never_asked_twice():
-    transport = ScriptedSerial({"SYSTEM:ERROR?": ['\ufffd\ufffd\ufffd-113,"Undefined header"', '0,"No error"',
-                                                  "\ufffd\ufffd"]})
+    transport = ScriptedSerial(
+        {"SYSTEM:ERROR?": ['\ufffd\ufffd\ufffd-113,"Undefined header"', '0,"No error"', "\ufffd\ufffd"]}
+    )
     controller = ScpiController(transport)  # type: ignore[arg-type]
     controller.open()
     assert controller.errors() == [(-113, "Undefined header")]  # garbage dropped
@@ -291,6 +304,7 @@ def test_a_version_mismatch_is_an_answer_not_noise():
 
 
 # -- a real line: timeouts, late replies, the drain --------------------------------------------------------------
+
 
 class FarEnd:
     """The device end of a pseudo-terminal: answers each command line with ``answer(line)`` (None: silence)."""
@@ -353,8 +367,12 @@ def _controller_on(end: FarEnd) -> ScpiController:
 
 
 def _basic(line: str) -> str | None:
-    return {"*IDN?": IDN + "\n", "SYSTEM:VERSION?": "1\n", "LASER:STATE OFF": "OK\n",
-            "SHUTTER:STATE CLOSED": "OK\n"}.get(line)
+    return {
+        "*IDN?": IDN + "\n",
+        "SYSTEM:VERSION?": "1\n",
+        "LASER:STATE OFF": "OK\n",
+        "SHUTTER:STATE CLOSED": "OK\n",
+    }.get(line)
 
 
 def test_silence_is_retried_then_a_timeout_error_within_the_documented_bound(far_end):

@@ -7,6 +7,7 @@ Where each runs:
 - the emulator as its own process (``opu sim``) on a real pseudo-terminal, for the controller line;
 - a physical OPU, with ``--hardware URL``.
 """
+
 from __future__ import annotations
 
 import re
@@ -107,12 +108,15 @@ class TestScpiOnTheEmulator(ScpiConformance):
     def controller(self, sim_rig):
         return sim_rig.controller
 
+
 @pytest.fixture(scope="module")
 def pty_path():
     """`opu sim` as its own process; yields the pseudo-terminal path it prints."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "opu_tools.cli", "sim", "--query", "seed=4"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 20

@@ -6,6 +6,7 @@ input with InvalidInputError before sending anything; be usable as a context man
 Optical backends add camera noise and return 0 on a few masked outputs (pixels whose reference is unusable);
 the tolerances below take both into account, each derived where it is used.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,7 @@ def _digital(**options):
 def _local(**options):
     # 12-bit pixels and an exposure that keeps the brightest linear-mode frames below full scale, as the
     # exposure calibration would choose (opu calibrate exposure).
-    return dfa_client.connect(OPTICAL_SIM, N_OUT, calibration=None, pixel_format="MONO12", exposure_us=200,
-                              **options)
+    return dfa_client.connect(OPTICAL_SIM, N_OUT, calibration=None, pixel_format="MONO12", exposure_us=200, **options)
 
 
 _SERVICES: list = []
@@ -42,8 +42,11 @@ def _tcp(**options):
     if not _SERVICES:
         from opu_driver.service import OpuService
 
-        _SERVICES.append(OpuService(OPTICAL_SIM, opu_settings={"calibration": None, "pixel_format": "MONO12",
-                                                               "exposure_us": 200}).start())
+        _SERVICES.append(
+            OpuService(
+                OPTICAL_SIM, opu_settings={"calibration": None, "pixel_format": "MONO12", "exposure_us": 200}
+            ).start()
+        )
     host, port = _SERVICES[0].address
     return dfa_client.connect(f"tcp://{host}:{port}", N_OUT, timeout_s=30, **options)
 
@@ -89,8 +92,7 @@ def exact(backend):
 
 
 def _ternary(rng, batch, density=0.5):
-    return rng.choice([-1, 0, 1], size=(batch, N_FEATURES), p=[density / 2, 1 - density, density / 2]).astype(
-        np.int8)
+    return rng.choice([-1, 0, 1], size=(batch, N_FEATURES), p=[density / 2, 1 - density, density / 2]).astype(np.int8)
 
 
 def _usable(P):
@@ -127,9 +129,14 @@ def test_bad_input_is_refused_before_anything_is_sent(make_projector):
     projected = p.vectors_projected
     sent = getattr(p, "frames_sent", None)
     bad = [
-        np.full((2, N_FEATURES), np.nan), np.full((2, N_FEATURES), np.inf), np.ones((2, N_FEATURES + 1)),
-        np.ones((2, 2, N_FEATURES)), np.array([["a"] * N_FEATURES]), np.ones((2, 0)),
-        np.ma.masked_array(np.ones((2, N_FEATURES)), mask=True), [[1, 2], [3]],
+        np.full((2, N_FEATURES), np.nan),
+        np.full((2, N_FEATURES), np.inf),
+        np.ones((2, N_FEATURES + 1)),
+        np.ones((2, 2, N_FEATURES)),
+        np.array([["a"] * N_FEATURES]),
+        np.ones((2, 0)),
+        np.ma.masked_array(np.ones((2, N_FEATURES)), mask=True),
+        [[1, 2], [3]],
     ]
     for errors in bad:
         with pytest.raises(InvalidInputError):
@@ -143,8 +150,7 @@ def test_bad_input_is_refused_before_anything_is_sent(make_projector):
 
 def test_bad_options_are_refused(backend):
     factory, _ = backend
-    for options in ({"scheme": "three_frame"}, {"n_bits": 0}, {"n_features": 0}, {"max_batch": 0},
-                    {"n_bits": 2.5}):
+    for options in ({"scheme": "three_frame"}, {"n_bits": 0}, {"n_features": 0}, {"max_batch": 0}, {"n_bits": 2.5}):
         with pytest.raises(InvalidInputError):
             factory(**options)
 
@@ -169,7 +175,8 @@ def test_one_matrix_repeatable_and_linear(make_projector, exact):
     keep = ~np.isnan(Pa + Pa2 + Pb + Pab)
     Pa, Pa2, Pb, Pab = Pa[keep], Pa2[keep], Pb[keep], Pab[keep]
     noise = np.var(Pa - Pa2) / 2  # per-projection noise variance, from the repeat
-    # Repeatable: the correlation of two repeats is S / (S + N) (the linear mode's fidelity bar, 0.99, is on its square root).
+    # Repeatable: the correlation of two repeats is S / (S + N) (the linear mode's fidelity bar, 0.99, is on its
+    # square root).
     assert np.corrcoef(Pa.ravel(), Pa2.ravel())[0, 1] >= 0.98
     # Linear: the residual Pa + Pb - Pab holds the independent noise of three projections (3 N); a linear-mode
     # bias would add to it. The variance estimate of N has relative sd sqrt(2 / n_eff) (n_eff ~ size / 4: a
@@ -253,6 +260,9 @@ def test_calls_from_several_threads_each_get_their_own_result(make_projector, ex
             # its own result, not a neighbour's: far closer to its solo projection than to any other input's
             use = _usable(alone[i])
             own = np.corrcoef(results[i][:, use].ravel(), alone[i][:, use].ravel())[0, 1]
-            others = max(np.corrcoef(results[i][:, use].ravel(), alone[j][:, use].ravel())[0, 1]
-                         for j in range(len(inputs)) if j != i)
+            others = max(
+                np.corrcoef(results[i][:, use].ravel(), alone[j][:, use].ravel())[0, 1]
+                for j in range(len(inputs))
+                if j != i
+            )
             assert own > 0.95 and own > others + 0.5

@@ -1,4 +1,5 @@
 """The optional PyTorch integration (dfa_client.torch_dfa): DFA layers through custom autograd Functions, on CPU."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -89,7 +90,7 @@ def test_torch_dfa_trains_on_digits():
         order = torch.randperm(len(y), generator=generator)
         total = 0.0
         for start in range(0, len(y), 32):
-            batch = order[start:start + 32]
+            batch = order[start : start + 32]
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(X[batch]), y[batch])
             loss.backward()
@@ -97,7 +98,9 @@ def test_torch_dfa_trains_on_digits():
             total += float(loss.detach()) * len(batch)
         epoch_losses.append(total / len(y))
     with torch.no_grad():
-        accuracy = float((model(torch.from_numpy(data.X_test)).argmax(1) == torch.from_numpy(data.y_test)).float().mean())
+        accuracy = float(
+            (model(torch.from_numpy(data.X_test)).argmax(1) == torch.from_numpy(data.y_test)).float().mean()
+        )
     assert epoch_losses[-1] < 0.5 * epoch_losses[0], epoch_losses
     assert accuracy > 0.8
 

@@ -1,4 +1,5 @@
 """DFA training helpers (dfa_client.dfa), the numpy network (dfa_client.nn), the data sets and the training CLI."""
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,9 @@ def digits():
 
 # -- ternarisation ------------------------------------------------------------------------------------------
 def test_ternarize_keeps_signs_of_entries_at_or_above_the_fraction_of_the_row_maximum():
-    e = np.array([[0.5, -0.2, 0.05, -0.5, 0.0, 0.15],
-                  [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-                  [-0.01, 0.002, 0.003, 0.0, 0.0, 0.0]])
+    e = np.array(
+        [[0.5, -0.2, 0.05, -0.5, 0.0, 0.15], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [-0.01, 0.002, 0.003, 0.0, 0.0, 0.0]]
+    )
     codes = ternarize(e, threshold=0.3, rule="max")
     assert codes.dtype == np.int8
     # row 0: cut 0.15 (kept: 0.15 itself, the boundary is inclusive); row 1: zeros; row 2: cut 0.003 (scale-free)
@@ -48,8 +49,17 @@ def test_ternarize_keeps_signs_of_entries_at_or_above_the_fraction_of_the_row_ma
     assert (np.abs(ternarize(E, 1.0)).sum(axis=1) == 1).all()
 
 
-@pytest.mark.parametrize("kwargs", [dict(threshold=0.0), dict(threshold=1.5), dict(threshold=float("nan")),
-                                    dict(threshold=True), dict(rule="median"), dict(threshold=-1, rule="absolute")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(threshold=0.0),
+        dict(threshold=1.5),
+        dict(threshold=float("nan")),
+        dict(threshold=True),
+        dict(rule="median"),
+        dict(threshold=-1, rule="absolute"),
+    ],
+)
 def test_ternarize_refuses_bad_rules_and_thresholds(kwargs):
     with pytest.raises(InvalidInputError):
         ternarize(np.ones((2, 3)), **kwargs)
@@ -103,12 +113,12 @@ def test_ternary_feedback_projects_the_codes_centres_and_rescales_rows():
         T = ternarize(E, 0.3)
         centred = T - T.mean(axis=1, keepdims=True)
         default = FeedbackProjection(projector, [8], encoding="ternary", threshold=0.3)
-        np.testing.assert_allclose(default.project(E), ternary_scales(E, centred)[:, None] * (centred @ B) / math.sqrt(5),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            default.project(E), ternary_scales(E, centred)[:, None] * (centred @ B) / math.sqrt(5), rtol=1e-5, atol=1e-6
+        )
         assert projector.vectors_projected == 7  # the codes and the all-ones vector, in one call
         scaled = FeedbackProjection(projector, [8], encoding="ternary", centre=False).project(E)
-        np.testing.assert_allclose(scaled, ternary_scales(E, T)[:, None] * (T @ B) / math.sqrt(5), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(scaled, ternary_scales(E, T)[:, None] * (T @ B) / math.sqrt(5), rtol=1e-5, atol=1e-6)
         raw = FeedbackProjection(projector, [8], encoding="ternary", rescale=False, centre=False).project(E)
         np.testing.assert_allclose(raw, (T @ B) / math.sqrt(5), rtol=1e-5, atol=1e-6)
         assert FeedbackProjection(projector, [8], encoding="ternary").dense_matrix() is None
@@ -116,10 +126,16 @@ def test_ternary_feedback_projects_the_codes_centres_and_rescales_rows():
 
 def test_feedback_refuses_bad_settings_and_bad_errors_before_sending():
     with dfa_client.connect("digital://?seed=1", n_components=10, n_features=3) as projector:
-        for kwargs in (dict(layer_sizes=[6, 6]), dict(layer_sizes=[]), dict(layer_sizes=[0, 4]),
-                       dict(layer_sizes=[5], scale="fan"), dict(layer_sizes=[5, 5], scale=[1.0]),
-                       dict(layer_sizes=[5], scale=-1.0), dict(layer_sizes=[5], encoding="binary"),
-                       dict(layer_sizes=[5], encoding="ternary", threshold=2.0)):
+        for kwargs in (
+            dict(layer_sizes=[6, 6]),
+            dict(layer_sizes=[]),
+            dict(layer_sizes=[0, 4]),
+            dict(layer_sizes=[5], scale="fan"),
+            dict(layer_sizes=[5, 5], scale=[1.0]),
+            dict(layer_sizes=[5], scale=-1.0),
+            dict(layer_sizes=[5], encoding="binary"),
+            dict(layer_sizes=[5], encoding="ternary", threshold=2.0),
+        ):
             with pytest.raises(InvalidInputError):
                 FeedbackProjection(projector, **kwargs)
         feedback = FeedbackProjection(projector, [5, 5], encoding="ternary")
@@ -152,15 +168,16 @@ def test_real_errors_through_bit_planes_on_the_emulator():
     E = 0.1 * rng.standard_normal((20, 10))
     errors = {}
     for n_bits in (4, 6):
-        with dfa_client.connect(OPTICAL_SIM + "&noise=0", n_components=48, n_features=10, n_bits=n_bits,
-                                pixel_format="MONO12") as projector:
+        with dfa_client.connect(
+            OPTICAL_SIM + "&noise=0", n_components=48, n_features=10, n_bits=n_bits, pixel_format="MONO12"
+        ) as projector:
             feedback = FeedbackProjection(projector, [32, 16], scale=1.0)
             B = feedback.project(np.eye(10))  # one-hot rows are ternary: the device's B itself, column by column
             P = feedback.project(E)
             reference = E @ B.astype(np.float64)
-            errors[n_bits] = math.sqrt(((P - reference) ** 2).mean() / (reference ** 2).mean())
-            step = np.abs(E).max() / (2 ** n_bits - 1)
-            bound = 2 * step / math.sqrt(12) / math.sqrt((E ** 2).mean()) + 0.01
+            errors[n_bits] = math.sqrt(((P - reference) ** 2).mean() / (reference**2).mean())
+            step = np.abs(E).max() / (2**n_bits - 1)
+            bound = 2 * step / math.sqrt(12) / math.sqrt((E**2).mean()) + 0.01
             assert errors[n_bits] < bound, (n_bits, errors[n_bits], bound)
     assert errors[6] < errors[4]
 
@@ -198,7 +215,7 @@ def test_dfa_update_uses_the_projection_for_hidden_layers_and_the_true_gradient_
         logits = net.forward(X)
         e = net.output_error(logits, y)
         h1 = np.tanh(X @ net.weights[0] + net.biases[0])
-        delta = feedback(e)[0] * (1 - h1 ** 2)
+        delta = feedback(e)[0] * (1 - h1**2)
     np.testing.assert_allclose(dfa[0].weight, X.T @ delta / 9, rtol=1e-6)
     np.testing.assert_allclose(dfa[-1].weight, true[-1].weight)
     assert not np.allclose(dfa[1].weight, true[1].weight)
@@ -222,8 +239,16 @@ def test_numpy_dfa_learns_digits_and_aligns_with_backprop(digits):
         net = MLP([64, 64, 64, 10], seed=0)
         before = net.alignment(digits.X_test, digits.y_test, feedback)
         seen = []
-        history = net.fit(digits.X_train, digits.y_train, "dfa", feedback, settings, digits.X_test, digits.y_test,
-                          callbacks=[seen.append])
+        history = net.fit(
+            digits.X_train,
+            digits.y_train,
+            "dfa",
+            feedback,
+            settings,
+            digits.X_test,
+            digits.y_test,
+            callbacks=[seen.append],
+        )
         after = net.alignment(digits.X_test, digits.y_test, feedback)
     assert seen == history and [log.epoch for log in history] == [1, 2, 3, 4, 5]
     assert history[-1].train_loss < 0.5 * history[0].train_loss
@@ -239,8 +264,14 @@ def test_fit_callbacks_can_stop_early_and_training_is_reproducible(digits):
     def train() -> MLP:
         with dfa_client.connect("digital://?seed=2", n_components=32, n_features=10) as projector:
             net = MLP([64, 16, 16, 10], seed=3)
-            history = net.fit(digits.X_train, digits.y_train, "dfa", FeedbackProjection(projector, [16, 16]),
-                              TrainSettings(epochs=5, seed=1), callbacks=[lambda log: log.epoch == 2])
+            history = net.fit(
+                digits.X_train,
+                digits.y_train,
+                "dfa",
+                FeedbackProjection(projector, [16, 16]),
+                TrainSettings(epochs=5, seed=1),
+                callbacks=[lambda log: log.epoch == 2],
+            )
         assert len(history) == 2
         return net
 
@@ -287,9 +318,25 @@ def test_digits_split_is_fixed_stratified_and_scaled(digits):
 def test_training_cli_runs_end_to_end_on_digits(tmp_path):
     pytest.importorskip("matplotlib")
     out, plot = tmp_path / "results.json", tmp_path / "curves.png"
-    command = [sys.executable, "-m", "dfa_client.train", "--dataset", "digits", "--epochs", "2",
-               "--methods", "backprop,digital,optical4,optical2", "--hidden", "64,64", "--url", OPTICAL_SIM,
-               "--out", str(out), "--plot", str(plot)]
+    command = [
+        sys.executable,
+        "-m",
+        "dfa_client.train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--methods",
+        "backprop,digital,optical4,optical2",
+        "--hidden",
+        "64,64",
+        "--url",
+        OPTICAL_SIM,
+        "--out",
+        str(out),
+        "--plot",
+        str(plot),
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "| optical2 | digits |" in done.stdout
@@ -314,8 +361,13 @@ def test_training_cli_runs_end_to_end_on_digits(tmp_path):
 
 
 def test_training_cli_refuses_unknown_methods():
-    done = subprocess.run([sys.executable, "-m", "dfa_client.train", "--methods", "backprop,magic"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "dfa_client.train", "--methods", "backprop,magic"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "magic" in done.stderr
 
 

@@ -1,5 +1,6 @@
 """The OPU service's message codec (dfa_client.wire): round trips, and refusal of bad, truncated or oversized
 messages before anything is allocated for them."""
+
 from __future__ import annotations
 
 import json
@@ -24,23 +25,44 @@ from dfa_client.wire import (
 )
 
 
-def raw(msg_type: int = MessageType.PROJECT, request_id: int = 1, header: bytes = b"", payload: bytes = b"",
-        magic: bytes = MAGIC, version: int = wire.PROTOCOL_VERSION, flags: int = 0,
-        header_len: int | None = None, payload_len: int | None = None) -> bytes:
+def raw(
+    msg_type: int = MessageType.PROJECT,
+    request_id: int = 1,
+    header: bytes = b"",
+    payload: bytes = b"",
+    magic: bytes = MAGIC,
+    version: int = wire.PROTOCOL_VERSION,
+    flags: int = 0,
+    header_len: int | None = None,
+    payload_len: int | None = None,
+) -> bytes:
     """A hand-made message, with lengths that may lie."""
-    return PREFIX.pack(magic, version, msg_type, flags, request_id,
-                       len(header) if header_len is None else header_len,
-                       len(payload) if payload_len is None else payload_len) + header + payload
+    return (
+        PREFIX.pack(
+            magic,
+            version,
+            msg_type,
+            flags,
+            request_id,
+            len(header) if header_len is None else header_len,
+            len(payload) if payload_len is None else payload_len,
+        )
+        + header
+        + payload
+    )
 
 
-@pytest.mark.parametrize("array", [
-    np.arange(12, dtype=np.float64).reshape(3, 4) - 5.5,
-    np.array([[np.finfo(np.float64).max, -np.finfo(np.float64).tiny, -0.0]]),
-    np.linspace(-1, 1, 7, dtype=np.float32),
-    np.zeros((0, 9), dtype=np.float32),
-    np.asfortranarray(np.ones((4, 3))),
-    np.arange(6, dtype=">f8").reshape(2, 3),  # big-endian input goes out little-endian
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float64).reshape(3, 4) - 5.5,
+        np.array([[np.finfo(np.float64).max, -np.finfo(np.float64).tiny, -0.0]]),
+        np.linspace(-1, 1, 7, dtype=np.float32),
+        np.zeros((0, 9), dtype=np.float32),
+        np.asfortranarray(np.ones((4, 3))),
+        np.arange(6, dtype=">f8").reshape(2, 3),  # big-endian input goes out little-endian
+    ],
+)
 def test_array_round_trip_is_exact(array: np.ndarray) -> None:
     data = wire.encode(MessageType.PROJECT, 2**64 - 1, {"note": "é"}, array)
     message = wire.decode(data)
@@ -74,31 +96,34 @@ def test_encode_refuses_what_the_format_cannot_carry() -> None:
         wire.encode(MessageType.ERROR, 1, {"x": float("nan")})
 
 
-@pytest.mark.parametrize("data, error", [
-    (b"", ProtocolError),
-    (b"OPUW\x01", ProtocolError),  # truncated prefix
-    (raw(magic=b"HTTP"), ProtocolError),
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", ProtocolError),
-    (raw(msg_type=99), ProtocolError),
-    (raw(flags=1), ProtocolError),
-    (raw(version=2), ProtocolVersionError),
-    (raw(header=b"{not json"), ProtocolError),
-    (raw(header=b"[1, 2]"), ProtocolError),
-    (raw(header=b'{"x": NaN}'), ProtocolError),
-    (raw(header=b"\xff\xfe"), ProtocolError),
-    (raw(header=b'{"dtype": "<f8", "shape": [2, 2]}', payload=bytes(31)), ProtocolError),  # one byte short
-    (raw(header=b'{"dtype": "<i8", "shape": [1]}', payload=bytes(8)), ProtocolError),  # not a float dtype
-    (raw(header=b'{"dtype": "|O", "shape": [1]}', payload=bytes(8)), ProtocolError),  # never objects
-    (raw(header=b'{"dtype": "<f8", "shape": [1, 1, 1]}', payload=bytes(8)), ProtocolError),
-    (raw(header=b'{"dtype": "<f8", "shape": [-1]}', payload=b""), ProtocolError),
-    (raw(header=b'{"dtype": "<f8", "shape": [true]}', payload=bytes(8)), ProtocolError),
-    # zero-size shapes with a huge dimension: 0 bytes, but numpy cannot make the array (refused, not ValueError)
-    (raw(header=b'{"dtype": "<f8", "shape": [0, 1180591620717411303424]}'), ProtocolError),
-    (raw(header=b'{"dtype": "<f4", "shape": [2147483649, 0]}'), ProtocolError),
-    (raw(payload=bytes(8)), ProtocolError),  # a payload with no dtype and shape
-    (raw(header=b"{}", header_len=10), ProtocolError),  # truncated header
-    (wire.encode(MessageType.BYE) + b"x", ProtocolError),  # trailing bytes
-])
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"", ProtocolError),
+        (b"OPUW\x01", ProtocolError),  # truncated prefix
+        (raw(magic=b"HTTP"), ProtocolError),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", ProtocolError),
+        (raw(msg_type=99), ProtocolError),
+        (raw(flags=1), ProtocolError),
+        (raw(version=2), ProtocolVersionError),
+        (raw(header=b"{not json"), ProtocolError),
+        (raw(header=b"[1, 2]"), ProtocolError),
+        (raw(header=b'{"x": NaN}'), ProtocolError),
+        (raw(header=b"\xff\xfe"), ProtocolError),
+        (raw(header=b'{"dtype": "<f8", "shape": [2, 2]}', payload=bytes(31)), ProtocolError),  # one byte short
+        (raw(header=b'{"dtype": "<i8", "shape": [1]}', payload=bytes(8)), ProtocolError),  # not a float dtype
+        (raw(header=b'{"dtype": "|O", "shape": [1]}', payload=bytes(8)), ProtocolError),  # never objects
+        (raw(header=b'{"dtype": "<f8", "shape": [1, 1, 1]}', payload=bytes(8)), ProtocolError),
+        (raw(header=b'{"dtype": "<f8", "shape": [-1]}', payload=b""), ProtocolError),
+        (raw(header=b'{"dtype": "<f8", "shape": [true]}', payload=bytes(8)), ProtocolError),
+        # zero-size shapes with a huge dimension: 0 bytes, but numpy cannot make the array (refused, not ValueError)
+        (raw(header=b'{"dtype": "<f8", "shape": [0, 1180591620717411303424]}'), ProtocolError),
+        (raw(header=b'{"dtype": "<f4", "shape": [2147483649, 0]}'), ProtocolError),
+        (raw(payload=bytes(8)), ProtocolError),  # a payload with no dtype and shape
+        (raw(header=b"{}", header_len=10), ProtocolError),  # truncated header
+        (wire.encode(MessageType.BYE) + b"x", ProtocolError),  # trailing bytes
+    ],
+)
 def test_decode_refuses_bad_messages(data: bytes, error: type) -> None:
     with pytest.raises(error):
         wire.decode(data)
@@ -149,7 +174,7 @@ def test_socket_half_sent_message_times_out_and_closed_peer_is_reported() -> Non
 
     a, b = _pair()
     data = wire.encode(MessageType.PROJECT, 3, None, np.ones((2, 2)))
-    a.sendall(data[:PREFIX_BYTES + 5])  # then silence
+    a.sendall(data[: PREFIX_BYTES + 5])  # then silence
     started = time.monotonic()
     with pytest.raises(socket.timeout):
         wire.read_message(b, WireLimits(), time.monotonic() + 5, message_timeout_s=0.2)

@@ -6,6 +6,7 @@ the firmware's bookkeeping (ids, lag, flags, FIFO, packing) bit for bit. Packets
 ``struct`` and ``zlib`` straight from docs/protocol.md, not with the codec under test. The last section
 runs the real optics model when it is installed.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,10 +44,18 @@ E = wire.ErrorCode
 
 # -- stand-ins for the optics and the sensor -----------------------------------------------------------
 
+
 def StubConfig(**overrides):
     """A real SimConfig at a tiny geometry (the firmware reads only its fields)."""
-    values = dict(dmd_width=13, dmd_height=5, camera_width=8, camera_height=6, model="OPU-T",
-                  serial_number="SIM-TEST", firmware_version=(1, 2, 3))
+    values = dict(
+        dmd_width=13,
+        dmd_height=5,
+        camera_width=8,
+        camera_height=6,
+        model="OPU-T",
+        serial_number="SIM-TEST",
+        firmware_version=(1, 2, 3),
+    )
     values.update(overrides)
     return SimConfig(**values)
 
@@ -85,7 +94,7 @@ class StubOptics:
         weights = self.mirror_weights()
         out = np.zeros((n_features, weights.shape[1]), dtype=np.float32)
         for f, first, n in runs:
-            out[f] += weights[first:first + n].sum(axis=0)
+            out[f] += weights[first : first + n].sum(axis=0)
         return out
 
     def intensity_features(self, bits, times_us):
@@ -116,8 +125,17 @@ class StubSensor:
         self.calls: list[dict] = []
 
     def capture(self, intensity, *, roi, frame_indices, exposure_us, gain, laser_power_mw, light_on, bits):
-        self.calls.append(dict(roi=roi, frame_indices=np.array(frame_indices), exposure_us=exposure_us, gain=gain,
-                               laser_power_mw=laser_power_mw, light_on=light_on, bits=bits))
+        self.calls.append(
+            dict(
+                roi=roi,
+                frame_indices=np.array(frame_indices),
+                exposure_us=exposure_us,
+                gain=gain,
+                laser_power_mw=laser_power_mw,
+                light_on=light_on,
+                bits=bits,
+            )
+        )
         if not light_on:
             return np.full(intensity.shape, self.DARK_LEVEL, dtype=np.uint16)
         return np.clip(np.rint(intensity * gain), 0, (1 << bits) - 1).astype(np.uint16)
@@ -136,6 +154,7 @@ def lit_device(**overrides) -> EmulatedDevice:
 
 
 # -- packets built from the document with struct + zlib ------------------------------------------------
+
 
 def packet(ptype: int, payload: bytes) -> bytes:
     head = b"OPU1" + struct.pack("<BBHI", ptype, 0, 0, len(payload))
@@ -173,10 +192,10 @@ def drain_frames(device: EmulatedDevice) -> list[tuple[wire.CameraFrameHeader, n
         data += chunk
     frames, pos = [], 0
     while pos < len(data):
-        assert data[pos:pos + 4] == b"OPU1"
+        assert data[pos : pos + 4] == b"OPU1"
         ptype, _, _, length, header_crc = struct.unpack_from("<BBHII", data, pos + 4)
-        assert ptype == 0x10 and header_crc == zlib.crc32(data[pos:pos + 12])
-        payload = data[pos + 16:pos + 16 + length]
+        assert ptype == 0x10 and header_crc == zlib.crc32(data[pos : pos + 12])
+        payload = data[pos + 16 : pos + 16 + length]
         assert struct.unpack_from("<I", data, pos + 16 + length)[0] == zlib.crc32(payload)
         fields = struct.unpack_from("<IIQIHHHHBBH", payload)
         header = wire.CameraFrameHeader(*fields[:10])
@@ -194,13 +213,14 @@ LAYOUT_RUNS = [(0, 0, 4), (1, 10, 6), (2, 30, 5), (0, 50, 3)]
 def expand(bits, runs=LAYOUT_RUNS, n_mirrors=65) -> np.ndarray:
     mirrors = np.zeros(n_mirrors, dtype=np.uint8)
     for f, first, n in runs:
-        mirrors[first:first + n] = bits[f]
+        mirrors[first : first + n] = bits[f]
     return mirrors
 
 
 # ======================================================================================================
 # wire.py: the firmware's codec
 # ======================================================================================================
+
 
 def test_crc_check_value():
     assert wire.crc32(b"123456789") == 0xCBF43926
@@ -249,7 +269,7 @@ def test_stream_parser_skips_junk_and_ignores_chunking(packets, junks, data):
     assert chunked.junk_bytes == junk_total
 
     bytewise = wire.PacketStream()
-    assert _stream_items(bytewise, [stream[i:i + 1] for i in range(len(stream))]) == items
+    assert _stream_items(bytewise, [stream[i : i + 1] for i in range(len(stream))]) == items
 
 
 def test_corrupt_payload_is_reported_and_the_next_packet_survives():
@@ -289,7 +309,7 @@ def test_truncated_packet_waits_and_buffer_stays_bounded():
     parser = wire.PacketStream(max_payload=1000)
     pkt = packet(2, bytes(range(200)) * 5)
     for i in range(len(pkt) - 1):
-        assert parser.feed(pkt[i:i + 1]) == []
+        assert parser.feed(pkt[i : i + 1]) == []
     assert parser.buffered == len(pkt) - 1
     assert parser.feed(pkt[-1:]) == [wire.Envelope(2, pkt[16:-4])]
     # A stream of junk that never forms a packet never holds more than a partial magic.
@@ -369,11 +389,21 @@ def test_batch_camera_encoder_matches_the_single_frame_encoder():
         bits = wire.pixel_bits(fmt)
         values = rng.integers(0, 1 << bits, size=(3, 7))
         pixels = wire.pack_pixels(fmt, values)
-        batch = wire.encode_camera_frames([5, 6, 7], [9, BLANK, 11], [2**33, 2**33 + 500, 2**33 + 1000], [0, 1, 3],
-                                          exposure_us=123, roi=(1, 2, 7, 1), pixel_format=fmt, pixels=pixels)
+        batch = wire.encode_camera_frames(
+            [5, 6, 7],
+            [9, BLANK, 11],
+            [2**33, 2**33 + 500, 2**33 + 1000],
+            [0, 1, 3],
+            exposure_us=123,
+            roi=(1, 2, 7, 1),
+            pixel_format=fmt,
+            pixels=pixels,
+        )
         singles = b"".join(
-            wire.encode_camera_frame(wire.CameraFrameHeader(5 + i, [9, BLANK, 11][i], 2**33 + 500 * i, 123, 1, 2, 7, 1,
-                                                            fmt, [0, 1, 3][i]), pixels[i].tobytes())
+            wire.encode_camera_frame(
+                wire.CameraFrameHeader(5 + i, [9, BLANK, 11][i], 2**33 + 500 * i, 123, 1, 2, 7, 1, fmt, [0, 1, 3][i]),
+                pixels[i].tobytes(),
+            )
             for i in range(3)
         )
         assert batch == singles
@@ -386,6 +416,7 @@ def test_batch_camera_encoder_matches_the_single_frame_encoder():
 # ======================================================================================================
 # registers.py: the register file
 # ======================================================================================================
+
 
 def test_identity_and_geometry_registers():
     device = make_device()
@@ -407,26 +438,29 @@ def test_identity_and_geometry_registers():
     assert device.ground_truth == "stub ground truth"
 
 
-@pytest.mark.parametrize("register,value,code", [
-    (0x7777, 1, E.E_ADDRESS),
-    (Register.DMD_WIDTH, 3, E.E_READ_ONLY),
-    (Register.STATUS, 0, E.E_READ_ONLY),
-    (Register.EXPOSURE_US, 9, E.E_VALUE),
-    (Register.EXPOSURE_US, 451, E.E_VALUE),  # frame time 500 allows at most 450
-    (Register.FRAME_TIME_US, 449, E.E_VALUE),
-    (Register.GAIN_MILLI, 999, E.E_VALUE),
-    (Register.GAIN_MILLI, 16001, E.E_VALUE),
-    (Register.ROI_W, 0, E.E_VALUE),
-    (Register.ROI_W, 9, E.E_VALUE),
-    (Register.ROI_X, 1, E.E_VALUE),  # x + w would pass the sensor's right edge
-    (Register.ROI_H, 7, E.E_VALUE),
-    (Register.PIXEL_FORMAT, 0, E.E_VALUE),
-    (Register.PIXEL_FORMAT, 6, E.E_VALUE),
-    (Register.SEQ_CONTROL, 4, E.E_VALUE),
-    (Register.SEQ_CONTROL, 1, E.E_EMPTY),
-    (Register.SOFT_TRIGGER, 1, E.E_TRIGGER),  # trigger mode INT
-    (Register.SOFT_TRIGGER, 2, E.E_VALUE),
-])
+@pytest.mark.parametrize(
+    "register,value,code",
+    [
+        (0x7777, 1, E.E_ADDRESS),
+        (Register.DMD_WIDTH, 3, E.E_READ_ONLY),
+        (Register.STATUS, 0, E.E_READ_ONLY),
+        (Register.EXPOSURE_US, 9, E.E_VALUE),
+        (Register.EXPOSURE_US, 451, E.E_VALUE),  # frame time 500 allows at most 450
+        (Register.FRAME_TIME_US, 449, E.E_VALUE),
+        (Register.GAIN_MILLI, 999, E.E_VALUE),
+        (Register.GAIN_MILLI, 16001, E.E_VALUE),
+        (Register.ROI_W, 0, E.E_VALUE),
+        (Register.ROI_W, 9, E.E_VALUE),
+        (Register.ROI_X, 1, E.E_VALUE),  # x + w would pass the sensor's right edge
+        (Register.ROI_H, 7, E.E_VALUE),
+        (Register.PIXEL_FORMAT, 0, E.E_VALUE),
+        (Register.PIXEL_FORMAT, 6, E.E_VALUE),
+        (Register.SEQ_CONTROL, 4, E.E_VALUE),
+        (Register.SEQ_CONTROL, 1, E.E_EMPTY),
+        (Register.SOFT_TRIGGER, 1, E.E_TRIGGER),  # trigger mode INT
+        (Register.SOFT_TRIGGER, 2, E.E_VALUE),
+    ],
+)
 def test_refused_writes_stall_latch_the_code_and_change_nothing(register, value, code):
     device = make_device()
     before = {r: read(device, r) for r in Register if r not in (Register.STATUS, Register.LAST_ERROR)}
@@ -495,8 +529,13 @@ def test_device_time_low_word_read_latches_the_high_word():
 
 
 def test_bad_emulator_options_are_refused_by_the_firmware():
-    for bad in (dict(camera_width=70000), dict(exposure_us=5), dict(frame_time_us=420), dict(gain=0.5),
-                dict(lag_frames=-1)):
+    for bad in (
+        dict(camera_width=70000),
+        dict(exposure_us=5),
+        dict(frame_time_us=420),
+        dict(gain=0.5),
+        dict(lag_frames=-1),
+    ):
         with pytest.raises(SimConfigError):
             make_device(**bad)
 
@@ -504,6 +543,7 @@ def test_bad_emulator_options_are_refused_by_the_firmware():
 # ======================================================================================================
 # sequencer.py and dmd.py: layouts and packets
 # ======================================================================================================
+
 
 def test_layout_is_loaded_and_reported():
     device = make_device()
@@ -515,16 +555,19 @@ def test_layout_is_loaded_and_reported():
     assert read(device, Register.LAYOUT_FEATURES) == 0 and not read(device, Register.STATUS) & (1 << 4)
 
 
-@pytest.mark.parametrize("n_features,runs", [
-    (0, []),                                  # no features
-    (2**20 + 1, [(0, 0, 1)]),                 # too many features
-    (3, [(3, 0, 1)]),                         # feature >= F
-    (3, [(0, 0, 0)]),                         # empty run
-    (3, [(0, 60, 6)]),                        # ends past the 65 mirrors
-    (3, [(0, 0, 5), (1, 4, 2)]),              # overlap
-    (3, [(1, 20, 5), (0, 10, 11)]),           # overlap, given out of order
-    (3, [(0, 2**32 - 1, 2)]),                 # first + n overflows 32 bits
-])
+@pytest.mark.parametrize(
+    "n_features,runs",
+    [
+        (0, []),  # no features
+        (2**20 + 1, [(0, 0, 1)]),  # too many features
+        (3, [(3, 0, 1)]),  # feature >= F
+        (3, [(0, 0, 0)]),  # empty run
+        (3, [(0, 60, 6)]),  # ends past the 65 mirrors
+        (3, [(0, 0, 5), (1, 4, 2)]),  # overlap
+        (3, [(1, 20, 5), (0, 10, 11)]),  # overlap, given out of order
+        (3, [(0, 2**32 - 1, 2)]),  # first + n overflows 32 bits
+    ],
+)
 def test_invalid_layouts_are_refused_and_the_previous_table_stays(n_features, runs):
     device = make_device()
     send(device, layout_packet(3, LAYOUT_RUNS))
@@ -556,7 +599,7 @@ def test_layout_validation_agrees_with_a_mirror_by_mirror_check(runs):
         if f >= 4 or n < 1 or first + n > 65:
             valid = False
             continue
-        owner[first:first + n] += 1
+        owner[first : first + n] += 1
     valid = valid and owner.max(initial=0) <= 1
     device = make_device()
     send(device, layout_packet(4, runs))
@@ -619,6 +662,7 @@ def test_sequence_capacity_is_an_option_the_register_reports():
 # sequencer.py and capture.py: sequences, lag, triggers, FIFO, flags
 # ======================================================================================================
 
+
 def expected_feature_counts(device: EmulatedDevice, bits) -> np.ndarray:
     optics = device.optics
     return np.clip(np.array(bits, dtype=np.float32) @ optics.feature_weights(), 0, 255).astype(np.uint16)
@@ -635,8 +679,10 @@ def test_int_sequence_gives_one_frame_per_dmd_frame_with_metadata():
     assert [h.dmd_frame_id for h, _ in frames] == [40, 41, 42]
     assert [h.camera_frame_id for h, _ in frames] == [0, 1, 2]
     assert [h.timestamp_us for h, _ in frames] == [0, 500, 1000]
-    assert all((h.exposure_us, h.roi_x, h.roi_y, h.roi_w, h.roi_h, h.pixel_format, h.flags) == (400, 0, 0, 8, 6, 1, 0)
-               for h, _ in frames)
+    assert all(
+        (h.exposure_us, h.roi_x, h.roi_y, h.roi_w, h.roi_h, h.pixel_format, h.flags) == (400, 0, 0, 8, 6, 1, 0)
+        for h, _ in frames
+    )
     for (_, pixels), bits in zip(frames, frames_bits, strict=True):
         assert np.array_equal(pixels, expected_feature_counts(device, bits))
     assert read(device, Register.DMD_FRAME_COUNT) == 3 and read(device, Register.CAM_FRAME_COUNT) == 3
@@ -677,7 +723,7 @@ def test_lag_delays_frames_across_sequences_with_blanks_first():
     second = drain_frames(device)
     assert [h.dmd_frame_id for h, _ in second] == [11, 12]
     assert [h.camera_frame_id for h, _ in second] == [3, 4]
-    for (h, pixels) in second:
+    for h, pixels in second:
         assert np.array_equal(pixels, expected_feature_counts(device, bits[h.dmd_frame_id]))
 
 
@@ -718,8 +764,14 @@ def test_soft_trigger_displays_one_frame_per_write():
     assert read(device, Register.STATUS) & 1 and read(device, Register.SEQ_QUEUED) == 2
     assert drain_frames(device) == []
     # While running: settings and layouts are refused, and so is a second START or a mode change.
-    for register, value in ((Register.ROI_W, 4), (Register.EXPOSURE_US, 300), (Register.FRAME_TIME_US, 900),
-                            (Register.PIXEL_FORMAT, 2), (Register.SEQ_CONTROL, 1), (Register.SEQ_CONTROL, 3)):
+    for register, value in (
+        (Register.ROI_W, 4),
+        (Register.EXPOSURE_US, 300),
+        (Register.FRAME_TIME_US, 900),
+        (Register.PIXEL_FORMAT, 2),
+        (Register.SEQ_CONTROL, 1),
+        (Register.SEQ_CONTROL, 3),
+    ):
         assert not write(device, register, value)
         assert read(device, Register.LAST_ERROR) == E.E_BUSY
     send(device, layout_packet(1, [(0, 0, 1)]))
@@ -821,6 +873,7 @@ def test_reset_restores_power_on_state():
 # controller.py: the serial line
 # ======================================================================================================
 
+
 def ask(device: EmulatedDevice, line: bytes) -> bytes:
     device.serial_write(line)
     return device.serial_read(10_000)
@@ -841,32 +894,41 @@ def test_identity_version_and_short_forms():
     assert ask(device, b"SHUT:STAT?\nINT?\nTRIG:MODE?\n") == b"CLOSED\nOK\nINT\n"
 
 
-@pytest.mark.parametrize("line,code", [
-    (b"FROBNICATE 3", -113),
-    (b"", -102),
-    (b"LASER:STATE", -109),
-    (b"LASER:STATE? 1", -108),
-    (b"*RST now", -108),
-    (b"LASER:STATE ON OFF", -108),
-    (b"LASER:STATE MAYBE", -222),
-    (b"LASER:POWER 100.5", -222),
-    (b"LASER:POWER -1", -222),
-    (b"LASER:POWER nan", -222),
-    (b"LASER:POWER lots", -102),
-    (b"SHUTTER:STATE AJAR", -222),
-    (b"TRIGGER:MODE FAST", -222),
-    (b"TEMPERATURE", -113),
-    (b"LASER::STATE?", -102),
-    (b"LASER:STATE\tON", -101),
-    (b"*IDN?\xe9", -101),
-    (b"X" * 257, -223),
-])
+@pytest.mark.parametrize(
+    "line,code",
+    [
+        (b"FROBNICATE 3", -113),
+        (b"", -102),
+        (b"LASER:STATE", -109),
+        (b"LASER:STATE? 1", -108),
+        (b"*RST now", -108),
+        (b"LASER:STATE ON OFF", -108),
+        (b"LASER:STATE MAYBE", -222),
+        (b"LASER:POWER 100.5", -222),
+        (b"LASER:POWER -1", -222),
+        (b"LASER:POWER nan", -222),
+        (b"LASER:POWER lots", -102),
+        (b"SHUTTER:STATE AJAR", -222),
+        (b"TRIGGER:MODE FAST", -222),
+        (b"TEMPERATURE", -113),
+        (b"LASER::STATE?", -102),
+        (b"LASER:STATE\tON", -101),
+        (b"*IDN?\xe9", -101),
+        (b"X" * 257, -223),
+    ],
+)
 def test_refused_lines_answer_err_and_queue_the_error(line, code):
     device = make_device()
     reply = ask(device, line + b"\n")
-    message = {-101: "Invalid character", -102: "Syntax error", -108: "Parameter not allowed",
-               -109: "Missing parameter", -113: "Undefined header", -222: "Data out of range",
-               -223: "Too much data"}[code]
+    message = {
+        -101: "Invalid character",
+        -102: "Syntax error",
+        -108: "Parameter not allowed",
+        -109: "Missing parameter",
+        -113: "Undefined header",
+        -222: "Data out of range",
+        -223: "Too much data",
+    }[code]
     assert reply == f'ERR {code},"{message}"\n'.encode()
     assert ask(device, b"SYSTEM:ERROR?\n") == f'{code},"{message}"\n'.encode()
     assert ask(device, b"SYST:ERR?\n") == b'0,"No error"\n'
@@ -892,13 +954,12 @@ def test_error_queue_overflow_replaces_the_newest_entry():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.binary(max_size=300).filter(lambda b: b"\n" not in b), min_size=1, max_size=6),
-       st.integers(1, 50))
+@given(st.lists(st.binary(max_size=300).filter(lambda b: b"\n" not in b), min_size=1, max_size=6), st.integers(1, 50))
 def test_every_line_gets_exactly_one_reply_line(lines, chunk):
     device = make_device()
     stream = b"".join(line + b"\n" for line in lines)
     for i in range(0, len(stream), chunk):
-        device.serial_write(stream[i:i + chunk])
+        device.serial_write(stream[i : i + chunk])
     replies = device.serial_read(1 << 20)
     assert replies.count(b"\n") == len(lines) and replies.endswith(b"\n")
 
@@ -923,8 +984,10 @@ def test_rst_restores_defaults_and_aborts_the_sequence():
     send(device, raw_packet(1, np.ones(65)))
     ask(device, b"LASER:POWER 3\nTRIGGER:MODE SOFT\nBAD\n")
     assert ask(device, b"*RST\n") == b"OK\n"
-    assert ask(device, b"LASER:STATE?\nSHUTTER:STATE?\nLASER:POWER?\nTRIGGER:MODE?\nSYSTEM:ERROR?\n") == \
-        b'0\nCLOSED\n50.000\nINT\n0,"No error"\n'
+    assert (
+        ask(device, b"LASER:STATE?\nSHUTTER:STATE?\nLASER:POWER?\nTRIGGER:MODE?\nSYSTEM:ERROR?\n")
+        == b'0\nCLOSED\n50.000\nINT\n0,"No error"\n'
+    )
     assert read(device, Register.SEQ_QUEUED) == 0
 
 
@@ -949,6 +1012,7 @@ def test_laser_power_reaches_the_sensor():
 # usb_backend.py: pyusb on top of the firmware
 # ======================================================================================================
 
+
 def test_pyusb_finds_the_device_with_the_documented_descriptors():
     device = make_device()
     dev = usb.core.find(backend=get_backend([device]), idVendor=0x1209)
@@ -970,7 +1034,7 @@ def test_pyusb_finds_the_device_with_the_documented_descriptors():
     raw = dev.ctrl_transfer(0x80, 6, 1 << 8, 0, 18)
     assert bytes(raw[:4]) == bytes([18, 1, 0x00, 0x02]) and bytes(raw[8:12]) == bytes([0x09, 0x12, 0x50, 0x4F])
     config = bytes(dev.ctrl_transfer(0x80, 6, 2 << 8, 0, 255))
-    assert len(config) == 32 and config[2] == 32 and config[9 + 5:9 + 8] == bytes([0xFF, 0x4F, 0x01])
+    assert len(config) == 32 and config[2] == 32 and config[9 + 5 : 9 + 8] == bytes([0xFF, 0x4F, 0x01])
     usb.util.dispose_resources(dev)
 
 
@@ -1027,8 +1091,11 @@ def test_unplug_and_replug_through_pyusb():
     dev = usb.core.find(backend=backend, idVendor=0x1209)
     dev.set_configuration()
     device.unplug()
-    for attempt in (lambda: dev.ctrl_transfer(0xC0, 1, 0, 0, 4), lambda: dev.write(0x01, b"x"),
-                    lambda: dev.read(0x81, 10, 10)):
+    for attempt in (
+        lambda: dev.ctrl_transfer(0xC0, 1, 0, 0, 4),
+        lambda: dev.write(0x01, b"x"),
+        lambda: dev.read(0x81, 10, 10),
+    ):
         with pytest.raises(usb.core.USBError) as info:
             attempt()
         assert info.value.errno == errno.ENODEV
@@ -1074,6 +1141,7 @@ def test_many_small_transfers_stay_cheap():
 # ======================================================================================================
 # registry.py, protocol_opusim.py, pty_server.py
 # ======================================================================================================
+
 
 def stub_device(**overrides) -> EmulatedDevice:
     config = StubConfig(**overrides)
@@ -1177,9 +1245,17 @@ def test_pty_server_serves_the_controller_line_on_a_real_terminal():
 
 def test_opu_sim_main_serves_until_sigterm():
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from firmware_sim.pty_server import main; sys.exit(main(sys.argv[1:]))",
-         "--url-query", "seed=3&dmd=16x8&camera=8x8"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from firmware_sim.pty_server import main; sys.exit(main(sys.argv[1:]))",
+            "--url-query",
+            "seed=3&dmd=16x8&camera=8x8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
     )
     try:
         path_line = proc.stdout.readline()
@@ -1209,6 +1285,7 @@ def test_opu_sim_main_refuses_bad_options(capsys):
 # With the real optics and sensor (when firmware_sim.optics / sensor are installed)
 # ======================================================================================================
 
+
 def _real_device(query: str) -> EmulatedDevice:
     return EmulatedDevice(SimConfig.from_query(query))
 
@@ -1228,7 +1305,7 @@ def test_real_optics_raw_equals_expanded_feature_frame_and_is_reproducible():
     bits = rng.integers(0, 2, size=(6, 8)).astype(np.uint8)
     mirrors = np.zeros((6, 512), dtype=np.uint8)
     for f, first, n in runs:
-        mirrors[:, first:first + n] = bits[:, f:f + 1]
+        mirrors[:, first : first + n] = bits[:, f : f + 1]
     send(device, layout_packet(8, runs))
     feature_frames = _run(device, b"".join(feature_packet(i, b) for i, b in enumerate(bits)))
     raw_frames = _run(device, b"".join(raw_packet(100 + i, m) for i, m in enumerate(mirrors)))

@@ -4,6 +4,7 @@ FIRMWARE's own codec (firmware_sim.wire) and fed to the firmware itself.
 The driver's codec is checked against the same files in tests/protocol/test_golden_driver.py; together they make sure
 that neither codec shares a misreading of the document with the other.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,8 +93,18 @@ def _mirror_bytes(fields: dict) -> int:
 
 def _check_camera_fields(payload: bytes, fields: dict) -> None:
     header, pixels = wire.decode_camera_frame(payload)
-    for name in ("camera_frame_id", "dmd_frame_id", "timestamp_us", "exposure_us", "roi_x", "roi_y", "roi_w",
-                 "roi_h", "pixel_format", "flags"):
+    for name in (
+        "camera_frame_id",
+        "dmd_frame_id",
+        "timestamp_us",
+        "exposure_us",
+        "roi_x",
+        "roi_y",
+        "roi_w",
+        "roi_h",
+        "pixel_format",
+        "flags",
+    ):
         assert getattr(header, name) == fields[name], name
     assert wire.PixelFormat(header.pixel_format).name == fields["pixel_format_name"]
     assert bool(header.flags & wire.FLAG_SATURATED) == fields["saturated"]
@@ -138,24 +149,43 @@ def test_camera_frames_decode_and_encode_to_the_same_bytes(name):
     _check_envelope(data, entry, envelope)
     _check_camera_fields(envelope.payload, fields)
 
-    header = wire.CameraFrameHeader(*(fields[k] for k in (
-        "camera_frame_id", "dmd_frame_id", "timestamp_us", "exposure_us", "roi_x", "roi_y", "roi_w", "roi_h",
-        "pixel_format", "flags")))
+    header = wire.CameraFrameHeader(
+        *(
+            fields[k]
+            for k in (
+                "camera_frame_id",
+                "dmd_frame_id",
+                "timestamp_us",
+                "exposure_us",
+                "roi_x",
+                "roi_y",
+                "roi_w",
+                "roi_h",
+                "pixel_format",
+                "flags",
+            )
+        )
+    )
     pixels = wire.pack_pixels(header.pixel_format, np.array(fields["pixel_values"]))
     assert wire.encode_camera_frame(header, pixels.tobytes()) == data
     # The batch encoder the firmware uses for sequences writes the same bytes.
     batch = wire.encode_camera_frames(
-        [header.camera_frame_id], [header.dmd_frame_id], [header.timestamp_us], [header.flags],
-        exposure_us=header.exposure_us, roi=(header.roi_x, header.roi_y, header.roi_w, header.roi_h),
-        pixel_format=header.pixel_format, pixels=pixels[None, :],
+        [header.camera_frame_id],
+        [header.dmd_frame_id],
+        [header.timestamp_us],
+        [header.flags],
+        exposure_us=header.exposure_us,
+        roi=(header.roi_x, header.roi_y, header.roi_w, header.roi_h),
+        pixel_format=header.pixel_format,
+        pixels=pixels[None, :],
     )
     assert batch == data
 
 
 def _chunkings(data: bytes):
     yield [data]
-    yield [data[i:i + 1] for i in range(len(data))]
-    yield [data[i:i + 7] for i in range(0, len(data), 7)]
+    yield [data[i : i + 1] for i in range(len(data))]
+    yield [data[i : i + 7] for i in range(0, len(data), 7)]
     cut = len(data) // 2
     yield [data[:cut], b"", data[cut:]]
 
@@ -188,6 +218,7 @@ def test_streams_parse_the_same_in_any_chunking(name):
 
 
 # -- the same bytes fed to the firmware ----------------------------------------------------------------
+
 
 class _NoOptics:
     """The firmware under test here only parses and queues: its optics are never asked for light."""
@@ -230,7 +261,7 @@ def test_firmware_skips_the_junk_of_the_out_stream():
     device.usb_bulk_write(0x01, _layout_for(5))
     data = _bytes(STREAMS["stream_out_junk"])
     for i in range(0, len(data), 5):
-        device.usb_bulk_write(0x01, data[i:i + 5])
+        device.usb_bulk_write(0x01, data[i : i + 5])
     assert device.usb_ctrl_read_register(Register.SEQ_QUEUED) == 2
     assert device.usb_ctrl_read_register(Register.LAST_ERROR) == 0
     assert device.debug_counters["junk_bytes"] == STREAMS["stream_out_junk"]["junk_bytes"]

@@ -4,6 +4,7 @@ Statistical tests run on small geometries with fixed seeds, so they are determin
 derived from the model's own distribution (stated next to it) with a margin of about 5 standard deviations, so
 a correct model passes with certainty while a wrong scale, a wrong mapping or a lost correlation fails.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,14 +90,21 @@ KS_CRITICAL_0001 = 1.949
 class TestConfig:
     def test_defaults_are_the_reference_device(self) -> None:
         config = SimConfig()
-        assert (config.dmd_width, config.dmd_height, config.camera_width, config.camera_height) == (1140, 912, 2048, 1088)
+        assert (config.dmd_width, config.dmd_height, config.camera_width, config.camera_height) == (
+            1140,
+            912,
+            2048,
+            1088,
+        )
         assert (config.exposure_us, config.frame_time_us, config.cell_mirrors, config.lag_frames) == (400, 500, 8, 0)
         assert config.noise is True and math.isinf(config.drift_tau_s)
         assert config.serial_number == "SIM-00000000"
         assert SimConfig(seed=3).serial_number == "SIM-00000003"
         assert SimConfig(seed=3, serial_number="LAB-7").serial_number == "LAB-7"
 
-    @pytest.mark.parametrize("query", ["seed=3&lag=1&noise=0", "?seed=3&lag=1&noise=false", {"seed": "3", "lag": "1", "noise": "0"}])
+    @pytest.mark.parametrize(
+        "query", ["seed=3&lag=1&noise=0", "?seed=3&lag=1&noise=false", {"seed": "3", "lag": "1", "noise": "0"}]
+    )
     def test_from_query_reads_the_driver_url(self, query) -> None:
         config = SimConfig.from_query(query)
         assert (config.seed, config.lag_frames, config.noise) == (3, 1, False)
@@ -160,14 +168,31 @@ class TestConfig:
         exposure=st.integers(10, 10_000),
         drift=st.one_of(st.just(math.inf), st.floats(1e-3, 1e6)),
         power=st.floats(0.0, 100.0),
-        model=st.text(st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters=","), min_size=1, max_size=20),
+        model=st.text(
+            st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters=","), min_size=1, max_size=20
+        ),
     )
-    def test_to_query_inverts_from_query(self, seed, width, height, cell, grain, lag, noise, exposure, drift, power, model) -> None:
+    def test_to_query_inverts_from_query(
+        self, seed, width, height, cell, grain, lag, noise, exposure, drift, power, model
+    ) -> None:
         config = SimConfig(
-            seed=seed, dmd_width=width, dmd_height=height, cell_mirrors=cell, grain_px=grain, lag_frames=lag,
-            noise=noise, exposure_us=exposure, frame_time_us=exposure + 77, drift_tau_s=drift,
-            laser_power_mw=power, model=model, firmware_version=(2, 3, 4), hot_pixel_e=12.5,
-            seq_capacity_frames=17, raw_queue_bytes=999, in_fifo_bytes=5000,
+            seed=seed,
+            dmd_width=width,
+            dmd_height=height,
+            cell_mirrors=cell,
+            grain_px=grain,
+            lag_frames=lag,
+            noise=noise,
+            exposure_us=exposure,
+            frame_time_us=exposure + 77,
+            drift_tau_s=drift,
+            laser_power_mw=power,
+            model=model,
+            firmware_version=(2, 3, 4),
+            hot_pixel_e=12.5,
+            seq_capacity_frames=17,
+            raw_queue_bytes=999,
+            in_fifo_bytes=5000,
         )
         assert SimConfig.from_query(config.to_query()) == config
 
@@ -175,9 +200,31 @@ class TestConfig:
         rows = SimConfig.describe()
         keys = [key for key, _, _ in rows]
         assert keys == [entry.key for entry in QUERY_KEYS]
-        for key in ("seed", "dmd", "camera", "cell", "grain", "lag", "noise", "exposure_us", "frame_time_us", "gain",
-                    "power_mw", "drift_s", "dark_e", "read_noise_e", "hot", "jitter", "signal_e", "full_well_e",
-                    "model", "serial", "seq_capacity_frames", "raw_queue_bytes", "in_fifo_bytes"):
+        for key in (
+            "seed",
+            "dmd",
+            "camera",
+            "cell",
+            "grain",
+            "lag",
+            "noise",
+            "exposure_us",
+            "frame_time_us",
+            "gain",
+            "power_mw",
+            "drift_s",
+            "dark_e",
+            "read_noise_e",
+            "hot",
+            "jitter",
+            "signal_e",
+            "full_well_e",
+            "model",
+            "serial",
+            "seq_capacity_frames",
+            "raw_queue_bytes",
+            "in_fifo_bytes",
+        ):
             assert key in keys
         assert dict((key, default) for key, _, default in rows)["dmd"] == "1140x912"
 
@@ -431,7 +478,9 @@ class TestOpticalPath:
             optics = OpticalPath(config, fold_cache_bytes=cache_bytes, raw_cache_bytes=cache_bytes)
             optics.set_roi(2, 3, 50, 33)
             optics.set_layout(9, runs)
-            results.append((optics.intensity_features(bits, times), optics.intensity_raw(expand(runs, bits, 64 * 48), times)))
+            results.append(
+                (optics.intensity_features(bits, times), optics.intensity_raw(expand(runs, bits, 64 * 48), times))
+            )
         for cached, streamed in zip(results[0], results[1], strict=True):
             assert np.abs(cached - streamed).max() < 1e-4 * cached.mean()
 
@@ -475,7 +524,9 @@ class TestDrift:
             # R(t) = c R0 + s R1 with R1 independent of R0: the estimate is c + s * noise of std 1/sqrt(2n).
             assert abs(measured - math.exp(-time_us * 1e-6 / tau_s)) < 5 / math.sqrt(at_rest.size)
             # The power is preserved: c^2 + s^2 = 1.
-            assert abs(np.vdot(moved, moved).real / np.vdot(at_rest, at_rest).real - 1) < 5 * math.sqrt(2 / at_rest.size)
+            assert abs(np.vdot(moved, moved).real / np.vdot(at_rest, at_rest).real - 1) < 5 * math.sqrt(
+                2 / at_rest.size
+            )
 
     @pytest.mark.slow
     def test_optical_path_intensities_decorrelate_like_the_field_squared(self) -> None:
@@ -526,8 +577,14 @@ class TestSensor:
         sensor = Sensor(config)
         roi, n_frames, exposure_us, gain, bits = (10, 5, 48, 20), 200, 800, 16.0, 12
         counts = sensor.capture(
-            np.full((n_frames, 48 * 20), 5.0, np.float32), roi=roi, frame_indices=np.arange(n_frames),
-            exposure_us=exposure_us, gain=gain, laser_power_mw=50.0, light_on=False, bits=bits,
+            np.full((n_frames, 48 * 20), 5.0, np.float32),
+            roi=roi,
+            frame_indices=np.arange(n_frames),
+            exposure_us=exposure_us,
+            gain=gain,
+            laser_power_mw=50.0,
+            light_on=False,
+            bits=bits,
         )
         truth = OpticalPath(config).ground_truth
         hot = truth.hot_pixels[5:25, 10:58].ravel()
@@ -558,7 +615,9 @@ class TestSensor:
         sensor = Sensor(config)
         n_frames, intensity = 300, 0.5
         kwargs = dict(roi=(0, 0, 32, 16), exposure_us=400, gain=1.0, laser_power_mw=50.0, light_on=True, bits=12)
-        counts = sensor.capture(np.full((n_frames, 512), intensity, np.float32), frame_indices=np.arange(n_frames), **kwargs)
+        counts = sensor.capture(
+            np.full((n_frames, 512), intensity, np.float32), frame_indices=np.arange(n_frames), **kwargs
+        )
         to_dn = dn_per_electron(config, 1.0, 12)
         signal_e = intensity * config.signal_e
         dark = sensor.dark_mean_e((0, 0, 32, 16), 400).astype(np.float64)
@@ -570,7 +629,9 @@ class TestSensor:
         assert abs(counts.mean() / to_dn - mean_e.mean()) < 5 * math.sqrt(expected_var / counts.size)
 
         jittery = Sensor(small_config(seed=19, laser_jitter=0.05, hot_pixel_fraction=0.0))
-        counts = jittery.capture(np.full((n_frames, 512), intensity, np.float32), frame_indices=np.arange(n_frames), **kwargs)
+        counts = jittery.capture(
+            np.full((n_frames, 512), intensity, np.float32), frame_indices=np.arange(n_frames), **kwargs
+        )
         frame_means = counts.mean(axis=1) / to_dn - dark.mean()
         # Frame to frame, the signal scales by 1 + 0.05 N(0, 1); shot noise adds sqrt(mean/512) per frame mean.
         spread = frame_means.std(ddof=1) / signal_e
@@ -582,11 +643,19 @@ class TestSensor:
         intensity = np.random.default_rng(2).exponential(0.3, (10, 300)).astype(np.float32)
         kwargs = dict(roi=(1, 2, 30, 10), exposure_us=400, gain=1.0, laser_power_mw=50.0, light_on=True, bits=8)
         whole = sensor.capture(intensity, frame_indices=np.arange(40, 50), **kwargs)
-        parts = [sensor.capture(intensity[i : i + 3], frame_indices=np.arange(40 + i, min(50, 43 + i)), **kwargs) for i in range(0, 10, 3)]
+        parts = [
+            sensor.capture(intensity[i : i + 3], frame_indices=np.arange(40 + i, min(50, 43 + i)), **kwargs)
+            for i in range(0, 10, 3)
+        ]
         assert np.concatenate(parts).tobytes() == whole.tobytes()
-        assert Sensor(small_config(seed=20)).capture(intensity, frame_indices=np.arange(40, 50), **kwargs).tobytes() == whole.tobytes()
+        assert (
+            Sensor(small_config(seed=20)).capture(intensity, frame_indices=np.arange(40, 50), **kwargs).tobytes()
+            == whole.tobytes()
+        )
         assert not np.array_equal(sensor.capture(intensity, frame_indices=np.arange(50, 60), **kwargs), whole)
-        assert not np.array_equal(Sensor(small_config(seed=21)).capture(intensity, frame_indices=np.arange(40, 50), **kwargs), whole)
+        assert not np.array_equal(
+            Sensor(small_config(seed=21)).capture(intensity, frame_indices=np.arange(40, 50), **kwargs), whole
+        )
 
     def test_dark_pattern_is_fixed_per_absolute_pixel(self) -> None:
         sensor = Sensor(small_config(seed=22))

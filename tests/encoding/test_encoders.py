@@ -1,4 +1,5 @@
 """Encoders and decoders: round trips, threshold rules, chunking independence, bad input."""
+
 from __future__ import annotations
 
 import warnings
@@ -138,7 +139,9 @@ def test_ternary_planes_are_disjoint_and_follow_the_threshold(x: np.ndarray) -> 
     t = enc.threshold_
     np.testing.assert_array_equal(plus, x > t)
     np.testing.assert_array_equal(minus, x < -t)
-    np.testing.assert_array_equal(enc.inverse_transform(plus, minus), (t * (plus.astype(float) - minus)).astype(np.float32))
+    np.testing.assert_array_equal(
+        enc.inverse_transform(plus, minus), (t * (plus.astype(float) - minus)).astype(np.float32)
+    )
 
 
 def test_ternary_threshold_rules() -> None:
@@ -176,8 +179,12 @@ def test_binary_threshold() -> None:
 # ------------------------------------------------------------------------------------------ chunking
 @pytest.mark.parametrize(
     "make",
-    [lambda: BinaryThreshold(0.1), lambda: TernaryEncoder(rule="quantile", value=0.4), lambda: BitPlaneEncoder(7),
-     lambda: BitPlaneEncoder(11)],
+    [
+        lambda: BinaryThreshold(0.1),
+        lambda: TernaryEncoder(rule="quantile", value=0.4),
+        lambda: BitPlaneEncoder(7),
+        lambda: BitPlaneEncoder(11),
+    ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int16, np.uint8])
 def test_chunking_does_not_change_the_output(make, dtype) -> None:
@@ -247,8 +254,14 @@ def test_nan_and_inf_are_refused(cls, bad) -> None:
 @pytest.mark.parametrize("cls", ENCODERS)
 @pytest.mark.parametrize(
     "bad",
-    [np.ones((2, 2, 2)), np.float64(1.0), np.array([["a", "b"]]), np.ones((2, 2), dtype=complex),
-     np.array([[None, 1]], dtype=object), [[1.0, 2.0], [3.0]]],
+    [
+        np.ones((2, 2, 2)),
+        np.float64(1.0),
+        np.array([["a", "b"]]),
+        np.ones((2, 2), dtype=complex),
+        np.array([[None, 1]], dtype=object),
+        [[1.0, 2.0], [3.0]],
+    ],
 )
 def test_bad_shapes_and_dtypes_are_refused(cls, bad) -> None:
     with pytest.raises(InvalidInputError):

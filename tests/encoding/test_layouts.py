@@ -1,4 +1,5 @@
 """Mirror layouts: runs are disjoint, inside the array, and expand to the mirrors they claim."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings

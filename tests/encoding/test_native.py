@@ -1,4 +1,5 @@
 """Native kernels against their numpy fallback (bit for bit) and the fallback against simple references."""
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,7 @@ def per_mirror_reference(bits: np.ndarray, runs: np.ndarray, n_mirrors: int) -> 
     """The obvious per-mirror expansion, then np.packbits."""
     frames = np.zeros((bits.shape[0], n_mirrors), dtype=np.uint8)
     for feature, first, count in runs:
-        frames[:, first:first + count] = (bits[:, feature] != 0)[:, None]
+        frames[:, first : first + count] = (bits[:, feature] != 0)[:, None]
     return np.packbits(frames, axis=1)
 
 
@@ -142,8 +143,8 @@ def test_native_backend_is_built_here() -> None:
 def test_opu_native_0_forces_numpy() -> None:
     env = dict(os.environ, OPU_NATIVE="0")
     code = "from opu_driver import native; print(native.backend())"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
-                            cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "numpy"
-

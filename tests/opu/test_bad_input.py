@@ -15,6 +15,7 @@ Huge sizes are declared without memory: ``n_components=10**12``, or a batch of 1
 broadcast view. They must be refused from the shape alone; a slip would show as a MemoryError or a run that never
 ends, not as a pass.
 """
+
 from __future__ import annotations
 
 import math
@@ -101,6 +102,7 @@ BAD_REAL = {
     "zero-width": lambda n=NF: np.zeros((2, 0)),
 }
 
+
 # Layouts of the strided, Fortran-ordered and read-only variants of a C-contiguous array.
 def strided(A: np.ndarray) -> np.ndarray:
     wide = np.zeros((A.shape[0] * 2, A.shape[1] * 3), dtype=A.dtype)
@@ -136,9 +138,17 @@ def device_state(opu) -> tuple:
     the emulated controller's received lines and its laser, shutter, power and trigger, frames and sequences run."""
     controller = opu.emulator.controller
     counters = opu.counters
-    return (opu.link_counters.bytes_sent, opu.camera.settings, controller.lines_received, controller.laser_on,
-            controller.shutter_open, controller.power_mw, controller.trigger_mode, counters.frames_sent,
-            counters.sequences)
+    return (
+        opu.link_counters.bytes_sent,
+        opu.camera.settings,
+        controller.lines_received,
+        controller.laser_on,
+        controller.shutter_open,
+        controller.power_mw,
+        controller.trigger_mode,
+        counters.frames_sent,
+        counters.sequences,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -170,143 +180,173 @@ OPU_ERRORS: dict[str, tuple[Callable[[Any], Any], type]] = {}
 # Opu.transform: binary frames only.
 for _name, _make in BAD_REAL.items():
     OPU_ERRORS[f"transform-{_name}"] = (lambda o, m=_make: o.transform(m(), NC), OpuInvalid)
-OPU_ERRORS.update({
-    "transform-float-01": (lambda o: o.transform(binary().astype(np.float64), NC), OpuInvalid),
-    "transform-value-2": (lambda o: o.transform(binary() * 2, NC), OpuInvalid),
-    "transform-value--1": (lambda o: o.transform(-binary().astype(np.int8), NC), OpuInvalid),
-    "transform-more-features-than-mirrors": (lambda o: o.transform(np.zeros((1, N_MIRRORS + 1), bool), NC),
-                                             OpuInvalid),
-    "transform-n_components-0": (lambda o: o.transform(binary(), 0), OpuInvalid),
-    "transform-n_components--1": (lambda o: o.transform(binary(), -1), OpuInvalid),
-    "transform-n_components-beyond-camera": (lambda o: o.transform(binary(), N_PIXELS + 1), OpuInvalid),
-    "transform-n_components-1e12": (lambda o: o.transform(binary(), 10**12), OpuInvalid),
-    "transform-n_components-float": (lambda o: o.transform(binary(), 32.0), OpuInvalid),
-    "transform-n_components-nan": (lambda o: o.transform(binary(), math.nan), OpuInvalid),
-    "transform-n_components-bool": (lambda o: o.transform(binary(), True), OpuInvalid),
-    "transform-n_components-str": (lambda o: o.transform(binary(), "32"), OpuInvalid),
-    "transform-huge-batch-bool": (lambda o: o.transform(huge(NF, bool), NC), OpuInvalid),
-    "transform-huge-batch-uint8": (lambda o: o.transform(huge(NF, np.uint8), NC), OpuInvalid),
-})
+OPU_ERRORS.update(
+    {
+        "transform-float-01": (lambda o: o.transform(binary().astype(np.float64), NC), OpuInvalid),
+        "transform-value-2": (lambda o: o.transform(binary() * 2, NC), OpuInvalid),
+        "transform-value--1": (lambda o: o.transform(-binary().astype(np.int8), NC), OpuInvalid),
+        "transform-more-features-than-mirrors": (
+            lambda o: o.transform(np.zeros((1, N_MIRRORS + 1), bool), NC),
+            OpuInvalid,
+        ),
+        "transform-n_components-0": (lambda o: o.transform(binary(), 0), OpuInvalid),
+        "transform-n_components--1": (lambda o: o.transform(binary(), -1), OpuInvalid),
+        "transform-n_components-beyond-camera": (lambda o: o.transform(binary(), N_PIXELS + 1), OpuInvalid),
+        "transform-n_components-1e12": (lambda o: o.transform(binary(), 10**12), OpuInvalid),
+        "transform-n_components-float": (lambda o: o.transform(binary(), 32.0), OpuInvalid),
+        "transform-n_components-nan": (lambda o: o.transform(binary(), math.nan), OpuInvalid),
+        "transform-n_components-bool": (lambda o: o.transform(binary(), True), OpuInvalid),
+        "transform-n_components-str": (lambda o: o.transform(binary(), "32"), OpuInvalid),
+        "transform-huge-batch-bool": (lambda o: o.transform(huge(NF, bool), NC), OpuInvalid),
+        "transform-huge-batch-uint8": (lambda o: o.transform(huge(NF, np.uint8), NC), OpuInvalid),
+    }
+)
 
 # Opu.linear_transform: real errors.
 for _name, _make in BAD_REAL.items():
     OPU_ERRORS[f"linear-{_name}"] = (lambda o, m=_make: o.linear_transform(m(), NC), OpuInvalid)
-OPU_ERRORS.update({
-    "linear-n_components-0": (lambda o: o.linear_transform(ternary(), 0), OpuInvalid),
-    "linear-n_components-1e12": (lambda o: o.linear_transform(ternary(), 10**12), OpuInvalid),
-    "linear-n_components-bool": (lambda o: o.linear_transform(ternary(), True), OpuInvalid),
-    "linear-scheme-unknown": (lambda o: o.linear_transform(ternary(), NC, scheme="one_frame"), OpuInvalid),
-    "linear-scheme-none": (lambda o: o.linear_transform(ternary(), NC, scheme=None), OpuInvalid),
-    "linear-n_bits-0": (lambda o: o.linear_transform(ternary(), NC, n_bits=0), OpuInvalid),
-    "linear-n_bits-17": (lambda o: o.linear_transform(ternary(), NC, n_bits=17), OpuInvalid),
-    "linear-n_bits-float": (lambda o: o.linear_transform(ternary(), NC, n_bits=4.0), OpuInvalid),
-    "linear-n_bits-bool": (lambda o: o.linear_transform(ternary(), NC, n_bits=True), OpuInvalid),
-    "linear-too-wide-for-reference": (lambda o: o.linear_transform(ternary(1, N_MIRRORS), NC), OpuInvalid),
-    "linear-huge-batch": (lambda o: o.linear_transform(huge(), NC), OpuInvalid),
-    "linear-huge-batch-nan": (lambda o: o.linear_transform(np.broadcast_to(np.full(NF, np.nan), (HUGE_BATCH, NF)),
-                                                           NC), OpuInvalid),
-})
+OPU_ERRORS.update(
+    {
+        "linear-n_components-0": (lambda o: o.linear_transform(ternary(), 0), OpuInvalid),
+        "linear-n_components-1e12": (lambda o: o.linear_transform(ternary(), 10**12), OpuInvalid),
+        "linear-n_components-bool": (lambda o: o.linear_transform(ternary(), True), OpuInvalid),
+        "linear-scheme-unknown": (lambda o: o.linear_transform(ternary(), NC, scheme="one_frame"), OpuInvalid),
+        "linear-scheme-none": (lambda o: o.linear_transform(ternary(), NC, scheme=None), OpuInvalid),
+        "linear-n_bits-0": (lambda o: o.linear_transform(ternary(), NC, n_bits=0), OpuInvalid),
+        "linear-n_bits-17": (lambda o: o.linear_transform(ternary(), NC, n_bits=17), OpuInvalid),
+        "linear-n_bits-float": (lambda o: o.linear_transform(ternary(), NC, n_bits=4.0), OpuInvalid),
+        "linear-n_bits-bool": (lambda o: o.linear_transform(ternary(), NC, n_bits=True), OpuInvalid),
+        "linear-too-wide-for-reference": (lambda o: o.linear_transform(ternary(1, N_MIRRORS), NC), OpuInvalid),
+        "linear-huge-batch": (lambda o: o.linear_transform(huge(), NC), OpuInvalid),
+        "linear-huge-batch-nan": (
+            lambda o: o.linear_transform(np.broadcast_to(np.full(NF, np.nan), (HUGE_BATCH, NF)), NC),
+            OpuInvalid,
+        ),
+    }
+)
 
 # Opu.acquire: frames through a layout of the caller's choice.
-OPU_ERRORS.update({
-    "acquire-layout-not-a-layout": (lambda o: o.acquire(binary(2, NF + 1), "lined", NC), OpuInvalid),
-    "acquire-layout-other-dmd": (lambda o: o.acquire(binary(2, NF + 1), SplitLayout(NF, 128, 64), NC), OpuInvalid),
-    "acquire-width-mismatch": (lambda o: o.acquire(binary(2, NF), SplitLayout(NF, 96, 64), NC), OpuInvalid),
-    "acquire-nan": (lambda o: o.acquire(with_value(np.nan, NF + 1), SplitLayout(NF, 96, 64), NC), OpuInvalid),
-    "acquire-float": (lambda o: o.acquire(binary(2, NF + 1).astype(float), SplitLayout(NF, 96, 64), NC),
-                      OpuInvalid),
-    "acquire-n_components-1e12": (lambda o: o.acquire(binary(2, NF + 1), SplitLayout(NF, 96, 64), 10**12),
-                                  OpuInvalid),
-    "acquire-huge-batch": (lambda o: o.acquire(huge(NF + 1, bool), SplitLayout(NF, 96, 64), NC), OpuInvalid),
-})
+OPU_ERRORS.update(
+    {
+        "acquire-layout-not-a-layout": (lambda o: o.acquire(binary(2, NF + 1), "lined", NC), OpuInvalid),
+        "acquire-layout-other-dmd": (lambda o: o.acquire(binary(2, NF + 1), SplitLayout(NF, 128, 64), NC), OpuInvalid),
+        "acquire-width-mismatch": (lambda o: o.acquire(binary(2, NF), SplitLayout(NF, 96, 64), NC), OpuInvalid),
+        "acquire-nan": (lambda o: o.acquire(with_value(np.nan, NF + 1), SplitLayout(NF, 96, 64), NC), OpuInvalid),
+        "acquire-float": (
+            lambda o: o.acquire(binary(2, NF + 1).astype(float), SplitLayout(NF, 96, 64), NC),
+            OpuInvalid,
+        ),
+        "acquire-n_components-1e12": (
+            lambda o: o.acquire(binary(2, NF + 1), SplitLayout(NF, 96, 64), 10**12),
+            OpuInvalid,
+        ),
+        "acquire-huge-batch": (lambda o: o.acquire(huge(NF + 1, bool), SplitLayout(NF, 96, 64), NC), OpuInvalid),
+    }
+)
 
 # Opu.roi_for: the outputs' camera region (only computes).
-OPU_ERRORS.update({
-    "roi_for-0": (lambda o: o.roi_for(0), OpuInvalid),
-    "roi_for--5": (lambda o: o.roi_for(-5), OpuInvalid),
-    "roi_for-beyond-camera": (lambda o: o.roi_for(N_PIXELS + 1), OpuInvalid),
-    "roi_for-1e12": (lambda o: o.roi_for(10**12), OpuInvalid),
-    "roi_for-float": (lambda o: o.roi_for(32.5), OpuInvalid),
-    "roi_for-nan": (lambda o: o.roi_for(math.nan), OpuInvalid),
-    "roi_for-str": (lambda o: o.roi_for("32"), OpuInvalid),
-    "roi_for-bool": (lambda o: o.roi_for(True), OpuInvalid),
-})
+OPU_ERRORS.update(
+    {
+        "roi_for-0": (lambda o: o.roi_for(0), OpuInvalid),
+        "roi_for--5": (lambda o: o.roi_for(-5), OpuInvalid),
+        "roi_for-beyond-camera": (lambda o: o.roi_for(N_PIXELS + 1), OpuInvalid),
+        "roi_for-1e12": (lambda o: o.roi_for(10**12), OpuInvalid),
+        "roi_for-float": (lambda o: o.roi_for(32.5), OpuInvalid),
+        "roi_for-nan": (lambda o: o.roi_for(math.nan), OpuInvalid),
+        "roi_for-str": (lambda o: o.roi_for("32"), OpuInvalid),
+        "roi_for-bool": (lambda o: o.roi_for(True), OpuInvalid),
+    }
+)
 
 # Calibration routines: arguments refused before anything is sent.
-OPU_ERRORS.update({
-    "measure_dark-n_components-0": (lambda o: measure_dark(o, 0), OpuInvalid),
-    "measure_dark-n_components-1e12": (lambda o: measure_dark(o, 10**12), OpuInvalid),
-    "measure_dark-n_components-str": (lambda o: measure_dark(o, "32"), OpuInvalid),
-    "measure_dark-n_frames-1": (lambda o: measure_dark(o, NC, n_frames=1), OpuInvalid),
-    "measure_dark-n_frames-1e12": (lambda o: measure_dark(o, NC, n_frames=10**12), OpuInvalid),
-    "measure_dark-method": (lambda o: measure_dark(o, NC, method="lid"), OpuInvalid),
-    "measure_dark-hot_sigma-nan": (lambda o: measure_dark(o, NC, hot_sigma=math.nan), OpuInvalid),
-    "measure_dark-hot_sigma-inf": (lambda o: measure_dark(o, NC, hot_sigma=math.inf), OpuInvalid),
-    "measure_dark-hot_sigma-str": (lambda o: measure_dark(o, NC, hot_sigma="8"), OpuInvalid),
-    "tune_exposure-n_features-0": (lambda o: tune_exposure(o, 0, NC), OpuInvalid),
-    "tune_exposure-n_features-1e12": (lambda o: tune_exposure(o, 10**12, NC), OpuInvalid),
-    "tune_exposure-n_components-1e12": (lambda o: tune_exposure(o, NF, 10**12), OpuInvalid),
-    "tune_exposure-target-nan": (lambda o: tune_exposure(o, NF, NC, target_fraction=math.nan), OpuInvalid),
-    "tune_exposure-saturated-inf": (lambda o: tune_exposure(o, NF, NC, max_saturated_fraction=math.inf),
-                                    OpuInvalid),
-    "tune_exposure-max_exposure-float": (lambda o: tune_exposure(o, NF, NC, max_exposure_us=100.0), OpuInvalid),
-    "tune_exposure-layout-str": (lambda o: tune_exposure(o, NF, NC, layout="lined"), OpuInvalid),
-    "tune_exposure-n_frames-0": (lambda o: tune_exposure(o, NF, NC, n_frames=0), OpuInvalid),
-    "measure_latency-n_frames-str": (lambda o: measure_latency(o, n_frames="64"), OpuInvalid),
-    "measure_latency-lag-ge-frames": (lambda o: measure_latency(o, n_frames=8, max_lag_frames=8), OpuInvalid),
-    "measure_latency-n_features-1e12": (lambda o: measure_latency(o, n_features=10**12, n_components=NC),
-                                        OpuInvalid),
-    "measure_latency-n_components-1e12": (lambda o: measure_latency(o, n_components=10**12), OpuInvalid),
-    "measure_latency-n_frames-1e12": (lambda o: measure_latency(o, n_frames=10**12, n_components=NC), OpuInvalid),
-    "measure_latency-timeout-nan": (lambda o: measure_latency(o, n_components=NC, timeout_s=math.nan), OpuInvalid),
-    "measure_roi-n_components-1e12": (lambda o: measure_roi(o, 10**12), OpuInvalid),
-    "measure_roi-n_features-1": (lambda o: measure_roi(o, 1024, n_features=1), OpuInvalid),
-    "measure_roi-n_features-1e12": (lambda o: measure_roi(o, 1024, n_features=10**12), OpuInvalid),
-    "measure_roi-n_frames-1e12": (lambda o: measure_roi(o, 1024, n_frames=10**12), OpuInvalid),
-    "measure_roi-seed--1": (lambda o: measure_roi(o, 1024, seed=-1), OpuInvalid),
-    "measure_roi-too-few-rows": (lambda o: measure_roi(o, NC), OpuInvalid),
-    "measure_reference-n_features-0": (lambda o: measure_reference(o, 0, NC), OpuInvalid),
-    "measure_reference-n_features-1e12": (lambda o: measure_reference(o, 10**12, NC), OpuInvalid),
-    "measure_reference-n_components-1e12": (lambda o: measure_reference(o, NF, 10**12), OpuInvalid),
-    "measure_reference-n_frames-nan": (lambda o: measure_reference(o, NF, NC, n_frames=math.nan), OpuInvalid),
-    "measure_reference-n_frames-1e12": (lambda o: measure_reference(o, NF, NC, n_frames=10**12), OpuInvalid),
-    "measure_fidelity-n_features-1": (lambda o: measure_fidelity(o, 1, NC), OpuInvalid),
-    "measure_fidelity-n_features-1e12": (lambda o: measure_fidelity(o, 10**12, NC), OpuInvalid),
-    "measure_fidelity-scheme": (lambda o: measure_fidelity(o, NF, NC, schemes=("one_frame",)), OpuInvalid),
-    "measure_fidelity-n_bits-17": (lambda o: measure_fidelity(o, NF, NC, n_bits=(17,)), OpuInvalid),
-    "measure_fidelity-n_vectors-1": (lambda o: measure_fidelity(o, NF, NC, n_vectors=1), OpuInvalid),
-    "measure_fidelity-n_vectors-1e12": (lambda o: measure_fidelity(o, NF, NC, n_vectors=10**12), OpuInvalid),
-    "estimate_matrix-probes": (lambda o: estimate_matrix(o, NF, NC, probes="sobol"), OpuInvalid),
-    "estimate_matrix-scheme": (lambda o: estimate_matrix(o, NF, NC, scheme="one_frame"), OpuInvalid),
-    "estimate_matrix-n_features-1e12": (lambda o: estimate_matrix(o, 10**12, NC), OpuInvalid),
-    "estimate_matrix-n_components-1e12": (lambda o: estimate_matrix(o, NF, 10**12), OpuInvalid),
-    "estimate_matrix-n_probes-1e12": (lambda o: estimate_matrix(o, NF, NC, probes="random", n_probes=10**12),
-                                      OpuInvalid),
-    "estimate_matrix-n_holdout--1": (lambda o: estimate_matrix(o, NF, NC, n_holdout=-1), OpuInvalid),
-    "estimate_matrix-n_holdout-1e12": (lambda o: estimate_matrix(o, NF, NC, n_holdout=10**12), OpuInvalid),
-    "estimate_matrix-seed--1": (lambda o: estimate_matrix(o, NF, NC, seed=-1), OpuInvalid),
-    "DriftMonitor-n_features-0": (lambda o: DriftMonitor(o, 0, NC), OpuInvalid),
-    "DriftMonitor-n_features-1e12": (lambda o: DriftMonitor(o, 10**12, NC), OpuInvalid),
-    "DriftMonitor-n_components-1e12": (lambda o: DriftMonitor(o, NF, 10**12), OpuInvalid),
-    "DriftMonitor-n_probes-2": (lambda o: DriftMonitor(o, NF, NC, n_probes=2), OpuInvalid),
-    "DriftMonitor-n_probes-1e12": (lambda o: DriftMonitor(o, NF, NC, n_probes=10**12), OpuInvalid),
-    "DriftMonitor-threshold-nan": (lambda o: DriftMonitor(o, NF, NC, threshold=math.nan), OpuInvalid),
-    "DriftMonitor-scheme": (lambda o: DriftMonitor(o, NF, NC, scheme="one_frame"), OpuInvalid),
-    "DriftMonitor-interval-0": (lambda o: DriftMonitor(o, NF, NC, interval_steps=0), OpuInvalid),
-    "DriftMonitor.from_arrays-nan-baseline": (
-        lambda o: DriftMonitor.from_arrays(o, ternary(4, NF) + np.eye(4, NF), np.full((4, NC), np.nan), 0.9),
-        OpuInvalid),
-    "DriftMonitor.from_arrays-non-ternary-probes": (
-        lambda o: DriftMonitor.from_arrays(o, np.full((4, NF), 2.0), np.ones((4, NC)), 0.9), OpuInvalid),
-    "DriftMonitor.from_arrays-baseline-1e12-wide": (
-        lambda o: DriftMonitor.from_arrays(o, np.ones((4, NF)), np.broadcast_to(np.ones(1), (4, 10**12)), 0.9),
-        OpuInvalid),
-    "calibrate-unknown-routine": (lambda o: calibrate(o, ["nope"], None), OpuInvalid),
-    "calibrate-routines-str": (lambda o: calibrate(o, "dark", None), OpuInvalid),
-    "calibrate-plan-too-many-components": (
-        lambda o: calibrate(o, ["dark"], None, CalibrationPlan(n_features=NF, n_components=10**12)), OpuInvalid),
-    "calibrate-plan-not-a-plan": (lambda o: calibrate(o, ["dark"], None, {"n_features": NF}), OpuInvalid),
-})
+OPU_ERRORS.update(
+    {
+        "measure_dark-n_components-0": (lambda o: measure_dark(o, 0), OpuInvalid),
+        "measure_dark-n_components-1e12": (lambda o: measure_dark(o, 10**12), OpuInvalid),
+        "measure_dark-n_components-str": (lambda o: measure_dark(o, "32"), OpuInvalid),
+        "measure_dark-n_frames-1": (lambda o: measure_dark(o, NC, n_frames=1), OpuInvalid),
+        "measure_dark-n_frames-1e12": (lambda o: measure_dark(o, NC, n_frames=10**12), OpuInvalid),
+        "measure_dark-method": (lambda o: measure_dark(o, NC, method="lid"), OpuInvalid),
+        "measure_dark-hot_sigma-nan": (lambda o: measure_dark(o, NC, hot_sigma=math.nan), OpuInvalid),
+        "measure_dark-hot_sigma-inf": (lambda o: measure_dark(o, NC, hot_sigma=math.inf), OpuInvalid),
+        "measure_dark-hot_sigma-str": (lambda o: measure_dark(o, NC, hot_sigma="8"), OpuInvalid),
+        "tune_exposure-n_features-0": (lambda o: tune_exposure(o, 0, NC), OpuInvalid),
+        "tune_exposure-n_features-1e12": (lambda o: tune_exposure(o, 10**12, NC), OpuInvalid),
+        "tune_exposure-n_components-1e12": (lambda o: tune_exposure(o, NF, 10**12), OpuInvalid),
+        "tune_exposure-target-nan": (lambda o: tune_exposure(o, NF, NC, target_fraction=math.nan), OpuInvalid),
+        "tune_exposure-saturated-inf": (
+            lambda o: tune_exposure(o, NF, NC, max_saturated_fraction=math.inf),
+            OpuInvalid,
+        ),
+        "tune_exposure-max_exposure-float": (lambda o: tune_exposure(o, NF, NC, max_exposure_us=100.0), OpuInvalid),
+        "tune_exposure-layout-str": (lambda o: tune_exposure(o, NF, NC, layout="lined"), OpuInvalid),
+        "tune_exposure-n_frames-0": (lambda o: tune_exposure(o, NF, NC, n_frames=0), OpuInvalid),
+        "measure_latency-n_frames-str": (lambda o: measure_latency(o, n_frames="64"), OpuInvalid),
+        "measure_latency-lag-ge-frames": (lambda o: measure_latency(o, n_frames=8, max_lag_frames=8), OpuInvalid),
+        "measure_latency-n_features-1e12": (
+            lambda o: measure_latency(o, n_features=10**12, n_components=NC),
+            OpuInvalid,
+        ),
+        "measure_latency-n_components-1e12": (lambda o: measure_latency(o, n_components=10**12), OpuInvalid),
+        "measure_latency-n_frames-1e12": (lambda o: measure_latency(o, n_frames=10**12, n_components=NC), OpuInvalid),
+        "measure_latency-timeout-nan": (lambda o: measure_latency(o, n_components=NC, timeout_s=math.nan), OpuInvalid),
+        "measure_roi-n_components-1e12": (lambda o: measure_roi(o, 10**12), OpuInvalid),
+        "measure_roi-n_features-1": (lambda o: measure_roi(o, 1024, n_features=1), OpuInvalid),
+        "measure_roi-n_features-1e12": (lambda o: measure_roi(o, 1024, n_features=10**12), OpuInvalid),
+        "measure_roi-n_frames-1e12": (lambda o: measure_roi(o, 1024, n_frames=10**12), OpuInvalid),
+        "measure_roi-seed--1": (lambda o: measure_roi(o, 1024, seed=-1), OpuInvalid),
+        "measure_roi-too-few-rows": (lambda o: measure_roi(o, NC), OpuInvalid),
+        "measure_reference-n_features-0": (lambda o: measure_reference(o, 0, NC), OpuInvalid),
+        "measure_reference-n_features-1e12": (lambda o: measure_reference(o, 10**12, NC), OpuInvalid),
+        "measure_reference-n_components-1e12": (lambda o: measure_reference(o, NF, 10**12), OpuInvalid),
+        "measure_reference-n_frames-nan": (lambda o: measure_reference(o, NF, NC, n_frames=math.nan), OpuInvalid),
+        "measure_reference-n_frames-1e12": (lambda o: measure_reference(o, NF, NC, n_frames=10**12), OpuInvalid),
+        "measure_fidelity-n_features-1": (lambda o: measure_fidelity(o, 1, NC), OpuInvalid),
+        "measure_fidelity-n_features-1e12": (lambda o: measure_fidelity(o, 10**12, NC), OpuInvalid),
+        "measure_fidelity-scheme": (lambda o: measure_fidelity(o, NF, NC, schemes=("one_frame",)), OpuInvalid),
+        "measure_fidelity-n_bits-17": (lambda o: measure_fidelity(o, NF, NC, n_bits=(17,)), OpuInvalid),
+        "measure_fidelity-n_vectors-1": (lambda o: measure_fidelity(o, NF, NC, n_vectors=1), OpuInvalid),
+        "measure_fidelity-n_vectors-1e12": (lambda o: measure_fidelity(o, NF, NC, n_vectors=10**12), OpuInvalid),
+        "estimate_matrix-probes": (lambda o: estimate_matrix(o, NF, NC, probes="sobol"), OpuInvalid),
+        "estimate_matrix-scheme": (lambda o: estimate_matrix(o, NF, NC, scheme="one_frame"), OpuInvalid),
+        "estimate_matrix-n_features-1e12": (lambda o: estimate_matrix(o, 10**12, NC), OpuInvalid),
+        "estimate_matrix-n_components-1e12": (lambda o: estimate_matrix(o, NF, 10**12), OpuInvalid),
+        "estimate_matrix-n_probes-1e12": (
+            lambda o: estimate_matrix(o, NF, NC, probes="random", n_probes=10**12),
+            OpuInvalid,
+        ),
+        "estimate_matrix-n_holdout--1": (lambda o: estimate_matrix(o, NF, NC, n_holdout=-1), OpuInvalid),
+        "estimate_matrix-n_holdout-1e12": (lambda o: estimate_matrix(o, NF, NC, n_holdout=10**12), OpuInvalid),
+        "estimate_matrix-seed--1": (lambda o: estimate_matrix(o, NF, NC, seed=-1), OpuInvalid),
+        "DriftMonitor-n_features-0": (lambda o: DriftMonitor(o, 0, NC), OpuInvalid),
+        "DriftMonitor-n_features-1e12": (lambda o: DriftMonitor(o, 10**12, NC), OpuInvalid),
+        "DriftMonitor-n_components-1e12": (lambda o: DriftMonitor(o, NF, 10**12), OpuInvalid),
+        "DriftMonitor-n_probes-2": (lambda o: DriftMonitor(o, NF, NC, n_probes=2), OpuInvalid),
+        "DriftMonitor-n_probes-1e12": (lambda o: DriftMonitor(o, NF, NC, n_probes=10**12), OpuInvalid),
+        "DriftMonitor-threshold-nan": (lambda o: DriftMonitor(o, NF, NC, threshold=math.nan), OpuInvalid),
+        "DriftMonitor-scheme": (lambda o: DriftMonitor(o, NF, NC, scheme="one_frame"), OpuInvalid),
+        "DriftMonitor-interval-0": (lambda o: DriftMonitor(o, NF, NC, interval_steps=0), OpuInvalid),
+        "DriftMonitor.from_arrays-nan-baseline": (
+            lambda o: DriftMonitor.from_arrays(o, ternary(4, NF) + np.eye(4, NF), np.full((4, NC), np.nan), 0.9),
+            OpuInvalid,
+        ),
+        "DriftMonitor.from_arrays-non-ternary-probes": (
+            lambda o: DriftMonitor.from_arrays(o, np.full((4, NF), 2.0), np.ones((4, NC)), 0.9),
+            OpuInvalid,
+        ),
+        "DriftMonitor.from_arrays-baseline-1e12-wide": (
+            lambda o: DriftMonitor.from_arrays(o, np.ones((4, NF)), np.broadcast_to(np.ones(1), (4, 10**12)), 0.9),
+            OpuInvalid,
+        ),
+        "calibrate-unknown-routine": (lambda o: calibrate(o, ["nope"], None), OpuInvalid),
+        "calibrate-routines-str": (lambda o: calibrate(o, "dark", None), OpuInvalid),
+        "calibrate-plan-too-many-components": (
+            lambda o: calibrate(o, ["dark"], None, CalibrationPlan(n_features=NF, n_components=10**12)),
+            OpuInvalid,
+        ),
+        "calibrate-plan-not-a-plan": (lambda o: calibrate(o, ["dark"], None, {"n_features": NF}), OpuInvalid),
+    }
+)
 
 
 @pytest.mark.parametrize(("call", "expected"), _rows(OPU_ERRORS))
@@ -407,20 +447,24 @@ def connect_errors(tcp: str) -> dict:
         "sim-bad-setting": (lambda: c(URL, NC, exposure_us=math.nan), DfaInvalid),
         "usb-bad-ids": (lambda: c("usb://zz:yy?port=/dev/null", NC), DfaInvalid),
         "sim-n_components-beyond-camera": (lambda: c(URL, N_PIXELS + 1), DfaInvalid),
-        **{f"{scheme}-{name}": (lambda u=url, kw=kw: c(u, **kw), DfaInvalid)
-           for scheme, url in (("digital", "digital://?seed=1"), ("tcp", tcp), ("sim", URL))
-           for name, kw in (("n_components-0", {"n_components": 0}),
-                            ("n_components-1e12", {"n_components": 10**12}),
-                            ("n_components-bool", {"n_components": True}),
-                            ("n_components-float", {"n_components": 32.0}),
-                            ("n_components-str", {"n_components": "32"}),
-                            ("n_features-0", {"n_components": NC, "n_features": 0}),
-                            ("n_features-1e12", {"n_components": NC, "n_features": 10**12}),
-                            ("scheme", {"n_components": NC, "scheme": "one_frame"}),
-                            ("n_bits-0", {"n_components": NC, "n_bits": 0}),
-                            ("n_bits-nan", {"n_components": NC, "n_bits": math.nan}),
-                            ("max_batch-0", {"n_components": NC, "max_batch": 0}),
-                            ("max_batch-float", {"n_components": NC, "max_batch": 10.0}))},
+        **{
+            f"{scheme}-{name}": (lambda u=url, kw=kw: c(u, **kw), DfaInvalid)
+            for scheme, url in (("digital", "digital://?seed=1"), ("tcp", tcp), ("sim", URL))
+            for name, kw in (
+                ("n_components-0", {"n_components": 0}),
+                ("n_components-1e12", {"n_components": 10**12}),
+                ("n_components-bool", {"n_components": True}),
+                ("n_components-float", {"n_components": 32.0}),
+                ("n_components-str", {"n_components": "32"}),
+                ("n_features-0", {"n_components": NC, "n_features": 0}),
+                ("n_features-1e12", {"n_components": NC, "n_features": 10**12}),
+                ("scheme", {"n_components": NC, "scheme": "one_frame"}),
+                ("n_bits-0", {"n_components": NC, "n_bits": 0}),
+                ("n_bits-nan", {"n_components": NC, "n_bits": math.nan}),
+                ("max_batch-0", {"n_components": NC, "max_batch": 0}),
+                ("max_batch-float", {"n_components": NC, "max_batch": 10.0}),
+            )
+        },
     }
 
 
@@ -435,8 +479,7 @@ def test_connect_refuses_bad_urls_and_options_before_sending(service, case: str)
     with pytest.raises(expected):
         call()
     after = service.stats()
-    assert (after.requests, after.vectors, after.device_calls) == (before.requests, before.vectors,
-                                                                   before.device_calls)
+    assert (after.requests, after.vectors, after.device_calls) == (before.requests, before.vectors, before.device_calls)
     assert [device.name for device in firmware_sim.list_devices()] == devices, "an emulator was left behind"
 
 
@@ -537,17 +580,21 @@ def test_opu_gives_the_same_result_for_any_memory_layout(opu, entry, layout) -> 
 def test_opu_takes_bool_frames_and_bool_errors(opu) -> None:
     X = binary(3, NF, seed=8)
     np.testing.assert_array_equal(opu.transform(X.astype(bool), NC), opu.transform(X, NC))
-    np.testing.assert_array_equal(opu.linear_transform(X.astype(bool), NC),
-                                  opu.linear_transform(X.astype(np.float64), NC))
+    np.testing.assert_array_equal(
+        opu.linear_transform(X.astype(bool), NC), opu.linear_transform(X.astype(np.float64), NC)
+    )
 
 
-@pytest.mark.parametrize(("entry", "shape", "dtype"), [
-    pytest.param("transform", (0, NF), np.uint8, id="transform"),
-    pytest.param("transform-bool", (0, NF), bool, id="transform-bool"),
-    pytest.param("linear_transform", (0, NF), np.float64, id="linear_transform"),
-    pytest.param("linear_transform-int", (0, NF), np.int8, id="linear_transform-int"),
-    pytest.param("acquire", (0, NF + 1), np.uint8, id="acquire"),
-])
+@pytest.mark.parametrize(
+    ("entry", "shape", "dtype"),
+    [
+        pytest.param("transform", (0, NF), np.uint8, id="transform"),
+        pytest.param("transform-bool", (0, NF), bool, id="transform-bool"),
+        pytest.param("linear_transform", (0, NF), np.float64, id="linear_transform"),
+        pytest.param("linear_transform-int", (0, NF), np.int8, id="linear_transform-int"),
+        pytest.param("acquire", (0, NF + 1), np.uint8, id="acquire"),
+    ],
+)
 def test_opu_empty_batches_return_empty_and_send_nothing(opu, entry, shape, dtype) -> None:
     before = device_state(opu)
     empty = np.zeros(shape, dtype=dtype)
@@ -569,82 +616,98 @@ def _fitted(encoder, n: int = NF):
 
 
 PURE_ERRORS: dict[str, tuple[Callable[[], Any], type]] = {}
-for _enc_name, _make_enc in (("BinaryThreshold", BinaryThreshold), ("TernaryEncoder", TernaryEncoder),
-                             ("BitPlaneEncoder", BitPlaneEncoder)):
+for _enc_name, _make_enc in (
+    ("BinaryThreshold", BinaryThreshold),
+    ("TernaryEncoder", TernaryEncoder),
+    ("BitPlaneEncoder", BitPlaneEncoder),
+):
     for _name, _make in BAD_REAL.items():
         if _name == "zero-width":
             continue
         PURE_ERRORS[f"{_enc_name}.fit-{_name}"] = (lambda e=_make_enc, m=_make: e().fit(m()), OpuInvalid)
         PURE_ERRORS[f"{_enc_name}.transform-{_name}"] = (
-            lambda e=_make_enc, m=_make: _fitted(e()).transform(m()), OpuInvalid)
+            lambda e=_make_enc, m=_make: _fitted(e()).transform(m()),
+            OpuInvalid,
+        )
     PURE_ERRORS[f"{_enc_name}.fit-zero-width"] = (lambda e=_make_enc: e().fit(np.zeros((2, 0))), OpuInvalid)
     PURE_ERRORS[f"{_enc_name}.transform-wrong-width"] = (
-        lambda e=_make_enc: _fitted(e()).transform(ternary(2, NF + 1)), OpuInvalid)
+        lambda e=_make_enc: _fitted(e()).transform(ternary(2, NF + 1)),
+        OpuInvalid,
+    )
     PURE_ERRORS[f"{_enc_name}.transform-unfitted"] = (lambda e=_make_enc: e().transform(ternary()), OpuConfig)
     PURE_ERRORS[f"{_enc_name}.transform-chunk_rows-0"] = (
-        lambda e=_make_enc: _fitted(e()).transform(ternary(), chunk_rows=0), OpuConfig)
-PURE_ERRORS.update({
-    "BinaryThreshold-threshold-nan": (lambda: BinaryThreshold(math.nan), OpuConfig),
-    "BinaryThreshold-threshold-str": (lambda: BinaryThreshold("high"), OpuConfig),
-    "TernaryEncoder-threshold-negative": (lambda: TernaryEncoder(threshold=-1.0), OpuConfig),
-    "TernaryEncoder-threshold-inf": (lambda: TernaryEncoder(threshold=math.inf), OpuConfig),
-    "TernaryEncoder-rule": (lambda: TernaryEncoder(rule="median"), OpuConfig),
-    "TernaryEncoder-value-nan": (lambda: TernaryEncoder(value=math.nan), OpuConfig),
-    "TernaryEncoder-fit-empty-no-threshold": (lambda: TernaryEncoder().fit(np.zeros((0, NF))), OpuInvalid),
-    "BitPlaneEncoder-n_bits-0": (lambda: BitPlaneEncoder(0), OpuConfig),
-    "BitPlaneEncoder-n_bits-17": (lambda: BitPlaneEncoder(17), OpuConfig),
-    "BitPlaneEncoder-n_bits-float": (lambda: BitPlaneEncoder(4.0), OpuConfig),
-    "BitPlaneEncoder-n_bits-bool": (lambda: BitPlaneEncoder(True), OpuConfig),
-    "BitPlaneEncoder-fit-empty": (lambda: BitPlaneEncoder().fit(np.zeros((0, NF))), OpuInvalid),
-    "BitPlaneEncoder-out-wrong-shape": (
-        lambda: _fitted(BitPlaneEncoder(2)).transform(ternary(), out=np.zeros((2, 2, 3, NF + 1), np.uint8)),
-        OpuInvalid),
-    "BitPlaneEncoder-out-read-only": (
-        lambda: _fitted(BitPlaneEncoder(2)).transform(ternary(), out=read_only(np.zeros((2, 2, 3, NF), np.uint8))),
-        OpuInvalid),
-    # ternarize (pure; no batch limit of its own: it works on what fits in memory)
-    **{f"ternarize-{name}": (lambda m=make: ternarize(m()), DfaInvalid) for name, make in BAD_REAL.items()},
-    "ternarize-threshold-0": (lambda: ternarize(ternary(), 0.0), DfaInvalid),
-    "ternarize-threshold-above-1-max-rule": (lambda: ternarize(ternary(), 1.5), DfaInvalid),
-    "ternarize-threshold-nan": (lambda: ternarize(ternary(), math.nan), DfaInvalid),
-    "ternarize-threshold-inf-absolute": (lambda: ternarize(ternary(), math.inf, "absolute"), DfaInvalid),
-    "ternarize-threshold-bool": (lambda: ternarize(ternary(), True), DfaInvalid),
-    "ternarize-rule": (lambda: ternarize(ternary(), 0.3, "median"), DfaInvalid),
-    # CalibrationPlan and render_report (no device)
-    "CalibrationPlan-n_features-0": (lambda: CalibrationPlan(n_features=0), OpuInvalid),
-    "CalibrationPlan-n_components-float": (lambda: CalibrationPlan(n_components=32.0), OpuInvalid),
-    "CalibrationPlan-dark_frames-bool": (lambda: CalibrationPlan(dark_frames=True), OpuInvalid),
-    "CalibrationPlan-dark_method": (lambda: CalibrationPlan(dark_method="lid"), OpuInvalid),
-    "CalibrationPlan-matrix_probes": (lambda: CalibrationPlan(matrix_probes="sobol"), OpuInvalid),
-    "CalibrationPlan-saturated-nan": (lambda: CalibrationPlan(max_saturated_fraction=math.nan), OpuInvalid),
-    "CalibrationPlan-saturated-str": (lambda: CalibrationPlan(max_saturated_fraction="0.001"), OpuInvalid),
-    "render_report-not-a-record": (lambda: render_report({"dark": {}}, "report.png"), OpuInvalid),
-    "render_report-nothing-to-plot": (lambda: render_report(CalibrationRecord("m", "s", "1.0"), "r.png"),
-                                      OpuInvalid),
-    "render_report-suffix": (lambda: render_report(_dark_record(), "report.txt"), OpuInvalid),
-    "render_report-dpi-0": (lambda: render_report(_dark_record(), "report.png", dpi=0), OpuInvalid),
-    "render_report-dpi-float": (lambda: render_report(_dark_record(), "report.png", dpi=120.0), OpuInvalid),
-    "render_report-title-int": (lambda: render_report(_dark_record(), "report.png", title=3), OpuInvalid),
-    # OpuService: limits and bind checked before the device is opened
-    "OpuService-max_batch-0": (lambda: OpuService(URL, max_batch=0), OpuConfig),
-    "OpuService-max_batch-float": (lambda: OpuService(URL, max_batch=64.0), OpuConfig),
-    "OpuService-max_batch-bool": (lambda: OpuService(URL, max_batch=True), OpuConfig),
-    "OpuService-max_message_bytes--1": (lambda: OpuService(URL, max_message_bytes=-1), OpuConfig),
-    "OpuService-timeout-nan": (lambda: OpuService(URL, request_timeout_s=math.nan), OpuConfig),
-    "OpuService-timeout-inf": (lambda: OpuService(URL, hello_timeout_s=math.inf), OpuConfig),
-    "OpuService-unknown-limit": (lambda: OpuService(URL, max_speed=3), OpuConfig),
-    "OpuService-bind-not-tuple": (lambda: OpuService(URL, bind="127.0.0.1:0"), OpuConfig),
-    "OpuService-bind-port-too-big": (lambda: OpuService(URL, bind=("127.0.0.1", 70000)), OpuConfig),
-    "OpuService-bind-public-no-token": (lambda: OpuService(URL, bind=("0.0.0.0", 0)), OpuConfig),
-    "OpuService-token-empty": (lambda: OpuService(URL, token="  "), OpuConfig),
-    "OpuService-token-bytes": (lambda: OpuService(URL, token=b"secret"), OpuConfig),
-})
+        lambda e=_make_enc: _fitted(e()).transform(ternary(), chunk_rows=0),
+        OpuConfig,
+    )
+PURE_ERRORS.update(
+    {
+        "BinaryThreshold-threshold-nan": (lambda: BinaryThreshold(math.nan), OpuConfig),
+        "BinaryThreshold-threshold-str": (lambda: BinaryThreshold("high"), OpuConfig),
+        "TernaryEncoder-threshold-negative": (lambda: TernaryEncoder(threshold=-1.0), OpuConfig),
+        "TernaryEncoder-threshold-inf": (lambda: TernaryEncoder(threshold=math.inf), OpuConfig),
+        "TernaryEncoder-rule": (lambda: TernaryEncoder(rule="median"), OpuConfig),
+        "TernaryEncoder-value-nan": (lambda: TernaryEncoder(value=math.nan), OpuConfig),
+        "TernaryEncoder-fit-empty-no-threshold": (lambda: TernaryEncoder().fit(np.zeros((0, NF))), OpuInvalid),
+        "BitPlaneEncoder-n_bits-0": (lambda: BitPlaneEncoder(0), OpuConfig),
+        "BitPlaneEncoder-n_bits-17": (lambda: BitPlaneEncoder(17), OpuConfig),
+        "BitPlaneEncoder-n_bits-float": (lambda: BitPlaneEncoder(4.0), OpuConfig),
+        "BitPlaneEncoder-n_bits-bool": (lambda: BitPlaneEncoder(True), OpuConfig),
+        "BitPlaneEncoder-fit-empty": (lambda: BitPlaneEncoder().fit(np.zeros((0, NF))), OpuInvalid),
+        "BitPlaneEncoder-out-wrong-shape": (
+            lambda: _fitted(BitPlaneEncoder(2)).transform(ternary(), out=np.zeros((2, 2, 3, NF + 1), np.uint8)),
+            OpuInvalid,
+        ),
+        "BitPlaneEncoder-out-read-only": (
+            lambda: _fitted(BitPlaneEncoder(2)).transform(ternary(), out=read_only(np.zeros((2, 2, 3, NF), np.uint8))),
+            OpuInvalid,
+        ),
+        # ternarize (pure; no batch limit of its own: it works on what fits in memory)
+        **{f"ternarize-{name}": (lambda m=make: ternarize(m()), DfaInvalid) for name, make in BAD_REAL.items()},
+        "ternarize-threshold-0": (lambda: ternarize(ternary(), 0.0), DfaInvalid),
+        "ternarize-threshold-above-1-max-rule": (lambda: ternarize(ternary(), 1.5), DfaInvalid),
+        "ternarize-threshold-nan": (lambda: ternarize(ternary(), math.nan), DfaInvalid),
+        "ternarize-threshold-inf-absolute": (lambda: ternarize(ternary(), math.inf, "absolute"), DfaInvalid),
+        "ternarize-threshold-bool": (lambda: ternarize(ternary(), True), DfaInvalid),
+        "ternarize-rule": (lambda: ternarize(ternary(), 0.3, "median"), DfaInvalid),
+        # CalibrationPlan and render_report (no device)
+        "CalibrationPlan-n_features-0": (lambda: CalibrationPlan(n_features=0), OpuInvalid),
+        "CalibrationPlan-n_components-float": (lambda: CalibrationPlan(n_components=32.0), OpuInvalid),
+        "CalibrationPlan-dark_frames-bool": (lambda: CalibrationPlan(dark_frames=True), OpuInvalid),
+        "CalibrationPlan-dark_method": (lambda: CalibrationPlan(dark_method="lid"), OpuInvalid),
+        "CalibrationPlan-matrix_probes": (lambda: CalibrationPlan(matrix_probes="sobol"), OpuInvalid),
+        "CalibrationPlan-saturated-nan": (lambda: CalibrationPlan(max_saturated_fraction=math.nan), OpuInvalid),
+        "CalibrationPlan-saturated-str": (lambda: CalibrationPlan(max_saturated_fraction="0.001"), OpuInvalid),
+        "render_report-not-a-record": (lambda: render_report({"dark": {}}, "report.png"), OpuInvalid),
+        "render_report-nothing-to-plot": (
+            lambda: render_report(CalibrationRecord("m", "s", "1.0"), "r.png"),
+            OpuInvalid,
+        ),
+        "render_report-suffix": (lambda: render_report(_dark_record(), "report.txt"), OpuInvalid),
+        "render_report-dpi-0": (lambda: render_report(_dark_record(), "report.png", dpi=0), OpuInvalid),
+        "render_report-dpi-float": (lambda: render_report(_dark_record(), "report.png", dpi=120.0), OpuInvalid),
+        "render_report-title-int": (lambda: render_report(_dark_record(), "report.png", title=3), OpuInvalid),
+        # OpuService: limits and bind checked before the device is opened
+        "OpuService-max_batch-0": (lambda: OpuService(URL, max_batch=0), OpuConfig),
+        "OpuService-max_batch-float": (lambda: OpuService(URL, max_batch=64.0), OpuConfig),
+        "OpuService-max_batch-bool": (lambda: OpuService(URL, max_batch=True), OpuConfig),
+        "OpuService-max_message_bytes--1": (lambda: OpuService(URL, max_message_bytes=-1), OpuConfig),
+        "OpuService-timeout-nan": (lambda: OpuService(URL, request_timeout_s=math.nan), OpuConfig),
+        "OpuService-timeout-inf": (lambda: OpuService(URL, hello_timeout_s=math.inf), OpuConfig),
+        "OpuService-unknown-limit": (lambda: OpuService(URL, max_speed=3), OpuConfig),
+        "OpuService-bind-not-tuple": (lambda: OpuService(URL, bind="127.0.0.1:0"), OpuConfig),
+        "OpuService-bind-port-too-big": (lambda: OpuService(URL, bind=("127.0.0.1", 70000)), OpuConfig),
+        "OpuService-bind-public-no-token": (lambda: OpuService(URL, bind=("0.0.0.0", 0)), OpuConfig),
+        "OpuService-token-empty": (lambda: OpuService(URL, token="  "), OpuConfig),
+        "OpuService-token-bytes": (lambda: OpuService(URL, token=b"secret"), OpuConfig),
+    }
+)
 
 
 def _dark_record() -> CalibrationRecord:
     """A record a report can draw (one dark map), built without a device."""
-    return CalibrationRecord("m", "s", "1.0", results={"dark": {"mean_dn": 1.0}},
-                             arrays={"dark/mean_dn": np.ones((4, 8), dtype=np.float32)})
+    return CalibrationRecord(
+        "m", "s", "1.0", results={"dark": {"mean_dn": 1.0}}, arrays={"dark/mean_dn": np.ones((4, 8), dtype=np.float32)}
+    )
 
 
 @pytest.mark.parametrize(("call", "expected"), _rows(PURE_ERRORS))
@@ -669,21 +732,31 @@ FEEDBACK_ERRORS = {
     "encoding": (lambda p: FeedbackProjection(p, [8], encoding="binary"), DfaInvalid),
     "threshold-nan": (lambda p: FeedbackProjection(p, [8], encoding="ternary", threshold=math.nan), DfaInvalid),
     "not-a-projector": (lambda p: FeedbackProjection(object(), [8]), DfaInvalid),
-    **{f"project-{name}": (lambda p, m=make: FeedbackProjection(p, [8, 8]).project(m()), DfaInvalid)
-       for name, make in BAD_REAL.items()},
-    **{f"project-ternary-{name}": (lambda p, m=make: FeedbackProjection(p, [8], encoding="ternary").project(m()),
-                                   DfaInvalid) for name, make in BAD_REAL.items()},
+    **{
+        f"project-{name}": (lambda p, m=make: FeedbackProjection(p, [8, 8]).project(m()), DfaInvalid)
+        for name, make in BAD_REAL.items()
+    },
+    **{
+        f"project-ternary-{name}": (
+            lambda p, m=make: FeedbackProjection(p, [8], encoding="ternary").project(m()),
+            DfaInvalid,
+        )
+        for name, make in BAD_REAL.items()
+    },
     "project-wrong-width": (lambda p: FeedbackProjection(p, [8]).project(ternary(2, NF + 1)), DfaInvalid),
     "project-huge-batch": (lambda p: FeedbackProjection(p, [8]).project(huge()), DfaInvalid),
-    "project-ternary-huge-batch": (lambda p: FeedbackProjection(p, [8], encoding="ternary").project(huge()),
-                                   DfaInvalid),
+    "project-ternary-huge-batch": (
+        lambda p: FeedbackProjection(p, [8], encoding="ternary").project(huge()),
+        DfaInvalid,
+    ),
 }
 
 
 @pytest.mark.parametrize("backend", ["digital", "tcp"])
 @pytest.mark.parametrize(("call", "expected"), _rows(FEEDBACK_ERRORS))
-def test_feedback_projection_refuses_bad_input_before_sending(projectors, service, opu, backend, call,
-                                                              expected) -> None:
+def test_feedback_projection_refuses_bad_input_before_sending(
+    projectors, service, opu, backend, call, expected
+) -> None:
     projector = projectors[backend]
     before = backend_state(backend, projector, service, opu)
     with pytest.raises(expected):
@@ -692,8 +765,11 @@ def test_feedback_projection_refuses_bad_input_before_sending(projectors, servic
 
 
 # ---------------------------------------------------------------------------------------------- pure: results
-ENCODERS = {"BinaryThreshold": lambda: BinaryThreshold(0.1), "TernaryEncoder": lambda: TernaryEncoder(0.2),
-            "BitPlaneEncoder": lambda: BitPlaneEncoder(3)}
+ENCODERS = {
+    "BinaryThreshold": lambda: BinaryThreshold(0.1),
+    "TernaryEncoder": lambda: TernaryEncoder(0.2),
+    "BitPlaneEncoder": lambda: BitPlaneEncoder(3),
+}
 
 
 def _encoded(encoder, X: np.ndarray) -> np.ndarray:
@@ -709,8 +785,9 @@ def test_encoders_give_the_same_result_for_any_memory_layout(name, layout) -> No
     fitted = ENCODERS[name]().fit(LAYOUTS[layout](X))
     np.testing.assert_array_equal(_encoded(fitted, LAYOUTS[layout](X)), reference)
     Xi = np.random.default_rng(11).integers(-3, 4, (5, NF)).astype(np.int16)  # the lookup-table path
-    np.testing.assert_array_equal(_encoded(ENCODERS[name]().fit(Xi), LAYOUTS[layout](Xi)),
-                                  _encoded(ENCODERS[name]().fit(Xi), Xi))
+    np.testing.assert_array_equal(
+        _encoded(ENCODERS[name]().fit(Xi), LAYOUTS[layout](Xi)), _encoded(ENCODERS[name]().fit(Xi), Xi)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))

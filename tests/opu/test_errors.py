@@ -1,4 +1,5 @@
 """The error tree: one root, causes chained, everything pickles."""
+
 import pickle
 
 import pytest

@@ -10,6 +10,7 @@ Two columns per fault: with ``retries`` the driver recovers (the result equals t
 show the recovery); with ``retries=0`` the fault surfaces as its documented typed error within the timeout plus
 a margin, and the next request works again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -88,8 +89,9 @@ def test_a_mix_of_faults_with_a_lag_is_recovered_exactly(reference, operation):
     with opu_driver.open(BASE, chunk_frames=CHUNK_FRAMES) as opu:
         lagged_reference = _operate(opu, operation)
     np.testing.assert_array_equal(lagged_reference, reference[operation])
-    with opu_driver.open(f"{BASE}&lag=2&faults={MIX}", chunk_frames=CHUNK_FRAMES, timeout_s=TIMEOUT_S,
-                         retries=RETRIES) as opu:
+    with opu_driver.open(
+        f"{BASE}&lag=2&faults={MIX}", chunk_frames=CHUNK_FRAMES, timeout_s=TIMEOUT_S, retries=RETRIES
+    ) as opu:
         first = _operate(opu, operation)
         second = _operate(opu, operation)  # a second request after recoveries: nothing left over from the first
         injected = sum(opu.emulator.fault_counts["injected"].values())
@@ -101,8 +103,7 @@ def test_a_mix_of_faults_with_a_lag_is_recovered_exactly(reference, operation):
 
 @pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.parametrize("kind", sorted(ERRORS_WITHOUT_RETRY))
-def test_without_retries_each_fault_is_its_typed_error_in_time_and_the_next_request_works(
-        reference, operation, kind):
+def test_without_retries_each_fault_is_its_typed_error_in_time_and_the_next_request_works(reference, operation, kind):
     with _open("", retries=0) as opu:
         good = _operate(opu, operation)
         opu.emulator.set_faults(f"{kind}@1")
@@ -178,22 +179,39 @@ def test_the_fault_plan_text_round_trips_and_bad_plans_are_refused_naming_the_en
     config = SimConfig.from_query("seed=1&faults=timeout:0.02,crc:0.02,drop:0.02,dup:0.02")
     assert SimConfig.from_query(config.to_query()) == config
     assert SimConfig(faults=plan).fault_plan == plan
-    for text, named in [("bogus:0.1", "bogus"), ("crc:1.5", "crc"), ("crc:x", "crc"), ("drop@0", "drop"),
-                        ("dup", "dup"), ("crc:0.1,crc:0.2", "crc"), ("crc:0.1,,drop:0.1", "empty")]:
+    for text, named in [
+        ("bogus:0.1", "bogus"),
+        ("crc:1.5", "crc"),
+        ("crc:x", "crc"),
+        ("drop@0", "drop"),
+        ("dup", "dup"),
+        ("crc:0.1,crc:0.2", "crc"),
+        ("crc:0.1,,drop:0.1", "empty"),
+    ]:
         with pytest.raises(SimConfigError, match=named):
             FaultPlan.parse(text)
         with pytest.raises(SimConfigError, match="faults"):
             SimConfig.from_query({"faults": text})
         with pytest.raises(ConfigurationError, match="faults"):  # the driver's sim:// hook translates it
             opu_driver.open(f"sim://?faults={text}")
-    assert set(FAULT_KINDS) == {"timeout", "stall", "crc", "truncate", "drop", "dup", "reorder", "reset",
-                                "serial", "slow"}
+    assert set(FAULT_KINDS) == {
+        "timeout",
+        "stall",
+        "crc",
+        "truncate",
+        "drop",
+        "dup",
+        "reorder",
+        "reset",
+        "serial",
+        "slow",
+    }
 
 
 def test_frame_faults_change_only_what_they_say():
     packet_bytes = 40
     blob = bytes(range(packet_bytes)) * 3 + bytes(range(1, packet_bytes + 1)) * 1
-    frames = [blob[i:i + packet_bytes] for i in range(0, len(blob), packet_bytes)]
+    frames = [blob[i : i + packet_bytes] for i in range(0, len(blob), packet_bytes)]
     assert FaultInjector("drop@2").camera_packets(blob, packet_bytes) == frames[0] + frames[2] + frames[3]
     assert FaultInjector("dup@1").camera_packets(blob, packet_bytes) == frames[0] * 2 + b"".join(frames[1:])
     assert FaultInjector("reorder@3").camera_packets(blob, packet_bytes) == b"".join(frames[:2]) + frames[3] + frames[2]

@@ -10,6 +10,7 @@ request, lost or decoded from a spoiled packet changes at least one value of the
 - ``saturate`` makes one sequence 20 times brighter. Its frames saturate: transform returns them (counted,
   warned), linear_transform zeroes the outputs they feed (counted, warned); the next sequence is exact.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,11 @@ def reference():
 
 
 def test_light_faults_parse_replay_and_count_like_the_others():
-    assert set(ALL_FAULT_KINDS) == set(FAULT_KINDS) | {"interlock", "saturate"} == set(FAULT_KINDS) | set(
-        LIGHT_FAULT_KINDS)
+    assert (
+        set(ALL_FAULT_KINDS)
+        == set(FAULT_KINDS) | {"interlock", "saturate"}
+        == set(FAULT_KINDS) | set(LIGHT_FAULT_KINDS)
+    )
     plan = FaultPlan.parse("saturate:0.5, crc:0.1,interlock@2")
     assert str(plan) == "crc:0.1,saturate:0.5,interlock@2" and FaultPlan.parse(str(plan)) == plan
     for text in ("interlock:2", "saturate@0", "saturate"):
@@ -214,13 +218,21 @@ def test_open_under_faults_succeeds_or_raises_in_time_and_a_later_open_works(ref
 # Every routine together sends about 1,500 frames in about 190 sequences of 8: these rates make every fault
 # fire (checked), retries=10 makes a request that spends them all unlikely (each retry fails with p < 0.1), and
 # the short timeout keeps the injected timeouts cheap.
-CALIBRATION_MIX = "timeout:0.01,stall:0.03,crc:0.01,truncate:0.01,drop:0.01,dup:0.02,reorder:0.02,reset:0.02,slow:0.02,serial:0.05"
+CALIBRATION_MIX = (
+    "timeout:0.01,stall:0.03,crc:0.01,truncate:0.01,drop:0.01,dup:0.02,reorder:0.02,reset:0.02,slow:0.02,serial:0.05"
+)
 CALIBRATION_TIMEOUT_S = 0.5
 # Fields that count cost or read the device clock: resent frames add to both, and a reset sets the clock back.
 # Everything else a routine returns must be equal bit for bit.
 _COST_OR_CLOCK = {
-    "matrix": {"n_frames", "n_frames_reference", "n_frames_probes", "n_frames_noise", "n_frames_holdout",
-               "n_frames_nonlinear"},
+    "matrix": {
+        "n_frames",
+        "n_frames_reference",
+        "n_frames_probes",
+        "n_frames_noise",
+        "n_frames_holdout",
+        "n_frames_nonlinear",
+    },
     "drift": {"baseline_device_time_us", "times_s"},
 }
 
@@ -274,18 +286,23 @@ def test_calibration_routines_under_a_mix_of_faults_give_the_fault_free_results(
         _assert_same(faulty[name], clean[name], name)
 
 
-@pytest.mark.parametrize("faults", [
-    "crc:0.1", "drop:0.1", "timeout:0.3", "reset:0.5",
-    # measure_latency places each frame by the camera's own frame counter, so duplicated and reordered frames
-    # (which once shifted the series: a lag of 3 instead of 2) cannot move it
-    "dup:0.2,reorder:0.2",
-])
+@pytest.mark.parametrize(
+    "faults",
+    [
+        "crc:0.1",
+        "drop:0.1",
+        "timeout:0.3",
+        "reset:0.5",
+        # measure_latency places each frame by the camera's own frame counter, so duplicated and reordered frames
+        # (which once shifted the series: a lag of 3 instead of 2) cannot move it
+        "dup:0.2,reorder:0.2",
+    ],
+)
 def test_measure_latency_under_faults_gives_the_same_lag_or_a_typed_error_in_time(faults):
     # measure_latency reads its frames directly (no retry): a spoiled or lost frame is a typed error of the
     # link, never a wrong lag; the pattern is drawn afresh each call, so only the lags are compared.
     def latency(opu):
-        return measure_latency(opu, n_frames=16, max_lag_frames=4, n_components=32, n_features=16,
-                               timeout_s=TIMEOUT_S)
+        return measure_latency(opu, n_frames=16, max_lag_frames=4, n_components=32, n_features=16, timeout_s=TIMEOUT_S)
 
     with opu_driver.open(f"{BASE}&lag=2", **SETTINGS) as opu:
         clean = latency(opu)

@@ -1,4 +1,5 @@
 """Linear projections from intensities, measured against the emulator's ground truth."""
+
 import numpy as np
 import pytest
 
@@ -62,7 +63,7 @@ def test_the_same_input_gives_the_same_projection_and_linearity_holds_without_no
         # 3 projections: sd sqrt(12 / 12) = 1 DN before the per-pixel scale 1 / (2 sqrt(ref * var)).
         scale = 1 / (2 * np.sqrt(cal.reference_dn[m] * cal.entry_variance))
         residual = (La + Lb - Lab)[:, m] / scale
-        assert np.sqrt((residual ** 2).mean()) < 1.5
+        assert np.sqrt((residual**2).mean()) < 1.5
 
 
 def test_effective_matrix_entries_are_zero_mean_unit_variance_gaussian():
@@ -96,15 +97,18 @@ def test_zero_vectors_give_zeros_without_using_the_device():
         assert opu.link_counters.bytes_sent == sent
 
 
-@pytest.mark.parametrize("E,kwargs", [
-    (np.array([[np.nan, 1.0]]), {}),
-    (np.array([[np.inf, 1.0]]), {}),
-    (np.zeros((2, 3, 4)), {}),
-    (np.array([["a", "b"]]), {}),
-    (np.zeros((1, 4)), {"scheme": "three_frame"}),
-    (np.zeros((1, 4)), {"n_bits": 0}),
-    (np.zeros((1, 96 * 64)), {}),  # no room beside the reference region
-])
+@pytest.mark.parametrize(
+    "E,kwargs",
+    [
+        (np.array([[np.nan, 1.0]]), {}),
+        (np.array([[np.inf, 1.0]]), {}),
+        (np.zeros((2, 3, 4)), {}),
+        (np.array([["a", "b"]]), {}),
+        (np.zeros((1, 4)), {"scheme": "three_frame"}),
+        (np.zeros((1, 4)), {"n_bits": 0}),
+        (np.zeros((1, 96 * 64)), {}),  # no room beside the reference region
+    ],
+)
 def test_bad_input_is_refused_before_anything_is_sent(E, kwargs):
     with opu_driver.open(SIM) as opu:
         sent = opu.link_counters.bytes_sent

@@ -1,4 +1,5 @@
 """The Opu facade end to end on the emulator: bytes through the pyusb backend and the wire codecs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,16 @@ def _exact_dn(opu, X: np.ndarray, n_components: int) -> np.ndarray:
     cfg = gt.config
     settings = opu.camera.settings
     bits = {"MONO8": 8, "MONO10": 10, "MONO12": 12, "MONO10P": 10, "MONO12P": 12}[settings.pixel_format.name]
-    scale = (cfg.signal_e * settings.exposure_us / 400.0 * opu.controller.laser_power_mw / 50.0
-             * settings.gain * (2**bits - 1) / cfg.full_well_e)
+    scale = (
+        cfg.signal_e
+        * settings.exposure_us
+        / 400.0
+        * opu.controller.laser_power_mw
+        / 50.0
+        * settings.gain
+        * (2**bits - 1)
+        / cfg.full_well_e
+    )
     intensity = gt.expected_intensity_features(X)[:, :n_components]
     return np.clip(np.round(intensity.astype(np.float64) * scale), 0, 2**bits - 1)
 
@@ -168,8 +177,19 @@ def test_bad_n_components_is_refused(quiet_opu, n_components):
     assert quiet_opu.link_counters.bytes_sent == sent
 
 
-@pytest.mark.parametrize("url", ["http://x", "sim:/", "nonsense", "sim://host/path", "usb://zz:11?port=/dev/null",
-                                 "usb://1209:4f50?colour=red", 42, "sim://name?seed=1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://x",
+        "sim:/",
+        "nonsense",
+        "sim://host/path",
+        "usb://zz:11?port=/dev/null",
+        "usb://1209:4f50?colour=red",
+        42,
+        "sim://name?seed=1",
+    ],
+)
 def test_unknown_or_malformed_urls_are_refused(url):
     with pytest.raises(UnsupportedUrlError):
         opu_driver.open(url)
@@ -208,12 +228,12 @@ def test_laser_off_gives_dark_frames_at_the_dark_level():
         roi = opu.camera.settings.roi
         noise = gt.noise
         exposure_s = opu.camera.settings.exposure_us * 1e-6
-        pattern = gt.dark_pattern_e[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width].ravel()[:400]
+        pattern = gt.dark_pattern_e[roi.y : roi.y + roi.height, roi.x : roi.x + roi.width].ravel()[:400]
         mean_e = pattern + noise.dark_current_e_per_s * exposure_s
         dn_per_e = gt.dn_per_electron(opu.camera.settings.gain, 12)
         # Per pixel: shot + read noise, sd = sqrt(mean_e + read^2) electrons; averaged over 16 frames and 400
         # pixels, then 5 sigma; plus half a count for the ADC rounding of a mean.
-        sd_dn = np.sqrt(mean_e.mean() + noise.read_noise_e ** 2) * dn_per_e / np.sqrt(dark.size)
+        sd_dn = np.sqrt(mean_e.mean() + noise.read_noise_e**2) * dn_per_e / np.sqrt(dark.size)
         assert abs(dark.mean() - mean_e.mean() * dn_per_e) < 5 * sd_dn + 0.5
 
 
@@ -231,16 +251,26 @@ def test_features_beyond_a_layout_table_are_refused_before_sending():
         assert opu.link_counters.bytes_sent == sent
 
 
-@pytest.mark.parametrize("setting", [
-    {"exposure_us": 400.7}, {"exposure_us": 5}, {"chunk_frames": 2.5}, {"timeout_s": float("inf")},
-    {"max_lag_frames": True}, {"frame_time_us": 2**33}, {"gain": float("nan")}, {"pixel_format": 8},
-])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"exposure_us": 400.7},
+        {"exposure_us": 5},
+        {"chunk_frames": 2.5},
+        {"timeout_s": float("inf")},
+        {"max_lag_frames": True},
+        {"frame_time_us": 2**33},
+        {"gain": float("nan")},
+        {"pixel_format": 8},
+    ],
+)
 def test_settings_of_the_wrong_type_or_range_are_refused_at_open(setting):
     with pytest.raises(ConfigurationError):
         opu_driver.open(SMALL_SIM, **setting)
 
 
 # -- sessions, interruptions and faults ------------------------------------------------------------------
+
 
 def test_reopening_a_device_with_lag_gives_correct_results(named_device):
     X = np.random.default_rng(7).integers(0, 2, size=(8, 50), dtype=np.uint8)
@@ -441,10 +471,21 @@ def _stale_frame(opu) -> bytes:
 
     roi = opu.camera.settings.roi
     count = opu.camera.frame_count
-    return encode_camera_frame(CameraFrame(
-        camera_frame_id=count - 1, dmd_frame_id=12345, timestamp_us=0, exposure_us=400, roi_x=roi.x, roi_y=roi.y,
-        roi_w=roi.width, roi_h=roi.height, pixel_format=1, flags=0, pixels=bytes(roi.n_pixels),
-    ))
+    return encode_camera_frame(
+        CameraFrame(
+            camera_frame_id=count - 1,
+            dmd_frame_id=12345,
+            timestamp_us=0,
+            exposure_us=400,
+            roi_x=roi.x,
+            roi_y=roi.y,
+            roi_w=roi.width,
+            roi_h=roi.height,
+            pixel_format=1,
+            flags=0,
+            pixels=bytes(roi.n_pixels),
+        )
+    )
 
 
 def test_a_sensor_narrower_than_tall_still_fits_every_n_components():

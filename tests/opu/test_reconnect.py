@@ -5,6 +5,7 @@ leaves the bus) and plugged back from another thread (``replug``: it powers up a
 laser state lost). With ``noise=0`` the emulator is deterministic, so a recovered result must equal the
 fault-free one exactly: no tolerance is needed.
 """
+
 from __future__ import annotations
 
 import threading

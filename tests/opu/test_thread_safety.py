@@ -1,4 +1,5 @@
 """One Opu shared by several threads: calls are serialised, never interleaved on the wire."""
+
 import threading
 
 import numpy as np
@@ -10,8 +11,7 @@ from tests.support import small_sim
 def test_threads_sharing_one_opu_each_get_their_own_results():
     # noise=0: every call's result is a function of its input alone, so a thread's result must equal the
     # result of the same input computed alone, whatever the other threads do meanwhile.
-    with opu_driver.open(small_sim("noise=0&seed=9"), calibration=None, pixel_format="MONO12",
-                         exposure_us=200) as opu:
+    with opu_driver.open(small_sim("noise=0&seed=9"), calibration=None, pixel_format="MONO12", exposure_us=200) as opu:
         rng = np.random.default_rng(0)
         binary = [rng.integers(0, 2, size=(int(rng.integers(1, 40)), 48), dtype=np.uint8) for _ in range(6)]
         ternary = [rng.choice([-1, 0, 1], size=(int(rng.integers(1, 20)), 24)).astype(np.int8) for _ in range(6)]
@@ -31,8 +31,7 @@ def test_threads_sharing_one_opu_each_get_their_own_results():
             except BaseException as exc:  # pragma: no cover - reported below
                 failures.append(exc)
 
-        threads = [threading.Thread(target=work, args=(kind, i)) for i in range(6)
-                   for kind in ("transform", "linear")]
+        threads = [threading.Thread(target=work, args=(kind, i)) for i in range(6) for kind in ("transform", "linear")]
         for t in threads:
             t.start()
         for t in threads:

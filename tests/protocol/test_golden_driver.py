@@ -4,6 +4,7 @@ Every vector is decoded with the driver's parser and decoders, every field is co
 and the driver's encoders must reproduce the exact bytes. The firmware's codec is checked against the same
 files elsewhere, so a misreading of the document in either codec shows up here or there.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -151,8 +152,7 @@ def test_camera_frame(name):
     fields = vector["fields"]
     frame = _parse_one(data)
     assert isinstance(frame, CameraFrame)
-    for key in ("camera_frame_id", "dmd_frame_id", "timestamp_us", "exposure_us", "roi_x", "roi_y", "roi_w",
-                "roi_h"):
+    for key in ("camera_frame_id", "dmd_frame_id", "timestamp_us", "exposure_us", "roi_x", "roi_y", "roi_w", "roi_h"):
         assert getattr(frame, key) == fields[key], key
     assert frame.pixel_format == PixelFormat(fields["pixel_format"])
     assert frame.pixel_format.name == fields["pixel_format_name"]
@@ -167,9 +167,17 @@ def test_camera_frame(name):
     assert encode_pixels(fields["pixel_format"], values) == frame.pixels
     assert encode_camera_frame(frame) == data
     rebuilt = CameraFrame(
-        fields["camera_frame_id"], fields["dmd_frame_id"], fields["timestamp_us"], fields["exposure_us"],
-        fields["roi_x"], fields["roi_y"], fields["roi_w"], fields["roi_h"], PixelFormat(fields["pixel_format"]),
-        FrameFlags(fields["flags"]), bytes.fromhex(fields["pixels_hex"]),
+        fields["camera_frame_id"],
+        fields["dmd_frame_id"],
+        fields["timestamp_us"],
+        fields["exposure_us"],
+        fields["roi_x"],
+        fields["roi_y"],
+        fields["roi_w"],
+        fields["roi_h"],
+        PixelFormat(fields["pixel_format"]),
+        FrameFlags(fields["flags"]),
+        bytes.fromhex(fields["pixels_hex"]),
     )
     assert rebuilt == frame and encode_camera_frame(rebuilt) == data
 
@@ -188,7 +196,11 @@ def _check_packet(packet: object, expected: dict) -> None:
     elif ptype == PacketType.CAMERA_FRAME:
         assert isinstance(packet, CameraFrame)
         assert (packet.camera_frame_id, packet.dmd_frame_id, packet.timestamp_us, int(packet.flags)) == (
-            fields["camera_frame_id"], fields["dmd_frame_id"], fields["timestamp_us"], fields["flags"])
+            fields["camera_frame_id"],
+            fields["dmd_frame_id"],
+            fields["timestamp_us"],
+            fields["flags"],
+        )
         assert packet.to_array().reshape(-1).tolist() == fields["pixel_values"]
     else:  # pragma: no cover - the vectors hold no other type in streams
         raise AssertionError(ptype)
@@ -233,8 +245,10 @@ def test_stream_out_is_rejected_on_the_in_endpoint():
     data = _bytes(STREAMS["stream_out_junk"]["file"])
     parser = PacketParser(accept=frozenset({PacketType.CAMERA_FRAME}))
     items = parser.feed(data)
-    assert [(i.kind, i.packet_type) for i in items] == [("type", PacketType.FEATURE_FRAME),
-                                                         ("type", PacketType.RAW_FRAME)]
+    assert [(i.kind, i.packet_type) for i in items] == [
+        ("type", PacketType.FEATURE_FRAME),
+        ("type", PacketType.RAW_FRAME),
+    ]
 
 
 def test_every_packet_payload_decodes_directly():

@@ -2,6 +2,7 @@
 
 All checks are exact (the codec is integer arithmetic on bytes), so there are no tolerances here.
 """
+
 from __future__ import annotations
 
 import struct
@@ -325,9 +326,9 @@ def test_decoders_refuse_misfits():
         decode_payload(PacketType.FEATURE_FRAME, struct.pack("<II", 1, 0))
     with pytest.raises(ProtocolError):
         decode_payload(PacketType.RAW_FRAME, struct.pack("<II", 1, 0))
-    frame = encode_camera_frame(
-        CameraFrame(0, 0, 0, 400, 0, 0, 3, 1, PixelFormat.MONO12P, FrameFlags(0), bytes(5))
-    )[16:-4]
+    frame = encode_camera_frame(CameraFrame(0, 0, 0, 400, 0, 0, 3, 1, PixelFormat.MONO12P, FrameFlags(0), bytes(5)))[
+        16:-4
+    ]
     assert isinstance(decode_payload(PacketType.CAMERA_FRAME, frame), CameraFrame)
     with pytest.raises(ProtocolError):
         decode_payload(PacketType.CAMERA_FRAME, frame + b"\x00")
@@ -362,13 +363,17 @@ def test_any_chunking_gives_the_same_packets(packets, cuts):
 
 
 fake_magic = st.binary(min_size=0, max_size=14).map(lambda tail: b"OPU1" + tail)
-junk_bytes = st.lists(st.one_of(st.binary(max_size=40), fake_magic, st.sampled_from([b"O", b"OP", b"OPU"])),
-                      max_size=5).map(b"".join)
+junk_bytes = st.lists(
+    st.one_of(st.binary(max_size=40), fake_magic, st.sampled_from([b"O", b"OP", b"OPU"])), max_size=5
+).map(b"".join)
 
 
 @SETTINGS
-@given(st.lists(st.tuples(junk_bytes, any_packet), min_size=1, max_size=4), junk_bytes,
-       st.lists(st.integers(0, 3000), max_size=8))
+@given(
+    st.lists(st.tuples(junk_bytes, any_packet), min_size=1, max_size=4),
+    junk_bytes,
+    st.lists(st.integers(0, 3000), max_size=8),
+)
 def test_junk_is_skipped_counted_and_packets_recovered(pairs, trailing, cuts):
     stream = b"".join(junk + encode_any(p) for junk, p in pairs)
     expected_junk = sum(len(junk) for junk, _ in pairs)
@@ -494,9 +499,19 @@ def test_format_command():
 
 @pytest.mark.parametrize(
     "keyword,args",
-    [("LASER POWER", ()), ("LASER:POWER\n", ()), ("", ()), ("LAS:POW", (float("nan"),)),
-     ("LAS:POW", (float("inf"),)), ("TRIG:MODE", ("A B",)), ("TRIG:MODE", ("A\nB",)), ("TRIG:MODE", ("é",)),
-     ("TRIG:MODE", ("A,B",)), ("TRIG:MODE", (None,)), ("X", ("Y" * 300,))],
+    [
+        ("LASER POWER", ()),
+        ("LASER:POWER\n", ()),
+        ("", ()),
+        ("LAS:POW", (float("nan"),)),
+        ("LAS:POW", (float("inf"),)),
+        ("TRIG:MODE", ("A B",)),
+        ("TRIG:MODE", ("A\nB",)),
+        ("TRIG:MODE", ("é",)),
+        ("TRIG:MODE", ("A,B",)),
+        ("TRIG:MODE", (None,)),
+        ("X", ("Y" * 300,)),
+    ],
 )
 def test_format_command_refuses(keyword, args):
     with pytest.raises(InvalidInputError):
@@ -553,7 +568,9 @@ def test_parse_error_entry():
     assert parse_error_entry('0,"No error"') == (0, "No error")
     assert parse_error_entry('-113,"Undefined header"') == (-113, "Undefined header")
     assert parse_error_entry('-200,"Execution error; laser, interlock ""tripped"""') == (
-        -200, 'Execution error; laser, interlock "tripped"')
-    for bad in ("OK", '0,No error', '"x",0', ""):
+        -200,
+        'Execution error; laser, interlock "tripped"',
+    )
+    for bad in ("OK", "0,No error", '"x",0', ""):
         with pytest.raises(ProtocolError):
             parse_error_entry(bad)

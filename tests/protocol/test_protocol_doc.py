@@ -6,6 +6,7 @@ driver's enums (``opu_driver.protocol``) and with the emulator's (``firmware_sim
 independently. The register access column is checked against the driver's REGISTER_ACCESS and against what
 the emulated firmware actually does with reads and writes.
 """
+
 from __future__ import annotations
 
 import re
@@ -76,6 +77,7 @@ def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 # -- the document's tables ------------------------------------------------------------------------------------
 
+
 def doc_registers() -> dict[str, tuple[int, str]]:
     rows = _table("1.2", ["address", "name", "access", "meaning and range"])
     return _unique([(name, (_number(address), access)) for address, name, access, _ in rows])
@@ -111,6 +113,7 @@ def test_cells_split_on_bars_but_not_on_escaped_bars():
 
 
 # -- registers ------------------------------------------------------------------------------------------------
+
 
 def test_register_table_matches_the_driver():
     expected = {reg.name: (int(reg), protocol.REGISTER_ACCESS[reg]) for reg in protocol.Register}
@@ -174,6 +177,7 @@ def test_unknown_register_is_not_in_the_table(device: fw_device.EmulatedDevice):
 
 # -- device error codes ----------------------------------------------------------------------------------------
 
+
 def test_device_error_table_matches_the_driver():
     expected = {code.name: (int(code), code.meaning) for code in protocol.DeviceErrorCode}
     assert doc_device_errors() == expected
@@ -187,6 +191,7 @@ def test_device_error_table_matches_the_firmware():
 
 # -- pixel formats ---------------------------------------------------------------------------------------------
 
+
 def test_pixel_format_table_matches_the_driver():
     assert doc_pixel_formats() == {fmt.name: int(fmt) for fmt in protocol.PixelFormat}
 
@@ -196,6 +201,7 @@ def test_pixel_format_table_matches_the_firmware():
 
 
 # -- serial error codes ----------------------------------------------------------------------------------------
+
 
 def test_serial_error_table_matches_the_driver():
     assert doc_serial_errors() == dict(protocol.SERIAL_ERROR_MESSAGES)

@@ -19,6 +19,7 @@ it fed set to 0, exactly what the direct call returns (and one during the linear
 makes the driver measure it again); two clients coalesced into the same device calls under a mix of faults each
 get their own rows.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -98,8 +99,10 @@ def reference() -> dict[str, np.ndarray]:
     """The fault-free direct results of the same vectors on a device of the same seed."""
     _, E = _inputs()
     with opu_driver.open(BASE, **SETTINGS) as opu:
-        return {"ternary": opu.linear_transform(E, N_COMPONENTS),
-                "real": opu.linear_transform(_real_inputs(), N_COMPONENTS)}
+        return {
+            "ternary": opu.linear_transform(E, N_COMPONENTS),
+            "real": opu.linear_transform(_real_inputs(), N_COMPONENTS),
+        }
 
 
 @contextlib.contextmanager
@@ -173,8 +176,7 @@ def test_each_fault_behind_the_service_is_recovered_exactly_with_retries(referen
 
 # ------------------------------------------------------------------------------------------ retries = 0
 @pytest.mark.parametrize("kind", sorted(ERROR_KINDS))
-def test_without_retries_each_fault_is_its_typed_service_error_in_time_and_the_service_keeps_serving(
-        reference, kind):
+def test_without_retries_each_fault_is_its_typed_service_error_in_time_and_the_service_keeps_serving(reference, kind):
     _, E = _inputs()
     for name in ERROR_KINDS[kind]:  # the driver's own column (test_faults.py) names the same errors
         if kind != "serial":
@@ -351,7 +353,9 @@ def _coalesced_round(service: OpuService, projectors: list, batches: list[np.nda
         for i in range(2):
             threads.append(threading.Thread(target=run, args=(i,)))
             threads[-1].start()
-            _wait_until(lambda queued=i + 1: service.pending == queued)  # the queue's order is fixed, so the faults replay
+            _wait_until(
+                lambda queued=i + 1: service.pending == queued
+            )  # the queue's order is fixed, so the faults replay
     finally:
         service.resume()
     for thread in threads:
@@ -363,8 +367,9 @@ def _coalesced_round(service: OpuService, projectors: list, batches: list[np.nda
 @pytest.mark.slow
 def test_two_clients_under_a_mix_of_faults_each_get_exactly_their_own_rows():
     with opu_driver.open(BASE, **SETTINGS) as direct:
-        expected = [[direct.linear_transform(_client_errors(c, r), N_COMPONENTS) for r in range(ROUNDS)]
-                    for c in range(2)]
+        expected = [
+            [direct.linear_transform(_client_errors(c, r), N_COMPONENTS) for r in range(ROUNDS)] for c in range(2)
+        ]
     # Isolation is meaningful only if no two rows coincide: then equality rules out a lost, repeated or swapped
     # row (another request's, the other client's, or one of its own in another place).
     owners: dict[bytes, tuple[int, int, int]] = {}
@@ -377,8 +382,10 @@ def test_two_clients_under_a_mix_of_faults_each_get_exactly_their_own_rows():
         opu = service.opu
         opu.emulator.set_faults(SERVICE_MIX)
         with _client(service) as first, _client(service) as second:
-            results = [_coalesced_round(service, [first, second], [_client_errors(c, r) for c in range(2)])
-                       for r in range(ROUNDS)]
+            results = [
+                _coalesced_round(service, [first, second], [_client_errors(c, r) for c in range(2)])
+                for r in range(ROUNDS)
+            ]
         injected = opu.emulator.fault_counts["injected"]
         counters = _snapshot(opu.counters)
         stats = service.stats()
@@ -396,12 +403,13 @@ def test_two_clients_under_a_mix_of_faults_each_get_exactly_their_own_rows():
 
 def test_a_failed_shared_device_call_fails_both_clients_typed_and_the_next_round_is_exact():
     with opu_driver.open(BASE, **SETTINGS) as direct:
-        expected = [[direct.linear_transform(_client_errors(c, r), N_COMPONENTS) for r in range(2)]
-                    for c in range(2)]
+        expected = [[direct.linear_transform(_client_errors(c, r), N_COMPONENTS) for r in range(2)] for c in range(2)]
     with _serve(0) as service:
         opu = service.opu
-        with _client(service, timeout_s=TIMEOUT_S + MARGIN_S) as first, \
-                _client(service, timeout_s=TIMEOUT_S + MARGIN_S) as second:
+        with (
+            _client(service, timeout_s=TIMEOUT_S + MARGIN_S) as first,
+            _client(service, timeout_s=TIMEOUT_S + MARGIN_S) as second,
+        ):
             projectors = [first, second]
             warm = _coalesced_round(service, projectors, [_client_errors(c, 0) for c in range(2)])
             opu.emulator.set_faults("crc@1")

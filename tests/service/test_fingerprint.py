@@ -1,5 +1,6 @@
 """The device fingerprint (opu_driver.service.fingerprint): what it covers, and what it says about a part it
 cannot read."""
+
 from __future__ import annotations
 
 import logging
@@ -43,9 +44,20 @@ def _welcome(svc: OpuService) -> dict[str, Any]:
     """The WELCOME header a client gets from ``svc``."""
     host, port = svc.address
     with socket.create_connection((host, port), timeout=5) as sock:
-        wire.send_message(sock, MessageType.HELLO, 0, {"protocol_version": wire.PROTOCOL_VERSION, "token": None,
-                                                       "n_components": 10, "n_features": None,
-                                                       "scheme": "four_frame", "n_bits": None, "max_batch": 4})
+        wire.send_message(
+            sock,
+            MessageType.HELLO,
+            0,
+            {
+                "protocol_version": wire.PROTOCOL_VERSION,
+                "token": None,
+                "n_components": 10,
+                "n_features": None,
+                "scheme": "four_frame",
+                "n_bits": None,
+                "max_batch": 4,
+            },
+        )
         reply = wire.read_message(sock, WireLimits(), time.monotonic() + 5)
     assert reply.type is MessageType.WELCOME, reply
     return reply.header
@@ -57,8 +69,14 @@ def test_the_fingerprint_covers_every_part_that_fixes_the_matrix() -> None:
         fingerprint = device_fingerprint(opu)
         with OpuService(URL, opu=opu) as svc:
             welcome = _welcome(svc)
-    assert set(parts) == {"model", "serial_number", "firmware_version", "camera", "laser_power_mw",
-                          "reference_fraction"}  # no calibration applied at open: none to cover
+    assert set(parts) == {
+        "model",
+        "serial_number",
+        "firmware_version",
+        "camera",
+        "laser_power_mw",
+        "reference_fraction",
+    }  # no calibration applied at open: none to cover
     assert UNREADABLE not in parts.values()
     assert welcome["device_fingerprint"] == fingerprint and re.fullmatch("[0-9a-f]{16}", fingerprint)
 
@@ -88,10 +106,12 @@ def test_a_part_that_cannot_be_read_is_marked_unreadable_logged_and_changes_the_
             projector.close()
     assert parts["laser_power_mw"] == UNREADABLE != readable["laser_power_mw"]
     assert {k: v for k, v in parts.items() if k != "laser_power_mw"} == {
-        k: v for k, v in readable.items() if k != "laser_power_mw"}  # the other parts are still read
+        k: v for k, v in readable.items() if k != "laser_power_mw"
+    }  # the other parts are still read
     assert welcome["serial_number"] == readable["serial_number"]
     assert re.fullmatch("[0-9a-f]{16}", welcome["device_fingerprint"])
-    warnings = [r.getMessage() for r in caplog.records
-                if r.levelno == logging.WARNING and "laser_power_mw" in r.getMessage()]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "laser_power_mw" in r.getMessage()
+    ]
     assert warnings, caplog.text
     assert all("CommunicationTimeoutError" in w and UNREADABLE in w for w in warnings)

@@ -5,6 +5,7 @@ in-process ``Opu.linear_transform`` of the same vectors on a device opened with 
 bit-for-bit (no tolerance is needed, and none would hide a result sent to the wrong client or a coalesced request
 decoded with another request's bit-plane scale).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,8 +84,16 @@ def wait_until(condition, timeout_s: float = WAIT_S) -> None:
 def raw_client(svc: OpuService, n_components: int = 100, **hello) -> socket.socket:
     """A hand-driven connection that has completed its HELLO."""
     sock = socket.create_connection(svc.address, timeout=5)
-    header = {"protocol_version": 1, "token": None, "n_components": n_components, "n_features": N_FEATURES,
-              "scheme": "four_frame", "n_bits": None, "max_batch": 64, **hello}
+    header = {
+        "protocol_version": 1,
+        "token": None,
+        "n_components": n_components,
+        "n_features": N_FEATURES,
+        "scheme": "four_frame",
+        "n_bits": None,
+        "max_batch": 64,
+        **hello,
+    }
     sock.sendall(wire.encode(MessageType.HELLO, 0, header))
     reply = wire.read_message(sock, WireLimits(), time.monotonic() + 5)
     assert reply.type is MessageType.WELCOME, reply
@@ -121,8 +130,9 @@ def test_remote_results_equal_direct_calls(service, direct) -> None:
         assert info.backend == "remote" and info.n_features == N_FEATURES and info.max_batch == 64
         assert info.details["serial_number"] == direct.info.serial_number
     with dfa_client.connect(tcp(service), n_components=60, scheme="two_frame", n_bits=4) as projector:
-        np.testing.assert_array_equal(projector.project(E_real),
-                                      direct.linear_transform(E_real, 60, scheme="two_frame", n_bits=4))
+        np.testing.assert_array_equal(
+            projector.project(E_real), direct.linear_transform(E_real, 60, scheme="two_frame", n_bits=4)
+        )
 
 
 def test_bad_input_is_refused_before_sending(service) -> None:
@@ -195,30 +205,52 @@ def test_client_processes_without_the_driver_get_their_own_results(service, dire
     for k in range(3):
         E = errors(500 + k, 12, "real" if k % 2 else "ternary")
         np.save(tmp_path / f"in{k}.npy", E)
-        processes.append(subprocess.Popen(
-            [sys.executable, "-c", _blocked_driver_script(), tcp(service), "100", str(tmp_path / f"in{k}.npy"),
-             str(tmp_path / f"out{k}.npy")], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _blocked_driver_script(),
+                    tcp(service),
+                    "100",
+                    str(tmp_path / f"in{k}.npy"),
+                    str(tmp_path / f"out{k}.npy"),
+                ],
+                env=env,
+                cwd=tmp_path,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for process in processes:
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 0, stderr
     for k in range(3):
         E = np.load(tmp_path / f"in{k}.npy")
-        expected = np.vstack([direct.linear_transform(E[i:i + 4], 100) for i in range(0, len(E), 4)])
+        expected = np.vstack([direct.linear_transform(E[i : i + 4], 100) for i in range(0, len(E), 4)])
         np.testing.assert_array_equal(np.load(tmp_path / f"out{k}.npy"), expected)
 
 
 def test_concurrent_requests_are_coalesced_into_shared_device_calls(service, direct) -> None:
     # Requests sent while the device is paused all wait in the queue; on resume the device thread takes them
     # together: one call per (n_features, n_components, scheme, n_bits) group, so 6 requests -> 2 calls.
-    plans = [(0, 100, "ternary"), (1, 100, "real"), (2, 100, "ternary"), (3, 100, "real"), (4, 60, "real"),
-             (5, 60, "ternary")]
+    plans = [
+        (0, 100, "ternary"),
+        (1, 100, "real"),
+        (2, 100, "ternary"),
+        (3, 100, "real"),
+        (4, 60, "real"),
+        (5, 60, "ternary"),
+    ]
     projectors = [dfa_client.connect(tcp(service), n_components=nc) for _, nc, _ in plans]
     results: dict[int, np.ndarray] = {}
     before = service.stats()
     service.pause()
     try:
-        threads = [threading.Thread(target=lambda i=i, p=p, k=k: results.__setitem__(i, p.project(errors(40 + i, 2 + i, k))))
-                   for (i, _, k), p in zip(plans, projectors, strict=True)]
+        threads = [
+            threading.Thread(target=lambda i=i, p=p, k=k: results.__setitem__(i, p.project(errors(40 + i, 2 + i, k))))
+            for (i, _, k), p in zip(plans, projectors, strict=True)
+        ]
         for thread in threads:
             thread.start()
         wait_until(lambda: service.pending == len(plans))
@@ -292,10 +324,12 @@ def test_a_foreign_or_malformed_reply_is_never_returned() -> None:
             read_until_closed(sock, 5)
 
     replies = {
-        "foreign id": lambda s, r: wire.send_message(s, MessageType.RESULT, r.request_id + 1, None,
-                                                      np.zeros((1, 5), np.float32)),
-        "wrong shape": lambda s, r: wire.send_message(s, MessageType.RESULT, r.request_id, None,
-                                                       np.zeros((1, 4), np.float32)),
+        "foreign id": lambda s, r: wire.send_message(
+            s, MessageType.RESULT, r.request_id + 1, None, np.zeros((1, 5), np.float32)
+        ),
+        "wrong shape": lambda s, r: wire.send_message(
+            s, MessageType.RESULT, r.request_id, None, np.zeros((1, 4), np.float32)
+        ),
         "not a result": lambda s, r: wire.send_message(s, MessageType.WELCOME, r.request_id, {}),
     }
     for reply in replies.values():
@@ -343,9 +377,12 @@ def test_non_loopback_bind_needs_a_token_and_clients_are_limited() -> None:
 
 def test_protocol_version_mismatch_is_a_typed_error(service) -> None:
     # A client of another version, in the HELLO header or in the frame itself: an ERROR of that kind.
-    for data in (wire.encode(MessageType.HELLO, 0, {"protocol_version": 2, "n_components": 10, "scheme": "four_frame",
-                                                    "max_batch": 1}),
-                 wire.encode(MessageType.HELLO, 0, {"protocol_version": 2}, version=2)):
+    for data in (
+        wire.encode(
+            MessageType.HELLO, 0, {"protocol_version": 2, "n_components": 10, "scheme": "four_frame", "max_batch": 1}
+        ),
+        wire.encode(MessageType.HELLO, 0, {"protocol_version": 2}, version=2),
+    ):
         with socket.create_connection(service.address, timeout=5) as sock:
             sock.sendall(data)
             reply = wire.decode(read_until_closed(sock))
@@ -435,9 +472,13 @@ def _read_line(process: subprocess.Popen, timeout_s: float) -> str:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_opu_serve_shuts_down_cleanly_on_a_signal(signum: int, direct) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "opu_tools.cli", "serve", "--url", URL, "--bind",
-                                "127.0.0.1:0", "--max-batch", "16"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "opu_tools.cli", "serve", "--url", URL, "--bind", "127.0.0.1:0", "--max-batch", "16"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         line = _read_line(process, 30)
         assert "serving" in line, line + process.stderr.read()
@@ -518,6 +559,7 @@ def test_device_calls_are_bounded_in_bytes_and_results_are_unchanged(direct) -> 
         results: dict[int, np.ndarray] = {}
         svc.pause()
         try:
+
             def send(i: int, p) -> None:
                 results[i] = p.project(errors(60 + i, 5, "real"))
 
@@ -555,8 +597,13 @@ def test_direct_linear_calls_are_chunked_with_bit_identical_results(direct, monk
     np.testing.assert_array_equal(direct.linear_transform(E_ternary, 80, scheme="two_frame"), expected[1])
     assert len(calls) >= 9 / 8 and max(calls) <= limit
     # project_many with an explicit bound: each batch as alone, whatever the split.
-    many = direct.linear_mode.project_many([E_real, E_ternary[:, :N_FEATURES]], 80, "four_frame", None,
-                                           max_call_bytes=3 * linear.call_bytes(4, N_FEATURES, 80))
+    many = direct.linear_mode.project_many(
+        [E_real, E_ternary[:, :N_FEATURES]],
+        80,
+        "four_frame",
+        None,
+        max_call_bytes=3 * linear.call_bytes(4, N_FEATURES, 80),
+    )
     np.testing.assert_array_equal(many[0], expected[0])
     monkeypatch.undo()
     np.testing.assert_array_equal(many[1], direct.linear_transform(E_ternary, 80))
@@ -594,8 +641,15 @@ def test_silent_connections_cannot_take_the_client_slots() -> None:
 def test_zero_size_shapes_with_huge_dimensions_are_protocol_errors(service) -> None:
     header = {"dtype": "<f8", "shape": [0, 2**70]}
     with socket.create_connection(service.address, timeout=5) as sock:  # client -> service
-        hello = {"protocol_version": 1, "token": None, "n_components": 10, "n_features": None,
-                 "scheme": "four_frame", "n_bits": None, "max_batch": 8}
+        hello = {
+            "protocol_version": 1,
+            "token": None,
+            "n_components": 10,
+            "n_features": None,
+            "scheme": "four_frame",
+            "n_bits": None,
+            "max_batch": 8,
+        }
         sock.sendall(wire.encode(MessageType.HELLO, 0, hello))
         assert wire.read_message(sock, WireLimits(), time.monotonic() + 5).type is MessageType.WELCOME
         text = json.dumps(header).encode()
@@ -607,23 +661,27 @@ def test_zero_size_shapes_with_huge_dimensions_are_protocol_errors(service) -> N
         sock, request = _welcome_and_read_request(listener)
         with sock:
             text = json.dumps(header).encode()
-            sock.sendall(wire.PREFIX.pack(wire.MAGIC, 1, MessageType.RESULT, 0, request.request_id, len(text), 0)
-                         + text)
+            sock.sendall(
+                wire.PREFIX.pack(wire.MAGIC, 1, MessageType.RESULT, 0, request.request_id, len(text), 0) + text
+            )
             read_until_closed(sock, 5)
 
     _expect_protocol_error(fake_service)
 
 
-@pytest.mark.parametrize("url", [
-    "tcp://opu.example?token=tok-SECRET-1",  # no port
-    "tcp://opu.example:5000/path?token=tok-SECRET-1",
-    "tcp://opu.example:5000?token=tok-SECRET-1&speed=9",
-    "tcp://opu.example:99999?token=tok-SECRET-1",
-    "tcp://opu.example:5000?TOKEN=tok-SECRET-1",
-    "tcp://[::1?token=tok-SECRET-1",
-    "tcp://user:tok-SECRET-1@opu.example:5000",
-    "tcp://opu.example:5000#token=tok-SECRET-1",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "tcp://opu.example?token=tok-SECRET-1",  # no port
+        "tcp://opu.example:5000/path?token=tok-SECRET-1",
+        "tcp://opu.example:5000?token=tok-SECRET-1&speed=9",
+        "tcp://opu.example:99999?token=tok-SECRET-1",
+        "tcp://opu.example:5000?TOKEN=tok-SECRET-1",
+        "tcp://[::1?token=tok-SECRET-1",
+        "tcp://user:tok-SECRET-1@opu.example:5000",
+        "tcp://opu.example:5000#token=tok-SECRET-1",
+    ],
+)
 def test_tokens_never_appear_in_error_messages(url: str) -> None:
     # RemoteProjector directly: dfa_client.connect's own urlsplit raises a plain ValueError on "[::1" first.
     with pytest.raises(UnsupportedUrlError) as info:
@@ -633,10 +691,20 @@ def test_tokens_never_appear_in_error_messages(url: str) -> None:
     assert redact_url(url).count("***") >= 1 and "SECRET" not in redact_url(url)
 
 
-@pytest.mark.parametrize("limit, value", [("max_clients", 2.0), ("max_batch", True), ("max_device_bytes", 1.5),
-                                          ("max_pending_connections", "4"), ("hello_timeout_s", float("inf")),
-                                          ("max_header_bytes", -1), ("send_timeout_s", 0),
-                                          ("idle_timeout_s", float("nan")), ("message_timeout_s", False)])
+@pytest.mark.parametrize(
+    "limit, value",
+    [
+        ("max_clients", 2.0),
+        ("max_batch", True),
+        ("max_device_bytes", 1.5),
+        ("max_pending_connections", "4"),
+        ("hello_timeout_s", float("inf")),
+        ("max_header_bytes", -1),
+        ("send_timeout_s", 0),
+        ("idle_timeout_s", float("nan")),
+        ("message_timeout_s", False),
+    ],
+)
 def test_limits_must_have_the_right_type_before_the_device_opens(limit: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=limit):
         OpuService("sim://?this-url-is-never-opened", **{limit: value})
@@ -724,8 +792,9 @@ def test_opu_serve_has_a_flag_for_every_service_limit_and_refuses_a_bad_one(caps
     from opu_driver.service import ServiceLimits
     from opu_tools.cli import _service_limits, build_parser, main
 
-    args = build_parser().parse_args(["serve", "--max-device-bytes", "1000000", "--max-pending-connections", "3",
-                                      "--hello-timeout-s", "0.5"])
+    args = build_parser().parse_args(
+        ["serve", "--max-device-bytes", "1000000", "--max-pending-connections", "3", "--hello-timeout-s", "0.5"]
+    )
     limits = ServiceLimits(**_service_limits(args))
     assert (limits.max_device_bytes, limits.max_pending_connections, limits.hello_timeout_s) == (1_000_000, 3, 0.5)
     assert limits.max_clients == ServiceLimits().max_clients  # not given: the default

@@ -1,12 +1,22 @@
 """Helpers shared by the tests: emulator URLs, paths of the checked-in files, ground-truth matrices."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SMALL_QUERY", "SMALL_SIM", "small_query", "small_sim", "TESTS_DIR", "REPO_ROOT", "DOCS_DIR",
-           "GOLDEN_DIR", "exact_linear_matrix"]
+__all__ = [
+    "SMALL_QUERY",
+    "SMALL_SIM",
+    "small_query",
+    "small_sim",
+    "TESTS_DIR",
+    "REPO_ROOT",
+    "DOCS_DIR",
+    "GOLDEN_DIR",
+    "exact_linear_matrix",
+]
 
 SMALL_QUERY = "dmd=96x64&camera=64x48&cell=4"
 """The options of a small emulated device: tests must finish in seconds on 2 cores (benchmarks use the reference
@@ -24,6 +34,7 @@ def small_query(extra: str = "") -> str:
 def small_sim(extra: str = "") -> str:
     """The URL of a new small emulated device with the options ``extra`` added (``"noise=0&seed=5"``)."""
     return f"sim://?{small_query(extra)}"
+
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = TESTS_DIR.parent

@@ -5,6 +5,7 @@ rig (``dmd``, ``camera``, ``controller``; ``rig`` for the suite of the parts tog
 interfaces' public methods only, so a new backend (a DMD through a vendor library, a GenICam camera, a laser on a
 serial line) proves itself by passing them, against its own stand-in and on hardware with ``--hardware URL``.
 """
+
 from __future__ import annotations
 
 import re
@@ -91,8 +92,13 @@ class CameraConformance:
         geometry = camera.geometry
         assert geometry.width > 0 and geometry.height > 0 and geometry.pixel_formats
         settings = camera.settings
-        assert None not in (settings.exposure_us, settings.frame_time_us, settings.gain, settings.pixel_format,
-                            settings.roi)
+        assert None not in (
+            settings.exposure_us,
+            settings.frame_time_us,
+            settings.gain,
+            settings.pixel_format,
+            settings.roi,
+        )
         assert camera.fifo_frames() >= 1
 
     def test_settings_round_trip_through_the_device(self, camera: Camera) -> None:
@@ -107,12 +113,15 @@ class CameraConformance:
         assert settings.frame_time_us is not None and settings.frame_time_us >= 5_000
         assert camera.read_settings() == settings
 
-    @pytest.mark.parametrize("bad", [
-        CameraSettings(exposure_us=5),
-        CameraSettings(gain=0.5),
-        CameraSettings(exposure_us=1000, frame_time_us=1000),
-        CameraSettings(roi=Roi(0, 0, 0, 1)),
-    ])
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            CameraSettings(exposure_us=5),
+            CameraSettings(gain=0.5),
+            CameraSettings(exposure_us=1000, frame_time_us=1000),
+            CameraSettings(roi=Roi(0, 0, 0, 1)),
+        ],
+    )
     def test_bad_settings_are_refused_before_anything_is_written(self, camera: Camera, bad: CameraSettings) -> None:
         before = camera.read_settings()
         with pytest.raises(ConfigurationError):

@@ -5,6 +5,7 @@ call that reaches the backend (control requests, bulk transfers, configuration a
 ``backend.log``, and can be scripted to stall, time out, fail or vanish, raising exactly what the libusb-1.0
 backend of pyusb raises in those cases. It has no optics and no firmware: register reads answer from a dict.
 """
+
 from __future__ import annotations
 
 import array
@@ -130,26 +131,55 @@ class FakeUsbBackend(usb.backend.IBackend):
 
     def get_device_descriptor(self, dev: FakeUsbDevice):
         return SimpleNamespace(
-            bLength=18, bDescriptorType=1, bcdUSB=0x0200, bDeviceClass=0, bDeviceSubClass=0, bDeviceProtocol=0,
-            bMaxPacketSize0=64, idVendor=dev.vendor_id, idProduct=dev.product_id, bcdDevice=dev.bcd_device,
-            iManufacturer=_STR_MANUFACTURER, iProduct=_STR_PRODUCT, iSerialNumber=_STR_SERIAL,
-            bNumConfigurations=1, address=dev.address, bus=dev.bus, port_number=1, port_numbers=(1,), speed=3,
+            bLength=18,
+            bDescriptorType=1,
+            bcdUSB=0x0200,
+            bDeviceClass=0,
+            bDeviceSubClass=0,
+            bDeviceProtocol=0,
+            bMaxPacketSize0=64,
+            idVendor=dev.vendor_id,
+            idProduct=dev.product_id,
+            bcdDevice=dev.bcd_device,
+            iManufacturer=_STR_MANUFACTURER,
+            iProduct=_STR_PRODUCT,
+            iSerialNumber=_STR_SERIAL,
+            bNumConfigurations=1,
+            address=dev.address,
+            bus=dev.bus,
+            port_number=1,
+            port_numbers=(1,),
+            speed=3,
         )
 
     def get_configuration_descriptor(self, dev, config):
         if config != 0:
             raise IndexError("one configuration")
         return SimpleNamespace(
-            bLength=9, bDescriptorType=2, wTotalLength=32, bNumInterfaces=1, bConfigurationValue=1,
-            iConfiguration=0, bmAttributes=0x80, bMaxPower=250, extra_descriptors=[],
+            bLength=9,
+            bDescriptorType=2,
+            wTotalLength=32,
+            bNumInterfaces=1,
+            bConfigurationValue=1,
+            iConfiguration=0,
+            bmAttributes=0x80,
+            bMaxPower=250,
+            extra_descriptors=[],
         )
 
     def get_interface_descriptor(self, dev, intf, alt, config):
         if (intf, alt, config) != (0, 0, 0):
             raise IndexError("one interface, one alternate setting")
         return SimpleNamespace(
-            bLength=9, bDescriptorType=4, bInterfaceNumber=0, bAlternateSetting=0, bNumEndpoints=2,
-            bInterfaceClass=0xFF, bInterfaceSubClass=0x4F, bInterfaceProtocol=0x01, iInterface=0,
+            bLength=9,
+            bDescriptorType=4,
+            bInterfaceNumber=0,
+            bAlternateSetting=0,
+            bNumEndpoints=2,
+            bInterfaceClass=0xFF,
+            bInterfaceSubClass=0x4F,
+            bInterfaceProtocol=0x01,
+            iInterface=0,
             extra_descriptors=[],
         )
 
@@ -157,8 +187,15 @@ class FakeUsbBackend(usb.backend.IBackend):
         if ep not in (0, 1):
             raise IndexError("two endpoints")
         return SimpleNamespace(
-            bLength=7, bDescriptorType=5, bEndpointAddress=(0x01, 0x81)[ep], bmAttributes=0x02,
-            wMaxPacketSize=512, bInterval=0, bRefresh=0, bSynchAddress=0, extra_descriptors=[],
+            bLength=7,
+            bDescriptorType=5,
+            bEndpointAddress=(0x01, 0x81)[ep],
+            bmAttributes=0x02,
+            wMaxPacketSize=512,
+            bInterval=0,
+            bRefresh=0,
+            bSynchAddress=0,
+            extra_descriptors=[],
         )
 
     # -- handles
@@ -195,8 +232,15 @@ class FakeUsbBackend(usb.backend.IBackend):
 
     # -- transfers
     def ctrl_transfer(self, handle: FakeUsbDevice, bmRequestType, bRequest, wValue, wIndex, data, timeout):
-        record = Transfer("ctrl", handle.serial, bmRequestType=bmRequestType, bRequest=bRequest, wValue=wValue,
-                          wIndex=wIndex, timeout_ms=timeout)
+        record = Transfer(
+            "ctrl",
+            handle.serial,
+            bmRequestType=bmRequestType,
+            bRequest=bRequest,
+            wValue=wValue,
+            wIndex=wIndex,
+            timeout_ms=timeout,
+        )
         self.log.append(record)
         device_to_host = bool(bmRequestType & 0x80)
         if device_to_host:
@@ -248,8 +292,9 @@ class FakeUsbBackend(usb.backend.IBackend):
         return accepted
 
     def bulk_read(self, handle: FakeUsbDevice, ep, intf, buff, timeout):
-        record = Transfer("bulk_read", handle.serial, endpoint=ep, length=len(buff), timeout_ms=timeout,
-                          buffer_id=id(buff))
+        record = Transfer(
+            "bulk_read", handle.serial, endpoint=ep, length=len(buff), timeout_ms=timeout, buffer_id=id(buff)
+        )
         self.log.append(record)
         handle._take_fault("bulk_read")
         if not handle.bulk_in:

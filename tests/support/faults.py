@@ -1,4 +1,5 @@
 """The fault matrix's shared device, inputs and rates: the driver's columns and the service's use the same."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,15 @@ TIMEOUT_S = 2.0
 # slow), per bulk transfer (stall), per sequence start (reset). A transform of 48 vectors in chunks of 8 makes
 # about 48 frames, 6 sequences and 12 transfers; these rates make each fault fire several times (checked).
 RATES = {
-    "timeout": 0.3, "stall": 0.3, "crc": 0.06, "truncate": 0.06, "drop": 0.06, "dup": 0.08, "reorder": 0.08,
-    "reset": 0.3, "slow": 0.5,
+    "timeout": 0.3,
+    "stall": 0.3,
+    "crc": 0.06,
+    "truncate": 0.06,
+    "drop": 0.06,
+    "dup": 0.08,
+    "reorder": 0.08,
+    "reset": 0.3,
+    "slow": 0.5,
 }
 MIX = "timeout:0.05,stall:0.03,crc:0.02,truncate:0.02,drop:0.02,dup:0.02,reorder:0.02,reset:0.05,slow:0.05"
 # Faults that lose or spoil frames: recovered by a retry, else a typed error. The others are harmless by design.

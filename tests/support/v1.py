@@ -1,5 +1,6 @@
 """White-box access to the protocol-v1 parts under an Opu, for tests that read or write device registers directly
 (the Opu's own API never needs them)."""
+
 from __future__ import annotations
 
 from opu_driver import Opu

@@ -3,6 +3,7 @@
 import-linter (``lint-imports``, in CI) checks the import graph statically; these tests check what a user's
 process really loads, in a fresh interpreter each.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,26 @@ def _loaded_after(code: str) -> list[str]:
     return [name for name in loaded if name in ("opu_driver", "firmware_sim", "dfa_client", "opu_tools")]
 
 
-@pytest.mark.parametrize("module", ["firmware_sim", "firmware_sim.config", "firmware_sim.registry",
-                                    "firmware_sim.usb_backend", "firmware_sim.pty_server", "firmware_sim.device"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "firmware_sim",
+        "firmware_sim.config",
+        "firmware_sim.registry",
+        "firmware_sim.usb_backend",
+        "firmware_sim.pty_server",
+        "firmware_sim.device",
+    ],
+)
 def test_the_emulator_loads_nothing_of_the_driver(module: str) -> None:
     assert _loaded_after(f"import {module}") == ["firmware_sim"]
 
 
 def test_the_driver_loads_the_emulator_only_when_a_sim_url_is_opened() -> None:
     assert _loaded_after("import opu_driver, opu_driver.calibration, opu_driver.service") == [
-        "dfa_client", "opu_driver"]  # the service's wire format is the client's
+        "dfa_client",
+        "opu_driver",
+    ]  # the service's wire format is the client's
     assert "firmware_sim" in _loaded_after("import opu_driver\nopu_driver.open('sim://?dmd=16x8&camera=8x8').close()")
 
 

@@ -1,4 +1,5 @@
 """The `opu` command line."""
+
 import json
 
 import pytest
@@ -40,8 +41,9 @@ def test_udev_rule_ships_with_the_package():
 
 
 def test_demo_runs_and_explains(capsys):
-    assert main(["demo", SMALL_SIM, "--features", "40", "--components", "64", "--batch", "220",
-                 "--dfa-epochs", "0"]) == 0
+    assert (
+        main(["demo", SMALL_SIM, "--features", "40", "--components", "64", "--batch", "220", "--dfa-epochs", "0"]) == 0
+    )
     out = capsys.readouterr().out
     assert "speckle contrast" in out and "theory" in out and "DFA training" not in out
 
@@ -53,8 +55,9 @@ def test_demo_trains_by_dfa_with_optical_feedback(capsys, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    assert main(["demo", SMALL_SIM, "--features", "40", "--components", "64", "--batch", "220",
-                 "--dfa-epochs", "2"]) == 0
+    assert (
+        main(["demo", SMALL_SIM, "--features", "40", "--components", "64", "--batch", "220", "--dfa-epochs", "2"]) == 0
+    )
     out = capsys.readouterr().out
     assert "DFA training" in out and "synthetic task" in out
     rows = [line for line in out.splitlines() if "DFA, optical feedback, four-frame" in line]
@@ -77,6 +80,5 @@ def test_dfa_bench_code_runs_at_a_small_size():
     # direct, in-process client and service with client processes; the figures are not asserted
     from opu_tools.bench.dfa import bench_dfa
 
-    results = bench_dfa(quick=True, repeats=1, query=SMALL_QUERY, sizes=((10, 256),),
-                        client_counts=(1, 2))
+    results = bench_dfa(quick=True, repeats=1, query=SMALL_QUERY, sizes=((10, 256),), client_counts=(1, 2))
     assert len(results) == 4 and all(r.value > 0 and r.unit == "vectors/s" for r in results)

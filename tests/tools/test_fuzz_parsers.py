@@ -10,6 +10,7 @@ length fields checked before allocation (tracemalloc); results independent of ch
 firmware codecs agree byte for byte (two implementations of docs/protocol.md, written apart); resynchronisation
 by one byte after a bad header (section 1.4); the emulator answers right after garbage on both links.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,9 +57,15 @@ def test_random_bytes_never_break_either_packet_parser(data, cuts, max_payload) 
 
 
 @FAST
-@given(rng=rngs, camera=st.booleans(), mutation=st.sampled_from(["flip", "insert", "delete", "truncate", "length"]),
-       position=st.integers(min_value=0, max_value=2**32), extra=st.binary(min_size=1, max_size=8),
-       length=st.sampled_from([MAX_PAYLOAD + 1, 2**32 - 1, 0, 1, 31, 4096]), cuts=cut_lists)
+@given(
+    rng=rngs,
+    camera=st.booleans(),
+    mutation=st.sampled_from(["flip", "insert", "delete", "truncate", "length"]),
+    position=st.integers(min_value=0, max_value=2**32),
+    extra=st.binary(min_size=1, max_size=8),
+    length=st.sampled_from([MAX_PAYLOAD + 1, 2**32 - 1, 0, 1, 31, 4096]),
+    cuts=cut_lists,
+)
 def test_mutated_packets_between_valid_ones(rng, camera, mutation, position, extra, length, cuts) -> None:
     packet = _packet(rng, camera)
     mutated = {
@@ -206,9 +213,13 @@ def test_random_bytes_as_service_messages(data) -> None:
 
 
 @FAST
-@given(rng=rngs, mutation=st.sampled_from(["flip", "insert", "delete", "truncate", "header", "payload"]),
-       position=st.integers(min_value=0, max_value=2**32), extra=st.binary(min_size=1, max_size=8),
-       length=st.sampled_from([0, 1, 28, 64 * 1024 + 1, 2**32 - 1, 2**63, 2**64 - 1]))
+@given(
+    rng=rngs,
+    mutation=st.sampled_from(["flip", "insert", "delete", "truncate", "header", "payload"]),
+    position=st.integers(min_value=0, max_value=2**32),
+    extra=st.binary(min_size=1, max_size=8),
+    length=st.sampled_from([0, 1, 28, 64 * 1024 + 1, 2**32 - 1, 2**63, 2**64 - 1]),
+)
 def test_mutated_service_messages(rng, mutation, position, extra, length) -> None:
     message = fuzz.make_service_message(rng) + fuzz.make_service_message(rng)
     mutated = {
@@ -272,14 +283,21 @@ def test_huge_service_lengths_are_refused_before_reading_or_allocating() -> None
 def service():
     from opu_driver.service import OpuService
 
-    svc = OpuService(small_sim("noise=0&seed=5"), hello_timeout_s=2.0, message_timeout_s=1.0,
-                     idle_timeout_s=5.0).start()
+    svc = OpuService(
+        small_sim("noise=0&seed=5"), hello_timeout_s=2.0, message_timeout_s=1.0, idle_timeout_s=5.0
+    ).start()
     yield svc
     svc.stop(timeout_s=5)
 
 
-DOCUMENTED_KINDS = {"ProtocolError", "MessageTooLarge", "ProtocolVersionError", "InvalidInputError",
-                    "AuthenticationError", "TooManyClients"}
+DOCUMENTED_KINDS = {
+    "ProtocolError",
+    "MessageTooLarge",
+    "ProtocolVersionError",
+    "InvalidInputError",
+    "AuthenticationError",
+    "TooManyClients",
+}
 
 
 def _exchange(svc, data: bytes, timeout_s: float = 5.0) -> bytes:
@@ -300,11 +318,11 @@ def _exchange(svc, data: bytes, timeout_s: float = 5.0) -> bytes:
             received += chunk
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(rng=rngs, raw=st.binary(max_size=100), use_raw=st.booleans())
-def test_service_answers_garbage_with_a_documented_error_and_keeps_serving(service, caplog, rng, raw,
-                                                                           use_raw) -> None:
+def test_service_answers_garbage_with_a_documented_error_and_keeps_serving(service, caplog, rng, raw, use_raw) -> None:
     """The server reads through dfa_client.wire: whatever a connection sends, it gets at most a WELCOME and
     ERRORs of documented kinds, then the connection is closed; the service never meets an unexpected error and
     still welcomes a valid client."""
@@ -312,7 +330,7 @@ def test_service_answers_garbage_with_a_documented_error_and_keeps_serving(servi
     reply = _exchange(service, raw if use_raw else fuzz.make_service_stream(rng))
     offset = 0
     while offset < len(reply):
-        prefix = wire.parse_prefix(reply[offset:offset + wire.PREFIX_BYTES], wire.WireLimits())
+        prefix = wire.parse_prefix(reply[offset : offset + wire.PREFIX_BYTES], wire.WireLimits())
         end = offset + wire.PREFIX_BYTES + prefix.header_bytes + prefix.payload_bytes
         message = wire.decode(reply[offset:end])
         assert message.type in (wire.MessageType.WELCOME, wire.MessageType.ERROR), message
@@ -320,8 +338,15 @@ def test_service_answers_garbage_with_a_documented_error_and_keeps_serving(servi
             assert message.header["kind"] in DOCUMENTED_KINDS, message.header
         offset = end
     assert not [r for r in caplog.records if "unexpected" in r.getMessage()], caplog.text
-    hello = {"protocol_version": 1, "token": None, "n_components": 10, "n_features": 16, "scheme": "four_frame",
-             "n_bits": None, "max_batch": 4}
+    hello = {
+        "protocol_version": 1,
+        "token": None,
+        "n_components": 10,
+        "n_features": 16,
+        "scheme": "four_frame",
+        "n_bits": None,
+        "max_batch": 4,
+    }
     welcome = wire.decode(_exchange(service, wire.encode(wire.MessageType.HELLO, 1, hello))[:])
     assert welcome.type == wire.MessageType.WELCOME
 

@@ -8,6 +8,7 @@ row computed from another request's frames).
 Every fault kind is in the runs, stalls included (a stall on the bulk write that uploads a layout table was not
 recovered before the soak found it: ``test_a_stall_on_the_layout_upload_is_recovered``).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,11 +51,11 @@ def test_check_rows_tells_every_kind_of_wrong_row_apart() -> None:
     assert check_rows(reference[indices], indices, reference, lookup) == RowCheck(rows=3, matched=3)
 
     swapped = reference[[1, 4, 3]]  # two requests' rows exchanged
-    assert check_rows(swapped, indices, reference, lookup) == RowCheck(rows=3, matched=1, mismatched=2,
-                                                                      misattributed=2)
+    assert check_rows(swapped, indices, reference, lookup) == RowCheck(rows=3, matched=1, mismatched=2, misattributed=2)
     repeated = reference[[4, 4, 3]]  # a frame used twice
-    assert check_rows(repeated, indices, reference, lookup) == RowCheck(rows=3, matched=2, mismatched=1,
-                                                                       misattributed=1, duplicated=1)
+    assert check_rows(repeated, indices, reference, lookup) == RowCheck(
+        rows=3, matched=2, mismatched=1, misattributed=1, duplicated=1
+    )
     corrupt = reference[indices].copy()
     corrupt.view(np.uint32)[2, 0] ^= 1  # one bit of one value
     assert check_rows(corrupt, indices, reference, lookup) == RowCheck(rows=3, matched=2, mismatched=1)
@@ -135,8 +136,13 @@ def test_soak_command(capsys, monkeypatch) -> None:
     assert "noise" in capsys.readouterr().err
 
     measure = soak.measure_reference
-    monkeypatch.setattr(soak, "measure_reference", lambda config: (
-        lambda X, E, ref: (X, E, {op: np.roll(rows, 1, axis=0) for op, rows in ref.items()}))(*measure(config)))
+    monkeypatch.setattr(
+        soak,
+        "measure_reference",
+        lambda config: (lambda X, E, ref: (X, E, {op: np.roll(rows, 1, axis=0) for op, rows in ref.items()}))(
+            *measure(config)
+        ),
+    )
     assert main(["soak", "--frames", "1000", "--no-progress"]) == 1
     assert "FAILED" in capsys.readouterr().out
 
@@ -169,8 +175,11 @@ def test_a_stall_on_the_layout_upload_is_recovered() -> None:
 # ------------------------------------------------------------------------------------------------ the service
 def _client_plan(i: int) -> dict:
     """Client i's options: output counts, schemes and bit planes differ, so coalescing mixes kinds."""
-    return {"n_components": (100, 60, 80)[i % 3], "scheme": "two_frame" if i % 4 == 3 else "four_frame",
-            "n_bits": 4 if i % 5 == 4 else None}
+    return {
+        "n_components": (100, 60, 80)[i % 3],
+        "scheme": "two_frame" if i % 4 == 3 else "four_frame",
+        "n_bits": 4 if i % 5 == 4 else None,
+    }
 
 
 def _client_errors(i: int, r: int) -> np.ndarray:
@@ -220,8 +229,12 @@ def test_sixteen_concurrent_clients_each_get_exactly_their_own_results(faults) -
     with opu_driver.open(SERVICE_URL, calibration=None) as direct:
         for i in range(N_CLIENTS):
             plan = _client_plan(i)
-            expected[i] = [direct.linear_transform(_client_errors(i, r), plan["n_components"], scheme=plan["scheme"],
-                                                   n_bits=plan["n_bits"]) for r in range(N_REQUESTS)]
+            expected[i] = [
+                direct.linear_transform(
+                    _client_errors(i, r), plan["n_components"], scheme=plan["scheme"], n_bits=plan["n_bits"]
+                )
+                for r in range(N_REQUESTS)
+            ]
     # Isolation is meaningful only if no two clients' rows coincide: then equality below rules out that a client
     # ever got another's rows.
     owners: dict[bytes, int] = {}

@@ -4,6 +4,7 @@ serial line through pyserial URLs (``loop://`` and a tiny scripted responder reg
 Timing assertions use deadlines of 0.05-0.2 s and only check "not before the deadline" and "well within a
 generous margin after it" (0.5 s on a loaded 2-core machine), never exact durations.
 """
+
 from __future__ import annotations
 
 import errno
@@ -44,9 +45,11 @@ from tests.support.fake_usb import FakeUsbBackend, FakeUsbDevice
 
 @pytest.fixture
 def device() -> FakeUsbDevice:
-    return FakeUsbDevice(serial="SIM-00000003", registers={int(Register.PROTOCOL_VERSION): 1,
-                                                           int(Register.EXPOSURE_US): 400},
-                         read_only={int(Register.PROTOCOL_VERSION)})
+    return FakeUsbDevice(
+        serial="SIM-00000003",
+        registers={int(Register.PROTOCOL_VERSION): 1, int(Register.EXPOSURE_US): 400},
+        read_only={int(Register.PROTOCOL_VERSION)},
+    )
 
 
 @pytest.fixture
@@ -69,9 +72,15 @@ def test_open_sets_configuration_claims_interface_and_reads_descriptors(backend,
     t.open()
     assert t.is_open
     assert (t.manufacturer, t.product, t.serial_number, t.bcd_device) == (
-        "OPU Open Stack", "OPU-1", "SIM-00000003", 0x0100)
+        "OPU Open Stack",
+        "OPU-1",
+        "SIM-00000003",
+        0x0100,
+    )
     assert [(x.kind, x.value) for x in backend.log if x.kind in ("set_configuration", "claim_interface")] == [
-        ("set_configuration", 1), ("claim_interface", 0)]
+        ("set_configuration", 1),
+        ("claim_interface", 0),
+    ]
     assert backend.vendor_requests() == []  # opening sends no register request
     t.close()
     assert [x.value for x in backend.of_kind("release_interface")] == [0]
@@ -81,11 +90,16 @@ def test_open_sets_configuration_claims_interface_and_reads_descriptors(backend,
 
 
 def test_write_register_traffic_is_exact(transport, backend, device):
-    transport.control_write(REQ_WRITE_REG, int(Register.EXPOSURE_US), 0, (1000).to_bytes(4, "little"),
-                            timeout_s=0.25)
+    transport.control_write(REQ_WRITE_REG, int(Register.EXPOSURE_US), 0, (1000).to_bytes(4, "little"), timeout_s=0.25)
     (req,) = backend.vendor_requests()
     assert (req.bmRequestType, req.bRequest, req.wValue, req.wIndex, req.data, req.timeout_ms) == (
-        0x40, 0x02, 0x0028, 0, b"\xe8\x03\x00\x00", 250)
+        0x40,
+        0x02,
+        0x0028,
+        0,
+        b"\xe8\x03\x00\x00",
+        250,
+    )
     assert device.registers[int(Register.EXPOSURE_US)] == 1000
 
 
@@ -94,7 +108,13 @@ def test_read_register_traffic_is_exact(transport, backend):
     assert data == (400).to_bytes(4, "little") and isinstance(data, bytes)
     (req,) = backend.vendor_requests()
     assert (req.bmRequestType, req.bRequest, req.wValue, req.wIndex, req.length, req.timeout_ms) == (
-        0xC0, 0x01, 0x0028, 0, 4, 1000)
+        0xC0,
+        0x01,
+        0x0028,
+        0,
+        4,
+        1000,
+    )
 
 
 def test_bulk_write_goes_to_dmd_out(transport, backend, device):
@@ -103,7 +123,9 @@ def test_bulk_write_goes_to_dmd_out(transport, backend, device):
     assert transport.bulk_write(memoryview(payload)[:10], timeout_s=0.5) == 10
     writes = backend.of_kind("bulk_write")
     assert [(w.endpoint, w.data, w.timeout_ms) for w in writes] == [
-        (EP_DMD_OUT, payload, 500), (EP_DMD_OUT, payload[:10], 500)]
+        (EP_DMD_OUT, payload, 500),
+        (EP_DMD_OUT, payload[:10], 500),
+    ]
     assert bytes(device.bulk_out) == payload + payload[:10]
 
 
@@ -281,7 +303,7 @@ class _Responder(protocol_loop.Serial):
         self._line = getattr(self, "_line", b"") + bytes(data)
         while b"\n" in self._line:
             line, self._line = self._line.split(b"\n", 1)
-            reply = self.replies.get(line.decode("ascii"), b"ERR -113,\"Undefined header\"\n")
+            reply = self.replies.get(line.decode("ascii"), b'ERR -113,"Undefined header"\n')
             if isinstance(reply, Exception):
                 raise reply
             for byte in reply or b"":
@@ -390,4 +412,5 @@ def test_list_serial_ports_returns_port_infos():
     for port in ports:
         assert isinstance(port.device, str)
     assert list_serial_ports(vendor_id=0x1209, product_id=0x4F50) == [
-        p for p in ports if (p.vid, p.pid) == (0x1209, 0x4F50)]
+        p for p in ports if (p.vid, p.pid) == (0x1209, 0x4F50)
+    ]

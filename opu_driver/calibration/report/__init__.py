@@ -11,6 +11,7 @@ record leniently), :mod:`.drawing` (maps, colour bars, scatters), :mod:`.panels`
 arrays it needs) and :mod:`.page` (choosing panels, layout, header, figure, saving, path checks). matplotlib is an
 optional extra (``pip install "opu-driver[plot]"``), imported only when a report is drawn.
 """
+
 from .page import ReportUnavailableError, check_report_path, figure_size_in, panels_for, render_report
 from .panels import PANELS
 

@@ -3,6 +3,7 @@
 A record may come from an older driver, a hand-made script or a partial run, so every reader here is lenient:
 an absent, non-numeric or all-NaN value reads as None and the panel that wanted it leaves that mark out.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,12 +63,16 @@ def roi_geometry(record: CalibrationRecord, result: type[CalibrationResult], n: 
     failing both, a square-ish grid from (0, 0), which is still a faithful picture of the vector.
     """
     x_key, y_key, width_key, height_key = region_keys()
-    candidates = [summary(record, result)] + [s for r, s in record.results.items() if r != result.routine
-                                              and isinstance(s, Mapping)]
+    candidates = [summary(record, result)] + [
+        s for r, s in record.results.items() if r != result.routine and isinstance(s, Mapping)
+    ]
     for values in candidates:
         width, height = number(values, width_key), number(values, height_key)
-        if width is None or width < 1 or (values is not candidates[0]
-                                          and (height is None or not (width * height >= n > width * (height - 1)))):
+        if (
+            width is None
+            or width < 1
+            or (values is not candidates[0] and (height is None or not (width * height >= n > width * (height - 1))))
+        ):
             continue
         return int(number(values, x_key) or 0), int(number(values, y_key) or 0), int(width)
     return 0, 0, max(1, math.isqrt(n - 1) + 1)
@@ -78,7 +83,7 @@ def as_map(values: np.ndarray, width: int) -> np.ndarray:
     flat = np.asarray(values, dtype=np.float64).ravel()
     rows = -(-flat.size // width)
     padded = np.full(rows * width, np.nan)
-    padded[:flat.size] = flat
+    padded[: flat.size] = flat
     return padded.reshape(rows, width)
 
 

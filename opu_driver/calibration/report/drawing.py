@@ -2,6 +2,7 @@
 
 They draw on the axes they are given (matplotlib's object API), in the colours of :mod:`.style`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,9 @@ def colour_limits(values: np.ndarray, low: float = 1.0, high: float = 99.5) -> t
     return vmin, vmax
 
 
-def draw_map(fig, ax, values: np.ndarray, geometry: tuple[int, int, int], label: str,
-             limits: tuple[float, float] | None = None):
+def draw_map(
+    fig, ax, values: np.ndarray, geometry: tuple[int, int, int], label: str, limits: tuple[float, float] | None = None
+):
     """Draw a per-output vector as an image in camera coordinates with a colour bar; returns the image."""
     x0, y0, width = geometry
     image = as_map(values, width)
@@ -32,11 +34,19 @@ def draw_map(fig, ax, values: np.ndarray, geometry: tuple[int, int, int], label:
     vmin, vmax = limits if limits is not None else colour_limits(image)
     extent = (x0 - 0.5, x0 + width - 0.5, y0 + rows - 0.5, y0 - 0.5)
     ratio = max(width / rows, rows / width)
-    im = ax.imshow(image, cmap=MAP, vmin=vmin, vmax=vmax, interpolation="nearest", extent=extent,
-                   aspect="equal" if ratio <= 3 else "auto")
+    im = ax.imshow(
+        image,
+        cmap=MAP,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="nearest",
+        extent=extent,
+        aspect="equal" if ratio <= 3 else "auto",
+    )
     shown = image[np.isfinite(image)]
     extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
-        (bool(shown.size and shown.min() < vmin), bool(shown.size and shown.max() > vmax))]
+        (bool(shown.size and shown.min() < vmin), bool(shown.size and shown.max() > vmax))
+    ]
     colour_bar(fig, ax, im, label, extend)
     ax.set_xlabel("camera x (px)")
     ax.set_ylabel("camera y (px)")
@@ -68,8 +78,9 @@ def identity_line(ax, x: np.ndarray, y: np.ndarray) -> None:
     ax.set_aspect("equal", adjustable="box")
 
 
-def scatter(ax, predicted: np.ndarray, measured: np.ndarray, correlation: float | None,
-            relative_error: float | None) -> None:
+def scatter(
+    ax, predicted: np.ndarray, measured: np.ndarray, correlation: float | None, relative_error: float | None
+) -> None:
     """Measured against predicted values over the y = x line, the correlation and error in the legend."""
     x, y = finite(predicted, measured)
     if correlation is None and x.size > 1 and x.std() > 0 and y.std() > 0:

@@ -3,6 +3,7 @@
 matplotlib is imported only in :func:`render_report`, through its object API and the Agg canvas, so the caller's
 pyplot state and backend are left alone and choosing panels or checking a path needs no plotting library.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,8 +87,14 @@ def _created_utc(created: Any) -> str:
 
 
 def _settings_text(settings: Mapping[str, Any]) -> str:
-    known = {"exposure_us": "exposure {} µs", "frame_time_us": "frame time {} µs", "gain": "gain {}",
-             "pixel_format": "{}", "laser_power_mw": "laser {} mW", "n_components": "{} outputs"}
+    known = {
+        "exposure_us": "exposure {} µs",
+        "frame_time_us": "frame time {} µs",
+        "gain": "gain {}",
+        "pixel_format": "{}",
+        "laser_power_mw": "laser {} mW",
+        "n_components": "{} outputs",
+    }
     parts = [template.format(settings[key]) for key, template in known.items() if key in settings]
     parts += [f"{key} {value}" for key, value in settings.items() if key not in known]
     return " · ".join(parts) if parts else "settings not recorded"
@@ -103,8 +110,12 @@ def _highlights(record: CalibrationRecord) -> str:
         if all(v is not None for v in values):
             phrases.append(template.format(*values))
 
-    add(DarkResult, "dark {:.3g} DN, read noise {:.3g} DN", DarkResult.summary_key.level_dn,
-        DarkResult.summary_key.read_noise_dn)
+    add(
+        DarkResult,
+        "dark {:.3g} DN, read noise {:.3g} DN",
+        DarkResult.summary_key.level_dn,
+        DarkResult.summary_key.read_noise_dn,
+    )
     add(ExposureResult, "exposure {:.4g} µs", ExposureResult.summary_key.exposure_us)
     add(LatencyResult, "lag {:.0f} frames", LatencyResult.summary_key.lag_frames)
     add(RoiResult, "grain {:.3g} px", RoiResult.summary_key.grain_px)
@@ -118,17 +129,33 @@ def _highlights(record: CalibrationRecord) -> str:
 def _draw_header(fig, record: CalibrationRecord, title: str | None, width_in: float, height_in: float) -> None:
     top = 1 - 0.12 / height_in
     line = 0.21 / height_in
-    fig.text(0.012, top, title or f"OPU calibration report: {record.model}, serial {record.serial_number}",
-             fontsize=13.5, fontweight="bold", va="top", ha="left")
-    details = (("" if title is None else f"{record.model} · serial {record.serial_number} · ")
-               + f"firmware {record.firmware_version} · {_settings_text(record.settings)} · "
-               f"calibrated {_created_utc(record.created)}")
+    fig.text(
+        0.012,
+        top,
+        title or f"OPU calibration report: {record.model}, serial {record.serial_number}",
+        fontsize=13.5,
+        fontweight="bold",
+        va="top",
+        ha="left",
+    )
+    details = (
+        ("" if title is None else f"{record.model} · serial {record.serial_number} · ")
+        + f"firmware {record.firmware_version} · {_settings_text(record.settings)} · "
+        f"calibrated {_created_utc(record.created)}"
+    )
     highlights = _highlights(record)
     chars = max(40, int(width_in * 72 / (9.0 * 0.52)))
     lines = textwrap.wrap(details, chars)[:2] + (textwrap.wrap(highlights, chars)[:1] if highlights else [])
     for i, text in enumerate(lines):
-        fig.text(0.012, top - 0.30 / height_in - i * line, text, fontsize=9.0, va="top", ha="left",
-                 color="#222222" if i < len(lines) - (1 if highlights else 0) else GUIDE)
+        fig.text(
+            0.012,
+            top - 0.30 / height_in - i * line,
+            text,
+            fontsize=9.0,
+            va="top",
+            ha="left",
+            color="#222222" if i < len(lines) - (1 if highlights else 0) else GUIDE,
+        )
 
 
 # -- the report ----------------------------------------------------------------------------------------------
@@ -153,8 +180,9 @@ def check_report_path(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def render_report(record: CalibrationRecord, path: str | os.PathLike[str], *, title: str | None = None,
-                  dpi: int = 120) -> Path:
+def render_report(
+    record: CalibrationRecord, path: str | os.PathLike[str], *, title: str | None = None, dpi: int = 120
+) -> Path:
     """Draw ``record`` as one figure (a panel per thing it holds, see :func:`panels_for`) and save it at ``path``.
 
     The format follows the suffix (``.png``, ``.pdf`` or ``.svg``). The file is written under a temporary name in
@@ -190,9 +218,7 @@ def render_report(record: CalibrationRecord, path: str | os.PathLike[str], *, ti
         from matplotlib.figure import Figure
         from matplotlib.layout_engine import ConstrainedLayoutEngine
     except ImportError as exc:
-        raise ReportUnavailableError(
-            'the calibration report needs matplotlib: pip install "opu-driver[plot]"'
-        ) from exc
+        raise ReportUnavailableError('the calibration report needs matplotlib: pip install "opu-driver[plot]"') from exc
 
     width_in, height_in = figure_size_in(len(panels))
     rows, columns = _grid(len(panels))
@@ -200,8 +226,9 @@ def render_report(record: CalibrationRecord, path: str | os.PathLike[str], *, ti
         fig = Figure(figsize=(width_in, height_in), dpi=dpi)
         FigureCanvasAgg(fig)
         header = _HEADER_IN / height_in
-        fig.set_layout_engine(ConstrainedLayoutEngine(rect=(0, 0, 1, 1 - header), w_pad=0.06, h_pad=0.06,
-                                                      wspace=0.04, hspace=0.04))
+        fig.set_layout_engine(
+            ConstrainedLayoutEngine(rect=(0, 0, 1, 1 - header), w_pad=0.06, h_pad=0.06, wspace=0.04, hspace=0.04)
+        )
         grid = fig.add_gridspec(rows, columns)
         for i, name in enumerate(panels):
             ax = fig.add_subplot(grid[i // columns, i % columns])
@@ -211,13 +238,25 @@ def render_report(record: CalibrationRecord, path: str | os.PathLike[str], *, ti
         temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
         try:
             with open(temp, "wb") as f:
-                fig.savefig(f, format=fmt, dpi=dpi, metadata={"Title": title or "OPU calibration report"}
-                            if fmt != "png" else {"Software": "opu_driver calibration report"})
+                fig.savefig(
+                    f,
+                    format=fmt,
+                    dpi=dpi,
+                    metadata={"Title": title or "OPU calibration report"}
+                    if fmt != "png"
+                    else {"Software": "opu_driver calibration report"},
+                )
             os.replace(temp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
-    _log.info("calibration report of %s %s (%d panels: %s) written to %s", record.model, record.serial_number,
-              len(panels), ", ".join(panels), target)
+    _log.info(
+        "calibration report of %s %s (%d panels: %s) written to %s",
+        record.model,
+        record.serial_number,
+        len(panels),
+        ", ".join(panels),
+        target,
+    )
     return target

@@ -4,6 +4,7 @@ needs (:data:`PANELS`, in drawing order).
 A panel draws from the record's arrays; the routine's summary only annotates it (a missing number leaves its mark
 out). Array names and summary keys come from the result classes, so they stay those the routines write.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,10 +38,12 @@ DRAW: dict[str, Draw] = {}
 
 def _panel(*needs: str) -> Callable[[Draw], Draw]:
     """Register a drawing function as the panel of its name, drawn when the record holds ``needs``."""
+
     def register(draw: Draw) -> Draw:
         PANELS[draw.__name__] = needs
         DRAW[draw.__name__] = draw
         return draw
+
     return register
 
 
@@ -118,7 +121,7 @@ def dark_histogram(fig, ax, record: CalibrationRecord) -> None:
         clipped = np.minimum(hot_values, edges[-1] - 1e-9 * span) if overflow else hot_values
         ax.hist(clipped, bins=edges, color=MARK, alpha=0.9)
         counts = np.maximum(counts, np.histogram(clipped, bins=edges)[0])
-        spread = (fmt(hot_values.min()) + ("" if hot_values.size == 1 else f"–{fmt(hot_values.max())}"))
+        spread = fmt(hot_values.min()) + ("" if hot_values.size == 1 else f"–{fmt(hot_values.max())}")
         label = f"hot ({hot_values.size}): {spread} DN"
         handles.append(Patch(color=MARK, label=label + (",\n  in the last bin" if overflow else "")))
     ax.set_yscale("log")
@@ -126,8 +129,7 @@ def dark_histogram(fig, ax, record: CalibrationRecord) -> None:
     ax.set_ylim(0.7, 0.7 * (max(float(counts.max()), 1.0) / 0.7) ** (1 / 0.6))
     level = number(values_of, key.level_dn)
     if level is not None:
-        handles.append(ax.axvline(level, color=GUIDE, linestyle="--", linewidth=1.0,
-                                  label=f"median {fmt(level)} DN"))
+        handles.append(ax.axvline(level, color=GUIDE, linestyle="--", linewidth=1.0, label=f"median {fmt(level)} DN"))
     notes = []
     for summary_key, name in ((key.fixed_pattern_dn, "fixed pattern"), (key.read_noise_dn, "read noise")):
         value = number(values_of, summary_key)
@@ -138,8 +140,16 @@ def dark_histogram(fig, ax, record: CalibrationRecord) -> None:
         method = values_of.get(key.method)
         notes.append(f"{int(n_frames)} frames" + (f", {method.replace('_', ' ')}" if isinstance(method, str) else ""))
     if notes:
-        ax.text(0.03, 0.97, "\n".join(notes), transform=ax.transAxes, va="top", ha="left", fontsize=8,
-                bbox={"boxstyle": "round,pad=0.35", "facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.85})
+        ax.text(
+            0.03,
+            0.97,
+            "\n".join(notes),
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=8,
+            bbox={"boxstyle": "round,pad=0.35", "facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.85},
+        )
     ax.legend(handles=handles, loc="upper right")
     ax.set_xlabel("dark level (DN)")
     ax.set_ylabel("outputs (count)")
@@ -167,25 +177,47 @@ def exposure_sweep(fig, ax, record: CalibrationRecord) -> None:
         rows = np.isfinite(gain) & (gain == g) if math.isfinite(g) else np.ones(n, dtype=bool)
         order = np.argsort(exposure[rows])
         label = "top level" + (f", gain {fmt(g)}" if len(groups) > 1 else "")
-        (line,) = ax.plot(exposure[rows][order], top[rows][order], marker="o", markersize=3.5, linewidth=1.3,
-                          color=DATA, alpha=1.0 if len(groups) == 1 else 0.45 + 0.55 * (i + 1) / len(groups),
-                          label=label)
+        (line,) = ax.plot(
+            exposure[rows][order],
+            top[rows][order],
+            marker="o",
+            markersize=3.5,
+            linewidth=1.3,
+            color=DATA,
+            alpha=1.0 if len(groups) == 1 else 0.45 + 0.55 * (i + 1) / len(groups),
+            label=label,
+        )
         handles.append(line)
     full_scale = number(values_of, key.full_scale_dn)
     if full_scale is not None:
-        handles.append(ax.axhline(full_scale, color=GUIDE, linestyle="--", linewidth=1.0,
-                                  label=f"full scale {fmt(full_scale, 5)} DN"))
+        handles.append(
+            ax.axhline(
+                full_scale, color=GUIDE, linestyle="--", linewidth=1.0, label=f"full scale {fmt(full_scale, 5)} DN"
+            )
+        )
     target = number(values_of, key.target_dn)
     if target is not None:
-        handles.append(ax.axhline(target, color=DATA, linestyle=":", linewidth=1.0,
-                                  label=f"target {fmt(target, 4)} DN"))
+        handles.append(
+            ax.axhline(target, color=DATA, linestyle=":", linewidth=1.0, label=f"target {fmt(target, 4)} DN")
+        )
     chosen_us, chosen_top = number(values_of, key.exposure_us), number(values_of, key.top_dn)
     if chosen_us is not None and chosen_top is not None:
         chosen_gain = number(values_of, key.gain)
-        handles.append(ax.plot([chosen_us], [chosen_top], marker="*", markersize=14, color=MARK, linestyle="none",
-                               markeredgecolor="white", markeredgewidth=0.6, zorder=5,
-                               label=f"chosen {fmt(chosen_us, 4)} µs"
-                               + (f", gain {fmt(chosen_gain)}" if chosen_gain is not None else ""))[0])
+        handles.append(
+            ax.plot(
+                [chosen_us],
+                [chosen_top],
+                marker="*",
+                markersize=14,
+                color=MARK,
+                linestyle="none",
+                markeredgecolor="white",
+                markeredgewidth=0.6,
+                zorder=5,
+                label=f"chosen {fmt(chosen_us, 4)} µs"
+                + (f", gain {fmt(chosen_gain)}" if chosen_gain is not None else ""),
+            )[0]
+        )
     finite_exposure = exposure[np.isfinite(exposure) & (exposure > 0)]
     if finite_exposure.size and finite_exposure.max() / finite_exposure.min() > 8:
         ax.set_xscale("log")
@@ -196,15 +228,33 @@ def exposure_sweep(fig, ax, record: CalibrationRecord) -> None:
         right.grid(False)
         right.spines["right"].set_visible(True)
         order = np.argsort(exposure)
-        handles.append(right.plot(exposure[order], 100 * saturated[order], marker="s", markersize=3,
-                                  linewidth=1.1, color=SECOND, label="saturated pixels")[0])
+        handles.append(
+            right.plot(
+                exposure[order],
+                100 * saturated[order],
+                marker="s",
+                markersize=3,
+                linewidth=1.1,
+                color=SECOND,
+                label="saturated pixels",
+            )[0]
+        )
         limit = number(values_of, key.max_saturated_fraction)
         if limit is not None:
-            handles.append(right.axhline(100 * limit, color=SECOND, linestyle=":", linewidth=1.0,
-                                         label=f"saturation limit {fmt(100 * limit)}%"))
+            handles.append(
+                right.axhline(
+                    100 * limit,
+                    color=SECOND,
+                    linestyle=":",
+                    linewidth=1.0,
+                    label=f"saturation limit {fmt(100 * limit)}%",
+                )
+            )
         right.set_ylabel("saturated pixels (%)", color=SECOND)
-        top_percent = max(float(np.nanmax(100 * saturated)) if np.isfinite(saturated).any() else 0.0,
-                          100 * limit if limit is not None else 0.0)
+        top_percent = max(
+            float(np.nanmax(100 * saturated)) if np.isfinite(saturated).any() else 0.0,
+            100 * limit if limit is not None else 0.0,
+        )
         # Linear up to the limit, logarithmic above: a 0.1% limit stays visible beside a 30% saturated sweep end.
         threshold = 100 * limit if limit is not None and limit > 0 else 0.1
         if top_percent > 20 * threshold:
@@ -240,13 +290,20 @@ def latency(fig, ax, record: CalibrationRecord) -> None:
     handles = [Patch(color=MARK, label=f"optical lag {chosen} frames" + (f" (r = {peak:.3f})" if peak else ""))]
     header = number(values_of, key.header_lag_frames)
     if header is not None:
-        handles.append(ax.axvline(header, color=GUIDE, linestyle="--", linewidth=1.0, label=f"metadata lag "
-                                  f"{int(header)} frames" + ("" if int(header) == chosen else " (disagrees)")))
+        handles.append(
+            ax.axvline(
+                header,
+                color=GUIDE,
+                linestyle="--",
+                linewidth=1.0,
+                label=f"metadata lag {int(header)} frames" + ("" if int(header) == chosen else " (disagrees)"),
+            )
+        )
     ax.legend(handles=handles, loc="upper right")
     ax.set_xlabel("lag (camera frames)")
     ax.set_ylabel("correlation with pattern")
     ax.set_ylim(min(-0.1, float(np.nanmin(correlations)) - 0.05), 1.25)
-    ax.set_xticks(lags if lags.size <= 17 else lags[::max(1, lags.size // 12)])
+    ax.set_xticks(lags if lags.size <= 17 else lags[:: max(1, lags.size // 12)])
     ax.set_title("DMD-to-camera lag")
 
 
@@ -259,8 +316,15 @@ def speckle_profile(fig, ax, record: CalibrationRecord) -> None:
     values_of = summary(record, RoiResult)
     lag, value = finite(needed(record, stored.autocorrelation_lag_px), needed(record, stored.autocorrelation))
     order = np.argsort(lag)
-    ax.plot(lag[order], value[order], marker="o", markersize=3.5, color=DATA, linewidth=1.3,
-            label="intensity autocorrelation")
+    ax.plot(
+        lag[order],
+        value[order],
+        marker="o",
+        markersize=3.5,
+        color=DATA,
+        linewidth=1.3,
+        label="intensity autocorrelation",
+    )
     ax.axhline(0, color=GUIDE, linewidth=0.8)
     grain = number(values_of, key.grain_px)
     if grain is not None:
@@ -280,7 +344,7 @@ def speckle_map(fig, ax, record: CalibrationRecord) -> None:
     image = needed(record, RoiResult.record_array.autocorrelation_2d).astype(np.float64)
     if image.ndim != 2:
         side = math.isqrt(image.size)
-        image = image.ravel()[:side * side].reshape(side, side)
+        image = image.ravel()[: side * side].reshape(side, side)
     half_h, half_w = image.shape[0] // 2, image.shape[1] // 2
     extent = (-half_w - 0.5, image.shape[1] - half_w - 0.5, image.shape[0] - half_h - 0.5, -half_h - 0.5)
     shown = image[np.isfinite(image)]
@@ -288,15 +352,24 @@ def speckle_map(fig, ax, record: CalibrationRecord) -> None:
     im = ax.imshow(image, cmap=MAP, vmin=vmin, vmax=1.0, interpolation="nearest", extent=extent)
     colour_bar(fig, ax, im, "autocorrelation (1 at lag 0)")
     if shown.size and shown.min() < 0.5 < shown.max():
-        y, x = np.mgrid[-half_h:image.shape[0] - half_h, -half_w:image.shape[1] - half_w]
+        y, x = np.mgrid[-half_h : image.shape[0] - half_h, -half_w : image.shape[1] - half_w]
         ax.contour(x, y, np.nan_to_num(image, nan=0.0), levels=[0.5], colors="white", linewidths=1.0)
         ax.plot([], [], color="white", label="half maximum")
     grain = number(values_of, RoiResult.summary_key.grain_px)
     if grain is not None:
         from matplotlib.patches import Circle
 
-        ax.add_patch(Circle((0, 0), grain, fill=False, edgecolor=MARK, linestyle="--", linewidth=1.2,
-                            label=f"radius = grain ({fmt(grain)} px)"))
+        ax.add_patch(
+            Circle(
+                (0, 0),
+                grain,
+                fill=False,
+                edgecolor=MARK,
+                linestyle="--",
+                linewidth=1.2,
+                label=f"radius = grain ({fmt(grain)} px)",
+            )
+        )
     if ax.get_legend_handles_labels()[0]:
         legend = ax.legend(loc="upper right", facecolor="#333333", labelcolor="white", edgecolor="none")
         legend.get_frame().set_alpha(0.7)
@@ -339,12 +412,17 @@ def reference_map(fig, ax, record: CalibrationRecord) -> None:
     if excluded.any():
         x0, y0, width = geometry
         overlay = as_map(np.where(excluded, 1.0, np.nan), width)
-        ax.imshow(overlay, cmap=ListedColormap([MARK]), vmin=0, vmax=1, interpolation="nearest",
-                  extent=(x0 - 0.5, x0 + width - 0.5, y0 + overlay.shape[0] - 0.5, y0 - 0.5),
-                  aspect=ax.get_aspect())
+        ax.imshow(
+            overlay,
+            cmap=ListedColormap([MARK]),
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+            extent=(x0 - 0.5, x0 + width - 0.5, y0 + overlay.shape[0] - 0.5, y0 - 0.5),
+            aspect=ax.get_aspect(),
+        )
         share = 100 * excluded.mean()
-        ax.legend(handles=[Patch(color=MARK, label=f"masked: {int(excluded.sum())} ({share:.1f}%)")],
-                  loc="upper right")
+        ax.legend(handles=[Patch(color=MARK, label=f"masked: {int(excluded.sum())} ({share:.1f}%)")], loc="upper right")
     ax.set_title(f"Linear-mode reference, {100 * usable.mean():.1f}% usable")
 
 
@@ -355,8 +433,13 @@ def reference_map(fig, ax, record: CalibrationRecord) -> None:
 def matrix_holdout(fig, ax, record: CalibrationRecord) -> None:
     key, stored = MatrixResult.summary_key, MatrixResult.record_array
     values_of = summary(record, MatrixResult)
-    scatter(ax, needed(record, stored.holdout_predicted), needed(record, stored.holdout_measured),
-            number(values_of, key.holdout_correlation), number(values_of, key.relative_error))
+    scatter(
+        ax,
+        needed(record, stored.holdout_predicted),
+        needed(record, stored.holdout_measured),
+        number(values_of, key.holdout_correlation),
+        number(values_of, key.relative_error),
+    )
     ax.set_xlabel("predicted x·M (a.u.; entries of M have unit variance)")
     ax.set_ylabel("optical projection (a.u.)")
     ax.set_title("Estimated matrix vs optics (held out)")
@@ -366,8 +449,13 @@ def matrix_holdout(fig, ax, record: CalibrationRecord) -> None:
 def matrix_nonlinear(fig, ax, record: CalibrationRecord) -> None:
     key, stored = MatrixResult.summary_key, MatrixResult.record_array
     values_of = summary(record, MatrixResult)
-    scatter(ax, needed(record, stored.nonlinear_predicted), needed(record, stored.nonlinear_measured),
-            number(values_of, key.nonlinear_correlation), number(values_of, key.nonlinear_relative_error))
+    scatter(
+        ax,
+        needed(record, stored.nonlinear_predicted),
+        needed(record, stored.nonlinear_measured),
+        number(values_of, key.nonlinear_correlation),
+        number(values_of, key.nonlinear_relative_error),
+    )
     ax.set_xlabel("predicted |x·M|² (DN)")
     ax.set_ylabel("measured intensity (DN)")
     ax.set_title("Intensity mode: measured vs |x·M|²")
@@ -398,14 +486,22 @@ def _fidelity(ax, record: CalibrationRecord, name: str, ylabel: str, title: str,
     encodings = list(dict.fromkeys(encoding for _, encoding in split))
     markers = ("o", "s", "^", "D", "v", "P", "X", "*")
     for s, scheme in enumerate(schemes):
-        rows = sorted((i for i in range(n) if split[i][0] == scheme and np.isfinite(values[i])),
-                      key=lambda i: frames[i])
+        rows = sorted(
+            (i for i in range(n) if split[i][0] == scheme and np.isfinite(values[i])), key=lambda i: frames[i]
+        )
         colour = SERIES[s % len(SERIES)]
         if len(rows) > 1:
             ax.plot(frames[rows], values[rows], color=colour, linewidth=1.1, alpha=0.7)
         for i in rows:
-            ax.plot(frames[i], values[i], linestyle="none", color=colour, markersize=7, markeredgecolor="white",
-                    marker=markers[encodings.index(split[i][1]) % len(markers)])
+            ax.plot(
+                frames[i],
+                values[i],
+                linestyle="none",
+                color=colour,
+                markersize=7,
+                markeredgecolor="white",
+                marker=markers[encodings.index(split[i][1]) % len(markers)],
+            )
     positive = frames[np.isfinite(frames) & (frames > 0)]
     if positive.size and positive.max() / positive.min() >= 4:
         ax.set_xscale("log", base=2)
@@ -414,27 +510,50 @@ def _fidelity(ax, record: CalibrationRecord, name: str, ylabel: str, title: str,
     ax.set_ylabel(ylabel)
     ax.margins(x=0.12, y=0.2)
     if legend:
-        handles = [Line2D([], [], color=SERIES[s % len(SERIES)], linewidth=1.5, label=scheme.replace("_", "-"))
-                   for s, scheme in enumerate(schemes)]
+        handles = [
+            Line2D([], [], color=SERIES[s % len(SERIES)], linewidth=1.5, label=scheme.replace("_", "-"))
+            for s, scheme in enumerate(schemes)
+        ]
         if encodings != [""]:
-            handles += [Line2D([], [], color=GUIDE, marker=markers[e % len(markers)], linestyle="none",
-                               markersize=6, label=encoding or "(none)") for e, encoding in enumerate(encodings)]
-        ax.legend(handles=handles, loc="best", ncol=2 if len(handles) > 4 else 1, columnspacing=1.0,
-                  handletextpad=0.4)
+            handles += [
+                Line2D(
+                    [],
+                    [],
+                    color=GUIDE,
+                    marker=markers[e % len(markers)],
+                    linestyle="none",
+                    markersize=6,
+                    label=encoding or "(none)",
+                )
+                for e, encoding in enumerate(encodings)
+            ]
+        ax.legend(handles=handles, loc="best", ncol=2 if len(handles) > 4 else 1, columnspacing=1.0, handletextpad=0.4)
     ax.set_title(title)
 
 
 @_panel(FidelityResult.record_array.frames_per_vector, FidelityResult.record_array.repeatability)
 def fidelity_repeatability(fig, ax, record: CalibrationRecord) -> None:
-    _fidelity(ax, record, FidelityResult.record_array.repeatability, "repeatability (correlation)",
-              "Fidelity: repeatability", True)
+    _fidelity(
+        ax,
+        record,
+        FidelityResult.record_array.repeatability,
+        "repeatability (correlation)",
+        "Fidelity: repeatability",
+        True,
+    )
 
 
 @_panel(FidelityResult.record_array.frames_per_vector, FidelityResult.record_array.snr_db)
 def fidelity_snr(fig, ax, record: CalibrationRecord) -> None:
     # the legend goes on the repeatability panel when there is one
-    _fidelity(ax, record, FidelityResult.record_array.snr_db, "signal-to-noise ratio (dB)", "Fidelity: SNR",
-              not drawable(record, fidelity_repeatability.__name__))
+    _fidelity(
+        ax,
+        record,
+        FidelityResult.record_array.snr_db,
+        "signal-to-noise ratio (dB)",
+        "Fidelity: SNR",
+        not drawable(record, fidelity_repeatability.__name__),
+    )
 
 
 # -- drift ---------------------------------------------------------------------------------------------------
@@ -457,8 +576,9 @@ def drift(fig, ax, record: CalibrationRecord) -> None:
     order = np.argsort(times_s)
     times_s, correlations = times_s[order], correlations[order]
     times, unit = _time_axis(times_s)
-    ax.plot(times, correlations, marker="o", markersize=3.5, color=DATA, linewidth=1.3,
-            label="correlation with baseline")
+    ax.plot(
+        times, correlations, marker="o", markersize=3.5, color=DATA, linewidth=1.3, label="correlation with baseline"
+    )
     threshold = number(values_of, key.threshold)
     if threshold is not None:
         ax.axhline(threshold, color=MARK, linestyle="--", linewidth=1.1, label=f"recalibrate below {fmt(threshold)}")
@@ -467,8 +587,9 @@ def drift(fig, ax, record: CalibrationRecord) -> None:
             ax.plot(times[low], correlations[low], marker="o", markersize=5, linestyle="none", color=MARK)
     baseline = number(values_of, key.baseline_repeatability)
     if baseline is not None:
-        ax.axhline(baseline, color=GUIDE, linestyle=":", linewidth=1.1,
-                   label=f"baseline repeatability {fmt(baseline, 4)}")
+        ax.axhline(
+            baseline, color=GUIDE, linestyle=":", linewidth=1.1, label=f"baseline repeatability {fmt(baseline, 4)}"
+        )
     ax.legend(loc="lower left")
     ax.set_xlabel(f"time since baseline ({unit})")
     ax.set_ylabel("correlation with baseline")

@@ -3,6 +3,7 @@
 Data in blue, a second series in orange, what was chosen or what is wrong in red, references (y = x, full scale,
 thresholds' context) in grey; maps in viridis. Every panel takes its colours from here so the page reads as one.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

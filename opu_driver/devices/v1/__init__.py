@@ -3,6 +3,7 @@
 One USB device carries the DMD and the camera on a shared link (registers, frame packets), and a serial line
 carries the controller (ASCII commands). :func:`make_v1_rig` builds the rig of a ``sim://`` or ``usb://`` URL.
 """
+
 from .camera import V1Camera
 from .controller import ScpiController
 from .dmd import V1Dmd

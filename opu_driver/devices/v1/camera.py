@@ -1,4 +1,5 @@
 """The camera of a protocol-v1 device: registers for its settings, CAMERA_FRAME packets on the IN endpoint."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -8,6 +8,7 @@
 - ``usb://[VID:PID][/SERIAL]?port=/dev/ttyACM0`` : a physical OPU by USB ids (default 1209:4f50) and serial
   number, with its controller line on ``port`` (found from the USB serial number when omitted).
 """
+
 from __future__ import annotations
 
 import functools

@@ -28,6 +28,7 @@ instead of trusting one that arrived with noise.
 
 ``ScpiController.counters`` says what happened; each retry and resynchronisation is logged at WARNING.
 """
+
 from __future__ import annotations
 
 import logging
@@ -97,7 +98,7 @@ def _after_garbage(line: str) -> str | None:
         last = match
     if last is None:
         return None
-    rest = line[last.end():]
+    rest = line[last.end() :]
     return rest if rest.strip() else None
 
 
@@ -115,8 +116,13 @@ class ScpiController(Controller):
         resync_quiet_s: before a retry the input is drained until nothing arrived for this long (at most 0.1 s).
     """
 
-    def __init__(self, transport: SerialTransport, timeout_s: float = SERIAL_TIMEOUT_S,
-                 max_retries: int = DEFAULT_MAX_RETRIES, resync_quiet_s: float = DEFAULT_RESYNC_QUIET_S) -> None:
+    def __init__(
+        self,
+        transport: SerialTransport,
+        timeout_s: float = SERIAL_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        resync_quiet_s: float = DEFAULT_RESYNC_QUIET_S,
+    ) -> None:
         super().__init__()
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
@@ -199,8 +205,13 @@ class ScpiController(Controller):
                 return value
             if attempt < attempts:
                 self._counters.retries += 1
-                _log.warning("controller: %s to %r; sending it again (retry %d of %d)", error, _describe(line),
-                             attempt, attempts - 1)
+                _log.warning(
+                    "controller: %s to %r; sending it again (retry %d of %d)",
+                    error,
+                    _describe(line),
+                    attempt,
+                    attempts - 1,
+                )
                 self._drain()
         assert error is not None
         self._counters.requests_failed += 1
@@ -220,8 +231,10 @@ class ScpiController(Controller):
         """
         rest = _after_garbage(raw)
         if rest is None:
-            raise ProtocolError(f"garbled reply {raw!r} to {header!r}, which is not retried (asking again "
-                                "would skip an entry); the entry is lost")
+            raise ProtocolError(
+                f"garbled reply {raw!r} to {header!r}, which is not retried (asking again "
+                "would skip an entry); the entry is lost"
+            )
         try:
             reply = parse_reply(rest)
         except DeviceRefusedError:
@@ -231,8 +244,7 @@ class ScpiController(Controller):
         self._counters.resyncs += 1
         self._counters.garbled_replies += 1
         self._counters.requests_recovered += 1
-        _log.warning("controller: dropped %d garbage characters before the reply to %r", len(raw) - len(rest),
-                     header)
+        _log.warning("controller: dropped %d garbage characters before the reply to %r", len(raw) - len(rest), header)
         return value
 
     def _drain(self) -> None:
@@ -292,8 +304,9 @@ class ScpiController(Controller):
             self._command("LASER:STATE", "ON" if on else "OFF")
         except DeviceRefusedError as exc:
             if on and exc.code == _EXECUTION_ERROR and not self._do_interlock_ok():
-                raise InterlockError("laser interlock is tripped: clear its cause, then reset_interlock()",
-                                     exc.code) from exc
+                raise InterlockError(
+                    "laser interlock is tripped: clear its cause, then reset_interlock()", exc.code
+                ) from exc
             raise
 
     def _do_laser_is_on(self) -> bool:

@@ -1,4 +1,5 @@
 """Finding connected OPUs: USB devices matched with their controller serial ports (``opu list``)."""
+
 from __future__ import annotations
 
 import logging
@@ -48,9 +49,13 @@ def find_devices(backend=None) -> list[FoundDevice]:
     for dev in find_usb_devices(backend=backend):
         found.append(
             FoundDevice(
-                bus=dev.bus, address=dev.address, serial_number=dev.serial_number, product=dev.product,
+                bus=dev.bus,
+                address=dev.address,
+                serial_number=dev.serial_number,
+                product=dev.product,
                 port=ports.get(dev.serial_number) if dev.serial_number else None,
-                accessible=dev.accessible, problem=dev.error,
+                accessible=dev.accessible,
+                problem=dev.error,
             )
         )
     return found
@@ -63,8 +68,10 @@ def describe_devices(backend=None) -> str:
     except Exception as exc:  # no libusb on this machine, for example
         return f"cannot scan USB: {exc}"
     if not devices:
-        return ("no OPU found on USB (looking for 1209:4f50).\n"
-                "Without hardware, use the built-in emulator: opu info sim://   or   opu demo")
+        return (
+            "no OPU found on USB (looking for 1209:4f50).\n"
+            "Without hardware, use the built-in emulator: opu info sim://   or   opu demo"
+        )
     lines = []
     for dev in devices:
         where = f"bus {dev.bus} address {dev.address}"

@@ -1,4 +1,5 @@
 """The DMD of a protocol-v1 device: registers and packets on the USB link (docs/protocol.md section 1)."""
+
 from __future__ import annotations
 
 import numpy as np

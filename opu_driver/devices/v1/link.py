@@ -3,6 +3,7 @@
 It turns transport-level stalls into the device's own error codes (LAST_ERROR), and keeps one incremental
 parser for the camera stream so that no byte is lost between calls.
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,7 +86,10 @@ class UsbLink:
         _log.debug("write %s = %d", _name(register), value)
         try:
             self.transport.control_write(
-                REQ_WRITE_REG, int(register), 0, value.to_bytes(4, "little"),
+                REQ_WRITE_REG,
+                int(register),
+                0,
+                value.to_bytes(4, "little"),
                 timeout_s=self.settings.control_timeout_s,
             )
         except StallError as exc:

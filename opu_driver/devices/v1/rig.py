@@ -1,4 +1,5 @@
 """A protocol-v1 OPU as a rig: one USB device (DMD and camera on a shared link) and a controller on a serial line."""
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,9 @@ class V1Rig(Rig):
         self._connection = connection
         self._link = UsbLink(connection.usb)
         controller = ScpiController(connection.serial, max_retries=controller_retries)
-        super().__init__(V1Dmd(self._link), V1Camera(self._link), controller, connection.url.text,
-                         emulator=connection.emulator)
+        super().__init__(
+            V1Dmd(self._link), V1Camera(self._link), controller, connection.url.text, emulator=connection.emulator
+        )
         # A rig dropped without close() still releases its device (and an emulator's memory).
         self._finalizer = weakref.finalize(self, connection.close)
 
@@ -45,7 +47,8 @@ class V1Rig(Rig):
         version = self._link.read_register(Register.PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
             raise ProtocolError(
-                f"device speaks protocol version {version}; this driver knows version {PROTOCOL_VERSION}")
+                f"device speaks protocol version {version}; this driver knows version {PROTOCOL_VERSION}"
+            )
         return RigInfo(protocol_version=version)
 
     def _do_check_parts(self) -> None:
@@ -68,11 +71,16 @@ class V1Rig(Rig):
         version = self._link.read_register(Register.PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
             raise ProtocolError(
-                f"device speaks protocol version {version} after reconnecting; expected {PROTOCOL_VERSION}")
+                f"device speaks protocol version {version} after reconnecting; expected {PROTOCOL_VERSION}"
+            )
         dmd, camera = self.dmd.geometry, self.camera.geometry
         read = self._link.read_register
-        geometry = (read(Register.DMD_WIDTH), read(Register.DMD_HEIGHT), read(Register.CAM_WIDTH),
-                    read(Register.CAM_HEIGHT))
+        geometry = (
+            read(Register.DMD_WIDTH),
+            read(Register.DMD_HEIGHT),
+            read(Register.CAM_WIDTH),
+            read(Register.CAM_HEIGHT),
+        )
         if geometry != (dmd.width, dmd.height, camera.width, camera.height):
             raise ProtocolError(f"the device that came back has geometry {geometry}, not the one opened")
         # The controller's serial line died with the cable: reopen it and read its identity again.
@@ -81,8 +89,9 @@ class V1Rig(Rig):
         self.controller.mark_lost()  # its line is gone; nothing can be sent to close it
         self.controller.open()
         if self.controller.identity.serial_number != serial_number:
-            raise ProtocolError(f"controller {self.controller.identity.serial_number} answered after reconnecting, "
-                                f"not {serial_number}")
+            raise ProtocolError(
+                f"controller {self.controller.identity.serial_number} answered after reconnecting, not {serial_number}"
+            )
 
 
 def make_v1_rig(url: str, controller_retries: int = DEFAULT_MAX_RETRIES) -> V1Rig:
