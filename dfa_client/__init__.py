@@ -16,19 +16,9 @@ from urllib.parse import urlsplit
 
 from .base import Projector, ProjectorInfo
 from .dfa import DEFAULT_THRESHOLD, FeedbackProjection, alignment_angle, ternarize, ternary_scales
-from .errors import (
-    AuthenticationError,
-    ConnectionFailedError,
-    DeviceChangedError,
-    DfaError,
-    InvalidInputError,
-    ProjectorClosedError,
-    ProtocolError,
-    ProtocolVersionError,
-    RequestTimeoutError,
-    ServiceError,
-    UnsupportedUrlError,
-)
+from .errors import *  # noqa: F403 - the whole error tree is part of the package's API
+from .errors import UnsupportedUrlError
+from .errors import __all__ as _error_names
 
 __all__ = [
     "connect",
@@ -39,19 +29,7 @@ __all__ = [
     "ternary_scales",
     "alignment_angle",
     "DEFAULT_THRESHOLD",
-    # The whole error tree: every name of dfa_client.errors.__all__, in its order (a literal list, so that linters
-    # and type checkers see these imports as re-exports).
-    "DfaError",
-    "InvalidInputError",
-    "UnsupportedUrlError",
-    "ConnectionFailedError",
-    "RequestTimeoutError",
-    "AuthenticationError",
-    "ProtocolVersionError",
-    "ServiceError",
-    "ProjectorClosedError",
-    "ProtocolError",
-    "DeviceChangedError",
+    *_error_names,  # one list of error names: dfa_client.errors.__all__
 ]
 
 

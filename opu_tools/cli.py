@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from opu_driver.errors import OpuError
 
@@ -141,7 +142,7 @@ def _serve_opu_settings(args: argparse.Namespace) -> dict[str, object]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def _service_limits(args: argparse.Namespace) -> dict[str, int | float]:
+def _service_limits(args: argparse.Namespace) -> dict[str, Any]:
     """The ServiceLimits fields given on the command line (the others keep their defaults)."""
     from opu_driver.service import ServiceLimits
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from opu_driver.errors import ConfigurationError, OpuError
+from opu_driver.validation import Validated, setting
 
 __all__ = [
     "DEFAULT_FAULTS",
@@ -67,7 +68,7 @@ STUCK_REQUESTS = 20
 
 
 @dataclass(frozen=True)
-class SoakConfig:
+class SoakConfig(Validated):
     """What one soak run does.
 
     Attributes:
@@ -87,27 +88,19 @@ class SoakConfig:
         timeout_s: the driver's ``OpuSettings.timeout_s``.
     """
 
-    frames: int = 1_000_000
-    faults: str = DEFAULT_FAULTS
-    url_query: str = DEFAULT_URL_QUERY
-    seed: int = 0
-    pool_size: int = 1024
-    n_features: int = 32
-    n_components: int = 64
-    max_batch: int = 256
-    chunk_frames: int = 64
-    retries: int = 2
-    timeout_s: float = 2.0
+    frames: int = setting(1_000_000, kind="int", low=1)
+    faults: str = setting(DEFAULT_FAULTS)
+    url_query: str = setting(DEFAULT_URL_QUERY)
+    seed: int = setting(0, kind="int", low=0)
+    pool_size: int = setting(1024, kind="int", low=1)
+    n_features: int = setting(32, kind="int", low=1)
+    n_components: int = setting(64, kind="int", low=1)
+    max_batch: int = setting(256, kind="int", low=1)
+    chunk_frames: int = setting(64, kind="int", low=1)
+    retries: int = setting(2, kind="int", low=0)
+    timeout_s: float = setting(2.0, kind="number", low=0, low_open=True)
 
-    def __post_init__(self) -> None:
-        for name in ("frames", "pool_size", "n_features", "n_components", "max_batch", "chunk_frames"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ConfigurationError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, (int, np.integer)) or self.retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, got {self.retries!r}")
+    def _check(self) -> None:
         if self.pool_size < self.max_batch:
             raise ConfigurationError(
                 f"pool_size={self.pool_size} must be at least max_batch={self.max_batch} "

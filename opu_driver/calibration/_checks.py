@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInputError
+from ..opu import Opu
 from ..validation import check_int, is_int
 
 __all__ = ["check_components", "check_features", "check_count", "check_seed", "correlation", "MAX_COUNT"]
@@ -22,7 +23,7 @@ MAX_COUNT = 1 << 20
 device time). Larger counts are refused before anything is allocated or sent."""
 
 
-def check_components(opu, n_components: object) -> int:
+def check_components(opu: Opu, n_components: object) -> int:
     """``n_components`` as an int; InvalidInputError unless it is an integer within 1..(camera pixels)."""
     n_pixels = opu.info.camera_width * opu.info.camera_height
     if not is_int(n_components, 1, n_pixels):
@@ -32,7 +33,7 @@ def check_components(opu, n_components: object) -> int:
     return int(n_components)  # type: ignore[call-overload]
 
 
-def check_features(opu, n_features: object, low: int = 1) -> int:
+def check_features(opu: Opu, n_features: object, low: int = 1) -> int:
     """``n_features`` as an int; InvalidInputError unless it is an integer within low..(DMD mirrors)."""
     n_mirrors = opu.info.dmd_width * opu.info.dmd_height
     if not is_int(n_features, low, n_mirrors):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..opu import PixelFormat
+from ..opu import Opu, PixelFormat
 from .drift import DriftResult, check_drift
 from .reference import ReferenceResult, install_reference
 from .store import CalibrationError, CalibrationRecord, CalibrationStore
@@ -68,9 +68,10 @@ def default_store_dir() -> Path:
     return Path(base) / "opu-driver" / "calibrations"
 
 
-def record_settings(opu) -> dict[str, Any]:
+def record_settings(opu: Opu) -> dict[str, Any]:
     """The Opu's current settings as a record stores them."""
     camera = opu.camera_settings
+    assert camera.pixel_format is not None  # an open camera's settings are complete
     return {
         "exposure_us": camera.exposure_us,
         "frame_time_us": camera.frame_time_us,
@@ -80,7 +81,7 @@ def record_settings(opu) -> dict[str, Any]:
     }
 
 
-def find_record(opu, source: str | os.PathLike[str], explicit: dict[str, Any]) -> CalibrationRecord | None:
+def find_record(opu: Opu, source: str | os.PathLike[str], explicit: dict[str, Any]) -> CalibrationRecord | None:
     """The record to apply: ``source`` is "auto" (the default store), a store directory, or a record's JSON file.
 
     ``explicit`` are the settings the caller gave (record keys); a record must match them.
@@ -106,7 +107,7 @@ def find_record(opu, source: str | os.PathLike[str], explicit: dict[str, Any]) -
 
 
 def apply_record(
-    opu,
+    opu: Opu,
     record: CalibrationRecord,
     *,
     explicit: dict[str, Any],

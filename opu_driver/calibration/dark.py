@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from ..opu import Roi
+from ..opu import Opu, Roi
 from ..validation import check_choice, check_number
 from ._checks import check_components, check_count
 from .exposure import ExposureResult
@@ -133,6 +133,6 @@ def measure_dark(
 
 
 @register_routine(DarkResult, position=20, stale_after=(ExposureResult,))
-def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> DarkResult:
+def _from_plan(opu: Opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> DarkResult:
     """The dark step of ``calibrate``: the dark frames of the plan's outputs."""
     return measure_dark(opu, plan.n_components, n_frames=plan.dark_frames, method=plan.dark_method)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import tqdm
 
 from ..errors import InvalidInputError
-from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, Roi
+from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, Opu, Roi
 from ..validation import check_choice, check_int, check_number
 from ._checks import check_components, check_count, check_features, check_seed, correlation
 from .exposure import ExposureResult
@@ -181,7 +181,9 @@ def _validated_record(
     return probes.astype(np.int8), baseline.astype(np.float32)
 
 
-def _project(opu, probes: np.ndarray, n_components: int, scheme: str, refresh: bool = False) -> tuple[np.ndarray, int]:
+def _project(
+    opu: Opu, probes: np.ndarray, n_components: int, scheme: str, refresh: bool = False
+) -> tuple[np.ndarray, int]:
     """Linear projections of the probes and the device time (us) at the middle of their frames."""
     frame_time_us = opu.camera_settings.frame_time_us
     before = opu.device_time_us
@@ -192,7 +194,7 @@ def _project(opu, probes: np.ndarray, n_components: int, scheme: str, refresh: b
     return np.asarray(out, dtype=np.float64), int(after - duration // 2)
 
 
-def _clock_epoch(opu) -> int:
+def _clock_epoch(opu: Opu) -> int:
     """How many times the driver saw the device clock restart (device resets and replugs)."""
     return opu.counters.resets_detected + opu.counters.reconnects
 
@@ -214,7 +216,7 @@ def _sample(
 
 
 def check_drift(
-    opu,
+    opu: Opu,
     probes: npt.ArrayLike,
     baseline: npt.ArrayLike,
     threshold: float,
@@ -255,7 +257,7 @@ class DriftMonitor:
 
     def __init__(
         self,
-        opu,
+        opu: Opu,
         n_features: int,
         n_components: int,
         *,
@@ -298,7 +300,7 @@ class DriftMonitor:
     @classmethod
     def from_arrays(
         cls,
-        opu,
+        opu: Opu,
         probes: npt.ArrayLike,
         baseline: npt.ArrayLike,
         threshold: float,
@@ -442,7 +444,7 @@ class DriftMonitor:
 
 
 def measure_drift(
-    opu,
+    opu: Opu,
     n_features: int,
     n_components: int,
     *,
@@ -483,7 +485,7 @@ def measure_drift(
 
 
 @register_routine(DriftResult, position=80, stale_after=(ExposureResult, ReferenceResult), needs_reference=True)
-def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> DriftResult:
+def _from_plan(opu: Opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> DriftResult:
     """The drift step of ``calibrate``, last: its baseline uses the reference measured (and stored) just before,
     then a few checks show the short-term stability; ``open`` compares the same probes with this baseline."""
     return measure_drift(

@@ -20,7 +20,7 @@ import tqdm
 
 from ..encoding.layouts import Layout
 from ..errors import AcquisitionError, InvalidInputError
-from ..opu import Roi
+from ..opu import Opu, Roi
 from ..validation import check_bool, check_int, is_number
 from ._checks import check_components
 from .registry import register_routine
@@ -96,7 +96,7 @@ class ExposureResult(CalibrationResult):
 
 
 def tune_exposure(
-    opu,
+    opu: Opu,
     n_features: int,
     n_components: int,
     *,
@@ -142,6 +142,8 @@ def tune_exposure(
     check_int(n_frames, "n_frames", low=1)
     check_bool(allow_gain, "allow_gain")
     before = opu.camera_settings  # the settings last read or written: no traffic
+    # an open camera's settings are complete
+    assert before.frame_time_us is not None and before.exposure_us is not None and before.gain is not None
     if max_exposure_us is None:
         max_exposure_us = before.frame_time_us - FRAME_GAP_US
         if max_exposure_us < MIN_EXPOSURE_US:
@@ -213,6 +215,7 @@ def tune_exposure(
             choice[1],
         )
     keys, measured = search.order, search.measured
+    assert final.exposure_us is not None and final.gain is not None and final.frame_time_us is not None
     result = ExposureResult(
         exposure_us=int(final.exposure_us),
         gain=float(final.gain),
@@ -245,7 +248,7 @@ class _Search:
     """What the phases of :func:`tune_exposure` share: the frame measured, the target and limits, and every
     measurement so far (by setting, and in the order taken)."""
 
-    opu: Any
+    opu: Opu
     layout: Layout
     n_components: int
     bits: np.ndarray
@@ -378,7 +381,7 @@ def _step_down(search: _Search, choice: tuple[int, float]) -> tuple[tuple[int, f
 
 
 @register_routine(ExposureResult, position=10, sets_camera=True)
-def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> ExposureResult:
+def _from_plan(opu: Opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> ExposureResult:
     """The exposure step of ``calibrate``, first: everything after it is measured at the exposure it sets."""
     from .reference import reference_layout
 

@@ -18,7 +18,7 @@ import numpy as np
 import tqdm
 
 from ..errors import InvalidInputError
-from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES
+from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, Opu
 from ..validation import is_int
 from ._checks import check_components, check_count, check_features, check_seed, correlation
 from .exposure import ExposureResult
@@ -145,7 +145,7 @@ def _vectors(rng: np.random.Generator, n_vectors: int, n_features: int, n_bits: 
 
 
 def measure_fidelity(
-    opu,
+    opu: Opu,
     n_features: int,
     n_components: int,
     *,
@@ -204,7 +204,9 @@ def measure_fidelity(
     return FidelityResult(int(n_features), int(n_components), int(n_vectors), tuple(rows))
 
 
-def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: str, n_bits: int | None) -> FidelityRow:
+def _measure_row(
+    opu: Opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: str, n_bits: int | None
+) -> FidelityRow:
     s = a + b
     # One call: the same reference calibration and, for bit planes, one quantisation step for a, b and a + b
     # (fitted on the largest of them), so the linearity error holds the rounding, not a change of scale.
@@ -260,6 +262,6 @@ def _measure_row(opu, n_components: int, a: np.ndarray, b: np.ndarray, scheme: s
 
 
 @register_routine(FidelityResult, position=60, stale_after=(ExposureResult, ReferenceResult))
-def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> FidelityResult:
+def _from_plan(opu: Opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> FidelityResult:
     """The fidelity step of ``calibrate``: every scheme and encoding at the plan's sizes."""
     return measure_fidelity(opu, plan.n_features, plan.n_components, progress=progress)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import AcquisitionError
+from ..opu import Opu
 from ..validation import check_int, check_number
 from ._checks import check_components, check_count, check_features
 from .registry import register_routine
@@ -49,7 +50,7 @@ class LatencyResult(CalibrationResult):
 
 
 def measure_latency(
-    opu,
+    opu: Opu,
     n_frames: int = 64,
     max_lag_frames: int = 16,
     n_components: int = 256,
@@ -106,6 +107,6 @@ def measure_latency(
 
 
 @register_routine(LatencyResult, position=30)
-def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> LatencyResult:
+def _from_plan(opu: Opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> LatencyResult:
     """The latency step of ``calibrate``: the lag does not depend on the sizes, so a small projection does."""
     return measure_latency(opu, n_components=min(plan.n_components, 256), n_features=min(plan.n_features, 64))

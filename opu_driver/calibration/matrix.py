@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
-from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, Roi
+from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, Opu, Roi
 from ..validation import check_bool, check_choice, check_int, is_int
 from ._checks import check_components, check_count, check_seed, correlation
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
@@ -183,7 +183,7 @@ def _relative_error(measured: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def estimate_matrix(
-    opu,
+    opu: Opu,
     n_features: int,
     n_components: int,
     *,
@@ -275,6 +275,7 @@ def estimate_matrix(
         # -- noise: the first probes again -----------------------------------------------------------
         again = opu.linear_transform(probe_block(0, n_repeats), n_components, scheme=scheme).astype(np.float64)
         noise_end = opu.counters.frames_sent
+        assert first_measurement is not None  # set by the first batch of the loop above
         noise_var = ((again - first_measurement)[:, mask] ** 2).mean(axis=0) / 2  # per output
 
         # -- held-out +-1 vectors (the probes' light budget, so the repeats' noise applies) ------------
@@ -351,7 +352,7 @@ def estimate_matrix(
 
 
 def _nonlinear_check(
-    opu,
+    opu: Opu,
     n_features: int,
     n_components: int,
     n_holdout: int,
@@ -460,6 +461,6 @@ def _nonlinear_check(
 
 
 @register_routine(MatrixResult, position=70, stale_after=(ExposureResult, ReferenceResult), needs_reference=True)
-def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> MatrixResult:
+def _from_plan(opu: Opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> MatrixResult:
     """The matrix step of ``calibrate``: the twin of the plan's projection, through the stored reference."""
     return estimate_matrix(opu, plan.n_features, plan.n_components, probes=plan.matrix_probes, progress=progress)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..opu import ReferenceCalibration, Roi
+from ..opu import Opu, ReferenceCalibration, Roi
 from ..validation import check_int
 from ._checks import check_components, check_count
 from .exposure import ExposureResult
@@ -83,17 +83,17 @@ class ReferenceResult(CalibrationResult):
         return self.calibration.mask
 
 
-def reference_layout(opu, n_features: int):
+def reference_layout(opu: Opu, n_features: int):
     """The split layout (signal beside the reference) the linear mode uses for ``n_features``."""
     return opu.linear_mode.layout(n_features)
 
 
-def _check_sizes(opu, n_features: int, n_components: int) -> None:
+def _check_sizes(opu: Opu, n_features: int, n_components: int) -> None:
     check_int(n_features, "n_features", low=1)
     check_components(opu, n_components)
 
 
-def measure_reference(opu, n_features: int, n_components: int, n_frames: int = 32) -> ReferenceResult:
+def measure_reference(opu: Opu, n_features: int, n_components: int, n_frames: int = 32) -> ReferenceResult:
     """Measure the linear-mode reference for these sizes under the current settings and keep it in use.
 
     ``n_frames`` dark and reference-only frames are averaged (plus one probe per feature, up to n_frames, for the
@@ -118,7 +118,7 @@ def measure_reference(opu, n_features: int, n_components: int, n_frames: int = 3
     return result
 
 
-def install_reference(opu, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+def install_reference(opu: Opu, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
     """Install a stored reference (a record's ``reference`` summary and arrays) in the Opu's linear mode.
 
     It is used only while the camera settings and laser power are those of the Opu now (the linear mode keys its
@@ -158,6 +158,6 @@ def install_reference(opu, summary: dict[str, Any], arrays: dict[str, np.ndarray
 
 
 @register_routine(ReferenceResult, position=50, stale_after=(ExposureResult,))
-def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> ReferenceResult:
+def _from_plan(opu: Opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> ReferenceResult:
     """The reference step of ``calibrate``: the linear mode's reference of the plan's sizes."""
     return measure_reference(opu, plan.n_features, plan.n_components)

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import tqdm
 
 from ..errors import AcquisitionError, InvalidInputError
-from ..opu import Roi
+from ..opu import Opu, Roi
 from ..validation import check_int
 from ._checks import check_components, check_count, check_features, check_seed
 from .dark import DarkResult
@@ -253,7 +253,7 @@ def _hot_threshold(false_alarm: float) -> float:
 
 
 def measure_roi(
-    opu,
+    opu: Opu,
     n_components: int,
     *,
     n_features: int = 256,
@@ -317,7 +317,7 @@ def measure_roi(
         Y[start : start + _CHUNK_FRAMES] = opu.transform(bits[start : start + _CHUNK_FRAMES], n_components)
     full_scale = opu.full_scale_dn
 
-    saturated = (Y >= full_scale).any(axis=0)
+    saturated: np.ndarray = np.asarray((Y >= full_scale).any(axis=0))
     signal = Y - dark.mean_dn.astype(np.float64) if dark is not None else Y
     mean = signal.mean(axis=0)
     median = float(np.median(mean))
@@ -381,7 +381,7 @@ def measure_roi(
 
 
 @register_routine(RoiResult, position=40, needs=(DarkResult,), stale_after=(ExposureResult,))
-def _from_plan(opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> RoiResult:
+def _from_plan(opu: Opu, plan: CalibrationPlan, earlier: Mapping[str, Any], progress: bool) -> RoiResult:
     """The roi step of ``calibrate``: with this run's dark result, hot pixels come from the dark frames."""
     return measure_roi(
         opu, plan.n_components, n_features=plan.n_features, dark=earlier.get(DarkResult.routine), progress=progress

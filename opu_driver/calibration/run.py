@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..errors import InvalidInputError
+from ..opu import Opu
 from ._checks import check_components, check_features
 from .apply import apply_record, record_settings
 from .fidelity import FidelityResult, FidelityRow
@@ -55,7 +56,7 @@ def run_routine(
     return get_routine(name).run(opu, plan, done or {}, progress)
 
 
-def _new_record(opu, base: CalibrationRecord | None) -> CalibrationRecord:
+def _new_record(opu: Opu, base: CalibrationRecord | None) -> CalibrationRecord:
     info = opu.info
     record = CalibrationRecord(
         model=info.model,
@@ -87,7 +88,7 @@ def _has_reference_for(record: CalibrationRecord, plan: CalibrationPlan) -> bool
     return stored.get(key.n_features) == plan.n_features and stored.get(key.n_components) == plan.n_components
 
 
-def _unfinished_run(opu, store: CalibrationStore, plan_fields: dict[str, Any]) -> CalibrationRecord | None:
+def _unfinished_run(opu: Opu, store: CalibrationStore, plan_fields: dict[str, Any]) -> CalibrationRecord | None:
     """The newest ``all`` run of this device under the caller's settings if it is unfinished and of this plan.
 
     Records of single routines are passed over; the newest ``all`` run decides: finished or of another plan
@@ -112,7 +113,7 @@ def _unfinished_run(opu, store: CalibrationStore, plan_fields: dict[str, Any]) -
 
 
 def calibrate(
-    opu,
+    opu: Opu,
     routines: Sequence[str],
     store: CalibrationStore | None,
     plan: CalibrationPlan | None = None,
@@ -201,7 +202,7 @@ def _resumed_run(
     return record
 
 
-def _fresh_record(opu, store: CalibrationStore | None, run_all: bool) -> CalibrationRecord:
+def _fresh_record(opu: Opu, store: CalibrationStore | None, run_all: bool) -> CalibrationRecord:
     """A new record: for single routines, on top of the newest stored one under the same settings."""
     base = None
     if not run_all and store is not None:

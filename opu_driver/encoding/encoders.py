@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ConfigurationError, InvalidInputError
+from ..validation import check_int
 
 __all__ = [
     "BinaryThreshold",
@@ -78,9 +79,7 @@ def _check_finite_range(chunk: np.ndarray, name: str = "X") -> tuple[float, floa
 def _resolve_chunk_rows(chunk_rows: int | None, n_features: int) -> int:
     if chunk_rows is None:
         return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, n_features))
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
-        raise ConfigurationError(f"chunk_rows must be a positive integer or None, got {chunk_rows!r}")
-    return int(chunk_rows)
+    return check_int(chunk_rows, "chunk_rows", low=1, error=ConfigurationError)
 
 
 def _check_real_scalar(value: float, name: str, low: float | None = None, high: float | None = None) -> float:
@@ -298,12 +297,7 @@ class BitPlaneEncoder(_FittedMixin):
     n_bits: int = 8
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.n_bits, bool)
-            or not isinstance(self.n_bits, (int, np.integer))
-            or not 1 <= self.n_bits <= 16
-        ):
-            raise ConfigurationError(f"n_bits must be an integer in 1..16, got {self.n_bits!r}")
+        check_int(self.n_bits, "n_bits", low=1, high=16, error=ConfigurationError)
 
     @property
     def levels(self) -> int:

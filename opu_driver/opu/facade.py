@@ -28,7 +28,7 @@ from ..devices import CameraSettings, LinkCounters, Rig, Roi, TriggerMode
 from ..encoding.layouts import Layout, make_layout
 from ..errors import ConfigurationError, InvalidInputError, OpuError
 from ..protocol import MAX_FEATURES, PixelFormat, bits_per_pixel, decode_pixels, output_dtype
-from ..validation import check_int
+from ..validation import check_int, is_int
 from .recovery import Recovery
 from .settings import OpuSettings
 
@@ -698,7 +698,7 @@ class Opu:
 
     def _validate_components(self, n_components: int) -> int:
         n_pixels = self.info.camera_width * self.info.camera_height
-        if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+        if not is_int(n_components):
             raise InvalidInputError(f"n_components must be an integer, got {n_components!r}")
         if not 1 <= n_components <= n_pixels:
             raise InvalidInputError(f"n_components={n_components} outside 1..{n_pixels} (camera pixels)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +31,10 @@ from ..encoding.encoders import BitPlaneEncoder
 from ..encoding.layouts import SplitLayout
 from ..errors import AcquisitionError
 from ..native import combine_four, combine_two
-from ..protocol import bits_per_pixel
+
+if TYPE_CHECKING:
+    from .facade import Opu
+
 
 __all__ = [
     "ReferenceCalibration",
@@ -69,7 +73,7 @@ class LinearMode:
     """Turns an Opu's intensity measurements into real linear projections (``Opu.linear_transform``)."""
 
     def __init__(
-        self, opu, reference_fraction: float = 0.5, min_reference: float = 0.1, calibration_frames: int = 32
+        self, opu: Opu, reference_fraction: float = 0.5, min_reference: float = 0.1, calibration_frames: int = 32
     ) -> None:
         self._opu = opu
         self.reference_fraction = reference_fraction
@@ -88,8 +92,8 @@ class LinearMode:
         return self._layouts[n_features]
 
     def _key(self, n_features: int, n_components: int) -> tuple:
-        s = self._opu.camera.settings
-        return (n_features, n_components, s.exposure_us, s.gain, s.pixel_format, self._opu.controller.laser_power_mw)
+        s = self._opu.camera_settings
+        return (n_features, n_components, s.exposure_us, s.gain, s.pixel_format, self._opu.laser_power_mw)
 
     def calibration(self, n_features: int, n_components: int, refresh: bool = False) -> ReferenceCalibration:
         """The reference calibration for these sizes and settings, measured once (or again with refresh)."""
@@ -133,7 +137,7 @@ class LinearMode:
                     first_saturated,
                     self._opu.counters.saturated_frames - saturated_before,
                 )
-        full_scale = _full_scale(self._opu)
+        full_scale = self._opu.full_scale_dn
         values = raw.astype(np.float32)
         dark_frames, reference_frames = values[:n], values[n : 2 * n]
         dark = dark_frames.mean(axis=0)
@@ -227,7 +231,7 @@ class LinearMode:
         counts = self._opu.acquire(frames, layout, n_components).reshape(n_rows, per, -1)
         del frames
         # A saturated frame breaks the difference: such outputs are set to 0, like masked ones, and counted.
-        clipped = (counts >= _full_scale(self._opu)).any(axis=1)
+        clipped = np.asarray((counts >= self._opu.full_scale_dn).any(axis=1))
         raw = counts.astype(np.float32)
         del counts
         scale = np.zeros(n_components, dtype=np.float32)
@@ -344,7 +348,3 @@ def _encode_rows(E: np.ndarray, encoder: BitPlaneEncoder | None) -> tuple[np.nda
     planes = encoder.transform(E)
     n_planes, _, batch, n_features = planes.shape
     return (planes[:, 0].reshape(n_planes * batch, n_features), planes[:, 1].reshape(n_planes * batch, n_features))
-
-
-def _full_scale(opu) -> int:
-    return (1 << bits_per_pixel(opu.camera.settings.pixel_format)) - 1

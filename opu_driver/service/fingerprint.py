@@ -18,6 +18,7 @@ from typing import Any
 
 from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
+from ..opu import Opu
 
 __all__ = ["ServedDevice", "read_served_device", "device_fingerprint", "fingerprint_parts", "UNREADABLE"]
 
@@ -57,7 +58,7 @@ class ServedDevice:
         return None
 
 
-def read_served_device(opu: Any) -> ServedDevice:
+def read_served_device(opu: Opu) -> ServedDevice:
     """Read what the service needs of ``opu`` once, at start.
 
     Raises:
@@ -79,7 +80,7 @@ def read_served_device(opu: Any) -> ServedDevice:
     )
 
 
-def _frame_time_us(opu: Any) -> int | None:
+def _frame_time_us(opu: Opu) -> int | None:
     """The camera's frame time (one DMD frame's device time), or None when unknown."""
     with contextlib.suppress(Exception):
         value = opu.camera_settings.frame_time_us
@@ -91,7 +92,7 @@ UNREADABLE = "unreadable"
 """What :func:`fingerprint_parts` records for a part it could not read (no real value of any part is this string)."""
 
 
-def fingerprint_parts(opu: Any) -> dict[str, Any]:
+def fingerprint_parts(opu: Opu) -> dict[str, Any]:
     """What the fingerprint covers, part by part: the device identity (``model``, ``serial_number``,
     ``firmware_version``), the camera settings (``camera``: exposure, frame time, gain, pixel format), the laser
     power (``laser_power_mw``), the linear mode's reference fraction (``reference_fraction``) and the calibration
@@ -120,7 +121,7 @@ def fingerprint_parts(opu: Any) -> dict[str, Any]:
     return parts
 
 
-def device_fingerprint(opu: Any) -> str:
+def device_fingerprint(opu: Opu) -> str:
     """A short hash (16 hex digits) of :func:`fingerprint_parts`: what fixes the served random matrix B and its
     scale. Clients compare it across reconnects (with model, serial number and firmware) and refuse results from a
     service whose fingerprint changed.
@@ -131,7 +132,7 @@ def device_fingerprint(opu: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _read_part(name: str, read: Callable[[Any], Any], opu: Any) -> Any:
+def _read_part(name: str, read: Callable[[Any], Any], opu: Opu) -> Any:
     """``read(opu)``, or :data:`UNREADABLE` with a warning when it raises (whatever the reason: a fingerprint
     with a part marked unreadable is still served, and the warning says what it no longer covers)."""
     try:
@@ -148,13 +149,13 @@ def _read_part(name: str, read: Callable[[Any], Any], opu: Any) -> Any:
         return UNREADABLE
 
 
-def _camera_settings(opu: Any) -> list[Any]:
+def _camera_settings(opu: Opu) -> list[Any]:
     camera = opu.camera_settings
     pixel_format = getattr(camera.pixel_format, "name", camera.pixel_format)
     return [camera.exposure_us, camera.frame_time_us, camera.gain, str(pixel_format)]
 
 
-def _applied_calibration(opu: Any) -> list[Any] | None:
+def _applied_calibration(opu: Opu) -> list[Any] | None:
     """The calibration record applied at open (file, date, applied parts), None when none was applied."""
     applied = opu.calibration
     if applied is None:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Any
 
 import numpy as np
 
 from ..errors import OpuError
-from ..opu import FRAMES_PER_TERNARY, call_bytes
+from ..opu import FRAMES_PER_TERNARY, Opu, call_bytes
 from .limits import ServiceLimits, StatsCounter
 
 __all__ = ["SHUTDOWN_KIND", "Request", "Scheduler"]
@@ -132,7 +131,7 @@ class Scheduler:
                 self._cv.notify_all()
         return request
 
-    def run(self, opu: Any) -> None:
+    def run(self, opu: Opu) -> None:
         """The device thread: serve queued requests on ``opu`` until :meth:`stop`."""
         while True:
             with self._cv:
@@ -173,7 +172,7 @@ class Scheduler:
             cost += head.cost_bytes
         return taken
 
-    def _run_group(self, opu: Any, key: RequestKey, requests: list[Request]) -> None:
+    def _run_group(self, opu: Opu, key: RequestKey, requests: list[Request]) -> None:
         """One device call for requests of the same sizes and options; each gets exactly its own rows."""
         n_features, n_components, scheme, n_bits = key
         try:

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..opu import Opu
 from .fingerprint import ServedDevice, read_served_device
 from .limits import ServiceLimits, ServiceStats, StatsCounter
 from .scheduler import Scheduler
@@ -83,7 +84,7 @@ class OpuService:
         bind: tuple[str, int] = ("127.0.0.1", 0),
         token: str | None = None,
         *,
-        opu: Any = None,
+        opu: Opu | None = None,
         opu_settings: dict[str, Any] | None = None,
         **limits: Any,
     ) -> None:

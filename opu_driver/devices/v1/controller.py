@@ -46,6 +46,7 @@ from ...errors import (
 )
 from ...protocol import PROTOCOL_VERSION, SERIAL_TIMEOUT_S, format_command, parse_error_entry, parse_reply
 from ...transport import SerialTransport
+from ...validation import check_int, check_number
 from ..controller import Controller, ControllerCounters, Identity, TriggerMode
 
 __all__ = ["ScpiController", "DEFAULT_MAX_RETRIES", "RESYNC_MAX_S"]
@@ -124,10 +125,8 @@ class ScpiController(Controller):
         resync_quiet_s: float = DEFAULT_RESYNC_QUIET_S,
     ) -> None:
         super().__init__()
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if not (isinstance(resync_quiet_s, (int, float)) and math.isfinite(resync_quiet_s) and resync_quiet_s >= 0):
-            raise ConfigurationError(f"resync_quiet_s must be a finite number >= 0, got {resync_quiet_s!r}")
+        max_retries = check_int(max_retries, "max_retries", low=0, error=ConfigurationError)
+        resync_quiet_s = check_number(resync_quiet_s, "resync_quiet_s", low=0, error=ConfigurationError)
         self._transport = transport
         self.timeout_s = timeout_s
         self.max_retries = max_retries
