@@ -28,7 +28,7 @@ from ..devices import CameraSettings, LinkCounters, Rig, Roi, TriggerMode
 from ..encoding.layouts import Layout, make_layout
 from ..errors import ConfigurationError, InvalidInputError, OpuError
 from ..protocol import MAX_FEATURES, PixelFormat, bits_per_pixel, decode_pixels, output_dtype
-from ..validation import check_int, is_int
+from ..validation import check_int, check_number, is_int
 from .recovery import Recovery
 from .settings import OpuSettings
 
@@ -322,7 +322,8 @@ class Opu:
         """DMD frames displayed since this Opu opened, counted without the 32-bit counter's wrap.
 
         The device's counter restarts from 0 when it resets; a reset the driver detected (or a reconnect) is taken
-        into account, so the count never jumps by 2^32. Read it at least once every 2^32 frames.
+        into account, so the count never jumps by 2^32, but the frames shown between the last read and the reset
+        are not counted. Read it at least once every 2^32 frames.
         """
         with self._lock:
             self._require_open()
@@ -598,8 +599,7 @@ class Opu:
             self._require_open()
             n_components = self._validate_components(n_components)
             X2, _ = self._validate_input(X, n_components * self._output_itemsize())
-            if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
-                raise InvalidInputError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
+            timeout_s = check_number(timeout_s, "timeout_s", low=0, low_open=True)
             if self.settings.frame_mode != "feature":
                 raise InvalidInputError("display_sequence needs frame_mode='feature'")
             layout = self._layout_for(X2.shape[1])

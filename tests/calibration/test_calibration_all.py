@@ -25,6 +25,7 @@ def _fidelity(opu, E):
     return float(np.corrcoef(Y[:, mask].ravel(), exact[:, mask].ravel())[0, 1]), float(mask.mean())
 
 
+@pytest.mark.slow  # its fixture runs the whole calibration once
 def test_all_runs_in_order_saves_a_record_and_improves_fidelity(calibrated):
     E = np.random.default_rng(0).choice([-1, 0, 1], size=(32, PLAN.n_features), p=[0.25, 0.5, 0.25])
     with opu_driver.open(SIM, calibration=None, pixel_format="MONO12") as opu:
@@ -99,6 +100,7 @@ def test_unknown_routines_are_refused_before_anything_is_sent(tmp_path):
         CalibrationPlan(n_features=0)
 
 
+@pytest.mark.slow  # its fixture runs the whole calibration once
 def test_opu_calibrate_all_prints_a_table_and_draws_the_report(calibrated, capsys):
     from opu_tools.cli import main
 
