@@ -10,7 +10,7 @@ from opu_driver.calibration import ROUTINES, CalibrationPlan, CalibrationStore, 
 from opu_driver.calibration import run as run_module
 from opu_driver.errors import InvalidInputError
 from tests.calibration.conftest import CALIBRATED_SIM
-from tests.support import exact_linear_matrix
+from tests.support import exact_linear_matrix, small_sim
 
 SIM = CALIBRATED_SIM  # strong light: the exposure routine has something to improve
 PLAN = CalibrationPlan(n_features=64, n_components=512, dark_frames=16, drift_probes=16)
@@ -148,7 +148,7 @@ def test_the_drift_check_at_open_agrees_with_the_stored_baseline(tmp_path):
     # drift alone: the reference it depends on is measured first and stored with it, so at open the probes go
     # through the very reference the baseline was taken with
     plan = CalibrationPlan(n_features=64, n_components=3072, drift_probes=32)
-    url = "sim://?dmd=96x64&camera=64x48&cell=4&seed=0"
+    url = small_sim("seed=0")
     with opu_driver.open(url, calibration=None) as opu:
         record = calibrate(opu, ["drift"], CalibrationStore(tmp_path), plan)
     assert {"reference", "drift"} <= set(record.results)

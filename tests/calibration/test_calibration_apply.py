@@ -17,8 +17,9 @@ from opu_driver.calibration import (
 )
 from opu_driver.calibration.store import CalibrationError, CorruptCalibrationError
 from opu_driver.errors import InvalidInputError
+from tests.support import small_sim
 
-SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=4"
+SIM = small_sim("seed=4")
 N_FEATURES, N_OUT = 48, 400
 PLAN = CalibrationPlan(n_features=N_FEATURES, n_components=N_OUT, dark_frames=8)
 

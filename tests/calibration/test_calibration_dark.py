@@ -6,10 +6,11 @@ import pytest
 import opu_driver
 from opu_driver.calibration.dark import measure_dark
 from opu_driver.errors import InvalidInputError
+from tests.support import small_sim
 
 # 12-bit output so that the dark level (about 9 DN) is not lost to the ADC rounding; 1% hot pixels so a
 # 3,000-pixel region holds about 30 of them.
-SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=12&hot=0.01"
+SIM = small_sim("seed=12&hot=0.01")
 N_OUT = 64 * 48
 N_FRAMES = 64
 

@@ -9,8 +9,9 @@ import opu_driver
 from opu_driver.calibration._checks import correlation
 from opu_driver.calibration.drift import DriftMonitor, check_drift, measure_drift
 from opu_driver.errors import InvalidInputError
+from tests.support import SMALL_SIM
 
-SIM = "sim://?dmd=96x64&camera=64x48&cell=4"
+SIM = SMALL_SIM
 N_FEATURES, N_OUT, N_PROBES = 64, 300, 16
 # MONO12 and 250 us: the brightest frames stay below saturation, so the noise is the camera's only.
 OPTIONS = {"pixel_format": "MONO12", "exposure_us": 250}

@@ -9,9 +9,10 @@ import opu_driver
 from opu_driver.calibration.exposure import tune_exposure
 from opu_driver.errors import AcquisitionError, InvalidInputError
 from opu_driver.protocol import Register
+from tests.support import small_sim
 from tests.support.v1 import v1_link
 
-SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=21"
+SIM = small_sim("seed=21")
 N_OUT = 64 * 48
 N_FEATURES = 256
 FULL_SCALE = 4095  # MONO12: the ADC rounding (1 DN) is far below every tolerance here

@@ -8,9 +8,9 @@ import pytest
 import opu_driver
 from opu_driver.calibration.fidelity import _vectors, correlation, measure_fidelity
 from opu_driver.errors import InvalidInputError
-from tests.support import exact_linear_matrix
+from tests.support import exact_linear_matrix, small_sim
 
-SIM = "sim://?dmd=96x64&camera=64x48&cell=4&seed=3"
+SIM = small_sim("seed=3")
 N_FEATURES, N_OUT, N_VECTORS = 64, 300, 32
 
 

@@ -18,6 +18,7 @@ from opu_driver.calibration.report import (
 )
 from opu_driver.calibration.store import CalibrationRecord, CalibrationStore
 from opu_driver.errors import InvalidInputError, LibraryLoadError, OpuError
+from tests.support import small_sim
 
 image = pytest.importorskip("matplotlib.image")
 
@@ -305,7 +306,7 @@ def test_a_real_record_from_dark_and_latency_renders_and_survives_the_store(tmp_
     from opu_driver.calibration import measure_dark, measure_latency
 
     n_out = 64 * 48 - 100  # not a whole number of rows: the last row of the map is NaN padding
-    with opu_driver.open("sim://?dmd=96x64&camera=64x48&cell=4&seed=3&hot=0.005") as opu:
+    with opu_driver.open(small_sim("seed=3&hot=0.005")) as opu:
         dark = measure_dark(opu, n_out, n_frames=16)
         latency = measure_latency(opu, n_frames=32, max_lag_frames=8)
         info, camera = opu.info, opu.camera.settings

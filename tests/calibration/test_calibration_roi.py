@@ -9,8 +9,9 @@ import opu_driver
 from opu_driver.calibration.dark import measure_dark
 from opu_driver.calibration.roi import NEIGHBOUR_CORRELATION, NOISE_SIGMAS, half_width_px, measure_roi
 from opu_driver.errors import AcquisitionError, InvalidInputError
+from tests.support import SMALL_SIM
 
-SIM = "sim://?dmd=96x64&camera=64x48&cell=4"
+SIM = SMALL_SIM
 N_OUT = 64 * 48
 SEEDS = range(31, 35)
 
