@@ -93,6 +93,7 @@ def run_with_retries(
     deadline: float | None = None,
     complete: Callable[[], bool] = lambda: False,
     missing: Callable[[], int] = lambda: 0,
+    progress: Callable[[], int] = lambda: 0,
     what: str = "the operation",
 ) -> _T | None:
     """Run ``attempt()`` until it returns, retrying faults of :data:`RETRYABLE` as ``policy`` allows.
@@ -110,15 +111,20 @@ def run_with_retries(
         complete: whether every result is in although the attempt failed (only flush frames were lost): the
             engine then recovers and returns None without a retry.
         missing: how many results are still missing (frames), for the counters and the log.
+        progress: how many results are in so far. A failed attempt that brought results does not count against
+            ``policy.retries`` (it is still counted in ``retries`` and bounded by ``deadline``): the budget is for
+            attempts that made no progress, so a long sequence survives as many scattered faults as it meets.
         what: what is retried, for the log ("the sequence", "loading the layout").
 
     Returns:
         what ``attempt`` returned, or None when ``complete()`` said so after a fault.
     """
-    tries = 0
+    tries = 0  # attempts that failed without bringing results: what policy.retries bounds
+    reruns = 0  # every attempt after the first
     needs_restore = False
     try:
         while True:
+            results_before = progress()
             try:
                 if needs_restore and restore is not None:
                     restore()
@@ -128,6 +134,7 @@ def run_with_retries(
                 if reconnect is None or policy.reconnect_timeout_s <= 0 or tries >= policy.retries:
                     raise
                 tries += 1
+                reruns += 1
                 lost = missing()
                 tally.frames_missing += lost
                 _log.warning(
@@ -168,15 +175,19 @@ def run_with_retries(
                     _restore_quietly(restore, exc)  # it may have been a reset: leave the device ready
                     tally.requests_recovered += 1
                     return None
-                wait_s = policy.wait_s(tries + 1)
-                if tries >= policy.retries or (deadline is not None and time.monotonic() + wait_s >= deadline):
+                progressed = policy.retries > 0 and progress() > results_before
+                wait_s = 0.0 if progressed else policy.wait_s(tries + 1)
+                if (tries >= policy.retries and not progressed) or (
+                    deadline is not None and time.monotonic() + wait_s >= deadline
+                ):
                     raise
-                tries += 1
+                if not progressed:
+                    tries += 1
+                reruns += 1
                 tally.retries += 1
                 _log.warning(
-                    "retry %d of %d of %s after %s: %s%s",
-                    tries,
-                    policy.retries,
+                    "%s of %s after %s: %s%s",
+                    "re-run (the attempt brought results)" if progressed else f"retry {tries} of {policy.retries}",
                     what,
                     type(exc).__name__,
                     exc,
@@ -187,9 +198,9 @@ def run_with_retries(
                 needs_restore = True
                 tally.frames_resent += lost
                 continue
-            if tries:
+            if reruns:
                 tally.requests_recovered += 1
-                _log.info("%s recovered after %d retries", what, tries)
+                _log.info("%s recovered after %d re-runs", what, reruns)
             return result
     except BaseException as exc:
         recover()

@@ -9,12 +9,18 @@ Ids start at a random point of the 32-bit id space in every session, so frames l
 by an earlier session (or an interrupted request) never match a new request; they are discarded by id before
 anything else is looked at. A request that fails half-way aborts the device's queue and drains the camera
 stream, so the next request starts clean.
+
+A frame lost on the way costs that frame only: a damaged packet (bad CRC, cut short) or a frame that never
+arrives (dropped, swallowed by a cut packet) leaves a gap in the camera's frame positions; the runner keeps
+reading the rest of the sequence, learns from the camera's own frame counter when every exposure has been made,
+and shows the lost frames again, with fresh ids, in a further sequence of the same attempt, for as long as each
+round brings results. A timeout, a stall or a reset still ends the attempt: the retry engine aborts, drains,
+restores and runs what is missing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import secrets
 import time
@@ -23,8 +29,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..devices import Camera, Dmd, Roi
-from ..errors import CommunicationTimeoutError, DeviceRefusedError, DroppedFramesError, InvalidInputError, ProtocolError
+from ..devices import Camera, DamagedFrame, Dmd, Roi
+from ..errors import (
+    CommunicationError,
+    CommunicationTimeoutError,
+    CorruptPacketError,
+    DeviceRefusedError,
+    DeviceResetError,
+    DroppedFramesError,
+    InvalidInputError,
+    ProtocolError,
+)
 from ..protocol import MAX_FRAME_ID, CameraFrame, DeviceErrorCode, PixelFormat
 from .counters import AcquisitionCounters, new_tally
 from .retry import RetryPolicy, run_with_retries
@@ -41,6 +56,10 @@ QueueFn = Callable[[int, int, int], None]
 
 _DRAIN_TIMEOUT_S = 0.05
 _DRAIN_MAX_READS = 10_000
+_QUIET_MIN_S = 0.01  # a read that waits this long (or _QUIET_FRAMES frame times) without data: ask the camera
+_QUIET_FRAMES = 10
+_QUIET_WINDOWS = 1  # quiet time, in read windows, after the last exposure before what is missing counts as lost
+_POLL_S = 0.002  # the look for stragglers once every exposure is accounted for
 
 
 @dataclass(frozen=True)
@@ -54,16 +73,42 @@ class Expected:
 
 @dataclass
 class _Attempt:
-    """The state of one attempt: which request frames it runs, under which ids, and what has come back."""
+    """One attempt at a chunk of request frames: every frame it queued (by DMD frame id, in display order), what
+    came back, and what the camera said about the exposures."""
 
-    todo: np.ndarray
     done: np.ndarray
-    first_id: int
     camera_first: int
     dropped_before: int
+    shown: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """DMD frame id -> (display order in this attempt, request index; -1 for a blank flush frame)."""
+    latest: dict[int, int] = field(default_factory=dict)
+    """Request index -> display order of its latest showing."""
+    n_shown: int = 0
+    blanks_since_data: int = 0
     n_done: int = 0
+    damaged: list[str] = field(default_factory=list)
     seen_positions: set[int] = field(default_factory=set)
     last_position: int = -1
+
+    def show(self, first_id: int, indices: np.ndarray) -> None:
+        """Record request frames queued with ids first_id, first_id + 1, ... (-1: blank frames)."""
+        for offset, index in enumerate(indices.tolist()):
+            self.shown[first_id + offset] = (self.n_shown, index)
+            if index >= 0:
+                self.latest[index] = self.n_shown
+            self.n_shown += 1
+        if indices.size and indices[0] >= 0:
+            self.blanks_since_data = 0
+        else:
+            self.blanks_since_data += int(indices.size)
+
+    def positions_seen(self) -> int:
+        """Exposures of this attempt that reached the host (damaged ones and duplicates not counted)."""
+        return sum(1 for p in self.seen_positions if p < self.n_shown)
+
+    def unaccounted(self) -> int:
+        """Exposures of this attempt neither seen nor arrived damaged: still on the way, or lost without a trace."""
+        return self.n_shown - self.positions_seen() - len(self.damaged)
 
 
 class SequenceRunner:
@@ -177,6 +222,7 @@ class SequenceRunner:
             deadline=deadline,
             complete=lambda: bool(done.all()),
             missing=lambda: n_frames - int(done.sum()),
+            progress=lambda: int(done.sum()),
             what="the sequence",
         )
         if finished and attempts["count"] > 1:
@@ -223,49 +269,63 @@ class SequenceRunner:
         done: np.ndarray,
         request_deadline: float,
     ) -> None:
-        """One attempt: the frames ``todo`` (request indices, ascending) get ids first_id + k, k their position."""
-        n_frames = len(todo)
-        if n_frames > capacity:
-            raise ValueError(f"{n_frames} frames exceed the {capacity} one sequence holds")  # caller's bug
-        flush = max(0, min(self._lag_frames, self.max_lag_frames, capacity - n_frames))
-        attempt = _Attempt(
-            todo,
-            done,
-            self.reserve_ids(n_frames + self.max_lag_frames + flush),
-            self._camera.frame_count,
-            self._camera.dropped_frames,
-        )
-        next_flush_id = attempt.first_id + n_frames
-        # Runs of consecutive indices are queued with one call each (the first attempt: exactly one).
-        breaks = np.flatnonzero(np.diff(todo) != 1) + 1
-        run_starts = np.concatenate(([0], breaks)).astype(np.int64)
-        run_ends = np.concatenate((breaks, [n_frames])).astype(np.int64)
-
-        def queue_main_and_flush() -> None:
-            for lo, hi in zip(run_starts.tolist(), run_ends.tolist(), strict=True):
-                queue(int(todo[lo]), int(todo[hi - 1]) + 1, attempt.first_id + lo)
-            if flush:
-                queue_blank(next_flush_id, flush)
-
-        self._queue_checked(queue_main_and_flush, n_frames + flush)
-        next_flush_id += flush
-        to_read = n_frames + flush
-        self.tally.frames_sent += n_frames
-        self.tally.flush_frames_sent += flush
-        flushed = flush
+        """One attempt at the request frames ``todo`` (ascending): show them, read what comes back, flush the lag,
+        and show again what was lost on the way while each round brings results."""
+        if len(todo) > capacity:
+            raise ValueError(f"{len(todo)} frames exceed the {capacity} one sequence holds")  # caller's bug
+        attempt = _Attempt(done, self._camera.frame_count, self._camera.dropped_frames)
+        pending = todo
+        flush = max(0, min(self._lag_frames, self.max_lag_frames, capacity - len(pending)))
         while True:
-            self._dmd.start()
-            self.tally.sequences += 1
-            self._read_sequence(attempt, to_read, request_deadline, expected, sink)
-            if attempt.n_done == n_frames:
-                self.tally.frames_matched += n_frames
+            before = attempt.n_done
+            self._show(attempt, pending, flush, queue, queue_blank)
+            self._read_sequence(attempt, request_deadline, expected, sink)
+            missing = todo[~done[todo]]
+            if missing.size == 0:
+                self.tally.frames_matched += len(todo)
                 return
-            more = self._flush_needed(attempt, flushed, capacity)
-            self._queue_checked(functools.partial(queue_blank, next_flush_id, more), more)
-            next_flush_id += more
-            flushed += more
-            self.tally.flush_frames_sent += more
-            to_read = more
+            waiting, lost = self._classify(attempt, missing)
+            if waiting.size:  # still in the camera's pipeline: blank frames bring them out
+                pending, flush = missing[:0], self._flush_needed(attempt, waiting, capacity)
+                continue
+            self.tally.frames_missing += int(lost.size)
+            if self.policy.retries == 0 or attempt.n_done == before:
+                raise self._loss_error(attempt, lost, len(todo))
+            # Lost on the way (damaged, dropped, swallowed by a cut packet): shown again, with fresh ids.
+            _log.info("%d of %d frames were lost on the way; showing them again", lost.size, len(todo))
+            self.tally.frames_resent += int(lost.size)
+            pending = lost
+            flush = max(0, min(self._lag_frames, self.max_lag_frames, capacity - len(pending)))
+
+    def _show(
+        self,
+        attempt: _Attempt,
+        pending: np.ndarray,
+        flush: int,
+        queue: QueueFn,
+        queue_blank: Callable[[int, int], None],
+    ) -> None:
+        """Queue the request frames ``pending`` (runs of consecutive indices in one call each) and ``flush`` blank
+        frames with fresh ids, check the device took them all, and start the sequence."""
+        first_id = self.reserve_ids(len(pending) + flush)
+        breaks = np.flatnonzero(np.diff(pending) != 1) + 1
+        run_starts = np.concatenate(([0], breaks)).astype(np.int64)
+        run_ends = np.concatenate((breaks, [len(pending)])).astype(np.int64)
+
+        def queue_frames_and_blanks() -> None:
+            if len(pending):
+                for lo, hi in zip(run_starts.tolist(), run_ends.tolist(), strict=True):
+                    queue(int(pending[lo]), int(pending[hi - 1]) + 1, first_id + lo)
+            if flush:
+                queue_blank(first_id + len(pending), flush)
+
+        self._queue_checked(queue_frames_and_blanks, len(pending) + flush)
+        attempt.show(first_id, pending)
+        attempt.show(first_id + len(pending), np.full(flush, -1, dtype=np.int64))
+        self.tally.frames_sent += len(pending)
+        self.tally.flush_frames_sent += flush
+        self._dmd.start()
+        self.tally.sequences += 1
 
     def _frame_time_us(self) -> int:
         """The camera's frame time; an open camera's settings are complete (read at open, merged on configure)."""
@@ -273,85 +333,147 @@ class SequenceRunner:
         assert frame_time_us is not None
         return frame_time_us
 
-    def _read_sequence(
-        self, attempt: _Attempt, to_read: int, request_deadline: float, expected: Expected, sink: FrameSink
-    ) -> None:
-        """Read the ``to_read`` camera frames of a started sequence, handing each result to ``sink``."""
-        timeout_s = self.timeout_s + to_read * self._frame_time_us() * 1e-6
-        deadline = min(time.monotonic() + timeout_s, request_deadline)
-        try:
-            while to_read:
-                left_s = max(deadline - time.monotonic(), 1e-3)
-                for frame in self._camera.read_frames(to_read, left_s):
-                    counted, index = self._place(frame, attempt)
-                    to_read -= counted
-                    if index is None:
-                        continue
-                    check_frame(frame, expected)
-                    self.tally.dark_frames += frame.dark
-                    self.tally.saturated_frames += frame.saturated
-                    sink(index, frame)
-                    attempt.done[index] = True
-                    attempt.n_done += 1
-        except CommunicationTimeoutError as exc:
-            dropped = self._camera.dropped_frames - attempt.dropped_before
-            if dropped:
-                n_frames = len(attempt.todo)
-                raise DroppedFramesError(
-                    f"the device dropped {dropped} camera frames (its FIFO overflowed); "
-                    f"{n_frames - attempt.n_done} of {n_frames} results are missing",
-                    missing=n_frames - attempt.n_done,
-                ) from exc
-            raise
+    def _read_sequence(self, attempt: _Attempt, request_deadline: float, expected: Expected, sink: FrameSink) -> None:
+        """Read the camera frames of the exposures made so far in this attempt, handing each result to ``sink``.
 
-    def _place(self, frame: CameraFrame, attempt: _Attempt) -> tuple[int, int | None]:
-        """Where a camera frame belongs: (1 if it is one of the exposures this sequence waits for, else 0;
-        the request index its result fills, or None when it is no result of this attempt). Learns the lag."""
+        Reading ends when every exposure has reached the host (whole or damaged), or when the camera's own counter
+        says every exposure was made and no data came for a read window: what has not come then was lost on the way
+        (dropped, or swallowed by a packet cut short). A read that fails at once, as a USB timeout with nothing to
+        read does, is not quiet time.
+        A damaged frame is counted and skipped (with ``retries=0`` it raises CorruptPacketError at once).
+        """
+        frame_time_s = self._frame_time_us() * 1e-6
+        deadline = min(time.monotonic() + self.timeout_s + attempt.unaccounted() * frame_time_s, request_deadline)
+        window_s = max(_QUIET_MIN_S, _QUIET_FRAMES * frame_time_s)
+        last_data = time.monotonic()
+        while (remaining := attempt.n_shown - attempt.positions_seen()) > 0:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise self._timeout(attempt)
+            # Every exposure accounted for (some damaged): only a short look for what may still be on its way.
+            accounted = attempt.unaccounted() <= 0
+            try:
+                for item in self._camera.read_frames(remaining, min(_POLL_S if accounted else window_s, left_s)):
+                    last_data = time.monotonic()
+                    self._take(item, attempt, expected, sink)
+                continue
+            except CommunicationTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise self._timeout(attempt) from None
+            if accounted:
+                return
+            # A read came back empty: has the camera made every exposure of the attempt?
+            captured = (self._camera.frame_count - attempt.camera_first) & 0xFFFFFFFF
+            if captured > attempt.n_shown + self.max_lag_frames:
+                raise DeviceResetError(
+                    f"the camera's frame counter went back ({captured} exposures counted for {attempt.n_shown} "
+                    "frames shown): the device reset"
+                )
+            if captured >= attempt.n_shown and time.monotonic() - last_data >= _QUIET_WINDOWS * window_s:
+                return  # every exposure was made and the stream stayed quiet: what has not come was lost on the way
+
+    def _take(self, item: CameraFrame | DamagedFrame, attempt: _Attempt, expected: Expected, sink: FrameSink) -> None:
+        """Place one item of the camera stream: a result for ``sink``, or a frame to count and drop."""
+        if isinstance(item, DamagedFrame):
+            self.tally.corrupt_packets += 1
+            if self.policy.retries == 0:
+                raise CorruptPacketError(item.detail)
+            attempt.damaged.append(item.detail)
+            return
+        index = self._place(item, attempt)
+        if index is None:
+            return
+        check_frame(item, expected)
+        self.tally.dark_frames += item.dark
+        self.tally.saturated_frames += item.saturated
+        sink(index, item)
+        attempt.done[index] = True
+        attempt.n_done += 1
+
+    def _timeout(self, attempt: _Attempt) -> CommunicationError | DroppedFramesError:
+        """The error of a sequence whose frames stopped coming: dropped frames when the FIFO overflowed."""
+        missing = int((~attempt.done[list(attempt.latest)]).sum())
+        message = f"{missing} results still missing when the camera stream stopped"
+        dropped = self._camera.dropped_frames - attempt.dropped_before
+        if dropped:
+            return DroppedFramesError(
+                f"the device dropped {dropped} camera frames (its FIFO overflowed); {message}", missing=missing
+            )
+        return CommunicationTimeoutError(f"{message} (within {self.timeout_s:.3g} s plus the frames' time)")
+
+    def _place(self, frame: CameraFrame, attempt: _Attempt) -> int | None:
+        """The request index a camera frame's result fills, or None when it is no result of this attempt (a frame
+        of an earlier request, a duplicate, a blank). Learns the lag."""
         position = (frame.camera_frame_id - attempt.camera_first) & 0xFFFFFFFF
         if position >= 0x80000000:
             # Captured before this request's first trigger: not one of the frames we wait for.
             self.tally.frames_discarded += 1
-            return 0, None
+            return None
         if position in attempt.seen_positions:
             # The same exposure sent twice: it was counted when it first came.
             self.tally.duplicate_frames += 1
-            return 0, None
+            return None
         attempt.seen_positions.add(position)
         if position < attempt.last_position:
             self.tally.reordered_frames += 1
         attempt.last_position = max(attempt.last_position, position)
-        k = (frame.dmd_frame_id - attempt.first_id) & 0xFFFFFFFF
-        if k >= len(attempt.todo) or attempt.done[attempt.todo[k]]:
-            # Blank, flush, or from an earlier request or attempt: never data for this one.
+        order, index = attempt.shown.get(frame.dmd_frame_id, (-1, -1))
+        if index < 0 or attempt.done[index] or attempt.latest.get(index) != order:
+            # Blank, flush, from an earlier request or attempt, or an earlier showing: never data for this one.
             self.tally.frames_discarded += 1
-            return 1, None
-        index = int(attempt.todo[k])
-        lag = position - k
+            return None
+        lag = position - order
         if lag != self._lag_frames:
             if lag < 0 or lag > self.max_lag_frames:
                 raise ProtocolError(f"camera frame for DMD frame {index} arrived at an impossible lag {lag}")
             _log.info("DMD-to-camera lag is %d frames", lag)
             self._lag_frames = lag
-        return 1, index
+        return index
 
-    def _flush_needed(self, attempt: _Attempt, flushed: int, capacity: int) -> int:
-        """Blank frames to queue so the missing results leave the camera pipeline; DroppedFramesError when no
-        more flushing can bring them."""
-        n_frames = len(attempt.todo)
-        missing = n_frames - attempt.n_done
-        # The missing frames are the last ones, still in the camera pipeline: flush them out. With the
-        # lag known, exactly enough blanks; otherwise as many as are missing, up to max_lag_frames.
-        more = self._lag_frames - flushed if self._lag_frames > flushed else missing
+    def _classify(self, attempt: _Attempt, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Split the missing results into (still in the camera's pipeline, lost on the way).
+
+        When every exposure of the attempt reached the host, nothing was lost: what is missing waits for more
+        exposures (the lag). Otherwise a result whose exposure (its display order plus the lag) was already made
+        was lost; the others wait.
+        """
+        if attempt.positions_seen() >= attempt.n_shown:  # every exposure arrived whole: nothing was lost
+            return missing, missing[:0]
+        exposed = np.array([attempt.latest[int(i)] + self._lag_frames < attempt.n_shown for i in missing], dtype=bool)
+        return missing[~exposed], missing[exposed]
+
+    def _flush_needed(self, attempt: _Attempt, waiting: np.ndarray, capacity: int) -> int:
+        """Blank frames to queue so the results still in the camera's pipeline come out; DroppedFramesError when no
+        more flushing may bring them (the lag allowed is exhausted)."""
+        flushed = attempt.blanks_since_data
+        if self._lag_frames > flushed:  # the lag is known: exactly enough blanks
+            more = self._lag_frames - flushed
+        else:  # not known: as many as are missing, up to the largest lag allowed
+            more = len(waiting)
         more = min(more, self.max_lag_frames - flushed, capacity)
         if more <= 0:
-            first_missing = int(attempt.todo[np.flatnonzero(~attempt.done[attempt.todo])[0]])
             raise DroppedFramesError(
-                f"{missing} of {n_frames} camera frames never arrived (first missing: frame {first_missing}; "
-                f"lag allowed up to {self.max_lag_frames} frames); the device counts "
+                f"{len(waiting)} camera frames never arrived (first missing: frame {int(waiting[0])}; lag allowed up "
+                f"to {self.max_lag_frames} frames); the device counts "
                 f"{self._camera.dropped_frames - attempt.dropped_before} dropped frames",
-                missing=missing,
+                missing=len(waiting),
             )
         return more
+
+    def _loss_error(
+        self, attempt: _Attempt, lost: np.ndarray, n_frames: int
+    ) -> CommunicationError | DroppedFramesError:
+        """The error of frames lost on the way that are not shown again (no retries, or no progress)."""
+        if attempt.damaged:
+            return CorruptPacketError(
+                f"{len(attempt.damaged)} camera packets arrived damaged and {lost.size} of {n_frames} results are "
+                f"missing; the first: {attempt.damaged[0]}"
+            )
+        return DroppedFramesError(
+            f"{lost.size} of {n_frames} camera frames never arrived (first missing: frame {int(lost[0])}); the "
+            f"device counts {self._camera.dropped_frames - attempt.dropped_before} dropped frames",
+            missing=int(lost.size),
+        )
 
 
 def check_frame(frame: CameraFrame, expected: Expected) -> None:

@@ -7,7 +7,7 @@ Interfaces (template methods: the shared checks, locking and logging are written
 """
 
 from .base import Device
-from .camera import MIN_FRAME_GAP_US, Camera, CameraGeometry, CameraSettings, Roi
+from .camera import MIN_FRAME_GAP_US, Camera, CameraGeometry, CameraSettings, DamagedFrame, Roi
 from .controller import Controller, ControllerCounters, Identity, LightState, TriggerMode
 from .dmd import Dmd, DmdGeometry
 from .factory import URL_SCHEMES, make_rig
@@ -20,6 +20,7 @@ __all__ = [
     "Camera",
     "CameraGeometry",
     "CameraSettings",
+    "DamagedFrame",
     "Roi",
     "MIN_FRAME_GAP_US",
     "Controller",

@@ -17,7 +17,7 @@ from ..errors import ConfigurationError
 from ..protocol import CameraFrame, PixelFormat
 from .base import Device
 
-__all__ = ["Camera", "CameraSettings", "CameraGeometry", "Roi", "MIN_FRAME_GAP_US"]
+__all__ = ["Camera", "CameraSettings", "CameraGeometry", "DamagedFrame", "Roi", "MIN_FRAME_GAP_US"]
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +57,17 @@ class CameraSettings:
     gain: float | None = None
     pixel_format: PixelFormat | None = None
     roi: Roi | None = None
+
+
+@dataclass(frozen=True)
+class DamagedFrame:
+    """A camera frame that arrived damaged (a bad CRC, a packet cut short): its data is never decoded.
+
+    ``read_frames`` hands it over in the frame's place, so that the reader knows a frame was lost there and can
+    keep reading the rest of the sequence instead of giving it up.
+    """
+
+    detail: str
 
 
 class Camera(Device):
@@ -212,8 +223,9 @@ class Camera(Device):
         with self._lock:
             return self._do_drain(timeout_s, max_reads)
 
-    def read_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame]:
-        """Yield the next ``n_frames`` camera frames; CommunicationTimeoutError after ``timeout_s``."""
+    def read_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame | DamagedFrame]:
+        """Yield the next ``n_frames`` camera frames as they arrive, a :class:`DamagedFrame` in the place of one
+        that arrived damaged; CommunicationTimeoutError when ``timeout_s`` passes first."""
         return self._call(self._do_read_frames, n_frames, timeout_s)
 
     # -- hooks ----------------------------------------------------------------------------------------
@@ -266,5 +278,6 @@ class Camera(Device):
         """Hook: discard what the camera holds and forget partial data; never raises."""
 
     @abstractmethod
-    def _do_read_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame]:
-        """Hook: yield frames as they arrive; CommunicationTimeoutError at the deadline."""
+    def _do_read_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame | DamagedFrame]:
+        """Hook: yield frames (or DamagedFrame for a damaged one) as they arrive; CommunicationTimeoutError at the
+        deadline."""

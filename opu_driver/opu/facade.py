@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..acquisition import AcquisitionCounters, Expected, SequenceRunner, check_frame, run_with_retries
-from ..devices import CameraSettings, LinkCounters, Rig, Roi, TriggerMode
+from ..devices import CameraSettings, DamagedFrame, LinkCounters, Rig, Roi, TriggerMode
 from ..encoding.layouts import Layout, make_layout
 from ..errors import ConfigurationError, InvalidInputError, OpuError
 from ..protocol import MAX_FEATURES, PixelFormat, bits_per_pixel, decode_pixels, output_dtype
@@ -42,6 +42,7 @@ _log = logging.getLogger(__name__)
 _FEATURE_CHUNK_FRAMES = 1024
 _SATURATION_WARNING = 1e-3  # speckle is exponential: a few saturated pixels are normal, many are not
 _RAW_CHUNK_FRAMES = 32  # a raw frame is 129,960 bytes at the reference geometry, plus its expansion
+_MIN_CHUNK_FRAMES = 64  # the shortest sequence the loss-based choice goes down to
 _DRAIN_TIMEOUT_S = 0.05
 _DRAIN_MAX_READS = 10_000
 _COUNTER_WRAP = 1 << 32
@@ -589,7 +590,8 @@ class Opu:
         one sequence (``info.sequence_capacity`` and the camera buffer). Frames that never arrive leave their
         places empty; a timeout raises CommunicationTimeoutError after ``timeout_s`` plus the sequence's display
         time, and the device is left clean for the next request. The device's camera settings, layout table and
-        light are checked (and restored) first; a frame exposed under other settings raises ProtocolError.
+        light are checked (and restored) first; a frame exposed under other settings raises ProtocolError; a damaged
+        frame is counted (``counters.corrupt_packets``) and leaves its place empty.
 
         Raises:
             InvalidInputError: before anything is sent, as for :meth:`transform`, or a batch larger than one
@@ -629,6 +631,9 @@ class Opu:
                 self.dmd.start()
                 wait_s = timeout_s + len(X2) * frame_time_us * 1e-6
                 for frame in self.camera.read_frames(len(X2), wait_s):
+                    if isinstance(frame, DamagedFrame):  # lost: its place stays empty
+                        self._runner.tally.corrupt_packets += 1
+                        continue
                     check_frame(frame, expected)  # a frame of other settings is a typed error, never decoded
                     positions.append((frame.camera_frame_id - camera_first) % _COUNTER_WRAP)
                     index = (frame.dmd_frame_id - first_id) % _COUNTER_WRAP
@@ -790,9 +795,21 @@ class Opu:
         return max(1, min(self.dmd.sequence_capacity, self.camera.fifo_frames()))
 
     def _chunk_frames(self, capacity: int) -> int:
-        """Frames per request: what the user asked, leaving room in a sequence for the lag's flush frames."""
+        """Frames per sequence: what the user asked (``chunk_frames``), else chosen from the loss measured so far;
+        always leaving room in a sequence for the lag's flush frames.
+
+        Frames lost one by one cost only themselves whatever the sequence's length. What ends a sequence (a
+        timeout, a stall, a reset: a re-run of the attempt) costs a drain and a restore each time, so the default
+        length is cut to keep such faults to about one in four sequences: ``0.25 / rate``, the rate being re-runs
+        per frame sent so far in this session, between 64 frames and the default (1024 feature frames, 32 raw).
+        """
         limit = _RAW_CHUNK_FRAMES if self.settings.frame_mode == "raw" else _FEATURE_CHUNK_FRAMES
-        wanted = self.settings.chunk_frames or limit
+        if self.settings.chunk_frames:
+            wanted = self.settings.chunk_frames
+        else:
+            tally = self._runner.tally
+            rate = tally.retries / tally.frames_sent if tally.frames_sent else 0.0
+            wanted = limit if rate <= 0 else max(min(limit, _MIN_CHUNK_FRAMES), min(limit, int(0.25 / rate)))
         return max(1, min(wanted, capacity - self._runner.lag_frames))
 
     def _project(self, X: np.ndarray, out: np.ndarray, warn_saturated: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ...protocol import CameraFrame, PixelFormat, Register, payload_size
-from ..camera import Camera, CameraGeometry, CameraSettings, Roi
+from ..camera import Camera, CameraGeometry, CameraSettings, DamagedFrame, Roi
 from .link import UsbLink
 
 __all__ = ["V1Camera"]
@@ -87,5 +87,5 @@ class V1Camera(Camera):
     def _do_drain(self, timeout_s: float, max_reads: int) -> int:
         return self._link.drain(timeout_s, max_reads)
 
-    def _do_read_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame]:
+    def _do_read_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame | DamagedFrame]:
         return self._link.receive_frames(n_frames, timeout_s)

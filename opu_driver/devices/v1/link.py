@@ -34,6 +34,7 @@ from ...protocol import (
     bulk_write_timeout_s,
 )
 from ...transport import StallError, UsbTransport
+from ..camera import DamagedFrame
 from ..rig import LinkCounters
 
 __all__ = ["UsbLink", "LinkSettings"]
@@ -118,24 +119,25 @@ class UsbLink:
             raise ProtocolError(f"short bulk write: {sent} of {len(data)} bytes")
         self.bytes_sent += sent
 
-    def receive_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame]:
+    def receive_frames(self, n_frames: int, timeout_s: float) -> Iterator[CameraFrame | DamagedFrame]:
         """Yield camera frames as they arrive until ``n_frames`` were yielded or ``timeout_s`` passes.
 
         Raises CommunicationTimeoutError (with the count still missing) when the deadline passes first.
-        Corrupt packets are recorded in ``faults`` and skipped: they are never decoded as data.
+        A corrupt packet is recorded in ``faults`` and yielded as a :class:`DamagedFrame` in its place: it is never
+        decoded as data, and the parser resynchronises on the next packet.
         """
         deadline = time.monotonic() + timeout_s
         remaining = n_frames
         while remaining > 0:
             while self._pending and remaining > 0:
                 item = self._pending.popleft()
+                remaining -= 1
                 if isinstance(item, CameraFrame):
-                    remaining -= 1
                     yield item
-                else:
+                else:  # never decoded as data: the frame is lost, and the rest of the stream read on
                     self.faults.append(item)
                     self.packet_faults += 1
-                    raise item.to_error()
+                    yield DamagedFrame(str(item.to_error()))
             if remaining == 0:
                 return
             left_s = deadline - time.monotonic()
