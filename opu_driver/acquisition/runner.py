@@ -51,8 +51,9 @@ _log = logging.getLogger(__name__)
 FrameSink = Callable[[int, CameraFrame], None]
 """Receives (index of the frame in the request, its camera frame)."""
 
-QueueFn = Callable[[int, int, int], None]
-"""Queues frames [start, stop) of the request with the first DMD frame id given."""
+QueueFn = Callable[[np.ndarray, int], None]
+"""Queues the frames of the request at the given indices (ascending), with consecutive DMD frame ids from the first
+id given: one transfer, however scattered the indices."""
 
 _DRAIN_TIMEOUT_S = 0.05
 _DRAIN_MAX_READS = 10_000
@@ -78,6 +79,7 @@ class _Attempt:
 
     done: np.ndarray
     camera_first: int
+    dmd_first: int
     dropped_before: int
     shown: dict[int, tuple[int, int]] = field(default_factory=dict)
     """DMD frame id -> (display order in this attempt, request index; -1 for a blank flush frame)."""
@@ -273,7 +275,7 @@ class SequenceRunner:
         and show again what was lost on the way while each round brings results."""
         if len(todo) > capacity:
             raise ValueError(f"{len(todo)} frames exceed the {capacity} one sequence holds")  # caller's bug
-        attempt = _Attempt(done, self._camera.frame_count, self._camera.dropped_frames)
+        attempt = _Attempt(done, self._camera.frame_count, self._dmd.frame_count, self._camera.dropped_frames)
         pending = todo
         flush = max(0, min(self._lag_frames, self.max_lag_frames, capacity - len(pending)))
         while True:
@@ -305,17 +307,13 @@ class SequenceRunner:
         queue: QueueFn,
         queue_blank: Callable[[int, int], None],
     ) -> None:
-        """Queue the request frames ``pending`` (runs of consecutive indices in one call each) and ``flush`` blank
-        frames with fresh ids, check the device took them all, and start the sequence."""
+        """Queue the request frames ``pending`` (in one call, however scattered) and ``flush`` blank frames, with fresh
+        ids, check the device took them all, and start the sequence."""
         first_id = self.reserve_ids(len(pending) + flush)
-        breaks = np.flatnonzero(np.diff(pending) != 1) + 1
-        run_starts = np.concatenate(([0], breaks)).astype(np.int64)
-        run_ends = np.concatenate((breaks, [len(pending)])).astype(np.int64)
 
         def queue_frames_and_blanks() -> None:
             if len(pending):
-                for lo, hi in zip(run_starts.tolist(), run_ends.tolist(), strict=True):
-                    queue(int(pending[lo]), int(pending[hi - 1]) + 1, first_id + lo)
+                queue(pending, first_id)
             if flush:
                 queue_blank(first_id + len(pending), flush)
 
@@ -363,14 +361,23 @@ class SequenceRunner:
             if accounted:
                 return
             # A read came back empty: has the camera made every exposure of the attempt?
-            captured = (self._camera.frame_count - attempt.camera_first) & 0xFFFFFFFF
-            if captured > attempt.n_shown + self.max_lag_frames:
-                raise DeviceResetError(
-                    f"the camera's frame counter went back ({captured} exposures counted for {attempt.n_shown} "
-                    "frames shown): the device reset"
-                )
+            captured = self._check_not_reset(attempt)
             if captured >= attempt.n_shown and time.monotonic() - last_data >= _QUIET_WINDOWS * window_s:
                 return  # every exposure was made and the stream stayed quiet: what has not come was lost on the way
+
+    def _check_not_reset(self, attempt: _Attempt) -> int:
+        """The exposures the camera made in this attempt; DeviceResetError when the device's counters say it lost
+        the sequence: a counter went back, or the DMD holds nothing more to show although fewer frames were
+        displayed than queued."""
+        displayed = (self._dmd.frame_count - attempt.dmd_first) & 0xFFFFFFFF
+        captured = (self._camera.frame_count - attempt.camera_first) & 0xFFFFFFFF
+        went_back = max(displayed, captured) > attempt.n_shown + self.max_lag_frames
+        if went_back or (displayed < attempt.n_shown and self._dmd.queued_frames == 0):
+            raise DeviceResetError(
+                f"the device lost the sequence ({displayed} of {attempt.n_shown} frames displayed, {captured} "
+                "exposures counted, nothing left queued): it reset"
+            )
+        return captured
 
     def _take(self, item: CameraFrame | DamagedFrame, attempt: _Attempt, expected: Expected, sink: FrameSink) -> None:
         """Place one item of the camera stream: a result for ``sink``, or a frame to count and drop."""

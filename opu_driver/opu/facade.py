@@ -837,8 +837,10 @@ class Opu:
             else:
                 packed = layout.expand(block)
 
-            def queue(lo: int, hi: int, first_id: int, packed: np.ndarray = packed) -> None:
-                send(first_id, packed[lo:hi])
+            def queue(indices: np.ndarray, first_id: int, packed: np.ndarray = packed) -> None:
+                # a run of consecutive indices is a view; scattered ones (frames shown again) are gathered
+                lo, hi = int(indices[0]), int(indices[-1]) + 1
+                send(first_id, packed[lo:hi] if hi - lo == len(indices) else packed[indices])
 
             def queue_blank(first_id: int, count: int, width: int = packed.shape[1]) -> None:
                 send(first_id, np.zeros((count, width), dtype=np.uint8))
