@@ -308,7 +308,11 @@ def test_no_pickle_a_pickled_array_is_refused_on_load_even_with_a_valid_checksum
     meta["arrays_sha256"] = hashlib.sha256(data).hexdigest()
     meta["arrays"]["dark/mean_dn"] = {"dtype": "|O", "shape": [2]}
     path.write_text(json.dumps(meta))
-    with pytest.raises(CorruptCalibrationError, match="unreadable"):
+    with pytest.raises(CorruptCalibrationError, match="does not write"):  # refused from the index
+        store.load(path)
+    meta["arrays"]["dark/mean_dn"] = {"dtype": "<f8", "shape": [2]}  # an index that hides the pickle
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CorruptCalibrationError, match="metadata says"):  # refused from the member's header
         store.load(path)
 
 
