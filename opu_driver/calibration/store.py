@@ -268,7 +268,7 @@ def _json_nesting_depth(data: bytes) -> int:
     brackets = np.flatnonzero(opening | (raw == ord("]")) | (raw == ord("}")))
     outside = np.searchsorted(quotes, brackets) % 2 == 0  # an even number of delimiting quotes before it
     steps = np.where(opening[brackets[outside]], 1, -1).astype(np.int32)
-    return int(np.cumsum(steps).max()) if steps.size else 0
+    return max(0, int(np.cumsum(steps).max())) if steps.size else 0
 
 
 def _serial_component(serial_number: str) -> str:
