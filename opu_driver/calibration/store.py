@@ -49,6 +49,8 @@ from opu_driver.errors import ConfigurationError
 from opu_driver.opu import OpuSettings
 from opu_driver.validation import is_int
 
+from ._checks import directory_problem
+
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -329,6 +331,17 @@ class CalibrationStore:
         return f"CalibrationStore({str(self.directory)!r})"
 
     # -- writing ---------------------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Refuse a directory that :meth:`save` could not create or write in (a path under a file, a read-only
+        folder), before a calibration run that would save there.
+
+        Raises:
+            CalibrationError: naming the directory and the reason.
+        """
+        problem = directory_problem(self.directory, create=True)
+        if problem is not None:
+            raise CalibrationError(f"calibration store {self.directory}: {problem}")
 
     def save(self, record: CalibrationRecord) -> Path:
         """Store ``record`` atomically and return the path of its JSON file.

@@ -254,6 +254,14 @@ def test_an_empty_record_or_bad_arguments_are_refused(tmp_path):
             render_report(record, tmp_path / "r.png", **kwargs)
     with pytest.raises(InvalidInputError, match="suffix"):
         render_report(record, tmp_path / "r.jpeg")
+    (tmp_path / "a-file").write_text("")
+    for path, message in (
+        (tmp_path / "missing" / "r.png", "does not exist"),  # the folder must exist: no folder is made
+        (tmp_path / "a-file" / "r.png", "is not a directory"),
+    ):
+        with pytest.raises(InvalidInputError, match=message):
+            render_report(record, path)
+    (tmp_path / "a-file").unlink()
     with pytest.raises(InvalidInputError):
         panels_for({"dark": {}})
     assert list(tmp_path.iterdir()) == []

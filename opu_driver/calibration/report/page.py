@@ -19,6 +19,7 @@ from typing import Any
 
 from ...errors import InvalidInputError, LibraryLoadError
 from ...validation import check_int
+from .._checks import directory_problem
 from ..dark import DarkResult
 from ..drift import DriftResult
 from ..exposure import ExposureResult
@@ -162,15 +163,21 @@ def _draw_header(fig, record: CalibrationRecord, title: str | None, width_in: fl
 
 
 def check_report_path(path: str | os.PathLike[str]) -> Path:
-    """Refuse a report path with an unknown suffix, or a missing matplotlib, before hours of calibration.
+    """Refuse a report path that cannot be written, or a missing matplotlib, before hours of calibration.
 
     Raises:
-        InvalidInputError: the suffix is not .png, .pdf or .svg.
+        InvalidInputError: the suffix is not .png, .pdf or .svg; the path is a directory; its folder does not
+            exist, is not a directory or cannot be written in.
         ReportUnavailableError: matplotlib (the ``plot`` extra) is not installed.
     """
     target = Path(path)
     if target.suffix.lower().lstrip(".") not in _FORMATS:
         raise InvalidInputError(f"report path {str(target)!r}: use a .png, .pdf or .svg suffix")
+    if target.is_dir():
+        raise InvalidInputError(f"report path {str(target)!r} is a directory")
+    problem = directory_problem(target.parent)
+    if problem is not None:
+        raise InvalidInputError(f"report path {str(target)!r}: {problem}")
     try:
         spec = importlib.util.find_spec("matplotlib")
     except (ImportError, ValueError):
@@ -198,7 +205,8 @@ def render_report(
         The path written.
 
     Raises:
-        InvalidInputError: not a record, nothing in it to plot, a bad dpi or an unknown suffix.
+        InvalidInputError: not a record, nothing in it to plot, a bad dpi, an unknown suffix, or a folder that
+            does not exist or cannot be written in (see :func:`check_report_path`).
         ReportUnavailableError: matplotlib (the ``plot`` extra) is not installed.
     """
     panels = panels_for(record)
@@ -234,7 +242,6 @@ def render_report(
             ax = fig.add_subplot(grid[i // columns, i % columns])
             DRAW[name](fig, ax, record)
         _draw_header(fig, record, title, width_in, height_in)
-        target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
         try:
             with open(temp, "wb") as f:
