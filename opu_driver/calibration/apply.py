@@ -312,7 +312,14 @@ def find_record(opu: Opu, source: str | os.PathLike[str], explicit: dict[str, An
             or that cannot be applied (:func:`check_record`); a named store directory that does not exist.
     """
     serial = opu.info.serial_number
-    path = default_store_dir() if source == "auto" else Path(source).expanduser()
+    if source == "auto":
+        path = default_store_dir()
+        if path.is_dir():
+            return newest_applicable(opu, CalibrationStore(path), explicit)
+        if os.path.lexists(path):  # the default store is searched, never named: something else there is skipped
+            _log.warning("skipping the default calibration store %s: not a directory", path)
+        return None
+    path = Path(source).expanduser()
     if path.suffix == ".json" or path.is_file():
         record = CalibrationStore(path.parent).load(path)
         if record.serial_number != serial:
@@ -323,9 +330,7 @@ def find_record(opu: Opu, source: str | os.PathLike[str], explicit: dict[str, An
         check_record(opu, record, explicit)
         return record
     if not path.is_dir():
-        if source != "auto":
-            raise CalibrationError(f"no calibration store at {path}")
-        return None
+        raise CalibrationError(f"no calibration store at {path}")
     return newest_applicable(opu, CalibrationStore(path), explicit)
 
 

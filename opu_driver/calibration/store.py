@@ -456,12 +456,19 @@ class CalibrationStore:
         Every entry named like a record is listed, whatever it is (a FIFO or a link in place of a record is then
         refused by :meth:`load`, with its reason, rather than passed over in silence); temporary leftovers of
         interrupted writes and arrays files without their JSON are not records.
+
+        Raises:
+            CalibrationError: the directory exists but cannot be read.
         """
         if not self.directory.is_dir():
             return []
         wanted = None if serial_number is None else _serial_component(serial_number)
         found = []
-        for path in self.directory.iterdir():
+        try:
+            entries = builtins.list(self.directory.iterdir())
+        except OSError as exc:
+            raise CalibrationError(f"cannot list the calibration store {self.directory}: {exc}") from exc
+        for path in entries:
             if path.name.startswith(_TEMP_PREFIX):
                 continue
             match = _JSON_NAME.match(path.name)
@@ -487,10 +494,16 @@ class CalibrationStore:
         """The valid records of the device whose stored settings equal ``settings`` on the keys given, newest first.
 
         A key absent from the stored settings does not match. A record that cannot be read or verified is skipped
-        with one warning naming the file and the reason, and the next older one is tried.
+        with one warning naming the file and the reason, and the next older one is tried; a directory that cannot
+        be listed yields nothing, with one warning.
         """
         wanted = {} if settings is None else _json_value(dict(settings), "settings")
-        for path in reversed(self.list(serial_number)):
+        try:
+            paths = self.list(serial_number)
+        except CalibrationError as exc:
+            _log.warning("skipping the calibration store: %s", exc)
+            return
+        for path in reversed(paths):
             try:
                 metadata = self._read_metadata(path)
                 if metadata["device"]["serial_number"] != serial_number:

@@ -483,3 +483,31 @@ def test_the_checks_cost_little_beside_open(store):
     with opu:
         assert opu.calibration.record.path == good
     assert elapsed_s < 2 * OPEN_WITHIN_S
+
+
+def test_a_default_store_that_is_not_a_directory_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
+    not_a_store = tmp_path / "calibrations"
+    not_a_store.write_text("a file where the store should be")
+    monkeypatch.setenv("OPU_CALIBRATION_DIR", str(not_a_store))
+    with caplog.at_level(logging.WARNING):
+        opu, elapsed_s = _open_in_thread()
+    assert not isinstance(opu, BaseException), repr(opu)
+    with opu:
+        assert opu.calibration is None
+    warned = _store_warnings(caplog)
+    assert len(warned) == 1 and str(not_a_store) in warned[0], warned
+    assert elapsed_s < OPEN_WITHIN_S
+
+
+def test_a_default_store_that_cannot_be_listed_is_skipped_with_a_warning(store, monkeypatch, caplog):
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with caplog.at_level(logging.WARNING):
+        opu, _ = _open_in_thread()
+    assert not isinstance(opu, BaseException), repr(opu)
+    with opu:
+        assert opu.calibration is None
+    warned = _store_warnings(caplog)
+    assert len(warned) == 1 and "Permission denied" in warned[0], warned
