@@ -194,7 +194,10 @@ def _checked_calibration_paths(args: argparse.Namespace) -> Path:
     if args.report:
         from opu_driver.calibration.report import check_report_path
 
-        check_report_path(args.report)  # a bad path or a missing matplotlib fails now, not after the run
+        # A bad path or a missing matplotlib fails now, not after the run. The report's folder must exist, unless
+        # it is the store directory this run creates (--out calib/ --report calib/report.png).
+        in_store = not args.no_save and Path(args.report).parent.absolute() == store_dir.absolute()
+        check_report_path(args.report, create_folder=in_store)
     return store_dir
 
 

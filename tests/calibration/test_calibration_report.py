@@ -12,6 +12,7 @@ import pytest
 from opu_driver.calibration.report import (
     PANELS,
     ReportUnavailableError,
+    check_report_path,
     figure_size_in,
     panels_for,
     render_report,
@@ -255,12 +256,11 @@ def test_an_empty_record_or_bad_arguments_are_refused(tmp_path):
     with pytest.raises(InvalidInputError, match="suffix"):
         render_report(record, tmp_path / "r.jpeg")
     (tmp_path / "a-file").write_text("")
-    for path, message in (
-        (tmp_path / "missing" / "r.png", "does not exist"),  # the folder must exist: no folder is made
-        (tmp_path / "a-file" / "r.png", "is not a directory"),
-    ):
-        with pytest.raises(InvalidInputError, match=message):
-            render_report(record, path)
+    for path in (tmp_path / "a-file" / "r.png", tmp_path / "a-file" / "sub" / "r.png"):
+        with pytest.raises(InvalidInputError, match="is not a directory"):
+            render_report(record, path)  # refused before drawing: a folder cannot be made under a file
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        check_report_path(tmp_path / "missing" / "r.png")  # without create_folder the folder must exist
     (tmp_path / "a-file").unlink()
     with pytest.raises(InvalidInputError):
         panels_for({"dark": {}})

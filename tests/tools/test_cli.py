@@ -125,6 +125,13 @@ def test_calibrate_path_errors_exit_2_with_one_line_before_the_run(tmp_path, cap
     assert not (tmp_path / "store").exists()  # refused before anything ran or was saved
 
 
+@pytest.mark.slow  # draws a report (matplotlib): about 1.5 s
+def test_calibrate_a_report_in_the_store_folder_the_run_creates_is_written(tmp_path, capsys):
+    store = tmp_path / "calib"
+    assert main(_calibrate_dark("--out", str(store), "--report", str(store / "report.png"))) == 0
+    assert (store / "report.png").stat().st_size > 0 and len(list(store.glob("*.json"))) == 1
+
+
 @pytest.mark.skipif(not os.path.isfile("/etc/passwd"), reason="needs /etc/passwd, a file")
 def test_calibrate_out_under_etc_passwd_exits_2(capsys):
     assert main(_calibrate_dark("--out", "/etc/passwd/x")) == 2

@@ -162,12 +162,15 @@ def _draw_header(fig, record: CalibrationRecord, title: str | None, width_in: fl
 # -- the report ----------------------------------------------------------------------------------------------
 
 
-def check_report_path(path: str | os.PathLike[str]) -> Path:
+def check_report_path(path: str | os.PathLike[str], *, create_folder: bool = False) -> Path:
     """Refuse a report path that cannot be written, or a missing matplotlib, before hours of calibration.
+
+    The report's folder must exist and be writable; with ``create_folder`` it may be missing when it can be
+    created (its nearest existing ancestor is a writable directory), as :func:`render_report` creates it.
 
     Raises:
         InvalidInputError: the suffix is not .png, .pdf or .svg; the path is a directory; its folder does not
-            exist, is not a directory or cannot be written in.
+            exist (unless ``create_folder``), is not a directory or cannot be written in.
         ReportUnavailableError: matplotlib (the ``plot`` extra) is not installed.
     """
     target = Path(path)
@@ -175,7 +178,7 @@ def check_report_path(path: str | os.PathLike[str]) -> Path:
         raise InvalidInputError(f"report path {str(target)!r}: use a .png, .pdf or .svg suffix")
     if target.is_dir():
         raise InvalidInputError(f"report path {str(target)!r} is a directory")
-    problem = directory_problem(target.parent)
+    problem = directory_problem(target.parent, create=create_folder)
     if problem is not None:
         raise InvalidInputError(f"report path {str(target)!r}: {problem}")
     try:
@@ -206,7 +209,7 @@ def render_report(
 
     Raises:
         InvalidInputError: not a record, nothing in it to plot, a bad dpi, an unknown suffix, or a folder that
-            does not exist or cannot be written in (see :func:`check_report_path`).
+            cannot be created or written in (see :func:`check_report_path`; a missing folder is created).
         ReportUnavailableError: matplotlib (the ``plot`` extra) is not installed.
     """
     panels = panels_for(record)
@@ -218,7 +221,7 @@ def render_report(
     dpi = check_int(dpi, "dpi", low=20, high=1200)
     if title is not None and not isinstance(title, str):
         raise InvalidInputError(f"title must be a string or None, got {type(title).__name__}")
-    target = check_report_path(path)
+    target = check_report_path(path, create_folder=True)
     fmt = target.suffix.lower().lstrip(".")
     try:
         import matplotlib
@@ -242,6 +245,7 @@ def render_report(
             ax = fig.add_subplot(grid[i // columns, i % columns])
             DRAW[name](fig, ax, record)
         _draw_header(fig, record, title, width_in, height_in)
+        target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
         try:
             with open(temp, "wb") as f:
