@@ -226,7 +226,9 @@ def test_a_bad_record_named_explicitly_is_refused_with_a_typed_error(store, spoi
 
 
 _CHILD = """
-import json, logging, sys, time
+import json, logging, resource, sys, time
+# reading /dev/zero must fail with MemoryError, not eat the machine's memory
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 records = []
 class Collect(logging.Handler):
     def emit(self, record):
@@ -245,12 +247,6 @@ print(json.dumps(outcome))
 """
 
 
-def _limit_memory() -> None:  # pragma: no cover - runs in the child before exec
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # reading /dev/zero fails instead of eating RAM
-
-
 def _open_in_child(source: str, env_store: Path) -> dict[str, Any]:
     """``open(SIM, calibration=source)`` in a child process, killed after HANG_TIMEOUT_S: what it reported."""
     env = {**os.environ, "OPU_CALIBRATION_DIR": str(env_store), "PYTHONPATH": str(REPO_ROOT)}
@@ -262,7 +258,6 @@ def _open_in_child(source: str, env_store: Path) -> dict[str, Any]:
             timeout=HANG_TIMEOUT_S,
             env=env,
             cwd=REPO_ROOT,
-            preexec_fn=_limit_memory,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"open hung for {HANG_TIMEOUT_S} s (the child was killed)")
