@@ -168,29 +168,50 @@ def _add_service_limit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from opu_driver import open as open_opu
-    from opu_driver.calibration import (
-        CalibrationError,
-        CalibrationPlan,
-        CalibrationStore,
-        calibrate,
-        default_store_dir,
-        summary_table,
-    )
-    from opu_driver.errors import InvalidInputError
+    """``opu calibrate``: a path that turns bad during the run (a disk that fills, a folder removed) ends it with
+    one line and status 2, like the paths refused before it starts, not with a traceback."""
+    from opu_driver.calibration import CalibrationError
+
+    try:
+        return _run_calibration(args)
+    except OpuError:
+        raise
+    except OSError as exc:  # OpuErrors that are OSErrors too (timeouts, a lost connection) went above
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise CalibrationError(f"cannot write {where}{exc.strerror or exc}") from exc
+
+
+def _checked_calibration_paths(args: argparse.Namespace) -> Path:
+    """The store directory of ``opu calibrate``, once it and the report path are known to be writable: refused
+    here (CalibrationError, InvalidInputError: status 2, one line), before the device is opened, not after the run."""
+    from opu_driver.calibration import CalibrationError, CalibrationStore, default_store_dir
 
     store_dir = Path(args.out) if args.out else default_store_dir()
-    if not args.no_save and store_dir.exists() and not store_dir.is_dir():
-        raise CalibrationError(f"--out {store_dir}: not a directory (a calibration store is a directory)")
-    if args.resume and args.routine != "all":
-        raise InvalidInputError("--resume continues an interrupted 'opu calibrate all'; single routines run afresh")
-    store = None if args.no_save else CalibrationStore(store_dir)
-    apply_from = str(store_dir) if store is not None and store_dir.is_dir() else None
-    progress = not args.no_progress and sys.stderr.isatty()
+    if not args.no_save:
+        if store_dir.exists() and not store_dir.is_dir():
+            raise CalibrationError(f"--out {store_dir}: not a directory (a calibration store is a directory)")
+        CalibrationStore(store_dir).check_writable()
     if args.report:
         from opu_driver.calibration.report import check_report_path
 
-        check_report_path(args.report)  # a bad path or a missing matplotlib fails now, not after the run
+        # A bad path or a missing matplotlib fails now, not after the run. The report's folder must exist, unless
+        # it is the store directory this run creates (--out calib/ --report calib/report.png).
+        in_store = not args.no_save and Path(args.report).parent.absolute() == store_dir.absolute()
+        check_report_path(args.report, create_folder=in_store)
+    return store_dir
+
+
+def _run_calibration(args: argparse.Namespace) -> int:
+    from opu_driver import open as open_opu
+    from opu_driver.calibration import CalibrationPlan, CalibrationStore, calibrate, summary_table
+    from opu_driver.errors import InvalidInputError
+
+    if args.resume and args.routine != "all":
+        raise InvalidInputError("--resume continues an interrupted 'opu calibrate all'; single routines run afresh")
+    store_dir = _checked_calibration_paths(args)
+    store = None if args.no_save else CalibrationStore(store_dir)
+    apply_from = str(store_dir) if store is not None and store_dir.is_dir() else None
+    progress = not args.no_progress and sys.stderr.isatty()
     # The plan is checked before the device is opened; the default output count needs the camera's size.
     plan = CalibrationPlan(
         n_features=1000 if args.n_features is None else args.n_features,

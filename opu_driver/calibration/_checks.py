@@ -1,4 +1,4 @@
-"""Argument checks and the correlation statistic shared by the calibration routines.
+"""Argument checks, the correlation statistic and the output-directory probe shared by the calibration routines.
 
 Every routine refuses bad arguments before anything is sent to the device; these helpers only look at the
 values (and at ``opu.info``, which the Opu reads once at open), so calling them costs no traffic. They add the
@@ -8,6 +8,9 @@ device's limits to the checks of :mod:`opu_driver.validation`.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +19,15 @@ from ..errors import InvalidInputError
 from ..opu import Opu
 from ..validation import check_int, is_int
 
-__all__ = ["check_components", "check_features", "check_count", "check_seed", "correlation", "MAX_COUNT"]
+__all__ = [
+    "check_components",
+    "check_features",
+    "check_count",
+    "check_seed",
+    "correlation",
+    "directory_problem",
+    "MAX_COUNT",
+]
 
 MAX_COUNT = 1 << 20
 """The most frames, vectors or probes one routine argument may ask for (about a million: minutes to hours of
@@ -70,3 +81,27 @@ def correlation(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
     b = b - b.mean()
     denominator = math.sqrt(float(a @ a) * float(b @ b))
     return float(np.clip(float(a @ b) / denominator, -1.0, 1.0)) if denominator > 0 else float("nan")
+
+
+def directory_problem(directory: str | os.PathLike[str], *, create: bool = False) -> str | None:
+    """Why files cannot be written in ``directory``, in words, or None when they can.
+
+    Checked by creating (and at once removing) a temporary file there, so permissions, read-only file systems and
+    access control lists all count, as they would for the real write. With ``create``, a missing directory is fine
+    when its nearest existing ancestor is a directory that can be written (the writer creates the rest).
+    Used to refuse an output path before hours of calibration rather than after.
+    """
+    directory = Path(directory)
+    probe = directory
+    while create and not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.exists():
+        return f"{directory} does not exist"
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        return f"cannot write in {probe}: {exc.strerror or exc}"
+    return None

@@ -38,6 +38,7 @@ __all__ = [
     "DriftMonitor",
     "measure_drift",
     "check_drift",
+    "check_drift_record",
     "default_threshold",
     "THRESHOLD_SIGMAS",
     "MIN_DROP",
@@ -159,10 +160,19 @@ def _check_scheme(scheme: object) -> None:
     check_choice(scheme, "scheme", PROJECTION_SCHEMES)
 
 
-def _validated_record(
-    opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float, scheme: str
+def check_drift_record(
+    opu: Opu, probes: npt.ArrayLike, baseline: npt.ArrayLike, threshold: float, scheme: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probes and baseline of a stored record, checked (nothing is sent)."""
+    """Probes and baseline of a stored record, checked (nothing is sent), as int8 and float32.
+
+    What :func:`check_drift` and the open-time check (``apply.py``, before anything of a record is applied) refuse:
+    a threshold outside -1..1, an unknown scheme, probes that are not a (n_probes >= 2, n_features) ternary array
+    with a nonzero entry in each, a baseline that is not (n_probes, n_components) finite and nonzero, or more
+    outputs than the camera's pixels.
+
+    Raises:
+        InvalidInputError: naming what is wrong.
+    """
     _check_scheme(scheme)
     _check_threshold(threshold)
     probes = np.asarray(probes)
@@ -235,7 +245,7 @@ def check_drift(
     Raises:
         InvalidInputError: bad arguments (before anything is sent).
     """
-    probes, baseline = _validated_record(opu, probes, baseline, threshold, scheme)
+    probes, baseline = check_drift_record(opu, probes, baseline, threshold, scheme)
     return _sample(opu, probes, baseline, float(threshold), scheme, baseline_time_us)
 
 
@@ -313,7 +323,7 @@ class DriftMonitor:
 
         Times count from ``baseline_time_us`` when given, else from the first check after resuming.
         """
-        probes, baseline = _validated_record(opu, probes, baseline, threshold, scheme)
+        probes, baseline = check_drift_record(opu, probes, baseline, threshold, scheme)
         monitor = cls(
             opu,
             probes.shape[1],

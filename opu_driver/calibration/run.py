@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..errors import InvalidInputError
 from ..opu import Opu
 from ._checks import check_components, check_features
-from .apply import apply_record, record_settings
+from .apply import apply_record, check_record, newest_applicable, record_settings
 from .fidelity import FidelityResult, FidelityRow
 from .plan import CalibrationPlan
 from .reference import ReferenceResult
@@ -98,13 +98,12 @@ def _unfinished_run(opu: Opu, store: CalibrationStore, plan_fields: dict[str, An
     for path in reversed(store.list(opu.info.serial_number)):
         try:
             record = store.load(path)
+            run = record.results.get(_RUN)
+            if run is None or any(record.settings.get(k) != v for k, v in explicit.items()):
+                continue
+            check_record(opu, record, explicit)  # resuming applies it: one that cannot be applied is skipped
         except CalibrationError as exc:
-            _log.warning("skipping calibration record %s: %s", path, exc)
-            continue
-        run = record.results.get(_RUN)
-        if run is None:
-            continue
-        if any(record.settings.get(k) != v for k, v in explicit.items()):
+            _log.warning("skipping calibration record: %s", exc)
             continue
         if run.get("complete") is False and all(run.get(k) == v for k, v in plan_fields.items()):
             return record
@@ -206,7 +205,7 @@ def _fresh_record(opu: Opu, store: CalibrationStore | None, run_all: bool) -> Ca
     """A new record: for single routines, on top of the newest stored one under the same settings."""
     base = None
     if not run_all and store is not None:
-        base = store.latest(opu.info.serial_number, record_settings(opu))
+        base = newest_applicable(opu, store, record_settings(opu))
         if base is not None:
             # the stored lag and reference are the ones the new results must go with
             apply_record(opu, base, explicit=record_settings(opu), drift_check=False)

@@ -12,6 +12,7 @@ import pytest
 from opu_driver.calibration.report import (
     PANELS,
     ReportUnavailableError,
+    check_report_path,
     figure_size_in,
     panels_for,
     render_report,
@@ -254,6 +255,13 @@ def test_an_empty_record_or_bad_arguments_are_refused(tmp_path):
             render_report(record, tmp_path / "r.png", **kwargs)
     with pytest.raises(InvalidInputError, match="suffix"):
         render_report(record, tmp_path / "r.jpeg")
+    (tmp_path / "a-file").write_text("")
+    for path in (tmp_path / "a-file" / "r.png", tmp_path / "a-file" / "sub" / "r.png"):
+        with pytest.raises(InvalidInputError, match="is not a directory"):
+            render_report(record, path)  # refused before drawing: a folder cannot be made under a file
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        check_report_path(tmp_path / "missing" / "r.png")  # without create_folder the folder must exist
+    (tmp_path / "a-file").unlink()
     with pytest.raises(InvalidInputError):
         panels_for({"dark": {}})
     assert list(tmp_path.iterdir()) == []

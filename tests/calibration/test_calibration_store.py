@@ -308,7 +308,11 @@ def test_no_pickle_a_pickled_array_is_refused_on_load_even_with_a_valid_checksum
     meta["arrays_sha256"] = hashlib.sha256(data).hexdigest()
     meta["arrays"]["dark/mean_dn"] = {"dtype": "|O", "shape": [2]}
     path.write_text(json.dumps(meta))
-    with pytest.raises(CorruptCalibrationError, match="unreadable"):
+    with pytest.raises(CorruptCalibrationError, match="does not write"):  # refused from the index
+        store.load(path)
+    meta["arrays"]["dark/mean_dn"] = {"dtype": "<f8", "shape": [2]}  # an index that hides the pickle
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CorruptCalibrationError, match="metadata says"):  # refused from the member's header
         store.load(path)
 
 
@@ -352,3 +356,11 @@ def test_load_of_a_missing_path_raises_a_calibration_error(tmp_path):
     with pytest.raises(CalibrationError, match="no such"):
         CalibrationStore(tmp_path).load(tmp_path / "nothing.json")
     assert CalibrationStore(tmp_path / "absent").list() == []
+
+
+def test_check_writable_refuses_a_store_that_save_could_not_create(tmp_path):
+    CalibrationStore(tmp_path / "new" / "store").check_writable()  # missing folders are made by save
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CalibrationError, match="is not a directory"):
+        CalibrationStore(tmp_path / "a-file" / "store").check_writable()
+    assert not (tmp_path / "new").exists()  # the check creates nothing

@@ -1,6 +1,8 @@
 """The `opu` command line."""
 
+import errno
 import json
+import os
 
 import pytest
 
@@ -82,3 +84,94 @@ def test_dfa_bench_code_runs_at_a_small_size():
 
     results = bench_dfa(quick=True, repeats=1, query=SMALL_QUERY, sizes=((10, 256),), client_counts=(1, 2))
     assert len(results) == 4 and all(r.value > 0 and r.unit == "vectors/s" for r in results)
+
+
+def _calibrate_dark(*extra: str) -> list[str]:
+    return ["calibrate", "dark", "--url", small_sim("seed=9"), "--frames", "4", "--no-progress", *extra]
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("opu: error: "), err
+    return err
+
+
+def _path_cases(tmp_path):
+    """(arguments, text the error must hold) of path errors, each refused before the device is opened."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    (tmp_path / "folder.png").mkdir()
+    store = str(tmp_path / "store")
+    return {
+        "out-under-a-file": (["--out", str(a_file / "x")], "is not a directory"),
+        "out-is-a-file": (["--out", str(a_file)], "not a directory"),
+        "report-in-a-missing-folder": (
+            ["--out", store, "--report", str(tmp_path / "missing" / "r.png")],
+            "does not exist",
+        ),
+        "report-under-a-file": (["--out", store, "--report", str(a_file / "r.png")], "is not a directory"),
+        "report-is-a-folder": (["--out", store, "--report", str(tmp_path / "folder.png")], "is a directory"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["out-under-a-file", "out-is-a-file", "report-in-a-missing-folder", "report-under-a-file", "report-is-a-folder"],
+)
+def test_calibrate_path_errors_exit_2_with_one_line_before_the_run(tmp_path, capsys, case):
+    args, message = _path_cases(tmp_path)[case]
+    assert main(_calibrate_dark(*args)) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "store").exists()  # refused before anything ran or was saved
+
+
+@pytest.mark.slow  # draws a report (matplotlib): about 1.5 s
+def test_calibrate_a_report_in_the_store_folder_the_run_creates_is_written(tmp_path, capsys):
+    store = tmp_path / "calib"
+    assert main(_calibrate_dark("--out", str(store), "--report", str(store / "report.png"))) == 0
+    assert (store / "report.png").stat().st_size > 0 and len(list(store.glob("*.json"))) == 1
+
+
+@pytest.mark.skipif(not os.path.isfile("/etc/passwd"), reason="needs /etc/passwd, a file")
+def test_calibrate_out_under_etc_passwd_exits_2(capsys):
+    assert main(_calibrate_dark("--out", "/etc/passwd/x")) == 2
+    assert "/etc/passwd is not a directory" in _one_error_line(capsys)
+
+
+def _writing_in(folder: str, which: str, tmp_path) -> list[str]:
+    """Arguments that make ``opu calibrate`` write its store (``--out``) or its report (``--report``) in ``folder``."""
+    if which == "--out":
+        return _calibrate_dark("--out", os.path.join(folder, "store"))
+    return _calibrate_dark("--out", str(tmp_path / "store"), "--report", os.path.join(folder, "report.png"))
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes in read-only folders")
+@pytest.mark.parametrize("which", ["--out", "--report"])
+def test_calibrate_read_only_folders_exit_2(tmp_path, capsys, which):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        assert main(_writing_in(str(read_only), which, tmp_path)) == 2
+        assert "cannot write in" in _one_error_line(capsys)
+    finally:
+        read_only.chmod(0o755)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, where no file can be created")
+@pytest.mark.parametrize("which", ["--out", "--report"])
+def test_calibrate_folders_that_cannot_be_written_exit_2_even_for_root(tmp_path, capsys, which):
+    assert main(_writing_in("/proc", which, tmp_path)) == 2
+    assert "cannot write in /proc" in _one_error_line(capsys)
+
+
+def test_calibrate_a_write_that_fails_during_the_run_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
+    from opu_driver.calibration import CalibrationStore
+
+    def full_disk(self, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / "record.json"))
+
+    monkeypatch.setattr(CalibrationStore, "save", full_disk)
+    assert main(_calibrate_dark("--out", str(tmp_path / "store"))) == 2
+    err = _one_error_line(capsys)
+    assert "No space left on device" in err and "record.json" in err

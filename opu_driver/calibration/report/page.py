@@ -19,6 +19,7 @@ from typing import Any
 
 from ...errors import InvalidInputError, LibraryLoadError
 from ...validation import check_int
+from .._checks import directory_problem
 from ..dark import DarkResult
 from ..drift import DriftResult
 from ..exposure import ExposureResult
@@ -161,16 +162,25 @@ def _draw_header(fig, record: CalibrationRecord, title: str | None, width_in: fl
 # -- the report ----------------------------------------------------------------------------------------------
 
 
-def check_report_path(path: str | os.PathLike[str]) -> Path:
-    """Refuse a report path with an unknown suffix, or a missing matplotlib, before hours of calibration.
+def check_report_path(path: str | os.PathLike[str], *, create_folder: bool = False) -> Path:
+    """Refuse a report path that cannot be written, or a missing matplotlib, before hours of calibration.
+
+    The report's folder must exist and be writable; with ``create_folder`` it may be missing when it can be
+    created (its nearest existing ancestor is a writable directory), as :func:`render_report` creates it.
 
     Raises:
-        InvalidInputError: the suffix is not .png, .pdf or .svg.
+        InvalidInputError: the suffix is not .png, .pdf or .svg; the path is a directory; its folder does not
+            exist (unless ``create_folder``), is not a directory or cannot be written in.
         ReportUnavailableError: matplotlib (the ``plot`` extra) is not installed.
     """
     target = Path(path)
     if target.suffix.lower().lstrip(".") not in _FORMATS:
         raise InvalidInputError(f"report path {str(target)!r}: use a .png, .pdf or .svg suffix")
+    if target.is_dir():
+        raise InvalidInputError(f"report path {str(target)!r} is a directory")
+    problem = directory_problem(target.parent, create=create_folder)
+    if problem is not None:
+        raise InvalidInputError(f"report path {str(target)!r}: {problem}")
     try:
         spec = importlib.util.find_spec("matplotlib")
     except (ImportError, ValueError):
@@ -198,7 +208,8 @@ def render_report(
         The path written.
 
     Raises:
-        InvalidInputError: not a record, nothing in it to plot, a bad dpi or an unknown suffix.
+        InvalidInputError: not a record, nothing in it to plot, a bad dpi, an unknown suffix, or a folder that
+            cannot be created or written in (see :func:`check_report_path`; a missing folder is created).
         ReportUnavailableError: matplotlib (the ``plot`` extra) is not installed.
     """
     panels = panels_for(record)
@@ -210,7 +221,7 @@ def render_report(
     dpi = check_int(dpi, "dpi", low=20, high=1200)
     if title is not None and not isinstance(title, str):
         raise InvalidInputError(f"title must be a string or None, got {type(title).__name__}")
-    target = check_report_path(path)
+    target = check_report_path(path, create_folder=True)
     fmt = target.suffix.lower().lstrip(".")
     try:
         import matplotlib
