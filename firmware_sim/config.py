@@ -30,12 +30,21 @@ _MAX_ID_CHARS = 64
 _MAX_U32 = 0xFFFFFFFF  # SEQ_CAPACITY and IN_FIFO_BYTES are 32-bit registers
 
 
+def _ascii(text: str) -> str:
+    """The stripped text, refused (ValueError) unless it is ASCII: Python's int() and float() accept other
+    scripts' digits ("１", "٣"), which no URL a person types should mean."""
+    stripped = text.strip()
+    if not stripped.isascii():
+        raise ValueError(text)
+    return stripped
+
+
 def _parse_int(text: str) -> int:
-    return int(text.strip(), 10)
+    return int(_ascii(text), 10)
 
 
 def _parse_float(text: str) -> float:
-    return float(text.strip())
+    return float(_ascii(text))
 
 
 def _parse_bool(text: str) -> bool:
@@ -330,7 +339,12 @@ class SimConfig:
             raise SimConfigError(f"dmd_width x dmd_height must be at most 2**32 mirrors, got {width}x{height}")
         self._check_int("camera_width", 1, _MAX_CAMERA_SIDE)
         self._check_int("camera_height", 1, _MAX_CAMERA_SIDE)
-        self._check_int("cell_mirrors", 1, max(width, height))
+        cell = self._check_int("cell_mirrors", 1)
+        if cell > max(width, height):
+            raise SimConfigError(
+                f"a DMD of {width}x{height} mirrors is smaller than one input-mode cell of {cell}x{cell} mirrors "
+                f"(cell_mirrors={cell}): give a larger DMD or a smaller cell"
+            )
         self._check_float("grain_px", 1.0)
         self._check_int("lag_frames", 0, _MAX_LAG_FRAMES)
         if not isinstance(self.noise, bool):

@@ -451,11 +451,11 @@ class Opu:
         """
         with self._lock:
             self._require_open()
-            self._check_linear_options(scheme, n_bits, None)
+            n_bits, _ = self._check_linear_options(scheme, n_bits, None)
             E2, squeeze = self._as_error_batch(E)
             n_components = self._validate_components(n_components)
             _check_result_bytes(E2.shape[0], n_components * 4)
-            self._check_finite(E2)
+            self._check_values(E2)
             out = self._project_linear([E2], n_components, scheme, n_bits, refresh_reference, None)[0]
             return out[0] if squeeze else out
 
@@ -478,7 +478,7 @@ class Opu:
         """
         with self._lock:
             self._require_open()
-            self._check_linear_options(scheme, n_bits, max_call_bytes)
+            n_bits, max_call_bytes = self._check_linear_options(scheme, n_bits, max_call_bytes)
             n_components = self._validate_components(n_components)
             checked = []
             for E in batches:
@@ -491,19 +491,23 @@ class Opu:
                 raise InvalidInputError(f"every batch must have the same number of features, got {sorted(widths)}")
             _check_result_bytes(sum(E2.shape[0] for E2 in checked), n_components * 4)
             for E2 in checked:
-                self._check_finite(E2)
+                self._check_values(E2)
             return self._project_linear(checked, n_components, scheme, n_bits, refresh_reference, max_call_bytes)
 
     @staticmethod
-    def _check_linear_options(scheme: str, n_bits: int | None, max_call_bytes: int | None) -> None:
+    def _check_linear_options(
+        scheme: str, n_bits: int | None, max_call_bytes: int | None
+    ) -> tuple[int | None, int | None]:
+        """The options checked, as Python ints (a NumPy integer such as ``np.int16(8)`` would overflow later)."""
         from .linear import PROJECTION_SCHEMES
 
         if scheme not in PROJECTION_SCHEMES:
             raise InvalidInputError(f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}")
         if n_bits is not None:
-            check_int(n_bits, "n_bits", low=1, high=16)
+            n_bits = check_int(n_bits, "n_bits", low=1, high=16)
         if max_call_bytes is not None:
-            check_int(max_call_bytes, "max_call_bytes", low=1)
+            max_call_bytes = check_int(max_call_bytes, "max_call_bytes", low=1)
+        return n_bits, max_call_bytes
 
     def _project_linear(
         self,
@@ -529,7 +533,7 @@ class Opu:
         """E as a real 2-D array, and whether it was 1-D; InvalidInputError otherwise (finiteness is checked later)."""
         try:
             array = np.asarray(E) if not isinstance(E, np.ma.MaskedArray) else None
-        except (ValueError, TypeError):  # ragged lists and the like
+        except Exception:  # ragged lists, an object whose __array__ raises, and the like
             array = None
         if array is None or array.dtype.kind not in "biuf":
             raise InvalidInputError("E must be a real-valued numeric array")
@@ -540,10 +544,21 @@ class Opu:
         return E2, squeeze
 
     @staticmethod
-    def _check_finite(E2: np.ndarray) -> None:
-        """InvalidInputError for NaN or Inf (called after the size checks: a huge broadcast view is never scanned)."""
+    def _check_values(E2: np.ndarray) -> None:
+        """InvalidInputError for NaN or Inf, or values so large that their projections would overflow float32
+        (called after the size checks: a huge broadcast view is never scanned)."""
         if E2.dtype.kind == "f" and not np.isfinite(E2).all():
             raise InvalidInputError("E contains NaN or Inf")
+        if E2.size == 0:
+            return
+        # An output sums n_features terms of |B| |e| with unit-variance B (|B| < 8 in practice): keep that finite.
+        largest = float(np.abs(E2).max())
+        limit = float(np.finfo(np.float32).max) / (8.0 * E2.shape[1])
+        if largest > limit:
+            raise InvalidInputError(
+                f"E holds values up to {largest:g}: their projections over {E2.shape[1]} features would overflow "
+                f"float32 (values up to about {limit:.3g} are safe); scale E down"
+            )
 
     @property
     def linear_mode(self) -> LinearMode:

@@ -87,6 +87,13 @@ def ragged() -> list:
     return [[0, 1], [1]]
 
 
+class _RaisingArray:
+    """An object whose conversion to an array fails (a broken array-like of a user's library)."""
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise RuntimeError("this array-like cannot be converted")
+
+
 # Bad real-valued arrays (what every function taking errors or real data must refuse).
 BAD_REAL = {
     "nan": lambda n=NF: with_value(np.nan, n),
@@ -218,6 +225,10 @@ OPU_ERRORS.update(
         "linear-n_bits-bool": (lambda o: o.linear_transform(ternary(), NC, n_bits=True), OpuInvalid),
         "linear-too-wide-for-reference": (lambda o: o.linear_transform(ternary(1, N_MIRRORS), NC), OpuInvalid),
         "linear-huge-batch": (lambda o: o.linear_transform(huge(), NC), OpuInvalid),
+        # finite, but projections of such values overflow float32: refused, never returned as inf
+        "linear-overflowing-values": (lambda o: o.linear_transform(with_value(1e308), NC), OpuInvalid),
+        "linear-array-conversion-raises": (lambda o: o.linear_transform(_RaisingArray(), NC), OpuInvalid),
+        "transform-array-conversion-raises": (lambda o: o.transform(_RaisingArray(), NC), OpuInvalid),
         "linear-huge-batch-nan": (
             lambda o: o.linear_transform(np.broadcast_to(np.full(NF, np.nan), (HUGE_BATCH, NF)), NC),
             OpuInvalid,
@@ -373,10 +384,13 @@ OPEN_ERRORS = {
     "open-url-sim-unknown-option": (lambda: opu_driver.open("sim://?colour=blue"), OpuConfig),
     "open-url-sim-option-twice": (lambda: opu_driver.open("sim://?seed=1&seed=2"), OpuConfig),
     "open-url-sim-bad-seed": (lambda: opu_driver.open("sim://?seed=abc"), OpuConfig),
+    "open-url-sim-full-width-digit": (lambda: opu_driver.open("sim://?seed=\uff11"), OpuConfig),
+    "open-url-sim-dmd-below-one-cell": (lambda: opu_driver.open("sim://?dmd=1x1"), OpuConfig),
     "open-url-sim-huge-dmd": (lambda: opu_driver.open("sim://?dmd=1000000000x1000000000"), OpuConfig),
     "open-url-sim-nan-noise": (lambda: opu_driver.open(small_sim("noise=nan")), OpuConfig),
     "open-url-sim-unknown-name": (lambda: opu_driver.open("sim://no-such-device"), opu_errors.DeviceNotFoundError),
     "open-url-usb-bad-ids": (lambda: opu_driver.open("usb://zz:yy?port=/dev/null"), OpuUrl),
+    "open-url-usb-full-width-ids": (lambda: opu_driver.open("usb://\uff11209:4f50?port=/dev/null"), OpuUrl),
     "open-url-usb-three-ids": (lambda: opu_driver.open("usb://1209:4f50:1?port=/dev/null"), OpuUrl),
     "open-url-usb-unknown-option": (lambda: opu_driver.open("usb://1209:4f50?baud=9600"), OpuUrl),
     "open-url-usb-no-port-no-serial": (lambda: opu_driver.open("usb://1209:4f50"), OpuConfig),

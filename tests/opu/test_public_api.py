@@ -175,3 +175,10 @@ def test_linear_transform_many_checks_every_batch_before_sending(quiet_opu):
         with pytest.raises(InvalidInputError):
             quiet_opu.linear_transform_many(batches, 40, **kwargs)
     assert quiet_opu.link_counters.bytes_sent == sent
+
+
+def test_numpy_integer_options_are_taken_as_python_integers(quiet_opu):
+    E = np.random.default_rng(5).normal(size=(2, 20))
+    np.testing.assert_array_equal(
+        quiet_opu.linear_transform(E, 40, n_bits=np.int16(8)), quiet_opu.linear_transform(E, 40, n_bits=8)
+    )

@@ -92,6 +92,8 @@ def parse_url(url: str) -> DeviceUrl:
     if parts.netloc:
         try:
             vid, pid = parts.netloc.split(":")
+            if not (vid.isascii() and pid.isascii()):  # int() would take other scripts' digits
+                raise ValueError(parts.netloc)
             vendor_id, product_id = int(vid, 16), int(pid, 16)
         except ValueError:
             raise UnsupportedUrlError(
