@@ -98,7 +98,7 @@ class Capture:
         self.fifo_capacity_bytes = int(config.in_fifo_bytes)
         self.fifo = bytearray()
         self.frames_computed = 0  # a diagnostic: never reset
-        # > 1 only while an injected ``saturate`` sequence is captured; a reset does not touch it.
+        # Not 1 only while an injected ``saturate`` or ``light`` sequence is captured; a reset does not touch it.
         self.light_factor = 1.0
         self.reset(keep_fifo=False)
 
@@ -188,7 +188,7 @@ class Capture:
                 times_us = (medium_time_us + index * frame_time_us).astype(np.float64)
                 intensity = self._intensity(kind, batch, times_us)
                 if self.light_factor != 1.0:
-                    intensity = intensity * self.light_factor  # injected ``saturate``: the light jumped
+                    intensity = intensity * self.light_factor  # injected ``saturate`` or ``light``: the light moved
                 counts = self._sensor.capture(
                     intensity,
                     roi=roi,

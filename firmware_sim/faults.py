@@ -36,6 +36,7 @@ __all__ = [
     "SLOW_DELAY_S",
     "FRAME_FAULTS",
     "SATURATE_FACTOR",
+    "LIGHT_FACTOR",
 ]
 
 #: The faults of the link, the camera stream and the USB side, with the event each is drawn on (once per event).
@@ -59,6 +60,9 @@ LIGHT_FAULT_KINDS: Mapping[str, str] = {
     "interlock": "the interlock trips half-way through a sequence: the laser goes off, the rest of the sequence "
     "is dark, and the cause stays until cleared (per sequence start)",
     "saturate": "the light jumps for one sequence (x20 signal), so its frames saturate (per sequence start)",
+    "light": "the light changes for one sequence (x0.8 signal: dimmer, nothing saturates) (per sequence start)",
+    "restart": "the controller restarts just before a sequence, as after a power cut of the laser side: laser "
+    "off, shutter closed, power back to its default (per sequence start)",
 }
 
 #: Every fault the emulator can inject: what plans accept and the injector counts.
@@ -66,6 +70,10 @@ ALL_FAULT_KINDS: Mapping[str, str] = {**FAULT_KINDS, **LIGHT_FAULT_KINDS}
 
 #: How much brighter a ``saturate`` sequence is than the light it replaces.
 SATURATE_FACTOR = 20.0
+
+#: The light of a ``light`` sequence relative to the light it replaces (dimmer, so that nothing saturates and the
+#: change shows only in the values).
+LIGHT_FACTOR = 0.8
 
 #: Faults drawn once per camera frame, in the order they are applied to it.
 FRAME_FAULTS = ("drop", "crc", "truncate", "dup", "reorder")

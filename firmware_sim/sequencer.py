@@ -32,7 +32,7 @@ from .capture import Capture
 from .config import SimConfig
 from .controller import ControllerLine
 from .dmd import DmdGeometry, Frame, FrameKind, LayoutTable, blank_frame
-from .faults import SATURATE_FACTOR, FaultInjector
+from .faults import LIGHT_FACTOR, SATURATE_FACTOR, FaultInjector
 from .wire import ErrorCode
 
 __all__ = ["SeqControl", "Sequencer"]
@@ -227,8 +227,12 @@ class Sequencer:
             self._run_queue()
             return ErrorCode.E_NONE
         # Every sequence-start fault is drawn at every start (own streams: one never moves another).
-        reset, interlock, saturate = (self._faults.fire(kind) for kind in ("reset", "interlock", "saturate"))
-        self._capture.light_factor = SATURATE_FACTOR if saturate else 1.0
+        reset, interlock, saturate, light, restart = (
+            self._faults.fire(kind) for kind in ("reset", "interlock", "saturate", "light", "restart")
+        )
+        if restart:
+            self._controller.power_on()  # the laser side restarted: the sequence runs in the dark
+        self._capture.light_factor = SATURATE_FACTOR if saturate else LIGHT_FACTOR if light else 1.0
         try:
             if reset:
                 self._reset_mid_sequence()

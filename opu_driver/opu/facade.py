@@ -827,6 +827,14 @@ class Opu:
             wanted = limit if rate <= 0 else max(min(limit, _MIN_CHUNK_FRAMES), min(limit, int(0.25 / rate)))
         return max(1, min(wanted, capacity - self._runner.lag_frames))
 
+    def _shortest_sequence_frames(self) -> int:
+        """The fewest frames a sequence of the coming calls may hold, whatever loss they meet (the linear mode's
+        light pilots go at most this far apart, so that every sequence shows one)."""
+        capacity = self._sequence_capacity()
+        limit = _RAW_CHUNK_FRAMES if self.settings.frame_mode == "raw" else _FEATURE_CHUNK_FRAMES
+        wanted = self.settings.chunk_frames or min(limit, _MIN_CHUNK_FRAMES)
+        return max(1, min(wanted, capacity - self._runner.lag_frames))
+
     def _project(self, X: np.ndarray, out: np.ndarray, warn_saturated: bool) -> None:
         assert self._plan is not None
         plan = self._plan

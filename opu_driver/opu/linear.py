@@ -31,6 +31,7 @@ from ..encoding.encoders import BitPlaneEncoder
 from ..encoding.layouts import SplitLayout
 from ..errors import AcquisitionError
 from ..native import combine_four, combine_two
+from .light import MIN_SHIFT, PilotPlan, pilot_levels
 
 if TYPE_CHECKING:
     from .facade import Opu
@@ -51,6 +52,9 @@ PROJECTION_SCHEMES = ("four_frame", "two_frame")
 FRAMES_PER_TERNARY = {"four_frame": 4, "two_frame": 2}
 """DMD frames one nonzero ternary projection costs under each scheme."""
 _SATURATION_WARNING = 1e-3  # share of zeroed outputs above which a call warns (below it: logged at INFO)
+_CALIBRATION_TRIES = 5  # measurements of the linear-mode reference before unsteady light is an error
+_CALIBRATION_SPREAD = 0.1  # widest spread of its reference frames' totals taken as steady light (5x the noise)
+_LIGHT_RERUNS = 8  # the most times vectors whose light moved are projected again within one call
 
 
 @dataclass
@@ -82,6 +86,10 @@ class LinearMode:
         self._layouts: dict[int, SplitLayout] = {}
         self._calibrations: dict[tuple, ReferenceCalibration] = {}
         self.saturated_outputs = 0
+        self.light_reruns = 0
+        """Vectors projected again because the light moved while they were projected (their pilots said so)."""
+        self.reference_remeasured = 0
+        """Times the reference was measured again because the light changed for good."""
 
     def layout(self, n_features: int) -> SplitLayout:
         if n_features not in self._layouts:
@@ -90,6 +98,11 @@ class LinearMode:
                 n_features, info.dmd_width, info.dmd_height, reference_fraction=self.reference_fraction
             )
         return self._layouts[n_features]
+
+    def call_frames(self, n_rows: int, scheme: str = "four_frame") -> int:
+        """Frames one device call of ``n_rows`` nonzero ternary rows sends: the rows' frames and the light pilots
+        among them (one per sequence at most; see :mod:`opu_driver.opu.light`)."""
+        return PilotPlan(n_rows, FRAMES_PER_TERNARY[scheme], self._opu._shortest_sequence_frames()).total_frames
 
     def _key(self, n_features: int, n_components: int) -> tuple:
         s = self._opu.camera_settings
@@ -118,25 +131,7 @@ class LinearMode:
         frames[2 * n + np.arange(k), probes] = 1  # one feature with the reference ...
         frames[2 * n : 2 * n + k, -1] = 1
         frames[2 * n + k + np.arange(k), probes] = 1  # ... and without it
-        saturated_before = self._opu.counters.saturated_frames
-        raw = self._opu.acquire(frames, layout, n_components)
-        if self._opu.counters.saturated_frames > saturated_before:
-            # A jump of the light during the measurement (one sequence brighter) would spoil the reference and
-            # the scale of every later call, silently. Measure once more and keep that. If it saturates again,
-            # the saturation is the settings' (the mask below handles it); if not, it was a jump.
-            first_saturated = self._opu.counters.saturated_frames - saturated_before
-            _log.info(
-                "%d saturated frames while measuring the linear-mode reference: measuring it again", first_saturated
-            )
-            saturated_before = self._opu.counters.saturated_frames
-            raw = self._opu.acquire(frames, layout, n_components)
-            if self._opu.counters.saturated_frames - saturated_before < first_saturated:
-                _log.warning(
-                    "the light jumped while the linear-mode reference was measured (%d saturated frames, "
-                    "%d when measured again): kept the second measurement",
-                    first_saturated,
-                    self._opu.counters.saturated_frames - saturated_before,
-                )
+        raw = self._measure_steadily(frames, n, layout, n_components)
         full_scale = self._opu.full_scale_dn
         values = raw.astype(np.float32)
         dark_frames, reference_frames = values[:n], values[n : 2 * n]
@@ -162,6 +157,52 @@ class LinearMode:
         _log.info("linear-mode reference: %.1f%% of %d outputs usable", 100 * calibration.usable_fraction, n_components)
         return calibration
 
+    def _measure_steadily(self, frames: np.ndarray, n: int, layout: SplitLayout, n_components: int) -> np.ndarray:
+        """Camera values of the calibration frames (dark, reference, probes in this order), measured under steady
+        light.
+
+        A change of the light while the reference is measured would spoil the scale of every later call, silently.
+        So the frames are measured twice, as separate device calls, and the reference frames go to the device
+        spread among the probe frames, so that every stretch of a measurement holds some. A measurement is kept
+        when its reference frames' totals over the outputs agree within ``_CALIBRATION_SPREAD`` (measured at most
+        2% apart under steady light) and with those of the measurement before it; else it is measured again, at
+        most ``_CALIBRATION_TRIES`` times in all.
+        """
+        order = _spread_order(frames.shape[0], n)
+        previous: float | None = None
+        spread = 0.0
+        for _ in range(_CALIBRATION_TRIES):
+            raw = self._opu.acquire(frames[order], layout, n_components)
+            values = np.empty_like(raw)
+            values[order] = raw
+            totals = (values[n : 2 * n].astype(np.float64) - values[:n].mean(axis=0)).sum(axis=1)
+            middle = float(np.median(totals))
+            if middle <= 0:
+                return values  # no light at all: the caller says what to check
+            spread = float(np.ptp(totals) / middle)
+            if spread > _CALIBRATION_SPREAD:
+                previous = None
+                _log.warning(
+                    "the light moved while the linear-mode reference was measured (its frames %.0f%% apart): "
+                    "measuring it again",
+                    100 * spread,
+                )
+                continue
+            if previous is not None:
+                spread = abs(middle / previous - 1)
+                if spread <= _CALIBRATION_SPREAD:
+                    return values
+                _log.warning(
+                    "the light differed by %.0f%% between two measurements of the linear-mode reference: "
+                    "measuring it again",
+                    100 * spread,
+                )
+            previous = middle
+        raise AcquisitionError(
+            f"the light kept moving while the linear-mode reference was measured ({_CALIBRATION_TRIES} times, "
+            f"{100 * spread:.0f}% apart): check that the laser is stable"
+        )
+
     def project_ternary(
         self, plus: np.ndarray, minus: np.ndarray, n_components: int, scheme: str, max_call_bytes: int | None = None
     ) -> np.ndarray:
@@ -178,13 +219,19 @@ class LinearMode:
             return out  # all-zero errors project to zero: nothing to send
         per = FRAMES_PER_TERNARY[scheme]
         limit = DEFAULT_MAX_CALL_BYTES if max_call_bytes is None else int(max_call_bytes)
-        step = max(1, limit // call_bytes(per, n_features, n_components))
+        gap = self._opu._shortest_sequence_frames()
+        step = PilotPlan.most_vectors(limit // call_bytes(1, n_features, n_components), per, gap)
         calibration = self.calibration(n_features, n_components)
         layout = self.layout(n_features)
         clipped_count = clipped_size = 0
         for start in range(0, nonzero.size, step):
             rows = nonzero[start : start + step]
-            projected, clipped = self._project_rows(plus[rows], minus[rows], n_components, scheme, calibration, layout)
+            projected, clipped, levels = self._project_rows(
+                plus[rows], minus[rows], n_components, scheme, calibration, layout
+            )
+            calibration = self._watch_light(
+                plus, minus, rows, projected, clipped, levels, n_components, scheme, calibration
+            )
             out[rows] = projected
             clipped_count += int(clipped.sum())
             clipped_size += clipped.size
@@ -203,6 +250,65 @@ class LinearMode:
             )
         return out
 
+    def _watch_light(
+        self,
+        plus: np.ndarray,
+        minus: np.ndarray,
+        rows: np.ndarray,
+        projected: np.ndarray,
+        clipped: np.ndarray,
+        levels: np.ndarray,
+        n_components: int,
+        scheme: str,
+        calibration: ReferenceCalibration,
+    ) -> ReferenceCalibration:
+        """Project again (in place) the rows whose pilots say the light moved while they were projected.
+
+        Rows still off after being projected again are projected again, up to ``_LIGHT_RERUNS`` times. A glitch of
+        the light touches a few sequences, so the rows projected again come back on level in the main; when their
+        median level stays off by more than ``MIN_SHIFT``, the light itself changed since the reference was
+        measured: the reference is measured again (the matrix B keeps its scale, which the reference sets) and
+        the rows projected with it. Rows still off after the last time raise AcquisitionError: they are never
+        returned as if right. Returns the calibration in force afterwards.
+        """
+        moved = np.abs(levels - 1.0) > MIN_SHIFT
+        layout = self.layout(plus.shape[1])
+        changed_for_good = remeasured = False
+        shift = 0.0
+        for _ in range(_LIGHT_RERUNS):
+            if not moved.any():
+                return calibration
+            again = np.flatnonzero(moved)
+            self.light_reruns += int(again.size)
+            if changed_for_good and not remeasured:
+                _log.warning(
+                    "the light changed since the linear-mode reference was measured (%d vectors still off by a "
+                    "median %.0f%% when projected again): measuring the reference again",
+                    again.size,
+                    100 * shift,
+                )
+                self.reference_remeasured += 1
+                calibration = self.calibration(plus.shape[1], n_components, refresh=True)
+                remeasured = True
+            else:
+                _log.warning("the light moved while %d vectors were projected: projecting them again", again.size)
+            source = rows[again]
+            redo, redo_clipped, redo_levels = self._project_rows(
+                plus[source], minus[source], n_components, scheme, calibration, layout
+            )
+            projected[again], clipped[again] = redo, redo_clipped
+            # A glitch touches a few of the sequences that project these rows again; a change for good, all.
+            shift = float(np.median(redo_levels)) - 1.0
+            changed_for_good = abs(shift) > MIN_SHIFT
+            moved = np.zeros_like(moved)
+            moved[again[np.abs(redo_levels - 1.0) > MIN_SHIFT]] = True
+        if moved.any():
+            raise AcquisitionError(
+                f"the light kept moving: {int(moved.sum())} vectors were still off its level after being projected "
+                f"{_LIGHT_RERUNS} more times; check that the laser is stable"
+            )
+        return calibration
+
     def _project_rows(
         self,
         p: np.ndarray,
@@ -211,8 +317,9 @@ class LinearMode:
         scheme: str,
         calibration: ReferenceCalibration,
         layout: SplitLayout,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One device call for nonzero ternary rows: (projections, mask of outputs zeroed for saturation)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One device call for nonzero ternary rows: (projections, mask of outputs zeroed for saturation, each row's
+        light level from the pilots shown with it)."""
         n_rows, n_features = p.shape
         reference = np.ones((n_rows, 1), dtype=np.uint8)
         if scheme == "four_frame":
@@ -226,22 +333,30 @@ class LinearMode:
             parts = [np.hstack([p, reference]), np.hstack([m, reference])]
         per = FRAMES_PER_TERNARY[scheme]
         assert len(parts) == per
-        frames = np.stack(parts, axis=1).reshape(n_rows * per, n_features + 1)
+        pilot = np.zeros(n_features + 1, dtype=np.uint8)
+        pilot[-1] = 1  # the reference alone
+        plan = PilotPlan(n_rows, per, self._opu._shortest_sequence_frames())
+        frames = plan.frames(np.stack(parts, axis=1).reshape(n_rows * per, n_features + 1), pilot)
         del parts
-        counts = self._opu.acquire(frames, layout, n_components).reshape(n_rows, per, -1)
+        shown = self._opu.acquire(frames, layout, n_components)
         del frames
+        usable = calibration.mask
+        levels = plan.vector_levels(
+            pilot_levels(shown[plan.pilot_rows], calibration.reference_dn, calibration.dark_dn, usable)
+        )
+        counts = shown[plan.vector_rows].reshape(n_rows, per, -1)
+        del shown
         # A saturated frame breaks the difference: such outputs are set to 0, like masked ones, and counted.
         clipped = np.asarray((counts >= self._opu.full_scale_dn).any(axis=1))
         raw = counts.astype(np.float32)
         del counts
         scale = np.zeros(n_components, dtype=np.float32)
-        usable = calibration.mask
         # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance.
         scale[usable] = 1.0 / (2.0 * np.sqrt(calibration.reference_dn[usable] * calibration.entry_variance))
         combine = combine_four if scheme == "four_frame" else combine_two
         projected = combine(np.ascontiguousarray(raw), scale)
         projected[clipped] = 0.0
-        return projected, clipped
+        return projected, clipped, levels
 
     def project(self, E: np.ndarray, n_components: int, scheme: str, n_bits: int | None) -> np.ndarray:
         """Real projections of E (batch, n_features): ternary values directly, real values through bit planes."""
@@ -348,3 +463,13 @@ def _encode_rows(E: np.ndarray, encoder: BitPlaneEncoder | None) -> tuple[np.nda
     planes = encoder.transform(E)
     n_planes, _, batch, n_features = planes.shape
     return (planes[:, 0].reshape(n_planes * batch, n_features), planes[:, 1].reshape(n_planes * batch, n_features))
+
+
+def _spread_order(n_frames: int, n: int) -> np.ndarray:
+    """The order the calibration frames are shown in: the n dark frames first, then the n reference frames
+    (rows n..2n) spread evenly among the probe frames (rows 2n..), so that every stretch of the measurement holds
+    some reference frames to tell whether the light held."""
+    probes = np.arange(2 * n, n_frames)
+    slots = np.linspace(0, probes.size, n, endpoint=False).round().astype(int) if n else np.zeros(0, dtype=int)
+    spread = np.insert(probes, slots, np.arange(n, 2 * n))
+    return np.concatenate([np.arange(n), spread])
