@@ -34,15 +34,13 @@ import numpy.typing as npt
 from . import wire
 from .base import DEFAULT_MAX_BATCH, Projector, ProjectorInfo, finite_float
 from .errors import (
-    AuthenticationError,
     ConnectionFailedError,
     DeviceChangedError,
     DfaError,
     InvalidInputError,
-    ProtocolVersionError,
     RequestTimeoutError,
-    ServiceError,
     UnsupportedUrlError,
+    error_from_kinds,
 )
 from .wire import MessageType, PeerClosedError, ProtocolError, WireLimits
 
@@ -59,12 +57,6 @@ IDENTITY_KEYS = ("model", "serial_number", "firmware_version", "device_fingerpri
 _DEVICE_TIME_MARGIN = 2.0  # a request's own device time counts this many times in its timeout
 _FRAMES_PER_TERNARY = {"four_frame": 4, "two_frame": 2}
 _REPLY_HEADER_BYTES = 64 * 1024
-_ERROR_KINDS: dict[str, type[DfaError]] = {
-    "AuthenticationError": AuthenticationError,
-    "ProtocolVersionError": ProtocolVersionError,
-    "InvalidInputError": InvalidInputError,
-    "RequestTimeoutError": RequestTimeoutError,
-}
 
 
 _T = TypeVar("_T")
@@ -72,6 +64,15 @@ _T = TypeVar("_T")
 
 class _Retryable(Exception):
     """The connection failed in a way a new connection may cure (lost, refused, service restarting)."""
+
+
+class _Answered(Exception):
+    """The service answered with an ERROR: ``error`` is raised to the caller, and the connection, still in step,
+    is kept (a service that closes it after a refusal is reconnected on the next call)."""
+
+    def __init__(self, error: DfaError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 _TOKEN_VALUE = re.compile(r"(token=)[^&#;]*", re.IGNORECASE)
@@ -246,16 +247,18 @@ class RemoteProjector(Projector):
             self._sock = None
 
     def _raise_error(self, reply: wire.Message) -> NoReturn:
+        """An ERROR reply as the client error the one mapping gives (dfa_client.errors.error_from_kinds: the
+        in-process backend raises the same class for the same driver failure), or a retry."""
         kind = str(reply.header.get("kind", "ServiceError"))
         message = str(reply.header.get("message", ""))
         if kind in _RETRYABLE_KINDS:
             raise _Retryable(
                 f"{kind}: {message}" if kind != SHUTDOWN_KIND else f"the service is shutting down: {message}"
             )
-        error = _ERROR_KINDS.get(kind)
-        if error is not None:
-            raise error(message)
-        raise ServiceError(message, kind)
+        kinds = reply.header.get("kinds")  # a driver error's class and bases, most specific first
+        if not (isinstance(kinds, list) and kinds and kinds[0] == kind and all(isinstance(k, str) for k in kinds)):
+            kinds = [kind]  # an error of the service's own (or an older service's): its kind alone
+        raise _Answered(error_from_kinds(kinds, message))
 
     def _with_retries(self, action: Callable[[], _T]) -> _T:
         """Run ``action``; on a _Retryable failure drop the connection, back off and try again, at most
@@ -278,8 +281,8 @@ class RemoteProjector(Projector):
                 self.reconnects += 1
                 _log.info("%s; retry %d of %d in %.2f s", exc, attempt, self.retries, pause_s)
                 time.sleep(pause_s)
-            except (ServiceError, InvalidInputError):
-                raise  # the service answered this request: the connection is in step and stays open
+            except _Answered as exc:
+                raise exc.error from None  # the service answered: the connection is in step and stays open
             except BaseException:
                 self._drop()  # a timeout or protocol error leaves the stream in an unknown state
                 raise

@@ -19,19 +19,52 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from dfa_client.errors import kind_chain
 
 from ..errors import OpuError
 from ..opu import FRAMES_PER_TERNARY, Opu, call_bytes
 from .limits import ServiceLimits, StatsCounter
 
-__all__ = ["SHUTDOWN_KIND", "Request", "Scheduler"]
+__all__ = ["SHUTDOWN_KIND", "Failure", "Request", "Scheduler"]
 
 _log = logging.getLogger(__name__)
 
 SHUTDOWN_KIND = "ServiceShutdown"
 """ERROR kind of requests the service failed because it is stopping (clients retry them elsewhere or later)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a request failed, as its ERROR reply says it.
+
+    Attributes:
+        kind: the ERROR kind (a driver error's class name, or one of the service's own kinds).
+        message: the human-readable reason.
+        kinds: for a driver error, its class's name and its bases' up to ``OpuError`` (most specific first), so
+            that the client maps it exactly as its in-process backend maps the exception itself.
+    """
+
+    kind: str
+    message: str
+    kinds: tuple[str, ...] = ()
+
+    @classmethod
+    def of_driver_error(cls, exc: OpuError) -> Failure:
+        """The failure a driver error makes: its class name, message and class chain."""
+        return cls(type(exc).__name__, str(exc), tuple(kind_chain(exc, OpuError)))
+
+    def header(self) -> dict[str, Any]:
+        """The ERROR message's header."""
+        header: dict[str, Any] = {"kind": self.kind, "message": self.message}
+        if self.kinds:
+            header["kinds"] = list(self.kinds)
+        return header
+
 
 RequestKey = tuple[int, int, str, int | None]
 """(n_features, n_components, scheme, n_bits): requests with the same key can share a device call."""
@@ -51,10 +84,10 @@ class Request:
         self.cost_bytes = cost_bytes
         self.done = threading.Event()
         self.result: np.ndarray | None = None
-        self.error: tuple[str, str] | None = None
+        self.error: Failure | None = None
         self.abandoned = False
 
-    def finish(self, result: np.ndarray | None = None, error: tuple[str, str] | None = None) -> None:
+    def finish(self, result: np.ndarray | None = None, error: Failure | None = None) -> None:
         """Record the outcome and wake the waiting connection."""
         self.result, self.error = result, error
         self.done.set()
@@ -125,7 +158,7 @@ class Scheduler:
         )
         with self._cv:
             if self._stopping:
-                request.finish(error=(SHUTDOWN_KIND, "the service is shutting down"))
+                request.finish(error=Failure(SHUTDOWN_KIND, "the service is shutting down"))
             else:
                 self._queue.append(request)
                 self._cv.notify_all()
@@ -150,7 +183,7 @@ class Scheduler:
                 if requests:
                     self._run_group(opu, key, requests)
         for request in leftover:
-            request.finish(error=(SHUTDOWN_KIND, "the service is shutting down; the request was not run"))
+            request.finish(error=Failure(SHUTDOWN_KIND, "the service is shutting down; the request was not run"))
 
     def _take(self) -> list[Request]:
         """Take queued requests in order while they fit one device call's bounds (at least one request; a single
@@ -188,13 +221,14 @@ class Scheduler:
             self._stats.count(device_calls=1)
         except OpuError as exc:
             _log.warning("device call for %d request(s) failed: %s", len(requests), exc)
+            failure = Failure.of_driver_error(exc)
             for request in requests:
-                request.finish(error=(type(exc).__name__, str(exc)))
+                request.finish(error=failure)
             return
         except Exception as exc:  # a bug: fail these requests, keep serving
             _log.exception("device call for %d request(s) failed", len(requests))
             for request in requests:
-                request.finish(error=("InternalError", f"{type(exc).__name__}: {exc}"))
+                request.finish(error=Failure("InternalError", f"{type(exc).__name__}: {exc}"))
             return
         for request, out in zip(requests, results, strict=True):  # one result per batch
             request.finish(result=np.ascontiguousarray(out, dtype=np.float32))

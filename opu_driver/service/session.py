@@ -375,8 +375,7 @@ class Session:
                 )
         if request.error is not None:
             stats.count(request_errors=1)
-            kind, text = request.error
-            return MessageType.ERROR, {"kind": kind, "message": text}, None
+            return MessageType.ERROR, request.error.header(), None
         stats.count(vectors=E.shape[0])
         return MessageType.RESULT, {}, request.result
 
