@@ -73,7 +73,7 @@ class LocalProjector(Projector):
             self.close()
             raise InvalidInputError(f"n_components={self.n_components} exceeds the camera's {n_pixels} pixels")
 
-    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    def _project(self, E: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         with driver_errors():
             return self.opu.linear_transform(E, self.n_components, scheme=self.scheme, n_bits=self.n_bits)
 

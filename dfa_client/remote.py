@@ -39,6 +39,7 @@ from .errors import (
     DfaError,
     InvalidInputError,
     RequestTimeoutError,
+    RequestTooLargeError,
     UnsupportedUrlError,
     error_from_kinds,
 )
@@ -173,6 +174,7 @@ class RemoteProjector(Projector):
         self._identity: dict[str, Any] | None = None  # the first WELCOME's; later ones must match it
         self._frame_time_s = 0.0
         self._max_message_bytes = 0
+        self._max_result_bytes = 0
         self._ids = itertools.count(1)
         self.reconnects = 0
         self._with_retries(lambda: None)  # connect now: a wrong token or version shows at once
@@ -237,6 +239,8 @@ class RemoteProjector(Projector):
         )
         self.max_batch = min(self._requested_max_batch, max_batch)
         self._max_message_bytes = max_bytes
+        max_result = welcome.get("max_result_bytes")  # absent from older services: checked by the service only
+        self._max_result_bytes = max_result if isinstance(max_result, int) and max_result > 0 else 0
         self._sock = sock
         _log.debug("connected to %s:%d (%s %s)", *self._address, welcome.get("model"), welcome.get("serial_number"))
 
@@ -288,18 +292,26 @@ class RemoteProjector(Projector):
                 raise
 
     # -- projection ----------------------------------------------------------------------------------------
-    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    def _project(self, E: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+        result_bytes = E.shape[0] * self.n_components * 4
         if self._max_message_bytes and E.nbytes > self._max_message_bytes:
-            raise InvalidInputError(
+            raise RequestTooLargeError(
                 f"a request of {E.nbytes} bytes exceeds the service's limit of "
-                f"{self._max_message_bytes}; split the batch"
+                f"{self._max_message_bytes}; split the batch",
+                "MessageTooLarge",
+            )
+        if self._max_result_bytes and result_bytes > self._max_result_bytes:
+            raise RequestTooLargeError(
+                f"a result of {E.shape[0]} x {self.n_components} float32 values ({result_bytes} bytes) exceeds "
+                f"the service's max_result_bytes={self._max_result_bytes}; split the batch",
+                "RequestTooLarge",
             )
         if E.shape[0] > self.max_batch:
             raise InvalidInputError(f"a batch of {E.shape[0]} exceeds the service's max_batch={self.max_batch}")
         request_id = next(self._ids)
         return self._with_retries(lambda: self._exchange(request_id, E))
 
-    def _frames(self, E: npt.NDArray[np.float64]) -> int:
+    def _frames(self, E: npt.NDArray[np.floating[Any]]) -> int:
         """DMD frames the request costs at most: batch x bit planes x frames per ternary projection."""
         if self.n_bits is None and np.isin(E, (-1.0, 0.0, 1.0)).all():
             planes = 1
@@ -313,7 +325,7 @@ class RemoteProjector(Projector):
         the service announced)."""
         return self.timeout_s + _DEVICE_TIME_MARGIN * self._frames(np.asarray(E)) * self._frame_time_s
 
-    def _exchange(self, request_id: int, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    def _exchange(self, request_id: int, E: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         sock = self._sock
         assert sock is not None
         expected_bytes = E.shape[0] * self.n_components * 4

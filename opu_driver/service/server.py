@@ -16,18 +16,19 @@ The message format is dfa_client.wire (docs/service.md).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import itertools
 import logging
 import socket
 import threading
 import time
-from dataclasses import fields
 from types import TracebackType
 from typing import Any
 
 from ..errors import ConfigurationError
 from ..opu import Opu
+from .budget import MemoryBudget
 from .fingerprint import ServedDevice, read_served_device
 from .limits import ServiceLimits, ServiceStats, StatsCounter
 from .scheduler import Scheduler
@@ -92,7 +93,7 @@ class OpuService:
             self.limits = ServiceLimits(**limits)
         except TypeError as exc:
             raise ConfigurationError(
-                f"unknown service limit: {exc}; known: {', '.join(f.name for f in fields(ServiceLimits))}"
+                f"unknown service limit: {exc}; known: {', '.join(f.name for f in dataclasses.fields(ServiceLimits))}"
             ) from None
         if not (
             isinstance(bind, tuple)
@@ -122,6 +123,7 @@ class OpuService:
         self._numbers = itertools.count(1)
         self._stats = StatsCounter()
         self._scheduler = Scheduler(self.limits, self._stats)
+        self._budget = MemoryBudget(self.limits.max_total_bytes)
         self._started = False
         self._stopped = threading.Event()
         self._device: ServedDevice | None = None
@@ -143,7 +145,9 @@ class OpuService:
             self._opu = opu_driver.open(self.url, **self._opu_settings)
         try:
             self._device = device = read_served_device(self._opu)
-            self._context = ServiceContext(self.limits, self._token, device, self._scheduler, self._stats, self._admit)
+            self._context = ServiceContext(
+                self.limits, self._token, device, self._scheduler, self._stats, self._budget, self._admit
+            )
             family = socket.AF_INET6 if ":" in self.bind[0] else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -155,7 +159,12 @@ class OpuService:
             self._close_device()
             raise
         self._threads = [
-            threading.Thread(target=self._scheduler.run, args=(self._opu,), name="opu-service-device", daemon=True),
+            threading.Thread(
+                target=self._scheduler.run,
+                args=(self._opu, device.frame_time_us),
+                name="opu-service-device",
+                daemon=True,
+            ),
             threading.Thread(target=self._accept_loop, name="opu-service-accept", daemon=True),
         ]
         for thread in self._threads:
@@ -257,8 +266,10 @@ class OpuService:
         return self._scheduler.pending
 
     def stats(self) -> ServiceStats:
-        """The counters since start (a snapshot)."""
-        return self._stats.snapshot()
+        """The counters since start (a snapshot), with the memory held for requests now and at most."""
+        return dataclasses.replace(
+            self._stats.snapshot(), bytes_held=self._budget.held_bytes, bytes_held_peak=self._budget.peak_bytes
+        )
 
     # -- connections ----------------------------------------------------------------------------------------
     def _accept_loop(self) -> None:

@@ -6,8 +6,12 @@ is read, then its values), paced to ``max_requests_per_s``, submitted to the sch
 reply written by this same thread. One request in flight per connection, so a reply can only ever go to the
 request that asked for it.
 
-A connection's payload is bounded by its max_batch x n_features once its width is known, and a request whose
-client disconnected (or timed out) while it waited is marked abandoned, so the device thread skips it.
+A connection's payload is bounded by its max_batch x n_features once its width is known. From a PROJECT's header,
+before its payload is read, the session refuses a result above ``max_result_bytes`` and reserves the request's
+payload and result bytes from the service's memory budget (``max_total_bytes``), waiting for room within
+``request_timeout_s``; a request refused there gets its typed ERROR, its payload is read and discarded through a
+small buffer, and the connection goes on. A request whose client disconnected (or timed out) while it waited is
+marked abandoned, so the device thread drops it before its next call.
 """
 
 from __future__ import annotations
@@ -30,15 +34,22 @@ from dfa_client.wire import MessageTooLargeError, MessageType, PeerClosedError, 
 
 from .._version import __version__
 from ..opu import PROJECTION_SCHEMES
+from .budget import MemoryBudget, Reservation
 from .fingerprint import ServedDevice
 from .limits import ServiceLimits, StatsCounter
-from .scheduler import Scheduler
+from .scheduler import Scheduler, row_chunks
 
-__all__ = ["Connection", "ServiceContext", "Session"]
+__all__ = ["Connection", "ServiceContext", "Session", "REQUEST_TOO_LARGE_KIND", "SERVICE_BUSY_KIND"]
 
 _log = logging.getLogger(__name__)
 
 _PEER_POLL_S = 0.05  # how often a connection waiting for the device checks that its client is still there
+_RESULT_ITEM_BYTES = 4  # results are float32
+
+REQUEST_TOO_LARGE_KIND = "RequestTooLarge"
+"""ERROR kind of a request whose result (or payload and result together) exceeds the service's limits."""
+SERVICE_BUSY_KIND = "ServiceBusy"
+"""ERROR kind of a request that found no room in the memory budget within request_timeout_s."""
 
 
 class Connection:
@@ -71,6 +82,7 @@ class ServiceContext:
         device: the served device as read at start.
         scheduler: where requests go to the device.
         stats: the service's counters.
+        budget: the memory held for all clients' requests (max_total_bytes).
         admit: moves a connection whose HELLO was accepted from the handshake pool to the clients; returns a
             refusal (kind, message) when it cannot.
     """
@@ -80,6 +92,7 @@ class ServiceContext:
     device: ServedDevice
     scheduler: Scheduler
     stats: StatsCounter
+    budget: MemoryBudget
     admit: Callable[[Connection], tuple[str, str] | None]
 
 
@@ -102,13 +115,16 @@ class _TokenBucket:
 
 
 class _RefusedRequest(Exception):
-    """A PROJECT refused from its header (its payload unread): answered with an ERROR, then the connection
-    closes."""
+    """A PROJECT refused from its header (its payload unread): answered with an ERROR of ``kind``; its payload
+    (``payload_bytes``) is then read and discarded so that the connection can go on."""
 
-    def __init__(self, request_id: int, message: str) -> None:
+    def __init__(self, request_id: int, kind: str, message: str, payload_bytes: int, counter: str) -> None:
         super().__init__(message)
         self.request_id = request_id
+        self.kind = kind
         self.message = message
+        self.payload_bytes = payload_bytes
+        self.counter = counter  # the ServiceStats counter of this refusal, besides request_errors
 
 
 class Session:
@@ -124,6 +140,8 @@ class Session:
         self.max_batch = 1
         # full from the start (refills are capped at one second's worth), so its creation time does not matter
         self.bucket = _TokenBucket(context.limits.max_requests_per_s)
+        self.reservation: Reservation | None = None  # the memory of the request being read or served
+        self.request_deadline = 0.0  # when the request being served has waited request_timeout_s
 
     def run(self) -> None:
         """Handshake, then requests until BYE, a close, a timeout, a protocol error or the service's stop; the
@@ -133,13 +151,6 @@ class Session:
         try:
             if self._handshake(sock):
                 self._serve_requests(sock)
-        except _RefusedRequest as exc:
-            # The shape was refused from the header: the payload stays unread, so the stream cannot continue.
-            stats.count(requests=1, request_errors=1)
-            _log.info(
-                "client %d (%s): request refused from its header: %s; closing", conn.number, conn.peer, exc.message
-            )
-            _send_error_and_close(sock, exc.request_id, "InvalidInputError", exc.message)
         except ProtocolVersionError as exc:
             stats.count(protocol_errors=1)
             _send_error_and_close(sock, 0, "ProtocolVersionError", str(exc))
@@ -166,8 +177,15 @@ class Session:
         except Exception:  # a bug must cost this connection only, never the service
             _log.exception("client %d (%s): unexpected error; closing", conn.number, conn.peer)
         finally:
+            self._release()
             with contextlib.suppress(OSError):
                 sock.close()
+
+    def _release(self) -> None:
+        """Let go of the current request's memory reservation (the session's hold on it)."""
+        if self.reservation is not None:
+            self.reservation.release()
+            self.reservation = None
 
     # -- the handshake ------------------------------------------------------------------------------------------
     def _handshake(self, sock: socket.socket) -> bool:
@@ -210,6 +228,11 @@ class Session:
         pixels = self.context.device.camera_pixels
         if not _is_count(n_components) or not 1 <= n_components <= pixels:
             return "InvalidInputError", f"n_components={n_components!r}: the device has {pixels} camera pixels"
+        if n_components * _RESULT_ITEM_BYTES > self.context.limits.max_result_bytes:
+            return REQUEST_TOO_LARGE_KIND, (
+                f"one vector's result ({n_components} float32 values) exceeds max_result_bytes="
+                f"{self.context.limits.max_result_bytes}"
+            )
         if n_features is not None:
             if not _is_count(n_features):
                 return "InvalidInputError", f"n_features={n_features!r} must be null or a positive integer"
@@ -240,6 +263,7 @@ class Session:
             "max_batch": self.max_batch,
             "max_message_bytes": limits.max_message_bytes,
             "max_header_bytes": limits.max_header_bytes,
+            "max_result_bytes": limits.max_result_bytes,
             "device_fingerprint": device.fingerprint,
             "frame_time_us": device.frame_time_us,
         }
@@ -251,36 +275,106 @@ class Session:
 
         def check_header(prefix: wire.Prefix, header: dict[str, Any], spec: Any) -> None:
             if prefix.type == MessageType.PROJECT:
-                problem = self._check_shape(None if spec is None else spec[1])
-                if problem is not None:
-                    raise _RefusedRequest(prefix.request_id, problem)
+                self._admit_request(sock, prefix, None if spec is None else spec[1])
 
         while not context.scheduler.stopping:
-            message = wire.read_message(
-                sock,
-                self._request_limits(),
-                time.monotonic() + limits.idle_timeout_s,
-                limits.message_timeout_s,
-                check_header,
-            )
+            try:
+                message = wire.read_message(
+                    sock,
+                    self._request_limits(),
+                    time.monotonic() + limits.idle_timeout_s,
+                    limits.message_timeout_s,
+                    check_header,
+                )
+            except _RefusedRequest as exc:
+                if not self._refuse(sock, exc):
+                    return
+                continue
             if message.type == MessageType.BYE:
                 return
             if message.type != MessageType.PROJECT:
                 raise ProtocolError(f"unexpected {message.type.name} from a client")
             self._serve_request(sock, message)
+            del message  # the payload is not kept while the connection idles (its reservation was returned)
+
+    def _admit_request(self, sock: socket.socket, prefix: wire.Prefix, shape: tuple[int, ...] | None) -> None:
+        """From a PROJECT's header, before its payload is read or anything allocated: check its shape and its
+        result size, and reserve its payload and result bytes from the memory budget (waiting for room within
+        request_timeout_s). Raises _RefusedRequest with the ERROR to send."""
+        limits, stats = self.context.limits, self.context.stats
+        problem = self._check_shape(shape)
+        if problem is not None:
+            raise _RefusedRequest(prefix.request_id, "InvalidInputError", problem, prefix.payload_bytes, "requests")
+        assert shape is not None
+        result_bytes = shape[0] * self.n_components * _RESULT_ITEM_BYTES
+        nbytes = prefix.payload_bytes + result_bytes
+        if result_bytes > limits.max_result_bytes or nbytes > limits.max_total_bytes:
+            what, limit = (
+                ("result", f"max_result_bytes={limits.max_result_bytes}")
+                if result_bytes > limits.max_result_bytes
+                else ("payload and result", f"the service's memory budget, max_total_bytes={limits.max_total_bytes}")
+            )
+            raise _RefusedRequest(
+                prefix.request_id,
+                REQUEST_TOO_LARGE_KIND,
+                f"a request of {shape[0]} vectors x {self.n_components} components needs {nbytes} bytes "
+                f"({what}: {result_bytes} of result); that exceeds {limit}: split the batch",
+                prefix.payload_bytes,
+                "requests_too_large",
+            )
+        self.request_deadline = time.monotonic() + limits.request_timeout_s
+        budget = self.context.budget
+        reservation = budget.reserve(nbytes, time.monotonic(), lambda: True)
+        if reservation is None:
+            stats.count(requests_waited_for_memory=1)
+            scheduler = self.context.scheduler
+            reservation = budget.reserve(
+                nbytes, self.request_deadline, lambda: scheduler.stopping or _peer_failed(sock)
+            )
+        if reservation is None:
+            raise _RefusedRequest(
+                prefix.request_id,
+                SERVICE_BUSY_KIND,
+                f"the service holds {budget.held_bytes} of its {limits.max_total_bytes} bytes for other requests "
+                f"and found no room for this one's {nbytes} within {limits.request_timeout_s} s; retry later",
+                prefix.payload_bytes,
+                "requests_refused_busy",
+            )
+        self.reservation = reservation
+
+    def _refuse(self, sock: socket.socket, exc: _RefusedRequest) -> bool:
+        """Answer a request refused from its header, then read and discard its payload; whether the connection
+        can go on (False: the payload did not come within message_timeout_s, or the client left)."""
+        conn, limits = self.conn, self.context.limits
+        counters = {"requests": 1, "request_errors": 1}
+        counters[exc.counter] = 1
+        self.context.stats.count(**counters)
+        _log.info("client %d (%s): request refused from its header: %s", conn.number, conn.peer, exc.message)
+        sock.settimeout(limits.send_timeout_s)
+        wire.send_message(sock, MessageType.ERROR, exc.request_id, {"kind": exc.kind, "message": exc.message})
+        try:
+            wire.drain(sock, exc.payload_bytes, time.monotonic() + limits.message_timeout_s)
+        except (TimeoutError, PeerClosedError, OSError):
+            _log.info("client %d (%s): the refused request's payload did not follow; closing", conn.number, conn.peer)
+            return False
+        return True
 
     def _serve_request(self, sock: socket.socket, message: wire.Message) -> None:
         """Answer one PROJECT (paced, then run on the device); the connection counts as busy until its reply is
-        written."""
+        written, and the request's memory reservation is returned then."""
         conn = self.conn
+        request_id = message.request_id
         with conn.lock:
             conn.busy = True
+        array: np.ndarray | None = None
         try:
             self._pace()
             reply_type, header, array = self._handle_project(message)
             sock.settimeout(self.context.limits.send_timeout_s)
-            wire.send_message(sock, reply_type, message.request_id, header, array)
+            wire.send_message(sock, reply_type, request_id, header, array)
         finally:
+            array = None  # the result goes before its reservation does
+            self._release()
             with conn.lock:
                 conn.busy = False
 
@@ -326,7 +420,7 @@ class Session:
             return f"errors have {width} features; this connection takes {self.n_features}"
         if batch > self.max_batch:
             return f"a batch of {batch} exceeds max_batch={self.max_batch}"
-        if not np.isfinite(E).all():
+        if not all(bool(np.isfinite(chunk).all()) for chunk in row_chunks(E)):
             return "errors contain NaN or Inf"
         return None
 
@@ -353,8 +447,8 @@ class Session:
         assert E is not None
         if E.shape[0] == 0:
             return MessageType.RESULT, {}, np.zeros((0, self.n_components), dtype=np.float32)
-        request = self.context.scheduler.submit(E, self.n_components, self.scheme, self.n_bits)
-        deadline = time.monotonic() + limits.request_timeout_s
+        request = self.context.scheduler.submit(E, self.n_components, self.scheme, self.n_bits, self.reservation)
+        deadline = self.request_deadline
         while not request.done.wait(_PEER_POLL_S):
             if _peer_closed(self.conn.sock):
                 # The client is gone (it closed, or timed out and dropped the connection): the device skips the
@@ -402,6 +496,15 @@ def _peer_closed(sock: socket.socket) -> bool:
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(timeout)
+
+
+def _peer_failed(sock: socket.socket) -> bool:
+    """Whether the connection has failed (reset by the client): a pending socket error, read without touching the
+    stream (unread payload bytes may still be waiting in front of the reset)."""
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+    except OSError:
+        return True
 
 
 def _is_count(value: object) -> TypeGuard[int]:

@@ -297,6 +297,8 @@ DOCUMENTED_KINDS = {
     "InvalidInputError",
     "AuthenticationError",
     "TooManyClients",
+    "RequestTooLarge",
+    "ServiceBusy",
 }
 
 
