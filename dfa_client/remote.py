@@ -23,6 +23,8 @@ import itertools
 import logging
 import re
 import socket
+import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -58,6 +60,8 @@ IDENTITY_KEYS = ("model", "serial_number", "firmware_version", "device_fingerpri
 _DEVICE_TIME_MARGIN = 2.0  # a request's own device time counts this many times in its timeout
 _FRAMES_PER_TERNARY = {"four_frame": 4, "two_frame": 2}
 _REPLY_HEADER_BYTES = 64 * 1024
+_LINGER_RESET = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
+"""SO_LINGER on, 0 s: close() resets the connection (struct linger: two u_short on Windows, two int elsewhere)."""
 
 
 _T = TypeVar("_T")
@@ -244,9 +248,14 @@ class RemoteProjector(Projector):
         self._sock = sock
         _log.debug("connected to %s:%d (%s %s)", *self._address, welcome.get("model"), welcome.get("serial_number"))
 
-    def _drop(self) -> None:
+    def _drop(self, abort: bool = False) -> None:
+        """Close the connection. ``abort``: with a reset (SO_LINGER 0) rather than a FIN, which the service
+        reads as "the client is gone" and drops the request in progress (a FIN alone is a half-close, still
+        answered)."""
         if self._sock is not None:
             with contextlib.suppress(OSError):
+                if abort:
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
                 self._sock.close()
             self._sock = None
 
@@ -288,7 +297,9 @@ class RemoteProjector(Projector):
             except _Answered as exc:
                 raise exc.error from None  # the service answered: the connection is in step and stays open
             except BaseException:
-                self._drop()  # a timeout or protocol error leaves the stream in an unknown state
+                # a timeout, a protocol error or an interrupt leaves the stream in an unknown state: reset it, so
+                # that the service drops the request if it is still running it
+                self._drop(abort=True)
                 raise
 
     # -- projection ----------------------------------------------------------------------------------------

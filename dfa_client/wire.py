@@ -316,6 +316,7 @@ def read_message(
     first_byte_deadline: float | None,
     message_timeout_s: float | None = None,
     check_header: HeaderCheck | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Message:
     """Read one message from a socket, allocating only what the checked lengths allow.
 
@@ -326,10 +327,13 @@ def read_message(
         check_header: see :data:`HeaderCheck` (the service refuses a request's shape from its header, so a
             payload it would refuse is never read, and reserves the request's memory there); the time it takes
             is added to the message's deadline.
+        on_start: called once the message's first byte has come (the service tracks idle connections by it).
     """
     prefix_buffer = bytearray(PREFIX_BYTES)
     view = memoryview(prefix_buffer)
     recv_exact(sock, view[:1], first_byte_deadline, started=False)
+    if on_start is not None:
+        on_start()
     deadline = first_byte_deadline if message_timeout_s is None else time.monotonic() + message_timeout_s
     recv_exact(sock, view[1:], deadline)
     prefix = parse_prefix(bytes(prefix_buffer), limits)

@@ -42,6 +42,11 @@ class ServiceLimits(Validated):
             requests get their turn.
         hello_timeout_s: a new connection must complete its HELLO within this (a total deadline).
         idle_timeout_s: a connection with no message for this long is closed (clients reconnect transparently).
+        idle_grace_s: when max_clients clients are connected, a new authenticated client takes the slot of the
+            connection idle longest, if it has been idle longer than this (its client reconnects on its next
+            request, transparently while a slot is free).
+        auth_failure_delay_s: the longest delay a client address earns with failed token attempts: each failure
+            doubles it (from 10 ms), and every HELLO from that address waits it out before its token is checked.
         message_timeout_s: once a message's first byte came, the rest must come within this.
         request_timeout_s: the longest a request waits for the device before an ERROR "RequestTimeoutError".
         send_timeout_s: the longest a reply may take to write (a client that does not read is dropped).
@@ -63,6 +68,8 @@ class ServiceLimits(Validated):
     device_call_s: float = setting(1.0, kind="number", low=0, low_open=True)
     hello_timeout_s: float = setting(5.0, kind="number", low=0, low_open=True)
     idle_timeout_s: float = setting(600.0, kind="number", low=0, low_open=True)
+    idle_grace_s: float = setting(10.0, kind="number", low=0, low_open=True)
+    auth_failure_delay_s: float = setting(1.0, kind="number", low=0, low_open=True)
     message_timeout_s: float = setting(10.0, kind="number", low=0, low_open=True)
     request_timeout_s: float = setting(300.0, kind="number", low=0, low_open=True)
     send_timeout_s: float = setting(30.0, kind="number", low=0, low_open=True)
@@ -89,6 +96,9 @@ class ServiceStats:
     requests_too_large: int = 0
     requests_waited_for_memory: int = 0
     requests_refused_busy: int = 0
+    clients_evicted_idle: int = 0
+    auth_failures: int = 0
+    auth_delayed: int = 0
     bytes_held: int = 0
     bytes_held_peak: int = 0
 

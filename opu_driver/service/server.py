@@ -8,7 +8,9 @@ its fingerprint included, is in ``fingerprint``; the limits and counters are in 
 
 Bounds: only clients that completed their HELLO (token checked) count toward ``max_clients``; connections still
 in their handshake form a small separate pool (``max_pending_connections``, the oldest evicted when it is full)
-with a total deadline, so silent sockets cannot take the slots.
+with a total deadline, so silent sockets cannot take the slots; and when the clients are full, a new
+authenticated client takes the slot of the connection idle longest (beyond ``idle_grace_s``), so idle
+connections cannot keep an active client out either.
 
 The message format is dfa_client.wire (docs/service.md).
 """
@@ -28,6 +30,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..opu import Opu
+from .auth import AuthThrottle
 from .budget import MemoryBudget
 from .fingerprint import ServedDevice, read_served_device
 from .limits import ServiceLimits, ServiceStats, StatsCounter
@@ -124,6 +127,7 @@ class OpuService:
         self._stats = StatsCounter()
         self._scheduler = Scheduler(self.limits, self._stats)
         self._budget = MemoryBudget(self.limits.max_total_bytes)
+        self._throttle = AuthThrottle(self.limits.auth_failure_delay_s)
         self._started = False
         self._stopped = threading.Event()
         self._device: ServedDevice | None = None
@@ -146,7 +150,14 @@ class OpuService:
         try:
             self._device = device = read_served_device(self._opu)
             self._context = ServiceContext(
-                self.limits, self._token, device, self._scheduler, self._stats, self._budget, self._admit
+                self.limits,
+                self._token,
+                device,
+                self._scheduler,
+                self._stats,
+                self._throttle,
+                self._budget,
+                self._admit,
             )
             family = socket.AF_INET6 if ":" in self.bind[0] else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
@@ -229,6 +240,7 @@ class OpuService:
                     conn.shutdown()
                     clean = False
         self._close_device()
+        self._throttle.flush()
         self._stopped.set()
         _log.info("service stopped: %s", self.stats())
         return clean
@@ -275,6 +287,7 @@ class OpuService:
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._scheduler.stopping:
+            self._throttle.flush(force=False)  # the failed-token summary, once per period
             try:
                 sock, peer = self._listener.accept()
             except (TimeoutError, BlockingIOError, InterruptedError):
@@ -322,16 +335,53 @@ class OpuService:
                 self._stats.count(clients_connected=-1)
 
     def _admit(self, conn: Connection) -> tuple[str, str] | None:
-        """Move an accepted HELLO's connection from the handshake pool to the clients; a refusal when
-        max_clients clients are served already (or the connection was evicted meanwhile)."""
+        """Move an accepted HELLO's connection from the handshake pool to the clients; when max_clients clients
+        are served, take the slot of the one idle longest (beyond idle_grace_s), else refuse (or when the
+        connection was evicted meanwhile)."""
+        victim: Connection | None = None
         with self._connections_lock:
             if conn.evicted:
                 return TOO_MANY_CLIENTS_KIND, "the connection was evicted from the handshake pool"
-            clients = sum(1 for c in self._connections.values() if c.authenticated)
-            if clients >= self.limits.max_clients:
-                self._stats.count(connections_refused=1)
-                _log.warning("refused client %d (%s): %d clients already connected", conn.number, conn.peer, clients)
-                return TOO_MANY_CLIENTS_KIND, f"the service already serves {self.limits.max_clients} clients"
+            clients = [c for c in self._connections.values() if c.authenticated]
+            if len(clients) >= self.limits.max_clients:
+                victim = self._idle_longest(clients)
+                if victim is None:
+                    self._stats.count(connections_refused=1)
+                    _log.warning(
+                        "refused client %d (%s): %d clients already connected, none idle for %.3g s",
+                        conn.number,
+                        conn.peer,
+                        len(clients),
+                        self.limits.idle_grace_s,
+                    )
+                    return TOO_MANY_CLIENTS_KIND, (
+                        f"the service already serves {self.limits.max_clients} clients, none of them idle"
+                    )
+                victim.authenticated = False  # its slot is conn's from now on
             conn.authenticated = True
+        if victim is not None:
+            self._stats.count(clients_evicted_idle=1, clients_connected=-1)
+            _log.info(
+                "closed idle client %d (%s) to admit client %d (%s)", victim.number, victim.peer, conn.number, conn.peer
+            )
+            victim.shutdown()
         self._stats.count(clients_connected=1)
         return None
+
+    def _idle_longest(self, clients: list[Connection]) -> Connection | None:
+        """The client connection idle longest, if longer than idle_grace_s (marked evicted); None otherwise.
+        Called under the connections' lock."""
+        now = time.monotonic()
+        best: Connection | None = None
+        best_since = now - self.limits.idle_grace_s
+        for candidate in clients:
+            with candidate.lock:
+                since = candidate.idle_since
+                if not candidate.busy and since is not None and since <= best_since:
+                    best, best_since = candidate, since
+        if best is not None:
+            with best.lock:
+                if best.busy or best.idle_since is None:  # it started a message meanwhile: leave it be
+                    return None
+                best.evicted = True
+        return best

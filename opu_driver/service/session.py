@@ -34,6 +34,7 @@ from dfa_client.wire import MessageTooLargeError, MessageType, PeerClosedError, 
 
 from .._version import __version__
 from ..opu import PROJECTION_SCHEMES
+from .auth import AuthThrottle
 from .budget import MemoryBudget, Reservation
 from .fingerprint import ServedDevice
 from .limits import ServiceLimits, StatsCounter
@@ -63,13 +64,30 @@ class Connection:
         self.lock = threading.Lock()
         self.busy = False  # a request was read and its reply is not written yet
         self.authenticated = False  # HELLO accepted: counts toward max_clients
-        self.evicted = False  # dropped from the handshake pool to make room
+        self.evicted = False  # dropped (from the handshake pool, or idle when the clients were full) to make room
+        self.idle_since: float | None = None  # monotonic time since which it waits for a message's first byte
         self.thread: threading.Thread | None = None
 
+    @property
+    def address(self) -> str:
+        """The client's address without its port (what failed token attempts are counted by)."""
+        return str(self.peer[0]) if isinstance(self.peer, tuple) and self.peer else str(self.peer)
+
     def shutdown(self) -> None:
-        """Wake the connection's thread from a blocking read (it then closes the socket)."""
+        """Wake the connection's thread from a blocking read (it then closes the socket). The plain socket's
+        shutdown, also under TLS: the TLS layer's own would drop its state under the reading thread."""
         with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+
+    def mark_idle(self) -> None:
+        """The connection now waits for the first byte of its next message."""
+        with self.lock:
+            self.idle_since = time.monotonic()
+
+    def mark_started(self) -> None:
+        """A message's first byte came: no longer idle."""
+        with self.lock:
+            self.idle_since = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,7 @@ class ServiceContext:
         device: the served device as read at start.
         scheduler: where requests go to the device.
         stats: the service's counters.
+        throttle: the failed-token record of each client address.
         budget: the memory held for all clients' requests (max_total_bytes).
         admit: moves a connection whose HELLO was accepted from the handshake pool to the clients; returns a
             refusal (kind, message) when it cannot.
@@ -92,6 +111,7 @@ class ServiceContext:
     device: ServedDevice
     scheduler: Scheduler
     stats: StatsCounter
+    throttle: AuthThrottle
     budget: MemoryBudget
     admit: Callable[[Connection], tuple[str, str] | None]
 
@@ -198,36 +218,72 @@ class Session:
         )
         if hello.type != MessageType.HELLO:
             raise ProtocolError(f"the first message must be HELLO, got {hello.type.name}")
-        refusal = self._accept_hello(hello.header)
+        refusal = self._check_version(hello.header) or self._check_token(hello.header)
+        if refusal is None:
+            refusal = self._accept_hello(hello.header)
         if refusal is None:
             refusal = context.admit(conn)
         sock.settimeout(limits.send_timeout_s)
         if refusal is not None:
             kind, text = refusal
-            _log.warning("client %d (%s) refused: %s", conn.number, conn.peer, text)
+            # failed tokens are summarised by the throttle; anything else is worth a line of its own
+            log = _log.debug if kind == "AuthenticationError" else _log.warning
+            log("client %d (%s) refused: %s", conn.number, conn.peer, text)
             wire.send_message(sock, MessageType.ERROR, hello.request_id, {"kind": kind, "message": text})
             return False
         wire.send_message(sock, MessageType.WELCOME, hello.request_id, self._welcome())
         return True
 
-    def _accept_hello(self, header: dict[str, Any]) -> tuple[str, str] | None:
-        """Fix the connection's settings from its HELLO; (kind, message) when it is refused."""
+    @staticmethod
+    def _check_version(header: dict[str, Any]) -> tuple[str, str] | None:
         version = header.get("protocol_version")
         if version != wire.PROTOCOL_VERSION:
             return "ProtocolVersionError", (
-                f"the client speaks protocol version {version!r}; this service speaks {wire.PROTOCOL_VERSION}"
+                f"the client speaks protocol version {_shown(version)}; this service speaks {wire.PROTOCOL_VERSION}"
             )
-        token = self.context.token
-        if token is not None:
-            given = header.get("token")
-            # compare_digest: the comparison takes the same time wherever the first differing byte is.
-            if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8"), token):
-                return "AuthenticationError", "wrong or missing token"
+        return None
+
+    def _check_token(self, header: dict[str, Any]) -> tuple[str, str] | None:
+        """Check the HELLO's token; a refusal when it is missing, malformed or wrong. A wrong one (a string that
+        could have been right: a guess) is counted against the client's address, whose next HELLOs wait out the
+        delay it earned before their token is checked."""
+        token, limits = self.context.token, self.context.limits
+        if token is None:
+            return None
+        given = header.get("token")
+        try:
+            given_bytes = given.encode("utf-8") if isinstance(given, str) else None
+        except UnicodeEncodeError:  # a JSON string may hold lone surrogates ("\ud800"): not UTF-8
+            given_bytes = None
+        if given_bytes is None:  # cannot be right: refused at once, no guess to slow down
+            self.context.stats.count(auth_failures=1)
+            if given is None:
+                return "AuthenticationError", "this service needs a token"
+            return "AuthenticationError", "the token must be a string of valid UTF-8"
+        throttle, address = self.context.throttle, self.conn.address
+        wait_s = throttle.wait_s(address)
+        if wait_s > limits.hello_timeout_s:
+            return "AuthenticationError", f"too many failed token attempts from {address}: retry in {wait_s:.1f} s"
+        if wait_s > 0:
+            self.context.stats.count(auth_delayed=1)
+            resume = time.monotonic() + wait_s
+            while time.monotonic() < resume and not (self.context.scheduler.stopping or self.conn.evicted):
+                time.sleep(min(_PEER_POLL_S, max(0.0, resume - time.monotonic())))
+        # compare_digest: the comparison takes the same time wherever the first differing byte is.
+        if hmac.compare_digest(given_bytes, token):
+            return None
+        self.context.stats.count(auth_failures=1)
+        throttle.failed(address)
+        return "AuthenticationError", "wrong token"
+
+    def _accept_hello(self, header: dict[str, Any]) -> tuple[str, str] | None:
+        """Fix the connection's settings from its HELLO (version and token checked); (kind, message) when it is
+        refused. Every field of any JSON type gets a typed refusal, never an exception."""
         n_components, n_features = header.get("n_components"), header.get("n_features")
         scheme, n_bits, max_batch = header.get("scheme"), header.get("n_bits"), header.get("max_batch")
         pixels = self.context.device.camera_pixels
         if not _is_count(n_components) or not 1 <= n_components <= pixels:
-            return "InvalidInputError", f"n_components={n_components!r}: the device has {pixels} camera pixels"
+            return "InvalidInputError", f"n_components={_shown(n_components)}: the device has {pixels} camera pixels"
         if n_components * _RESULT_ITEM_BYTES > self.context.limits.max_result_bytes:
             return REQUEST_TOO_LARGE_KIND, (
                 f"one vector's result ({n_components} float32 values) exceeds max_result_bytes="
@@ -235,16 +291,16 @@ class Session:
             )
         if n_features is not None:
             if not _is_count(n_features):
-                return "InvalidInputError", f"n_features={n_features!r} must be null or a positive integer"
+                return "InvalidInputError", f"n_features={_shown(n_features)} must be null or a positive integer"
             problem = self.context.device.features_problem(n_features)
             if problem:
                 return "InvalidInputError", problem
         if scheme not in PROJECTION_SCHEMES:
-            return "InvalidInputError", f"scheme={scheme!r}; choose one of {PROJECTION_SCHEMES}"
+            return "InvalidInputError", f"scheme={_shown(scheme)}; choose one of {PROJECTION_SCHEMES}"
         if n_bits is not None and (not _is_count(n_bits) or not 1 <= n_bits <= 16):
-            return "InvalidInputError", f"n_bits={n_bits!r} must be null or an integer within 1..16"
+            return "InvalidInputError", f"n_bits={_shown(n_bits)} must be null or an integer within 1..16"
         if not _is_count(max_batch):
-            return "InvalidInputError", f"max_batch={max_batch!r} must be a positive integer"
+            return "InvalidInputError", f"max_batch={_shown(max_batch)} must be a positive integer"
         self.n_components, self.n_features, self.scheme, self.n_bits = n_components, n_features, scheme, n_bits
         self.max_batch = min(max_batch, self.context.limits.max_batch)
         return None
@@ -278,6 +334,7 @@ class Session:
                 self._admit_request(sock, prefix, None if spec is None else spec[1])
 
         while not context.scheduler.stopping:
+            self.conn.mark_idle()  # evictable after idle_grace_s when the clients are full
             try:
                 message = wire.read_message(
                     sock,
@@ -285,6 +342,7 @@ class Session:
                     time.monotonic() + limits.idle_timeout_s,
                     limits.message_timeout_s,
                     check_header,
+                    self.conn.mark_started,
                 )
             except _RefusedRequest as exc:
                 if not self._refuse(sock, exc):
@@ -450,9 +508,10 @@ class Session:
         request = self.context.scheduler.submit(E, self.n_components, self.scheme, self.n_bits, self.reservation)
         deadline = self.request_deadline
         while not request.done.wait(_PEER_POLL_S):
-            if _peer_closed(self.conn.sock):
-                # The client is gone (it closed, or timed out and dropped the connection): the device skips the
-                # request if it has not taken it yet, and nothing is written.
+            if _peer_gone(self.conn.sock):
+                # The client is gone (it reset the connection, as dfa_client does when it gives up): the device
+                # drops the request before its next call, and nothing is written. A client that only closed its
+                # sending side (a FIN) may still read: it gets its reply.
                 request.abandoned = True
                 stats.count(requests_abandoned=1)
                 raise PeerClosedError("the client disconnected while its request waited")
@@ -483,12 +542,17 @@ def _send_error_and_close(sock: socket.socket, request_id: int, kind: str, messa
         sock.close()
 
 
-def _peer_closed(sock: socket.socket) -> bool:
-    """Whether the client closed its side (a non-blocking peek: data waiting means it is still there)."""
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the client has gone: the connection was reset or failed (or shut down by stop()). A FIN alone is a
+    half-close (the client sent its request and shut its sending side) and is not "gone": the reply is still
+    written. Reads nothing of the stream: a non-blocking peek at the plain socket (also under TLS)."""
+    if _peer_failed(sock):
+        return True
     timeout = sock.gettimeout()
     try:
         sock.setblocking(False)
-        return sock.recv(1, socket.MSG_PEEK) == b""
+        socket.socket.recv(sock, 1, socket.MSG_PEEK)  # b"" is a FIN: a half-close
+        return False
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:  # reset, or the socket was shut down by stop()
@@ -505,6 +569,15 @@ def _peer_failed(sock: socket.socket) -> bool:
         return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
     except OSError:
         return True
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A HELLO field's value for a refusal message: its repr, cut to ``limit`` characters (any JSON value)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_count(value: object) -> TypeGuard[int]:
