@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import re
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -45,12 +47,23 @@ from .errors import (
     UnsupportedUrlError,
     error_from_kinds,
 )
+from .security import TokenFileError, client_tls_context, default_token_path, is_loopback, read_token_file
 from .wire import MessageType, PeerClosedError, ProtocolError, WireLimits
 
-__all__ = ["RemoteProjector", "parse_tcp_url", "redact_url", "SHUTDOWN_KIND", "TOO_MANY_CLIENTS_KIND", "IDENTITY_KEYS"]
+__all__ = [
+    "RemoteProjector",
+    "SCHEMES",
+    "parse_tcp_url",
+    "redact_url",
+    "SHUTDOWN_KIND",
+    "TOO_MANY_CLIENTS_KIND",
+    "IDENTITY_KEYS",
+]
 
 _log = logging.getLogger(__name__)
 
+SCHEMES = ("tcp", "tcps")
+"""The service's URL schemes: plain TCP, and TLS."""
 SHUTDOWN_KIND = "ServiceShutdown"
 TOO_MANY_CLIENTS_KIND = "TooManyClients"
 _RETRYABLE_KINDS = (SHUTDOWN_KIND, TOO_MANY_CLIENTS_KIND)
@@ -91,7 +104,7 @@ def redact_url(url: str) -> str:
 
 
 def parse_tcp_url(url: str) -> tuple[str, int, str | None]:
-    """(host, port, token or None) of ``tcp://host:port[?token=T]``.
+    """(host, port, token or None) of ``tcp://host:port[?token=T]`` or ``tcps://host:port[?token=T]`` (TLS).
 
     Raises:
         UnsupportedUrlError: another form; its message quotes the URL with the token redacted.
@@ -101,20 +114,53 @@ def parse_tcp_url(url: str) -> tuple[str, int, str | None]:
         parts = urlsplit(url)
     except ValueError:
         raise UnsupportedUrlError(f"{shown}: not a valid URL") from None
-    if parts.scheme != "tcp" or parts.path not in ("", "/") or parts.fragment or "@" in parts.netloc:
-        raise UnsupportedUrlError(f"{shown}: the service's URL is tcp://host:port[?token=T]")
+    if parts.scheme not in SCHEMES or parts.path not in ("", "/") or parts.fragment or "@" in parts.netloc:
+        raise UnsupportedUrlError(f"{shown}: the service's URL is tcp://host:port or tcps://host:port (TLS)")
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
         raise UnsupportedUrlError(f"{shown}: bad port") from None
     if not host or port is None or port == 0:
-        raise UnsupportedUrlError(f"{shown}: give the host and the port, tcp://host:port")
+        raise UnsupportedUrlError(f"{shown}: give the host and the port, {parts.scheme}://host:port")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = set(query) - {"token"}
     if unknown:
         names = sorted(redact_url(name) for name in unknown)
-        raise UnsupportedUrlError(f"{shown}: unknown option(s) {names}; tcp:// takes token only")
+        raise UnsupportedUrlError(f"{shown}: unknown option(s) {names}; {parts.scheme}:// takes token only")
     return host, port, query.get("token")
+
+
+def _tls_for(url: str, ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+    """The TLS settings of a ``tcps://`` URL (None for ``tcp://``); InvalidInputError for a CA file that cannot
+    be loaded, or a CA file given to ``tcp://``."""
+    if urlsplit(url).scheme != "tcps":
+        if ca_file is not None:
+            raise InvalidInputError("ca_file is for tcps:// URLs (a service with TLS)")
+        return None
+    try:
+        return client_tls_context(ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidInputError(f"cannot load the CA file {ca_file}: {exc}") from None
+
+
+def _resolve_token(host: str, token: str | None, token_file: str | os.PathLike[str] | None) -> str | None:
+    """The token to present: ``token`` ("" for none), else ``token_file``'s, else for a loopback host the default
+    token file's if it exists (a remote host never gets the local service's token unasked)."""
+    if token is not None:
+        if not isinstance(token, str):
+            raise InvalidInputError("token must be a string")
+        return token or None
+    try:
+        if token_file is not None:
+            found = read_token_file(token_file)
+            if found is None:
+                raise InvalidInputError(f"the token file {token_file} does not exist")
+            return found
+        if is_loopback(host):
+            return read_token_file(default_token_path())
+    except TokenFileError as exc:
+        raise InvalidInputError(str(exc)) from None
+    return None
 
 
 def _redact(url: str) -> str:
@@ -127,10 +173,18 @@ class RemoteProjector(Projector):
     """Projections computed by the OPU service.
 
     Args:
-        url: ``tcp://host:port`` (``?token=T`` is accepted; the ``token`` option wins).
+        url: ``tcp://host:port``, or ``tcps://host:port`` for a service with TLS (``?token=T`` is accepted; the
+            ``token`` option wins).
         n_components, n_features, scheme, n_bits, max_batch: the projector options. The service may lower
             max_batch (to its own limit, and so that a request fits its message size limit).
-        token: the service's shared secret (required unless it listens on loopback without one).
+        token: the service's shared secret. None: ``token_file``'s, else, for a loopback host, the one in the
+            default token file the service made (``dfa_client.security.default_token_path()``) if it exists.
+            ``""``: send none (a service started without a token).
+        token_file: a file holding the token (read when ``token`` is None and the URL has none).
+        ca_file: for ``tcps://``, a PEM file of the CA (or the self-signed certificate) that signed the service's
+            certificate; default: the system's CAs. The service's host name is checked against it too.
+        allow_cleartext: send a token to a non-loopback host over plain ``tcp://`` (refused otherwise: the token
+            would cross the network in clear).
         timeout_s: the limit for connecting and for each request's reply.
         retries: re-sends on a lost connection before ConnectionFailedError.
         backoff_s: the first pause before a retry; it doubles with each one (capped at 2 s).
@@ -148,6 +202,9 @@ class RemoteProjector(Projector):
         n_components: int,
         *,
         token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        allow_cleartext: bool = False,
         timeout_s: float = 30.0,
         retries: int = 3,
         backoff_s: float = 0.1,
@@ -167,10 +224,13 @@ class RemoteProjector(Projector):
         if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
             raise InvalidInputError(f"retries must be an integer >= 0, got {retries!r}")
         self.retries = int(retries)
-        token = url_token if token is None else token
-        if token is not None and not isinstance(token, str):
-            raise InvalidInputError("token must be a string")
-        self._token = token
+        self._tls = _tls_for(url, ca_file)
+        self._token = _resolve_token(host, url_token if token is None else token, token_file)
+        if self._tls is None and self._token is not None and not allow_cleartext and not is_loopback(host):
+            raise InvalidInputError(
+                f"{host} is not a loopback address and tcp:// is not encrypted: the token would cross the network "
+                "in clear. Use tcps:// (a service with TLS), or allow_cleartext=True on a trusted network"
+            )
         self._address = (host, port)
         self._requested_max_batch = self.max_batch
         self._sock: socket.socket | None = None
@@ -192,6 +252,8 @@ class RemoteProjector(Projector):
             raise _Retryable(f"cannot connect to {self._address[0]}:{self._address[1]}: {exc}") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._start_tls(sock)
             hello = {
                 "protocol_version": wire.PROTOCOL_VERSION,
                 "token": self._token,
@@ -225,6 +287,8 @@ class RemoteProjector(Projector):
         except (OSError, PeerClosedError) as exc:  # incl. a timeout: the handshake never completed
             with contextlib.suppress(OSError):
                 sock.close()
+            if isinstance(exc, DfaError):  # a TLS failure: final (it is an OSError, as ConnectionError is)
+                raise
             raise _Retryable(f"the handshake with {self._address[0]}:{self._address[1]} failed: {exc}") from exc
         except BaseException:
             with contextlib.suppress(OSError):
@@ -247,6 +311,21 @@ class RemoteProjector(Projector):
         self._max_result_bytes = max_result if isinstance(max_result, int) and max_result > 0 else 0
         self._sock = sock
         _log.debug("connected to %s:%d (%s %s)", *self._address, welcome.get("model"), welcome.get("serial_number"))
+
+    def _start_tls(self, sock: socket.socket) -> ssl.SSLSocket:
+        """The TLS handshake (within timeout_s). A certificate that does not verify, or a service that does not
+        speak TLS, is ConnectionFailedError at once: retrying cannot cure it."""
+        assert self._tls is not None
+        host = self._address[0]
+        try:
+            return self._tls.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLError as exc:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise ConnectionFailedError(
+                f"TLS with {host}:{self._address[1]} failed: {exc.reason or exc} (is it a tcps:// service, and is "
+                "its certificate signed by ca_file or a system CA, for this host name?)"
+            ) from exc
 
     def _drop(self, abort: bool = False) -> None:
         """Close the connection. ``abort``: with a reset (SO_LINGER 0) rather than a FIN, which the service

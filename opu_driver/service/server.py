@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import itertools
 import logging
+import os
 import socket
+import ssl
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from dfa_client.security import TokenFileError, default_token_path, is_loopback, load_or_create_token
 
 from ..errors import ConfigurationError
 from ..opu import Opu
@@ -45,41 +49,30 @@ TOO_MANY_CLIENTS_KIND = "TooManyClients"
 """ERROR kind of a HELLO refused because max_clients clients are served (clients retry it with their backoff)."""
 
 
-def is_loopback(host: str) -> bool:
-    """Whether every address ``host`` names is a loopback address ("" and 0.0.0.0 are not)."""
-    if host in ("", "0.0.0.0", "::"):
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(_is_loopback_sockaddr(info[4][0]) for info in infos)
-
-
-def _is_loopback_sockaddr(host: str | int) -> bool:
-    """Whether the host part of a getaddrinfo address is a loopback IP (an IPv6 one may end in "%zone")."""
-    if not isinstance(host, str):  # only non-IP families give a number here: never loopback
-        return False
-    return ipaddress.ip_address(host.split("%")[0]).is_loopback
-
-
 class OpuService:
     """Serve one OPU's linear projections to several clients over TCP (protocol: docs/service.md).
 
     Args:
         url: the device, opened with ``opu_driver.open(url, **opu_settings)`` at start (unless ``opu`` is given).
         bind: (host, port) to listen on; port 0 picks a free one (see ``address``). Loopback by default.
-        token: the shared secret clients must present; required for a non-loopback bind.
+        token: the shared secret clients must present. None (the default): the token in ``token_file``, made
+            with a fresh random token at the first start (see dfa_client.security). ``""``: no token at all, for
+            tests and local use on a loopback bind only.
+        token_file: where the token is kept when ``token`` is None (default:
+            ``dfa_client.security.default_token_path()``, where local clients look for it).
+        tls_cert, tls_key: PEM files of the service's certificate (chain) and private key: clients then connect
+            with ``tcps://`` and everything, the token first, travels encrypted. ``tls_key`` may be omitted when
+            the certificate file holds the key too.
+        allow_cleartext: allow a non-loopback bind without TLS (the token and the data then cross the network in
+            clear: for a network that is trusted or encrypted otherwise, a VPN say).
         opu: an already open Opu to serve instead of opening ``url`` (then it is not closed by stop()).
         opu_settings: opu_driver.open settings (pixel_format, exposure_us, ...).
         **limits: fields of :class:`ServiceLimits` (max_clients, max_batch, max_message_bytes, ...).
 
     Raises:
-        ConfigurationError: bad limits, an empty token, or a non-loopback bind without a token (nothing opened).
+        ConfigurationError: bad limits, a blank token, no token on a non-loopback bind, a non-loopback bind without
+            TLS (unless allow_cleartext), TLS files that cannot be loaded (nothing opened). At start, a token file
+            that cannot be read or made or that other users may read (before the device is opened).
     """
 
     def __init__(
@@ -88,6 +81,10 @@ class OpuService:
         bind: tuple[str, int] = ("127.0.0.1", 0),
         token: str | None = None,
         *,
+        token_file: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        allow_cleartext: bool = False,
         opu: Opu | None = None,
         opu_settings: dict[str, Any] | None = None,
         **limits: Any,
@@ -106,16 +103,30 @@ class OpuService:
             and 0 <= bind[1] <= 65535
         ):
             raise ConfigurationError(f"bind must be (host, port), got {bind!r}")
-        if token is not None and (not isinstance(token, str) or not token.strip()):
-            raise ConfigurationError("token must be a non-empty string (or None on a loopback bind)")
-        if token is None and not is_loopback(bind[0]):
+        loopback = is_loopback(bind[0])
+        if token is not None and (not isinstance(token, str) or (token and not token.strip())):
+            raise ConfigurationError("token must be a non-blank string, None (the token file) or '' (no token)")
+        if token is not None and token_file is not None:
+            raise ConfigurationError("give a token or a token_file, not both")
+        if token == "" and not loopback:
             raise ConfigurationError(
                 f"binding to {bind[0]!r} (not loopback) needs a token: anyone who can reach "
                 "the port could otherwise use the device"
             )
+        if not isinstance(allow_cleartext, bool):
+            raise ConfigurationError(f"allow_cleartext must be True or False, got {allow_cleartext!r}")
+        self._tls = _server_tls_context(tls_cert, tls_key)
+        if self._tls is None and not loopback and not allow_cleartext:
+            raise ConfigurationError(
+                f"binding to {bind[0]!r} (not loopback) needs TLS (tls_cert and tls_key; clients use tcps://): "
+                "the token would cross the network in clear. allow_cleartext=True (opu serve --allow-cleartext) "
+                "accepts that, for a network trusted or encrypted otherwise"
+            )
         self.url = url
         self.bind = bind
-        self._token = None if token is None else token.encode("utf-8")
+        self._given_token = token
+        self._token_file = None if token is not None else Path(token_file or default_token_path())
+        self._token: bytes | None = None
         self._opu = opu
         self._owns_opu = opu is None
         self._opu_settings = dict(opu_settings or {})
@@ -133,15 +144,41 @@ class OpuService:
         self._device: ServedDevice | None = None
         self._context: ServiceContext | None = None
 
+    @property
+    def token_file(self) -> Path | None:
+        """The file the token comes from (None when it was given, or for no token)."""
+        return self._token_file
+
+    @property
+    def tls(self) -> bool:
+        """Whether clients connect with TLS (``tcps://``)."""
+        return self._tls is not None
+
+    def _resolve_token(self) -> None:
+        """The token clients must present: the one given, none (""), or the token file's (made now if absent)."""
+        if self._given_token is not None:
+            self._token = self._given_token.encode("utf-8") if self._given_token else None
+            return
+        assert self._token_file is not None
+        try:
+            token, created = load_or_create_token(self._token_file)
+        except TokenFileError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if created:
+            _log.info("made a new service token in %s (mode 0600); local clients read it there", self._token_file)
+        self._token = token.encode("utf-8")
+
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> OpuService:
-        """Open the device, listen, and serve in background threads; returns self.
+        """Find or make the token, open the device, listen, and serve in background threads; returns self.
 
         Raises:
-            OpuError: the device cannot be opened. OSError: the address cannot be bound.
+            ConfigurationError: the token file cannot be used. OpuError: the device cannot be opened. OSError: the
+                address cannot be bound.
         """
         if self._started:
             raise ConfigurationError("this service was already started")
+        self._resolve_token()  # before the device is opened: a bad token file costs nothing
         self._started = True
         if self._opu is None:
             import opu_driver
@@ -158,6 +195,7 @@ class OpuService:
                 self._throttle,
                 self._budget,
                 self._admit,
+                self._tls,
             )
             family = socket.AF_INET6 if ":" in self.bind[0] else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
@@ -385,3 +423,21 @@ class OpuService:
                     return None
                 best.evicted = True
         return best
+
+
+def _server_tls_context(
+    cert: str | os.PathLike[str] | None, key: str | os.PathLike[str] | None
+) -> ssl.SSLContext | None:
+    """The service's TLS settings (TLS 1.2 or later, no client certificates) from its certificate and key files;
+    None without a certificate. ConfigurationError when the files cannot be loaded."""
+    if cert is None:
+        if key is not None:
+            raise ConfigurationError("tls_key needs tls_cert (the certificate that goes with the key)")
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), None if key is None else str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the TLS certificate {cert} and key {key}: {exc}") from None
+    return context

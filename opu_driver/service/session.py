@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -104,6 +105,7 @@ class ServiceContext:
         budget: the memory held for all clients' requests (max_total_bytes).
         admit: moves a connection whose HELLO was accepted from the handshake pool to the clients; returns a
             refusal (kind, message) when it cannot.
+        tls: the service's TLS settings, None for plain TCP.
     """
 
     limits: ServiceLimits
@@ -114,6 +116,7 @@ class ServiceContext:
     throttle: AuthThrottle
     budget: MemoryBudget
     admit: Callable[[Connection], tuple[str, str] | None]
+    tls: ssl.SSLContext | None = None
 
 
 class _TokenBucket:
@@ -169,7 +172,13 @@ class Session:
         conn, context = self.conn, self.context
         sock, stats = conn.sock, context.stats
         try:
-            if self._handshake(sock):
+            hello_deadline = time.monotonic() + context.limits.hello_timeout_s
+            if context.tls is not None:
+                wrapped = self._start_tls(sock, context.tls, hello_deadline)
+                if wrapped is None:
+                    return
+                sock = wrapped
+            if self._handshake(sock, hello_deadline):
                 self._serve_requests(sock)
         except ProtocolVersionError as exc:
             stats.count(protocol_errors=1)
@@ -199,7 +208,7 @@ class Session:
         finally:
             self._release()
             with contextlib.suppress(OSError):
-                sock.close()
+                conn.sock.close()  # the TLS socket once there is one
 
     def _release(self) -> None:
         """Let go of the current request's memory reservation (the session's hold on it)."""
@@ -208,14 +217,31 @@ class Session:
             self.reservation = None
 
     # -- the handshake ------------------------------------------------------------------------------------------
-    def _handshake(self, sock: socket.socket) -> bool:
+    def _start_tls(self, sock: socket.socket, tls: ssl.SSLContext, deadline: float) -> ssl.SSLSocket | None:
+        """The TLS handshake, within the HELLO's deadline; the encrypted socket (also the connection's from now
+        on), or None when the handshake failed (logged, the socket closed)."""
+        conn = self.conn
+        try:
+            wrapped = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            with conn.lock:
+                conn.sock = wrapped  # what stop() and eviction shut down from now on
+            wrapped.settimeout(max(0.001, deadline - time.monotonic()))
+            wrapped.do_handshake()
+            return wrapped
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a timeout too
+            self.context.stats.count(protocol_errors=1)
+            _log.info("client %d (%s): TLS handshake failed: %s; closing", conn.number, conn.peer, exc)
+            with contextlib.suppress(OSError):
+                conn.sock.close()
+            return None
+
+    def _handshake(self, sock: socket.socket, deadline: float) -> bool:
         """Read and check the HELLO, have the service admit the client and answer WELCOME: True when admitted;
         False when refused (the refusal is sent as an ERROR and the connection is to close)."""
         conn, context, limits = self.conn, self.context, self.context.limits
-        # The whole HELLO within hello_timeout_s (a total deadline: trickling bytes does not extend it).
-        hello = wire.read_message(
-            sock, WireLimits(limits.max_header_bytes, 0), time.monotonic() + limits.hello_timeout_s
-        )
+        # The whole HELLO (and the TLS handshake) within hello_timeout_s: a total deadline, trickling bytes does
+        # not extend it.
+        hello = wire.read_message(sock, WireLimits(limits.max_header_bytes, 0), deadline)
         if hello.type != MessageType.HELLO:
             raise ProtocolError(f"the first message must be HELLO, got {hello.type.name}")
         refusal = self._check_version(hello.header) or self._check_token(hello.header)

@@ -28,7 +28,7 @@ from dfa_client import wire
 from dfa_client.errors import RequestTooLargeError, ServiceBusyError
 from dfa_client.wire import MessageType, WireLimits
 from opu_driver.service import OpuService
-from tests.support import REPO_ROOT, small_sim
+from tests.support import REPO_ROOT, service_token, small_sim
 
 URL = small_sim("noise=0&seed=5")
 N_FEATURES, N_COMPONENTS = 40, 100
@@ -59,7 +59,7 @@ def hello(svc: OpuService, n_components: int = N_COMPONENTS, **options) -> tuple
     sock = socket.create_connection(svc.address, timeout=5)
     header = {
         "protocol_version": 1,
-        "token": None,
+        "token": service_token(),
         "n_components": n_components,
         "n_features": N_FEATURES,
         "scheme": "four_frame",
@@ -266,6 +266,24 @@ def test_an_abandoned_request_stops_between_device_calls_and_others_are_served_m
             wait_until(lambda: svc.stats().bytes_held == 0)
 
 
+@pytest.mark.slow
+def test_a_client_that_times_out_resets_and_its_request_stops(direct) -> None:
+    E = np.random.default_rng(9).normal(size=(60, N_FEATURES))
+    with OpuService(URL, device_call_s=1e-6) as svc:  # one row a call
+        with dfa_client.connect(tcp(svc), n_components=N_COMPONENTS, timeout_s=0.3, retries=0) as projector:
+            projector.project(E[:1])
+            calls = _slow_device(svc, 0.1)  # 6 s for the 60 rows; the client waits 0.3 s + 2 x its frames' time
+            before = svc.stats()
+            with pytest.raises(dfa_client.RequestTimeoutError):
+                projector.project(E)
+            wait_until(lambda: svc.stats().requests_abandoned == before.requests_abandoned + 1)
+            stopped_at = len(calls)
+            time.sleep(0.3)
+            assert len(calls) <= stopped_at + 1 and len(calls) < len(E)
+            # the projector reconnects for its next request
+            np.testing.assert_array_equal(projector.project(E[:2]), direct.linear_transform(E[:2], N_COMPONENTS))
+
+
 # ------------------------------------------------------------------------------------------------ the figures
 PEAK_RSS_LIMIT_MB = 200
 
@@ -303,7 +321,7 @@ def measure_the_544_mib_request() -> dict[str, float]:
         sock = socket.create_connection(address, timeout=5)
         header = {
             "protocol_version": 1,
-            "token": None,
+            "token": service_token(),
             "n_components": 2048 * 1088,
             "n_features": 10,
             "scheme": "four_frame",

@@ -39,7 +39,7 @@ from dfa_client.wire import MessageType, ProtocolError, WireLimits
 from opu_driver.errors import ConfigurationError
 from opu_driver.opu import linear
 from opu_driver.service import OpuService, is_loopback
-from tests.support import REPO_ROOT, small_sim
+from tests.support import REPO_ROOT, service_token, small_sim
 
 URL = small_sim("noise=0&seed=5")
 N_FEATURES = 40
@@ -87,7 +87,7 @@ def raw_client(svc: OpuService, n_components: int = 100, **hello) -> socket.sock
     sock = socket.create_connection(svc.address, timeout=5)
     header = {
         "protocol_version": 1,
-        "token": None,
+        "token": service_token(),
         "n_components": n_components,
         "n_features": N_FEATURES,
         "scheme": "four_frame",
@@ -357,12 +357,15 @@ def test_token_is_required_and_checked() -> None:
             assert projector.project(np.ones(N_FEATURES)).shape == (10,)
 
 
-def test_non_loopback_bind_needs_a_token_and_clients_are_limited() -> None:
+def test_non_loopback_bind_needs_a_token_and_tls_and_clients_are_limited() -> None:
     with pytest.raises(ConfigurationError, match="needs a token"):
-        OpuService(URL, bind=("0.0.0.0", 0))
-    with pytest.raises(ConfigurationError):
-        OpuService(URL, bind=("0.0.0.0", 0), token="")
-    OpuService(URL, bind=("0.0.0.0", 0), token="t")  # allowed with a token (not started here)
+        OpuService(URL, bind=("0.0.0.0", 0), token="", allow_cleartext=True)  # no token: loopback only
+    for token in (None, "t"):  # the token file's, or one given: either would cross the network in clear
+        with pytest.raises(ConfigurationError, match="needs TLS"):
+            OpuService(URL, bind=("0.0.0.0", 0), token=token)
+    with pytest.raises(ConfigurationError, match="non-blank"):
+        OpuService(URL, token="   ")
+    OpuService(URL, bind=("0.0.0.0", 0), token="t", allow_cleartext=True)  # the explicit opt-in (not started)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("")
     with pytest.raises(ConfigurationError):
@@ -650,7 +653,7 @@ def test_zero_size_shapes_with_huge_dimensions_are_protocol_errors(service) -> N
     with socket.create_connection(service.address, timeout=5) as sock:  # client -> service
         hello = {
             "protocol_version": 1,
-            "token": None,
+            "token": service_token(),
             "n_components": 10,
             "n_features": None,
             "scheme": "four_frame",
