@@ -63,14 +63,18 @@ def read_token_file(path: str | os.PathLike[str]) -> str | None:
     """The token in ``path`` (surrounding whitespace removed); None when the file does not exist.
 
     Raises:
-        TokenFileError: the file cannot be read, is empty or larger than 4 KiB, or (on POSIX systems) other users
-            may read or write it: a token they can read is no secret.
+        TokenFileError: the file cannot be read, is not a regular file, is empty or larger than 4 KiB, or (on
+            POSIX systems) other users may read or write it: a token they can read is no secret.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as file:
+        # O_NONBLOCK: opening a FIFO put in the token file's place must not wait for a writer
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(descriptor, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise TokenFileError(f"the token file {path} is not a regular file")
             if os.name == "posix":
-                mode = os.fstat(file.fileno()).st_mode
                 if mode & (stat.S_IRWXG | stat.S_IRWXO):
                     raise TokenFileError(
                         f"the token file {path} is open to other users (mode {stat.filemode(mode)}): "

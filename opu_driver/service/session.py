@@ -39,7 +39,7 @@ from .auth import AuthThrottle
 from .budget import MemoryBudget, Reservation
 from .fingerprint import ServedDevice
 from .limits import ServiceLimits, StatsCounter
-from .scheduler import Scheduler, row_chunks
+from .scheduler import SHUTDOWN_KIND, Scheduler, row_chunks
 
 __all__ = ["Connection", "ServiceContext", "Session", "REQUEST_TOO_LARGE_KIND", "SERVICE_BUSY_KIND"]
 
@@ -414,6 +414,10 @@ class Session:
             scheduler = self.context.scheduler
             reservation = budget.reserve(
                 nbytes, self.request_deadline, lambda: scheduler.stopping or _peer_failed(sock)
+            )
+        if reservation is None and self.context.scheduler.stopping:
+            raise _RefusedRequest(
+                prefix.request_id, SHUTDOWN_KIND, "the service is shutting down", prefix.payload_bytes, "requests"
             )
         if reservation is None:
             raise _RefusedRequest(

@@ -192,7 +192,7 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def tls_service(certificate):
     cert, key = certificate
-    with OpuService(URL, tls_cert=cert, tls_key=key, hello_timeout_s=1.0) as svc:
+    with OpuService(URL, tls_cert=cert, tls_key=key, hello_timeout_s=0.5) as svc:
         yield svc
 
 
