@@ -1,17 +1,19 @@
 """One client connection of the OPU service, from its HELLO to its close, served by a thread of its own.
 
-A session checks the HELLO (protocol version, token, options) and asks the service to admit the client, answers
-WELCOME, then reads PROJECT requests one at a time: each is checked (its shape from its header, before its payload
-is read, then its values), paced to ``max_requests_per_s``, submitted to the scheduler and waited for, and its
-reply written by this same thread. One request in flight per connection, so a reply can only ever go to the
-request that asked for it.
+A session runs the TLS handshake when the service has TLS, checks the HELLO (protocol version, token after the
+delay its address earned with wrong ones, options: every malformed field a typed ERROR) and asks the service to
+admit the client, answers WELCOME, then reads PROJECT requests one at a time: each is checked (its shape from its
+header, before its payload is read, then its values), paced to ``max_requests_per_s``, submitted to the scheduler
+and waited for, and its reply written by this same thread. One request in flight per connection, so a reply can
+only ever go to the request that asked for it.
 
 A connection's payload is bounded by its max_batch x n_features once its width is known. From a PROJECT's header,
 before its payload is read, the session refuses a result above ``max_result_bytes`` and reserves the request's
 payload and result bytes from the service's memory budget (``max_total_bytes``), waiting for room within
 ``request_timeout_s``; a request refused there gets its typed ERROR, its payload is read and discarded through a
-small buffer, and the connection goes on. A request whose client disconnected (or timed out) while it waited is
-marked abandoned, so the device thread drops it before its next call.
+small buffer, and the connection goes on. A request whose client reset the connection while it waited (or that
+waited request_timeout_s) is marked abandoned, so the device thread drops it before its next call; a client that
+only half-closed (a FIN) still gets its reply.
 """
 
 from __future__ import annotations
@@ -573,9 +575,10 @@ def _send_error_and_close(sock: socket.socket, request_id: int, kind: str, messa
 
 
 def _peer_gone(sock: socket.socket) -> bool:
-    """Whether the client has gone: the connection was reset or failed (or shut down by stop()). A FIN alone is a
-    half-close (the client sent its request and shut its sending side) and is not "gone": the reply is still
-    written. Reads nothing of the stream: a non-blocking peek at the plain socket (also under TLS)."""
+    """Whether the client has gone: the connection was reset (dfa_client resets when it gives up on a request) or
+    failed. A FIN alone is a half-close (the client sent its request and shut its sending side) and is not "gone":
+    the reply is still written. Reads nothing of the stream: a non-blocking peek at the plain socket (also under
+    TLS, whose records it does not decrypt)."""
     if _peer_failed(sock):
         return True
     timeout = sock.gettimeout()
@@ -585,7 +588,7 @@ def _peer_gone(sock: socket.socket) -> bool:
         return False
     except (BlockingIOError, InterruptedError):
         return False
-    except OSError:  # reset, or the socket was shut down by stop()
+    except OSError:  # reset, or another failure of the connection
         return True
     finally:
         with contextlib.suppress(OSError):
