@@ -4,9 +4,9 @@
     with dfa_client.connect("sim://?seed=3", n_components=1024) as projector:   # or tcp://host:port, digital://
         P = projector.project(E)        # E: (batch, n_features) errors -> float32 (batch, 1024) projections B e
 
-The URL picks the backend: ``tcp://host:port`` (the OPU service, ``opu serve``), ``sim://...`` or ``usb://...``
-(the driver in this process, imported only then), ``digital://?seed=N`` (an exact numpy projector with the same
-statistics). Remote use needs numpy and the standard library only.
+The URL picks the backend: ``tcp://host:port`` or ``tcps://host:port`` (the OPU service, ``opu serve``; tcps with
+TLS), ``sim://...`` or ``usb://...`` (the driver in this process, imported only then), ``digital://?seed=N`` (an
+exact numpy projector with the same statistics). Remote use needs numpy and the standard library only.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def connect(url: str, n_components: int, **options: Any) -> Projector:
 
     Options common to every backend: ``n_features`` (else fixed by the first call), ``scheme`` ("four_frame" or
     "two_frame"), ``n_bits`` (bit planes for real-valued errors on optical backends), ``max_batch``.
-    ``digital://`` also takes ``seed``; ``tcp://`` takes ``token``, ``timeout_s``, ``retries``, ``backoff_s``;
+    ``digital://`` also takes ``seed``; ``tcp://`` and ``tcps://`` (TLS) take ``token``, ``token_file``,
+    ``ca_file`` (tcps), ``allow_cleartext``, ``timeout_s``, ``retries``, ``backoff_s`` (see
+    ``dfa_client.remote.RemoteProjector``; with no token, a loopback service's token file is read);
     ``sim://`` and ``usb://`` pass any other option to ``opu_driver.open`` (e.g. ``pixel_format="MONO12"``).
 
     Raises:
@@ -57,7 +59,7 @@ def connect(url: str, n_components: int, **options: Any) -> Projector:
         from .digital import DigitalProjector
 
         return DigitalProjector(url, n_components, **options)
-    if scheme == "tcp":
+    if scheme in ("tcp", "tcps"):
         from .remote import RemoteProjector
 
         return RemoteProjector(url, n_components, **options)
@@ -65,7 +67,9 @@ def connect(url: str, n_components: int, **options: Any) -> Projector:
         from .local import LocalProjector
 
         return LocalProjector(url, n_components, **options)
-    raise UnsupportedUrlError(f"{_redacted(url)!r}: use tcp://host:port, sim://..., usb://... or digital://?seed=N")
+    raise UnsupportedUrlError(
+        f"{_redacted(url)!r}: use tcp://host:port, tcps://host:port, sim://..., usb://... or digital://?seed=N"
+    )
 
 
 def _redacted(url: str) -> str:

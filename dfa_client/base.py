@@ -72,8 +72,13 @@ def check_options(n_components: object, n_features: object, scheme: object, n_bi
         raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}")
 
 
-def check_errors(errors: npt.ArrayLike, n_features: int | None, max_batch: int) -> tuple[npt.NDArray[np.float64], bool]:
+def check_errors(
+    errors: npt.ArrayLike, n_features: int | None, max_batch: int, *, keep_float32: bool = False
+) -> tuple[npt.NDArray[Any], bool]:
     """Return errors as a C-contiguous float64 (batch, n_features) array and whether the input was 1-D.
+
+    ``keep_float32``: float32 errors stay float32 (what projectors send and hold: half the bytes of float64; every
+    backend projects a float32 value exactly as the same value in float64), other dtypes become float64.
 
     Raises:
         InvalidInputError: not a real numeric array, NaN or Inf, not 1-D or 2-D, zero width, a width other than
@@ -100,7 +105,7 @@ def check_errors(errors: npt.ArrayLike, n_features: int | None, max_batch: int) 
         raise InvalidInputError(f"{array.shape[1]} features exceed the limit of {MAX_FEATURES}")
     if array.shape[0] > max_batch:
         raise InvalidInputError(f"a batch of {array.shape[0]} exceeds max_batch={max_batch}; split it")
-    array = np.ascontiguousarray(array, dtype=np.float64)
+    array = np.ascontiguousarray(array, dtype=np.float32 if keep_float32 and array.dtype == np.float32 else np.float64)
     if not np.isfinite(array).all():
         raise InvalidInputError("errors contain NaN or Inf")
     return array, squeeze
@@ -144,7 +149,7 @@ class Projector(ABC):
         with self._lock:
             if self._closed:
                 raise ProjectorClosedError("this projector is closed")
-            E, squeeze = check_errors(errors, self.n_features, self.max_batch)
+            E, squeeze = check_errors(errors, self.n_features, self.max_batch, keep_float32=True)
             if self.n_features is None:
                 self._fix_features(E.shape[1])
             if E.shape[0] == 0:
@@ -161,8 +166,9 @@ class Projector(ABC):
         self.n_features = n_features
 
     @abstractmethod
-    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-        """Project validated float64 (batch >= 1, n_features) errors; return float32 (batch, n_components)."""
+    def _project(self, E: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+        """Project validated float64 or float32 (batch >= 1, n_features) errors; return float32 (batch,
+        n_components)."""
 
     @property
     @abstractmethod

@@ -61,7 +61,7 @@ class DigitalProjector(Projector):
         """B (n_features x n_components), once n_features is known."""
         return self._matrix
 
-    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    def _project(self, E: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         assert self._matrix is not None
         return (E @ self._matrix.astype(np.float64)).astype(np.float32)
 

@@ -1,10 +1,15 @@
 """The errors of the DFA client: one tree, so training code can catch what it can act on.
 
-The client imports only numpy and the standard library, so it has its own tree; the in-process backend
-re-raises the driver's errors as these, with the driver's error chained as the cause.
+The client imports only numpy and the standard library, so it has its own tree. Every backend turns a driver
+failure into the same class of this tree through one table (:func:`error_from_kinds`): the in-process backend
+with the driver's exception's class and bases, the tcp backend with the names the service sends in its ERROR
+(``kind`` and ``kinds``), so ``CommunicationTimeoutError`` is ``DeviceTimeoutError`` from ``sim://`` and from
+``tcp://`` alike.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = [
     "DfaError",
@@ -18,6 +23,11 @@ __all__ = [
     "ProjectorClosedError",
     "ProtocolError",
     "DeviceChangedError",
+    "DeviceError",
+    "DeviceTimeoutError",
+    "DeviceUnavailableError",
+    "RequestTooLargeError",
+    "ServiceBusyError",
 ]
 
 
@@ -77,3 +87,76 @@ class DeviceChangedError(DfaError):
     """After a reconnect the service serves another device, or the same one under settings that change its random
     matrix (its WELCOME identity differs from the first one's): results would not be comparable, so none is
     returned. Open a new projector to use the new device."""
+
+
+class DeviceError(ServiceError):
+    """The device failed this request after the driver's own retries (a fault, the interlock, a reset...).
+
+    ``kind`` is the driver's error class name (``"InterlockError"``, ``"CorruptPacketError"``...); the same failure
+    gives the same class and kind from every backend. The projector stays usable: the next request is served as
+    usual."""
+
+
+class DeviceTimeoutError(DeviceError, RequestTimeoutError):
+    """The device did not answer within the driver's timeout, after its retries (``kind`` "CommunicationTimeoutError"
+    or a subclass's name). Also a :class:`RequestTimeoutError`."""
+
+
+class DeviceUnavailableError(DeviceError, ConnectionFailedError):
+    """The device cannot be found or went away and did not come back (``kind`` "DeviceNotFoundError",
+    "ConnectionLostError"...). Also a :class:`ConnectionFailedError`."""
+
+
+class RequestTooLargeError(InvalidInputError, ServiceError):
+    """A request larger than the service accepts: its payload (``max_message_bytes``), its result (batch x
+    n_components x 4 bytes above ``max_result_bytes``) or both together above the service's whole memory budget
+    (``max_total_bytes``). Refused from its header, before any work: split the batch."""
+
+
+class ServiceBusyError(ServiceError):
+    """The service holds as much memory for its clients as it may (``max_total_bytes``) and this request found no
+    room within its wait: nothing was computed; retry later or send smaller batches."""
+
+
+_CLIENT_ERRORS: dict[str, type[DfaError]] = {
+    # the service's own ERROR kinds
+    "AuthenticationError": AuthenticationError,
+    "ProtocolVersionError": ProtocolVersionError,
+    "RequestTimeoutError": RequestTimeoutError,
+    "RequestTooLarge": RequestTooLargeError,
+    "MessageTooLarge": RequestTooLargeError,
+    "ServiceBusy": ServiceBusyError,
+    # the driver's error classes, matched along a class's bases (most specific first)
+    "InvalidInputError": InvalidInputError,
+    "ConfigurationError": InvalidInputError,
+    "CommunicationTimeoutError": DeviceTimeoutError,
+    "DeviceNotFoundError": DeviceUnavailableError,
+    "ConnectionLostError": DeviceUnavailableError,
+    "OpuError": DeviceError,
+}
+"""ERROR kinds and driver error class names -> the client error raised for them (the one mapping)."""
+
+
+def error_from_kinds(kinds: Sequence[str], message: str) -> DfaError:
+    """The client error for a failure named by ``kinds``: its class name first, then its bases' (a driver error's
+    ``type(exc).__mro__`` names up to ``OpuError``, or a service ERROR's ``kind`` and ``kinds``).
+
+    The first name the table knows picks the class; an unknown failure is a :class:`ServiceError`. Subclasses of
+    :class:`ServiceError` get ``kinds[0]`` (the most specific name) as their ``kind``.
+    """
+    kind = kinds[0] if kinds else "ServiceError"
+    cls: type[DfaError] = ServiceError
+    for name in kinds:
+        found = _CLIENT_ERRORS.get(name)
+        if found is not None:
+            cls = found
+            break
+    if issubclass(cls, ServiceError):
+        return cls(message, kind)
+    return cls(message)
+
+
+def kind_chain(exc: BaseException, root: type[BaseException]) -> list[str]:
+    """The names of ``exc``'s class and of its bases that derive from ``root`` (most specific first): what the
+    service sends as an ERROR's ``kinds`` and what :func:`error_from_kinds` reads."""
+    return [cls.__name__ for cls in type(exc).__mro__ if isinstance(cls, type) and issubclass(cls, root)]

@@ -1,7 +1,9 @@
 """The in-process backend: ``sim://...`` (the built-in emulator) and ``usb://...`` (a physical OPU).
 
 It drives the device through ``opu_driver`` (imported only when this backend is used) and its linear mode:
-``project`` is ``Opu.linear_transform``. Driver errors are re-raised as the client's, the driver's chained.
+``project`` is ``Opu.linear_transform``. Driver errors are re-raised as the client's through the one mapping of
+``dfa_client.errors`` (the tcp backend uses it too, so the same failure is the same class on both), the driver's
+error chained.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .base import Projector, ProjectorInfo
-from .errors import ConnectionFailedError, InvalidInputError, RequestTimeoutError, ServiceError
+from .errors import InvalidInputError, error_from_kinds, kind_chain
 
 if TYPE_CHECKING:  # the driver is imported at run time only when this backend is used
     from opu_driver import Opu
@@ -26,19 +28,14 @@ LOCAL_SCHEMES = ("sim", "usb")
 
 @contextlib.contextmanager
 def driver_errors() -> Iterator[None]:
-    """Re-raise opu_driver errors as DFA client errors (the original chained as the cause)."""
+    """Re-raise opu_driver errors as DFA client errors (:func:`~dfa_client.errors.error_from_kinds` of the
+    error's class and bases, the original chained as the cause)."""
     from opu_driver import errors as driver
 
     try:
         yield
-    except (driver.InvalidInputError, driver.ConfigurationError) as exc:
-        raise InvalidInputError(str(exc)) from exc
-    except driver.CommunicationTimeoutError as exc:
-        raise RequestTimeoutError(str(exc)) from exc
-    except (driver.DeviceNotFoundError, driver.CommunicationError) as exc:
-        raise ConnectionFailedError(str(exc)) from exc
     except driver.OpuError as exc:
-        raise ServiceError(str(exc), type(exc).__name__) from exc
+        raise error_from_kinds(kind_chain(exc, driver.OpuError), str(exc)) from exc
 
 
 class LocalProjector(Projector):
@@ -76,7 +73,7 @@ class LocalProjector(Projector):
             self.close()
             raise InvalidInputError(f"n_components={self.n_components} exceeds the camera's {n_pixels} pixels")
 
-    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    def _project(self, E: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         with driver_errors():
             return self.opu.linear_transform(E, self.n_components, scheme=self.scheme, n_bits=self.n_bits)
 

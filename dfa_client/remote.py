@@ -21,8 +21,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import re
 import socket
+import ssl
+import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -34,22 +38,32 @@ import numpy.typing as npt
 from . import wire
 from .base import DEFAULT_MAX_BATCH, Projector, ProjectorInfo, finite_float
 from .errors import (
-    AuthenticationError,
     ConnectionFailedError,
     DeviceChangedError,
     DfaError,
     InvalidInputError,
-    ProtocolVersionError,
     RequestTimeoutError,
-    ServiceError,
+    RequestTooLargeError,
     UnsupportedUrlError,
+    error_from_kinds,
 )
+from .security import TokenFileError, client_tls_context, default_token_path, is_loopback, read_token_file
 from .wire import MessageType, PeerClosedError, ProtocolError, WireLimits
 
-__all__ = ["RemoteProjector", "parse_tcp_url", "redact_url", "SHUTDOWN_KIND", "TOO_MANY_CLIENTS_KIND", "IDENTITY_KEYS"]
+__all__ = [
+    "RemoteProjector",
+    "SCHEMES",
+    "parse_tcp_url",
+    "redact_url",
+    "SHUTDOWN_KIND",
+    "TOO_MANY_CLIENTS_KIND",
+    "IDENTITY_KEYS",
+]
 
 _log = logging.getLogger(__name__)
 
+SCHEMES = ("tcp", "tcps")
+"""The service's URL schemes: plain TCP, and TLS."""
 SHUTDOWN_KIND = "ServiceShutdown"
 TOO_MANY_CLIENTS_KIND = "TooManyClients"
 _RETRYABLE_KINDS = (SHUTDOWN_KIND, TOO_MANY_CLIENTS_KIND)
@@ -59,12 +73,8 @@ IDENTITY_KEYS = ("model", "serial_number", "firmware_version", "device_fingerpri
 _DEVICE_TIME_MARGIN = 2.0  # a request's own device time counts this many times in its timeout
 _FRAMES_PER_TERNARY = {"four_frame": 4, "two_frame": 2}
 _REPLY_HEADER_BYTES = 64 * 1024
-_ERROR_KINDS: dict[str, type[DfaError]] = {
-    "AuthenticationError": AuthenticationError,
-    "ProtocolVersionError": ProtocolVersionError,
-    "InvalidInputError": InvalidInputError,
-    "RequestTimeoutError": RequestTimeoutError,
-}
+_LINGER_RESET = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
+"""SO_LINGER on, 0 s: close() resets the connection (struct linger: two u_short on Windows, two int elsewhere)."""
 
 
 _T = TypeVar("_T")
@@ -72,6 +82,15 @@ _T = TypeVar("_T")
 
 class _Retryable(Exception):
     """The connection failed in a way a new connection may cure (lost, refused, service restarting)."""
+
+
+class _Answered(Exception):
+    """The service answered with an ERROR: ``error`` is raised to the caller, and the connection, still in step,
+    is kept (a service that closes it after a refusal is reconnected on the next call)."""
+
+    def __init__(self, error: DfaError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 _TOKEN_VALUE = re.compile(r"(token=)[^&#;]*", re.IGNORECASE)
@@ -85,7 +104,7 @@ def redact_url(url: str) -> str:
 
 
 def parse_tcp_url(url: str) -> tuple[str, int, str | None]:
-    """(host, port, token or None) of ``tcp://host:port[?token=T]``.
+    """(host, port, token or None) of ``tcp://host:port[?token=T]`` or ``tcps://host:port[?token=T]`` (TLS).
 
     Raises:
         UnsupportedUrlError: another form; its message quotes the URL with the token redacted.
@@ -95,20 +114,53 @@ def parse_tcp_url(url: str) -> tuple[str, int, str | None]:
         parts = urlsplit(url)
     except ValueError:
         raise UnsupportedUrlError(f"{shown}: not a valid URL") from None
-    if parts.scheme != "tcp" or parts.path not in ("", "/") or parts.fragment or "@" in parts.netloc:
-        raise UnsupportedUrlError(f"{shown}: the service's URL is tcp://host:port[?token=T]")
+    if parts.scheme not in SCHEMES or parts.path not in ("", "/") or parts.fragment or "@" in parts.netloc:
+        raise UnsupportedUrlError(f"{shown}: the service's URL is tcp://host:port or tcps://host:port (TLS)")
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
         raise UnsupportedUrlError(f"{shown}: bad port") from None
     if not host or port is None or port == 0:
-        raise UnsupportedUrlError(f"{shown}: give the host and the port, tcp://host:port")
+        raise UnsupportedUrlError(f"{shown}: give the host and the port, {parts.scheme}://host:port")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = set(query) - {"token"}
     if unknown:
         names = sorted(redact_url(name) for name in unknown)
-        raise UnsupportedUrlError(f"{shown}: unknown option(s) {names}; tcp:// takes token only")
+        raise UnsupportedUrlError(f"{shown}: unknown option(s) {names}; {parts.scheme}:// takes token only")
     return host, port, query.get("token")
+
+
+def _tls_for(url: str, ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+    """The TLS settings of a ``tcps://`` URL (None for ``tcp://``); InvalidInputError for a CA file that cannot
+    be loaded, or a CA file given to ``tcp://``."""
+    if urlsplit(url).scheme != "tcps":
+        if ca_file is not None:
+            raise InvalidInputError("ca_file is for tcps:// URLs (a service with TLS)")
+        return None
+    try:
+        return client_tls_context(ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidInputError(f"cannot load the CA file {ca_file}: {exc}") from None
+
+
+def _resolve_token(host: str, token: str | None, token_file: str | os.PathLike[str] | None) -> str | None:
+    """The token to present: ``token`` ("" for none), else ``token_file``'s, else for a loopback host the default
+    token file's if it exists (a remote host never gets the local service's token unasked)."""
+    if token is not None:
+        if not isinstance(token, str):
+            raise InvalidInputError("token must be a string")
+        return token or None
+    try:
+        if token_file is not None:
+            found = read_token_file(token_file)
+            if found is None:
+                raise InvalidInputError(f"the token file {token_file} does not exist")
+            return found
+        if is_loopback(host):
+            return read_token_file(default_token_path())
+    except TokenFileError as exc:
+        raise InvalidInputError(str(exc)) from None
+    return None
 
 
 def _redact(url: str) -> str:
@@ -121,10 +173,18 @@ class RemoteProjector(Projector):
     """Projections computed by the OPU service.
 
     Args:
-        url: ``tcp://host:port`` (``?token=T`` is accepted; the ``token`` option wins).
+        url: ``tcp://host:port``, or ``tcps://host:port`` for a service with TLS (``?token=T`` is accepted; the
+            ``token`` option wins).
         n_components, n_features, scheme, n_bits, max_batch: the projector options. The service may lower
             max_batch (to its own limit, and so that a request fits its message size limit).
-        token: the service's shared secret (required unless it listens on loopback without one).
+        token: the service's shared secret. None: ``token_file``'s, else, for a loopback host, the one in the
+            default token file the service made (``dfa_client.security.default_token_path()``) if it exists.
+            ``""``: send none (a service started without a token).
+        token_file: a file holding the token (read when ``token`` is None and the URL has none).
+        ca_file: for ``tcps://``, a PEM file of the CA (or the self-signed certificate) that signed the service's
+            certificate; default: the system's CAs. The service's host name is checked against it too.
+        allow_cleartext: send a token to a non-loopback host over plain ``tcp://`` (refused otherwise: the token
+            would cross the network in clear).
         timeout_s: the limit for connecting and for each request's reply.
         retries: re-sends on a lost connection before ConnectionFailedError.
         backoff_s: the first pause before a retry; it doubles with each one (capped at 2 s).
@@ -142,6 +202,9 @@ class RemoteProjector(Projector):
         n_components: int,
         *,
         token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        allow_cleartext: bool = False,
         timeout_s: float = 30.0,
         retries: int = 3,
         backoff_s: float = 0.1,
@@ -161,10 +224,13 @@ class RemoteProjector(Projector):
         if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
             raise InvalidInputError(f"retries must be an integer >= 0, got {retries!r}")
         self.retries = int(retries)
-        token = url_token if token is None else token
-        if token is not None and not isinstance(token, str):
-            raise InvalidInputError("token must be a string")
-        self._token = token
+        self._tls = _tls_for(url, ca_file)
+        self._token = _resolve_token(host, url_token if token is None else token, token_file)
+        if self._tls is None and self._token is not None and not allow_cleartext and not is_loopback(host):
+            raise InvalidInputError(
+                f"{host} is not a loopback address and tcp:// is not encrypted: the token would cross the network "
+                "in clear. Use tcps:// (a service with TLS), or allow_cleartext=True on a trusted network"
+            )
         self._address = (host, port)
         self._requested_max_batch = self.max_batch
         self._sock: socket.socket | None = None
@@ -172,6 +238,7 @@ class RemoteProjector(Projector):
         self._identity: dict[str, Any] | None = None  # the first WELCOME's; later ones must match it
         self._frame_time_s = 0.0
         self._max_message_bytes = 0
+        self._max_result_bytes = 0
         self._ids = itertools.count(1)
         self.reconnects = 0
         self._with_retries(lambda: None)  # connect now: a wrong token or version shows at once
@@ -185,6 +252,8 @@ class RemoteProjector(Projector):
             raise _Retryable(f"cannot connect to {self._address[0]}:{self._address[1]}: {exc}") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._start_tls(sock)
             hello = {
                 "protocol_version": wire.PROTOCOL_VERSION,
                 "token": self._token,
@@ -218,6 +287,8 @@ class RemoteProjector(Projector):
         except (OSError, PeerClosedError) as exc:  # incl. a timeout: the handshake never completed
             with contextlib.suppress(OSError):
                 sock.close()
+            if isinstance(exc, DfaError):  # a TLS failure: final (it is an OSError, as ConnectionError is)
+                raise
             raise _Retryable(f"the handshake with {self._address[0]}:{self._address[1]} failed: {exc}") from exc
         except BaseException:
             with contextlib.suppress(OSError):
@@ -236,26 +307,50 @@ class RemoteProjector(Projector):
         )
         self.max_batch = min(self._requested_max_batch, max_batch)
         self._max_message_bytes = max_bytes
+        max_result = welcome.get("max_result_bytes")  # absent from older services: checked by the service only
+        self._max_result_bytes = max_result if isinstance(max_result, int) and max_result > 0 else 0
         self._sock = sock
         _log.debug("connected to %s:%d (%s %s)", *self._address, welcome.get("model"), welcome.get("serial_number"))
 
-    def _drop(self) -> None:
+    def _start_tls(self, sock: socket.socket) -> ssl.SSLSocket:
+        """The TLS handshake (within timeout_s). A certificate that does not verify, or a service that does not
+        speak TLS, is ConnectionFailedError at once: retrying cannot cure it."""
+        assert self._tls is not None
+        host = self._address[0]
+        try:
+            return self._tls.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLError as exc:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise ConnectionFailedError(
+                f"TLS with {host}:{self._address[1]} failed: {exc.reason or exc} (is it a tcps:// service, and is "
+                "its certificate signed by ca_file or a system CA, for this host name?)"
+            ) from exc
+
+    def _drop(self, abort: bool = False) -> None:
+        """Close the connection. ``abort``: with a reset (SO_LINGER 0) rather than a FIN, which the service
+        reads as "the client is gone" and drops the request in progress (a FIN alone is a half-close, still
+        answered)."""
         if self._sock is not None:
             with contextlib.suppress(OSError):
+                if abort:
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
                 self._sock.close()
             self._sock = None
 
     def _raise_error(self, reply: wire.Message) -> NoReturn:
+        """An ERROR reply as the client error the one mapping gives (dfa_client.errors.error_from_kinds: the
+        in-process backend raises the same class for the same driver failure), or a retry."""
         kind = str(reply.header.get("kind", "ServiceError"))
         message = str(reply.header.get("message", ""))
         if kind in _RETRYABLE_KINDS:
             raise _Retryable(
                 f"{kind}: {message}" if kind != SHUTDOWN_KIND else f"the service is shutting down: {message}"
             )
-        error = _ERROR_KINDS.get(kind)
-        if error is not None:
-            raise error(message)
-        raise ServiceError(message, kind)
+        kinds = reply.header.get("kinds")  # a driver error's class and bases, most specific first
+        if not (isinstance(kinds, list) and kinds and kinds[0] == kind and all(isinstance(k, str) for k in kinds)):
+            kinds = [kind]  # an error of the service's own (or an older service's): its kind alone
+        raise _Answered(error_from_kinds(kinds, message))
 
     def _with_retries(self, action: Callable[[], _T]) -> _T:
         """Run ``action``; on a _Retryable failure drop the connection, back off and try again, at most
@@ -278,25 +373,35 @@ class RemoteProjector(Projector):
                 self.reconnects += 1
                 _log.info("%s; retry %d of %d in %.2f s", exc, attempt, self.retries, pause_s)
                 time.sleep(pause_s)
-            except (ServiceError, InvalidInputError):
-                raise  # the service answered this request: the connection is in step and stays open
+            except _Answered as exc:
+                raise exc.error from None  # the service answered: the connection is in step and stays open
             except BaseException:
-                self._drop()  # a timeout or protocol error leaves the stream in an unknown state
+                # a timeout, a protocol error or an interrupt leaves the stream in an unknown state: reset it, so
+                # that the service drops the request if it is still running it
+                self._drop(abort=True)
                 raise
 
     # -- projection ----------------------------------------------------------------------------------------
-    def _project(self, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    def _project(self, E: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+        result_bytes = E.shape[0] * self.n_components * 4
         if self._max_message_bytes and E.nbytes > self._max_message_bytes:
-            raise InvalidInputError(
+            raise RequestTooLargeError(
                 f"a request of {E.nbytes} bytes exceeds the service's limit of "
-                f"{self._max_message_bytes}; split the batch"
+                f"{self._max_message_bytes}; split the batch",
+                "MessageTooLarge",
+            )
+        if self._max_result_bytes and result_bytes > self._max_result_bytes:
+            raise RequestTooLargeError(
+                f"a result of {E.shape[0]} x {self.n_components} float32 values ({result_bytes} bytes) exceeds "
+                f"the service's max_result_bytes={self._max_result_bytes}; split the batch",
+                "RequestTooLarge",
             )
         if E.shape[0] > self.max_batch:
             raise InvalidInputError(f"a batch of {E.shape[0]} exceeds the service's max_batch={self.max_batch}")
         request_id = next(self._ids)
         return self._with_retries(lambda: self._exchange(request_id, E))
 
-    def _frames(self, E: npt.NDArray[np.float64]) -> int:
+    def _frames(self, E: npt.NDArray[np.floating[Any]]) -> int:
         """DMD frames the request costs at most: batch x bit planes x frames per ternary projection."""
         if self.n_bits is None and np.isin(E, (-1.0, 0.0, 1.0)).all():
             planes = 1
@@ -310,7 +415,7 @@ class RemoteProjector(Projector):
         the service announced)."""
         return self.timeout_s + _DEVICE_TIME_MARGIN * self._frames(np.asarray(E)) * self._frame_time_s
 
-    def _exchange(self, request_id: int, E: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    def _exchange(self, request_id: int, E: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         sock = self._sock
         assert sock is not None
         expected_bytes = E.shape[0] * self.n_components * 4

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from .errors import ProtocolError, ProtocolVersionError
 
 __all__ = [
+    "drain",
     "MAGIC",
     "PROTOCOL_VERSION",
     "PREFIX",
@@ -315,6 +316,7 @@ def read_message(
     first_byte_deadline: float | None,
     message_timeout_s: float | None = None,
     check_header: HeaderCheck | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Message:
     """Read one message from a socket, allocating only what the checked lengths allow.
 
@@ -323,11 +325,15 @@ def read_message(
         message_timeout_s: once the first byte came, the rest must come within this (a half-sent message then
             silence is cut off); None: the first deadline bounds the whole message.
         check_header: see :data:`HeaderCheck` (the service refuses a request's shape from its header, so a
-            payload it would refuse is never read).
+            payload it would refuse is never read, and reserves the request's memory there); the time it takes
+            is added to the message's deadline.
+        on_start: called once the message's first byte has come (the service tracks idle connections by it).
     """
     prefix_buffer = bytearray(PREFIX_BYTES)
     view = memoryview(prefix_buffer)
     recv_exact(sock, view[:1], first_byte_deadline, started=False)
+    if on_start is not None:
+        on_start()
     deadline = first_byte_deadline if message_timeout_s is None else time.monotonic() + message_timeout_s
     recv_exact(sock, view[1:], deadline)
     prefix = parse_prefix(bytes(prefix_buffer), limits)
@@ -336,10 +342,25 @@ def read_message(
     header = parse_header(bytes(header_buffer))
     spec = array_spec(header, prefix.payload_bytes)
     if check_header is not None:
+        began = time.monotonic()
         check_header(prefix, header, spec)
+        if deadline is not None:  # time the reader spent in the check (waiting for room, say) is not the peer's
+            deadline += time.monotonic() - began
     array: FloatArray | None = None
     if spec is not None:
         dtype, shape = spec
         array = np.empty(shape, dtype=dtype)
         recv_exact(sock, array.reshape(-1).view(np.uint8).data, deadline)  # straight into the array's memory
     return Message(prefix.type, prefix.request_id, header, array, prefix.version)
+
+
+def drain(sock: socket.socket, nbytes: int, deadline: float) -> None:
+    """Read and discard ``nbytes`` from the socket by ``deadline`` (time.monotonic()), through a 64 KiB buffer:
+    the payload of a message refused from its header, so the stream stays in step without the payload ever
+    being held. Raises as :func:`recv_exact` does."""
+    buffer = memoryview(bytearray(min(nbytes, 65536)))
+    left = nbytes
+    while left > 0:
+        step = min(left, len(buffer))
+        recv_exact(sock, buffer[:step], deadline)
+        left -= step

@@ -86,19 +86,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from opu_driver.errors import ConfigurationError
     from opu_driver.service import OpuService
 
-    if args.token is not None and args.token_file is not None:
-        raise ConfigurationError("give --token or --token-file, not both")
-    token = args.token
-    if args.token_file is not None:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigurationError(f"--token-file: {exc}") from None
-    elif token is None:
-        token = os.environ.get("OPU_SERVICE_TOKEN") or None
+    if sum((args.token is not None, args.token_file is not None, args.no_token)) > 1:
+        raise ConfigurationError("give at most one of --token, --token-file and --no-token")
+    token: str | None = args.token
+    if args.no_token:
+        token = ""
+    elif token is None and args.token_file is None:
+        token = os.environ.get("OPU_SERVICE_TOKEN") or None  # else the default token file
     limits = _service_limits(args)
     service = OpuService(
-        args.url, bind=_parse_bind(args.bind), token=token, opu_settings=_serve_opu_settings(args), **limits
+        args.url,
+        bind=_parse_bind(args.bind),
+        token=token,
+        token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        allow_cleartext=args.allow_cleartext,
+        opu_settings=_serve_opu_settings(args),
+        **limits,
     )
     stop_requested = threading.Event()
 
@@ -113,9 +118,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(f"opu serve: cannot listen on {args.bind}: {exc}", file=sys.stderr)
             return 2
         host, port = service.address
+        if service.token_file is not None:
+            access = f"token in {service.token_file}"
+        else:
+            access = "token required" if token else "no token"
         print(
-            f"opu serve: serving {args.url} on {host}:{port}"
-            f"{' (token required)' if token else ''}; stop with Ctrl-C or SIGTERM",
+            f"opu serve: serving {args.url} on {host}:{port}; {'tcps (TLS)' if service.tls else 'tcp'}, {access}; "
+            "stop with Ctrl-C or SIGTERM",
             flush=True,
         )
         while not stop_requested.wait(0.5):
@@ -383,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bind",
         default="127.0.0.1:5000",
         help="HOST:PORT to listen on (default: 127.0.0.1:5000; "
-        "port 0 picks a free one; any non-loopback host needs a token)",
+        "port 0 picks a free one; a non-loopback host needs --tls-cert or --allow-cleartext)",
     )
     p.add_argument(
         "--token",
@@ -391,7 +400,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="shared secret clients must present (visible in the process "
         "list: prefer --token-file or $OPU_SERVICE_TOKEN)",
     )
-    p.add_argument("--token-file", default=None, help="read the token from this file")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="the token file, made with a fresh token (mode 0600) when absent (default: $OPU_SERVICE_TOKEN_FILE, "
+        "else $XDG_RUNTIME_DIR/opu-driver/service-token, else ~/.local/share/opu-driver/service-token, where "
+        "local clients find it)",
+    )
+    p.add_argument(
+        "--no-token", action="store_true", help="no token at all (a loopback --bind only: tests and local use)"
+    )
+    p.add_argument("--tls-cert", default=None, help="PEM certificate (chain): serve over TLS, clients use tcps://")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert (if not in the same file)")
+    p.add_argument(
+        "--allow-cleartext",
+        action="store_true",
+        help="allow a non-loopback --bind without TLS: the token and the data cross the network in clear",
+    )
     _add_service_limit_flags(p)
     p.add_argument(
         "--retries",

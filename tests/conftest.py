@@ -1,4 +1,5 @@
-"""Shared pytest setup: the --hardware option, an empty default calibration store, and opened emulated devices.
+"""Shared pytest setup: the --hardware option, an empty default calibration store, a service token file of the test
+run's own, and opened emulated devices.
 
 Fixtures: ``quiet_opu`` (a small noiseless emulator, deterministic: exact results), ``strict_opu`` (the same with
 no retries: the first fault raises), ``named_device`` (an emulated device that outlives the Opus opened on it, as
@@ -22,6 +23,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # opu_driver.open applies the newest matching record of the default calibration store: point that store at an
     # empty directory so that the user's own calibrations never change what the tests see.
     os.environ["OPU_CALIBRATION_DIR"] = tempfile.mkdtemp(prefix="opu-test-calibrations-")
+    # Services started without a token make one in the default token file, and local clients read it there: point
+    # that file into a directory of the test run's own (never the user's), inherited by the subprocesses.
+    os.environ["OPU_SERVICE_TOKEN_FILE"] = os.path.join(tempfile.mkdtemp(prefix="opu-test-service-"), "service-token")
+    os.environ.pop("OPU_SERVICE_TOKEN", None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -8,7 +8,9 @@ its fingerprint included, is in ``fingerprint``; the limits and counters are in 
 
 Bounds: only clients that completed their HELLO (token checked) count toward ``max_clients``; connections still
 in their handshake form a small separate pool (``max_pending_connections``, the oldest evicted when it is full)
-with a total deadline, so silent sockets cannot take the slots.
+with a total deadline, so silent sockets cannot take the slots; and when the clients are full, a new
+authenticated client takes the slot of the connection idle longest (beyond ``idle_grace_s``), so idle
+connections cannot keep an active client out either.
 
 The message format is dfa_client.wire (docs/service.md).
 """
@@ -16,18 +18,24 @@ The message format is dfa_client.wire (docs/service.md).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import dataclasses
 import itertools
 import logging
+import os
 import socket
+import ssl
 import threading
 import time
-from dataclasses import fields
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from dfa_client.security import TokenFileError, default_token_path, is_loopback, load_or_create_token
+
 from ..errors import ConfigurationError
 from ..opu import Opu
+from .auth import AuthThrottle
+from .budget import MemoryBudget
 from .fingerprint import ServedDevice, read_served_device
 from .limits import ServiceLimits, ServiceStats, StatsCounter
 from .scheduler import Scheduler
@@ -41,41 +49,30 @@ TOO_MANY_CLIENTS_KIND = "TooManyClients"
 """ERROR kind of a HELLO refused because max_clients clients are served (clients retry it with their backoff)."""
 
 
-def is_loopback(host: str) -> bool:
-    """Whether every address ``host`` names is a loopback address ("" and 0.0.0.0 are not)."""
-    if host in ("", "0.0.0.0", "::"):
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(_is_loopback_sockaddr(info[4][0]) for info in infos)
-
-
-def _is_loopback_sockaddr(host: str | int) -> bool:
-    """Whether the host part of a getaddrinfo address is a loopback IP (an IPv6 one may end in "%zone")."""
-    if not isinstance(host, str):  # only non-IP families give a number here: never loopback
-        return False
-    return ipaddress.ip_address(host.split("%")[0]).is_loopback
-
-
 class OpuService:
     """Serve one OPU's linear projections to several clients over TCP (protocol: docs/service.md).
 
     Args:
         url: the device, opened with ``opu_driver.open(url, **opu_settings)`` at start (unless ``opu`` is given).
         bind: (host, port) to listen on; port 0 picks a free one (see ``address``). Loopback by default.
-        token: the shared secret clients must present; required for a non-loopback bind.
+        token: the shared secret clients must present. None (the default): the token in ``token_file``, made
+            with a fresh random token at the first start (see dfa_client.security). ``""``: no token at all, for
+            tests and local use on a loopback bind only.
+        token_file: where the token is kept when ``token`` is None (default:
+            ``dfa_client.security.default_token_path()``, where local clients look for it).
+        tls_cert, tls_key: PEM files of the service's certificate (chain) and private key: clients then connect
+            with ``tcps://`` and everything, the token first, travels encrypted. ``tls_key`` may be omitted when
+            the certificate file holds the key too.
+        allow_cleartext: allow a non-loopback bind without TLS (the token and the data then cross the network in
+            clear: for a network that is trusted or encrypted otherwise, a VPN say).
         opu: an already open Opu to serve instead of opening ``url`` (then it is not closed by stop()).
         opu_settings: opu_driver.open settings (pixel_format, exposure_us, ...).
         **limits: fields of :class:`ServiceLimits` (max_clients, max_batch, max_message_bytes, ...).
 
     Raises:
-        ConfigurationError: bad limits, an empty token, or a non-loopback bind without a token (nothing opened).
+        ConfigurationError: bad limits, a blank token, no token on a non-loopback bind, a non-loopback bind without
+            TLS (unless allow_cleartext), TLS files that cannot be loaded (nothing opened). At start, a token file
+            that cannot be read or made or that other users may read (before the device is opened).
     """
 
     def __init__(
@@ -84,6 +81,10 @@ class OpuService:
         bind: tuple[str, int] = ("127.0.0.1", 0),
         token: str | None = None,
         *,
+        token_file: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        allow_cleartext: bool = False,
         opu: Opu | None = None,
         opu_settings: dict[str, Any] | None = None,
         **limits: Any,
@@ -92,7 +93,7 @@ class OpuService:
             self.limits = ServiceLimits(**limits)
         except TypeError as exc:
             raise ConfigurationError(
-                f"unknown service limit: {exc}; known: {', '.join(f.name for f in fields(ServiceLimits))}"
+                f"unknown service limit: {exc}; known: {', '.join(f.name for f in dataclasses.fields(ServiceLimits))}"
             ) from None
         if not (
             isinstance(bind, tuple)
@@ -102,16 +103,30 @@ class OpuService:
             and 0 <= bind[1] <= 65535
         ):
             raise ConfigurationError(f"bind must be (host, port), got {bind!r}")
-        if token is not None and (not isinstance(token, str) or not token.strip()):
-            raise ConfigurationError("token must be a non-empty string (or None on a loopback bind)")
-        if token is None and not is_loopback(bind[0]):
+        loopback = is_loopback(bind[0])
+        if token is not None and (not isinstance(token, str) or (token and not token.strip())):
+            raise ConfigurationError("token must be a non-blank string, None (the token file) or '' (no token)")
+        if token is not None and token_file is not None:
+            raise ConfigurationError("give a token or a token_file, not both")
+        if token == "" and not loopback:
             raise ConfigurationError(
                 f"binding to {bind[0]!r} (not loopback) needs a token: anyone who can reach "
                 "the port could otherwise use the device"
             )
+        if not isinstance(allow_cleartext, bool):
+            raise ConfigurationError(f"allow_cleartext must be True or False, got {allow_cleartext!r}")
+        self._tls = _server_tls_context(tls_cert, tls_key)
+        if self._tls is None and not loopback and not allow_cleartext:
+            raise ConfigurationError(
+                f"binding to {bind[0]!r} (not loopback) needs TLS (tls_cert and tls_key; clients use tcps://): "
+                "the token would cross the network in clear. allow_cleartext=True (opu serve --allow-cleartext) "
+                "accepts that, for a network trusted or encrypted otherwise"
+            )
         self.url = url
         self.bind = bind
-        self._token = None if token is None else token.encode("utf-8")
+        self._given_token = token
+        self._token_file = None if token is not None else Path(token_file or default_token_path())
+        self._token: bytes | None = None
         self._opu = opu
         self._owns_opu = opu is None
         self._opu_settings = dict(opu_settings or {})
@@ -122,20 +137,48 @@ class OpuService:
         self._numbers = itertools.count(1)
         self._stats = StatsCounter()
         self._scheduler = Scheduler(self.limits, self._stats)
+        self._budget = MemoryBudget(self.limits.max_total_bytes)
+        self._throttle = AuthThrottle(self.limits.auth_failure_delay_s)
         self._started = False
         self._stopped = threading.Event()
         self._device: ServedDevice | None = None
         self._context: ServiceContext | None = None
 
+    @property
+    def token_file(self) -> Path | None:
+        """The file the token comes from (None when it was given, or for no token)."""
+        return self._token_file
+
+    @property
+    def tls(self) -> bool:
+        """Whether clients connect with TLS (``tcps://``)."""
+        return self._tls is not None
+
+    def _resolve_token(self) -> None:
+        """The token clients must present: the one given, none (""), or the token file's (made now if absent)."""
+        if self._given_token is not None:
+            self._token = self._given_token.encode("utf-8") if self._given_token else None
+            return
+        assert self._token_file is not None
+        try:
+            token, created = load_or_create_token(self._token_file)
+        except TokenFileError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if created:
+            _log.info("made a new service token in %s (mode 0600); local clients read it there", self._token_file)
+        self._token = token.encode("utf-8")
+
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> OpuService:
-        """Open the device, listen, and serve in background threads; returns self.
+        """Find or make the token, open the device, listen, and serve in background threads; returns self.
 
         Raises:
-            OpuError: the device cannot be opened. OSError: the address cannot be bound.
+            ConfigurationError: the token file cannot be used. OpuError: the device cannot be opened. OSError: the
+                address cannot be bound.
         """
         if self._started:
             raise ConfigurationError("this service was already started")
+        self._resolve_token()  # before the device is opened: a bad token file costs nothing
         self._started = True
         if self._opu is None:
             import opu_driver
@@ -143,7 +186,17 @@ class OpuService:
             self._opu = opu_driver.open(self.url, **self._opu_settings)
         try:
             self._device = device = read_served_device(self._opu)
-            self._context = ServiceContext(self.limits, self._token, device, self._scheduler, self._stats, self._admit)
+            self._context = ServiceContext(
+                self.limits,
+                self._token,
+                device,
+                self._scheduler,
+                self._stats,
+                self._throttle,
+                self._budget,
+                self._admit,
+                self._tls,
+            )
             family = socket.AF_INET6 if ":" in self.bind[0] else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -155,7 +208,12 @@ class OpuService:
             self._close_device()
             raise
         self._threads = [
-            threading.Thread(target=self._scheduler.run, args=(self._opu,), name="opu-service-device", daemon=True),
+            threading.Thread(
+                target=self._scheduler.run,
+                args=(self._opu, device.frame_time_us),
+                name="opu-service-device",
+                daemon=True,
+            ),
             threading.Thread(target=self._accept_loop, name="opu-service-accept", daemon=True),
         ]
         for thread in self._threads:
@@ -220,6 +278,7 @@ class OpuService:
                     conn.shutdown()
                     clean = False
         self._close_device()
+        self._throttle.flush()
         self._stopped.set()
         _log.info("service stopped: %s", self.stats())
         return clean
@@ -257,13 +316,16 @@ class OpuService:
         return self._scheduler.pending
 
     def stats(self) -> ServiceStats:
-        """The counters since start (a snapshot)."""
-        return self._stats.snapshot()
+        """The counters since start (a snapshot), with the memory held for requests now and at most."""
+        return dataclasses.replace(
+            self._stats.snapshot(), bytes_held=self._budget.held_bytes, bytes_held_peak=self._budget.peak_bytes
+        )
 
     # -- connections ----------------------------------------------------------------------------------------
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._scheduler.stopping:
+            self._throttle.flush(force=False)  # the failed-token summary, once per period
             try:
                 sock, peer = self._listener.accept()
             except (TimeoutError, BlockingIOError, InterruptedError):
@@ -311,16 +373,71 @@ class OpuService:
                 self._stats.count(clients_connected=-1)
 
     def _admit(self, conn: Connection) -> tuple[str, str] | None:
-        """Move an accepted HELLO's connection from the handshake pool to the clients; a refusal when
-        max_clients clients are served already (or the connection was evicted meanwhile)."""
+        """Move an accepted HELLO's connection from the handshake pool to the clients; when max_clients clients
+        are served, take the slot of the one idle longest (beyond idle_grace_s), else refuse (or when the
+        connection was evicted meanwhile)."""
+        victim: Connection | None = None
         with self._connections_lock:
             if conn.evicted:
                 return TOO_MANY_CLIENTS_KIND, "the connection was evicted from the handshake pool"
-            clients = sum(1 for c in self._connections.values() if c.authenticated)
-            if clients >= self.limits.max_clients:
-                self._stats.count(connections_refused=1)
-                _log.warning("refused client %d (%s): %d clients already connected", conn.number, conn.peer, clients)
-                return TOO_MANY_CLIENTS_KIND, f"the service already serves {self.limits.max_clients} clients"
+            clients = [c for c in self._connections.values() if c.authenticated]
+            if len(clients) >= self.limits.max_clients:
+                victim = self._idle_longest(clients)
+                if victim is None:
+                    self._stats.count(connections_refused=1)
+                    _log.warning(
+                        "refused client %d (%s): %d clients already connected, none idle for %.3g s",
+                        conn.number,
+                        conn.peer,
+                        len(clients),
+                        self.limits.idle_grace_s,
+                    )
+                    return TOO_MANY_CLIENTS_KIND, (
+                        f"the service already serves {self.limits.max_clients} clients, none of them idle"
+                    )
+                victim.authenticated = False  # its slot is conn's from now on
             conn.authenticated = True
+        if victim is not None:
+            self._stats.count(clients_evicted_idle=1, clients_connected=-1)
+            _log.info(
+                "closed idle client %d (%s) to admit client %d (%s)", victim.number, victim.peer, conn.number, conn.peer
+            )
+            victim.shutdown()
         self._stats.count(clients_connected=1)
         return None
+
+    def _idle_longest(self, clients: list[Connection]) -> Connection | None:
+        """The client connection idle longest, if longer than idle_grace_s (marked evicted); None otherwise.
+        Called under the connections' lock."""
+        now = time.monotonic()
+        best: Connection | None = None
+        best_since = now - self.limits.idle_grace_s
+        for candidate in clients:
+            with candidate.lock:
+                since = candidate.idle_since
+                if not candidate.busy and since is not None and since <= best_since:
+                    best, best_since = candidate, since
+        if best is not None:
+            with best.lock:
+                if best.busy or best.idle_since is None:  # it started a message meanwhile: leave it be
+                    return None
+                best.evicted = True
+        return best
+
+
+def _server_tls_context(
+    cert: str | os.PathLike[str] | None, key: str | os.PathLike[str] | None
+) -> ssl.SSLContext | None:
+    """The service's TLS settings (TLS 1.2 or later, no client certificates) from its certificate and key files;
+    None without a certificate. ConfigurationError when the files cannot be loaded."""
+    if cert is None:
+        if key is not None:
+            raise ConfigurationError("tls_key needs tls_cert (the certificate that goes with the key)")
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), None if key is None else str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the TLS certificate {cert} and key {key}: {exc}") from None
+    return context

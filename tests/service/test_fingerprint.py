@@ -20,7 +20,7 @@ from dfa_client.wire import MessageType, WireLimits
 from opu_driver.errors import CommunicationTimeoutError
 from opu_driver.service import OpuService
 from opu_driver.service.fingerprint import UNREADABLE, device_fingerprint, fingerprint_parts
-from tests.support import small_sim
+from tests.support import service_token, small_sim
 
 URL = small_sim("noise=0&seed=5")
 
@@ -50,7 +50,7 @@ def _welcome(svc: OpuService) -> dict[str, Any]:
             0,
             {
                 "protocol_version": wire.PROTOCOL_VERSION,
-                "token": None,
+                "token": service_token(),
                 "n_components": 10,
                 "n_features": None,
                 "scheme": "four_frame",

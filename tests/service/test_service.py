@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -38,7 +39,7 @@ from dfa_client.wire import MessageType, ProtocolError, WireLimits
 from opu_driver.errors import ConfigurationError
 from opu_driver.opu import linear
 from opu_driver.service import OpuService, is_loopback
-from tests.support import REPO_ROOT, small_sim
+from tests.support import REPO_ROOT, service_token, small_sim
 
 URL = small_sim("noise=0&seed=5")
 N_FEATURES = 40
@@ -86,7 +87,7 @@ def raw_client(svc: OpuService, n_components: int = 100, **hello) -> socket.sock
     sock = socket.create_connection(svc.address, timeout=5)
     header = {
         "protocol_version": 1,
-        "token": None,
+        "token": service_token(),
         "n_components": n_components,
         "n_features": N_FEATURES,
         "scheme": "four_frame",
@@ -99,6 +100,12 @@ def raw_client(svc: OpuService, n_components: int = 100, **hello) -> socket.sock
     assert reply.type is MessageType.WELCOME, reply
     _LAST_WELCOME[0] = reply.header
     return sock
+
+
+def abort(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0), as a client that gives up on its request does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def read_until_closed(sock: socket.socket, timeout_s: float = WAIT_S) -> bytes:
@@ -291,7 +298,7 @@ def test_misbehaving_clients_never_disturb_the_others(service, direct) -> None:
         quitter = raw_client(service)  # sends a whole request, then disconnects before the answer
         quitter.sendall(wire.encode(MessageType.PROJECT, 1, None, errors(8, 3, "ternary")))
         wait_until(lambda: service.pending == 1)
-        quitter.close()  # its request is abandoned: the device skips it (test_abandoned_requests_are_not_run)
+        abort(quitter)  # its request is abandoned: the device skips it (test_abandoned_requests_are_not_run)
         worker = threading.Thread(target=lambda: results.append(good.project(E)))
         worker.start()
         wait_until(lambda: service.pending == 2)
@@ -350,12 +357,15 @@ def test_token_is_required_and_checked() -> None:
             assert projector.project(np.ones(N_FEATURES)).shape == (10,)
 
 
-def test_non_loopback_bind_needs_a_token_and_clients_are_limited() -> None:
+def test_non_loopback_bind_needs_a_token_and_tls_and_clients_are_limited() -> None:
     with pytest.raises(ConfigurationError, match="needs a token"):
-        OpuService(URL, bind=("0.0.0.0", 0))
-    with pytest.raises(ConfigurationError):
-        OpuService(URL, bind=("0.0.0.0", 0), token="")
-    OpuService(URL, bind=("0.0.0.0", 0), token="t")  # allowed with a token (not started here)
+        OpuService(URL, bind=("0.0.0.0", 0), token="", allow_cleartext=True)  # no token: loopback only
+    for token in (None, "t"):  # the token file's, or one given: either would cross the network in clear
+        with pytest.raises(ConfigurationError, match="needs TLS"):
+            OpuService(URL, bind=("0.0.0.0", 0), token=token)
+    with pytest.raises(ConfigurationError, match="non-blank"):
+        OpuService(URL, token="   ")
+    OpuService(URL, bind=("0.0.0.0", 0), token="t", allow_cleartext=True)  # the explicit opt-in (not started)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("")
     with pytest.raises(ConfigurationError):
@@ -643,7 +653,7 @@ def test_zero_size_shapes_with_huge_dimensions_are_protocol_errors(service) -> N
     with socket.create_connection(service.address, timeout=5) as sock:  # client -> service
         hello = {
             "protocol_version": 1,
-            "token": None,
+            "token": service_token(),
             "n_components": 10,
             "n_features": None,
             "scheme": "four_frame",
@@ -746,7 +756,7 @@ def test_abandoned_requests_are_not_run(service) -> None:
         quitter = raw_client(service)
         quitter.sendall(wire.encode(MessageType.PROJECT, 1, None, errors(80, 3, "real")))
         wait_until(lambda: service.pending == 1)
-        quitter.close()
+        abort(quitter)  # a reset, as dfa_client gives up on a request (a FIN alone is a half-close: answered)
         wait_until(lambda: service.stats().requests_abandoned == before.requests_abandoned + 1)
     finally:
         service.resume()

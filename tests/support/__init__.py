@@ -16,6 +16,7 @@ __all__ = [
     "DOCS_DIR",
     "GOLDEN_DIR",
     "exact_linear_matrix",
+    "service_token",
 ]
 
 SMALL_QUERY = "dmd=96x64&camera=64x48&cell=4"
@@ -48,3 +49,11 @@ def exact_linear_matrix(opu, n_features: int, n_components: int) -> np.ndarray:
     F = opu.emulator.ground_truth.feature_matrix()[:, :n_components]
     reference_field = F[n_features]
     return np.real(np.conj(reference_field) / np.abs(reference_field) * F[:n_features])
+
+
+def service_token() -> str | None:
+    """The token in the default service token file (conftest points it into the test run's own directory): what a
+    hand-written client presents to a service started without a token. None before any service made it."""
+    from dfa_client.security import default_token_path, read_token_file
+
+    return read_token_file(default_token_path())

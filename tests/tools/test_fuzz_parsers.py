@@ -283,8 +283,9 @@ def test_huge_service_lengths_are_refused_before_reading_or_allocating() -> None
 def service():
     from opu_driver.service import OpuService
 
+    # token="": no token, so that fuzzed HELLOs reach the option checks and the request loop
     svc = OpuService(
-        small_sim("noise=0&seed=5"), hello_timeout_s=2.0, message_timeout_s=1.0, idle_timeout_s=5.0
+        small_sim("noise=0&seed=5"), token="", hello_timeout_s=2.0, message_timeout_s=1.0, idle_timeout_s=5.0
     ).start()
     yield svc
     svc.stop(timeout_s=5)
@@ -297,6 +298,8 @@ DOCUMENTED_KINDS = {
     "InvalidInputError",
     "AuthenticationError",
     "TooManyClients",
+    "RequestTooLarge",
+    "ServiceBusy",
 }
 
 
