@@ -321,6 +321,7 @@ def _cmd_faults(args: argparse.Namespace) -> int:
         n_components=args.n_components,
         url_query=args.url_query,
         first_seed=args.first_seed,
+        clean_repeats=args.clean_repeats,
         settings=settings,
     )
     if args.json:
@@ -512,6 +513,12 @@ def _add_faults_parser(sub: Any) -> None:
         help=f"emulator options without seed, noise and faults (default: {DEFAULT_URL_QUERY})",
     )
     p.add_argument("--first-seed", type=int, default=0, help="the first seed; cells use seeds first..first+seeds-1")
+    p.add_argument(
+        "--clean-repeats",
+        type=int,
+        default=3,
+        help="fault-free calls per operation, batch and seed; the median of their times is the clean time (default: 3)",
+    )
     p.add_argument("--retries", type=int, default=None, help="OpuSettings.retries (default: the driver's, 2)")
     p.add_argument("--timeout-s", type=float, default=None, help="OpuSettings.timeout_s (default: the driver's)")
     p.add_argument("--chunk-frames", type=int, default=None, help="OpuSettings.chunk_frames (default: the driver's)")

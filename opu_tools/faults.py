@@ -18,7 +18,8 @@ seed; it is made once per (operation, batch, seed) and reused by every kind and 
   this must always be 0: a call returns exactly the fault-free result or raises;
 - frames sent relative to clean: ``opu.counters.frames_sent`` during the faulty calls over the clean calls' (the
   price of the retries, failed calls included);
-- wall time relative to clean, of the calls alone (not the open);
+- wall time relative to clean, of the calls alone (not the open; the clean time is the median of
+  ``clean_repeats`` calls);
 - faults injected by the emulator, so a cell whose fault never fired is seen as such.
 
 Any other exception than an ``OpuError`` is *unexpected*: recorded with its message, the sweep goes on, and the
@@ -27,7 +28,9 @@ command exits with status 1, as for a wrong row.
 
 from __future__ import annotations
 
+import gc
 import logging
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -146,6 +149,8 @@ class SweepConfig(Validated):
         n_components: outputs per vector.
         url_query: emulator options without seed, noise and faults, which the sweep sets.
         first_seed: the first seed.
+        clean_repeats: clean calls per (operation, batch, seed); their results must be equal bit for bit, and
+            the median of their times is the clean time (one slow call would skew every cell of its column).
         settings: ``OpuSettings`` fields for every device of the sweep (``retries``, ``timeout_s``,
             ``chunk_frames``, ...); those not given keep the driver's defaults. ``calibration`` and
             ``drift_check`` are the sweep's (none, off).
@@ -160,6 +165,7 @@ class SweepConfig(Validated):
     n_components: int = setting(64, kind="int", low=1)
     url_query: str = setting(DEFAULT_URL_QUERY)
     first_seed: int = setting(0, kind="int", low=0)
+    clean_repeats: int = setting(3, kind="int", low=1)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def _check(self) -> None:
@@ -203,7 +209,7 @@ class SweepConfig(Validated):
 
     def runs(self) -> int:
         """Device calls the sweep makes: the clean ones and one per cell and seed."""
-        per_seed = len(self.kinds) * len(self.rates) + 1
+        per_seed = len(self.kinds) * len(self.rates) + self.clean_repeats
         return len(self.operations) * len(self.batches) * self.seeds * per_seed
 
     @classmethod
@@ -341,6 +347,7 @@ def _run(config: SweepConfig, operation: str, inputs: np.ndarray, seed: int, pla
         before = opu.counters
         result: np.ndarray | None = None
         error: BaseException | None = None
+        gc.collect()  # the previous runs' devices and buffers go now: memory stays bounded, no collection is timed
         started = time.perf_counter()
         try:
             result = _call(opu, operation, inputs, config.n_components)
@@ -396,6 +403,33 @@ def _record(cell: CellResult, run: _Run, clean: _Run) -> None:
             _log.error("%s %s at %s, batch %d: %s", cell.operation, cell.kind, cell.rate, cell.batch, check)
 
 
+def _clean_run(config: SweepConfig, operation: str, inputs: np.ndarray, seed: int) -> _Run:
+    """The fault-free reference of (operation, inputs, seed): ``config.clean_repeats`` calls on fresh devices,
+    the first one's result and frames, the median of their times.
+
+    Raises:
+        OpuError: a clean call failed.
+        RuntimeError: two clean calls differ: the emulator is not deterministic, and no row can be checked.
+    """
+    runs = []
+    for _ in range(config.clean_repeats):
+        run = _run(config, operation, inputs, seed, "")
+        if run.error is not None:
+            raise run.error
+        runs.append(run)
+    first = runs[0]
+    assert first.result is not None
+    for run in runs[1:]:
+        assert run.result is not None
+        if not check_rows(run.result, np.arange(len(inputs)), first.result, lambda row: None).ok:
+            raise RuntimeError(
+                f"two fault-free {operation} calls of {len(inputs)} vectors with seed {seed} differ: the "
+                f"emulator ({config.url_query}, noise=0) is not deterministic"
+            )
+    first.wall_s = statistics.median(run.wall_s for run in runs)
+    return first
+
+
 def _warm_up(config: SweepConfig) -> None:
     """One small call per operation, untimed: the first call of a process pays for imports and caches, which
     would otherwise inflate the first clean time."""
@@ -407,7 +441,7 @@ def run_sweep(config: SweepConfig, progress: bool = False) -> SweepReport:
     """Run every cell of ``config`` for every seed and return the report (check ``ok``).
 
     Raises:
-        OpuError: only when a clean run fails (a fault-free device that cannot give a reference).
+        OpuError, RuntimeError: only when a clean run fails or two clean runs differ (no reference).
     """
     report = SweepReport(config=config.as_dict(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
     cells = {(c.operation, c.kind, c.rate, c.batch): c for c in (CellResult(*key) for key in config.cells())}
@@ -423,12 +457,11 @@ def run_sweep(config: SweepConfig, progress: bool = False) -> SweepReport:
             for batch in config.batches:
                 for seed in config.seed_values():
                     inputs = make_inputs(operation, batch, seed, config.n_features)
-                    clean = _run(config, operation, inputs, seed, "")
-                    if clean.error is not None:
-                        raise clean.error
                     if bar is not None:
                         bar.set_description(f"{operation} {batch}")
-                        bar.update()
+                    clean = _clean_run(config, operation, inputs, seed)
+                    if bar is not None:
+                        bar.update(config.clean_repeats)
                     for kind in config.kinds:
                         for rate in config.rates:
                             run = _run(config, operation, inputs, seed, config.plan(kind, rate))

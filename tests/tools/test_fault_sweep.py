@@ -116,6 +116,24 @@ def test_the_sweep_catches_a_wrong_row_and_an_untyped_error(tmp_path, capsys, mo
         assert "UNEXPECTED ValueError 1" in _cell_lines(lines)[0]
 
 
+def test_clean_calls_that_differ_stop_the_sweep(monkeypatch) -> None:
+    real_run = faults._run
+    clean_calls = []
+
+    def flaky(config, operation, inputs, seed, plan):
+        run = real_run(config, operation, inputs, seed, plan)
+        if not plan:
+            clean_calls.append(run)
+            if len(clean_calls) == 3:  # the warm-up call, then the second of the clean calls
+                run.result = run.result + 1
+        return run
+
+    monkeypatch.setattr(faults, "_run", flaky)
+    config = SweepConfig(kinds=("dup",), rates=(0.01,), batches=(64,), seeds=1, operations=("transform",))
+    with pytest.raises(RuntimeError, match="not deterministic"):
+        faults.run_sweep(config, progress=True)
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
@@ -146,4 +164,4 @@ def test_rates_are_read_and_shown_as_percentages() -> None:
             parse_rate(text)
     config = SweepConfig()
     assert len(list(config.cells())) == 2 * 9 * 3 * 4
-    assert config.runs() == 2 * 4 * 2 * (9 * 3 + 1)
+    assert config.runs() == 2 * 4 * 2 * (9 * 3 + 3)  # 3 clean calls per (operation, batch, seed)
