@@ -517,7 +517,8 @@ def _add_faults_parser(sub: Any) -> None:
         "--clean-repeats",
         type=int,
         default=3,
-        help="fault-free calls per operation, batch and seed; the median of their times is the clean time (default: 3)",
+        help="fault-free calls per operation, batch and seed, at least (one is made before each kind's runs); "
+        "the median of their times is the clean time (default: 3)",
     )
     p.add_argument("--retries", type=int, default=None, help="OpuSettings.retries (default: the driver's, 2)")
     p.add_argument("--timeout-s", type=float, default=None, help="OpuSettings.timeout_s (default: the driver's)")

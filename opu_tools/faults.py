@@ -18,8 +18,8 @@ seed; it is made once per (operation, batch, seed) and reused by every kind and 
   this must always be 0: a call returns exactly the fault-free result or raises;
 - frames sent relative to clean: ``opu.counters.frames_sent`` during the faulty calls over the clean calls' (the
   price of the retries, failed calls included);
-- wall time relative to clean, of the calls alone (not the open; the clean time is the median of
-  ``clean_repeats`` calls);
+- wall time relative to clean, of the calls alone (not the open; the clean time is the median of clean calls
+  spread through the faulty ones: one before each kind's runs, at least ``clean_repeats``);
 - faults injected by the emulator, so a cell whose fault never fired is seen as such.
 
 Any other exception than an ``OpuError`` is *unexpected*: recorded with its message, the sweep goes on, and the
@@ -149,8 +149,9 @@ class SweepConfig(Validated):
         n_components: outputs per vector.
         url_query: emulator options without seed, noise and faults, which the sweep sets.
         first_seed: the first seed.
-        clean_repeats: clean calls per (operation, batch, seed); their results must be equal bit for bit, and
-            the median of their times is the clean time (one slow call would skew every cell of its column).
+        clean_repeats: fault-free calls per (operation, batch, seed), at least; there is one before each kind's
+            runs anyway. Their results must be equal bit for bit, and the median of their times is the clean
+            time (one slow call would skew every cell of its column on a machine whose load varies).
         settings: ``OpuSettings`` fields for every device of the sweep (``retries``, ``timeout_s``,
             ``chunk_frames``, ...); those not given keep the driver's defaults. ``calibration`` and
             ``drift_check`` are the sweep's (none, off).
@@ -209,7 +210,7 @@ class SweepConfig(Validated):
 
     def runs(self) -> int:
         """Device calls the sweep makes: the clean ones and one per cell and seed."""
-        per_seed = len(self.kinds) * len(self.rates) + self.clean_repeats
+        per_seed = len(self.kinds) * len(self.rates) + max(self.clean_repeats, len(self.kinds))
         return len(self.operations) * len(self.batches) * self.seeds * per_seed
 
     @classmethod
@@ -368,13 +369,13 @@ def _run(config: SweepConfig, operation: str, inputs: np.ndarray, seed: int, pla
 
 
 def _record(cell: CellResult, run: _Run, clean: _Run) -> None:
-    """Add one faulty run (and the clean run of its seed) to its cell."""
+    """Add one faulty run to its cell: its costs, its error, or its rows checked against the clean run's (the
+    clean time is added by the caller, once all clean calls of the seed are timed)."""
     assert clean.result is not None
     cell.calls += 1
     cell.frames_sent += run.frames_sent
     cell.clean_frames_sent += clean.frames_sent
     cell.wall_s += run.wall_s
-    cell.clean_wall_s += clean.wall_s
     cell.faults_injected += run.faults_injected
     cell.retries += run.retries
     error = run.error
@@ -403,31 +404,56 @@ def _record(cell: CellResult, run: _Run, clean: _Run) -> None:
             _log.error("%s %s at %s, batch %d: %s", cell.operation, cell.kind, cell.rate, cell.batch, check)
 
 
-def _clean_run(config: SweepConfig, operation: str, inputs: np.ndarray, seed: int) -> _Run:
-    """The fault-free reference of (operation, inputs, seed): ``config.clean_repeats`` calls on fresh devices,
-    the first one's result and frames, the median of their times.
+def _clean_run(config: SweepConfig, operation: str, inputs: np.ndarray, seed: int, reference: _Run | None) -> _Run:
+    """A fault-free call of (operation, inputs, seed) on a fresh device; checked bit for bit against
+    ``reference`` (the first clean call) when given.
 
     Raises:
-        OpuError: a clean call failed.
-        RuntimeError: two clean calls differ: the emulator is not deterministic, and no row can be checked.
+        OpuError: the clean call failed.
+        RuntimeError: it differs from the reference: the emulator is not deterministic, and no row can be checked.
     """
-    runs = []
-    for _ in range(config.clean_repeats):
-        run = _run(config, operation, inputs, seed, "")
-        if run.error is not None:
-            raise run.error
-        runs.append(run)
-    first = runs[0]
-    assert first.result is not None
-    for run in runs[1:]:
-        assert run.result is not None
-        if not check_rows(run.result, np.arange(len(inputs)), first.result, lambda row: None).ok:
+    run = _run(config, operation, inputs, seed, "")
+    if run.error is not None:
+        raise run.error
+    assert run.result is not None
+    if reference is not None:
+        assert reference.result is not None
+        if not check_rows(run.result, np.arange(len(inputs)), reference.result, lambda row: None).ok:
             raise RuntimeError(
                 f"two fault-free {operation} calls of {len(inputs)} vectors with seed {seed} differ: the "
                 f"emulator ({config.url_query}, noise=0) is not deterministic"
             )
-    first.wall_s = statistics.median(run.wall_s for run in runs)
-    return first
+        run.result = None  # only the reference's rows are kept
+    return run
+
+
+def _sweep_seed(
+    config: SweepConfig, cells: dict[tuple[str, str, float, int], CellResult], key: tuple[str, int, int], bar: Any
+) -> None:
+    """Every kind and rate of one (operation, batch, seed): the clean reference first, then the faulty runs,
+    a further clean call timed before each kind's runs (so the clean time, their median, is measured across the
+    same stretch of time as the faulty calls, on a machine whose load varies), and at least
+    ``config.clean_repeats`` clean calls in all."""
+    operation, batch, seed = key
+    inputs = make_inputs(operation, batch, seed, config.n_features)
+    reference = _clean_run(config, operation, inputs, seed, None)
+    clean_times = [reference.wall_s]
+    for _ in range(config.clean_repeats - len(config.kinds)):
+        clean_times.append(_clean_run(config, operation, inputs, seed, reference).wall_s)
+    for index, kind in enumerate(config.kinds):
+        if index:
+            clean_times.append(_clean_run(config, operation, inputs, seed, reference).wall_s)
+        for rate in config.rates:
+            run = _run(config, operation, inputs, seed, config.plan(kind, rate))
+            _record(cells[operation, kind, rate, batch], run, reference)
+            if bar is not None:
+                bar.update()
+    clean_s = statistics.median(clean_times)
+    for kind in config.kinds:
+        for rate in config.rates:
+            cells[operation, kind, rate, batch].clean_wall_s += clean_s
+    if bar is not None:
+        bar.update(len(clean_times))
 
 
 def _warm_up(config: SweepConfig) -> None:
@@ -456,18 +482,9 @@ def run_sweep(config: SweepConfig, progress: bool = False) -> SweepReport:
         for operation in config.operations:
             for batch in config.batches:
                 for seed in config.seed_values():
-                    inputs = make_inputs(operation, batch, seed, config.n_features)
                     if bar is not None:
                         bar.set_description(f"{operation} {batch}")
-                    clean = _clean_run(config, operation, inputs, seed)
-                    if bar is not None:
-                        bar.update(config.clean_repeats)
-                    for kind in config.kinds:
-                        for rate in config.rates:
-                            run = _run(config, operation, inputs, seed, config.plan(kind, rate))
-                            _record(cells[operation, kind, rate, batch], run, clean)
-                            if bar is not None:
-                                bar.update()
+                    _sweep_seed(config, cells, (operation, batch, seed), bar)
     finally:
         if bar is not None:
             bar.close()

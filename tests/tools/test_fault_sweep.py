@@ -164,4 +164,4 @@ def test_rates_are_read_and_shown_as_percentages() -> None:
             parse_rate(text)
     config = SweepConfig()
     assert len(list(config.cells())) == 2 * 9 * 3 * 4
-    assert config.runs() == 2 * 4 * 2 * (9 * 3 + 3)  # 3 clean calls per (operation, batch, seed)
+    assert config.runs() == 2 * 4 * 2 * (9 * 3 + 9)  # a clean call before each kind's runs
