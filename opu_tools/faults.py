@@ -11,7 +11,8 @@ A *cell* is one operation (``transform`` of binary vectors, ``linear_transform``
 (or a mix, ``timeout+crc+drop+dup``: each kind at the rate), one rate and one batch size; it is run once per seed.
 A run opens a fresh small emulator with ``noise=0`` and the seed, installs the fault plan (so faults hit the call
 under test, not the open), and makes one call. The *clean* run is the same call on a fault-free device of the same
-seed; it is made once per (operation, batch, seed) and reused by every kind and rate. Per cell the sweep counts:
+seed; its result is computed once per (operation, batch, seed) and reused by every kind and rate (further clean
+calls only time it and must agree with it bit for bit). Per cell the sweep counts:
 
 - failed calls: calls that raised a typed ``opu_driver`` error (after the driver's retries);
 - wrong rows: rows of returned results that differ from the clean result bit for bit, and lost or extra rows;
