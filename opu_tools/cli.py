@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,25 +288,80 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+@contextlib.contextmanager
+def _quiet_fault_logs(verbose: int) -> Iterator[None]:
+    """Raise the driver's and the emulator's loggers to ERROR for a run under faults, unless ``-v`` was given:
+    every retry and saturated frame is logged at WARNING, thousands of lines, and the command's table counts them.
+    """
+    quiet = [] if verbose else [logging.getLogger(name) for name in ("opu_driver", "firmware_sim")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _cmd_soak(args: argparse.Namespace) -> int:
     from .soak import SoakConfig, format_report, run_soak
 
     config = SoakConfig(
         frames=args.frames, faults=args.faults, url_query=args.url_query, seed=args.seed, retries=args.retries
     )
-    quiet = [] if args.verbose else [logging.getLogger(name) for name in ("opu_driver", "firmware_sim")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:  # every retry and saturated frame is logged: thousands of lines; the table counts them
-        logger.setLevel(logging.ERROR)
-    try:
+    with _quiet_fault_logs(args.verbose):
         report = run_soak(config, progress=not args.no_progress and not args.json and sys.stderr.isatty())
-    finally:
-        for logger, level in zip(quiet, levels, strict=True):
-            logger.setLevel(level)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def _split(text: str) -> list[str]:
+    """A comma-separated option's items, blanks dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _parse_batches(text: str) -> tuple[int, ...]:
+    from opu_driver.errors import ConfigurationError
+
+    try:
+        return tuple(int(item.replace("_", "")) for item in _split(text))
+    except ValueError:
+        raise ConfigurationError(f"--batches {text!r}: give sizes separated by commas, e.g. 64,300") from None
+
+
+def _cmd_faults(args: argparse.Namespace) -> int:
+    from .faults import SweepConfig, format_summary, format_table, parse_rate, run_sweep
+
+    settings = {
+        name: getattr(args, name)
+        for name in ("retries", "timeout_s", "chunk_frames")
+        if getattr(args, name) is not None
+    }
+    config = SweepConfig(
+        kinds=tuple(_split(args.kinds)),
+        rates=tuple(parse_rate(item) for item in _split(args.rates)),
+        batches=_parse_batches(args.batches),
+        seeds=args.seeds,
+        operations=tuple(_split(args.operations)),
+        n_features=args.n_features,
+        n_components=args.n_components,
+        url_query=args.url_query,
+        first_seed=args.first_seed,
+        clean_repeats=args.clean_repeats,
+        settings=settings,
+    )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # a bad path fails now, not after the sweep
+    with _quiet_fault_logs(args.verbose):
+        report = run_sweep(config, progress=not args.no_progress and sys.stderr.isatty())
+    print(format_table(report))
+    print(format_summary(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
     return 0 if report.ok else 1
 
 
@@ -471,7 +527,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_soak)
+
+    _add_faults_parser(sub)
     return parser
+
+
+def _add_faults_parser(sub: Any) -> None:
+    """``opu faults``: its options, defaults from opu_tools.faults."""
+    from .faults import DEFAULT_BATCHES, DEFAULT_KINDS, DEFAULT_RATES, OPERATIONS, format_rate
+    from .soak import DEFAULT_URL_QUERY
+
+    kinds = ",".join(DEFAULT_KINDS)
+    rates = ",".join(format_rate(rate) for rate in DEFAULT_RATES)
+    batches = ",".join(str(batch) for batch in DEFAULT_BATCHES)
+    p = sub.add_parser(
+        "faults",
+        help="fault sweep: failed calls, wrong rows, frames and time relative to a fault-free run, per fault kind, "
+        "rate and batch size (table in docs/reliability.md); exit 1 on any wrong, lost or extra row",
+    )
+    p.add_argument("--kinds", default=kinds, help=f"fault kinds, comma-separated; '+' mixes kinds (default: {kinds})")
+    escaped = rates.replace("%", "%%")  # argparse formats help texts with %
+    p.add_argument("--rates", default=rates, help=f"fault rates, as 0.005 or 0.5%% (default: {escaped})")
+    p.add_argument("--batches", default=batches, help=f"batch sizes (default: {batches})")
+    p.add_argument("--seeds", type=int, default=2, help="seeds (runs) per cell (default: 2)")
+    p.add_argument("--operations", default=",".join(OPERATIONS), help=f"operations (default: {','.join(OPERATIONS)})")
+    p.add_argument("--n-features", type=int, default=500, help="features per vector (default: 500)")
+    p.add_argument("--n-components", type=int, default=64, help="outputs per vector (default: 64)")
+    p.add_argument(
+        "--url-query",
+        default=DEFAULT_URL_QUERY,
+        help=f"emulator options without seed, noise and faults (default: {DEFAULT_URL_QUERY})",
+    )
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed; cells use seeds first..first+seeds-1")
+    p.add_argument(
+        "--clean-repeats",
+        type=int,
+        default=3,
+        help="fault-free calls per operation, batch and seed, at least (one is made before each kind's runs); "
+        "the median of their times is the clean time (default: 3)",
+    )
+    p.add_argument("--retries", type=int, default=None, help="OpuSettings.retries (default: the driver's, 2)")
+    p.add_argument("--timeout-s", type=float, default=None, help="OpuSettings.timeout_s (default: the driver's)")
+    p.add_argument("--chunk-frames", type=int, default=None, help="OpuSettings.chunk_frames (default: the driver's)")
+    p.add_argument("--json", metavar="PATH", help="also write the report to this JSON file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_faults)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

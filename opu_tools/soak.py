@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.parse
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +35,17 @@ import numpy as np
 
 from opu_driver.errors import ConfigurationError, OpuError
 from opu_driver.validation import Validated, setting
+
+from .exact import (
+    DEFAULT_URL_QUERY,
+    RowCheck,
+    check_fault_plan,
+    check_rows,
+    check_url_query,
+    emulator_url,
+    open_exact,
+    reference_lookup,
+)
 
 __all__ = [
     "DEFAULT_FAULTS",
@@ -58,11 +67,8 @@ DEFAULT_FAULTS = "timeout:0.005,crc:0.001,drop:0.001,dup:0.001,reorder:0.001,tru
 faults are drawn once per camera frame; timeout and reset once per sequence (one bulk read, one start per 64
 frames here) and stall once per bulk transfer (two per sequence), so their rates are higher for a similar count:
 over a million frames, about 1,000 of each frame fault, 90 timeouts and resets and 180 stalls."""
-DEFAULT_URL_QUERY = "dmd=96x64&camera=64x48&cell=4"
-"""The small emulator of the test suite: about 30,000 frames/s here without faults."""
 OPERATIONS = ("transform", "linear_four_frame", "linear_two_frame")
 """What a soak batch goes through: ``Opu.transform``, ``Opu.linear_transform`` with each scheme."""
-_RESERVED_KEYS = ("seed", "noise", "faults")  # the soak sets these itself
 STUCK_REQUESTS = 20
 """A soak stops when this many requests in a row raised and sent no frame: the device no longer recovers."""
 
@@ -106,58 +112,12 @@ class SoakConfig(Validated):
                 f"pool_size={self.pool_size} must be at least max_batch={self.max_batch} "
                 "(a batch draws distinct pool vectors)"
             )
-        if not isinstance(self.faults, str):
-            raise ConfigurationError(f"faults must be a fault plan text, got {self.faults!r}")
-        from firmware_sim.errors import SimConfigError
-        from firmware_sim.faults import FaultPlan
-
-        try:
-            FaultPlan.parse(self.faults)  # a bad plan is refused now, naming its entry, before anything is opened
-        except SimConfigError as exc:
-            raise ConfigurationError(exc.message) from exc
-        if not isinstance(self.url_query, str):
-            raise ConfigurationError(f"url_query must be a string, got {self.url_query!r}")
-        try:
-            keys = [
-                key
-                for key, _ in urllib.parse.parse_qsl(
-                    self.url_query.lstrip("?"), keep_blank_values=True, strict_parsing=bool(self.url_query.strip("?"))
-                )
-            ]
-        except ValueError as exc:
-            raise ConfigurationError(f"url_query {self.url_query!r}: {exc}") from None
-        reserved = sorted(set(keys) & set(_RESERVED_KEYS))
-        if reserved:
-            raise ConfigurationError(
-                f"url_query must not set {', '.join(reserved)}: the soak sets seed, noise=0 "
-                "and faults itself (use --seed and --faults)"
-            )
+        check_fault_plan(self.faults)
+        check_url_query(self.url_query, hint="use --seed and --faults")
 
     def url(self, faults: bool = True) -> str:
         """The emulator URL: the query, the seed, noise off and (for the soak device) the fault plan."""
-        query = self.url_query.strip("?&")
-        parts = [query] if query else []
-        parts += [f"seed={self.seed}", "noise=0"]
-        if faults and self.faults.strip():
-            parts.append(f"faults={self.faults.replace(' ', '')}")
-        return "sim://?" + "&".join(parts)
-
-
-@dataclass(frozen=True)
-class RowCheck:
-    """How the rows of one result compare with the reference rows of the vectors asked for."""
-
-    rows: int = 0
-    matched: int = 0
-    mismatched: int = 0
-    misattributed: int = 0
-    duplicated: int = 0
-    lost: int = 0
-    extra: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.mismatched == 0 and self.lost == 0 and self.extra == 0
+        return emulator_url(self.url_query, self.seed, self.faults if faults else "")
 
 
 @dataclass
@@ -212,47 +172,6 @@ class SoakReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def check_rows(
-    result: np.ndarray, indices: np.ndarray, reference: np.ndarray, lookup: Callable[[bytes], int | None]
-) -> RowCheck:
-    """Compare each row of ``result`` with ``reference[indices[i]]`` bit for bit.
-
-    ``indices`` must be distinct (a batch draws without replacement) and the reference rows pairwise distinct;
-    ``lookup`` maps a row's bytes to the pool index whose reference row it is (None if none). A wrong row that is
-    another pool vector's reference row is *misattributed*; a row whose bytes occur more than once in the result
-    is *duplicated* (each copy after the first); rows missing at the end are *lost*, rows beyond the request
-    *extra*. Misattributed and duplicated rows are also mismatched.
-    """
-    asked = len(indices)
-    got = int(result.shape[0]) if result.ndim == 2 else 0
-    if result.ndim != 2 or result.shape[1] != reference.shape[1] or result.dtype != reference.dtype:
-        return RowCheck(rows=asked, mismatched=asked, lost=asked)  # nothing usable came back
-    n = min(asked, got)
-    expected = reference[indices[:n]]
-    width = reference.dtype.itemsize * reference.shape[1]
-    # bit-for-bit: compare raw bytes (float -0.0 != 0.0 and NaN == NaN of the same payload, as they should)
-    got_bytes = np.ascontiguousarray(result[:n]).view(np.uint8).reshape(n, width)
-    want_bytes = np.ascontiguousarray(expected).view(np.uint8).reshape(n, width)
-    equal = (got_bytes == want_bytes).all(axis=1)
-    mismatched = int(n - equal.sum())
-    misattributed = 0
-    for i in np.flatnonzero(~equal):
-        owner = lookup(got_bytes[i].tobytes())
-        if owner is not None and owner != int(indices[i]):
-            misattributed += 1
-    seen = Counter(got_bytes[i].tobytes() for i in range(n))
-    duplicated = sum(count - 1 for count in seen.values() if count > 1)
-    return RowCheck(
-        rows=asked,
-        matched=int(equal.sum()),
-        mismatched=mismatched,
-        misattributed=misattributed,
-        duplicated=duplicated,
-        lost=max(0, asked - got),
-        extra=max(0, got - asked),
-    )
-
-
 def _draw_pool(config: SoakConfig) -> tuple[np.ndarray, np.ndarray]:
     """Distinct binary vectors (transform) and distinct ternary vectors (linear), none all-zero."""
     rng = np.random.default_rng([config.seed, 0x50AC])
@@ -284,17 +203,7 @@ def _frames_per_vector(operation: str) -> int:
 
 
 def _open(url: str, config: SoakConfig) -> Any:
-    import opu_driver
-
-    # calibration=None: a stored calibration of the user's must not change what is measured
-    return opu_driver.open(
-        url,
-        calibration=None,
-        drift_check=False,
-        chunk_frames=config.chunk_frames,
-        retries=config.retries,
-        timeout_s=config.timeout_s,
-    )
+    return open_exact(url, chunk_frames=config.chunk_frames, retries=config.retries, timeout_s=config.timeout_s)
 
 
 def measure_reference(config: SoakConfig) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -332,17 +241,7 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
     device that cannot be opened.
     """
     X, E, reference = measure_reference(config)
-    lookups: dict[str, dict[bytes, int]] = {}
-
-    def lookup_for(op: str) -> Callable[[bytes], int | None]:
-        def lookup(row: bytes) -> int | None:
-            if op not in lookups:  # built on the first wrong row only
-                rows = reference[op]
-                view = rows.view(np.uint8).reshape(len(rows), -1)
-                lookups[op] = {view[i].tobytes(): i for i in range(len(rows))}
-            return lookups[op].get(row)
-
-        return lookup
+    lookups = {op: reference_lookup(rows) for op, rows in reference.items()}  # each built on a first wrong row
 
     url = config.url(faults=True)
     report = SoakReport(config=asdict(config), url=url, pool_vectors=len(X))
@@ -409,7 +308,7 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
                         break
                 else:
                     failing = 0
-                    check = check_rows(np.asarray(result), indices, reference[operation], lookup_for(operation))
+                    check = check_rows(np.asarray(result), indices, reference[operation], lookups[operation])
                     report.rows_checked += check.rows
                     report.rows_matched += check.matched
                     report.mismatched_rows += check.mismatched
