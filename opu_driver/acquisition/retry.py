@@ -24,7 +24,7 @@ from ..errors import (
     StallError,
 )
 
-__all__ = ["RetryPolicy", "RETRYABLE", "run_with_retries", "count_fault"]
+__all__ = ["RetryPolicy", "RETRYABLE", "CLEARED", "CLEARED_IN_A_ROW", "run_with_retries", "count_fault"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +40,14 @@ RETRYABLE: tuple[type[Exception], ...] = (
 """Faults that can only have lost or spoilt camera frames or an idempotent write, never changed what the device
 displays: a retry after abort, drain and restore is safe. Refusals, interlock trips and interrupts are never
 retried; a lost connection is retried only by reconnecting."""
+
+CLEARED: tuple[type[Exception], ...] = (StallError, DeviceResetError)
+"""Faults the driver identifies and clears: a stalled pipe (its halt cleared), a device reset (its state written
+back). An attempt ended by one is not a failed attempt, unless they come ``CLEARED_IN_A_ROW`` times in a row."""
+
+CLEARED_IN_A_ROW = 3
+"""Cleared faults one after another, with nothing brought back between, that make the last one count against
+``retries``: a pipe that stalls again at once, or a device that resets at every start, is no passing fault."""
 
 
 @dataclass(frozen=True)
@@ -113,13 +121,16 @@ def run_with_retries(
         missing: how many results are still missing (frames), for the counters and the log.
         progress: how many results are in so far. A failed attempt that brought results does not count against
             ``policy.retries`` (it is still counted in ``retries`` and bounded by ``deadline``): the budget is for
-            attempts that made no progress, so a long sequence survives as many scattered faults as it meets.
+            attempts that made no progress, so a long sequence survives as many scattered faults as it meets. Nor does
+            one ended by a fault of :data:`CLEARED` (``recover`` clears a halt, ``restore`` what a reset lost),
+            unless it is the ``CLEARED_IN_A_ROW``-th in a row.
         what: what is retried, for the log ("the sequence", "loading the layout").
 
     Returns:
         what ``attempt`` returned, or None when ``complete()`` said so after a fault.
     """
     tries = 0  # attempts that failed without bringing results: what policy.retries bounds
+    cleared_row = 0  # attempts ended by a cleared fault, in a row
     reruns = 0  # every attempt after the first
     needs_restore = False
     try:
@@ -176,18 +187,24 @@ def run_with_retries(
                     tally.requests_recovered += 1
                     return None
                 progressed = policy.retries > 0 and progress() > results_before
-                wait_s = 0.0 if progressed else policy.wait_s(tries + 1)
-                if (tries >= policy.retries and not progressed) or (
+                cleared_row = cleared_row + 1 if isinstance(exc, CLEARED) and not progressed else 0
+                cleared = policy.retries > 0 and 0 < cleared_row < CLEARED_IN_A_ROW
+                wait_s = 0.0 if progressed or cleared else policy.wait_s(tries + 1)
+                if (tries >= policy.retries and not (progressed or cleared)) or (
                     deadline is not None and time.monotonic() + wait_s >= deadline
                 ):
                     raise
-                if not progressed:
+                if not (progressed or cleared):
                     tries += 1
                 reruns += 1
                 tally.retries += 1
                 _log.warning(
                     "%s of %s after %s: %s%s",
-                    "re-run (the attempt brought results)" if progressed else f"retry {tries} of {policy.retries}",
+                    "re-run (the attempt brought results)"
+                    if progressed
+                    else "re-run (a cleared fault)"
+                    if cleared
+                    else f"retry {tries} of {policy.retries}",
                     what,
                     type(exc).__name__,
                     exc,

@@ -39,10 +39,11 @@ from ..errors import (
     DroppedFramesError,
     InvalidInputError,
     ProtocolError,
+    StallError,
 )
 from ..protocol import MAX_FRAME_ID, CameraFrame, DeviceErrorCode, PixelFormat
 from .counters import AcquisitionCounters, new_tally
-from .retry import RetryPolicy, run_with_retries
+from .retry import CLEARED_IN_A_ROW, RetryPolicy, count_fault, run_with_retries
 
 __all__ = ["SequenceRunner", "Expected", "FrameSink", "check_frame"]
 
@@ -245,14 +246,36 @@ class SequenceRunner:
             _log.warning("abort after a failed request failed: %s", exc)
         self._camera.drain(_DRAIN_TIMEOUT_S, _DRAIN_MAX_READS)
 
+    def _clear_stall(self, exc: StallError, stalls: int, where: str) -> int:
+        """A stalled pipe met within an attempt: cleared, counted, and the attempt goes on (the count of stalls in a
+        row, for the caller's next one). Raises the stall when ``retries`` is 0, when nothing can clear it, or
+        when ``CLEARED_IN_A_ROW`` came with nothing done between: then the attempt ends and the retry engine
+        takes over (a pipe that stalls again at once is no passing fault)."""
+        if self.policy.retries == 0 or self._clear_link_faults is None or stalls + 1 >= CLEARED_IN_A_ROW:
+            raise exc
+        count_fault(self.tally, exc)
+        self._clear_link_faults()
+        _log.info("the pipe stalled %s (%s): cleared, going on", where, exc)
+        return stalls + 1
+
     def _queue_checked(self, queue_some: Callable[[], None], count: int) -> None:
-        """Queue frames and verify the device took them all, before anything is displayed."""
-        before = self._dmd.queued_frames
-        if before:
-            _log.warning("%d frames were queued on the device by someone else: aborting them", before)
-            self._dmd.abort()
+        """Queue frames and verify the device took them all, before anything is displayed.
+
+        A stall while queueing (nothing is displayed before the start) is cleared, the device's queue emptied and
+        the frames queued again: the DMD's queue counter says what it holds, so nothing is shown twice."""
+        stalls = 0
+        while True:
             before = self._dmd.queued_frames
-        queue_some()
+            if before:
+                _log.warning("%d frames were queued on the device by someone else: aborting them", before)
+                self._dmd.abort()
+                before = self._dmd.queued_frames
+            try:
+                queue_some()
+                break
+            except StallError as exc:
+                stalls = self._clear_stall(exc, stalls, "while queueing frames")
+                self._dmd.abort()  # what the stalled transfer left queued, if anything: queued again whole
         after = self._dmd.queued_frames
         if after - before != count:
             code = self._dmd.last_error()
@@ -344,6 +367,7 @@ class SequenceRunner:
         deadline = min(time.monotonic() + self.timeout_s + attempt.unaccounted() * frame_time_s, request_deadline)
         window_s = max(_QUIET_MIN_S, _QUIET_FRAMES * frame_time_s)
         last_data = time.monotonic()
+        stalls = 0
         while (remaining := attempt.n_shown - attempt.positions_seen()) > 0:
             left_s = deadline - time.monotonic()
             if left_s <= 0:
@@ -352,8 +376,13 @@ class SequenceRunner:
             accounted = attempt.unaccounted() <= 0
             try:
                 for item in self._camera.read_frames(remaining, min(_POLL_S if accounted else window_s, left_s)):
-                    last_data = time.monotonic()
+                    last_data, stalls = time.monotonic(), 0
                     self._take(item, attempt, expected, sink)
+                continue
+            except StallError as exc:
+                # The camera's frames wait in its buffer: clear the pipe and read on. A packet cut by the stall
+                # is a damaged or lost frame, shown again like any other.
+                stalls = self._clear_stall(exc, stalls, "while reading frames")
                 continue
             except CommunicationTimeoutError:
                 if time.monotonic() >= deadline:
@@ -372,7 +401,12 @@ class SequenceRunner:
         displayed = (self._dmd.frame_count - attempt.dmd_first) & 0xFFFFFFFF
         captured = (self._camera.frame_count - attempt.camera_first) & 0xFFFFFFFF
         went_back = max(displayed, captured) > attempt.n_shown + self.max_lag_frames
-        if went_back or (displayed < attempt.n_shown and self._dmd.queued_frames == 0):
+        if went_back:
+            raise DeviceResetError(
+                "the device's frame counters went back since the sequence started (DMD "
+                f"{self._dmd.frame_count}, camera {self._camera.frame_count}): it reset"
+            )
+        if displayed < attempt.n_shown and self._dmd.queued_frames == 0:
             raise DeviceResetError(
                 f"the device lost the sequence ({displayed} of {attempt.n_shown} frames displayed, {captured} "
                 "exposures counted, nothing left queued): it reset"

@@ -28,11 +28,13 @@ from opu_driver.errors import (
     ConfigurationError,
     DroppedFramesError,
     ProtocolError,
+    StallError,
 )
 from tests.support import small_sim
 from tests.support.faults import (
     BASE,
     CHUNK_FRAMES,
+    CLEARED_IN_ATTEMPT,
     ERRORS_WITHOUT_RETRY,
     FRAME_LEVEL,
     HARMLESS,
@@ -79,6 +81,8 @@ def test_each_fault_is_recovered_exactly_with_retries(reference, operation, kind
     assert counters.requests_failed == 0
     if kind in FRAME_LEVEL:  # the lost frames shown again in the same attempt: no retry of the sequence
         assert counters.frames_missing >= 1 and counters.frames_resent >= 1
+    elif kind in CLEARED_IN_ATTEMPT:
+        assert counters.stalls >= 1
     elif kind in ERRORS_WITHOUT_RETRY:
         assert counters.retries >= 1 and counters.requests_recovered >= 1
         assert counters.frames_recovered >= 1
@@ -267,7 +271,7 @@ def test_a_restore_that_fails_half_way_is_finished_before_the_next_request():
 
 def test_the_session_fault_counters_are_logged_at_close(caplog):
     with caplog.at_level(logging.INFO, logger="opu_driver.opu"):
-        with _open(f"stall:{RATES['stall']}", retries=RETRIES) as opu:
+        with _open(f"reset:{RATES['reset']}", retries=RETRIES) as opu:
             _operate(opu, "transform")
             retries = opu.counters.retries
     summary = [r.getMessage() for r in caplog.records if "faults met this session" in r.getMessage()]
@@ -320,3 +324,19 @@ def test_without_retries_a_lost_frame_is_still_a_typed_error():
         with pytest.raises(DroppedFramesError, match="never arrived"):
             opu.transform(X, N_COMPONENTS)
         assert time.monotonic() - started < TIMEOUT_S  # known lost from the camera's counter, not timed out
+
+
+def test_a_pipe_that_stalls_at_every_transfer_is_a_stall_error_in_time():
+    # Stalls are cleared where they happen, but one that comes back at once, again and again, is no passing fault:
+    # after a few in a row the attempt ends, and once the retries are spent the call raises StallError.
+    with _open("", retries=2) as opu:
+        X, _ = _inputs()
+        opu.transform(X, N_COMPONENTS)
+        opu.emulator.set_faults("stall:1")
+        start = time.monotonic()
+        with pytest.raises(StallError):
+            opu.transform(X, N_COMPONENTS)
+        assert time.monotonic() - start < TIMEOUT_S + 1.0
+        assert opu.counters.requests_failed == 1 and opu.counters.stalls >= 3
+        opu.emulator.set_faults("")
+        opu.transform(X, N_COMPONENTS)  # the next call starts clean

@@ -46,6 +46,8 @@ ERRORS_WITHOUT_RETRY = {
 }
 FRAME_LEVEL = ("crc", "truncate", "drop")
 """Faults that cost the frames they touch only: shown again within the attempt, no retry of the sequence."""
+CLEARED_IN_ATTEMPT = ("stall",)
+"""Faults cleared where they happen (the halted pipe cleared, the frames queued again or read on): no retry."""
 HARMLESS = ("dup", "reorder", "slow", "timeout")
 """Faults recovered even with retries=0."""
 
