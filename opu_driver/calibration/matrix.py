@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
-from ..opu import FRAMES_PER_TERNARY, PROJECTION_SCHEMES, Opu, Roi
+from ..opu import PROJECTION_SCHEMES, Opu, Roi
 from ..validation import check_bool, check_choice, check_int, is_int
 from ._checks import check_components, check_count, check_seed, correlation
 from ._probes import TwoReferenceLayout, hadamard_order, hadamard_rows, sample_pairs
@@ -64,7 +64,8 @@ class MatrixResult(CalibrationResult):
         n_frames: DMD frames the call sent, all stages together (``opu.counters.frames_sent`` difference);
             ``n_frames_reference`` of them measured the linear mode's reference (0 when it was already known),
             ``n_frames_probes`` the probes, ``n_frames_noise`` the repeated probes, ``n_frames_holdout`` the
-            held-out vectors and ``n_frames_nonlinear`` the nonlinear check.
+            held-out vectors and ``n_frames_nonlinear`` the nonlinear check. The linear stages count the light
+            pilots the linear mode puts among their frames (``opu.linear_mode.call_frames``).
         saturated_frames: frames of the linear stages that saturated some pixel; the linear mode zeroes the
             outputs they produce, which biases the estimate of those outputs: lower the exposure if not 0.
         relative_error, holdout_correlation: held-out prediction error (RMS residual / RMS measured) and
@@ -222,7 +223,6 @@ def estimate_matrix(
     saturated_before = opu.counters.saturated_frames
     zeroed_before = opu.linear_mode.saturated_outputs
     start = opu.counters.frames_sent
-    per_probe = FRAMES_PER_TERNARY[scheme]
 
     order = hadamard_order(n_features)
     if probes == "hadamard":
@@ -248,6 +248,9 @@ def estimate_matrix(
         ptp = np.zeros((n_features, n_features), dtype=np.float64) if probes == "random" else None
         nonzero = np.zeros(n_components, dtype=bool)
         first_measurement = None
+        # the reference first (a no-op when it is known), so each stage below counts its own frames, pilots included
+        opu.linear_mode.calibration(n_features, n_components)
+        reference_end = opu.counters.frames_sent
         for lo, hi in batches:
             P = probe_block(lo, hi)
             Y = opu.linear_transform(P, n_components, scheme=scheme)
@@ -259,7 +262,6 @@ def estimate_matrix(
                 ptp += P.T.astype(np.float64) @ P
             bar.update(1)
         probes_end = opu.counters.frames_sent
-        n_frames_reference = probes_end - start - per_probe * n_probes
         mask = nonzero
         if not mask.any():
             raise InvalidInputError("no output gave a signal: check the laser, shutter and exposure")
@@ -333,8 +335,8 @@ def estimate_matrix(
         matrix=matrix.astype(np.float32),
         mask=mask,
         n_frames=end - start,
-        n_frames_reference=n_frames_reference,
-        n_frames_probes=per_probe * n_probes,
+        n_frames_reference=reference_end - start,
+        n_frames_probes=probes_end - reference_end,
         n_frames_noise=noise_end - probes_end,
         n_frames_holdout=holdout_end - noise_end,
         n_frames_nonlinear=end - holdout_end,

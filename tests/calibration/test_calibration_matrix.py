@@ -52,17 +52,21 @@ def test_hadamard_estimate_correlates_with_the_true_matrix_at_0_99_and_counts_it
         signal, a, b = _fields(opu)
         # a second estimate reuses the reference calibration: no reference frames
         again = estimate_matrix(opu, N_FEATURES, N_OUT, seed=2, nonlinear_check=False)
+        frames = {n_rows: opu.linear_mode.call_frames(n_rows) for n_rows in (16, 32, 256)}
     # nothing saturated: the reference (plus dark) is below full scale, and no probe frame clipped
     assert (cal.reference_dn + cal.dark_dn).max() < 4095 and result.saturated_frames == 0
     # the frames reported are the frames sent, stage by stage
     assert result.n_frames == sent
     n = hadamard_order(N_FEATURES)
     assert result.n_probes == n == 256
-    assert result.n_frames_probes == 4 * n and result.n_frames_noise == 4 * 16 and result.n_frames_holdout == 4 * 32
-    assert result.n_frames_reference == 2 * 32 + 2 * 32  # linear mode: 32 dark, 32 reference, 2 x 32 probes
+    # each linear stage is one call: its rows' four frames each and the light pilots among them
+    assert 4 * n < result.n_frames_probes == frames[n] < 4 * n + n // 8
+    assert result.n_frames_noise == frames[16] and result.n_frames_holdout == frames[32]
+    # linear mode: 32 dark, 32 reference, 2 x 32 probes, measured twice (steady light: the two agreed)
+    assert result.n_frames_reference == 2 * (2 * 32 + 2 * 32)
     assert result.n_frames_nonlinear == 4 * 64 + 6 * n + 32
     assert again.n_frames_reference == 0 and again.n_frames_nonlinear == 0
-    assert again.n_frames == 4 * n + 4 * 16 + 4 * 32
+    assert again.n_frames == frames[n] + frames[16] + frames[32]
     np.testing.assert_array_equal(result.mask, cal.mask)
     m = cal.mask
     exact = _exact_matrix(signal, a + b)[:, m]
@@ -106,8 +110,10 @@ def test_random_probes_reach_the_derived_correlation():
         result = estimate_matrix(opu, N_FEATURES, N_OUT, probes="random", n_probes=384, seed=3, nonlinear_check=False)
         m = opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
         opu.linear_transform(np.eye(1, N_FEATURES), N_OUT)  # loads the linear layout for the ground truth
+        probe_frames = sum(map(opu.linear_mode.call_frames, (256, 128)))  # two calls
         F = opu.emulator.ground_truth.feature_matrix()[:, :N_OUT].astype(np.complex128)
-    assert result.n_frames_probes == 4 * 384 and result.saturated_frames == 0
+    assert result.n_frames_probes == probe_frames
+    assert result.saturated_frames == 0
     exact = _exact_matrix(F[:N_FEATURES], F[N_FEATURES])[:, m]
     estimate = result.matrix[:, m].astype(np.float64)
     rho = np.corrcoef(estimate.ravel(), exact.ravel())[0, 1]

@@ -101,8 +101,12 @@ def test_a_small_soak_with_faults_returns_every_row_exactly() -> None:
     # the faults really fired and were really recovered: else this test proves nothing
     for kind in ("timeout", "crc", "drop", "dup", "reorder", "truncate", "reset"):
         assert report.faults_injected.get(kind, 0) >= 1, (kind, report.faults_injected)
-    assert report.counters["retries"] >= 10 and report.counters["requests_recovered"] >= 10
-    assert report.counters["resets_detected"] >= 1
+    # frames lost one by one are sent again within their attempt, stalls are cleared in place, and a reset
+    # re-runs the attempt (a retry): each of these recoveries happened, and every frame lost was sent again
+    counters = report.counters
+    assert counters["frames_resent"] >= counters["frames_missing"] >= 100 and counters["frames_recovered"] >= 100
+    assert counters["stalls"] >= 1 and counters["resets_detected"] >= 1 and counters["corrupt_packets"] >= 10
+    assert counters["retries"] >= counters["resets_detected"] and counters["requests_recovered"] >= 1
     text = soak.format_report(report)
     assert "OK" in text and "mismatched rows" in text
 
