@@ -6,6 +6,7 @@ calibration store above it (``open`` applies the newest matching record unless t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -27,7 +28,8 @@ def open(url: str = "sim://", **settings: Any) -> Opu:
 
     Args:
         url: ``sim://?seed=3&lag=1&noise=0`` for the built-in emulator, or
-            ``usb://1209:4f50[/SERIAL]?port=/dev/ttyACM0`` for a physical device.
+            ``usb://1209:4f50[/SERIAL]?port=/dev/ttyACM0`` for a physical device, or ``rig://path/to/rig.toml``
+            for a lab-built OPU (its parts named in the rig file; see docs/rig.md).
         **settings: fields of :class:`OpuSettings` (layout, frame_mode, exposure_us, pixel_format, ...).
 
     Raises:
@@ -37,6 +39,9 @@ def open(url: str = "sim://", **settings: Any) -> Opu:
     """
     opu_settings = OpuSettings.from_options(settings)
     rig = make_rig(url, controller_retries=min(opu_settings.retries, MAX_CONTROLLER_RETRIES))
+    if "frame_mode" not in settings and not rig.dmd.supports_feature_frames:
+        # a DMD without layout tables (a lab rig's) shows mirror pictures the host expands
+        opu_settings = dataclasses.replace(opu_settings, frame_mode="raw")
     opu = Opu.from_rig(rig, opu_settings)
     try:
         if opu_settings.calibration is not None:

@@ -17,6 +17,7 @@ __all__ = ["make_rig", "URL_SCHEMES"]
 _BACKENDS: dict[str, str] = {
     "sim": "opu_driver.devices.v1.rig:make_v1_rig",  # the built-in emulator of a protocol-v1 device
     "usb": "opu_driver.devices.v1.rig:make_v1_rig",  # a protocol-v1 device on USB and a serial line
+    "rig": "opu_driver.devices.lab.rig:make_lab_rig",  # a lab-built OPU: parts named in a rig file
 }
 
 URL_SCHEMES: tuple[str, ...] = tuple(_BACKENDS)

@@ -8,6 +8,7 @@ serial line) proves itself by passing them, against its own stand-in and on hard
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -37,6 +38,12 @@ class DmdConformance:
     def test_a_layout_is_loaded_cleared_and_one_for_another_dmd_refused(self, dmd: Dmd) -> None:
         geometry = dmd.geometry
         layout = make_layout("lined", 20, geometry.width, geometry.height)
+        if not dmd.supports_feature_frames:
+            # a DMD that shows mirror pictures only refuses tables and feature frames, whatever they are
+            with pytest.raises(DeviceError):
+                dmd.load_layout(layout)
+            assert dmd.layout is None and not dmd.layout_is_loaded(layout)
+            return
         dmd.load_layout(layout)
         assert dmd.layout is layout and dmd.layout_is_loaded(layout)
         other = make_layout("lined", 20, geometry.width + 8, geometry.height)
@@ -59,9 +66,12 @@ class DmdConformance:
         geometry = dmd.geometry
         dmd.abort()
         dmd.queue_raw_frames(100, np.zeros((3, geometry.frame_bytes), dtype=np.uint8))
-        layout = make_layout("lined", 16, geometry.width, geometry.height)
-        dmd.load_layout(layout)
-        dmd.queue_feature_frames(103, np.packbits(np.ones((2, 16), dtype=bool), axis=1))
+        if dmd.supports_feature_frames:
+            layout = make_layout("lined", 16, geometry.width, geometry.height)
+            dmd.load_layout(layout)
+            dmd.queue_feature_frames(103, np.packbits(np.ones((2, 16), dtype=bool), axis=1))
+        else:
+            dmd.queue_raw_frames(103, np.ones((2, geometry.frame_bytes), dtype=np.uint8))
         assert dmd.queued_frames == 5
         dmd.abort()
         assert dmd.queued_frames == 0
@@ -176,12 +186,18 @@ class ControllerConformance:
         assert controller.laser_power_mw == pytest.approx(12.5, abs=1e-3)
 
     def test_temperature_and_interlock(self, controller: Controller) -> None:
-        assert 0.0 < controller.temperature_c < 80.0
+        temperature_c = controller.temperature_c  # NaN where the light path has no thermometer
+        assert math.isnan(temperature_c) or 0.0 < temperature_c < 80.0
         assert controller.interlock_ok
 
     def test_trigger_mode_round_trip(self, controller: Controller) -> None:
         for mode in (TriggerMode.SOFTWARE, TriggerMode.INTERNAL):
-            controller.set_trigger_mode(mode)
+            before = controller.trigger_mode
+            try:
+                controller.set_trigger_mode(mode)
+            except ConfigurationError:  # a mode the rig cannot run (a lab DMD plays on its own clock): unchanged
+                assert mode is not TriggerMode.INTERNAL and controller.trigger_mode is before
+                continue
             assert controller.trigger_mode is mode
         with pytest.raises(ConfigurationError):
             controller.set_trigger_mode("SOMETIMES")
@@ -220,21 +236,26 @@ class RigConformance:
     def test_each_displayed_frame_comes_back_once_with_its_metadata(self, rig: Rig) -> None:
         dmd, camera = rig.dmd, rig.camera
         geometry = dmd.geometry
-        layout = make_layout("lined", 16, geometry.width, geometry.height)
-        dmd.load_layout(layout)
         settings = camera.configure(CameraSettings(roi=Roi(0, 0, 6, 5)))
         dmd.abort()
         camera.drain(0.05, 1000)
         frames_before = dmd.frame_count
-        bits = np.zeros((3 + _FLUSH_FRAMES, 16), dtype=bool)
-        bits[:3] = True
-        dmd.queue_feature_frames(1234, np.packbits(bits, axis=1))
+        n_frames = 3 + _FLUSH_FRAMES
+        if dmd.supports_feature_frames:
+            dmd.load_layout(make_layout("lined", 16, geometry.width, geometry.height))
+            bits = np.zeros((n_frames, 16), dtype=bool)
+            bits[:3] = True
+            dmd.queue_feature_frames(1234, np.packbits(bits, axis=1))
+        else:
+            mirrors = np.zeros((n_frames, geometry.frame_bytes), dtype=np.uint8)
+            mirrors[:3] = 0xFF
+            dmd.queue_raw_frames(1234, mirrors)
         dmd.start()
-        arrived = list(camera.read_frames(len(bits), timeout_s=5.0))
+        arrived = list(camera.read_frames(n_frames, timeout_s=5.0))
         frames = [f for f in arrived if 1234 <= f.dmd_frame_id < 1237]  # a camera lag shifts them, up to the flush
         assert [f.dmd_frame_id for f in frames] == [1234, 1235, 1236]
         assert [f.camera_frame_id - frames[0].camera_frame_id for f in frames] == [0, 1, 2]
-        assert dmd.frame_count - frames_before == len(bits)
+        assert dmd.frame_count - frames_before == n_frames
         for frame in frames:
             roi = settings.roi
             assert roi is not None
@@ -244,8 +265,13 @@ class RigConformance:
 
     def test_the_link_counts_what_crossed_it(self, rig: Rig) -> None:
         before = rig.link_counters
+        rig.dmd.abort()
+        rig.camera.drain(0.05, 1000)
         rig.dmd.queue_raw_frames(7, np.zeros((2, rig.dmd.geometry.frame_bytes), dtype=np.uint8))
+        rig.dmd.start()
+        arrived = list(rig.camera.read_frames(2, timeout_s=5.0))
         rig.dmd.abort()
         after = rig.link_counters
-        assert after.bytes_sent > before.bytes_sent
+        assert after.bytes_sent > before.bytes_sent and arrived
+        assert after.bytes_received > before.bytes_received
         rig.clear_link_faults()  # never raises

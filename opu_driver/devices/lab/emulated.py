@@ -1,0 +1,217 @@
+"""The emulated parts of a lab rig: the driver's one door into :mod:`firmware_sim.lab`.
+
+An emulated rig is the lab rig with its parts replaced by emulators that share one emulated optical path
+(:class:`firmware_sim.lab.world.LabWorld`): the DMD's pictures, through the same scattering medium and sensor
+model as the protocol-v1 emulator, become the triggered camera's exposures. The DMD can be the fake ALP library
+(driven by the real :class:`~opu_driver.devices.lab.alp.AlpDmd` through cffi) or a plain emulated DMD; the camera
+is emulated (the GenICam camera's behaviour: 16-bit ids that wrap, device timestamps, bounded buffers, faults); the
+laser is the serial laser's emulator driven by the real serial backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ...errors import ConfigurationError, DeviceRefusedError, UnsupportedUrlError
+from ...protocol import PixelFormat
+from .parts import (
+    CameraBuffer,
+    GrabSettings,
+    LightSource,
+    LightSourceInfo,
+    PatternDmd,
+    PatternDmdInfo,
+    StreamCounters,
+    TriggeredCamera,
+    TriggeredCameraInfo,
+)
+
+__all__ = ["EmulatedWorld", "EmulatedDmdPart", "EmulatedCameraPart", "EmulatedLight", "make_world"]
+
+_FORMATS = {PixelFormat.MONO8: "Mono8", PixelFormat.MONO10: "Mono10", PixelFormat.MONO12: "Mono12"}
+
+
+def make_world(query: str) -> Any:
+    """The emulated optics of a rig (``[emulator] sim = "dmd=96x64&..."``, the ``sim://`` URL's options)."""
+    from firmware_sim.config import SimConfig
+    from firmware_sim.errors import SimError
+    from firmware_sim.lab.world import LabWorld
+
+    try:
+        config = SimConfig.from_query(query)
+    except SimError as exc:
+        raise UnsupportedUrlError(f"[emulator] sim = {query!r}: {exc}") from exc
+    return LabWorld(config)
+
+
+EmulatedWorld = Any
+"""A :class:`firmware_sim.lab.world.LabWorld` (typed loosely: the driver does not import the emulator eagerly)."""
+
+
+def _refused(exc: Exception) -> DeviceRefusedError:
+    return DeviceRefusedError(str(exc))
+
+
+class EmulatedDmdPart(PatternDmd):
+    """The plain emulated DMD of the world (no library): it shows pictures on the world's clock."""
+
+    def __init__(self, world: EmulatedWorld, *, max_pictures: int = 4096, min_picture_time_us: int = 100) -> None:
+        from firmware_sim.lab.world import EmulatedPatternDmd
+
+        self._dmd = EmulatedPatternDmd(world, max_pictures=max_pictures, min_picture_time_us=min_picture_time_us)
+        self._n = 0
+
+    def open(self) -> PatternDmdInfo:
+        d = self._dmd
+        return PatternDmdInfo(
+            "emulated DMD",
+            d.serial_number,
+            d.width,
+            d.height,
+            d.max_pictures,
+            d.min_picture_time_us,
+            counts_progress=True,
+        )
+
+    def prepare(self, packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        return np.ascontiguousarray(packed, dtype=np.uint8)
+
+    def load(self, prepared: Any, n_pictures: int, picture_time_us: int) -> None:
+        from firmware_sim.errors import SimError
+
+        try:
+            self._dmd.load(prepared, picture_time_us)
+        except SimError as exc:
+            raise _refused(exc) from exc
+        self._n = n_pictures
+
+    def play(self) -> None:
+        self._dmd.play()
+
+    def wait(self, timeout_s: float) -> None:
+        pass  # the emulated play is over when play() returns
+
+    def progress(self) -> int | None:
+        return self._dmd.shown
+
+    def halt(self) -> None:
+        self._dmd.halt()
+
+    def close(self) -> None:
+        self._dmd.halt()
+
+
+class EmulatedCameraPart(TriggeredCamera):
+    """The world's emulated GenICam-like camera, wired to the DMD's trigger-out on Line1."""
+
+    def __init__(self, world: EmulatedWorld, *, n_buffers: int = 256, faults: dict[str, float] | None = None) -> None:
+        from firmware_sim.errors import SimError
+        from firmware_sim.lab.world import CameraFaults, EmulatedCamera
+
+        try:
+            camera_faults = CameraFaults(**(faults or {}))
+        except (SimError, TypeError) as exc:
+            raise ConfigurationError(f"[camera] faults: {exc}") from exc
+        self.camera = EmulatedCamera(world, max_buffers=n_buffers, faults=camera_faults)
+        world.add_camera(self.camera)
+
+    def open(self) -> TriggeredCameraInfo:
+        c = self.camera
+        return TriggeredCameraInfo(
+            "emulated camera",
+            c.serial_number,
+            c.width,
+            c.height,
+            tuple(_FORMATS),
+            frame_id_modulus=1 << 16,
+            skipped_ids=(0,),
+            timestamp_tick_ns=1.0,
+            max_buffers=c.max_buffers,
+        )
+
+    def configure(self, settings: GrabSettings) -> GrabSettings:
+        from firmware_sim.errors import SimError
+
+        if settings.pixel_format not in _FORMATS:
+            raise ConfigurationError(f"pixel format {settings.pixel_format!r} not supported by the emulated camera")
+        try:
+            self.camera.configure(
+                (settings.x, settings.y, settings.width, settings.height),
+                settings.exposure_us,
+                settings.gain,
+                _FORMATS[settings.pixel_format],
+                settings.trigger_line,
+            )
+        except SimError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        return self.read_settings()
+
+    def read_settings(self) -> GrabSettings:
+        c = self.camera
+        fmt = {name: code for code, name in _FORMATS.items()}[c.pixel_format]
+        x, y, w, h = c.roi
+        return GrabSettings(x, y, w, h, c.exposure_us, c.gain, fmt, c.trigger_line)
+
+    def start(self) -> None:
+        self.camera.start()
+
+    def read(self, timeout_s: float) -> CameraBuffer | None:
+        import time
+
+        item = self.camera.read(timeout_s)
+        if item is None:
+            return None
+        return CameraBuffer(
+            item["frame_id"],
+            item["device_time_ns"],
+            time.monotonic_ns(),
+            item["complete"],
+            item["pixels"],
+            "" if item["complete"] else "packets missing",
+        )
+
+    def stop(self) -> None:
+        self.camera.stop()
+
+    def counters(self) -> StreamCounters:
+        c = self.camera.counters
+        return StreamCounters(
+            completed=c.delivered - c.incomplete, failures=c.incomplete, missing_frames=c.transport_lost
+        )
+
+    def close(self) -> None:
+        self.camera.stop()
+
+
+class EmulatedLight(LightSource):
+    """An emulated laser with no line: it tells the world's optics whether it emits and at what power."""
+
+    def __init__(self, world: EmulatedWorld, *, max_power_mw: float = 100.0) -> None:
+        self._on = False
+        self._power_mw = min(float(world.config.laser_power_mw), float(max_power_mw))
+        self._max_power_mw = float(max_power_mw)
+        world.light = lambda: (self._on, self._power_mw)
+
+    def open(self) -> LightSourceInfo:
+        return LightSourceInfo("emulated", "laser", "EMULASER-0001", "1.0", self._max_power_mw)
+
+    def set_on(self, on: bool) -> None:
+        self._on = bool(on)
+
+    def is_on(self) -> bool:
+        return self._on
+
+    def set_power_mw(self, power_mw: float) -> None:
+        self._power_mw = float(power_mw)
+
+    def power_mw(self) -> float:
+        return self._power_mw
+
+    def interlock_ok(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._on = False

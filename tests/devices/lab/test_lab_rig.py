@@ -1,0 +1,165 @@
+"""The lab rig on emulated parts: the conformance suites, the Opu's results against the emulator's ground truth,
+camera faults recovered frame by frame, and rig files checked before anything opens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import opu_driver
+from opu_driver.devices import Rig, make_rig
+from opu_driver.errors import ConfigurationError, UnsupportedUrlError
+from tests.devices.lab.support import exact_lab_linear_matrix, write_rig
+from tests.support import REPO_ROOT
+from tests.support.conformance import CameraConformance, ControllerConformance, DmdConformance, RigConformance
+
+SHIPPED_RIG = REPO_ROOT / "examples" / "rigs" / "emulated.toml"
+
+
+@pytest.fixture
+def lab_rig(tmp_path: Path) -> Iterator[Rig]:
+    rig = make_rig(f"rig://{write_rig(tmp_path)}", controller_retries=0)
+    rig.open()
+    try:
+        yield rig
+    finally:
+        assert not rig.close()
+
+
+class TestDmdOfALabRig(DmdConformance):
+    @pytest.fixture
+    def dmd(self, lab_rig):
+        return lab_rig.dmd
+
+
+class TestCameraOfALabRig(CameraConformance):
+    @pytest.fixture
+    def camera(self, lab_rig):
+        return lab_rig.camera
+
+
+class TestLightOfALabRig(ControllerConformance):
+    @pytest.fixture
+    def controller(self, lab_rig):
+        return lab_rig.controller
+
+
+class TestALabRig(RigConformance):
+    @pytest.fixture
+    def rig(self, lab_rig):
+        return lab_rig
+
+
+# ------------------------------------------------------------------------------------------- through the Opu
+def test_a_rig_opens_in_raw_mode_with_its_identity_and_transforms_with_speckle_statistics(tmp_path):
+    with opu_driver.open(f"rig://{write_rig(tmp_path, sim='dmd=96x64&camera=64x48&cell=4&noise=0')}") as opu:
+        assert opu.settings.frame_mode == "raw"
+        assert (opu.info.model, opu.info.serial_number, opu.info.protocol_version) == ("test rig", "LAB-TEST", 0)
+        X = np.random.default_rng(0).integers(0, 2, (200, 300), dtype=np.uint8)
+        Y = opu.transform(X, 1024).astype(np.float64)
+        again = opu.transform(X[:20], 1024)
+        matched = opu._rig.match_counters
+    # noise off: the same inputs give the same outputs (each row is its own picture's)
+    np.testing.assert_array_equal(again, Y[:20])
+    # fully developed speckle: intensity exponential, contrast std/mean = 1; over 200 x 1024 correlated pixels
+    # (grain 2 px: about 256 independent speckles per row) the contrast is 1 within a few percent
+    contrast = Y.std(axis=1) / Y.mean(axis=1)
+    assert 0.8 < np.median(contrast) < 1.2
+    assert matched.plays >= 1 and matched.given_up == 0
+
+
+@pytest.mark.slow
+def test_linear_transform_correlates_with_the_exact_matrix_on_the_shipped_rig():
+    """1,000 -> 4,096, four-frame, ternary, with the emulator's default (realistic) noise."""
+    n_features, n_out = 1000, 4096
+    E = np.random.default_rng(0).choice([-1, 0, 1], size=(200, n_features), p=[0.2, 0.6, 0.2]).astype(np.float32)
+    with opu_driver.open(f"rig://{SHIPPED_RIG}", exposure_us=150) as opu:  # the reference below full scale
+        Y = opu.linear_transform(E, n_out).astype(np.float64)
+        B = exact_lab_linear_matrix(opu, n_features)[:, :n_out]
+        mask = opu.linear_mode.calibration(n_features, n_out).mask
+        zeroed = opu.linear_mode.saturated_outputs
+    assert zeroed == 0 and mask.mean() > 0.9
+    assert (Y[:, ~mask] == 0).all()
+    rho = np.corrcoef(Y[:, mask].ravel(), (E @ B)[:, mask].ravel())[0, 1]
+    assert rho >= 0.99, rho
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        "{trigger_miss = 0.02}",
+        "{transport_loss = 0.03}",
+        "{incomplete = 0.03}",
+        "{trigger_miss = 0.01, transport_loss = 0.01, incomplete = 0.01}",
+    ],
+)
+def test_camera_faults_cost_frames_never_rows(tmp_path, faults):
+    sim = "dmd=96x64&camera=64x48&cell=4&noise=0&seed=2"
+    X = np.random.default_rng(1).integers(0, 2, (400, 200), dtype=np.uint8)
+    with opu_driver.open(f"rig://{write_rig(tmp_path, sim=sim, name='clean.toml')}") as opu:
+        clean = opu.transform(X, 300)
+    camera = f'backend = "emulated"\nfaults = {faults}'
+    with opu_driver.open(f"rig://{write_rig(tmp_path, sim=sim, camera=camera)}", retries=4) as opu:
+        faulty = opu.transform(X, 300)
+        matched, counters = opu._rig.match_counters, opu.counters
+    np.testing.assert_array_equal(faulty, clean)
+    lost = matched.transport_lost + matched.triggers_missed + matched.incomplete
+    assert lost + matched.given_up > 0  # the faults fired
+    assert counters.frames_sent > 400
+
+
+def test_a_dmd_and_camera_region_restrict_what_the_opu_sees(tmp_path):
+    dmd = 'backend = "emulated"\nregion = [16, 8, 64, 48]'
+    camera = 'backend = "emulated"\nregion = [8, 4, 48, 40]'
+    with opu_driver.open(f"rig://{write_rig(tmp_path, dmd=dmd, camera=camera)}") as opu:
+        assert (opu.info.dmd_width, opu.info.dmd_height, opu.info.camera_width, opu.info.camera_height) == (
+            64,
+            48,
+            48,
+            40,
+        )
+        Y = opu.transform(np.ones((2, 50), dtype=np.uint8), 100)
+        world_roi = opu.emulator.camera_roi()
+    assert Y.shape == (2, 100) and Y.mean() > 0
+    x, y, w, h = world_roi  # the camera's region on the sensor: inside the configured one
+    assert 8 <= x and 4 <= y and x + w <= 56 and y + h <= 44
+
+
+# ----------------------------------------------------------------------------------------------- rig files
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[dmd]\nbackend = "emulated"\n[camera]\nbackend = "emulated"\n', "no \\[light\\] section"),
+        ('[dmd]\nbackend = "vialux"\n', "backend = 'vialux'"),
+        ('[dmd]\nbackend = "alp"\n[camera]\nbackend = "emulated"\n[light]\nbackend = "manual"\n', "needs library"),
+        ("[rig]\nwho = 1\n", "unknown key 'who'"),
+        ('[rig]\npicture_time_us = "500"\n', "must be an integer"),
+        ("[rig]\npicture_time_us = 0\n", "outside"),
+        ("[mirror]\n", "unknown section"),
+        ('[dmd]\nbackend = "emulated"\nregion = [0, 0, 0, 4]\n', "region"),
+        ('[dmd]\nbackend = "emulated"\nlibrary = "x"\n', "unknown key 'library'"),
+        ("[dmd\n", "not valid TOML"),
+        (
+            '[dmd]\nbackend = "alp"\nlibrary = "alp.so"\n[camera]\nbackend = "aravis"\n[light]\nbackend = "manual"\n'
+            '[emulator]\nsim = "seed=1"\n',
+            "no emulated part",
+        ),
+    ],
+)
+def test_a_bad_rig_file_is_refused_with_the_key_before_anything_opens(tmp_path, body, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigurationError, match=message):
+        opu_driver.open(f"rig://{path}")
+
+
+def test_rig_urls_name_an_existing_file_and_take_no_options(tmp_path):
+    with pytest.raises(ConfigurationError, match="not found"):
+        opu_driver.open(f"rig://{tmp_path}/missing.toml")
+    with pytest.raises(ConfigurationError, match="no options"):
+        opu_driver.open(f"rig://{write_rig(tmp_path)}?seed=1")
+    with pytest.raises(UnsupportedUrlError):
+        opu_driver.open(f"rig://{write_rig(tmp_path, sim='dmd=1x1')}")
