@@ -286,8 +286,12 @@ class CoboltEmulator:
             elif fault.kind == "delay":
                 ready += fault.delay_s
         self._output.append((ready, data))
-        while sum(len(chunk) for _, chunk in self._output) > MAX_OUTPUT_BYTES:
-            self._output.popleft()
+        excess = sum(len(chunk) for _, chunk in self._output) - MAX_OUTPUT_BYTES
+        while excess > 0:  # the oldest bytes are lost
+            first_ready, first = self._output.popleft()
+            if len(first) > excess:
+                self._output.appendleft((first_ready, first[excess:]))
+            excess -= len(first)
 
     def _switch_on_locked(self) -> str:
         if self.interlock_open:
