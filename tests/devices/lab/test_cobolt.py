@@ -373,3 +373,24 @@ def test_manual_light(caplog: pytest.LogCaptureFixture) -> None:
     assert not light.is_on()
     with pytest.raises(ConfigurationError):
         ManualLight("  ")
+
+
+# --------------------------------------------------------------------------------------------- the documentation
+def test_doc_command_table() -> None:
+    """Each command of docs/rig-laser.md's table gets, from a laser just powered on, the reply the table shows."""
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parents[3] / "docs" / "rig-laser.md").read_text(encoding="utf-8")
+    section = doc.split("## The commands used", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \|[^|]*\| `([^`]+)` \|", section, flags=re.MULTILINE)
+    assert len(rows) >= 15
+    for command, expected in rows:
+        create_laser("doc")
+        try:
+            port = serial.serial_for_url("coboltsim://doc", timeout=TIMEOUT_S)
+            port.write(command.encode("ascii") + b"\r")
+            assert port.read_until(b"\r\n") == expected.encode("ascii") + b"\r\n", command
+            port.close()
+        finally:
+            release_laser("doc")
