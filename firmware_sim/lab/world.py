@@ -217,7 +217,7 @@ class EmulatedCamera:
                 light_on=exposure.light_on,
                 bits=self.BITS[self.pixel_format],
             )
-            for e, image in zip(batch, counts):
+            for e, image in zip(batch, counts, strict=True):
                 e.image = image.reshape(h, w)
         assert exposure.image is not None
         return exposure.image

@@ -455,7 +455,7 @@ class LabController(Controller):
         return self.part.is_on()
 
     def _do_laser_power_mw(self) -> float:
-        return self.part.power_mw()
+        return self.part.set_point_mw()
 
     def _do_laser_power_max_mw(self) -> float:
         return self._max_power_mw

@@ -21,7 +21,6 @@ from .parts import (
     CameraBuffer,
     GrabSettings,
     LightSource,
-    LightSourceInfo,
     PatternDmd,
     PatternDmdInfo,
     StreamCounters,
@@ -29,7 +28,7 @@ from .parts import (
     TriggeredCameraInfo,
 )
 
-__all__ = ["EmulatedWorld", "EmulatedDmdPart", "EmulatedCameraPart", "EmulatedLight", "make_world"]
+__all__ = ["EmulatedWorld", "EmulatedDmdPart", "EmulatedCameraPart", "emulated_laser", "make_world"]
 
 _FORMATS = {PixelFormat.MONO8: "Mono8", PixelFormat.MONO10: "Mono10", PixelFormat.MONO12: "Mono12"}
 
@@ -186,32 +185,25 @@ class EmulatedCameraPart(TriggeredCamera):
         self.camera.stop()
 
 
-class EmulatedLight(LightSource):
-    """An emulated laser with no line: it tells the world's optics whether it emits and at what power."""
+def emulated_laser(world: EmulatedWorld, *, max_power_mw: float = 100.0) -> tuple[LightSource, Any]:
+    """The serial laser's emulator on a ``coboltsim://`` line, driven by the real :class:`CoboltLaser` backend,
+    and wired to the world's optics (the light reaches the camera while it emits, at its output power).
 
-    def __init__(self, world: EmulatedWorld, *, max_power_mw: float = 100.0) -> None:
-        self._on = False
-        self._power_mw = min(float(world.config.laser_power_mw), float(max_power_mw))
-        self._max_power_mw = float(max_power_mw)
-        world.light = lambda: (self._on, self._power_mw)
+    Returns the backend and a function that unregisters the emulated laser (call it when the rig is released).
+    """
+    import itertools
 
-    def open(self) -> LightSourceInfo:
-        return LightSourceInfo("emulated", "laser", "EMULASER-0001", "1.0", self._max_power_mw)
+    from firmware_sim.lab.cobolt import CoboltSimConfig, create_laser, release_laser
 
-    def set_on(self, on: bool) -> None:
-        self._on = bool(on)
+    from .cobolt import CoboltLaser
 
-    def is_on(self) -> bool:
-        return self._on
-
-    def set_power_mw(self, power_mw: float) -> None:
-        self._power_mw = float(power_mw)
-
-    def power_mw(self) -> float:
-        return self._power_mw
-
-    def interlock_ok(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._on = False
+    for number in itertools.count():
+        name = f"lab-{id(world):x}-{number}"
+        try:
+            laser = create_laser(name, CoboltSimConfig(max_power_mw=float(max_power_mw)))
+        except ValueError:
+            continue
+        break
+    laser.set_power_w = min(float(world.config.laser_power_mw), float(max_power_mw)) / 1000.0
+    world.light = lambda: (laser.on, laser.output_power_w * 1000.0)
+    return CoboltLaser(f"coboltsim://{name}"), lambda: release_laser(name)

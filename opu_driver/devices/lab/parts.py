@@ -252,6 +252,10 @@ class LightSource(ABC):
     def power_mw(self) -> float:
         """The output power now (as the device measures or reports it)."""
 
+    def set_point_mw(self) -> float:
+        """The power it was set to (what the Opu's ``laser_power_mw`` reports); by default the output power."""
+        return self.power_mw()
+
     @abstractmethod
     def interlock_ok(self) -> bool:
         """Whether the interlock allows emission."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -40,6 +41,7 @@ class LabRig(Rig):
         world: Any | None = None,
     ) -> None:
         self.spec = spec
+        self.on_release: Callable[[], None] | None = None
         self.wiring = Wiring(spec.picture_time_us)
         self.dmd_part, self.camera_part, self.light_part = dmd, camera, light
         lab_dmd = LabDmd(dmd, self.wiring, region=spec.dmd.region)
@@ -70,7 +72,10 @@ class LabRig(Rig):
         return RigInfo(protocol_version=LAB_PROTOCOL_VERSION)
 
     def _do_release(self) -> None:
-        pass  # each part released its own device when it closed
+        # each part released its own device when it closed; an emulated part also leaves its registry
+        if self.on_release is not None:
+            release, self.on_release = self.on_release, None
+            release()
 
     def _do_clear_link_faults(self) -> None:
         pass  # the parts have no shared link; each backend clears its own faults where they happen
@@ -138,19 +143,20 @@ def _build_camera(spec: RigSpec, world: Any | None) -> TriggeredCamera:
     return EmulatedCameraPart(world, **options)
 
 
-def _build_light(spec: RigSpec, world: Any | None) -> LightSource:
+def _build_light(spec: RigSpec, world: Any | None) -> tuple[LightSource, Any]:
+    """The light source, and what releases it beyond its own close (an emulator's registration), or None."""
     options = dict(spec.light.options)
     if spec.light.backend == "cobolt":
         from .cobolt import CoboltLaser
 
-        return CoboltLaser(options.pop("port"), **options)
+        return CoboltLaser(options.pop("port"), **options), None
     if spec.light.backend == "manual":
         from .manual_light import ManualLight
 
-        return ManualLight()
-    from .emulated import EmulatedLight
+        return ManualLight(), None
+    from .emulated import emulated_laser
 
-    return EmulatedLight(world, **options)
+    return emulated_laser(world, **options)
 
 
 def make_lab_rig(url: str, controller_retries: int = 0) -> LabRig:
@@ -169,4 +175,7 @@ def make_lab_rig(url: str, controller_retries: int = 0) -> LabRig:
         spec.camera.backend,
         spec.light.backend,
     )
-    return LabRig(spec, _build_dmd(spec, world), _build_camera(spec, world), _build_light(spec, world), url, world)
+    light, release_light = _build_light(spec, world)
+    rig = LabRig(spec, _build_dmd(spec, world), _build_camera(spec, world), light, url, world)
+    rig.on_release = release_light
+    return rig

@@ -66,7 +66,7 @@ BACKEND_OPTIONS: dict[str, dict[str, dict[str, str]]] = {
     "light": {
         "cobolt": {"port": _STR, "baudrate": _INT, "max_power_mw": _FLOAT},
         "manual": {},
-        "emulated": {"max_power_mw": _FLOAT},
+        "emulated": {"max_power_mw": _FLOAT},  # the serial laser's emulator, driven by the cobolt backend
     },
 }
 """Per part and backend, the keys its section may hold (besides ``backend``) and their types."""
