@@ -684,7 +684,14 @@ class Dlpc900Backend(usb.backend.IBackend):
         return n
 
     def ctrl_transfer(
-        self, dev_handle: _Handle, bmRequestType: int, bRequest: int, wValue: int, wIndex: int, data: array, timeout: int
+        self,
+        dev_handle: _Handle,
+        bmRequestType: int,
+        bRequest: int,
+        wValue: int,
+        wIndex: int,
+        data: array,
+        timeout: int,
     ) -> int:
         buffer = memoryview(data).cast("B")
         if bmRequestType == 0x80 and bRequest == 0x06 and wValue >> 8 == 3:  # GET_DESCRIPTOR string

@@ -58,68 +58,84 @@ def _count(data: bytes, pos: int) -> tuple[int, int]:
     return (first & 0x7F) + (data[pos + 1] << 7), pos + 2
 
 
-def decode_erle(data: bytes, width: int, height: int) -> npt.NDArray[np.uint8]:
-    """Decode ERLE data into (height, width, 3) pixel bytes in wire order."""
-    out = np.zeros((height, width, 3), dtype=np.uint8)
-    row = col = pos = 0
-    end = len(data)
+class _Decoder:
+    """Decoding state: the output, the write position (row, column) and the read position."""
 
-    def advance(n: int) -> None:
-        nonlocal row, col
-        if row >= height or col + n > width:
+    def __init__(self, data: bytes, width: int, height: int) -> None:
+        self.data, self.width, self.height = data, width, height
+        self.out = np.zeros((height, width, 3), dtype=np.uint8)
+        self.row = self.col = self.pos = 0
+
+    def claim(self, n: int) -> tuple[int, int]:
+        """Reserve n pixels of the current row; return where they start."""
+        row, col = self.row, self.col
+        if row >= self.height or col + n > self.width:
             raise ImageDecodeError(f"row {row} overflows at column {col} + {n}")
-        col += n
-        if col == width:
-            row, col = row + 1, 0
+        self.col += n
+        if self.col == self.width:
+            self.row, self.col = row + 1, 0
+        return row, col
 
-    while True:
-        if pos >= end:
-            raise ImageDecodeError("no End of Image")
-        control = data[pos]
-        if control != 0:
-            n, pos = _count(data, pos)
-            if pos + 3 > end:
-                raise ImageDecodeError("repeat pixel cut short")
-            if n == 0:
-                raise ImageDecodeError("repeat of 0 pixels")
-            r, c = row, col
-            advance(n)
-            out[r, c : c + n] = np.frombuffer(data, np.uint8, 3, pos)
-            pos += 3
-            continue
-        if pos + 1 >= end:
+    def pixels(self, n: int) -> npt.NDArray[np.uint8]:
+        if self.pos + 3 * n > len(self.data):
+            raise ImageDecodeError("pixels cut short")
+        values = np.frombuffer(self.data, np.uint8, 3 * n, self.pos).reshape(n, 3)
+        self.pos += 3 * n
+        return values
+
+    def repeat(self) -> None:
+        n, self.pos = _count(self.data, self.pos)
+        pixel = self.pixels(1)
+        row, col = self.claim(n)
+        self.out[row, col : col + n] = pixel
+
+    def escape(self) -> bool:
+        """A command that starts with 0; True at End of Image."""
+        data = self.data
+        if self.pos + 1 >= len(data):
             raise ImageDecodeError("command cut short")
-        second = data[pos + 1]
+        second = data[self.pos + 1]
         if second == 0:  # end of row
-            if col != 0:
-                raise ImageDecodeError(f"end of row at column {col} of row {row}")
-            pos += 2
-            continue
+            if self.col != 0:
+                raise ImageDecodeError(f"end of row at column {self.col} of row {self.row}")
+            self.pos += 2
+            return False
         if second == 1:
-            if pos + 2 >= end:
+            if self.pos + 2 >= len(data):
                 raise ImageDecodeError("copy command cut short")
-            n, pos = _count(data, pos + 2)
-            if n == 0:  # end of image
-                if pos != end:
-                    raise ImageDecodeError(f"{end - pos} bytes after End of Image")
-                if row != height:
-                    raise ImageDecodeError(f"End of Image after {row} of {height} rows")
-                return out
-            if row == 0:
+            n, self.pos = _count(data, self.pos + 2)
+            if n == 0:
+                return True
+            if self.row == 0:
                 raise ImageDecodeError("copy from the previous row on the first row")
-            r, c = row, col
-            advance(n)
-            out[r, c : c + n] = out[r - 1, c : c + n]
-            continue
-        n, pos = _count(data, pos + 1)
+            row, col = self.claim(n)
+            self.out[row, col : col + n] = self.out[row - 1, col : col + n]
+            return False
+        n, self.pos = _count(data, self.pos + 1)
         if n < 2:
             raise ImageDecodeError(f"uncompressed group of {n} pixels")
-        if pos + 3 * n > end:
-            raise ImageDecodeError("uncompressed pixels cut short")
-        r, c = row, col
-        advance(n)
-        out[r, c : c + n] = np.frombuffer(data, np.uint8, 3 * n, pos).reshape(n, 3)
-        pos += 3 * n
+        values = self.pixels(n)
+        row, col = self.claim(n)
+        self.out[row, col : col + n] = values
+        return False
+
+
+def decode_erle(data: bytes, width: int, height: int) -> npt.NDArray[np.uint8]:
+    """Decode ERLE data into (height, width, 3) pixel bytes in wire order."""
+    decoder = _Decoder(data, width, height)
+    while True:
+        if decoder.pos >= len(data):
+            raise ImageDecodeError("no End of Image")
+        if data[decoder.pos] != 0:
+            decoder.repeat()
+            continue
+        if decoder.escape():
+            break
+    if decoder.pos != len(data):
+        raise ImageDecodeError(f"{len(data) - decoder.pos} bytes after End of Image")
+    if decoder.row != height:
+        raise ImageDecodeError(f"End of Image after {decoder.row} of {height} rows")
+    return decoder.out
 
 
 def split_planes(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:

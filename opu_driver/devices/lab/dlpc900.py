@@ -192,7 +192,9 @@ class Dlpc900Dmd(PatternDmd):
                 usb.core.find(find_all=True, idVendor=wire.VENDOR_ID, idProduct=wire.PRODUCT_ID, backend=self._backend)
             )
         except usb.core.NoBackendError as exc:
-            raise LibraryLoadError("no USB backend: install libusb-1.0 (Debian/Ubuntu: apt install libusb-1.0-0)") from exc
+            raise LibraryLoadError(
+                "no USB backend: install libusb-1.0 (Debian/Ubuntu: apt install libusb-1.0-0)"
+            ) from exc
         matches = []
         for dev in found:
             try:

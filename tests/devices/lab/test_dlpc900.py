@@ -74,9 +74,9 @@ def test_guide_on_the_fly_example_bytes() -> None:
 def test_guide_usb_transaction_examples() -> None:
     """DLPU018 section 1.2.2/1.2.3 (report id left out: it is not on the bus): read and write of 0x1100."""
     read = wire.build_reports(0xC0, 0x11, 0x1100)
-    assert read[0][:6] == bytes.fromhex("C0110200" "0011")
+    assert read[0][:6] == bytes.fromhex("C01102000011")
     write = wire.build_reports(0x00, 0x12, 0x1100, bytes.fromhex("FF01FF01FF01"))
-    assert write[0][:12] == bytes.fromhex("00120800" "0011" "FF01FF01FF01")
+    assert write[0][:12] == bytes.fromhex("001208000011FF01FF01FF01")
     assert all(len(r) == 64 for r in read + write)
 
 
@@ -139,9 +139,7 @@ def test_serial_number_picks_the_board() -> None:
 
 
 # ---------------------------------------------------------------------------------------- load and play
-def test_400_pictures_play_once_bit_exact_with_one_trigger_each(
-    emulator: Dlpc900Emulator, dmd: Dlpc900Dmd
-) -> None:
+def test_400_pictures_play_once_bit_exact_with_one_trigger_each(emulator: Dlpc900Emulator, dmd: Dlpc900Dmd) -> None:
     pictures = _random_pictures(400)
     packed = _packed(pictures)
     shown: list[tuple[np.ndarray, int, int]] = []

@@ -39,14 +39,21 @@ def test_guide_enhanced_rle_example_decodes() -> None:
     row0 = a * 3 + b * 5 + a + c + d + e * 130
     width = len(row0) // 3
     data = (
-        bytes.fromhex("03") + a
-        + bytes.fromhex("05") + b
-        + bytes.fromhex("0003") + a + c + d
-        + bytes.fromhex("8201") + e
+        bytes.fromhex("03")
+        + a
+        + bytes.fromhex("05")
+        + b
+        + bytes.fromhex("0003")
+        + a
+        + c
+        + d
+        + bytes.fromhex("8201")
+        + e
         + bytes.fromhex("0000")  # end of row
         + bytes.fromhex("01010203")  # one pixel 010203
         + bytes.fromhex("000109")  # copy 9 pixels from the row above
-        + b"\x00\x01" + encode_count(width - 10)  # copy the rest
+        + b"\x00\x01"
+        + encode_count(width - 10)  # copy the rest
         + bytes.fromhex("000100")  # end of image
     )
     image = decode_erle(data, width, 2)
@@ -69,7 +76,7 @@ def test_header_layout_matches_guide_table() -> None:
     header = image_header(1920, 1080, 0x10F0)
     assert len(header) == 48
     assert header[:4] == bytes((0x53, 0x70, 0x6C, 0x64))
-    assert header[4:12] == bytes.fromhex("8007" "3804" "f0100000")
+    assert header[4:12] == bytes.fromhex("80073804f0100000")
     assert header[12:20] == b"\xff" * 8
     assert header[20:24] == bytes(4)  # background BB GG RR 00: black
     assert header[24:27] == bytes((0, 2, 1))  # reserved 0, compression 2 = ERLE, reserved 1
@@ -165,9 +172,9 @@ def test_encode_image_prefixes_header_with_data_size() -> None:
     "data",
     [
         bytes.fromhex("02112233"),  # no end of image
-        bytes.fromhex("03112233" "000100"),  # overflows a 2-pixel row
-        bytes.fromhex("000102" "000100"),  # copy on the first row
-        bytes.fromhex("02112233" "000100" "00"),  # bytes after end of image
+        bytes.fromhex("03112233000100"),  # overflows a 2-pixel row
+        bytes.fromhex("000102000100"),  # copy on the first row
+        bytes.fromhex("0211223300010000"),  # bytes after end of image
     ],
 )
 def test_decoder_rejects_broken_streams(data: bytes) -> None:
