@@ -53,7 +53,7 @@ EP_IN = 0x81
 REPORT_SIZE = 64
 HEADER_SIZE = 4
 COMMAND_BUFFER_SIZE = 512
-#: 0x1A2B data bytes per command: 512 - 4 (header) - 2 (command) - 2 (count) (section 2.4.4.3.6, the OTF example).
+#: 0x1A2B data bytes per command: 512 - 4 (header) - 2 (command) - 2 (count), as the on-the-fly example sends.
 MAX_BMP_CHUNK = COMMAND_BUFFER_SIZE - HEADER_SIZE - 2 - 2
 
 FLAG_READ = 0x80
