@@ -280,6 +280,7 @@ class LabWorld:
         self.cameras: list[EmulatedCamera] = []
         self.now_us = 0
         self._play_start_us: int | None = None
+        self._play_dmd_start_us: int | None = None
         self.pictures_shown = 0
 
     @property
@@ -294,18 +295,25 @@ class LabWorld:
     def add_camera(self, camera: EmulatedCamera) -> None:
         self.cameras.append(camera)
 
-    def display(self, packed: npt.NDArray[np.uint8], index: int, picture_time_us: int) -> None:
-        """One picture shown by the DMD (``index`` in its play, each shown ``picture_time_us``): its trigger-out
-        pulse reaches every camera wired to the DMD."""
+    def display(
+        self, packed: npt.NDArray[np.uint8], index: int, picture_time_us: int, time_us: int | None = None
+    ) -> None:
+        """One picture shown by the DMD (``index`` in its play, each shown ``picture_time_us``, at ``time_us`` on
+        the DMD's own clock when it has one): its trigger-out pulse reaches every camera wired to the DMD. The
+        cameras' clock runs on from play to play; within a play the pulses keep the DMD's spacing."""
         if index == 0 or self._play_start_us is None:
             self._play_start_us = self.now_us + _PLAY_GAP_US
-        time_us = self._play_start_us + index * int(picture_time_us)
-        self.now_us = time_us + int(picture_time_us)
+            self._play_dmd_start_us = time_us
+        if time_us is None or self._play_dmd_start_us is None:
+            pulse_us = self._play_start_us + index * int(picture_time_us)
+        else:
+            pulse_us = self._play_start_us + int(time_us) - int(self._play_dmd_start_us)
+        self.now_us = pulse_us + int(picture_time_us)
         self.pictures_shown += 1
         on, power_mw = self.light()
         picture = np.array(packed, dtype=np.uint8, copy=True)
         for camera in self.cameras:
-            camera.pulse(picture, time_us, on, power_mw)
+            camera.pulse(picture, pulse_us, on, power_mw)
 
     def end_play(self) -> None:
         """The DMD stopped: the next picture starts a new play."""

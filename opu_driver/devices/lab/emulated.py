@@ -28,7 +28,14 @@ from .parts import (
     TriggeredCameraInfo,
 )
 
-__all__ = ["EmulatedWorld", "EmulatedDmdPart", "EmulatedCameraPart", "emulated_laser", "make_world"]
+__all__ = [
+    "EmulatedWorld",
+    "EmulatedDmdPart",
+    "EmulatedCameraPart",
+    "emulated_laser",
+    "fake_dlpc900_dmd",
+    "make_world",
+]
 
 _FORMATS = {PixelFormat.MONO8: "Mono8", PixelFormat.MONO10: "Mono10", PixelFormat.MONO12: "Mono12"}
 
@@ -207,3 +214,16 @@ def emulated_laser(world: EmulatedWorld, *, max_power_mw: float = 100.0) -> tupl
     laser.set_power_w = min(float(world.config.laser_power_mw), float(max_power_mw)) / 1000.0
     world.light = lambda: (laser.on, laser.output_power_w * 1000.0)
     return CoboltLaser(f"coboltsim://{name}"), lambda: release_laser(name)
+
+
+def fake_dlpc900_dmd(world: EmulatedWorld, picture_time_us: Any, **options: Any) -> PatternDmd:
+    """The real :class:`Dlpc900Dmd` backend on the byte-level emulator of the controller (through pyusb's backend
+    interface), its patterns shown to the world's optics. ``picture_time_us()`` is the rig's picture period."""
+    from firmware_sim.lab.dlpc900 import Dlpc900Backend, Dlpc900Emulator
+
+    from .dlpc900 import Dlpc900Dmd
+
+    config = world.config
+    emulator = Dlpc900Emulator(config.dmd_width, config.dmd_height, serial_number=f"EMU-DLPC900-{config.seed}")
+    emulator.on_display(lambda packed, index, time_us: world.display(packed, index, picture_time_us(), time_us))
+    return Dlpc900Dmd(backend=Dlpc900Backend([emulator]), geometry=(config.dmd_width, config.dmd_height), **options)

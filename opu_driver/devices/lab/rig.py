@@ -39,10 +39,11 @@ class LabRig(Rig):
         light: LightSource,
         url: str,
         world: Any | None = None,
+        wiring: Wiring | None = None,
     ) -> None:
         self.spec = spec
         self.on_release: Callable[[], None] | None = None
-        self.wiring = Wiring(spec.picture_time_us)
+        self.wiring = wiring or Wiring(spec.picture_time_us)
         self.dmd_part, self.camera_part, self.light_part = dmd, camera, light
         lab_dmd = LabDmd(dmd, self.wiring, region=spec.dmd.region)
         lab_camera = LabCamera(
@@ -112,17 +113,17 @@ def rig_file_path(url: str) -> Path:
     return Path(path)
 
 
-def _build_dmd(spec: RigSpec, world: Any | None) -> PatternDmd:
+def _build_dmd(spec: RigSpec, world: Any | None, wiring: Wiring) -> PatternDmd:
     options = {k: v for k, v in spec.dmd.options.items() if k != "region"}
     backend = spec.dmd.backend
     if backend == "alp":
         from .alp import AlpDmd
 
         return AlpDmd(options.pop("library"), **options)
-    if backend == "fake-alp":
-        from .fake_alp_rig import fake_alp_dmd
+    if backend == "fake-dlpc900":
+        from .emulated import fake_dlpc900_dmd
 
-        return fake_alp_dmd(world, **options)
+        return fake_dlpc900_dmd(world, lambda: wiring.picture_time_us, **options)
     if backend == "dlpc900":
         from .dlpc900 import Dlpc900Dmd
 
@@ -176,6 +177,7 @@ def make_lab_rig(url: str, controller_retries: int = 0) -> LabRig:
         spec.light.backend,
     )
     light, release_light = _build_light(spec, world)
-    rig = LabRig(spec, _build_dmd(spec, world), _build_camera(spec, world), light, url, world)
+    wiring = Wiring(spec.picture_time_us)
+    rig = LabRig(spec, _build_dmd(spec, world, wiring), _build_camera(spec, world), light, url, world, wiring)
     rig.on_release = release_light
     return rig

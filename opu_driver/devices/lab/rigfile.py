@@ -8,7 +8,7 @@ A rig file is TOML (``opu_driver.open("rig://path/to/rig.toml")``)::
     picture_time_us = 500         # the DMD's picture period, also the camera's frame time
 
     [dmd]
-    backend = "alp"               # alp | dlpc900 | emulated
+    backend = "alp"               # alp | dlpc900 | emulated | fake-alp | fake-dlpc900
     library = "/opt/alp/libalp4395.so"
     region = [0, 0, 1024, 768]    # mirrors used (x, y, width, height); default all
 
@@ -57,7 +57,7 @@ BACKEND_OPTIONS: dict[str, dict[str, dict[str, str]]] = {
         "alp": {"library": _STR, "device_number": _INT, "region": _REGION},
         "dlpc900": {"serial_number": _STR, "max_upload_s": _FLOAT, "region": _REGION},
         "emulated": {"max_pictures": _INT, "min_picture_time_us": _INT, "region": _REGION},
-        "fake-alp": {"region": _REGION, "max_pictures": _INT, "min_picture_time_us": _INT},
+        "fake-dlpc900": {"region": _REGION, "max_upload_s": _FLOAT},
     },
     "camera": {
         "aravis": {"device_id": _STR, "trigger_line": _STR, "n_buffers": _INT, "packet_size": _INT, "region": _REGION},
@@ -107,7 +107,7 @@ class RigSpec:
         return tuple(
             part
             for part, spec in (("dmd", self.dmd), ("camera", self.camera), ("light", self.light))
-            if spec.backend in ("emulated", "fake-alp")
+            if spec.backend in ("emulated", "fake-alp", "fake-dlpc900")
         )
 
 

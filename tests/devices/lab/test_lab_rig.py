@@ -163,3 +163,17 @@ def test_rig_urls_name_an_existing_file_and_take_no_options(tmp_path):
         opu_driver.open(f"rig://{write_rig(tmp_path)}?seed=1")
     with pytest.raises(UnsupportedUrlError):
         opu_driver.open(f"rig://{write_rig(tmp_path, sim='dmd=1x1')}")
+
+
+@pytest.mark.parametrize("dmd", ['backend = "fake-dlpc900"'])
+def test_every_dmd_backend_shows_the_same_pictures_as_the_plain_emulated_dmd(tmp_path, dmd):
+    """Noise off, same optics: a backend's whole path (its device format, upload and play) must give the very
+    results of the emulated DMD, picture for picture."""
+    sim = "dmd=96x64&camera=64x48&cell=4&noise=0&seed=4"
+    X = np.random.default_rng(3).integers(0, 2, (60, 300), dtype=np.uint8)
+    with opu_driver.open(f"rig://{write_rig(tmp_path, sim=sim, name='plain.toml')}") as opu:
+        plain = opu.transform(X, 500)
+    with opu_driver.open(f"rig://{write_rig(tmp_path, sim=sim, dmd=dmd)}") as opu:
+        shown = opu.transform(X, 500)
+        assert opu._rig.match_counters.given_up == 0
+    np.testing.assert_array_equal(shown, plain)
