@@ -529,7 +529,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_soak)
 
     _add_faults_parser(sub)
+
+    p = sub.add_parser("rig", help="lab-built OPUs: check a rig file's parts together")
+    rig_sub = p.add_subparsers(dest="rig_command", required=True)
+    p = rig_sub.add_parser(
+        "check",
+        help="show random patterns on a rig and report frames matched and lost, frame rate, lag, dark level and "
+        "saturation; exit 1 on any loss the frame matching cannot explain",
+    )
+    p.add_argument("rig_file", help="the rig file (TOML; see docs/rig.md)")
+    p.add_argument("--patterns", type=int, default=2000, help="random patterns to show (default: 2000)")
+    p.add_argument("--components", type=int, default=256, help="outputs per pattern (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random patterns")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_rig_check)
     return parser
+
+
+def _cmd_rig_check(args: argparse.Namespace) -> int:
+    from .rigcheck import format_rig_check, run_rig_check
+
+    report = run_rig_check(
+        args.rig_file,
+        patterns=args.patterns,
+        n_components=args.components,
+        seed=args.seed,
+        progress=not args.no_progress and not args.json and sys.stderr.isatty(),
+    )
+    print(json.dumps(report.as_dict(), indent=2) if args.json else format_rig_check(report))
+    return 0 if report.ok else 1
 
 
 def _add_faults_parser(sub: Any) -> None:

@@ -350,6 +350,13 @@ class Opu:
             _log.info("faults met this session: %s", ", ".join(parts))
 
     @property
+    def frame_matching(self) -> Any | None:
+        """What the frame matching of a rig whose DMD sends no frame ids met so far (a lab rig's
+        :class:`~opu_driver.devices.lab.adapters.MatchCounters`: plays, plays given up, frames lost in transport,
+        triggers missed, damaged frames); None for a device whose camera frames name their DMD frame."""
+        return getattr(self._rig, "match_counters", None)
+
+    @property
     def emulator(self) -> Any | None:
         """The in-process emulated device for ``sim://`` URLs (ground truth for tests), else None."""
         return self._rig.emulator
@@ -617,8 +624,6 @@ class Opu:
             n_components = self._validate_components(n_components)
             X2, _ = self._validate_input(X, n_components * self._output_itemsize())
             timeout_s = check_number(timeout_s, "timeout_s", low=0, low_open=True)
-            if self.settings.frame_mode != "feature":
-                raise InvalidInputError("display_sequence needs frame_mode='feature'")
             layout = self._layout_for(X2.shape[1])
             self._prepare(layout, n_components)
             capacity = self._sequence_capacity()
@@ -642,7 +647,10 @@ class Opu:
                 self.dmd.abort()
                 self.camera.drain(_DRAIN_TIMEOUT_S, _DRAIN_MAX_READS)
                 camera_first = self.camera.frame_count
-                self.dmd.queue_feature_frames(first_id, np.packbits(X2.astype(np.bool_, copy=False), axis=1))
+                if self.settings.frame_mode == "feature":
+                    self.dmd.queue_feature_frames(first_id, np.packbits(X2.astype(np.bool_, copy=False), axis=1))
+                else:  # mirror pictures expanded on the host, as transform does in raw mode
+                    self.dmd.queue_raw_frames(first_id, layout.expand(X2))
                 self.dmd.start()
                 wait_s = timeout_s + len(X2) * frame_time_us * 1e-6
                 for frame in self.camera.read_frames(len(X2), wait_s):

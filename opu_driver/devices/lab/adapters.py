@@ -415,14 +415,20 @@ class LabCamera(Camera):
 
 # -------------------------------------------------------------------------------------------- the light source
 class LabController(Controller):
-    """A lab light source as the Opu's controller: laser on/off and power; no shutter of its own (the light is
-    the laser's), no temperature readout, triggers always from the DMD."""
+    """A lab light source as the Opu's controller: laser on/off and power, no temperature readout, triggers always
+    from the DMD.
+
+    A lab rig has no shutter of its own, so the shutter is the laser's emission: the light reaches the DMD only
+    while the laser is on AND the shutter is open, and closing the shutter switches the emission off (so a dark
+    measurement that closes the shutter really measures the dark).
+    """
 
     def __init__(self, part: LightSource, identity: Identity) -> None:
         super().__init__()
         self.part = part
         self._rig_identity = identity
         self._shutter_open = False
+        self._laser_on = False
         self._max_power_mw = 0.0
 
     def _do_connect(self) -> Identity:
@@ -445,14 +451,17 @@ class LabController(Controller):
 
     def _do_reset(self) -> None:
         # nothing on a lab light path resets but the laser: it goes off, as a controller's reset leaves it
+        self._laser_on = self._shutter_open = False
         self.part.set_on(False)
-        self._shutter_open = False
 
     def _do_set_laser(self, on: bool) -> None:
-        self.part.set_on(on)
+        self._laser_on = on
+        self.part.set_on(on and self._shutter_open)
 
     def _do_laser_is_on(self) -> bool:
-        return self.part.is_on()
+        # while the shutter is open the emission says it (a laser that restarted is off); behind a closed shutter
+        # the emission is off by design and the laser counts as on when it was switched on
+        return self.part.is_on() if self._shutter_open else self._laser_on
 
     def _do_laser_power_mw(self) -> float:
         return self.part.set_point_mw()
@@ -464,7 +473,8 @@ class LabController(Controller):
         self.part.set_power_mw(power_mw)
 
     def _do_set_shutter(self, open_: bool) -> None:
-        self._shutter_open = open_  # no shutter: the laser alone switches the light
+        self._shutter_open = open_
+        self.part.set_on(open_ and self._laser_on)
 
     def _do_shutter_is_open(self) -> bool:
         return self._shutter_open

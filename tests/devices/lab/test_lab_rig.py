@@ -177,3 +177,26 @@ def test_every_dmd_backend_shows_the_same_pictures_as_the_plain_emulated_dmd(tmp
         shown = opu.transform(X, 500)
         assert opu._rig.match_counters.given_up == 0
     np.testing.assert_array_equal(shown, plain)
+
+
+# ------------------------------------------------------------------------------------------------ opu rig check
+def test_rig_check_passes_on_the_shipped_rig_and_reports_as_json(capsys):
+    from opu_tools.cli import main
+
+    assert main(["rig", "check", str(SHIPPED_RIG), "--patterns", "300", "--json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["rows_returned"] == 300 and report["frames_matched"] >= 300
+    assert report["lag_frames"] == 0 and report["dark_level_dn"] > 0 and report["matching"]["given_up"] == 0
+
+
+def test_rig_check_recovers_camera_faults_and_fails_a_camera_the_dmd_does_not_trigger(tmp_path, capsys):
+    from opu_tools.cli import main
+
+    faulty = write_rig(tmp_path, camera='backend = "emulated"\nfaults = {transport_loss = 0.02, trigger_miss = 0.01}')
+    assert main(["rig", "check", str(faulty), "--patterns", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "lost in transport" in out
+    unwired = write_rig(tmp_path, camera='backend = "emulated"\ntrigger_line = "Line0"', name="unwired.toml")
+    assert main(["rig", "check", str(unwired), "--patterns", "40"]) != 0
