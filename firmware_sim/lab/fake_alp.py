@@ -128,7 +128,9 @@ def build_fake_alp(cache_dir: Path | None = None) -> Path:
         return target
     compiler = shutil.which("gcc")
     if compiler is None:
-        raise SimBuildError("cannot build the fake ALP library: gcc was not found on PATH (Debian: apt-get install gcc)")
+        raise SimBuildError(
+            "cannot build the fake ALP library: gcc was not found on PATH (Debian: apt-get install gcc)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="build-", dir=folder) as tmp:
         c_file = Path(tmp) / "fake_alp.c"
@@ -229,7 +231,7 @@ class FakeAlpLibrary:
             try:
                 picture = np.frombuffer(self._ffi.buffer(packed, n_bytes), dtype=np.uint8).copy()
                 callback(picture, int(index), int(time_us))
-            except BaseException as exc:  # noqa: BLE001 - an exception cannot cross the C frames; keep it
+            except BaseException as exc:  # it cannot cross the C frames: keep it for the test
                 self.callback_errors.append(exc)
 
         self._callback = callback

@@ -411,11 +411,15 @@ class AlpDmd(PatternDmd):
         row_bytes = (info.width + 7) // 8
         pictures = prepared.pictures
         if pictures.dtype != np.uint8 or pictures.ndim != 2 or pictures.shape[1] != row_bytes * info.height:
-            raise InvalidInputError(f"prepared pictures have shape {pictures.shape}, not (n, {row_bytes * info.height})")
+            raise InvalidInputError(
+                f"prepared pictures have shape {pictures.shape}, not (n, {row_bytes * info.height})"
+            )
         if not pictures.flags.c_contiguous:
             raise InvalidInputError("prepared pictures must be C-contiguous (as prepare() returns them)")
         if not isinstance(n_pictures, (int, np.integer)) or n_pictures != prepared.n_pictures:
-            raise InvalidInputError(f"n_pictures ({n_pictures!r}) must equal the prepared pictures ({prepared.n_pictures})")
+            raise InvalidInputError(
+                f"n_pictures ({n_pictures!r}) must equal the prepared pictures ({prepared.n_pictures})"
+            )
         if not 1 <= n_pictures <= info.max_pictures:
             raise DeviceRefusedError(f"{n_pictures} pictures do not fit: the device holds 1 to {info.max_pictures}")
         if not isinstance(picture_time_us, (int, np.integer)) or picture_time_us < info.min_picture_time_us:
@@ -442,9 +446,7 @@ class AlpDmd(PatternDmd):
             self._call("AlpSeqControl", self._device, sequence, ALP.BIN_MODE, ALP.BIN_UNINTERRUPTED)
             self._call("AlpSeqControl", self._device, sequence, ALP.SEQ_REPEAT, 1)
             # Illuminate ALP_DEFAULT: the whole picture time (binary uninterrupted has no dark phase).
-            self._call(
-                "AlpSeqTiming", self._device, sequence, ALP.DEFAULT, int(picture_time_us), 0, pulse_us, 0
-            )
+            self._call("AlpSeqTiming", self._device, sequence, ALP.DEFAULT, int(picture_time_us), 0, pulse_us, 0)
             pictures = prepared.pictures  # held until AlpSeqPut returns (it copies the data)
             self._call("AlpSeqPut", self._device, sequence, 0, int(n_pictures), self._ffi.from_buffer(pictures))
         except BaseException:
