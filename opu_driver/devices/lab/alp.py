@@ -193,13 +193,16 @@ def pack_topdown(packed: npt.NDArray[np.uint8], width: int, height: int) -> npt.
 
     The ALP format packs each row on its own, top row first, the leftmost mirror in bit 7. When the width is a
     multiple of 8 (every Vialux DMD: 1024, 1280, 1400, 1920, 2560 mirrors) the two layouts are the same bytes and
-    this is a contiguous view or copy. Otherwise each row is padded to whole bytes with zero bits (the natural
+    this is a plain copy. Otherwise each row is padded to whole bytes with zero bits (the natural
     reading of the packed format; no ALP DMD has such a width, so this is checked against the fake only).
+
+    The result is always a new array: a caller that reuses its buffer after :meth:`AlpDmd.prepare` cannot change
+    what :meth:`AlpDmd.load` sends.
     """
     n = packed.shape[0]
     row_bytes = (width + 7) // 8
     if width % 8 == 0:
-        return np.ascontiguousarray(packed[:, : row_bytes * height])
+        return np.array(packed[:, : row_bytes * height], dtype=np.uint8, order="C", copy=True)
     bits = np.unpackbits(packed, axis=1, count=width * height).reshape(n, height, width)
     return np.packbits(bits, axis=2).reshape(n, height * row_bytes)
 

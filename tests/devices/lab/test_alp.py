@@ -223,6 +223,18 @@ def test_synch_pulse_width_option(fake: FakeAlpLibrary, fake_path: Path) -> None
         assert fake.sequence_settings(fake.last_started_sequence()).synch_pulse_us == 20
 
 
+def test_prepare_copies_so_a_reused_buffer_cannot_change_the_load(fake: FakeAlpLibrary, dmd: AlpDmd) -> None:
+    raw = random_raw(np.random.default_rng(10), 2, 96, 64)
+    expected = raw.copy()
+    prepared = dmd.prepare(raw)
+    raw[:] = 0  # the caller reuses its buffer
+    shown = record_display(fake)
+    dmd.load(prepared, 2, 100)
+    dmd.play()
+    dmd.wait(1.0)
+    np.testing.assert_array_equal(np.stack([picture for picture, _, _ in shown]), expected)
+
+
 def test_load_replaces_the_previous_sequence(fake: FakeAlpLibrary, dmd: AlpDmd) -> None:
     rng = np.random.default_rng(3)
     dmd.load(dmd.prepare(random_raw(rng, 4, 96, 64)), 4, 100)
