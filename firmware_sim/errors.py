@@ -6,7 +6,7 @@ can catch them without knowing this module.
 
 from __future__ import annotations
 
-__all__ = ["SimError", "SimConfigError", "SimDeviceNotFoundError"]
+__all__ = ["SimError", "SimConfigError", "SimDeviceNotFoundError", "SimBuildError"]
 
 
 class SimError(Exception):
@@ -26,3 +26,8 @@ class SimConfigError(SimError, ValueError):
 
 class SimDeviceNotFoundError(SimError, LookupError):
     """No in-process emulated device has that name (or it was released)."""
+
+
+class SimBuildError(SimError, RuntimeError):
+    """A native fake (a shared library compiled from C for the tests) could not be built: no compiler, or the
+    compiler failed (its message is in the text)."""
