@@ -33,6 +33,7 @@ __all__ = [
     "EmulatedDmdPart",
     "EmulatedCameraPart",
     "emulated_laser",
+    "fake_alp_dmd",
     "fake_dlpc900_dmd",
     "make_world",
 ]
@@ -227,3 +228,25 @@ def fake_dlpc900_dmd(world: EmulatedWorld, picture_time_us: Any, **options: Any)
     emulator = Dlpc900Emulator(config.dmd_width, config.dmd_height, serial_number=f"EMU-DLPC900-{config.seed}")
     emulator.on_display(lambda packed, index, time_us: world.display(packed, index, picture_time_us(), time_us))
     return Dlpc900Dmd(backend=Dlpc900Backend([emulator]), geometry=(config.dmd_width, config.dmd_height), **options)
+
+
+def fake_alp_dmd(world: EmulatedWorld, picture_time_us: Any, **options: Any) -> PatternDmd:
+    """The real :class:`AlpDmd` backend on the fake ALP library (compiled from C with gcc on first use, cached),
+    its pictures shown to the world's optics. The fake is one library image per process: one such rig at a time."""
+    from firmware_sim.errors import SimError
+    from firmware_sim.lab.fake_alp import FakeAlpLibrary, build_fake_alp
+
+    from ...errors import LibraryLoadError
+    from .alp import AlpDmd
+
+    try:
+        path = build_fake_alp()
+    except SimError as exc:
+        raise LibraryLoadError(f"cannot build the fake ALP library (it needs gcc): {exc}") from exc
+    fake = FakeAlpLibrary(path)
+    fake.reset()
+    config = world.config
+    fake.configure(config.dmd_width, config.dmd_height, serial=10_000 + config.seed)
+    fake.on_display(lambda packed, index, time_us: world.display(packed, index, picture_time_us(), time_us))
+    world.fake_alp = fake  # the display hook lives as long as the world
+    return AlpDmd(path, **options)

@@ -120,6 +120,10 @@ def _build_dmd(spec: RigSpec, world: Any | None, wiring: Wiring) -> PatternDmd:
         from .alp import AlpDmd
 
         return AlpDmd(options.pop("library"), **options)
+    if backend == "fake-alp":
+        from .emulated import fake_alp_dmd
+
+        return fake_alp_dmd(world, lambda: wiring.picture_time_us, **options)
     if backend == "fake-dlpc900":
         from .emulated import fake_dlpc900_dmd
 

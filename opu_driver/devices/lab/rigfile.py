@@ -58,6 +58,7 @@ BACKEND_OPTIONS: dict[str, dict[str, dict[str, str]]] = {
         "dlpc900": {"serial_number": _STR, "max_upload_s": _FLOAT, "region": _REGION},
         "emulated": {"max_pictures": _INT, "min_picture_time_us": _INT, "region": _REGION},
         "fake-dlpc900": {"region": _REGION, "max_upload_s": _FLOAT},
+        "fake-alp": {"region": _REGION},
     },
     "camera": {
         "aravis": {"device_id": _STR, "trigger_line": _STR, "n_buffers": _INT, "packet_size": _INT, "region": _REGION},

@@ -165,7 +165,7 @@ def test_rig_urls_name_an_existing_file_and_take_no_options(tmp_path):
         opu_driver.open(f"rig://{write_rig(tmp_path, sim='dmd=1x1')}")
 
 
-@pytest.mark.parametrize("dmd", ['backend = "fake-dlpc900"'])
+@pytest.mark.parametrize("dmd", ['backend = "fake-dlpc900"', 'backend = "fake-alp"'])
 def test_every_dmd_backend_shows_the_same_pictures_as_the_plain_emulated_dmd(tmp_path, dmd):
     """Noise off, same optics: a backend's whole path (its device format, upload and play) must give the very
     results of the emulated DMD, picture for picture."""
