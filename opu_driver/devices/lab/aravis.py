@@ -37,7 +37,14 @@ from ...protocol import PixelFormat
 from ...protocol.pixels import decode_pixels, payload_size
 from .parts import CameraBuffer, GrabSettings, StreamCounters, TriggeredCamera, TriggeredCameraInfo
 
-__all__ = ["AravisCamera", "AravisStreamCounters", "INSTALL_HINT", "GENICAM_PIXEL_FORMATS", "load_aravis"]
+__all__ = [
+    "AravisCamera",
+    "AravisStreamCounters",
+    "GENICAM_PIXEL_FORMATS",
+    "INSTALL_HINT",
+    "UNKNOWN_FRAME_ID",
+    "load_aravis",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +62,9 @@ GENICAM_PIXEL_FORMATS: dict[PixelFormat, tuple[str, int]] = {
     PixelFormat.MONO10P: ("Mono10p", 0x010A0046),
     PixelFormat.MONO12P: ("Mono12p", 0x010C0047),
 }
+#: The frame id of an incomplete buffer whose frame's leader packet was lost (Aravis takes the id from the leader).
+UNKNOWN_FRAME_ID = -1
+
 _BY_NAME = {name: fmt for fmt, (name, _) in GENICAM_PIXEL_FORMATS.items()}
 
 # GigE Vision 1.x numbers frames with a 16-bit block id that skips 0 when it wraps; GigE Vision 2 in extended-id
@@ -175,6 +185,10 @@ class AravisCamera(TriggeredCamera):
         self._stream: Any = None
         self._info: TriggeredCameraInfo | None = None
         self._grab: tuple[PixelFormat, int, int, int] | None = None  # format, width, height, payload bytes
+        # The stream's buffers (kept so that each pop returns the same wrapper) and the frame id each held when it
+        # was last read: Aravis writes a buffer's id and time only from the frame's leader packet.
+        self._buffers: list[Any] = []
+        self._ids_held: dict[int, int] = {}
         self._earlier_counts: dict[str, int] = dict.fromkeys(_INFO_NAMES, 0)
 
     # ------------------------------------------------------------------------------------------------ open/close
@@ -429,8 +443,10 @@ class AravisCamera(TriggeredCamera):
                 stream.set_property("packet-resend", resend)
                 if self.frame_retention_us is not None:
                     stream.set_property("frame-retention", self.frame_retention_us)
-            for _ in range(self.n_buffers):
-                stream.push_buffer(aravis.Buffer.new_allocate(payload))
+            self._buffers = [aravis.Buffer.new_allocate(payload) for _ in range(self.n_buffers)]
+            self._ids_held = {id(buffer): int(buffer.get_frame_id()) for buffer in self._buffers}
+            for buffer in self._buffers:
+                stream.push_buffer(buffer)
             self._stream = stream
             self._grab = (settings.pixel_format, settings.width, settings.height, payload)
             camera.start_acquisition()
@@ -453,7 +469,8 @@ class AravisCamera(TriggeredCamera):
 
         The pixels are copied out and the buffer goes back to the stream before this returns. A buffer whose
         status is not SUCCESS, or whose format or size is not what was configured, comes back incomplete with
-        the reason in ``detail`` and no pixels.
+        the reason in ``detail`` and no pixels; when the frame's leader packet was lost its frame id is
+        :data:`UNKNOWN_FRAME_ID` and its device time -1 (the buffer would otherwise show a frame it held before).
         """
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s >= 0:
             raise InvalidInputError(f"timeout_s must be a number >= 0, got {timeout_s!r}")
@@ -477,9 +494,15 @@ class AravisCamera(TriggeredCamera):
         status = buffer.get_status()
         frame_id = int(buffer.get_frame_id())
         device_time_ns = int(buffer.get_timestamp())
+        held_before = self._ids_held.get(id(buffer))
+        self._ids_held[id(buffer)] = frame_id
         if status != self._aravis.BufferStatus.SUCCESS:
-            name = status.value_nick if hasattr(status, "value_nick") else str(status)
-            return CameraBuffer(frame_id, device_time_ns, host_time_ns, False, None, f"status {name}")
+            detail = f"status {status.value_nick}"
+            if frame_id == held_before:
+                # The frame's leader packet never came, so the buffer still carries the id and time of the frame
+                # it held before (or none): this frame's own are unknown.
+                return CameraBuffer(UNKNOWN_FRAME_ID, -1, host_time_ns, False, None, f"{detail}, leader lost: id unknown")
+            return CameraBuffer(frame_id, device_time_ns, host_time_ns, False, None, detail)
         problem = ""
         name, code = GENICAM_PIXEL_FORMATS[pixel_format]
         if buffer.get_payload_type() != self._aravis.BufferPayloadType.IMAGE:
@@ -516,6 +539,8 @@ class AravisCamera(TriggeredCamera):
     def _drop_stream(self) -> None:
         stream, self._stream = self._stream, None
         self._grab = None
+        self._buffers = []
+        self._ids_held = {}
         if stream is None:
             return
         for field, value in self._stream_counts(stream).items():
