@@ -225,11 +225,13 @@ class AravisCamera(TriggeredCamera):
         available = set(camera.dup_available_pixel_formats_as_strings() or ())
         formats = tuple(fmt for fmt, (name, _) in GENICAM_PIXEL_FORMATS.items() if name in available)
         tick_ns = 1.0
+        skipped: tuple[int, ...]
         if camera.is_gv_device():
             extended = device.get_feature("GevGVSPExtendedIDMode") is not None and (
                 device.get_string_feature_value("GevGVSPExtendedIDMode") == "On"
             )
-            modulus, skipped = (_WIDE_MODULUS, (0,)) if extended else (_GEV_MODULUS, (0,))
+            # both GigE Vision counters skip 0 (it marks "no id")
+            modulus, skipped = (_WIDE_MODULUS if extended else _GEV_MODULUS), (0,)
             frequency_hz = device.get_timestamp_tick_frequency()
             if frequency_hz:
                 tick_ns = 1e9 / frequency_hz
@@ -354,9 +356,8 @@ class AravisCamera(TriggeredCamera):
         assert info is not None  # _opened() checked it
         if settings.pixel_format not in info.pixel_formats:
             offered = ", ".join(GENICAM_PIXEL_FORMATS[f][0] for f in info.pixel_formats) or "none of the driver's"
-            raise ConfigurationError(
-                f"the camera has no pixel format {GENICAM_PIXEL_FORMATS[settings.pixel_format][0]} (it offers {offered})"
-            )
+            wanted = GENICAM_PIXEL_FORMATS[settings.pixel_format][0]
+            raise ConfigurationError(f"the camera has no pixel format {wanted} (it offers {offered})")
         if settings.x + settings.width > info.width or settings.y + settings.height > info.height:
             raise ConfigurationError(
                 f"region {settings.width}x{settings.height} at ({settings.x}, {settings.y}) does not fit the "
@@ -501,7 +502,9 @@ class AravisCamera(TriggeredCamera):
             if frame_id == held_before:
                 # The frame's leader packet never came, so the buffer still carries the id and time of the frame
                 # it held before (or none): this frame's own are unknown.
-                return CameraBuffer(UNKNOWN_FRAME_ID, -1, host_time_ns, False, None, f"{detail}, leader lost: id unknown")
+                return CameraBuffer(
+                    UNKNOWN_FRAME_ID, -1, host_time_ns, False, None, f"{detail}, leader lost: id unknown"
+                )
             return CameraBuffer(frame_id, device_time_ns, host_time_ns, False, None, detail)
         problem = ""
         name, code = GENICAM_PIXEL_FORMATS[pixel_format]

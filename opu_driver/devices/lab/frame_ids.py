@@ -41,9 +41,7 @@ def next_frame_id(frame_id: int, modulus: int, skipped_ids: Collection[int] = ()
     return following
 
 
-def ids_skipped_between(
-    previous_id: int, next_id: int, modulus: int, skipped_ids: Collection[int] = ()
-) -> int:
+def ids_skipped_between(previous_id: int, next_id: int, modulus: int, skipped_ids: Collection[int] = ()) -> int:
     """How many frame ids the counter took strictly between two buffers' ids: the frames lost between them.
 
     The counter runs forward only, so the gap is measured forward from ``previous_id``, across the wrap;

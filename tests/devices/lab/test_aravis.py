@@ -36,7 +36,7 @@ except LibraryLoadError as exc:
         raise
     pytest.skip(f"Aravis 0.8 or PyGObject is not installed ({exc})", allow_module_level=True)
 
-from opu_driver.devices.lab.parts import CameraBuffer, GrabSettings  # noqa: E402
+from opu_driver.devices.lab.parts import CameraBuffer, GrabSettings
 
 GEV_MODULUS = 1 << 16
 SERIAL = "OPUTEST1"
@@ -110,7 +110,7 @@ def frames_not_read(buffers: list[CameraBuffer]) -> list[int]:
     assert known and known[0] == 0, "the first buffer's id must be known"
     assert all(buffers[i].detail.endswith("id unknown") for i in range(len(buffers)) if i not in set(known))
     missing = []
-    for i, j in zip(known, known[1:]):
+    for i, j in zip(known, known[1:], strict=False):
         skipped = ids_skipped_between(buffers[i].frame_id, buffers[j].frame_id, GEV_MODULUS, (0,))
         missing.append(skipped - (j - i - 1))
     assert min(missing, default=0) >= 0, "an id read twice or out of order"
@@ -167,6 +167,7 @@ def test_configure_returns_what_the_camera_rounded(open_camera: Any) -> None:
         [(1024, 0, 1024, 8), (0, 2040, 2048, 8), (1000, 1000, 8, 8)],
     ],
 )
+@pytest.mark.slow
 def test_regions_move_across_the_sensor(open_camera: Any, regions: list[tuple[int, int, int, int]]) -> None:
     camera = open_camera(free_run_frame_rate_hz=1000.0)
     for x, y, width, height in regions:
@@ -258,7 +259,7 @@ def test_ten_thousand_free_run_frames_each_the_image_of_its_own_id(open_camera: 
     assert ids[0] == 65_401  # the fake starts near the wrap to show counter bugs early
     wrap = ids.index(65_535)
     assert ids[wrap + 1] == 1
-    gaps = [ids_skipped_between(a, b, GEV_MODULUS, (0,)) for a, b in zip(ids, ids[1:])]
+    gaps = [ids_skipped_between(a, b, GEV_MODULUS, (0,)) for a, b in zip(ids, ids[1:], strict=False)]
     assert sum(gaps) == 0
     assert np.all(np.diff(device_times) > 0)
     assert counters.failures == 0 and counters.missing_frames == 0 and counters.underruns == 0
@@ -270,7 +271,11 @@ def test_packet_loss_is_detected_and_never_passes_as_pixels(fake: FakeGv, open_c
     width, height, n_frames, lost_ratio = 256, 64, 2_000, 0.02
     packet_size = 1400
     camera = open_camera(
-        n_buffers=64, packet_size=packet_size, packet_resend=False, free_run_frame_rate_hz=1000.0, frame_retention_us=50_000
+        n_buffers=64,
+        packet_size=packet_size,
+        packet_resend=False,
+        free_run_frame_rate_hz=1000.0,
+        frame_retention_us=50_000,
     )
     camera.configure(mono8(0, 0, width, height))
     table = _image_table(width, height)
@@ -334,6 +339,7 @@ def test_a_slow_reader_loses_whole_frames_and_the_id_gaps_count_them(open_camera
     assert sum(b.complete for b in buffers) >= len(buffers) - 2 * counters.missing_frames
 
 
+@pytest.mark.slow
 def test_software_triggered_frames_one_per_trigger(fake: FakeGv, open_camera: Any) -> None:
     width, height, n_triggers = 32, 16, 200
     fake.set_trigger_tick_hz(1000.0)  # the fake looks at its software trigger once per tick (25 Hz by default)
@@ -348,7 +354,7 @@ def test_software_triggered_frames_one_per_trigger(fake: FakeGv, open_camera: An
         assert buffer.complete and np.array_equal(buffer.pixels, fake_image(buffer.frame_id, width, height))
         ids.append(buffer.frame_id)
     assert camera.read(0.05) is None  # no trigger, no frame
-    assert all(ids_skipped_between(a, b, GEV_MODULUS, (0,)) == 0 for a, b in zip(ids, ids[1:]))
+    assert all(ids_skipped_between(a, b, GEV_MODULUS, (0,)) == 0 for a, b in zip(ids, ids[1:], strict=False))
     assert camera.counters().completed == n_triggers
 
 
@@ -367,6 +373,7 @@ def _open_fds_and_threads() -> tuple[int, int]:
     return len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task"))
 
 
+@pytest.mark.slow
 def test_start_stop_cycles_release_streams_and_buffers(open_camera: Any) -> None:
     camera = open_camera(n_buffers=8, free_run_frame_rate_hz=1000.0)
     camera.configure(mono8(0, 0, 64, 32))
