@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for a smoke test")
     p.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
     p.add_argument(
-        "--only", choices=["frames", "transform", "encoders", "linear", "dfa"], help="run one benchmark only"
+        "--only", choices=["frames", "transform", "encoders", "linear", "dfa", "dmd"], help="run one benchmark only"
     )
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_cmd_bench)

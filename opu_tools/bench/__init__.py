@@ -9,7 +9,9 @@ Benchmarks:
 - encoders: separated bit planes against a plain numpy version of the same algorithm (time, transient memory);
 - linear: ``opu.linear_transform`` throughput, four-frame and two-frame schemes;
 - dfa: DFA projections per second, direct, through the in-process client and through the service with 1, 4 and
-  8 client processes (opu_tools/bench/dfa.py).
+  8 client processes (opu_tools/bench/dfa.py);
+- dmd: host time to put one full picture into each lab DMD backend's format (ALP, DLPC900), against the shortest
+  picture time.
 Each figure is the median of ``repeats`` runs; the machine is shared and noisy, so compare ratios.
 """
 
@@ -54,12 +56,19 @@ def _dfa(quick: bool, repeats: int) -> list[BenchResult]:
     return bench_dfa(quick, repeats)
 
 
+def _dmd(quick: bool, repeats: int) -> list[BenchResult]:
+    from .dmd_pack import bench_dmd_pack
+
+    return bench_dmd_pack(quick, repeats)
+
+
 BENCHMARKS: dict[str, Callable[[bool, int], list[BenchResult]]] = {
     "frames": _frames,
     "transform": _transform,
     "encoders": _encoders,
     "linear": _linear,
     "dfa": _dfa,
+    "dmd": _dmd,
 }
 """Every benchmark by its ``--only`` name, in the order ``opu bench`` runs them (each module is imported when run)."""
 
