@@ -5,7 +5,8 @@ Nothing in a buffer names its picture, so the position of each buffer in the pla
 independent clues, and any buffer whose position they do not pin down is given up (its pictures count as lost,
 and the frame-level recovery shows them again):
 
-- the camera's own frame ids: a gap of g ids is g buffers lost in transport (their triggers happened);
+- the camera's own frame ids: a gap of g ids is g buffers lost in transport (their triggers happened); a buffer
+  whose id could not be read (negative) is one of those;
 - the device timestamps against the DMD's picture period: a gap of k periods is k pictures, so k minus the ids
   stepped over is the number of triggers the camera missed (no buffer, no id);
 - the count: the pictures the DMD reports shown (its progress counter, where it has one) must equal the positions
@@ -105,6 +106,10 @@ def match_play(
     last: CameraBuffer | None = None
     last_id = previous_id
     for buffer in buffers:
+        if buffer.frame_id < 0:
+            # A buffer whose id the camera library could not read (its first packet lost): it took an id, so its
+            # neighbours' ids show the gap it leaves, and its picture counts as lost there.
+            continue
         if last is None:
             # The first buffer: ids continuing from the previous play place buffers lost before it.
             lost_before = 0 if previous_id is None else id_step(previous_id, buffer.frame_id, modulus, skipped) - 1

@@ -99,3 +99,12 @@ def test_the_dmd_progress_counter_bounds_the_count():
     buffers, _ = _simulate(8, 7, 0, set(), set())
     assert match_play(buffers[:6], 8, PERIOD_NS, modulus=MODULUS, shown=6).sure  # the DMD stopped after 6
     assert not match_play(buffers[:6], 8, PERIOD_NS, modulus=MODULUS).sure
+
+
+def test_a_buffer_whose_id_could_not_be_read_counts_as_lost_in_its_gap():
+    buffers, _ = _simulate(6, 500, 0, set(), set())
+    unknown = CameraBuffer(-1, -1, 0, False, None, "leader lost: id unknown")
+    match = match_play([*buffers[:2], unknown, *buffers[3:]], 6, PERIOD_NS, modulus=MODULUS, skipped=SKIPPED)
+    assert match.sure and [p for p, _ in match.positions] == [0, 1, 3, 4, 5] and match.transport_lost == 1
+    at_the_end = match_play([*buffers[:5], unknown], 6, PERIOD_NS, modulus=MODULUS, skipped=SKIPPED)
+    assert not at_the_end.sure
