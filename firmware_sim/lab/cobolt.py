@@ -200,6 +200,7 @@ class CoboltEmulator:
                     self._input.append(byte)
             self._cond.notify_all()
 
+    @property
     def serial_in_waiting(self) -> int:
         """Reply bytes ready to read now."""
         with self._cond:
