@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .frame_ids import ids_skipped_between
 from .parts import CameraBuffer
 
 __all__ = ["id_step", "PlayMatch", "match_play", "TIMING_TOLERANCE"]
@@ -36,16 +37,11 @@ the timing is not that of the DMD's clock (a trigger from elsewhere, a wrong per
 
 def id_step(previous: int, current: int, modulus: int, skipped: Sequence[int] = ()) -> int:
     """How many ids ``current`` lies after ``previous`` on a counter that wraps at ``modulus`` and never takes
-    the ids in ``skipped`` (1 for the next id; 0 for the same id)."""
-    if not (0 <= previous < modulus and 0 <= current < modulus):
-        raise ValueError(f"frame ids {previous}, {current} outside 0..{modulus - 1}")
-    distance = (current - previous) % modulus
-    if skipped:
-        # ids skipped on the way (between previous, exclusive, and current, inclusive) do not count
-        for s in skipped:
-            if 0 < (s - previous) % modulus <= distance and s != current:
-                distance -= 1
-    return distance
+    the ids in ``skipped`` (1 for the next id; 0 for the same id). InvalidInputError (a ValueError) for an id the
+    counter cannot take."""
+    if previous == current:
+        return 0
+    return ids_skipped_between(previous, current, modulus, skipped) + 1
 
 
 @dataclass(frozen=True)
@@ -106,6 +102,8 @@ def match_play(
     last: CameraBuffer | None = None
     last_id = previous_id
     for buffer in buffers:
+        if buffer.frame_id >= modulus or (buffer.frame_id >= 0 and buffer.frame_id in skipped):
+            return PlayMatch(given_up=f"frame id {buffer.frame_id} is one the camera's counter never takes")
         if buffer.frame_id < 0:
             # A buffer whose id the camera library could not read (its first packet lost): it took an id, so its
             # neighbours' ids show the gap it leaves, and its picture counts as lost there.
