@@ -10,6 +10,7 @@ laser is the serial laser's emulator driven by the real serial backend.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -166,8 +167,6 @@ class EmulatedCameraPart(TriggeredCamera):
         self.camera.start()
 
     def read(self, timeout_s: float) -> CameraBuffer | None:
-        import time
-
         item = self.camera.read(timeout_s)
         if item is None:
             return None
