@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -79,7 +79,6 @@ class CameraCounters:
     triggers_missed: int = 0
     transport_lost: int = 0
     incomplete: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class EmulatedCamera:
@@ -137,10 +136,6 @@ class EmulatedCamera:
         with self._ready:
             self._armed = False
             self._queue.clear()
-
-    @property
-    def armed(self) -> bool:
-        return self._armed
 
     def pulse(self, packed: npt.NDArray[np.uint8], time_us: int, light_on: bool, power_mw: float) -> None:
         """The DMD's trigger-out for one picture: one exposure, if armed and wired to the DMD's line."""
@@ -237,7 +232,6 @@ class EmulatedPatternDmd:
         self._pictures: npt.NDArray[np.uint8] | None = None
         self._picture_time_us = 0
         self.shown = 0
-        self.plays = 0
 
     def load(self, packed: npt.NDArray[np.uint8], picture_time_us: int) -> None:
         pictures = np.asarray(packed)
@@ -255,7 +249,6 @@ class EmulatedPatternDmd:
         if self._pictures is None:
             raise SimError("no sequence loaded")
         self.shown = 0
-        self.plays += 1
         for index, picture in enumerate(self._pictures):
             self.world.display(picture, index, self._picture_time_us)
             self.shown += 1
