@@ -26,6 +26,7 @@ __all__ = ["PtyServer", "main"]
 _log = logging.getLogger(__name__)
 
 _READ_CHUNK = 4096
+_STOP_TIMEOUT_S = 5.0  # how long stop() waits for the serving thread
 _POLL_S = 0.05
 
 
@@ -68,7 +69,11 @@ class PtyServer:
         if thread is not None:
             self._stopping = True
             os.write(self._wake_w, b"x")
-            thread.join()
+            thread.join(_STOP_TIMEOUT_S)
+            if thread.is_alive():  # stuck in a device call: closing its descriptors below ends its select
+                _log.warning(
+                    "the pty server's thread did not stop within %.0f s; closing its descriptors", _STOP_TIMEOUT_S
+                )
         for name in ("_master", "_slave", "_wake_r", "_wake_w"):
             fd = getattr(self, name)
             if fd >= 0:
