@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -82,11 +83,18 @@ class CameraCounters:
 
 
 class EmulatedCamera:
-    """A GenICam-like camera on the world's trigger line: settings, an armed stream, numbered buffers."""
+    """A GenICam-like camera on the world's trigger line: settings, an armed stream, numbered buffers.
+
+    Its gain is a linear factor (1..16) or, with ``gain_db``, decibels (0..24 dB) as a GenICam ``Gain`` feature
+    has it; the sensor is given the factor either way.
+    """
 
     BITS = {"Mono8": 8, "Mono10": 10, "Mono12": 12}
+    MAX_GAIN_DB = 24.0
 
-    def __init__(self, world: LabWorld, *, max_buffers: int = 256, faults: CameraFaults | None = None) -> None:
+    def __init__(
+        self, world: LabWorld, *, max_buffers: int = 256, faults: CameraFaults | None = None, gain_db: bool = False
+    ) -> None:
         config = world.config
         self.world = world
         self.width, self.height = config.camera_width, config.camera_height
@@ -95,7 +103,8 @@ class EmulatedCamera:
         self.faults = faults or CameraFaults()
         self.roi = (0, 0, self.width, self.height)
         self.exposure_us = config.exposure_us
-        self.gain = config.gain
+        self.gain_db = bool(gain_db)
+        self.gain = round(20.0 * math.log10(config.gain), 3) if gain_db else config.gain
         self.pixel_format = "Mono12"
         self.trigger_line: str | None = "Line1"
         self.counters = CameraCounters()
@@ -120,12 +129,23 @@ class EmulatedCamera:
             raise SimError(f"pixel format {pixel_format!r} not supported: {sorted(self.BITS)}")
         if not 10 <= int(exposure_us) <= 1_000_000:
             raise SimError(f"exposure {exposure_us} us outside 10..1000000")
-        if not 1.0 <= float(gain) <= 16.0:
-            raise SimError(f"gain {gain} outside 1..16")
+        low, high = self.gain_range
+        if not low <= float(gain) <= high:
+            raise SimError(f"gain {gain} outside {low:g}..{high:g}")
         if trigger_line not in (None, "Line1", "Line0"):
             raise SimError(f"no trigger line {trigger_line!r}: Line1 is wired to the DMD, Line0 to nothing")
         self.roi, self.exposure_us, self.gain = (x, y, w, h), int(exposure_us), float(gain)
         self.pixel_format, self.trigger_line = pixel_format, trigger_line
+
+    @property
+    def gain_range(self) -> tuple[float, float]:
+        """The gain the camera takes, in its unit (dB with ``gain_db``, else a factor)."""
+        return (0.0, self.MAX_GAIN_DB) if self.gain_db else (1.0, 16.0)
+
+    @property
+    def gain_factor(self) -> float:
+        """The linear gain the sensor applies."""
+        return 10.0 ** (self.gain / 20.0) if self.gain_db else self.gain
 
     # -- the stream ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -207,7 +227,7 @@ class EmulatedCamera:
                 roi=(x, y, w, h),
                 frame_indices=np.arange(first, first + len(batch)),
                 exposure_us=self.exposure_us,
-                gain=self.gain,
+                gain=self.gain_factor,
                 laser_power_mw=exposure.power_mw,
                 light_on=exposure.light_on,
                 bits=self.BITS[self.pixel_format],

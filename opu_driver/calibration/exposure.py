@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -61,6 +61,9 @@ class ExposureResult(CalibrationResult):
         n_features, n_components, n_frames, layout: the frame measured (layout kind) and its repetitions.
         roi: the camera region of the n_components outputs.
         sweep_*: every measurement in order (sweep, refinement, steps down): exposure, gain, top, saturated share.
+
+    ``gain`` is in the camera's own unit (``opu.camera.geometry.gain_unit``: a factor, dB, or the camera's raw
+    scale); ``sweep_gain`` and the fitted model use the linear gain factor, 1 at unity gain.
     """
 
     routine: ClassVar[str] = "exposure"
@@ -123,7 +126,8 @@ def tune_exposure(
         target_fraction: where the (1 - max_saturated_fraction) quantile should sit, in (0, 1].
         max_exposure_us: longest exposure allowed (10..1000000); default: the current frame time minus the
             50 us gap, so the frame rate does not change. A longer one lets the frame time grow.
-        allow_gain: raise the gain (up to 16) when the longest exposure cannot reach the target.
+        allow_gain: raise the gain (up to a factor of 16, within the camera's range) when the longest exposure
+            cannot reach the target. On a camera whose gain is in its raw unit, the gain is left as it is.
         n_frames: repetitions of the frame per measurement (their values are pooled).
 
     Raises:
@@ -184,7 +188,8 @@ def tune_exposure(
         target=target,
         max_saturated_fraction=max_saturated_fraction,
         max_exposure_us=max_exposure_us,
-        max_gain=MAX_GAIN if allow_gain else 1.0,
+        max_gain=_max_gain_factor(opu, before.gain) if allow_gain else 1.0,
+        camera_gain=_camera_gain(opu, before.gain),
         bar=bar,
     )
     try:
@@ -192,7 +197,9 @@ def tune_exposure(
         choice, dark, slope = _refine(search)
         choice, top, saturated, steps = _step_down(search, choice)
         final = opu.configure_camera(
-            exposure_us=choice[0], gain=choice[1], frame_time_us=max(before.frame_time_us, choice[0] + FRAME_GAP_US)
+            exposure_us=choice[0],
+            gain=search.camera_gain(choice[1]),
+            frame_time_us=max(before.frame_time_us, choice[0] + FRAME_GAP_US),
         )
     except BaseException:
         try:
@@ -243,6 +250,29 @@ def tune_exposure(
     return result
 
 
+def _camera_gain(opu: Opu, current: float) -> Callable[[float], float]:
+    """How a linear gain factor is written to this camera: as it is, in dB, or (a raw scale the driver cannot
+    convert) as the gain the camera has now, whatever the factor (the routine then never raises the gain)."""
+    unit = opu.camera.geometry.gain_unit
+    if unit == "factor":
+        return float
+    if unit == "dB":
+        return lambda factor: round(20.0 * math.log10(factor), 3)
+    return lambda factor: float(current)
+
+
+def _max_gain_factor(opu: Opu, current: float) -> float:
+    """The largest linear gain factor the routine may use: up to MAX_GAIN, within the camera's range."""
+    geometry = opu.camera.geometry
+    low, high = geometry.gain_range
+    if geometry.gain_unit == "factor":
+        return max(1.0, min(MAX_GAIN, high)) if low <= 1.0 else 1.0
+    if geometry.gain_unit == "dB":
+        return max(1.0, min(MAX_GAIN, 10.0 ** (high / 20.0))) if low <= 0.0 else 1.0
+    _log.info("the camera's gain is in its own raw unit: the exposure routine leaves it at %g", current)
+    return 1.0
+
+
 @dataclass
 class _Search:
     """What the phases of :func:`tune_exposure` share: the frame measured, the target and limits, and every
@@ -257,7 +287,8 @@ class _Search:
     target: float
     max_saturated_fraction: float
     max_exposure_us: int
-    max_gain: float
+    max_gain: float  # the largest linear gain factor allowed
+    camera_gain: Callable[[float], float]  # a linear gain factor in the camera's unit
     bar: Any  # progress bar, one step per measurement
     measured: dict[tuple[int, float], tuple[float, float]] = field(default_factory=dict)
     order: list[tuple[int, float]] = field(default_factory=list)
@@ -269,7 +300,9 @@ class _Search:
             return self.measured[key]
         opu, before, bits, layout, n_components = self.opu, self.before, self.bits, self.layout, self.n_components
         opu.configure_camera(
-            exposure_us=key[0], gain=key[1], frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US)
+            exposure_us=key[0],
+            gain=self.camera_gain(key[1]),
+            frame_time_us=max(before.frame_time_us, key[0] + FRAME_GAP_US),
         )
         # the sweep saturates on purpose: measured here, not warned about
         values = opu.acquire(bits, layout, n_components, warn_saturated=False)

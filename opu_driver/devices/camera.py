@@ -41,11 +41,20 @@ class Roi:
 
 @dataclass(frozen=True)
 class CameraGeometry:
-    """The sensor's size and the pixel formats it can send."""
+    """The sensor's size, the pixel formats it can send, and the ranges of its exposure and gain.
+
+    ``gain_unit`` says what the camera's gain means: ``"factor"`` (linear, 1 at unity: protocol v1 and the
+    emulators), ``"dB"`` (a GenICam ``Gain`` feature in decibels) or ``"raw"`` (a camera's own scale, such as a
+    GenICam ``GainRaw``). ``gain_range`` is in that unit. Settings are checked against the ranges, never converted;
+    the exposure routine converts its linear factor to the unit, and leaves a raw gain alone.
+    """
 
     width: int
     height: int
     pixel_formats: tuple[PixelFormat, ...]
+    exposure_range_us: tuple[int, int] = (10, 1_000_000)
+    gain_range: tuple[float, float] = (1.0, 16.0)
+    gain_unit: str = "factor"
 
 
 @dataclass(frozen=True)
@@ -161,10 +170,12 @@ class Camera(Device):
             or roi.y + roi.height > geometry.height
         ):
             raise ConfigurationError(f"{roi} does not fit the {geometry.width}x{geometry.height} sensor")
-        if not 10 <= merged.exposure_us <= 1_000_000:
-            raise ConfigurationError(f"exposure_us={merged.exposure_us} outside 10..1000000")
-        if not 1.0 <= merged.gain <= 16.0:
-            raise ConfigurationError(f"gain={merged.gain} outside 1..16")
+        low_us, high_us = geometry.exposure_range_us
+        if not low_us <= merged.exposure_us <= high_us:
+            raise ConfigurationError(f"exposure_us={merged.exposure_us} outside the camera's {low_us}..{high_us}")
+        low, high = geometry.gain_range
+        if not low <= merged.gain <= high:
+            raise ConfigurationError(f"gain={merged.gain} outside the camera's {low:g}..{high:g}")
         exposure_us = merged.exposure_us
         if settings.frame_time_us is None:
             # Keep the frame time legal when only the exposure changes.

@@ -5,7 +5,8 @@ Where each runs:
 - the in-process emulator, through the pyusb backend and the pyserial ``opusim://`` handler (a rig built from a
   ``sim://`` URL, its parts opened without an Opu);
 - the emulator as its own process (``opu sim``) on a real pseudo-terminal, for the controller line;
-- a physical OPU, with ``--hardware URL``.
+- a physical OPU, with ``--hardware URL`` (protocol v1's own tests here; the generic suites on any backend,
+  a lab rig's included, in test_hardware_conformance.py).
 """
 
 from __future__ import annotations
@@ -43,8 +44,17 @@ def sim_rig() -> Iterator[Rig]:
 
 
 @pytest.fixture
-def hardware_rig(hardware_url: str) -> Iterator[Rig]:
-    rig = make_rig(hardware_url, controller_retries=2)
+def v1_hardware_url(hardware_url: str) -> str:
+    """The --hardware URL, when it names a protocol-v1 device (the generic suites run on any backend in
+    test_hardware_conformance.py)."""
+    if hardware_url.startswith("rig://"):
+        pytest.skip("protocol v1's own tests: the --hardware URL names a lab rig")
+    return hardware_url
+
+
+@pytest.fixture
+def hardware_rig(v1_hardware_url: str) -> Iterator[Rig]:
+    rig = make_rig(v1_hardware_url, controller_retries=2)
     rig.open()
     try:
         yield rig
@@ -68,27 +78,6 @@ class TestRigOnTheEmulator(RigConformance):
     @pytest.fixture
     def rig(self, sim_rig):
         return sim_rig
-
-
-@pytest.mark.hardware
-class TestDmdHardware(DmdConformance):
-    @pytest.fixture
-    def dmd(self, hardware_rig):
-        return hardware_rig.dmd
-
-
-@pytest.mark.hardware
-class TestCameraHardware(CameraConformance):
-    @pytest.fixture
-    def camera(self, hardware_rig):
-        return hardware_rig.camera
-
-
-@pytest.mark.hardware
-class TestRigHardware(RigConformance):
-    @pytest.fixture
-    def rig(self, hardware_rig):
-        return hardware_rig
 
 
 class ScpiConformance(ControllerConformance):
@@ -213,6 +202,6 @@ class TestUsbEmulator(UsbDeviceConformance):
 @pytest.mark.hardware
 class TestUsbHardware(UsbDeviceConformance):
     @pytest.fixture
-    def opu(self, hardware_url):
-        with opu_driver.open(hardware_url) as opu:
+    def opu(self, v1_hardware_url):
+        with opu_driver.open(v1_hardware_url) as opu:
             yield opu

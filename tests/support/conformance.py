@@ -126,16 +126,18 @@ class CameraConformance:
     @pytest.mark.parametrize(
         "bad",
         [
-            CameraSettings(exposure_us=5),
-            CameraSettings(gain=0.5),
-            CameraSettings(exposure_us=1000, frame_time_us=1000),
-            CameraSettings(roi=Roi(0, 0, 0, 1)),
+            lambda g: CameraSettings(exposure_us=g.exposure_range_us[0] - 1),
+            lambda g: CameraSettings(exposure_us=g.exposure_range_us[1] + 1),
+            lambda g: CameraSettings(gain=g.gain_range[0] - 0.5),
+            lambda g: CameraSettings(exposure_us=1000, frame_time_us=1000),
+            lambda g: CameraSettings(roi=Roi(0, 0, 0, 1)),
         ],
+        ids=["short-exposure", "long-exposure", "low-gain", "frame-shorter-than-exposure", "empty-roi"],
     )
-    def test_bad_settings_are_refused_before_anything_is_written(self, camera: Camera, bad: CameraSettings) -> None:
+    def test_bad_settings_are_refused_before_anything_is_written(self, camera: Camera, bad) -> None:
         before = camera.read_settings()
         with pytest.raises(ConfigurationError):
-            camera.configure(bad)
+            camera.configure(bad(camera.geometry))
         assert camera.read_settings() == before == camera.settings
 
     def test_a_region_outside_the_sensor_is_refused(self, camera: Camera) -> None:
@@ -178,6 +180,12 @@ class ControllerConformance:
         assert not controller.shutter_is_open and controller.wanted.shutter_open is False
 
     def test_power_set_get_and_out_of_range_refused_before_sending(self, controller: Controller) -> None:
+        if controller.laser_power_max_mw == 0.0:  # no power control (a light switched by hand): any power refused
+            wanted = controller.wanted.power_mw
+            with pytest.raises(ConfigurationError):
+                controller.set_laser_power_mw(12.5)
+            assert controller.wanted.power_mw == wanted
+            return
         controller.set_laser_power_mw(12.5)
         assert controller.laser_power_mw == pytest.approx(12.5, abs=1e-3)
         assert controller.wanted.power_mw == 12.5

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -245,8 +245,11 @@ class LabCamera(Camera):
             self._configure(trigger_line=self.trigger_line)
         self.part.start()
         info = self.info
+        sensor = CameraGeometry(
+            info.width, info.height, info.pixel_formats, info.exposure_range_us, info.gain_range, info.gain_unit
+        )
         if self.region is None:
-            return CameraGeometry(info.width, info.height, info.pixel_formats)
+            return sensor
         x, y, w, h = self.region
         if w < 1 or h < 1 or x < 0 or y < 0 or x + w > info.width or y + h > info.height:
             raise ConfigurationError(f"camera region {self.region} does not fit the {info.width}x{info.height} sensor")
@@ -257,7 +260,7 @@ class LabCamera(Camera):
             and self._grab.y + self._grab.height <= y + h
         ):
             self._configure(x=x, y=y, width=w, height=h)
-        return CameraGeometry(w, h, info.pixel_formats)
+        return replace(sensor, width=w, height=h)
 
     def _do_close(self) -> None:
         self.part.close()

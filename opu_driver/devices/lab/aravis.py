@@ -237,6 +237,8 @@ class AravisCamera(TriggeredCamera):
                 tick_ns = 1e9 / frequency_hz
         else:
             modulus, skipped = _WIDE_MODULUS, ()
+        exposure = camera.get_exposure_time_bounds()
+        gain = camera.get_gain_bounds()
         return TriggeredCameraInfo(
             model=camera.get_model_name() or "",
             serial_number=camera.get_device_serial_number() or "",
@@ -247,6 +249,9 @@ class AravisCamera(TriggeredCamera):
             skipped_ids=skipped,
             timestamp_tick_ns=tick_ns,
             max_buffers=self.n_buffers,
+            exposure_range_us=(math.ceil(exposure.min), math.floor(exposure.max)),
+            gain_range=(float(gain.min), float(gain.max)),
+            gain_unit=_gain_unit(device),
         )
 
     def close(self) -> None:
@@ -609,3 +614,14 @@ def _write_region(device: Any, old: tuple[int, int, int, int], new: tuple[int, i
     device.set_integer_feature_value("OffsetY", y)
     device.set_integer_feature_value("Width", width)
     device.set_integer_feature_value("Height", height)
+
+
+def _gain_unit(device: Any) -> str:
+    """ "dB" where the camera's gain is the standard float ``Gain`` feature in decibels; "raw" otherwise (an
+    integer ``GainRaw``, or a unit the driver does not know): values in the camera's own scale."""
+    feature = device.get_feature("Gain")
+    get_unit = getattr(feature, "get_unit", None)
+    if get_unit is None:
+        return "raw"
+    unit = (get_unit() or "").strip().lower()
+    return "dB" if unit in ("db", "decibel", "decibels") else "raw"

@@ -115,7 +115,14 @@ class EmulatedDmdPart(PatternDmd):
 class EmulatedCameraPart(TriggeredCamera):
     """The world's emulated GenICam-like camera, wired to the DMD's trigger-out on Line1."""
 
-    def __init__(self, world: EmulatedWorld, *, n_buffers: int = 256, faults: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        world: EmulatedWorld,
+        *,
+        n_buffers: int = 256,
+        faults: dict[str, float] | None = None,
+        gain_unit: str = "factor",
+    ) -> None:
         from firmware_sim.errors import SimError
         from firmware_sim.lab.world import CameraFaults, EmulatedCamera
 
@@ -123,7 +130,9 @@ class EmulatedCameraPart(TriggeredCamera):
             camera_faults = CameraFaults(**(faults or {}))
         except (SimError, TypeError) as exc:
             raise ConfigurationError(f"[camera] faults: {exc}") from exc
-        self.camera = EmulatedCamera(world, max_buffers=n_buffers, faults=camera_faults)
+        if gain_unit not in ("factor", "dB"):
+            raise ConfigurationError(f"[camera] gain_unit must be 'factor' or 'dB', got {gain_unit!r}")
+        self.camera = EmulatedCamera(world, max_buffers=n_buffers, faults=camera_faults, gain_db=gain_unit == "dB")
         world.add_camera(self.camera)
 
     def open(self) -> TriggeredCameraInfo:
@@ -138,6 +147,8 @@ class EmulatedCameraPart(TriggeredCamera):
             skipped_ids=(0,),
             timestamp_tick_ns=1.0,
             max_buffers=c.max_buffers,
+            gain_range=c.gain_range,
+            gain_unit="dB" if c.gain_db else "factor",
         )
 
     def configure(self, settings: GrabSettings) -> GrabSettings:

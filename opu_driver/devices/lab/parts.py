@@ -116,6 +116,9 @@ class TriggeredCameraInfo:
         skipped_ids: ids a wrapping counter never takes (GigE Vision skips 0 after it wraps).
         timestamp_tick_ns: nanoseconds per tick of the device clock the buffers carry.
         max_buffers: the most buffers the camera and host may hold at once (the stream's bound).
+        exposure_range_us: the shortest and longest exposure the camera takes.
+        gain_range, gain_unit: the camera's gain range, in its unit: "factor", "dB" or "raw" (see
+            :class:`~opu_driver.devices.CameraGeometry`).
     """
 
     model: str
@@ -127,6 +130,9 @@ class TriggeredCameraInfo:
     skipped_ids: tuple[int, ...] = ()
     timestamp_tick_ns: float = 1.0
     max_buffers: int = 1024
+    exposure_range_us: tuple[int, int] = (10, 1_000_000)
+    gain_range: tuple[float, float] = (1.0, 16.0)
+    gain_unit: str = "factor"
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,13 @@ BACKEND_OPTIONS: dict[str, dict[str, dict[str, str]]] = {
     },
     "camera": {
         "aravis": {"device_id": _STR, "trigger_line": _STR, "n_buffers": _INT, "packet_size": _INT, "region": _REGION},
-        "emulated": {"trigger_line": _STR, "n_buffers": _INT, "region": _REGION, "faults": _TABLE},
+        "emulated": {
+            "trigger_line": _STR,
+            "n_buffers": _INT,
+            "region": _REGION,
+            "faults": _TABLE,
+            "gain_unit": _STR,
+        },
     },
     "light": {
         "cobolt": {"port": _STR, "baudrate": _INT, "max_power_mw": _FLOAT},

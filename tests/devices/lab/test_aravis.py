@@ -18,11 +18,13 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from opu_driver.devices import Camera, make_rig
 from opu_driver.devices.lab.frame_ids import ids_skipped_between
 from opu_driver.errors import ConfigurationError, DeviceError, InvalidInputError, LibraryLoadError
 from opu_driver.protocol import PixelFormat
@@ -37,6 +39,8 @@ except LibraryLoadError as exc:
     pytest.skip(f"Aravis 0.8 or PyGObject is not installed ({exc})", allow_module_level=True)
 
 from opu_driver.devices.lab.parts import CameraBuffer, GrabSettings
+from tests.devices.lab.support import write_rig
+from tests.support.conformance import CameraConformance
 
 GEV_MODULUS = 1 << 16
 SERIAL = "OPUTEST1"
@@ -391,3 +395,29 @@ def test_start_stop_cycles_release_streams_and_buffers(open_camera: Any) -> None
     assert _open_fds_and_threads() == (fds, threads)  # each stream's socket and thread went with it
     # Frames that come after the reads of a cycle find every buffer full (underruns): the bound holds.
     assert camera.counters().completed >= 100
+
+
+# ------------------------------------------------------------------------------------------- the conformance suite
+class TestAravisCameraOfALabRig(CameraConformance):
+    """The camera suite on a rig whose camera is the fake, reached through Aravis (armed on Line0, which the fake
+    never fires: the suite's frames that never come). The suite of the parts together needs a DMD's trigger-out
+    on the camera's line, which the fake does not have; on a rig with a real camera, run it with
+    ``pytest tests/devices/test_hardware_conformance.py --hardware rig://RIG.toml``."""
+
+    @pytest.fixture
+    def camera(self, fake: FakeGv, tmp_path: Path) -> Iterator[Camera]:
+        aravis = 'backend = "aravis"\ndevice_id = "127.0.0.1"\ntrigger_line = "Line0"'
+        path = write_rig(tmp_path, camera=aravis, light='backend = "manual"')
+        rig = make_rig(f"rig://{path}", controller_retries=0)
+        rig.open()
+        try:
+            yield rig.camera
+        finally:
+            assert not rig.close()
+
+    def test_the_ranges_are_the_cameras_own(self, camera: Camera) -> None:
+        # the fake's gain is the integer GainRaw 0..10 (no unit the driver could convert); exposure 10 us..10 s
+        geometry = camera.geometry
+        assert (geometry.gain_unit, geometry.gain_range) == ("raw", (0.0, 10.0))
+        assert geometry.exposure_range_us == (10, 10_000_000)
+        assert camera.settings.gain == 0.0
