@@ -9,14 +9,90 @@ trains a small network by direct feedback alignment with digital and with optica
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
+from opu_driver import Opu
 from opu_driver import open as open_opu
 from opu_driver.encoding.layouts import MacroPixelLayout
 from opu_driver.errors import InvalidInputError
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "speckle_statistics", "SpeckleStatistics"]
+
+
+@dataclass(frozen=True)
+class SpeckleStatistics:
+    """What ``opu demo`` measures of ``transform``'s outputs, beside what the physics predicts.
+
+    Attributes:
+        dark_level_dn: mean output with every mirror off (camera offset and dark current).
+        contrast: median over inputs of std/mean of the dark-subtracted outputs; 1 for exponential speckle.
+        fractions, mean_signal_dn: mean dark-subtracted output for random inputs with that share of features on.
+        proportional_dn: the least-squares line through the origin fitted to those means (proportional to light).
+        pair_correlation: mean correlation over outputs of two random inputs' outputs, over ``n_pairs`` pairs.
+        squared_overlap: what a complex Gaussian R predicts for it, (x1 . x2)^2 / (|x1|_1 |x2|_1), same pairs.
+        repeat_correlation: correlation of the outputs of the same inputs projected twice.
+        saturated_fraction: share of outputs at the pixel format's full scale.
+    """
+
+    dark_level_dn: float
+    contrast: float
+    fractions: tuple[float, ...]
+    mean_signal_dn: tuple[float, ...]
+    proportional_dn: tuple[float, ...]
+    pair_correlation: float
+    squared_overlap: float
+    n_pairs: int
+    repeat_correlation: float
+    saturated_fraction: float
+
+
+def speckle_statistics(
+    opu: Opu,
+    X: npt.NDArray[np.uint8],
+    Y: npt.NDArray[np.integer],
+    rng: np.random.Generator,
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+    n_per_fraction: int = 64,
+) -> SpeckleStatistics:
+    """Measure the speckle statistics of ``Y = opu.transform(X, n_components)`` (X binary, at least 4 rows),
+    projecting dark frames, inputs with a set share of features on and a re-run of X's first rows."""
+    n_features, n_components = X.shape[1], Y.shape[1]
+    dark = opu.transform(np.zeros((32, n_features), dtype=np.uint8), n_components).astype(np.float64)
+    dark_level = float(dark.mean())
+    signal = Y.astype(np.float64) - dark_level
+    contrast = float(np.median(signal.std(axis=1) / signal.mean(axis=1)))
+    measured: list[float] = []
+    for fraction in fractions:
+        Xk = np.zeros((n_per_fraction, n_features), dtype=np.uint8)
+        Xk[:, : int(round(fraction * n_features))] = 1
+        Xk = rng.permuted(Xk, axis=1)
+        measured.append(float(opu.transform(Xk, n_components).astype(np.float64).mean()) - dark_level)
+    f, m = np.array(fractions), np.array(measured)
+    slope = float(f @ m / (f @ f))
+    n_again = min(50, len(X))
+    again = opu.transform(X[:n_again], n_components).astype(np.float64)
+    repeat = float(np.corrcoef(again.ravel(), Y[:n_again].astype(np.float64).ravel())[0, 1])
+    # Intensity correlation of two inputs = |field correlation|^2 = overlap^2 / (|x1| |x2|), averaged over pairs
+    # because one pair's outputs are a noisy estimate.
+    pairs = [(i, i + 1) for i in range(0, 2 * min(100, len(X) // 2), 2)]
+    pair_corr = float(np.mean([np.corrcoef(signal[i], signal[j])[0, 1] for i, j in pairs]))
+    Xf = X.astype(np.float64)
+    overlap = float(np.mean([(Xf[i] @ Xf[j]) ** 2 / (Xf[i].sum() * Xf[j].sum()) for i, j in pairs]))
+    return SpeckleStatistics(
+        dark_level_dn=dark_level,
+        contrast=contrast,
+        fractions=tuple(float(v) for v in f),
+        mean_signal_dn=tuple(measured),
+        proportional_dn=tuple(float(v) for v in slope * f),
+        pair_correlation=pair_corr,
+        squared_overlap=overlap,
+        n_pairs=len(pairs),
+        repeat_correlation=repeat,
+        saturated_fraction=float((Y == np.iinfo(Y.dtype).max).mean()),
+    )
 
 
 def _line(label: str, value: str, theory: str = "") -> str:
@@ -60,48 +136,33 @@ def run_demo(
         print(f"  first vector, first 10 outputs: {Y[0, :10].tolist()}")
         print()
 
-        dark = opu.transform(np.zeros((32, n_features), dtype=np.uint8), n_components).astype(np.float64)
-        dark_level = dark.mean()
-        signal = Y.astype(np.float64) - dark_level
-        contrast = float(np.median(signal.std(axis=1) / signal.mean(axis=1)))
-        fractions = np.array([0.25, 0.5, 1.0])
-        measured: list[float] = []
-        for fraction in fractions:
-            Xk = np.zeros((64, n_features), dtype=np.uint8)
-            Xk[:, : int(fraction * n_features)] = 1
-            Xk = rng.permuted(Xk, axis=1)
-            measured.append(opu.transform(Xk, n_components).astype(np.float64).mean() - dark_level)
-        means = np.array(measured)
-        again = opu.transform(X[:50], n_components).astype(np.float64)
-        repeat_corr = float(np.corrcoef(again.ravel(), Y[:50].astype(np.float64).ravel())[0, 1])
-        saturated = float((Y == np.iinfo(Y.dtype).max).mean())
-        # Intensity correlation of two inputs = |field correlation|^2 = overlap^2 / (|x1| |x2|), averaged
-        # over 100 pairs because one pair of 1024 correlated speckle pixels is a noisy estimate.
-        pairs = [(i, i + 1) for i in range(0, 2 * min(100, batch // 2), 2)]
-        pair_corr = float(np.mean([np.corrcoef(signal[i], signal[j])[0, 1] for i, j in pairs]))
-        Xf = X.astype(np.float64)
-        field_corr_sq = float(np.mean([(Xf[i] @ Xf[j]) ** 2 / (Xf[i].sum() * Xf[j].sum()) for i, j in pairs]))
-
+        stats = speckle_statistics(opu, X, Y, rng)
         print("Statistics against theory (y = |x R|^2 with R complex Gaussian):")
-        print(_line("dark level (all mirrors off), DN", f"{dark_level:.2f}", "camera offset + dark current"))
-        print(_line("speckle contrast std/mean over outputs", f"{contrast:.3f}", "theory: 1 (exponential law)"))
-        for fraction, mean in zip(fractions, means, strict=True):
+        print(_line("dark level (all mirrors off), DN", f"{stats.dark_level_dn:.2f}", "camera offset + dark current"))
+        print(_line("speckle contrast std/mean over outputs", f"{stats.contrast:.3f}", "theory: 1 (exponential law)"))
+        for fraction, mean, line in zip(stats.fractions, stats.mean_signal_dn, stats.proportional_dn, strict=True):
             print(
                 _line(
                     f"mean signal with {fraction:.0%} features on, DN",
                     f"{mean:.2f}",
-                    f"theory: {fraction / fractions[-1] * means[-1]:.2f} (proportional to light)",
+                    f"theory: {line:.2f} (proportional to light)",
                 )
             )
         print(
             _line(
                 "correlation of two inputs' outputs",
-                f"{pair_corr:.3f}",
-                f"theory: {field_corr_sq:.3f} (squared overlap, {len(pairs)} pairs)",
+                f"{stats.pair_correlation:.3f}",
+                f"theory: {stats.squared_overlap:.3f} (squared overlap, {stats.n_pairs} pairs)",
             )
         )
-        print(_line("repeatability: correlation of a re-run", f"{repeat_corr:.4f}", "theory: 1 minus camera noise"))
-        print(_line("saturated outputs", f"{saturated:.2%}", "keep near 0 (lower exposure if not)"))
+        print(
+            _line(
+                "repeatability: correlation of a re-run",
+                f"{stats.repeat_correlation:.4f}",
+                "theory: 1 minus camera noise",
+            )
+        )
+        print(_line("saturated outputs", f"{stats.saturated_fraction:.2%}", "keep near 0 (lower exposure if not)"))
         counters = opu.counters
         print()
         print(

@@ -87,6 +87,34 @@ def test_a_rig_opens_in_raw_mode_with_its_identity_and_transforms_with_speckle_s
     assert matched.plays >= 1 and matched.given_up == 0
 
 
+def test_transform_on_the_shipped_rig_has_the_speckle_statistics_the_demo_checks():
+    """``opu demo``'s statistics on the shipped rig (1,000 features as its 6x6 macro-pixels, 4,096 outputs).
+
+    Tolerances from the speckle: the outputs hold K = n_outputs / grain^2 (1,024) independent speckle grains of
+    one medium, and every statistic over them carries that medium's own fluctuation, of order 1/sqrt(K):
+    - contrast: one row's std/mean of K exponential values has sd sqrt(kurtosis - 1) / (2 sqrt(K)) = 1.41/sqrt(K)
+      (the median over rows is tighter);
+    - proportionality: the mean at a share p of features on is (p + beta p^2) times the line's, beta the medium's
+      cross-term over K grains (sd 1/sqrt(K)); after the line's fit the largest departure is 0.58 |beta|: 4 sd;
+    - pair correlation: over ten media (seeds 0-9) its sd was 0.29/sqrt(K) at K = 256 and 1,024: 4 sd.
+    """
+    from opu_tools.demo import speckle_statistics
+
+    rng = np.random.default_rng(0)
+    with opu_driver.open(f"rig://{SHIPPED_RIG}", layout="macro") as opu:
+        opu.set_layout("macro", 6)
+        X = rng.integers(0, 2, (500, 1000), dtype=np.uint8)
+        Y = opu.transform(X, 4096)
+        stats = speckle_statistics(opu, X, Y, rng)
+        k = 4096 / opu.emulator.ground_truth.grain_px**2
+    assert abs(stats.contrast - 1) <= 1.41 / np.sqrt(k)
+    departure = max(abs(m / p - 1) for m, p in zip(stats.mean_signal_dn, stats.proportional_dn, strict=True))
+    assert departure <= 4 * 0.58 / np.sqrt(k)
+    assert abs(stats.pair_correlation - stats.squared_overlap) <= 4 * 0.29 / np.sqrt(k)
+    assert stats.repeat_correlation >= 0.99 and stats.saturated_fraction == 0.0
+    assert stats.dark_level_dn > 0
+
+
 @pytest.mark.slow
 def test_linear_transform_correlates_with_the_exact_matrix_on_the_shipped_rig():
     """1,000 -> 4,096, four-frame, ternary, with the emulator's default (realistic) noise."""
