@@ -22,7 +22,7 @@ device and dtype). torch is imported by this module only; ``dfa_client`` itself 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -78,6 +78,8 @@ class DFA(torch.nn.Module):
     Buffers: ``feedback_matrix`` (n_classes x sum of hidden widths, scaled) when the feedback is known exactly,
     else None (the projector is called in backward, on the host).
     """
+
+    feedback_matrix: torch.Tensor | None
 
     def __init__(self, feedback: FeedbackProjection) -> None:
         super().__init__()
@@ -156,6 +158,8 @@ class DFA(torch.nn.Module):
 class HiddenTap(torch.nn.Module):
     """``DFA.hidden`` as a module, to put after a hidden layer's activation in ``torch.nn.Sequential``."""
 
+    dfa: DFA
+
     def __init__(self, dfa: DFA, index: int) -> None:
         super().__init__()
         object.__setattr__(self, "dfa", dfa)  # not a submodule: the DFA (and its buffer) belongs to the model once
@@ -170,6 +174,8 @@ class HiddenTap(torch.nn.Module):
 
 class OutputTap(torch.nn.Module):
     """``DFA.output`` as a module, to put after the last layer in ``torch.nn.Sequential``."""
+
+    dfa: DFA
 
     def __init__(self, dfa: DFA) -> None:
         super().__init__()
@@ -211,7 +217,8 @@ class DFAPerceptron(torch.nn.Module):
     @torch.no_grad()
     def load_numpy(self, weights: Sequence[npt.ArrayLike], biases: Sequence[npt.ArrayLike]) -> DFAPerceptron:
         """Copy weights (n_in, n_out) and biases from a ``dfa_client.nn.MLP`` (its .weights, .biases)."""
-        for layer, W, b in zip(self.layers, weights, biases, strict=True):
+        for module, W, b in zip(self.layers, weights, biases, strict=True):
+            layer = cast(torch.nn.Linear, module)
             layer.weight.copy_(torch.as_tensor(np.asarray(W).T, dtype=layer.weight.dtype))
             layer.bias.copy_(torch.as_tensor(np.asarray(b), dtype=layer.bias.dtype))
         return self

@@ -10,7 +10,9 @@
  * through FakeAlp_SetDisplayHook) as the mirrors' state, packed 1 bit per mirror, row-major from the top-left,
  * the first mirror in the most significant bit (numpy.packbits of the flattened picture), and advances a
  * virtual clock by the picture time. The projection is over when AlpProjStart returns, unless a stall was asked
- * for (FakeAlp_SetStallAfter): then it stays active after that many pictures until halted.
+ * for (FakeAlp_SetStallAfter): then it stays active after that many pictures until halted. In slave mode
+ * (ALP_PROJ_MODE = ALP_SLAVE) AlpProjStart shows nothing: each edge on the trigger input (FakeAlp_TriggerIn, the
+ * test's or the emulator's signal generator) shows the next picture.
  *
  * Rules that are the fake's own (stricter than the public description, to catch driver bugs): AlpProjStart
  * refuses a sequence whose pictures were not all loaded (ALP_PARM_INVALID) and a start while a projection runs
@@ -144,6 +146,7 @@ static struct {
     tAlpProjProgress progress;
     long long time_us;
     long pictures_shown;
+    long proj_shown; /* pictures of the current projection shown so far */
 } fake;
 
 static void free_sequence(sequence_t *s) {
@@ -441,6 +444,27 @@ FAKE_EXPORT long AlpProjControl(ALP_ID DeviceId, long ControlType, long ControlV
     return ALP_PARM_INVALID;
 }
 
+/* Show the projection's next picture: the hook, the counters, the clock; the projection ends after the last. */
+static void show_next(sequence_t *s) {
+    long total = s->picnum * s->repeat;
+    long p = fake.proj_shown % s->picnum;
+    if (fake.hook != NULL)
+        fake.hook(s->mirrors + p * frame_bytes(), frame_bytes(), fake.width, fake.height, p, fake.time_us,
+                  fake.hook_user);
+    fake.time_us += s->picture_us;
+    fake.pictures_shown++;
+    fake.proj_shown++;
+    /* the counters name the picture to come: frames left in its iteration, iterations left */
+    fake.progress.nSequenceCounter = (unsigned long)(s->repeat - fake.proj_shown / s->picnum);
+    fake.progress.nFrameCounter = (unsigned long)(s->picnum - fake.proj_shown % s->picnum);
+    if (fake.proj_shown == total) {
+        fake.progress.nFrameCounter = 0;
+        fake.progress.nSequenceCounter = 0;
+        fake.progress.nFlags = ALP_FLAG_QUEUE_IDLE;
+        fake.active = 0;
+    }
+}
+
 FAKE_EXPORT long AlpProjStart(ALP_ID DeviceId, ALP_ID SequenceId) {
     long fail = enter(F_PROJ_START);
     if (fail) return fail;
@@ -457,26 +481,16 @@ FAKE_EXPORT long AlpProjStart(ALP_ID DeviceId, ALP_ID SequenceId) {
     fake.progress.SequenceId = s->id;
     fake.progress.nPictureTime = (unsigned long)s->picture_us;
     fake.progress.nFramesPerSubSequence = (unsigned long)s->picnum;
-    /* A slave-mode projection waits for trigger-in edges that never come here: it stays active until halted. */
-    long stall = fake.proj_mode == ALP_SLAVE ? 0 : fake.stall_after;
-    long shown = 0;
-    for (long iteration = 0; iteration < s->repeat; iteration++) {
-        fake.progress.nSequenceCounter = (unsigned long)(s->repeat - iteration);
-        for (long p = 0; p < s->picnum; p++) {
-            fake.progress.nFrameCounter = (unsigned long)(s->picnum - p); /* frames left in this iteration */
-            if (stall >= 0 && shown == stall) return ALP_OK;           /* stays active: ProjWait never ends */
-            if (fake.hook != NULL)
-                fake.hook(s->mirrors + p * frame_bytes(), frame_bytes(), fake.width, fake.height, p, fake.time_us,
-                          fake.hook_user);
-            fake.time_us += s->picture_us;
-            fake.pictures_shown++;
-            shown++;
-        }
+    fake.progress.nSequenceCounter = (unsigned long)s->repeat;
+    fake.progress.nFrameCounter = (unsigned long)s->picnum;
+    fake.proj_shown = 0;
+    /* A slave-mode projection shows one picture per trigger-in edge (FakeAlp_TriggerIn): it stays active. */
+    if (fake.proj_mode == ALP_SLAVE) return ALP_OK;
+    long stall = fake.stall_after;
+    while (fake.active) {
+        if (stall >= 0 && fake.proj_shown == stall) return ALP_OK; /* stays active: ProjWait never ends */
+        show_next(s);
     }
-    fake.progress.nFrameCounter = 0;
-    fake.progress.nSequenceCounter = 0;
-    fake.progress.nFlags = ALP_FLAG_QUEUE_IDLE;
-    fake.active = 0;
     return ALP_OK;
 }
 
@@ -603,6 +617,22 @@ FAKE_EXPORT long FakeAlp_SequenceSettings(ALP_ID SequenceId, long *out10) {
 
 /* The id of the sequence of the last AlpProjStart (0 if none) and the device's synch polarity and mode. */
 FAKE_EXPORT ALP_ID FakeAlp_LastStartedSequence(void) { return fake.proj_seq; }
+
+/* n_edges edges on the trigger input, in the projection's edge: a slave-mode projection shows one picture per edge
+ * (the edges after its last picture are ignored, as are all edges in master mode or when idle). Returns the
+ * pictures shown. */
+FAKE_EXPORT long FakeAlp_TriggerIn(long n_edges) {
+    long shown = 0;
+    if (fake.proj_mode != ALP_SLAVE) return 0;
+    sequence_t *s = find_sequence(fake.proj_seq);
+    while (fake.active && s != NULL && shown < n_edges) {
+        show_next(s);
+        shown++;
+    }
+    return shown;
+}
+
+FAKE_EXPORT long FakeAlp_TriggerEdge(void) { return fake.trigger_edge; }
 
 FAKE_EXPORT long FakeAlp_SynchPolarity(void) { return fake.synch_polarity; }
 

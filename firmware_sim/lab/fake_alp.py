@@ -86,6 +86,8 @@ long FakeAlp_SequenceSettings(ALP_ID SequenceId, long *out10);
 ALP_ID FakeAlp_LastStartedSequence(void);
 long FakeAlp_SynchPolarity(void);
 long FakeAlp_ProjMode(void);
+long FakeAlp_TriggerIn(long n_edges);
+long FakeAlp_TriggerEdge(void);
 """
 
 #: What a display callback receives: the picture as the driver's raw frame (uint8, ``ceil(w*h/8)`` bytes,
@@ -298,3 +300,12 @@ class FakeAlpLibrary:
     def projection_mode(self) -> int:
         """ALP_MASTER (2301) or ALP_SLAVE (2302)."""
         return int(self._lib.FakeAlp_ProjMode())
+
+    def trigger_edge(self) -> int:
+        """The trigger-in edge a slave projection waits for (ALP_EDGE_FALLING 2008 or ALP_EDGE_RISING 2009)."""
+        return int(self._lib.FakeAlp_TriggerEdge())
+
+    def trigger_in(self, n_edges: int) -> int:
+        """Send ``n_edges`` edges to the DMD's trigger input; a slave-mode projection shows one picture per edge.
+        Returns the pictures shown (0 in master mode or when nothing plays)."""
+        return int(self._lib.FakeAlp_TriggerIn(int(n_edges)))

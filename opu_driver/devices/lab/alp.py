@@ -9,7 +9,9 @@ ALP4lib project lists them (``src/header/header.py``, MIT licence). Vialux's ``a
 structs; its members are all ``unsigned long``, so packing changes nothing on either platform.
 
 A sequence plays once in binary uninterrupted mode (no dark phase between pictures) with a synch-out pulse per
-picture, which drives the camera's trigger. :meth:`AlpDmd.wait` polls the projection's progress with a deadline
+picture, which drives the camera's trigger: on the DMD's own clock (master mode), or, with ``trigger_in``, one
+picture per edge on the DMD's trigger input (slave mode: an external clock paces the pictures, each still framed by
+its synch-out pulse). :meth:`AlpDmd.wait` polls the projection's progress with a deadline
 instead of calling ``AlpProjWait``, which blocks without a timeout.
 """
 
@@ -70,8 +72,11 @@ class ALP:
     DEV_DISPLAY_WIDTH = 2058  # mirror columns
     # AlpDevControl
     SYNCH_POLARITY = 2004
+    TRIGGER_EDGE = 2005  # the trigger-in edge a slave-mode projection waits for
     LEVEL_HIGH = 2006
     LEVEL_LOW = 2007
+    EDGE_FALLING = 2008
+    EDGE_RISING = 2009
     # AlpSeqControl
     SEQ_REPEAT = 2100
     BIN_MODE = 2104
@@ -247,6 +252,10 @@ class AlpDmd(PatternDmd):
         device_number: which ALP device to allocate (0: the first, ``ALP_DEFAULT``).
         synch_pulse_width_us: the synch-out (camera trigger) pulse per picture; None: half the picture time.
         synch_active_high: the synch-out polarity (ALP_LEVEL_HIGH, else ALP_LEVEL_LOW).
+        trigger_in: None plays on the DMD's own clock (ALP_MASTER); ``"rising"`` or ``"falling"`` makes each
+            picture wait for that edge on the DMD's trigger input (ALP_SLAVE, ALP_TRIGGER_EDGE). The edges must
+            come no faster than the picture time.
+        trigger_in_delay_us: the delay from a trigger-in edge to its picture (AlpSeqTiming's TriggerInDelay).
         poll_interval_s: how often :meth:`wait` reads the projection's progress.
     """
 
@@ -257,18 +266,28 @@ class AlpDmd(PatternDmd):
         *,
         synch_pulse_width_us: int | None = None,
         synch_active_high: bool = True,
+        trigger_in: str | None = None,
+        trigger_in_delay_us: int = 0,
         poll_interval_s: float = 0.0005,
     ) -> None:
         if not isinstance(device_number, int) or device_number < 0:
             raise InvalidInputError(f"device_number must be an int >= 0, got {device_number!r}")
         if synch_pulse_width_us is not None and (not isinstance(synch_pulse_width_us, int) or synch_pulse_width_us < 1):
             raise InvalidInputError(f"synch_pulse_width_us must be an int >= 1 or None, got {synch_pulse_width_us!r}")
+        if trigger_in not in (None, "rising", "falling"):
+            raise InvalidInputError(f"trigger_in must be None, 'rising' or 'falling', got {trigger_in!r}")
+        if isinstance(trigger_in_delay_us, bool) or not isinstance(trigger_in_delay_us, int) or trigger_in_delay_us < 0:
+            raise InvalidInputError(f"trigger_in_delay_us must be an int >= 0, got {trigger_in_delay_us!r}")
+        if not isinstance(synch_active_high, bool):
+            raise InvalidInputError(f"synch_active_high must be true or false, got {synch_active_high!r}")
         if not (isinstance(poll_interval_s, (int, float)) and math.isfinite(poll_interval_s) and poll_interval_s > 0):
             raise InvalidInputError(f"poll_interval_s must be a positive number, got {poll_interval_s!r}")
         self.library_path = os.fspath(library)
         self.device_number = device_number
         self.synch_pulse_width_us = synch_pulse_width_us
         self.synch_active_high = synch_active_high
+        self.trigger_in = trigger_in
+        self.trigger_in_delay_us = trigger_in_delay_us
         self.poll_interval_s = float(poll_interval_s)
         self._ffi = _alp_ffi()
         self._lib: Any = None
@@ -348,7 +367,12 @@ class AlpDmd(PatternDmd):
             self._info = self._read_info()
             polarity = ALP.LEVEL_HIGH if self.synch_active_high else ALP.LEVEL_LOW
             self._call("AlpDevControl", self._device, ALP.SYNCH_POLARITY, polarity)
-            self._call("AlpProjControl", self._device, ALP.PROJ_MODE, ALP.MASTER)
+            if self.trigger_in is None:
+                self._call("AlpProjControl", self._device, ALP.PROJ_MODE, ALP.MASTER)
+            else:
+                edge = ALP.EDGE_RISING if self.trigger_in == "rising" else ALP.EDGE_FALLING
+                self._call("AlpDevControl", self._device, ALP.TRIGGER_EDGE, edge)
+                self._call("AlpProjControl", self._device, ALP.PROJ_MODE, ALP.SLAVE)
         except BaseException:
             self._release_after_failed_open()
             raise
@@ -449,7 +473,16 @@ class AlpDmd(PatternDmd):
             self._call("AlpSeqControl", self._device, sequence, ALP.BIN_MODE, ALP.BIN_UNINTERRUPTED)
             self._call("AlpSeqControl", self._device, sequence, ALP.SEQ_REPEAT, 1)
             # Illuminate ALP_DEFAULT: the whole picture time (binary uninterrupted has no dark phase).
-            self._call("AlpSeqTiming", self._device, sequence, ALP.DEFAULT, int(picture_time_us), 0, pulse_us, 0)
+            self._call(
+                "AlpSeqTiming",
+                self._device,
+                sequence,
+                ALP.DEFAULT,
+                int(picture_time_us),
+                0,
+                pulse_us,
+                self.trigger_in_delay_us,
+            )
             pictures = prepared.pictures  # held until AlpSeqPut returns (it copies the data)
             self._call("AlpSeqPut", self._device, sequence, 0, int(n_pictures), self._ffi.from_buffer(pictures))
         except BaseException:

@@ -259,4 +259,15 @@ def fake_alp_dmd(world: EmulatedWorld, picture_time_us: Any, **options: Any) -> 
     fake.configure(config.dmd_width, config.dmd_height, serial=10_000 + config.seed)
     fake.on_display(lambda packed, index, time_us: world.display(packed, index, picture_time_us(), time_us))
     world.fake_alp = fake  # the display hook lives as long as the world
-    return AlpDmd(path, **options)
+    if options.get("trigger_in") is None:
+        return AlpDmd(path, **options)
+
+    class GeneratorPacedAlpDmd(AlpDmd):
+        """In slave mode, with the emulated rig's signal generator on the DMD's trigger input: from each play's
+        start it sends one edge per picture time, so every loaded picture is shown, one per edge."""
+
+        def play(self) -> None:
+            super().play()
+            fake.trigger_in(self._n_loaded)
+
+    return GeneratorPacedAlpDmd(path, **options)

@@ -6,14 +6,15 @@ still run a rig that does not use them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ...errors import ConfigurationError, ConnectionLostError
+from ...errors import ConfigurationError, ConnectionLostError, InvalidInputError
 from ..controller import Identity
 from ..rig import LinkCounters, Rig, RigInfo
 from .adapters import LabCamera, LabController, LabDmd, MatchCounters, Wiring
@@ -164,6 +165,15 @@ def _build_light(spec: RigSpec, world: Any | None) -> tuple[LightSource, Any]:
     return emulated_laser(world, **options)
 
 
+@contextlib.contextmanager
+def _naming(spec: RigSpec, section: str) -> Iterator[None]:
+    """A part's refusal of its options (InvalidInputError) as a ConfigurationError naming the file and section."""
+    try:
+        yield
+    except InvalidInputError as exc:
+        raise ConfigurationError(f"rig file {spec.path} [{section}]: {exc}") from exc
+
+
 def make_lab_rig(url: str, controller_retries: int = 0) -> LabRig:
     """Build (not open) the rig a ``rig://path/to/rig.toml`` URL names; ConfigurationError for a bad file."""
     spec = load_rig_file(rig_file_path(url))
@@ -180,8 +190,13 @@ def make_lab_rig(url: str, controller_retries: int = 0) -> LabRig:
         spec.camera.backend,
         spec.light.backend,
     )
-    light, release_light = _build_light(spec, world)
     wiring = Wiring(spec.picture_time_us)
-    rig = LabRig(spec, _build_dmd(spec, world, wiring), _build_camera(spec, world), light, url, world, wiring)
+    with _naming(spec, "light"):
+        light, release_light = _build_light(spec, world)
+    with _naming(spec, "dmd"):
+        dmd = _build_dmd(spec, world, wiring)
+    with _naming(spec, "camera"):
+        camera = _build_camera(spec, world)
+    rig = LabRig(spec, dmd, camera, light, url, world, wiring)
     rig.on_release = release_light
     return rig

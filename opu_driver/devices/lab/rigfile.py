@@ -9,7 +9,7 @@ A rig file is TOML (``opu_driver.open("rig://path/to/rig.toml")``)::
 
     [dmd]
     backend = "alp"               # alp | dlpc900 | emulated | fake-alp | fake-dlpc900
-    library = "/opt/alp/libalp4395.so"
+    library = "alp4395.dll"       # the ALP-4.x library: a bare name, or a path
     region = [0, 0, 1024, 768]    # mirrors used (x, y, width, height); default all
 
     [camera]
@@ -27,7 +27,8 @@ A rig file is TOML (``opu_driver.open("rig://path/to/rig.toml")``)::
 
 Every key is checked here, before anything is opened: an unknown section or key, a wrong type or a missing
 required key is a :class:`~opu_driver.errors.ConfigurationError` naming the file, the key and what is allowed.
-Relative paths (``library``) are relative to the rig file. The backends' own options are listed in
+A relative ``library`` path is relative to the rig file; a bare file name (``alp4395.dll``) is looked up where the
+system looks for libraries. The backends' own options are listed in
 ``BACKEND_OPTIONS``.
 """
 
@@ -54,11 +55,25 @@ _STR, _INT, _FLOAT, _BOOL, _REGION, _TABLE = "a string", "an integer", "a number
 
 BACKEND_OPTIONS: dict[str, dict[str, dict[str, str]]] = {
     "dmd": {
-        "alp": {"library": _STR, "device_number": _INT, "region": _REGION},
+        "alp": {
+            "library": _STR,
+            "device_number": _INT,
+            "region": _REGION,
+            "synch_pulse_width_us": _INT,
+            "synch_active_high": _BOOL,
+            "trigger_in": _STR,
+            "trigger_in_delay_us": _INT,
+        },
         "dlpc900": {"serial_number": _STR, "max_upload_s": _FLOAT, "region": _REGION},
         "emulated": {"max_pictures": _INT, "min_picture_time_us": _INT, "region": _REGION},
         "fake-dlpc900": {"region": _REGION, "max_upload_s": _FLOAT},
-        "fake-alp": {"region": _REGION},
+        "fake-alp": {
+            "region": _REGION,
+            "synch_pulse_width_us": _INT,
+            "synch_active_high": _BOOL,
+            "trigger_in": _STR,
+            "trigger_in_delay_us": _INT,
+        },
     },
     "camera": {
         "aravis": {"device_id": _STR, "trigger_line": _STR, "n_buffers": _INT, "packet_size": _INT, "region": _REGION},
@@ -184,8 +199,11 @@ def _part(document: dict[str, Any], part: str, file: Path) -> PartSpec:
     if backend == "alp":
         if "library" not in options:
             raise ConfigurationError(f"{where}: the alp backend needs library = path of the ALP shared library")
-        library = Path(options["library"]).expanduser()
-        options["library"] = str(library if library.is_absolute() else file.parent / library)
+        name = options["library"]
+        library = Path(name).expanduser()
+        if library.is_absolute() or "/" in name or "\\" in name:  # a path: relative ones to the rig file
+            options["library"] = str(library if library.is_absolute() else file.parent / library)
+        # a bare name (alp4395.dll) is left to the system's library search, as the vendor installs it
     if backend == "cobolt" and "port" not in options:
         raise ConfigurationError(f"{where}: the cobolt backend needs port = the serial port (/dev/ttyUSB0, COM3)")
     return PartSpec(backend, options)

@@ -223,6 +223,37 @@ def test_synch_pulse_width_option(fake: FakeAlpLibrary, fake_path: Path) -> None
         assert fake.sequence_settings(fake.last_started_sequence()).synch_pulse_us == 20
 
 
+@pytest.mark.parametrize(("edge", "code"), [("rising", ALP.EDGE_RISING), ("falling", ALP.EDGE_FALLING)])
+def test_trigger_in_shows_one_picture_per_edge(fake: FakeAlpLibrary, fake_path: Path, edge: str, code: int) -> None:
+    raw = random_raw(np.random.default_rng(5), 6, 96, 64)
+    shown = record_display(fake)
+    with AlpDmd(fake_path, trigger_in=edge, trigger_in_delay_us=7) as device:
+        assert (fake.projection_mode(), fake.trigger_edge()) == (ALP.SLAVE, code)
+        device.load(device.prepare(raw), 6, 100)
+        device.play()
+        assert shown == [] and device.progress() == 0  # nothing until an edge comes
+        assert fake.trigger_in(4) == 4
+        assert device.progress() == 4
+        with pytest.raises(CommunicationTimeoutError, match="4 of 6 pictures"):
+            device.wait(0.05)
+        assert fake.trigger_in(5) == 2  # edges after the last picture show nothing
+        device.wait(1.0)
+        assert device.progress() == 6
+        assert fake.sequence_settings(fake.last_started_sequence()).trigger_delay_us == 7
+    assert [index for _, index, _ in shown] == list(range(6))
+    for k, (picture, _, _) in enumerate(shown):
+        np.testing.assert_array_equal(picture, raw[k])
+
+
+def test_master_mode_ignores_trigger_in_edges(fake: FakeAlpLibrary, dmd: AlpDmd) -> None:
+    assert fake.projection_mode() == ALP.MASTER
+    dmd.load(dmd.prepare(random_raw(np.random.default_rng(6), 2, 96, 64)), 2, 100)
+    assert fake.trigger_in(3) == 0  # nothing plays
+    dmd.play()
+    dmd.wait(1.0)
+    assert dmd.progress() == 2 and fake.trigger_in(3) == 0
+
+
 def test_prepare_copies_so_a_reused_buffer_cannot_change_the_load(fake: FakeAlpLibrary, dmd: AlpDmd) -> None:
     raw = random_raw(np.random.default_rng(10), 2, 96, 64)
     expected = raw.copy()
@@ -367,7 +398,17 @@ def test_calls_before_open_or_load(fake: FakeAlpLibrary, fake_path: Path) -> Non
 
 @pytest.mark.parametrize(
     "options",
-    [{"device_number": -1}, {"synch_pulse_width_us": 0}, {"poll_interval_s": 0.0}, {"poll_interval_s": float("inf")}],
+    [
+        {"device_number": -1},
+        {"synch_pulse_width_us": 0},
+        {"poll_interval_s": 0.0},
+        {"poll_interval_s": float("inf")},
+        {"trigger_in": "both"},
+        {"trigger_in": True},
+        {"trigger_in_delay_us": -1},
+        {"trigger_in_delay_us": 1.5},
+        {"synch_active_high": "yes"},
+    ],
 )
 def test_bad_options(fake_path: Path, options: dict[str, Any]) -> None:
     with pytest.raises(InvalidInputError):

@@ -19,7 +19,12 @@ from tests.support.conformance import CameraConformance, ControllerConformance, 
 SHIPPED_RIG = REPO_ROOT / "examples" / "rigs" / "emulated.toml"
 
 
-DMD_BACKENDS = ("emulated", "fake-alp", "fake-dlpc900")
+DMD_BACKENDS = {  # test id -> the [dmd] section
+    "emulated": 'backend = "emulated"',
+    "fake-alp": 'backend = "fake-alp"',
+    "fake-alp-trigger-in": 'backend = "fake-alp"\ntrigger_in = "rising"',
+    "fake-dlpc900": 'backend = "fake-dlpc900"',
+}
 LIGHT_BACKENDS = ("emulated", "manual")
 
 
@@ -29,7 +34,8 @@ def open_lab_rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
     opened: list[Rig] = []
 
     def make(dmd: str = "emulated", light: str = "emulated") -> Rig:
-        path = write_rig(tmp_path, dmd=f'backend = "{dmd}"', light=f'backend = "{light}"', name=f"{dmd}-{light}.toml")
+        section = DMD_BACKENDS[dmd]
+        path = write_rig(tmp_path, dmd=section, light=f'backend = "{light}"', name=f"{dmd}-{light}.toml")
         rig = make_rig(f"rig://{path}", controller_retries=0)
         rig.open()
         opened.append(rig)
@@ -40,7 +46,7 @@ def open_lab_rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
         assert not rig.close()
 
 
-@pytest.mark.parametrize("dmd_backend", DMD_BACKENDS)
+@pytest.mark.parametrize("dmd_backend", list(DMD_BACKENDS))
 class TestDmdOfALabRig(DmdConformance):
     @pytest.fixture
     def dmd(self, open_lab_rig, dmd_backend):
@@ -62,7 +68,7 @@ class TestLightOfALabRig(ControllerConformance):
         return open_lab_rig(light=light_backend).controller
 
 
-@pytest.mark.parametrize("dmd_backend", DMD_BACKENDS)
+@pytest.mark.parametrize("dmd_backend", list(DMD_BACKENDS))
 class TestALabRig(RigConformance):
     @pytest.fixture
     def rig(self, open_lab_rig, dmd_backend):
@@ -182,6 +188,11 @@ def test_a_dmd_and_camera_region_restrict_what_the_opu_sees(tmp_path):
         ("[rig]\nwho = 1\n", "unknown key 'who'"),
         ('[rig]\npicture_time_us = "500"\n', "must be an integer"),
         ("[rig]\npicture_time_us = 0\n", "outside"),
+        (
+            '[dmd]\nbackend = "fake-alp"\ntrigger_in = "both"\n[camera]\nbackend = "emulated"\n'
+            '[light]\nbackend = "manual"\n[emulator]\nsim = "dmd=96x64&camera=64x48&cell=4"\n',
+            "\\[dmd\\]: trigger_in must be",
+        ),
         ("[mirror]\n", "unknown section"),
         ('[dmd]\nbackend = "emulated"\nregion = [0, 0, 0, 4]\n', "region"),
         ('[dmd]\nbackend = "emulated"\nlibrary = "x"\n', "unknown key 'library'"),
@@ -209,7 +220,7 @@ def test_rig_urls_name_an_existing_file_and_take_no_options(tmp_path):
         opu_driver.open(f"rig://{write_rig(tmp_path, sim='dmd=1x1')}")
 
 
-@pytest.mark.parametrize("dmd", ['backend = "fake-dlpc900"', 'backend = "fake-alp"'])
+@pytest.mark.parametrize("dmd", ["fake-dlpc900", "fake-alp", "fake-alp-trigger-in"])
 def test_every_dmd_backend_shows_the_same_pictures_as_the_plain_emulated_dmd(tmp_path, dmd):
     """Noise off, same optics: a backend's whole path (its device format, upload and play) must give the very
     results of the emulated DMD, picture for picture."""
@@ -217,7 +228,7 @@ def test_every_dmd_backend_shows_the_same_pictures_as_the_plain_emulated_dmd(tmp
     X = np.random.default_rng(3).integers(0, 2, (60, 300), dtype=np.uint8)
     with opu_driver.open(f"rig://{write_rig(tmp_path, sim=sim, name='plain.toml')}") as opu:
         plain = opu.transform(X, 500)
-    with opu_driver.open(f"rig://{write_rig(tmp_path, sim=sim, dmd=dmd)}") as opu:
+    with opu_driver.open(f"rig://{write_rig(tmp_path, sim=sim, dmd=DMD_BACKENDS[dmd])}") as opu:
         shown = opu.transform(X, 500)
         assert opu._rig.match_counters.given_up == 0
     np.testing.assert_array_equal(shown, plain)
