@@ -224,6 +224,8 @@ class AravisCamera(TriggeredCamera):
         sensor = camera.get_sensor_size()
         available = set(camera.dup_available_pixel_formats_as_strings() or ())
         formats = tuple(fmt for fmt, (name, _) in GENICAM_PIXEL_FORMATS.items() if name in available)
+        # Aravis 0.8 gives every buffer's timestamp in nanoseconds: it scales a GigE camera's ticks by the camera's
+        # GevTimestampTickFrequency itself (USB3 Vision timestamps are nanoseconds already).
         tick_ns = 1.0
         skipped: tuple[int, ...]
         if camera.is_gv_device():
@@ -232,9 +234,6 @@ class AravisCamera(TriggeredCamera):
             )
             # both GigE Vision counters skip 0 (it marks "no id")
             modulus, skipped = (_WIDE_MODULUS if extended else _GEV_MODULUS), (0,)
-            frequency_hz = device.get_timestamp_tick_frequency()
-            if frequency_hz:
-                tick_ns = 1e9 / frequency_hz
         else:
             modulus, skipped = _WIDE_MODULUS, ()
         exposure = camera.get_exposure_time_bounds()
