@@ -7,6 +7,21 @@
         torch.nn.Linear(256, 10), dfa.output_tap())
     loss = torch.nn.functional.cross_entropy(model(x), y); loss.backward()    # hidden grads now come from DFA
 
+Any module output can be tapped, and the error can be per example or per token:
+- the output error is the gradient at the logits, shape (..., n_classes): (batch, n_classes) for a classifier,
+  (batch, sequence, vocabulary) for a language model's per-token loss; each vector along the last axis is one
+  error, and all of a backward pass's errors go through the projector in one call;
+- a tap's output has the logits' leading shape followed by the tap's own axes; the product of those axes is the
+  tap's width in ``layer_sizes``. A Transformer block's residual stream (batch, sequence, d_model) tapped under a
+  per-token error has width d_model (every token gets B_l of its own error); under a per-example error it has
+  width sequence x d_model (each example's error is projected to the whole block output);
+- ``DFA.attach(model, blocks=[...], output=...)`` taps named submodules of an existing model with forward hooks,
+  without rewriting it, and puts the feedback matrix on the model as a buffer so that ``model.to(device)`` moves
+  it.
+
+    dfa = DFA(FeedbackProjection(projector, layer_sizes=[d_model] * n_blocks))
+    attachment = dfa.attach(model, blocks=[f"blocks.{i}" for i in range(n_blocks)], output="head")
+
 How it works (custom autograd Functions, identities in the forward pass):
 - the output tap sees the gradient at the logits, g = dL/dlogits (for the mean cross-entropy, (softmax - onehot)
   / batch: the output error), projects it once for every hidden layer and passes g on unchanged, so the last
@@ -21,6 +36,7 @@ device and dtype). torch is imported by this module only; ``dfa_client`` itself 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -31,7 +47,7 @@ import torch
 from .dfa import FeedbackProjection
 from .errors import InvalidInputError
 
-__all__ = ["DFA", "HiddenTap", "OutputTap", "DFAPerceptron"]
+__all__ = ["DFA", "DFAAttachment", "HiddenTap", "OutputTap", "DFAPerceptron"]
 
 
 # ``ctx`` is torch's per-call context object: these Functions keep their own attributes on it (dfa, pass_id...),
@@ -45,7 +61,7 @@ class _OutputFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        ctx.dfa._store(ctx.pass_id, ctx.dfa.project(grad))
+        ctx.dfa._store(ctx.pass_id, grad.shape[:-1], ctx.dfa.project(grad))
         return grad, None, None
 
 
@@ -60,13 +76,14 @@ class _HiddenFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        projected = ctx.dfa._take(ctx.pass_id, ctx.index)
-        if projected.shape != ctx.shape:
+        leading, projected = ctx.dfa._take(ctx.pass_id, ctx.index)
+        shape = tuple(ctx.shape)
+        if shape[: len(leading)] != tuple(leading) or math.prod(shape[len(leading) :]) != projected.shape[-1]:
             raise RuntimeError(
-                f"DFA hidden tap {ctx.index}: the feedback has shape {tuple(projected.shape)}, the "
-                f"layer's output {tuple(ctx.shape)}: check layer_sizes"
+                f"DFA hidden tap {ctx.index}: its output {shape} does not fit the errors' leading shape "
+                f"{tuple(leading)} and its width {projected.shape[-1]} in layer_sizes: check layer_sizes"
             )
-        return projected.to(device=grad.device, dtype=grad.dtype), None, None, None
+        return projected.reshape(shape).to(device=grad.device, dtype=grad.dtype), None, None, None
 
 
 class DFA(torch.nn.Module):
@@ -89,8 +106,9 @@ class DFA(torch.nn.Module):
         self.layer_sizes = feedback.layer_sizes
         matrix = feedback.dense_matrix()
         self.register_buffer("feedback_matrix", None if matrix is None else torch.from_numpy(matrix))
+        self._owner: torch.nn.Module | None = None  # the model attach() put the matrix on
         self._pass = 0  # forward passes seen by the output tap
-        self._projected: tuple[int, list[torch.Tensor]] | None = None
+        self._projected: tuple[int, torch.Size, list[torch.Tensor]] | None = None
 
     @classmethod
     def digital(cls, n_classes: int, layer_sizes: Sequence[int], seed: int = 0, scale: str | float = "classes") -> DFA:
@@ -125,34 +143,114 @@ class DFA(torch.nn.Module):
 
     # -- projection ------------------------------------------------------------------------------------------
     def project(self, errors: torch.Tensor) -> list[torch.Tensor]:
-        """[B_1 e, ..., B_L e] for errors (batch, n_classes), on the errors' device and in their dtype."""
+        """[B_1 e, ..., B_L e], each (n_errors, width_l), for errors (..., n_classes) taken as n_errors vectors
+        along the last axis, in one projection; on the errors' device and in their dtype."""
         errors = errors.detach()
-        if errors.ndim != 2:
+        if errors.ndim < 2:
             raise RuntimeError(
-                f"DFA output tap: expected logits' gradient (batch, n_classes), got {tuple(errors.shape)}"
+                f"DFA output tap: expected the logits' gradient (..., n_classes), got {tuple(errors.shape)}"
             )
-        if self.feedback_matrix is not None:
-            matrix = self.feedback_matrix.to(device=errors.device, dtype=errors.dtype)
+        errors = errors.reshape(-1, errors.shape[-1])
+        held = self._matrix()
+        if held is not None:
+            matrix = held.to(device=errors.device, dtype=errors.dtype)
             projected = errors @ matrix
             return list(torch.split(projected, list(self.layer_sizes), dim=1))
         host = errors.to(device="cpu", dtype=torch.float64).numpy()
         parts = self.feedback(np.ascontiguousarray(host))
         return [torch.from_numpy(np.asarray(p)).to(device=errors.device, dtype=errors.dtype) for p in parts]
 
-    def _store(self, pass_id: int, projected: list[torch.Tensor]) -> None:
-        self._projected = (pass_id, projected)
+    def _store(self, pass_id: int, leading: torch.Size, projected: list[torch.Tensor]) -> None:
+        self._projected = (pass_id, leading, projected)
 
-    def _take(self, pass_id: int, index: int) -> torch.Tensor:
+    def _take(self, pass_id: int, index: int) -> tuple[torch.Size, torch.Tensor]:
         if self._projected is None or self._projected[0] != pass_id:
             raise RuntimeError(
                 "DFA hidden tap: no output error for this forward pass; the loss must be computed "
                 "from the output of this pass's DFA.output (output_tap) before backward"
             )
-        return self._projected[1][index]
+        return self._projected[1], self._projected[2][index]
 
-    def extra_repr(self) -> str:
-        kind = "buffer" if self.feedback_matrix is not None else "projector in backward"
-        return f"layer_sizes={list(self.layer_sizes)}, feedback={kind}"
+    # -- attaching to an existing model ----------------------------------------------------------------------
+    def attach(self, model: torch.nn.Module, blocks: Sequence[str], output: str) -> DFAAttachment:
+        """Tap the outputs of ``model``'s submodules named in ``blocks`` (hidden tap i for blocks[i]) and of
+        ``output`` (the logits) with forward hooks, without changing the model's code.
+
+        The feedback matrix (when held digitally) becomes the model's buffer ``dfa_feedback_matrix``, so that
+        ``model.to(device)`` moves it and ``state_dict`` saves it; ``model.dfa`` is this DFA (a plain attribute,
+        not a submodule: a ``Sequential`` would call it). Each named module must return one tensor. Returns the
+        attachment; its ``remove()`` takes all of it away again.
+
+        Raises:
+            InvalidInputError: a name that is not a submodule, a count of blocks other than ``layer_sizes``'s, a
+                name used twice, or a model that already has a DFA attached.
+        """
+        modules = dict(model.named_modules())
+        names = [*blocks, output]
+        missing = [name for name in names if name not in modules or name == ""]
+        if missing:
+            raise InvalidInputError(f"no submodule named {missing[0]!r} in the model")
+        if len(blocks) != len(self.layer_sizes):
+            raise InvalidInputError(f"{len(blocks)} blocks named, the feedback has {len(self.layer_sizes)} taps")
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"a module is named twice in blocks and output: {names}")
+        if hasattr(model, "dfa") or hasattr(model, _MODEL_BUFFER):
+            raise InvalidInputError("the model already has a DFA attached ('dfa' or 'dfa_feedback_matrix')")
+        handles = [modules[name].register_forward_hook(_hidden_hook(self, i, name)) for i, name in enumerate(blocks)]
+        handles.append(modules[output].register_forward_hook(_output_hook(self, output)))
+        if self.feedback_matrix is not None:
+            model.register_buffer(_MODEL_BUFFER, self.feedback_matrix)
+            self._owner = model
+        object.__setattr__(model, "dfa", self)
+        return DFAAttachment(self, model, handles)
+
+    def _matrix(self) -> torch.Tensor | None:
+        """The digital feedback matrix: the attached model's buffer (moved with it), else this module's."""
+        if self._owner is not None:
+            return cast(torch.Tensor, getattr(self._owner, _MODEL_BUFFER))
+        return self.feedback_matrix
+
+
+_MODEL_BUFFER = "dfa_feedback_matrix"
+
+
+class DFAAttachment:
+    """What :meth:`DFA.attach` added to a model: the hooks, the buffer and ``model.dfa``; ``remove()`` undoes it."""
+
+    def __init__(self, dfa: DFA, model: torch.nn.Module, handles: list[Any]) -> None:
+        self.dfa, self.model, self.handles = dfa, model, handles
+
+    def remove(self) -> None:
+        """Take the hooks, the buffer and ``model.dfa`` away (the model trains by backprop again); idempotent."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        if self.dfa._owner is self.model:
+            if _MODEL_BUFFER in self.model._buffers:
+                self.dfa.feedback_matrix = self.model._buffers.pop(_MODEL_BUFFER)
+            self.dfa._owner = None
+        if self.model.__dict__.get("dfa") is self.dfa:
+            del self.model.__dict__["dfa"]
+
+
+def _tensor_output(name: str, out: Any) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise RuntimeError(f"DFA tap on {name!r}: the module returned {type(out).__name__}, not one tensor")
+    return out
+
+
+def _hidden_hook(dfa: DFA, index: int, name: str) -> Any:
+    def hook(module: torch.nn.Module, args: Any, out: Any) -> torch.Tensor:
+        return dfa.hidden(_tensor_output(name, out), index)
+
+    return hook
+
+
+def _output_hook(dfa: DFA, name: str) -> Any:
+    def hook(module: torch.nn.Module, args: Any, out: Any) -> torch.Tensor:
+        return dfa.output(_tensor_output(name, out))
+
+    return hook
 
 
 class HiddenTap(torch.nn.Module):
