@@ -41,7 +41,8 @@ def connect(url: str, n_components: int, **options: Any) -> Projector:
     ``digital://`` also takes ``seed``; ``tcp://`` and ``tcps://`` (TLS) take ``token``, ``token_file``,
     ``ca_file`` (tcps), ``allow_cleartext``, ``timeout_s``, ``retries``, ``backoff_s`` (see
     ``dfa_client.remote.RemoteProjector``; with no token, a loopback service's token file is read);
-    ``sim://`` and ``usb://`` pass any other option to ``opu_driver.open`` (e.g. ``pixel_format="MONO12"``).
+    ``sim://``, ``usb://`` and ``rig://`` (a lab-built OPU's rig file) pass any other option to ``opu_driver.open``
+    (e.g. ``pixel_format="MONO12"``).
 
     Raises:
         UnsupportedUrlError: a URL no backend serves.
@@ -63,12 +64,13 @@ def connect(url: str, n_components: int, **options: Any) -> Projector:
         from .remote import RemoteProjector
 
         return RemoteProjector(url, n_components, **options)
-    if scheme in ("sim", "usb"):
+    if scheme in ("sim", "usb", "rig"):
         from .local import LocalProjector
 
         return LocalProjector(url, n_components, **options)
     raise UnsupportedUrlError(
-        f"{_redacted(url)!r}: use tcp://host:port, tcps://host:port, sim://..., usb://... or digital://?seed=N"
+        f"{_redacted(url)!r}: use tcp://host:port, tcps://host:port, sim://..., usb://..., rig://RIG.toml or "
+        "digital://?seed=N"
     )
 
 

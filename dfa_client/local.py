@@ -1,4 +1,4 @@
-"""The in-process backend: ``sim://...`` (the built-in emulator) and ``usb://...`` (a physical OPU).
+"""The in-process backend: ``sim://...`` (the built-in emulator), ``usb://...`` (a physical OPU) and ``rig://...`` (a lab-built one).
 
 It drives the device through ``opu_driver`` (imported only when this backend is used) and its linear mode:
 ``project`` is ``Opu.linear_transform``. Driver errors are re-raised as the client's through the one mapping of
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the driver is imported at run time only when this backend i
 
 __all__ = ["LocalProjector", "LOCAL_SCHEMES"]
 
-LOCAL_SCHEMES = ("sim", "usb")
+LOCAL_SCHEMES = ("sim", "usb", "rig")
 
 
 @contextlib.contextmanager

@@ -10,13 +10,16 @@ the tolerances below take both into account, each derived where it is used.
 from __future__ import annotations
 
 import math
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import dfa_client
 from dfa_client import InvalidInputError, ProjectorClosedError
+from tests.devices.lab.support import SMALL_LAB_QUERY, write_rig
 from tests.support import small_sim
 
 N_FEATURES, N_OUT = 16, 256
@@ -31,6 +34,17 @@ def _local(**options):
     # 12-bit pixels and an exposure that keeps the brightest linear-mode frames below full scale, as the
     # exposure calibration would choose (opu calibrate exposure).
     return dfa_client.connect(OPTICAL_SIM, N_OUT, calibration=None, pixel_format="MONO12", exposure_us=200, **options)
+
+
+_RIG_FOLDER: list[Path] = []
+
+
+def _rig(**options):
+    # A lab-built OPU of emulated parts (the fake ALP library, the emulated camera and laser), as rig://.
+    if not _RIG_FOLDER:
+        _RIG_FOLDER.append(Path(tempfile.mkdtemp(prefix="dfa-rig-")))
+    rig = write_rig(_RIG_FOLDER[0], dmd='backend = "fake-alp"', sim=SMALL_LAB_QUERY + "&seed=3")
+    return dfa_client.connect(f"rig://{rig}", N_OUT, calibration=None, pixel_format="MONO12", exposure_us=200, **options)
 
 
 _SERVICES: list = []
@@ -63,6 +77,7 @@ BACKENDS = [
     pytest.param((_digital, True), id="digital"),
     pytest.param((_local, False), id="sim"),
     pytest.param((_tcp, False), id="tcp"),
+    pytest.param((_rig, False), id="rig"),
 ]
 
 
