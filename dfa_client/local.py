@@ -1,4 +1,5 @@
-"""The in-process backend: ``sim://...`` (the built-in emulator), ``usb://...`` (a physical OPU) and ``rig://...`` (a lab-built one).
+"""The in-process backend: ``sim://...`` (the built-in emulator), ``usb://...`` (a physical OPU) and ``rig://...``
+(a lab-built one).
 
 It drives the device through ``opu_driver`` (imported only when this backend is used) and its linear mode:
 ``project`` is ``Opu.linear_transform``. Driver errors are re-raised as the client's through the one mapping of

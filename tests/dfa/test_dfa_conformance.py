@@ -44,7 +44,8 @@ def _rig(**options):
     if not _RIG_FOLDER:
         _RIG_FOLDER.append(Path(tempfile.mkdtemp(prefix="dfa-rig-")))
     rig = write_rig(_RIG_FOLDER[0], dmd='backend = "fake-alp"', sim=SMALL_LAB_QUERY + "&seed=3")
-    return dfa_client.connect(f"rig://{rig}", N_OUT, calibration=None, pixel_format="MONO12", exposure_us=200, **options)
+    settings = {"calibration": None, "pixel_format": "MONO12", "exposure_us": 200}
+    return dfa_client.connect(f"rig://{rig}", N_OUT, **settings, **options)
 
 
 _SERVICES: list = []
