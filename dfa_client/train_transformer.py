@@ -14,6 +14,7 @@ Tasks:
 Methods (as in ``python -m dfa_client.train``):
     backprop: the reference, true gradients everywhere.
     digital: DFA with real-valued errors through an exact seeded B (``digital://?seed=N``), held as a buffer.
+    digital-ternary: DFA with ternarised errors through the same B (isolates the cost of ternarisation).
     optical4, optical2: DFA with ternarised errors through the OPU (``--url``; default the built-in emulator),
         four-frame (exact) and two-frame (half the frames) linear mode.
 
@@ -70,7 +71,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 TASKS = ("vision", "text")
-METHODS = ("backprop", "digital", "optical4", "optical2")
+METHODS = ("backprop", "digital", "digital-ternary", "optical4", "optical2")
+DEFAULT_METHODS = ("backprop", "digital", "optical4", "optical2")
 DEFAULT_SIM_URL = "sim://?dmd=96x64&camera=64x48&cell=4&exposure_us=200&seed=3"
 """The emulator the optical methods use by default: a small geometry with the reference physics (as the MLP
 example's); its 3,072-pixel camera holds the vision task's 2 x 16 x 64 feedback outputs."""
@@ -259,7 +261,7 @@ def _windows(
 def _projector(method: str, settings: TaskSettings, n_features: int, n_components: int, seed: int) -> Projector:
     import dfa_client
 
-    if method == "digital":
+    if method in ("digital", "digital-ternary"):
         url = f"digital://?seed={settings.feedback_seed + seed}"
         return dfa_client.connect(url, n_components=n_components, n_features=n_features)
     scheme = "four_frame" if method == "optical4" else "two_frame"
@@ -537,7 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--task", choices=TASKS, default="vision")
-    parser.add_argument("--methods", type=_methods, default=list(METHODS), help=f"from {','.join(METHODS)}")
+    parser.add_argument(
+        "--methods",
+        type=_methods,
+        default=list(DEFAULT_METHODS),
+        help=f"from {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)})",
+    )
+    parser.add_argument("--threshold", type=float, default=None, help="ternarisation threshold (fraction of max|e|)")
     parser.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds; the table shows medians")
     parser.add_argument("--epochs", type=int, default=None, help="(vision) epochs (default 10)")
     parser.add_argument("--steps", type=int, default=None, help="(text) optimiser steps (default 600)")
@@ -569,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lr_backprop": args.lr_backprop,
         "lr_dfa": args.lr_dfa,
         "url": args.url,
+        "threshold": args.threshold,
     }
     settings = replace(settings, **{k: v for k, v in changes.items() if v is not None})
     for name in ("epochs", "steps", "d_model", "depth", "batch_size"):
