@@ -133,10 +133,10 @@ def check_same_feedback(
     identities = _gather_json(identity, group, world_size, timeout_s, "check_same_feedback")
     differences = _differences(identities)
     if differences:
-        shown = "; ".join(f"{key}: {values}" for key, values in differences.items())
+        shown = "; ".join(f"{key}: {_by_value(values)}" for key, values in differences.items())
         raise FeedbackMismatchError(
-            f"the {world_size} processes do not project through the same feedback ({shown}; by rank). Every "
-            "process must use the same device (the same OPU service) with the same projector and feedback options"
+            f"the {world_size} processes do not project through the same feedback ({shown}). Every process must "
+            "use the same device (the same OPU service) with the same projector and feedback options"
         )
     _log.debug("rank %d of %d: the same feedback everywhere: %s", rank, world_size, identity)
     return identity
@@ -152,6 +152,16 @@ def _differences(identities: list[dict[str, Any]]) -> dict[str, dict[int, Any]]:
         if len(known) > 1:
             differences[key] = values
     return differences
+
+
+def _by_value(values: dict[int, Any]) -> str:
+    """``{rank: value}`` as "value (ranks 0, 2), other (rank 1)": short for many processes."""
+    groups: dict[str, list[int]] = {}
+    for rank, value in values.items():
+        groups.setdefault(repr(value), []).append(rank)
+    return ", ".join(
+        f"{value} (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})" for value, ranks in groups.items()
+    )
 
 
 # -- shards -----------------------------------------------------------------------------------------------------
@@ -186,7 +196,8 @@ def average_gradients(
 
     Parameters that require gradients take part in their order; one without a gradient in a process counts as
     zeros there, and one without a gradient in every process keeps ``.grad`` None. Two collectives: a small one
-    that checks every process holds the same parameters (shapes and dtypes), then one sum of all the gradients.
+    that checks every process holds the same parameters (shapes and dtypes), then one sum of all the gradients (and
+    a third, small, when a process misses a gradient).
 
     Raises:
         DataParallelError: no process group or not gloo; a DistributedDataParallel model (DDP already averages);
@@ -205,16 +216,20 @@ def average_gradients(
     signature = hashlib.sha256(repr([(tuple(p.shape), str(p.dtype)) for p in params]).encode()).digest()
     token = int.from_bytes(signature[:7], "little")  # fits an int64 with room for its negative
     has_grad = [int(p.grad is not None) for p in params]
-    # MAX of (token, -token) is (token, -token) in every process exactly when all tokens are equal; MAX of the
-    # flags: whether any process has a gradient for that parameter.
-    check = torch.tensor([token, -token, *has_grad], dtype=torch.int64)
+    # MAX of (token, -token) is (token, -token) in every process exactly when all tokens are equal (a fixed size,
+    # whatever the parameters); the third: whether any process misses a gradient.
+    check = torch.tensor([token, -token, int(not all(has_grad))], dtype=torch.int64)
     _all_reduce(check, dist.ReduceOp.MAX, group, timeout_s, "average_gradients (parameter check)")
     if int(check[0]) != token or int(check[1]) != -token:
         raise DataParallelError(
             "the processes hold different parameters (shapes, dtypes or their number differ): each process must "
             "build the same model"
         )
-    taking_part = [p for p, flag in zip(params, check[2:].tolist(), strict=True) if flag]
+    taking_part = params
+    if int(check[2]):  # which parameters have a gradient in some process (the others keep None)
+        flags = torch.tensor(has_grad, dtype=torch.int64)
+        _all_reduce(flags, dist.ReduceOp.MAX, group, timeout_s, "average_gradients (gradient check)")
+        taking_part = [p for p, flag in zip(params, flags.tolist(), strict=True) if flag]
     for dtype in sorted({p.dtype for p in taking_part}, key=str):
         same = [p for p in taking_part if p.dtype == dtype]
         flat = torch.cat([_grad_or_zeros(p).reshape(-1).to("cpu") for p in same])

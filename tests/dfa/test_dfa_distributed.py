@@ -176,13 +176,25 @@ def _misuse_is_refused(rank: int, projector: dfa_client.Projector, other_url: st
     options = FeedbackProjection(projector, HIDDEN, encoding="ternary", threshold=0.3 if rank == 0 else 0.5)
     with pytest.raises(FeedbackMismatchError, match="threshold"):
         check_same_feedback(options, timeout_s=TIMEOUT_S)
-    # Parameters of other shapes: refused in both processes, nothing averaged.
-    layer = torch.nn.Linear(3, 2 + rank)
+    # Other parameters (rank 1's layer has no bias): refused in both processes, nothing averaged.
+    layer = torch.nn.Linear(3, 2, bias=rank == 0)
     layer(torch.ones(1, 3)).sum().backward()
     kept = layer.weight.grad.clone()
     with pytest.raises(DataParallelError, match="different parameters"):
         average_gradients(layer, timeout_s=TIMEOUT_S)
     assert torch.equal(layer.weight.grad, kept)
+    # A parameter without a gradient in one process counts as zeros there; one with none anywhere stays None.
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(torch.nn.Linear(3, 2) for _ in range(3))
+    used = layers[:2] if rank == 0 else layers[:1]  # separate branches: layer 0's gradient is the same in both
+    sum(layer(torch.ones(1, 3)).sum() for layer in used).backward()
+    first = layers[0].weight.grad.clone()  # the same in both processes
+    second = layers[1].weight.grad.clone() if rank == 0 else None
+    average_gradients(layers, timeout_s=TIMEOUT_S)
+    assert torch.equal(layers[0].weight.grad, first)
+    if second is not None:
+        assert torch.equal(layers[1].weight.grad, second / 2)
+    assert layers[1].weight.grad is not None and layers[2].weight.grad is None
     with pytest.raises(DataParallelError, match="equal shards"):
         local_shard(torch.zeros(BATCH + 1, 2))
 
