@@ -28,6 +28,8 @@ __all__ = [
     "DeviceUnavailableError",
     "RequestTooLargeError",
     "ServiceBusyError",
+    "DataParallelError",
+    "FeedbackMismatchError",
 ]
 
 
@@ -116,6 +118,17 @@ class RequestTooLargeError(InvalidInputError, ServiceError):
 class ServiceBusyError(ServiceError):
     """The service holds as much memory for its clients as it may (``max_total_bytes``) and this request found no
     room within its wait: nothing was computed; retry later or send smaller batches."""
+
+
+class DataParallelError(InvalidInputError):
+    """A data-parallel run set up wrongly (``dfa_client.distributed``): no process group, a batch that does not
+    split into equal shards, processes that hold different parameters. Raised before any gradient is combined."""
+
+
+class FeedbackMismatchError(DataParallelError):
+    """The processes of a data-parallel run do not project through the same feedback: another device, another
+    random matrix (other device settings, another seed) or other projection options. Their updates would not
+    average to one network's DFA update, so training must not start; every process raises it."""
 
 
 _CLIENT_ERRORS: dict[str, type[DfaError]] = {

@@ -458,7 +458,14 @@ class RemoteProjector(Projector):
     def info(self) -> ProjectorInfo:
         details = {
             key: self._welcome.get(key)
-            for key in ("service_version", "protocol_version", "model", "serial_number", "firmware_version")
+            for key in (
+                "service_version",
+                "protocol_version",
+                "model",
+                "serial_number",
+                "firmware_version",
+                "device_fingerprint",
+            )
         }
         details["address"] = f"{self._address[0]}:{self._address[1]}"
         return ProjectorInfo(
