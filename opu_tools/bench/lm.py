@@ -11,7 +11,8 @@ that no linear-mode frame saturates), for the four-frame and the two-frame schem
 
 - in-process: ``dfa_client.connect("sim://...")`` on the Opu of this process;
 - service: an ``OpuService`` with its default limits, in a thread of this process, serving that same Opu on
-  loopback, and one client (``tcp://``) in this process.
+  loopback, and one client (``tcp://``) in this process;
+- and, for scale, the same step on ``digital://`` (the exact B e as a numpy product on this CPU).
 
 Each of ``repeats`` rounds runs the four cases once in turn (the shared machine's speed drifts; ratios are taken per
 round, then their median); every figure is a median over the rounds.
@@ -35,6 +36,7 @@ what overlapping all host work with the device could gain at most: (device + hos
 
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import time
@@ -44,7 +46,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from .timing import REFERENCE_QUERY, BenchResult
+from .timing import REFERENCE_QUERY, BenchResult, median_time_s
 
 if TYPE_CHECKING:
     from dfa_client import FeedbackProjection, Projector
@@ -277,13 +279,30 @@ def bench_lm(
                     feedback = dfa_client.FeedbackProjection(cast("Projector", timed), blocks, encoding="ternary")
                     feedback.project(E)  # the reference calibration (once), the connection, first-call costs
                     cases[scheme, path] = (feedback, timed)
+            digital = dfa_client.connect("digital://?seed=8", shape.n_components, n_features=shape.vocabulary)
+            projectors.append(digital)
+            exact = dfa_client.FeedbackProjection(digital, blocks, encoding="ternary")
+            exact.project(E)
+            digital_s: list[float] = []
             for _ in range(rounds):
                 for key, (feedback, timed) in cases.items():
                     steps[key].append(_run_step(feedback, timed, opu, E))
+                digital_s.append(median_time_s(functools.partial(exact.project, E), 1))
         finally:
             for projector in projectors:
                 projector.close()
     results: list[BenchResult] = []
     for scheme in SCHEMES:
         results += _scheme_rows(shape, scheme, steps[scheme, "local"], steps[scheme, "service"], rate_hz, query)
+    four = steps[SCHEMES[0], "local"]
+    results.append(
+        BenchResult(
+            f"LM step {shape.label}, digital:// (exact B e in numpy on this CPU)",
+            shape.tokens / statistics.median(digital_s),
+            "vectors/s",
+            f"step {1e3 * statistics.median(digital_s):.1f} ms, "
+            f"{statistics.median(a.step_s / b for a, b in zip(four, digital_s, strict=True)):.0f}x faster than the "
+            "four-frame emulator in-process",
+        )
+    )
     return results

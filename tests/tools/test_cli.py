@@ -100,6 +100,7 @@ def test_lm_bench_code_runs_at_a_small_size():
             shares = [float(results[f"{label}, {path}: {stage}"].note.split("%")[0]) for stage in STAGES]
             assert 99 <= sum(shares) <= 101
         assert results[f"{label}, physical OPU at 1.5 kHz"].unit == "s/step"
+    assert results["LM step 2x4 tokens, 10 -> 2x16, digital:// (exact B e in numpy on this CPU)"].value > 0
 
 
 STAGES = ("encode", "device", "decode", "other")
