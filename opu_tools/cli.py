@@ -366,6 +366,8 @@ def _cmd_faults(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import BENCHMARKS  # the registry only: each benchmark's module is imported when it runs
+
     parser = argparse.ArgumentParser(prog="opu", description="Drive an optical processing unit (OPU) or its emulator.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -432,9 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: emulator frame rate, transform vs a dense complex product")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for a smoke test")
     p.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
-    p.add_argument(
-        "--only", choices=["frames", "transform", "encoders", "linear", "dfa", "dmd"], help="run one benchmark only"
-    )
+    p.add_argument("--only", choices=list(BENCHMARKS), help="run one benchmark only")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_cmd_bench)
 

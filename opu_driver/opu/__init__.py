@@ -14,6 +14,7 @@ from .linear import (
     PROJECTION_SCHEMES,
     LinearMode,
     ReferenceCalibration,
+    StageTimes,
     call_bytes,
 )
 from .settings import FRAME_MODES, OpuSettings
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_RESULT_BYTES",
     "LinearMode",
     "ReferenceCalibration",
+    "StageTimes",
     "PROJECTION_SCHEMES",
     "FRAMES_PER_TERNARY",
     "call_bytes",

@@ -21,6 +21,7 @@ outputs whose frames saturate in a call (counted in ``saturated_outputs`` and wa
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ReferenceCalibration",
     "LinearMode",
+    "StageTimes",
     "PROJECTION_SCHEMES",
     "FRAMES_PER_TERNARY",
     "DEFAULT_MAX_CALL_BYTES",
@@ -73,6 +75,36 @@ class ReferenceCalibration:
         return float(self.mask.mean())
 
 
+@dataclass(frozen=True)
+class StageTimes:
+    """Wall time the linear mode spent in each stage of its projections, summed since the Opu opened.
+
+    It tells whether the host or the device bounds a workload (``opu bench --only lm`` reads it): the device stage is
+    ``Opu.acquire``, the frames shown and their camera values read back (on the emulator, whose optics run in the
+    caller's thread, that is host work too); encode and decode are host work around it, one after the other with it.
+    Reference calibrations are not counted. Differences of two snapshots time one call (``after - before``).
+
+    Attributes:
+        encode_s: bit planes fitted and cut, ternary rows split into their frames, the light pilots placed.
+        device_s: the device calls (``Opu.acquire``).
+        decode_s: the pilots' light levels, the frames combined into projections, bit planes weighed back.
+        device_calls: device calls made (light re-runs included).
+    """
+
+    encode_s: float = 0.0
+    device_s: float = 0.0
+    decode_s: float = 0.0
+    device_calls: int = 0
+
+    def __sub__(self, other: StageTimes) -> StageTimes:
+        return StageTimes(
+            self.encode_s - other.encode_s,
+            self.device_s - other.device_s,
+            self.decode_s - other.decode_s,
+            self.device_calls - other.device_calls,
+        )
+
+
 class LinearMode:
     """Turns an Opu's intensity measurements into real linear projections (``Opu.linear_transform``)."""
 
@@ -90,6 +122,19 @@ class LinearMode:
         """Vectors projected again because the light moved while they were projected (their pilots said so)."""
         self.reference_remeasured = 0
         """Times the reference was measured again because the light changed for good."""
+        self._times = StageTimes()
+
+    @property
+    def stage_times(self) -> StageTimes:
+        """Time spent so far in each stage of the projections (a snapshot; see :class:`StageTimes`)."""
+        return self._times
+
+    def _add_times(self, encode_s: float = 0.0, device_s: float = 0.0, decode_s: float = 0.0, calls: int = 0) -> None:
+        """Add one stage's (or one call's) time to :attr:`stage_times` (a new frozen snapshot each time)."""
+        t = self._times
+        self._times = StageTimes(
+            t.encode_s + encode_s, t.device_s + device_s, t.decode_s + decode_s, t.device_calls + calls
+        )
 
     def layout(self, n_features: int) -> SplitLayout:
         if n_features not in self._layouts:
@@ -320,6 +365,7 @@ class LinearMode:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One device call for nonzero ternary rows: (projections, mask of outputs zeroed for saturation, each row's
         light level from the pilots shown with it)."""
+        started = time.perf_counter()
         n_rows, n_features = p.shape
         reference = np.ones((n_rows, 1), dtype=np.uint8)
         if scheme == "four_frame":
@@ -338,8 +384,10 @@ class LinearMode:
         plan = PilotPlan(n_rows, per, self._opu._shortest_sequence_frames())
         frames = plan.frames(np.stack(parts, axis=1).reshape(n_rows * per, n_features + 1), pilot)
         del parts
+        encoded = time.perf_counter()
         shown = self._opu.acquire(frames, layout, n_components)
         del frames
+        acquired = time.perf_counter()
         usable = calibration.mask
         levels = plan.vector_levels(
             pilot_levels(shown[plan.pilot_rows], calibration.reference_dn, calibration.dark_dn, usable)
@@ -356,6 +404,7 @@ class LinearMode:
         combine = combine_four if scheme == "four_frame" else combine_two
         projected = combine(np.ascontiguousarray(raw), scale)
         projected[clipped] = 0.0
+        self._add_times(encoded - started, acquired - encoded, time.perf_counter() - acquired, 1)
         return projected, clipped, levels
 
     def project(self, E: np.ndarray, n_components: int, scheme: str, n_bits: int | None) -> np.ndarray:
@@ -380,7 +429,9 @@ class LinearMode:
         requests through this.
         """
         limit = DEFAULT_MAX_CALL_BYTES if max_call_bytes is None else int(max_call_bytes)
+        started = time.perf_counter()
         encoders = [_fit_encoder(E, n_bits) for E in batches]
+        self._add_times(encode_s=time.perf_counter() - started)
         results = [np.zeros((E.shape[0], n_components), dtype=np.float32) for E in batches]
         if not batches:
             return results
@@ -417,11 +468,14 @@ class LinearMode:
     ) -> None:
         """Encode row ranges of several batches, project all their ternary rows in one call, decode each range
         into its batch's result."""
+        started = time.perf_counter()
         encoded = [_encode_rows(batches[i][lo:hi], encoders[i]) for i, lo, hi in pieces]
         plus = np.concatenate([e[0] for e in encoded]) if len(encoded) > 1 else encoded[0][0]
         minus = np.concatenate([e[1] for e in encoded]) if len(encoded) > 1 else encoded[0][1]
         del encoded
+        self._add_times(encode_s=time.perf_counter() - started)
         rows = self.project_ternary(plus, minus, n_components, scheme, max_call_bytes=limit)
+        started = time.perf_counter()
         offset = 0
         for i, lo, hi in pieces:
             batch, encoder = hi - lo, encoders[i]
@@ -436,6 +490,7 @@ class LinearMode:
                 projected[:, 0] = rows[offset : offset + n_planes * batch].reshape(n_planes, batch, n_components)
                 results[i][lo:hi] = encoder.decode(projected).astype(np.float32)
                 offset += n_planes * batch
+        self._add_times(decode_s=time.perf_counter() - started)
 
 
 DEFAULT_MAX_CALL_BYTES = 256 * 1024 * 1024

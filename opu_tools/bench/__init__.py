@@ -10,6 +10,10 @@ Benchmarks:
 - linear: ``opu.linear_transform`` throughput, four-frame and two-frame schemes;
 - dfa: DFA projections per second, direct, through the in-process client and through the service with 1, 4 and
   8 client processes (opu_tools/bench/dfa.py);
+- lm: one DFA feedback step of a language model (2,048 per-token error vectors of 65 entries -> 4 x 64 outputs),
+  in-process and through the service, four-frame and two-frame: vectors/s, frames per step, the split of a step
+  into encode, device, decode and the rest, and what a physical OPU at its frame rate would take
+  (opu_tools/bench/lm.py);
 - dmd: host time to put one full picture into each lab DMD backend's format (ALP, DLPC900), against the shortest
   picture time.
 Each figure is the median of ``repeats`` runs; the machine is shared and noisy, so compare ratios.
@@ -56,6 +60,12 @@ def _dfa(quick: bool, repeats: int) -> list[BenchResult]:
     return bench_dfa(quick, repeats)
 
 
+def _lm(quick: bool, repeats: int) -> list[BenchResult]:
+    from .lm import bench_lm
+
+    return bench_lm(quick, repeats)
+
+
 def _dmd(quick: bool, repeats: int) -> list[BenchResult]:
     from .dmd_pack import bench_dmd_pack
 
@@ -68,6 +78,7 @@ BENCHMARKS: dict[str, Callable[[bool, int], list[BenchResult]]] = {
     "encoders": _encoders,
     "linear": _linear,
     "dfa": _dfa,
+    "lm": _lm,
     "dmd": _dmd,
 }
 """Every benchmark by its ``--only`` name, in the order ``opu bench`` runs them (each module is imported when run)."""

@@ -97,6 +97,20 @@ def test_zero_vectors_give_zeros_without_using_the_device():
         assert opu.link_counters.bytes_sent == sent
 
 
+def test_stage_times_count_each_device_call_and_its_host_work():
+    with opu_driver.open(SIM) as opu:
+        E = _ternary(np.random.default_rng(4), 20)
+        opu.linear_transform(E, N_OUT)  # the reference calibration is measured here and not counted
+        before = opu.linear_mode.stage_times
+        opu.linear_transform(E, N_OUT)
+        opu.linear_transform(E, N_OUT, n_bits=2)  # real-valued path: bit planes encoded and decoded
+        spent = opu.linear_mode.stage_times - before
+        assert spent.device_calls == 2
+        assert spent.encode_s > 0 and spent.device_s > 0 and spent.decode_s > 0
+        opu.linear_transform(np.zeros((3, N_FEATURES)), N_OUT)  # nothing sent: no device call
+        assert (opu.linear_mode.stage_times - before).device_calls == 2
+
+
 @pytest.mark.parametrize(
     "E,kwargs",
     [

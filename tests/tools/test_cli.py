@@ -86,6 +86,35 @@ def test_dfa_bench_code_runs_at_a_small_size():
     assert len(results) == 4 and all(r.value > 0 and r.unit == "vectors/s" for r in results)
 
 
+def test_lm_bench_code_runs_at_a_small_size():
+    # in-process and service paths, both schemes; the figures are not asserted, only that the split adds up
+    from opu_tools.bench.lm import LmShape, bench_lm
+
+    shape = LmShape(batch=2, sequence=4, vocabulary=10, n_blocks=2, d_model=16)
+    results = {r.name: r for r in bench_lm(quick=True, repeats=1, query=SMALL_QUERY, shape=shape)}
+    for scheme, per in (("four-frame", 4), ("two-frame", 2)):
+        label = f"LM step 2x4 tokens, 10 -> 2x16, {scheme}"
+        assert results[f"{label}, in-process"].value > 0 and results[f"{label}, service"].value > 0
+        assert results[f"{label}, frames per step"].value >= 9 * per  # 8 tokens and the all-ones vector
+        for path in ("in-process", "service"):
+            shares = [float(results[f"{label}, {path}: {stage}"].note.split("%")[0]) for stage in STAGES]
+            assert 99 <= sum(shares) <= 101
+        assert results[f"{label}, physical OPU at 1.5 kHz"].unit == "s/step"
+    assert results["LM step 2x4 tokens, 10 -> 2x16, digital:// (exact B e in numpy on this CPU)"].value > 0
+
+
+STAGES = ("encode", "device", "decode", "other")
+
+
+def test_bench_only_takes_every_registered_benchmark():
+    from opu_tools.bench import BENCHMARKS
+    from opu_tools.cli import build_parser
+
+    assert "lm" in BENCHMARKS
+    for name in BENCHMARKS:
+        assert build_parser().parse_args(["bench", "--only", name]).only == name
+
+
 def _calibrate_dark(*extra: str) -> list[str]:
     return ["calibrate", "dark", "--url", small_sim("seed=9"), "--frames", "4", "--no-progress", *extra]
 
