@@ -43,18 +43,28 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.3
 """Fraction of max|e| (per error vector) an entry needs to survive ternarisation; see the module docstring."""
-TERNARY_RULES = ("max", "absolute")
+TERNARY_RULES = ("max", "absolute", "stochastic")
 ERROR_ENCODINGS = ("real", "ternary")
 SCALE_RULES = ("classes", "width")
 
 
-def ternarize(errors: npt.ArrayLike, threshold: float = DEFAULT_THRESHOLD, rule: str = "max") -> npt.NDArray[np.int8]:
+def ternarize(
+    errors: npt.ArrayLike,
+    threshold: float = DEFAULT_THRESHOLD,
+    rule: str = "max",
+    rng: np.random.Generator | None = None,
+) -> npt.NDArray[np.int8]:
     """Ternary codes of error vectors: int8 in {-1, 0, 1}, same shape as ``errors``.
 
     Rules (per error vector, i.e. per row of a 2-D array):
         "max": keep sign(e_k) where |e_k| >= threshold * max_k |e_k| (0 < threshold <= 1). Scale-free, and the
             largest entry always survives, so a nonzero error never becomes a zero code.
         "absolute": keep sign(e_k) where |e_k| >= threshold (threshold > 0).
+        "stochastic": keep sign(e_k) with probability |e_k| / max_k |e_k|, drawn from ``rng`` (threshold unused).
+            Then max|e| times the code is an unbiased estimate of e: small entries survive in proportion to
+            their size instead of vanishing. A softmax error over many classes (a language model's, per token)
+            is one large entry and many small ones that carry what the model predicted; the deterministic rules
+            drop them all, and the feedback loses the part that cancels across tokens only in expectation.
     Zero entries always give 0.
 
     Raises:
@@ -73,6 +83,12 @@ def ternarize(errors: npt.ArrayLike, threshold: float = DEFAULT_THRESHOLD, rule:
         raise InvalidInputError(f"the 'max' rule takes a threshold within (0, 1], got {threshold!r}")
     E, squeeze = check_errors(errors, None, np.iinfo(np.int64).max)
     magnitude = np.abs(E)
+    if rule == "stochastic":
+        largest = magnitude.max(axis=1, keepdims=True)
+        chance = np.divide(magnitude, largest, out=np.zeros_like(magnitude), where=largest > 0)
+        draws = (rng if rng is not None else np.random.default_rng()).random(E.shape)
+        codes = (np.sign(E) * (draws < chance)).astype(np.int8)
+        return codes[0] if squeeze else codes
     if rule == "max":
         cut = float(threshold) * magnitude.max(axis=1, keepdims=True)
     else:
@@ -134,7 +150,9 @@ class FeedbackProjection:
         scale: "classes", "width", a number or one number per layer.
         encoding: "real" or "ternary".
         threshold, rule: the ternarisation rule (see ``ternarize``).
-        rescale: multiply ternary projections by their row's least-squares scale.
+        rescale: multiply ternary projections by their row's least-squares scale; under the "stochastic" rule, by
+            the row's max|e| instead (the scale that makes the estimate unbiased).
+        seed: the seed of the "stochastic" rule's draws (None: fresh entropy).
         centre: remove the mean of each ternary code (through the projection of the all-ones vector).
 
     Raises:
@@ -151,6 +169,7 @@ class FeedbackProjection:
         rule: str = "max",
         rescale: bool = True,
         centre: bool = True,
+        seed: int | None = None,
     ) -> None:
         if not hasattr(projector, "project") or not hasattr(projector, "n_components"):
             raise InvalidInputError(f"projector must be a dfa_client projector, got {type(projector).__name__}")
@@ -175,6 +194,7 @@ class FeedbackProjection:
         self.rule = rule
         self.rescale = bool(rescale)
         self.centre = bool(centre)
+        self._rng = np.random.default_rng(seed)
         self.offsets = tuple(int(x) for x in np.concatenate(([0], np.cumsum(self.layer_sizes))))
         self._scales: tuple[float, ...] | None = None
         if projector.n_features is not None:
@@ -233,7 +253,7 @@ class FeedbackProjection:
         if self.encoding == "real":
             projected = np.asarray(self.projector.project(E), dtype=np.float64)[:, : self.n_components]
             return (projected * column_scale).astype(np.float32)
-        codes = ternarize(E, self.threshold, self.rule)
+        codes = ternarize(E, self.threshold, self.rule, self._rng)
         if not self.centre:
             projected = np.asarray(self.projector.project(codes), dtype=np.float64)[:, : self.n_components]
             effective = codes.astype(np.float64)
@@ -251,7 +271,9 @@ class FeedbackProjection:
             mean = codes.mean(axis=1, keepdims=True, dtype=np.float64)
             projected = (both[:-1] - mean * both[-1])[:, : self.n_components]
             effective = codes - mean
-        if self.rescale:
+        if self.rescale and self.rule == "stochastic":
+            projected *= np.abs(E).max(axis=1, keepdims=True)
+        elif self.rescale:
             projected *= ternary_scales(E, effective)[:, None]
         return (projected * column_scale).astype(np.float32)
 

@@ -124,6 +124,38 @@ def test_ternary_feedback_projects_the_codes_centres_and_rescales_rows():
         assert FeedbackProjection(projector, [8], encoding="ternary").dense_matrix() is None
 
 
+def test_stochastic_ternary_codes_are_an_unbiased_estimate_of_the_error():
+    """A softmax-like error (one large entry, many small ones): max|e| t has mean e over draws. Over n draws an
+    entry's estimate has sd sqrt(max|e| |e_k| - e_k^2) / sqrt(n): 5 sd bounds every entry. The largest entry is
+    always kept, signs are the error's, and a seed repeats the draws."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(65)
+    e = np.exp(logits) / np.exp(logits).sum()
+    e[7] -= 1.0
+    n = 20_000
+    codes = ternarize(np.tile(e, (n, 1)), rule="stochastic", rng=np.random.default_rng(1))
+    assert set(np.unique(codes)) <= {-1, 0, 1} and (codes[:, 7] == -1).all()
+    assert (codes * np.sign(e) >= 0).all()
+    top = np.abs(e).max()
+    estimate = top * codes.mean(axis=0)
+    sd = np.sqrt(top * np.abs(e) - e**2) / math.sqrt(n)
+    assert (np.abs(estimate - e) <= 5 * sd + 1e-12).all()
+    # the deterministic rule keeps only the large entry: its estimate of the small ones is 0 (biased)
+    assert (ternarize(e, 0.3) != 0).sum() == 1
+    again = ternarize(np.tile(e, (3, 1)), rule="stochastic", rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(again, codes[:3])
+
+
+def test_stochastic_feedback_scales_each_row_by_its_largest_error():
+    with dfa_client.connect("digital://?seed=6", n_components=8, n_features=5) as projector:
+        B = projector.matrix.astype(np.float64)
+        E = np.random.default_rng(3).standard_normal((6, 5))
+        feedback = FeedbackProjection(projector, [8], encoding="ternary", rule="stochastic", centre=False, seed=4)
+        T = ternarize(E, rule="stochastic", rng=np.random.default_rng(4))
+        expected = np.abs(E).max(axis=1, keepdims=True) * (T @ B) / math.sqrt(5)
+        np.testing.assert_allclose(feedback.project(E), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_feedback_refuses_bad_settings_and_bad_errors_before_sending():
     with dfa_client.connect("digital://?seed=1", n_components=10, n_features=3) as projector:
         for kwargs in (
