@@ -205,7 +205,7 @@ def default_settings(task: str) -> TaskSettings:
         # and the feedback loses what the model predicted (measured in docs/dfa.md); the unbiased stochastic rule
         # keeps it. Adam at 3e-3 for both methods (1e-3 trains slower).
         return TaskSettings(
-            task="text", batch_size=8, steps=2000, eval_every=250, lr_backprop=3e-3, lr_dfa=3e-3, rule="stochastic"
+            task="text", batch_size=8, steps=1000, eval_every=250, lr_backprop=3e-3, lr_dfa=3e-3, rule="stochastic"
         )
     raise InvalidInputError(f"unknown task {task!r}; choose one of {TASKS}")
 
@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds; the table shows medians")
     parser.add_argument("--epochs", type=int, default=None, help="(vision) epochs (default 10)")
-    parser.add_argument("--steps", type=int, default=None, help="(text) optimiser steps (default 600)")
+    parser.add_argument("--steps", type=int, default=None, help="(text) optimiser steps (default 1000)")
     parser.add_argument("--d-model", type=int, default=None)
     parser.add_argument("--depth", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
