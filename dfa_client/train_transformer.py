@@ -179,7 +179,7 @@ class TaskSettings:
     context: int = 64
     batch_size: int = 64
     epochs: int = 10
-    steps: int = 2000
+    steps: int = 1000
     eval_every: int = 250
     lr_backprop: float = 1e-3
     lr_dfa: float = 1e-3
