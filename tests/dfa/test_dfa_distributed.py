@@ -235,6 +235,7 @@ def _join(context: mp.ProcessContext, until: Callable[[], bool], deadline: float
             raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_two_trainer_processes_sharing_one_opu_service_train_as_one_process_on_the_whole_batches(tmp_path):
     from opu_driver.service import OpuService
 

@@ -59,6 +59,7 @@ def test_the_models_give_logits_of_the_right_shapes():
         torch.testing.assert_close(lm(ids)[0, :10], lm(changed)[0, :10])
 
 
+@pytest.mark.slow
 def test_vision_dfa_learns_digits_in_one_epoch():
     """Chance is 10%; one epoch of digital DFA on 4,000 images takes this tiny 2-block ViT (d_model 16) to about
     55%, backprop to about 80%. The bound, three times chance, is far below both."""
