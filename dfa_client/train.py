@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cli import choice_list, int_list
 from .base import Projector
 from .data import Dataset
 from .dfa import DEFAULT_THRESHOLD, FeedbackProjection
@@ -277,24 +278,6 @@ def plot_curves(results: Sequence[MethodResult], path: Path) -> None:
     plt.close(fig)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers >= 0")
-    return values
-
-
-def _methods(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
-    return methods
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = RunSettings()
     parser = argparse.ArgumentParser(
@@ -305,14 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=("mnist", "digits"), default=defaults.dataset)
     parser.add_argument(
         "--methods",
-        type=_methods,
+        type=choice_list(METHODS),
         default=list(DEFAULT_METHODS),
         help=f"comma-separated, from {','.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})",
     )
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds; the table shows medians")
+    parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds; the table shows medians")
     parser.add_argument(
-        "--hidden", type=_int_list, default=list(defaults.hidden), help="hidden widths (default 256,256)"
+        "--hidden", type=int_list, default=list(defaults.hidden), help="hidden widths (default 256,256)"
     )
     parser.add_argument("--activation", choices=("tanh", "relu", "sigmoid"), default=defaults.activation)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)

@@ -46,6 +46,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from ._cli import choice_list, int_list
 from .base import Projector
 from .dfa import DEFAULT_THRESHOLD, TERNARY_RULES, FeedbackProjection, alignment_angle
 from .errors import DfaError, InvalidInputError
@@ -528,24 +529,6 @@ def plot_curves(results: Sequence[TransformerResult], settings: TaskSettings, pa
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers >= 0")
-    return values
-
-
-def _methods(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
-    return methods
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dfa_client.train_transformer",
@@ -555,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=TASKS, default="vision")
     parser.add_argument(
         "--methods",
-        type=_methods,
+        type=choice_list(METHODS),
         default=list(DEFAULT_METHODS),
         help=f"from {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)})",
     )
@@ -566,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ternarisation rule (default: max for vision, stochastic for text)",
     )
-    parser.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds; the table shows medians")
+    parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds; the table shows medians")
     parser.add_argument("--epochs", type=int, default=None, help="(vision) epochs (default 10)")
     parser.add_argument("--steps", type=int, default=None, help="(text) optimiser steps (default 1000)")
     parser.add_argument("--d-model", type=int, default=None)
