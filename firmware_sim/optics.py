@@ -19,7 +19,8 @@ complex64 product), and the pixel interpolation, being linear, is applied to the
 products per frame. At grain g there are about n_px / g^2 modes, so both F and the sgemm are g^2 times
 smaller than at pixel level (T_px = R interpolated; identical with grain 1). The fold runs tile row by tile
 row and feature group by feature group, so its working memory stays near ``WORK_BYTES`` besides F. Raw frames
-are reduced to cell amplitudes first, so their products grow with cells, not mirrors.
+are reduced to cell amplitudes first, so their products grow with cells, not mirrors; so are feature frames of a
+layout with more features than cells whose fold would not fit in memory.
 
 Reproducibility: every matrix product runs in blocks of a fixed number of rows (zero-padded), so a frame's
 result does not depend on how a sequence was split into batches (BLAS picks different kernels, with
@@ -293,6 +294,9 @@ class OpticalPath:
         self._layout: CellLayout | None = None
         self._folded: dict[int, npt.NDArray[np.float32]] = {}
         self._fold_streamed = False
+        self._by_cell: (
+            tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.int64]] | None
+        ) = None
         self._raw_blocks: dict[tuple[int, int, int], npt.NDArray[np.float32]] = {}
         self._raw_cached: bool | None = None
 
@@ -354,6 +358,7 @@ class OpticalPath:
         self._layout = CellLayout(int(n_features), table, features, cells, counts)
         self._folded.clear()
         self._fold_streamed = False
+        self._by_cell = None
         logger.debug("layout: %d features, %d runs, %d (feature, cell) weights", n_features, len(table), cells.size)
 
     def clear_layout(self) -> None:
@@ -361,6 +366,7 @@ class OpticalPath:
         self._layout = None
         self._folded.clear()
         self._fold_streamed = False
+        self._by_cell = None
 
     def set_roi(self, x: int, y: int, w: int, h: int) -> None:
         """Select the camera region (absolute pixels); pixels are row-major over it."""
@@ -485,6 +491,10 @@ class OpticalPath:
         folded = self._folded_matrix(purpose)
         if folded is not None:
             return _matmul_rows(frames, folded)
+        if self._require_layout().n_features > self.n_input_modes:
+            # More features than input modes (a layout over most of the DMD): through the cells, the products
+            # grow with cells instead of refolding every feature for every batch.
+            return self._raw_fields(self._feature_amplitudes(frames), purpose)
         grid = self._modes()
         fields = np.zeros((frames.shape[0], 2 * grid.n_modes), dtype=np.float32)
 
@@ -500,6 +510,26 @@ class OpticalPath:
         self._fold(purpose, accumulate)
         return fields
 
+    def _feature_amplitudes(self, frames: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Cell amplitudes (n, n_cells) of feature frames: the mirrors ON in each cell through the layout / c^2."""
+        layout = self._require_layout()
+        if self._by_cell is None:
+            order = np.argsort(layout.cells, kind="stable")
+            cells = layout.cells[order]
+            first = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]]) if cells.size else cells
+            weights = (layout.mirror_counts[order] / self.config.cell_mirrors**2).astype(np.float32)
+            self._by_cell = (layout.features[order], weights, cells[first], first)
+        features, weights, cells_hit, first = self._by_cell
+        amplitudes = np.zeros((frames.shape[0], self.n_input_modes), dtype=np.float32)
+        if features.size == 0:
+            return amplitudes
+        chunk = max(1, _RAW_CHUNK_BYTES // (4 * features.size))
+        for start in range(0, frames.shape[0], chunk):
+            stop = min(frames.shape[0], start + chunk)
+            lit = frames[start:stop][:, features] * weights
+            amplitudes[start:stop, cells_hit] = np.add.reduceat(lit, first, axis=1)
+        return amplitudes
+
     def _folded_matrix(self, purpose: int) -> npt.NDArray[np.float32] | None:
         """F (n_features, 2 n_modes) [Re | Im] for the current layout and ROI, or None when it is too big."""
         if purpose in self._folded:
@@ -510,12 +540,13 @@ class OpticalPath:
         grid = self._modes()
         matrices = 2 if self.drifts else 1
         if layout.n_features * 2 * grid.n_modes * 4 * matrices > self.fold_cache_bytes:
-            logger.warning(
-                "folded matrix for %d features x %d output modes exceeds %d bytes: it is recomputed for every "
-                "batch (choose a smaller camera ROI)",
+            through_cells = layout.n_features > self.n_input_modes
+            (logger.debug if through_cells else logger.warning)(
+                "folded matrix for %d features x %d output modes exceeds %d bytes: feature frames %s",
                 layout.n_features,
                 grid.n_modes,
                 self.fold_cache_bytes,
+                "go through the input cells" if through_cells else "refold for every batch (choose a smaller ROI)",
             )
             self._fold_streamed = True
             return None

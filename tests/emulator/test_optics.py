@@ -484,6 +484,24 @@ class TestOpticalPath:
         for cached, streamed in zip(results[0], results[1], strict=True):
             assert np.abs(cached - streamed).max() < 1e-4 * cached.mean()
 
+    def test_layouts_with_more_features_than_cells_go_through_the_cells_when_not_folded(self) -> None:
+        # 200 features over 48 cells: without a cached fold the frames are reduced to cell amplitudes, which must
+        # give what the cached fold gives, and what the same mirrors sent as raw frames give.
+        config = small_config(seed=15, grain_px=1.5, drift_tau_s=0.01)
+        runs = scattered_runs(config, 200, seed=12)
+        bits = (np.random.default_rng(13).random((7, 200)) < 0.5).astype(np.uint8)
+        times = np.arange(7) * 1000.0
+        results = []
+        for cache_bytes in (2**30, 0):
+            optics = OpticalPath(config, fold_cache_bytes=cache_bytes)
+            optics.set_roi(2, 3, 50, 33)
+            optics.set_layout(200, runs)
+            results.append(optics.intensity_features(bits, times))
+        raw = optics.intensity_raw(expand(runs, bits, 64 * 48), times)
+        cached, through_cells = results
+        assert np.abs(cached - through_cells).max() < 1e-4 * cached.mean()
+        assert np.abs(raw - through_cells).max() < 1e-4 * cached.mean()
+
     def test_dark_frames_and_unused_features(self) -> None:
         config = small_config(seed=14)
         optics = OpticalPath(config)
