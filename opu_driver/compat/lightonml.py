@@ -20,13 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..errors import ConfigurationError, InvalidInputError, OpuError
 from ..opu import Opu
 from ..session import open as open_opu
 from ._arrays import like_input, to_numpy
+from .device import LightonmlDevice
 from .encoding import BaseTransformer, NoDecoding, NoEncoding
 
-__all__ = ["OPU", "OutputRescaling", "TransformContext", "ContextArray", "DEFAULT_URL", "URL_ENV"]
+__all__ = ["OPU", "Fit", "OutputRescaling", "TransformContext", "ContextArray", "DEFAULT_URL", "URL_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +96,9 @@ class ContextArray(np.ndarray):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Fit:
-    """What ``fit1d``/``fit2d`` fixed: the feature shape, packing, and whether vectors come one at a time."""
+class Fit:
+    """What ``fit1d``/``fit2d`` fixed: the feature shape (one entry after ``fit1d``, two after ``fit2d``), packing,
+    and whether vectors come one at a time."""
 
     feature_shape: tuple[int, ...]
     packed: bool
@@ -104,6 +107,13 @@ class _Fit:
     @property
     def n_features(self) -> int:
         return math.prod(self.feature_shape)
+
+
+def default_url(url: str | None = None, simulated: bool = False) -> str:
+    """``url`` if given, else the built-in emulator when ``simulated``, else ``$OPU_URL`` or ``sim://``."""
+    if url is not None:
+        return url
+    return DEFAULT_URL if simulated else os.environ.get(URL_ENV, DEFAULT_URL)
 
 
 def _rescaling_name(rescale: Any) -> str:
@@ -126,8 +136,9 @@ class OPU:
     Args:
         n_components: outputs per vector (settable later as ``opu.n_components``).
         opu_device: lightonml's device object; not supported (ConfigurationError if given).
-        max_n_features: the largest number of features ``fit1d``/``fit2d`` accept (lightonml sized its simulated
-            matrix with it); the device's own limit applies too.
+        max_n_features: the largest number of features ``fit1d``/``fit2d`` accept; None (default): the device's
+            limit, as lightonml on an OPU (its simulator used 1000 to size its matrix). The device's limit
+            applies in any case.
         config_file, config_override: lightonml's host configuration; refused (ConfigurationError) if set, since
             the driver reads its settings from the URL and ``opu_settings``.
         verbose_level: lightonml's deprecated verbosity; >= 0 sets this module's log level (0 warnings, 1 info,
@@ -151,7 +162,7 @@ class OPU:
         self,
         n_components: int = 200000,
         opu_device: Any = None,
-        max_n_features: int = 1000,
+        max_n_features: int | None = None,
         config_file: str = "",
         config_override: Mapping[str, Any] | None = None,
         verbose_level: int = -1,
@@ -179,10 +190,11 @@ class OPU:
         self.max_n_features = max_n_features
         self.input_roi_strategy = strategy
         self.disable_pbar = disable_pbar
-        self.url = url if url is not None else (DEFAULT_URL if simulated else os.environ.get(URL_ENV, DEFAULT_URL))
+        self.url = default_url(url, simulated)
         self.opu_settings = dict(opu_settings or {})
         self._opu: Opu | None = None
-        self._fit: _Fit | None = None
+        self._device: LightonmlDevice | None = None
+        self._fit: Fit | None = None
         if open_at_init is None or open_at_init:
             self.open()
 
@@ -206,20 +218,51 @@ class OPU:
         self._n_components = _positive_int(value, "n_components")
 
     @property
-    def max_n_features(self) -> int:
-        """The largest number of features a fit accepts."""
-        return self._max_n_features
+    def max_n_features(self) -> int | None:
+        """The largest number of features a fit accepts: the value set, else the device's limit (None while
+        closed)."""
+        if self._max_n_features is not None:
+            return self._max_n_features
+        return None if self._opu is None or self._opu.closed else self._opu.max_features
 
     @max_n_features.setter
-    def max_n_features(self, value: int) -> None:
-        self._max_n_features = _positive_int(value, "max_n_features")
+    def max_n_features(self, value: int | None) -> None:
+        self._max_n_features = None if value is None else _positive_int(value, "max_n_features")
 
     @property
-    def device(self) -> Opu:
+    def fit_settings(self) -> Fit | None:
+        """What the last ``fit1d``/``fit2d`` fixed (None before any)."""
+        return self._fit
+
+    @property
+    def max_n_components(self) -> int:
+        """The most outputs per vector: the camera's pixels."""
+        info = self.opu.info
+        return info.camera_width * info.camera_height
+
+    @property
+    def opu(self) -> Opu:
         """The driver's :class:`~opu_driver.Opu` underneath (open)."""
         if self._opu is None or self._opu.closed:
             raise OpuError("the OPU is closed: call open() or use 'with opu:'")
         return self._opu
+
+    @property
+    def device(self) -> LightonmlDevice:
+        """The device as lightonml shows it (``input_shape``, ``output_roi``, ``exposure_us``, ...); its ``opu`` is
+        the driver's Opu."""
+        opu = self.opu
+        if self._device is None or self._device.opu is not opu:
+            self._device = LightonmlDevice(opu=opu)
+        self._device._n_components = self.n_components
+        return self._device
+
+    def version(self, devices: bool = False) -> str:
+        """This package's version and, with ``devices``, the device's identity (lightonml's ``OPU.version``)."""
+        lines = [f"opu_driver version {__version__} (lightonml 1.4 front)"]
+        if devices:
+            lines.append(self.device.versions())
+        return "\n".join(lines)
 
     # -- life cycle -------------------------------------------------------------------------------
     def open(self) -> None:
@@ -236,10 +279,18 @@ class OPU:
         if self._opu is not None:
             self._opu.close()
             self._opu = None
+            self._device = None
 
     def __enter__(self) -> OPU:
         self.open()
         return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OPU:
+        """The same OPU: a device is shared, never copied (scikit-learn's ``clone`` deep-copies parameters)."""
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("an OPU holds a device connection and cannot be pickled")
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -262,7 +313,7 @@ class OPU:
         1-D per vector and needs ``n_features``."""
         self._fit = self._fitted(X, n_features, packed, online, two_d=True)
 
-    def _fitted(self, X: Any, n_features: Any, packed: bool, online: bool, two_d: bool) -> _Fit:
+    def _fitted(self, X: Any, n_features: Any, packed: bool, online: bool, two_d: bool) -> Fit:
         shape: tuple[int, ...]
         if n_features is not None:
             if two_d:
@@ -280,9 +331,9 @@ class OPU:
             if X_np.ndim < (2 if two_d else 1):
                 raise InvalidInputError(f"fit: input of shape {X_np.shape} has no feature axis")
             shape = tuple(X_np.shape[-2:]) if two_d else (X_np.shape[-1] * (8 if packed else 1),)
-        fit = _Fit(shape, bool(packed), bool(online))
-        if fit.n_features > self.max_n_features:
-            raise InvalidInputError(f"{fit.n_features} features is more than max_n_features={self.max_n_features}")
+        fit = Fit(shape, bool(packed), bool(online))
+        if self._max_n_features is not None and fit.n_features > self._max_n_features:
+            raise InvalidInputError(f"{fit.n_features} features is more than max_n_features={self._max_n_features}")
         if self._opu is not None and not self._opu.closed and fit.n_features > self._opu.max_features:
             raise InvalidInputError(
                 f"{fit.n_features} features is more than the device shows ({self._opu.max_features})"
@@ -334,7 +385,7 @@ class OPU:
             raise InvalidInputError("call fit1d or fit2d before transform")
         if linear and fit.packed:
             raise InvalidInputError("linear_transform does not take packed input")
-        opu = self.device
+        opu = self.opu
         encoder = encoder_cls() if isinstance(encoder_cls, type) else encoder_cls
         X_np, was_tensor = to_numpy(encoder.transform(X))
         batch_shape, rows = self._rows(X_np, fit)
@@ -354,7 +405,7 @@ class OPU:
             Y = self._rescaled(Y, fit)
         return like_input(Y, was_tensor)
 
-    def _rows(self, X: np.ndarray, fit: _Fit) -> tuple[tuple[int, ...], np.ndarray]:
+    def _rows(self, X: np.ndarray, fit: Fit) -> tuple[tuple[int, ...], np.ndarray]:
         """X as (rows, n_features) 0/1 values (unpacked), and the leading shape of the batch."""
         if fit.packed:
             if X.dtype != np.uint8:
@@ -371,7 +422,7 @@ class OPU:
         return batch_shape, X.reshape(-1, fit.n_features)
 
     def _context(
-        self, opu: Opu, fit: _Fit, rows: np.ndarray, operation: str, start: dt.datetime, end: dt.datetime
+        self, opu: Opu, fit: Fit, rows: np.ndarray, operation: str, start: dt.datetime, end: dt.datetime
     ) -> TransformContext:
         camera = opu.camera_settings
         roi = opu.roi_for(self.n_components)
@@ -395,7 +446,7 @@ class OPU:
             serial_number=opu.info.serial_number,
         )
 
-    def _rescaled(self, Y: np.ndarray, fit: _Fit) -> np.ndarray:
+    def _rescaled(self, Y: np.ndarray, fit: Fit) -> np.ndarray:
         # The driver's B has unit-variance entries, so lightonml's stdev is 1 here.
         if self.rescale == "variance":
             return (Y / np.float32(math.sqrt(fit.n_features))).astype(np.float32, copy=False)

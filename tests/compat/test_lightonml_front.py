@@ -44,36 +44,36 @@ def test_fit2d_flattens_the_last_two_axes_as_the_driver_sees_them(opu):
     Y = opu.transform(X)
     assert Y.shape == (3, N_OUT)
     assert Y.context.n_features == (8, 8)
-    np.testing.assert_array_equal(Y, opu.device.transform(X.reshape(3, 64), N_OUT))
+    np.testing.assert_array_equal(Y, opu.opu.transform(X.reshape(3, 64), N_OUT))
 
 
 def test_fit1d_then_transform_equals_the_driver_transform_on_the_same_device(opu):
     X = _binary((7, N_FEATURES), seed=2)
     opu.fit1d(n_features=N_FEATURES)
-    np.testing.assert_array_equal(opu.transform(X), opu.device.transform(X, N_OUT))
-    np.testing.assert_array_equal(opu.transform(X.astype(bool)), opu.device.transform(X, N_OUT))
+    np.testing.assert_array_equal(opu.transform(X), opu.opu.transform(X, N_OUT))
+    np.testing.assert_array_equal(opu.transform(X.astype(bool)), opu.opu.transform(X, N_OUT))
 
 
 def test_packed_input_is_unpacked_as_np_packbits(opu):
     X = _binary((4, N_FEATURES), seed=3)
     opu.fit1d(np.packbits(X, axis=-1), packed=True)
-    np.testing.assert_array_equal(opu.transform(np.packbits(X, axis=-1)), opu.device.transform(X, N_OUT))
+    np.testing.assert_array_equal(opu.transform(np.packbits(X, axis=-1)), opu.opu.transform(X, N_OUT))
 
 
 def test_the_context_holds_the_settings_the_output_was_computed_with(opu):
     X = _binary((4, N_FEATURES), seed=4)
     opu.fit1d(X)
     context = opu.transform(X).context
-    camera = opu.device.camera_settings
+    camera = opu.opu.camera_settings
     assert context.operation == "transform"
     assert (context.n_features, context.n_components) == (N_FEATURES, N_OUT)
     assert (context.exposure_us, context.frame_time_us) == (camera.exposure_us, camera.frame_time_us)
     assert context.pixel_format == "MONO8" and context.layout == "lined"
-    roi = opu.device.roi_for(N_OUT)
+    roi = opu.opu.roi_for(N_OUT)
     assert context.output_roi == (roi.x, roi.y, roi.width, roi.height)
     assert context.n_ones == pytest.approx(X.sum(axis=1).mean())
     assert context.start <= context.end
-    assert context.serial_number == opu.device.info.serial_number
+    assert context.serial_number == opu.opu.info.serial_number
 
 
 def test_n_components_is_settable_and_checked(opu):
@@ -95,8 +95,8 @@ def test_linear_transform_correlates_with_the_emulators_exact_matrix():
         Y = front.linear_transform(E)
         assert Y.dtype == np.float32 and Y.shape == (40, N_OUT)
         assert Y.context.operation == "linear_transform"
-        mask = front.device.linear_mode.calibration(N_FEATURES, N_OUT).mask
-        exact = E @ exact_linear_matrix(front.device, N_FEATURES, N_OUT)
+        mask = front.opu.linear_mode.calibration(N_FEATURES, N_OUT).mask
+        exact = E @ exact_linear_matrix(front.opu, N_FEATURES, N_OUT)
         assert np.corrcoef(Y[:, mask].ravel(), exact[:, mask].ravel())[0, 1] >= 0.99
 
 
@@ -112,7 +112,7 @@ def test_linear_transform_rescales_as_lightonml_with_unit_variance_entries(opu, 
     finally:
         opu.rescale = "variance"
     assert Y.shape == (2, 5, N_OUT)
-    expected = opu.device.linear_transform(E.reshape(10, N_FEATURES), N_OUT).reshape(2, 5, N_OUT) / divisor
+    expected = opu.opu.linear_transform(E.reshape(10, N_FEATURES), N_OUT).reshape(2, 5, N_OUT) / divisor
     np.testing.assert_allclose(Y, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -127,10 +127,10 @@ def test_linear_transform_rescales_as_lightonml_with_unit_variance_entries(opu, 
 )
 def test_bad_input_is_refused_before_anything_is_sent(opu, X):
     opu.fit1d(n_features=N_FEATURES)
-    shown = opu.device.frames_displayed
+    shown = opu.opu.frames_displayed
     with pytest.raises(InvalidInputError):
         opu.transform(X)
-    assert opu.device.frames_displayed == shown
+    assert opu.opu.frames_displayed == shown
 
 
 def test_transform_before_fit_and_too_many_features_are_refused():
@@ -160,9 +160,9 @@ def test_unsupported_constructor_arguments_raise_configuration_errors_without_op
 def test_open_at_init_false_opens_later_and_close_is_idempotent():
     front = OPU(n_components=N_OUT, url=EXACT, open_at_init=False)
     with pytest.raises(OpuError, match="closed"):
-        _ = front.device
+        _ = front.opu
     with front:
-        assert not front.device.closed
+        assert not front.opu.closed
     front.close()
 
 
