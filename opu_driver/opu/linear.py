@@ -118,6 +118,7 @@ class LinearMode:
         self._layouts: dict[int, SplitLayout] = {}
         self._calibrations: dict[tuple, ReferenceCalibration] = {}
         self.saturated_outputs = 0
+        self._clipped_in_call = [0, 0]  # outputs zeroed, outputs made, since the last report
         self.light_reruns = 0
         """Vectors projected again because the light moved while they were projected (their pilots said so)."""
         self.reference_remeasured = 0
@@ -249,7 +250,13 @@ class LinearMode:
         )
 
     def project_ternary(
-        self, plus: np.ndarray, minus: np.ndarray, n_components: int, scheme: str, max_call_bytes: int | None = None
+        self,
+        plus: np.ndarray,
+        minus: np.ndarray,
+        n_components: int,
+        scheme: str,
+        max_call_bytes: int | None = None,
+        report: bool = True,
     ) -> np.ndarray:
         """Real projections of e = plus - minus (binary, disjoint), float32 (batch, n_components).
 
@@ -280,20 +287,31 @@ class LinearMode:
             out[rows] = projected
             clipped_count += int(clipped.sum())
             clipped_size += clipped.size
-        if clipped_count:
-            self.saturated_outputs += clipped_count
-            share = clipped_count / clipped_size
-            # Speckle intensity is exponential: a few saturated outputs are normal, many are a setting to change.
-            level = logging.WARNING if share > _SATURATION_WARNING else logging.INFO
-            _log.log(
-                level,
-                "%d of %d linear outputs (%.2g%%) came from saturated frames and were set to 0: lower "
-                "the exposure, gain or laser power",
-                clipped_count,
-                clipped_size,
-                100 * share,
-            )
+        self.saturated_outputs += clipped_count
+        self._clipped_in_call[0] += clipped_count
+        self._clipped_in_call[1] += clipped_size
+        if report:
+            self._report_clipped()
         return out
+
+    def _report_clipped(self) -> None:
+        """Log the outputs zeroed for saturation since the last report: once per user call, however many device
+        calls it took."""
+        clipped_count, clipped_size = self._clipped_in_call
+        self._clipped_in_call = [0, 0]
+        if not clipped_count:
+            return
+        share = clipped_count / clipped_size
+        # Speckle intensity is exponential: a few saturated outputs are normal, many are a setting to change.
+        level = logging.WARNING if share > _SATURATION_WARNING else logging.INFO
+        _log.log(
+            level,
+            "%d of %d linear outputs (%.2g%%) came from saturated frames and were set to 0: lower "
+            "the exposure, gain or laser power",
+            clipped_count,
+            clipped_size,
+            100 * share,
+        )
 
     def _watch_light(
         self,
@@ -385,7 +403,7 @@ class LinearMode:
         frames = plan.frames(np.stack(parts, axis=1).reshape(n_rows * per, n_features + 1), pilot)
         del parts
         encoded = time.perf_counter()
-        shown = self._opu.acquire(frames, layout, n_components)
+        shown = self._opu.acquire(frames, layout, n_components, warn_saturated=False)  # reported as zeroed outputs
         del frames
         acquired = time.perf_counter()
         usable = calibration.mask
@@ -454,6 +472,7 @@ class LinearMode:
                 lo = hi
         if pieces:
             self._project_pieces(pieces, batches, encoders, results, n_components, scheme, limit)
+        self._report_clipped()
         return results
 
     def _project_pieces(
@@ -474,7 +493,7 @@ class LinearMode:
         minus = np.concatenate([e[1] for e in encoded]) if len(encoded) > 1 else encoded[0][1]
         del encoded
         self._add_times(encode_s=time.perf_counter() - started)
-        rows = self.project_ternary(plus, minus, n_components, scheme, max_call_bytes=limit)
+        rows = self.project_ternary(plus, minus, n_components, scheme, max_call_bytes=limit, report=False)
         started = time.perf_counter()
         offset = 0
         for i, lo, hi in pieces:

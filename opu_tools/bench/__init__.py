@@ -14,6 +14,9 @@ Benchmarks:
   in-process and through the service, four-frame and two-frame: vectors/s, frames per step, the split of a step
   into encode, device, decode and the rest, and what a physical OPU at its frame rate would take
   (opu_tools/bench/lm.py);
+- lightonml: the lightonml front's ``transform`` at 10,000 -> 10,000, batch 1000, against lightonml 1.4's own
+  simulated OPU when lightonml is installed: vectors/s, setup with the first call, peak memory
+  (opu_tools/bench/lightonml.py);
 - dmd: host time to put one full picture into each lab DMD backend's format (ALP, DLPC900), against the shortest
   picture time.
 Each figure is the median of ``repeats`` runs; the machine is shared and noisy, so compare ratios.
@@ -66,6 +69,12 @@ def _lm(quick: bool, repeats: int) -> list[BenchResult]:
     return bench_lm(quick, repeats)
 
 
+def _lightonml(quick: bool, repeats: int) -> list[BenchResult]:
+    from .lightonml import bench_lightonml
+
+    return bench_lightonml(quick, repeats)
+
+
 def _dmd(quick: bool, repeats: int) -> list[BenchResult]:
     from .dmd_pack import bench_dmd_pack
 
@@ -79,6 +88,7 @@ BENCHMARKS: dict[str, Callable[[bool, int], list[BenchResult]]] = {
     "linear": _linear,
     "dfa": _dfa,
     "lm": _lm,
+    "lightonml": _lightonml,
     "dmd": _dmd,
 }
 """Every benchmark by its ``--only`` name, in the order ``opu bench`` runs them (each module is imported when run)."""
