@@ -26,6 +26,11 @@ __all__ = [
     "MultiThresholdEncoder",
     "SeparatedBitPlanEncoder",
     "SeparatedBitPlanDecoder",
+    "ConcatenatedBitPlanEncoder",
+    "ConcatenatingBitPlanDecoder",
+    "Float32Encoder",
+    "ConcatenatedFloat32Encoder",
+    "SequentialBaseTwoEncoder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -280,3 +285,176 @@ class SeparatedBitPlanDecoder(BaseTransformer):
         else:
             out = combined[0] * np.float32(self.magnitude_p) - combined[1] * np.float32(self.magnitude_n)
         return like_input(out.astype(np.float32), was_tensor)
+
+
+def _two_d(X: np.ndarray, who: str) -> np.ndarray:
+    if X.ndim != 2:
+        raise InvalidInputError(f"{who} needs 2-D input (n_samples, n_features), got shape {X.shape}")
+    return X
+
+
+def _float32_bits(X: Any, who: str) -> tuple[np.ndarray, bool]:
+    """The 32 bits of each float32 value, sign first then exponent then mantissa: (n, f, 32) uint8."""
+    X_np, was_tensor = to_numpy(X)
+    _two_d(_finite(X_np, who), who)
+    if not np.issubdtype(X_np.dtype, np.floating):
+        raise InvalidInputError(f"{who} encodes floating-point input, got dtype {X_np.dtype}")
+    big_endian = X_np.astype(">f4")[:, :, None].view(np.uint8)
+    return np.unpackbits(big_endian, axis=2), was_tensor
+
+
+class _Float32Bits(BaseTransformer):
+    """Which bits of a float32 the Float32 encoders keep: the sign, the top ``exp_bits`` of the exponent and the top
+    ``mantissa_bits`` of the mantissa, in the number's order."""
+
+    def __init__(self, sign_bit: bool = True, exp_bits: int = 8, mantissa_bits: int = 23) -> None:
+        if not 0 <= exp_bits <= 8:
+            raise ConfigurationError(f"exp_bits must be within 0..8, got {exp_bits!r}")
+        if not 0 <= mantissa_bits <= 23:
+            raise ConfigurationError(f"mantissa_bits must be within 0..23, got {mantissa_bits!r}")
+        self.sign_bit = bool(sign_bit)
+        self.exp_bits = int(exp_bits)
+        self.mantissa_bits = int(mantissa_bits)
+        self.n_bits = int(self.sign_bit) + self.exp_bits + self.mantissa_bits
+        if self.n_bits == 0:
+            raise ConfigurationError("a Float32 encoder must keep at least one bit")
+        kept = [0] if self.sign_bit else []
+        self.indices = kept + list(range(1, 1 + self.exp_bits)) + list(range(9, 9 + self.mantissa_bits))
+
+
+class Float32Encoder(_Float32Bits):
+    """Floats as separated bit planes of their float32 bits: (n, f) -> (n * n_bits, f), each sample's planes
+    together, in the number's bit order (sign, exponent, mantissa). Other float dtypes are converted to float32.
+
+    Args:
+        sign_bit: keep the sign bit.
+        exp_bits: exponent bits kept (most significant first), 0 to 8.
+        mantissa_bits: mantissa bits kept (most significant first), 0 to 23.
+    """
+
+    def transform(self, X: Any) -> Any:
+        """uint8 0/1 planes (n * n_bits, f) of 2-D float ``X``."""
+        bits, was_tensor = _float32_bits(X, "Float32Encoder")
+        n, f = bits.shape[:2]
+        planes = bits.transpose(0, 2, 1)[:, self.indices, :].reshape(n * self.n_bits, f)
+        return like_input(np.ascontiguousarray(planes), was_tensor)
+
+
+class ConcatenatedFloat32Encoder(_Float32Bits):
+    """Floats as their kept float32 bits side by side: (n, f) -> (n, f * n_bits), each feature's bits together.
+    Arguments as :class:`Float32Encoder`'s."""
+
+    def transform(self, X: Any) -> Any:
+        """uint8 0/1 (n, f * n_bits) of 2-D float ``X``."""
+        bits, was_tensor = _float32_bits(X, "ConcatenatedFloat32Encoder")
+        n, f = bits.shape[:2]
+        return like_input(np.ascontiguousarray(bits[:, :, self.indices].reshape(n, f * self.n_bits)), was_tensor)
+
+
+class ConcatenatedBitPlanEncoder(BaseTransformer):
+    """Unsigned integers as ``n_bits`` bits side by side: (n, f) -> (n, f * n_bits), each feature's bits together.
+
+    Bits are read as lightonml reads them: the value's bytes least significant first, each byte most significant
+    bit first, skipping the first ``starting_bit``. For uint8 that is bit 7 down to bit 0.
+
+    Args:
+        n_bits: bits kept per value (>= 1).
+        starting_bit: bits skipped first (>= 0); ``starting_bit + n_bits`` must not exceed the dtype's width.
+    """
+
+    def __init__(self, n_bits: int = 8, starting_bit: int = 0) -> None:
+        if n_bits <= 0:
+            raise ConfigurationError(f"n_bits must be a positive integer, got {n_bits!r}")
+        if starting_bit < 0:
+            raise ConfigurationError(f"starting_bit must be 0 or positive, got {starting_bit!r}")
+        self.n_bits = int(n_bits)
+        self.starting_bit = int(starting_bit)
+
+    def transform(self, X: Any) -> Any:
+        """uint8 0/1 (n, f * n_bits) of 2-D unsigned integer ``X``."""
+        X_np, was_tensor = to_numpy(X)
+        _two_d(X_np, "ConcatenatedBitPlanEncoder")
+        if not (np.issubdtype(X_np.dtype, np.unsignedinteger) or X_np.dtype == np.bool_):
+            raise InvalidInputError(f"ConcatenatedBitPlanEncoder encodes unsigned integers, got dtype {X_np.dtype}")
+        width = X_np.dtype.itemsize * 8
+        if self.starting_bit + self.n_bits > width:
+            raise InvalidInputError(
+                f"starting_bit + n_bits = {self.starting_bit + self.n_bits} is more than the {width} bits of "
+                f"{X_np.dtype}"
+            )
+        little_endian = X_np.astype(X_np.dtype.newbyteorder("<"))[:, :, None].view(np.uint8)
+        bits = np.unpackbits(little_endian, axis=2)[:, :, self.starting_bit : self.starting_bit + self.n_bits]
+        n, f = X_np.shape
+        return like_input(np.ascontiguousarray(bits.reshape(n, f * self.n_bits)), was_tensor)
+
+
+class ConcatenatingBitPlanDecoder(BaseTransformer):
+    """lightonml's decoder for bit planes stacked as rows: (n * n_bits, m) -> (n, n_bits * m) float32, plane k
+    weighted by ``decoding_decay ** k``. As in lightonml, the weighted planes are laid side by side, not summed.
+
+    Args:
+        n_bits: planes per sample, as encoded.
+        decoding_decay: weight ratio between successive planes.
+    """
+
+    def __init__(self, n_bits: int = 8, decoding_decay: float = 0.5) -> None:
+        self.n_bits = int(n_bits)
+        self.decoding_decay = float(decoding_decay)
+
+    def transform(self, X: Any) -> Any:
+        """float32 (n, n_bits * m) from (n * n_bits, m)."""
+        X_np, was_tensor = to_numpy(X)
+        _two_d(_finite(X_np, "ConcatenatingBitPlanDecoder"), "ConcatenatingBitPlanDecoder")
+        if X_np.shape[0] % self.n_bits:
+            raise InvalidInputError(f"{X_np.shape[0]} rows is not a multiple of n_bits={self.n_bits}")
+        n = X_np.shape[0] // self.n_bits
+        weights = (self.decoding_decay ** np.arange(self.n_bits)).reshape(1, self.n_bits, 1)
+        weighted = X_np.reshape(n, self.n_bits, X_np.shape[1]) * weights
+        return like_input(weighted.reshape(n, -1).astype(np.float32), was_tensor)
+
+
+class SequentialBaseTwoEncoder(BaseTransformer):
+    """Values as ``n_gray_levels - 1`` bits: each value is scaled to an integer level 0..L-1 (range learnt by
+    ``fit``) and each bit of its base-2 writing is repeated by its weight, most significant first, so the number of
+    ones is the level: (n, f) -> (n, f * (L - 1)).
+
+    Args:
+        n_gray_levels: L, a power of 2 from 2 to 256.
+    """
+
+    def __init__(self, n_gray_levels: int = 16) -> None:
+        levels = n_gray_levels
+        if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or not 2 <= levels <= 256:
+            raise ConfigurationError(f"n_gray_levels must be a power of 2 from 2 to 256, got {levels!r}")
+        if levels & (levels - 1):
+            raise ConfigurationError(f"n_gray_levels must be a power of 2, got {levels}")
+        self.n_gray_levels = int(levels)
+        self.n_bits = self.n_gray_levels.bit_length() - 1
+        self.offset: float | None = None
+        self.scale: float | None = None
+
+    def fit(self, X: Any, y: Any = None) -> SequentialBaseTwoEncoder:
+        """Learn the range: the minimum of ``X`` maps to level 0, its maximum to L - 1."""
+        X_np = _finite(to_numpy(X)[0], "SequentialBaseTwoEncoder")
+        self.offset = float(X_np.min())
+        self.scale = float(X_np.max()) - self.offset
+        return self
+
+    def normalize(self, X: np.ndarray) -> np.ndarray:
+        """Integer levels (uint8) of ``X``, clipped to 0..L-1; a constant training set maps everything to 0."""
+        if self.offset is None or self.scale is None:
+            raise InvalidInputError("SequentialBaseTwoEncoder: call fit on training data before transform")
+        top = self.n_gray_levels - 1
+        if self.scale == 0:
+            return np.zeros(X.shape, dtype=np.uint8)
+        levels = np.round(top * (X - self.offset) / self.scale)
+        return np.clip(levels, 0, top).astype(np.uint8)
+
+    def transform(self, X: Any) -> Any:
+        """uint8 0/1 (n, f * (L - 1)) of 2-D ``X``."""
+        X_np, was_tensor = to_numpy(X)
+        _two_d(_finite(X_np, "SequentialBaseTwoEncoder"), "SequentialBaseTwoEncoder")
+        bits = np.unpackbits(self.normalize(X_np)[:, :, None], axis=2)[:, :, 8 - self.n_bits :]
+        repeated = np.repeat(bits, 2 ** np.arange(self.n_bits)[::-1], axis=2)
+        n, f = X_np.shape
+        return like_input(repeated.reshape(n, f * (self.n_gray_levels - 1)), was_tensor)

@@ -211,3 +211,83 @@ def test_lightonml_simulated_and_the_adapter_agree_in_shape_dtype_context_and_st
         values = np.asarray(intensities, dtype=np.float64)
         contrast = values.std(axis=1) / values.mean(axis=1)
         assert np.all(np.abs(contrast - 1) <= 5 * math.sqrt(2 / N_STAT))  # sd of the contrast of N_STAT exponentials
+
+
+# -- the front's encoders against lightonml's own ---------------------------------------------------------------
+def _encoder_cases():
+    from lightonml.encoding import base as theirs
+
+    from opu_driver.compat import encoding as ours
+
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(7, 5)).astype(np.float32)
+    positive = np.abs(real)
+    return (
+        [
+            ("BinaryThresholdEncoder", {"threshold_enc": 0.1}, real),
+            ("MultiThresholdEncoder", {"thresholds": "linspace", "n_bins": 4}, real),
+            ("MultiThresholdEncoder", {"thresholds": "quantiles", "n_bins": 3, "columnwise": True}, real),
+            ("SeparatedBitPlanEncoder", {"precision": 5}, real),
+            ("SeparatedBitPlanEncoder", {"precision": 8}, rng.integers(-100, 100, size=(4, 6)).astype(np.int16)),
+            ("ConcatenatedBitPlanEncoder", {"n_bits": 5, "starting_bit": 2}, rng.integers(0, 256, (4, 3), np.uint8)),
+            (
+                "ConcatenatedBitPlanEncoder",
+                {"n_bits": 12, "starting_bit": 3},
+                rng.integers(0, 60000, (4, 3), np.uint16),
+            ),
+            ("Float32Encoder", {}, real),
+            ("Float32Encoder", {"sign_bit": False, "exp_bits": 3, "mantissa_bits": 4}, positive),
+            ("ConcatenatedFloat32Encoder", {"exp_bits": 5, "mantissa_bits": 2}, real),
+            ("SequentialBaseTwoEncoder", {"n_gray_levels": 8}, real),
+            ("SequentialBaseTwoEncoder", {"n_gray_levels": 2}, positive),
+        ],
+        theirs,
+        ours,
+    )
+
+
+@pytest.fixture()
+def numpy_float_alias(monkeypatch):
+    """lightonml's coders use ``np.float`` (removed in numpy 1.24) and ``np.quantile(interpolation=...)`` (renamed
+    ``method`` in numpy 1.22, removed in 2.x): give them back to lightonml's code for the comparison."""
+    monkeypatch.setattr(np, "float", float, raising=False)
+    quantile = np.quantile
+
+    def quantile_with_interpolation(*args, interpolation=None, **kwargs):
+        if interpolation is not None:
+            kwargs["method"] = interpolation
+        return quantile(*args, **kwargs)
+
+    monkeypatch.setattr(np, "quantile", quantile_with_interpolation)
+
+
+def test_the_fronts_encoders_match_lightonmls_bit_for_bit(numpy_float_alias):
+    cases, theirs, ours = _encoder_cases()
+    for name, kwargs, X in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = getattr(theirs, name)(**kwargs).fit(X).transform(X)
+        got = getattr(ours, name)(**kwargs).fit(X).transform(X)
+        assert got.dtype == expected.dtype and got.shape == expected.shape, name
+        np.testing.assert_array_equal(got, expected, err_msg=f"{name} {kwargs}")
+
+
+def test_the_fronts_decoders_match_lightonmls(numpy_float_alias):
+    from lightonml.encoding import base as theirs
+
+    from opu_driver.compat import encoding as ours
+
+    rng = np.random.default_rng(4)
+    Y = rng.integers(0, 255, size=(12, 9)).astype(np.uint8)
+    np.testing.assert_allclose(
+        ours.ConcatenatingBitPlanDecoder(n_bits=4).transform(Y),
+        theirs.ConcatenatingBitPlanDecoder(n_bits=4).transform(Y),
+    )
+    X = rng.normal(size=(3, 9))
+    encoder = theirs.SeparatedBitPlanEncoder(precision=4)
+    planes = encoder.transform(X)
+    np.testing.assert_allclose(
+        ours.SeparatedBitPlanDecoder(**encoder.get_params()).transform(planes),
+        theirs.SeparatedBitPlanDecoder(**encoder.get_params()).transform(planes),
+        rtol=1e-6,
+    )

@@ -6,9 +6,13 @@ import pytest
 
 from opu_driver.compat.encoding import (
     BinaryThresholdEncoder,
+    ConcatenatedBitPlanEncoder,
+    ConcatenatedFloat32Encoder,
+    Float32Encoder,
     MultiThresholdEncoder,
     SeparatedBitPlanDecoder,
     SeparatedBitPlanEncoder,
+    SequentialBaseTwoEncoder,
 )
 from opu_driver.compat.lightonml import OPU, ContextArray
 from opu_driver.errors import ConfigurationError, InvalidInputError, OpuError
@@ -186,6 +190,33 @@ def test_threshold_encoders_give_binary_codes():
         BinaryThresholdEncoder().transform(X)
 
 
+def test_the_other_encoders_give_what_their_codes_mean_and_refuse_what_they_cannot_encode():
+    levels = np.array([[0.0, 1.0], [3.0, 7.0]])
+    unary = SequentialBaseTwoEncoder(n_gray_levels=8).fit(levels).transform(levels)
+    assert unary.shape == (2, 14)
+    np.testing.assert_array_equal(unary.reshape(2, 2, 7).sum(axis=2), levels)  # as many ones as the level
+    values = np.array([[5, 200]], dtype=np.uint8)
+    bits = ConcatenatedBitPlanEncoder(n_bits=8).transform(values)
+    np.testing.assert_array_equal(bits, np.unpackbits(values, axis=1))
+    floats = np.array([[1.5, -2.0]], dtype=np.float32)
+    planes = Float32Encoder().transform(floats)
+    assert planes.shape == (32, 2)
+    np.testing.assert_array_equal(planes[0], [0, 1])  # the sign bits
+    np.testing.assert_array_equal(ConcatenatedFloat32Encoder().transform(floats)[0, 32:33], [1])
+    with pytest.raises(InvalidInputError):
+        SequentialBaseTwoEncoder().transform(levels)  # before fit
+    with pytest.raises(InvalidInputError):
+        ConcatenatedBitPlanEncoder().transform(floats)  # lightonml read the float's bytes
+    with pytest.raises(InvalidInputError):
+        ConcatenatedBitPlanEncoder(n_bits=6, starting_bit=4).transform(values)
+    with pytest.raises(InvalidInputError):
+        Float32Encoder().transform(values)
+    with pytest.raises(ConfigurationError):
+        SequentialBaseTwoEncoder(n_gray_levels=12)
+    with pytest.raises(ConfigurationError):
+        Float32Encoder(exp_bits=9)
+
+
 @pytest.mark.parametrize("X", [np.random.default_rng(7).normal(size=(4, 9)), np.arange(-8, 10).reshape(2, 9)])
 @pytest.mark.parametrize("precision", [1, 4, 8])
 def test_bit_planes_round_trip_through_an_exact_linear_map(X, precision):
@@ -204,3 +235,34 @@ def test_tensors_come_back_as_tensors(opu):
     opu.fit1d(X)
     Y = opu.transform(X)
     assert isinstance(Y, torch.Tensor) and tuple(Y.shape) == (3, N_OUT)
+
+
+def test_the_calls_of_lightonmls_input_output_example_at_small_sizes():
+    # The example's sequence (docs/lightonml.md runs the example itself): OPU() defaults but a small device.
+    rng = np.random.default_rng(11)
+
+    def random_bin(shape):
+        return rng.integers(0, 2, size=shape, dtype=bool)
+
+    with OPU(n_components=N_OUT, url=small_sim("seed=11")) as opu:
+        assert opu.max_n_features == 96 * 64  # the device's limit, as lightonml on an OPU
+        inp_1d = random_bin((20, 100))
+        assert opu.fit_transform1d(inp_1d).shape == (20, N_OUT)
+        opu.fit1d(inp_1d)
+        assert opu.transform(random_bin((20, 100))).shape == (20, N_OUT)
+        assert opu.linear_transform(inp_1d).shape == (20, N_OUT)
+        opu.fit1d(n_features=100)
+        assert opu.fit_transform1d(inp_1d[0]).shape == (N_OUT,)
+        inp_2d = random_bin((20, 13, 10))
+        assert opu.fit_transform2d(inp_2d).shape == (20, N_OUT)
+        assert opu.fit_transform1d(random_bin((3, 4, 300))).shape == (3, 4, N_OUT)
+        assert opu.fit_transform1d(np.packbits(inp_1d, axis=1), packed=True).shape == (20, N_OUT)
+        packed_2d = np.packbits(inp_2d.reshape(20, -1), axis=1)
+        assert opu.fit_transform2d(packed_2d, packed=True, n_2d_features=(13, 10)).shape == (20, N_OUT)
+        input_shape = tuple(opu.device.input_shape)  # the whole DMD, one feature per mirror
+        assert input_shape == (96, 64)
+        assert opu.fit_transform1d(np.reshape(random_bin(input_shape), -1)).shape == (N_OUT,)
+        assert opu.fit_transform2d(random_bin((3,) + input_shape)).shape == (3, N_OUT)
+        opu.fit2d(n_features=(5, 5), online=True)
+        for _ in range(3):
+            assert opu.transform(random_bin((5, 5))).shape == (N_OUT,)
