@@ -57,8 +57,19 @@ def _measure(make: Callable[[], Any], X: np.ndarray, n_features: int, repeats: i
     return first_s, steady_s, peak
 
 
+def _fidelity(front_opu: Callable[..., Any], X: np.ndarray, n: int) -> float:
+    """Correlation of the front's outputs with the same emulated device's noiseless outputs (same seed)."""
+    outputs = []
+    for noise in ("", "&noise=0"):
+        with front_opu(n_components=n, url=f"sim://?seed=4&{REFERENCE_QUERY}{noise}") as opu:
+            opu.fit1d(n_features=n)
+            outputs.append(np.asarray(opu.transform(X), dtype=np.float64).ravel())
+    return float(np.corrcoef(outputs[0], outputs[1])[0, 1])
+
+
 def bench_lightonml(quick: bool, repeats: int) -> list[BenchResult]:
-    """Front vs lightonml's simulated OPU: transform speed (first call with setup, then steady) and peak memory."""
+    """Front vs lightonml's simulated OPU: transform speed (first call with setup, then steady), peak memory, and
+    the front's fidelity to its noiseless device."""
     from opu_driver.compat.lightonml import OPU as FrontOPU
 
     n = 2000 if quick else 10_000
@@ -70,6 +81,12 @@ def bench_lightonml(quick: bool, repeats: int) -> list[BenchResult]:
     front = _measure(lambda: FrontOPU(n_components=n, url=f"sim://?seed=4&{REFERENCE_QUERY}"), X, n, max(1, repeats))
     results = [
         BenchResult(f"front OPU.transform, {size}", batch / front[1], "vectors/s", "emulator, reference geometry"),
+        BenchResult(
+            "front transform fidelity",
+            _fidelity(FrontOPU, X, n),
+            "corr",
+            "against the same device without noise (lightonml's simulator: 1, it has no noise model)",
+        ),
         BenchResult("front setup + first transform", front[0], "s", "open, fit1d, emulator's fold"),
         BenchResult("front peak memory, setup + first transform", front[2] / 2**20, "MiB"),
     ]
