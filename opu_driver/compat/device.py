@@ -66,12 +66,10 @@ class LightonmlDevice:
     def _remember(self, opu: Opu) -> None:
         """Keep what lightonml reads while the device is closed: geometry and camera times."""
         info = opu.info
-        camera = opu.camera_settings
         self._input_shape = (info.dmd_width, info.dmd_height)
         self._output_shape_max = (info.camera_width, info.camera_height)
         self._max_features = opu.max_features
-        self._exposure_us = int(camera.exposure_us or 0)
-        self._frame_time_us = int(camera.frame_time_us or 0)
+        self._refresh_camera_times(opu.camera_settings)
         self._dtype = np.dtype(np.uint8) if opu.full_scale_dn <= 255 else np.dtype(np.uint16)
 
     # -- the driver underneath --------------------------------------------------------------------------
@@ -179,6 +177,8 @@ class LightonmlDevice:
     # -- camera times ---------------------------------------------------------------------------------
     @property
     def exposure_us(self) -> int:
+        """The camera's exposure (read from the device while open); setting it configures the camera."""
+        self._refresh_camera_times()
         return self._exposure_us
 
     @exposure_us.setter
@@ -187,11 +187,21 @@ class LightonmlDevice:
 
     @property
     def frametime_us(self) -> int:
+        """The camera's frame period (read from the device while open); setting it configures the camera."""
+        self._refresh_camera_times()
         return self._frame_time_us
 
     @frametime_us.setter
     def frametime_us(self, value: float) -> None:
         self._set_camera_time("frame_time_us", int(value))
+
+    def _refresh_camera_times(self, settings: Any = None) -> None:
+        if settings is None:
+            if self._opu is None or self._opu.closed:
+                return
+            settings = self._opu.camera_settings
+        self._exposure_us = int(settings.exposure_us or 0)
+        self._frame_time_us = int(settings.frame_time_us or 0)
 
     @property
     def output_readout_us(self) -> int:
@@ -206,16 +216,18 @@ class LightonmlDevice:
         return 20.0 * math.log10(gain) if unit == "factor" else gain
 
     def _set_camera_time(self, name: str, value: int) -> None:
-        exposure = name == "exposure_us"
-        if value == (self._exposure_us if exposure else self._frame_time_us):
-            return
-        if self._opu is None or self._opu.closed:
-            self._settings[name] = value  # taken at the next open
-        elif exposure:
-            self._opu.configure_camera(exposure_us=value)
+        """Configure the camera now if open (the camera may move the other time too) and keep the value for the
+        next open."""
+        if self._opu is not None and not self._opu.closed:
+            if name == "exposure_us":
+                settings = self._opu.configure_camera(exposure_us=value)
+            else:
+                settings = self._opu.configure_camera(frame_time_us=value)
+            self._refresh_camera_times(settings)
         else:
-            self._opu.configure_camera(frame_time_us=value)
-        setattr(self, "_exposure_us" if exposure else "_frame_time_us", value)
+            setattr(self, "_exposure_us" if name == "exposure_us" else "_frame_time_us", value)
+        if self._owned:
+            self._settings[name] = value
 
     # -- projections ----------------------------------------------------------------------------------
     def build_random_matrix(self, n_features: int, n_components: int, seed: int = 0) -> None:
@@ -239,15 +251,18 @@ class LightonmlDevice:
     def transform1(self, X: np.ndarray) -> np.ndarray:
         """Project a batch (n, n_features) of 0/1 values: |xR|^2 camera counts, or x B (float32) when linear.
 
+        Rows may be narrower than the ``n_features`` of :meth:`build_random_matrix` (lightonml's
+        ``max_n_features``), as with lightonml's simulated device.
+
         Raises:
             OpuError: the device is not open.
-            InvalidInputError: values other than 0 and 1, or a width other than the fitted n_features.
+            InvalidInputError: values other than 0 and 1, or rows wider than ``n_features``.
         """
         if not self.active:
             raise OpuError("the device is not active: open it first")
         X = np.asarray(X)
-        if X.ndim != 2 or (self._n_features is not None and X.shape[1] != self._n_features):
-            raise InvalidInputError(f"expected rows of {self._n_features} features, got shape {X.shape}")
+        if X.ndim != 2 or (self._n_features is not None and X.shape[1] > self._n_features):
+            raise InvalidInputError(f"expected rows of at most {self._n_features} features, got shape {X.shape}")
         if self._linear:
             return self.opu.linear_transform(X, self._n_components)
         return self.opu.transform(X, self._n_components)

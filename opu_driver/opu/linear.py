@@ -265,6 +265,8 @@ class LinearMode:
         camera values at once. Each row depends only on its own frames, so chunking does not change results.
         """
         batch, n_features = plus.shape
+        if report:
+            self._clipped_in_call = [0, 0]
         out = np.zeros((batch, n_components), dtype=np.float32)
         nonzero = np.flatnonzero(plus.any(axis=1) | minus.any(axis=1))
         if nonzero.size == 0:
@@ -453,6 +455,23 @@ class LinearMode:
         results = [np.zeros((E.shape[0], n_components), dtype=np.float32) for E in batches]
         if not batches:
             return results
+        self._clipped_in_call = [0, 0]
+        try:
+            self._project_all(batches, encoders, results, n_components, scheme, limit)
+        finally:
+            self._report_clipped()
+        return results
+
+    def _project_all(
+        self,
+        batches: list[np.ndarray],
+        encoders: list[BitPlaneEncoder | None],
+        results: list[np.ndarray],
+        n_components: int,
+        scheme: str,
+        limit: int,
+    ) -> None:
+        """Cut the batches into pieces that fit ``limit`` bytes a device call and project them."""
         frame_cost = call_bytes(FRAMES_PER_TERNARY[scheme], batches[0].shape[1], n_components)
         pieces: list[tuple[int, int, int]] = []  # (batch index, first row, end row) sharing the next call
         cost = 0
@@ -472,8 +491,6 @@ class LinearMode:
                 lo = hi
         if pieces:
             self._project_pieces(pieces, batches, encoders, results, n_components, scheme, limit)
-        self._report_clipped()
-        return results
 
     def _project_pieces(
         self,

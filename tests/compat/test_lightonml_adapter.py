@@ -92,6 +92,34 @@ def test_packed_and_2d_input_reach_the_device_unpacked(lightonml_on_the_emulator
     np.testing.assert_array_equal(opu.transform(np.packbits(flat, axis=1)), device.opu.transform(flat, N_OUT))
 
 
+def test_vectors_narrower_than_max_n_features_are_projected_as_lightonml_allows():
+    device = lightonml_device(EXACT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opu = LightonmlOPU(opu_device=device, n_components=N_OUT)  # lightonml's max_n_features: 1000
+    try:
+        X = _binary((4, 50), seed=6)
+        opu.fit1d(X)
+        np.testing.assert_array_equal(opu.transform(X), device.opu.transform(X, N_OUT))
+        np.testing.assert_array_equal(opu.transform(X[1]), device.opu.transform(X[1], N_OUT))
+    finally:
+        opu.close()
+
+
+def test_camera_times_are_read_from_the_camera_and_kept_across_reopening(lightonml_on_the_emulator):
+    opu, device = lightonml_on_the_emulator
+    device.exposure_us = 2000  # longer than the frame time: the camera moves that too
+    camera = device.opu.camera_settings
+    assert camera.exposure_us == 2000 and device.frametime_us == camera.frame_time_us >= 2050
+    device.opu.configure_camera(exposure_us=1500)  # changed behind the adapter's back
+    assert device.exposure_us == 1500
+    device.exposure_us = 2000
+    assert device.opu.camera_settings.exposure_us == 2000
+    opu.close()
+    opu.open()
+    assert device.opu.camera_settings.exposure_us == 2000 and device.exposure_us == 2000
+
+
 def test_n_components_follow_lightonml_and_the_camera_bounds_them(lightonml_on_the_emulator):
     opu, device = lightonml_on_the_emulator
     opu.n_components = 1000
@@ -210,7 +238,8 @@ def test_lightonml_simulated_and_the_adapter_agree_in_shape_dtype_context_and_st
     for intensities in (I_sim, I_ours):
         values = np.asarray(intensities, dtype=np.float64)
         contrast = values.std(axis=1) / values.mean(axis=1)
-        assert np.all(np.abs(contrast - 1) <= 5 * math.sqrt(2 / N_STAT))  # sd of the contrast of N_STAT exponentials
+        # the contrast of N exponentials has sd 1/sqrt(N) (delta method: var s = 2/N, var m = 1/N, cov = 1/N)
+        assert np.all(np.abs(contrast - 1) <= 5 / math.sqrt(N_STAT))
 
 
 # -- the front's encoders against lightonml's own ---------------------------------------------------------------

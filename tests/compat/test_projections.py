@@ -40,7 +40,9 @@ def test_the_sklearn_map_projects_what_the_front_projects(front):
     assert linear.transform(X).dtype == np.float32
     params = projection.get_params()
     assert params["n_components"] == N_OUT and params["ndims"] == 1 and params["linear"] is False
-    assert clone(projection).n_components == N_OUT
+    twin = clone(projection).set_params(n_components=50)  # shares the OPU, not the number of outputs
+    assert twin.n_components == 50 and projection.n_components == N_OUT
+    assert twin.transform(X).shape == (12, 50) and projection.transform(X).shape == (12, N_OUT)
 
 
 def test_the_sklearn_map_fits_lazily_takes_2d_and_packed_input_and_sits_in_a_pipeline(front):

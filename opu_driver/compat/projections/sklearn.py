@@ -51,6 +51,7 @@ class OPUMap(BaseEstimator, TransformerMixin):
         linear: bool = False,
     ) -> None:
         self.opu = opu_for_map(opu, n_components, ndims, simulated, max_n_features, verbose_level)
+        self._n_components = int(n_components)
         self.ndims = ndims
         self.n_2d_features = n_2d_features
         self.packed = packed
@@ -67,11 +68,13 @@ class OPUMap(BaseEstimator, TransformerMixin):
 
     @property
     def n_components(self) -> int:
-        return self.opu.n_components
+        """This map's outputs per vector (set on the OPU before each projection: maps may share one)."""
+        return self._n_components
 
     @n_components.setter
     def n_components(self, value: int) -> None:
-        self.opu.n_components = value
+        self.opu.n_components = value  # checked there
+        self._n_components = int(value)
 
     def fit(
         self, X: Any = None, y: Any = None, n_features: Any = None, packed: bool | None = None, online: bool = False
@@ -91,6 +94,7 @@ class OPUMap(BaseEstimator, TransformerMixin):
             self.fit(X)
         else:
             refit_if_changed(self.opu, self._fit)
+        self.opu.n_components = self._n_components
         project = self.opu.linear_transform if self.linear else self.opu.transform
         return np.array(project(X))
 

@@ -42,6 +42,7 @@ class OPUMap(nn.Module):
     ) -> None:
         super().__init__()
         self.opu = opu_for_map(opu, n_components, ndims, simulated, max_n_features, verbose_level)
+        self._n_components = int(n_components)
         self.ndims = ndims
         self.n_2d_features = n_2d_features
         self.packed = packed
@@ -58,7 +59,8 @@ class OPUMap(nn.Module):
 
     @property
     def n_components(self) -> int:
-        return self.opu.n_components
+        """This module's outputs per vector (set on the OPU before each projection: modules may share one)."""
+        return self._n_components
 
     def fit(
         self, X: Any = None, y: Any = None, n_features: Any = None, packed: bool | None = None, online: bool = False
@@ -77,6 +79,7 @@ class OPUMap(nn.Module):
             self.fit(input)
         else:
             refit_if_changed(self.opu, self._fit)
+        self.opu.n_components = self._n_components
         project = self.opu.linear_transform if self.linear else self.opu.transform
         if self.online:
             return torch.stack([project(row) for row in input]).detach()
