@@ -468,39 +468,26 @@ class TestOpticalPath:
             parts = [optics.intensity_raw(packed[i : i + size], times[i : i + size]) for i in range(0, 11, size)]
             assert np.concatenate(parts).tobytes() == whole_raw.tobytes()
 
-    def test_streamed_fold_and_uncached_raw_agree_with_cached(self) -> None:
+    @pytest.mark.parametrize("n_features", [9, 200])
+    def test_streamed_fold_cells_and_uncached_raw_agree_with_cached(self, n_features: int) -> None:
+        # Without a cached fold, 9 features (fewer than the 48 cells) refold per batch; 200 features go through the
+        # cell amplitudes. Both, and the same mirrors sent as raw frames without a cached transmission, must give
+        # what the cached fold gives.
         config = small_config(seed=13, grain_px=1.5, drift_tau_s=0.01)
-        runs = scattered_runs(config, 9, seed=10)
-        bits = (np.random.default_rng(11).random((6, 9)) < 0.5).astype(np.uint8)
+        runs = scattered_runs(config, n_features, seed=10)
+        bits = (np.random.default_rng(11).random((6, n_features)) < 0.5).astype(np.uint8)
         times = np.arange(6) * 1000.0
         results = []
         for cache_bytes in (2**30, 0):
             optics = OpticalPath(config, fold_cache_bytes=cache_bytes, raw_cache_bytes=cache_bytes)
             optics.set_roi(2, 3, 50, 33)
-            optics.set_layout(9, runs)
+            optics.set_layout(n_features, runs)
             results.append(
                 (optics.intensity_features(bits, times), optics.intensity_raw(expand(runs, bits, 64 * 48), times))
             )
-        for cached, streamed in zip(results[0], results[1], strict=True):
-            assert np.abs(cached - streamed).max() < 1e-4 * cached.mean()
-
-    def test_layouts_with_more_features_than_cells_go_through_the_cells_when_not_folded(self) -> None:
-        # 200 features over 48 cells: without a cached fold the frames are reduced to cell amplitudes, which must
-        # give what the cached fold gives, and what the same mirrors sent as raw frames give.
-        config = small_config(seed=15, grain_px=1.5, drift_tau_s=0.01)
-        runs = scattered_runs(config, 200, seed=12)
-        bits = (np.random.default_rng(13).random((7, 200)) < 0.5).astype(np.uint8)
-        times = np.arange(7) * 1000.0
-        results = []
-        for cache_bytes in (2**30, 0):
-            optics = OpticalPath(config, fold_cache_bytes=cache_bytes)
-            optics.set_roi(2, 3, 50, 33)
-            optics.set_layout(200, runs)
-            results.append(optics.intensity_features(bits, times))
-        raw = optics.intensity_raw(expand(runs, bits, 64 * 48), times)
-        cached, through_cells = results
-        assert np.abs(cached - through_cells).max() < 1e-4 * cached.mean()
-        assert np.abs(raw - through_cells).max() < 1e-4 * cached.mean()
+        cached = results[0][0]
+        for other in (results[0][1], *results[1]):
+            assert np.abs(cached - other).max() < 1e-4 * cached.mean()
 
     def test_dark_frames_and_unused_features(self) -> None:
         config = small_config(seed=14)

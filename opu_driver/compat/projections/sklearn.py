@@ -6,21 +6,18 @@ camera intensities, or ``linear=True`` for x B). Needs scikit-learn (the ``train
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ..lightonml import OPU, Fit
-from ._common import fit_map, opu_for_map, refit_if_changed
+from ..lightonml import OPU
+from ._common import MapBase
 
 __all__ = ["OPUMap"]
 
-logger = logging.getLogger(__name__)
 
-
-class OPUMap(BaseEstimator, TransformerMixin):
+class OPUMap(MapBase, BaseEstimator, TransformerMixin):
     """Random features from an OPU as a scikit-learn transformer (lightonml 1.4's ``OPUMap``).
 
     Args:
@@ -50,63 +47,8 @@ class OPUMap(BaseEstimator, TransformerMixin):
         verbose_level: int = -1,
         linear: bool = False,
     ) -> None:
-        self.opu = opu_for_map(opu, n_components, ndims, simulated, max_n_features, verbose_level)
-        self._n_components = int(n_components)
-        self.ndims = ndims
-        self.n_2d_features = n_2d_features
-        self.packed = packed
-        self.simulated = simulated
-        self.linear = linear
-        self.max_n_features = max_n_features
-        self.verbose_level = verbose_level
-        self._fit: Fit | None = None
-
-    @property
-    def fitted(self) -> bool:
-        """Whether ``fit`` ran (``transform``/``forward`` fits on their input otherwise)."""
-        return self._fit is not None
-
-    @property
-    def n_components(self) -> int:
-        """This map's outputs per vector (set on the OPU before each projection: maps may share one)."""
-        return self._n_components
-
-    @n_components.setter
-    def n_components(self, value: int) -> None:
-        self.opu.n_components = value  # checked there
-        self._n_components = int(value)
-
-    def fit(
-        self, X: Any = None, y: Any = None, n_features: Any = None, packed: bool | None = None, online: bool = False
-    ) -> OPUMap:
-        """Fix the input shape from ``X`` or ``n_features`` (``n_2d_features`` for packed 2-D input); ``packed``
-        defaults to the map's."""
-        packed = self.packed if packed is None else packed
-        if n_features is None and packed and self.ndims == 2:
-            n_features = self.n_2d_features
-        self._fit = fit_map(self.opu, self.ndims, X, n_features, packed, online)
-        return self
+        self._setup(n_components, opu, ndims, n_2d_features, packed, simulated, max_n_features, verbose_level, linear)
 
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Project ``X`` (fitting on it first if the map was never fitted): a plain ndarray."""
-        if self._fit is None:
-            logger.info("OPUMap was not fitted: fitting on the input")
-            self.fit(X)
-        else:
-            refit_if_changed(self.opu, self._fit)
-        self.opu.n_components = self._n_components
-        project = self.opu.linear_transform if self.linear else self.opu.transform
-        return np.array(project(X))
-
-    def open(self) -> None:
-        self.opu.open()
-
-    def close(self) -> None:
-        self.opu.close()
-
-    def __enter__(self) -> OPUMap:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return np.array(self._projector(X)(X))
