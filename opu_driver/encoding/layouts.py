@@ -190,15 +190,23 @@ def _remap_runs(runs: np.ndarray, sub_width: int, width: int, x0: int) -> np.nda
 class SplitLayout(Layout):
     """Signal features on the left of the DMD, a disjoint reference region on the right (linear mode).
 
-    The reference region is one more feature, index ``n_features``, so a frame "signal + reference" is just a
-    feature frame with that bit set: the LAYOUT packet carries both, and the protocol needs nothing new.
-    ``n_features`` counts the signal features only; ``n_table_features`` = n_features + 1 is what the device
-    sees. ``reference_fraction`` is the share of mirror columns given to the reference; ``signal_layout`` lays
-    the signal out ("macro" or "lined") inside the remaining columns.
+    The reference region is ``reference_levels`` more features, from index ``n_features``, so a frame "signal +
+    reference" is just a feature frame with those bits set: the LAYOUT packet carries both, and the protocol needs
+    nothing new. ``n_features`` counts the signal features only; ``n_table_features`` = n_features +
+    reference_levels is what the device sees. ``reference_fraction`` is the share of mirror columns given to the
+    reference; ``signal_layout`` lays the signal out ("macro" or "lined") inside the remaining columns.
+
+    With ``reference_levels`` L > 1 (a power of two) the reference is cut by mirror row: reference feature k holds
+    the rows whose index modulo L is the k-th of the bit-reversed order of 0..L-1. Turning on the first j of them
+    (:meth:`reference_bits`) turns on j rows in every L, spread as evenly as nested sets allow, so every input
+    cell of the optics whose height is a multiple of L keeps the same share j/L of its mirrors ON: the reference
+    field keeps its shape and phase at amplitude j/L, and the linear mode's matrix stays the same at a weaker
+    reference (a dimmer reference beside a sparse signal is what the camera's range wants).
     """
 
     reference_fraction: float = 0.5
     signal_layout: str = "macro"
+    reference_levels: int = 1
     kind_name = "split"
 
     def __post_init__(self) -> None:
@@ -206,6 +214,12 @@ class SplitLayout(Layout):
             raise InvalidInputError(f"reference_fraction must be within (0, 1), got {self.reference_fraction!r}")
         if self.signal_layout not in ("macro", "lined"):
             raise InvalidInputError(f"signal_layout must be 'macro' or 'lined', got {self.signal_layout!r}")
+        levels = self.reference_levels
+        if not isinstance(levels, (int, np.integer)) or levels < 1 or levels & (levels - 1) or levels > self.dmd_height:
+            raise InvalidInputError(
+                f"reference_levels must be a power of two no larger than the DMD's {self.dmd_height} rows, got "
+                f"{levels!r}"
+            )
         reference_cols = int(round(self.dmd_width * float(self.reference_fraction)))
         if not 1 <= reference_cols < self.dmd_width:
             raise InvalidInputError(
@@ -226,21 +240,38 @@ class SplitLayout(Layout):
 
     @property
     def reference_feature(self) -> int:
-        """Index of the reference region in the layout table."""
+        """Index of the (first) reference feature in the layout table."""
         return self.n_features
 
     @property
     def n_table_features(self) -> int:
-        return self.n_features + 1
+        return self.n_features + self.reference_levels
+
+    def reference_bits(self, level: int | None = None) -> npt.NDArray[np.uint8]:
+        """The reference features' bits (length ``reference_levels``) of a reference at ``level`` of
+        ``reference_levels`` (None: the whole reference): the first ``level`` ON."""
+        levels = self.reference_levels
+        level = levels if level is None else int(level)
+        if not 1 <= level <= levels:
+            raise InvalidInputError(f"reference level must be within 1..{levels}, got {level}")
+        bits = np.zeros(levels, dtype=np.uint8)
+        bits[:level] = 1
+        return bits
 
     def _build_runs(self) -> np.ndarray:
         signal_width = self.signal_width
         inner = LAYOUT_KINDS[self.signal_layout](self.n_features, signal_width, self.dmd_height)
         signal = _remap_runs(inner.runs, signal_width, self.dmd_width, 0)
         rows = np.arange(self.dmd_height, dtype=np.int64)
+        levels = self.reference_levels
+        width_bits = levels.bit_length() - 1
+        # feature k holds the rows r with r % L == bitreverse(k): the first j features spread evenly over L rows
+        position = np.array([int(format(k, f"0{width_bits}b")[::-1], 2) if width_bits else 0 for k in range(levels)])
+        feature_of_class = np.empty(levels, dtype=np.int64)
+        feature_of_class[position] = np.arange(levels)
         reference = np.stack(
             [
-                np.full(self.dmd_height, self.n_features, dtype=np.int64),
+                self.n_features + feature_of_class[rows % levels],
                 rows * self.dmd_width + signal_width,
                 np.full(self.dmd_height, self.dmd_width - signal_width, dtype=np.int64),
             ],
@@ -249,13 +280,13 @@ class SplitLayout(Layout):
         return np.concatenate([signal, reference])
 
     def mirrors_per_feature(self) -> npt.NDArray[np.int64]:
-        """Mirrors of each signal feature, then of the reference region (length n_features + 1)."""
+        """Mirrors of each signal feature, then of each reference feature (length ``n_table_features``)."""
         counts = np.zeros(self.n_table_features, dtype=np.int64)
         np.add.at(counts, self._runs[:, 0].astype(np.int64), self._runs[:, 2].astype(np.int64))
         return counts
 
     def expand(self, bits: npt.ArrayLike) -> npt.NDArray[np.uint8]:
-        """Like Layout.expand, with bits of shape (n, n_features + 1): the last column is the reference."""
+        """Like Layout.expand, with bits of shape (n, n_table_features): the last columns are the reference."""
         bits = np.asarray(bits)
         if bits.ndim != 2 or bits.shape[1] != self.n_table_features:
             raise InvalidInputError(f"expected shape (n, {self.n_table_features}), got {bits.shape}")

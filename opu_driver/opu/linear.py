@@ -33,8 +33,10 @@ from ..encoding.layouts import SplitLayout
 from ..errors import AcquisitionError
 from ..native import combine_four, combine_two
 from .light import MIN_SHIFT, PilotPlan, pilot_levels
+from .ranging import choose_ranges
 
 if TYPE_CHECKING:
+    from ..devices.camera import CameraSettings
     from .facade import Opu
 
 
@@ -45,6 +47,7 @@ __all__ = [
     "PROJECTION_SCHEMES",
     "FRAMES_PER_TERNARY",
     "DEFAULT_MAX_CALL_BYTES",
+    "REFERENCE_LEVELS",
     "call_bytes",
 ]
 
@@ -57,6 +60,10 @@ _SATURATION_WARNING = 1e-3  # share of zeroed outputs above which a call warns (
 _CALIBRATION_TRIES = 5  # measurements of the linear-mode reference before unsteady light is an error
 _CALIBRATION_SPREAD = 0.1  # widest spread of its reference frames' totals taken as steady light (5x the noise)
 _LIGHT_RERUNS = 8  # the most times vectors whose light moved are projected again within one call
+REFERENCE_LEVELS = 8
+"""Reference features of the linear mode's split layout: its reference can be shown at amplitude j/8, j = 1..8."""
+_MIN_LEVEL_CORRELATION = 0.995  # a weaker reference whose map correlates less with the whole one changed shape
+_LEVEL_GAIN_TOLERANCE = 0.5  # and one whose light is more than 50% off (j/L)^2 x the exposure factor as well
 
 
 @dataclass
@@ -69,6 +76,13 @@ class ReferenceCalibration:
     entry_variance: float
     n_frames: int
     key: tuple = field(default=(), repr=False)
+    feature_dn: float = 0.0
+    """Mean intensity (DN above dark) of one signal feature alone, over the usable outputs: how much light a
+    vector gives, for choosing its range (0: unknown, no auto-ranging)."""
+    level: int | None = None
+    """The reference level this calibration shows (None: the whole reference)."""
+    exposure_factor: float = 1.0
+    """Exposure relative to the settings the calibration was keyed by (auto-ranging's ranges)."""
 
     @property
     def usable_fraction(self) -> float:
@@ -105,18 +119,45 @@ class StageTimes:
         )
 
 
+class _LightChanged(Exception):
+    """Raised inside a call when the light changed for good and the reference was measured again."""
+
+
 class LinearMode:
     """Turns an Opu's intensity measurements into real linear projections (``Opu.linear_transform``)."""
 
     def __init__(
-        self, opu: Opu, reference_fraction: float = 0.5, min_reference: float = 0.1, calibration_frames: int = 32
+        self,
+        opu: Opu,
+        reference_fraction: float = 0.5,
+        min_reference: float = 0.1,
+        calibration_frames: int = 32,
+        auto_range: bool = True,
+        max_exposure_factor: float = 64.0,
+        peak_factor: float = 8.0,
     ) -> None:
         self._opu = opu
         self.reference_fraction = reference_fraction
         self.min_reference = min_reference
         self.calibration_frames = calibration_frames
+        self.auto_range = auto_range
+        """Choose each vector's reference level and exposure from its light (see :mod:`.ranging`)."""
+        self.max_exposure_factor = max_exposure_factor
+        """The longest exposure auto-ranging may use, as a multiple of the settings' exposure."""
+        self.peak_factor = peak_factor
+        """Auto-ranging aims the brightest frame's mean at full scale / peak_factor (speckle is exponential: about
+        one value in e^peak_factor saturates)."""
         self._layouts: dict[int, SplitLayout] = {}
         self._calibrations: dict[tuple, ReferenceCalibration] = {}
+        self._ranges: dict[tuple, ReferenceCalibration | None] = {}
+        self._bad_levels: set[int] = set()
+        self._base_settings: CameraSettings | None = None  # the settings' camera times during a call
+        self.ranges_used: dict[tuple[int, float], int] = {}
+        """Vectors projected in each (reference level, exposure factor) since the Opu opened."""
+        self.exposure_changes = 0
+        self.last_ranges: list[tuple[int, float, int]] = []
+        """(reference level, exposure factor, vectors) of each range of the last call's ternary rows."""
+        """Camera reconfigurations auto-ranging made (each costs a settings write and, on hardware, a frame)."""
         self.saturated_outputs = 0
         self._clipped_in_call = [0, 0]  # outputs zeroed, outputs made, since the last report
         self.light_reruns = 0
@@ -141,7 +182,11 @@ class LinearMode:
         if n_features not in self._layouts:
             info = self._opu.info
             self._layouts[n_features] = SplitLayout(
-                n_features, info.dmd_width, info.dmd_height, reference_fraction=self.reference_fraction
+                n_features,
+                info.dmd_width,
+                info.dmd_height,
+                reference_fraction=self.reference_fraction,
+                reference_levels=min(REFERENCE_LEVELS, 1 << (info.dmd_height.bit_length() - 1)),
             )
         return self._layouts[n_features]
 
@@ -172,10 +217,10 @@ class LinearMode:
         n = self.calibration_frames
         probes = np.unique(np.linspace(0, n_features - 1, min(n_features, n)).astype(int))
         k = probes.size
-        frames = np.zeros((2 * n + 2 * k, n_features + 1), dtype=np.uint8)
-        frames[n : 2 * n, -1] = 1  # reference only
+        frames = np.zeros((2 * n + 2 * k, layout.n_table_features), dtype=np.uint8)
+        frames[n : 2 * n, n_features:] = 1  # reference only
         frames[2 * n + np.arange(k), probes] = 1  # one feature with the reference ...
-        frames[2 * n : 2 * n + k, -1] = 1
+        frames[2 * n : 2 * n + k, n_features:] = 1
         frames[2 * n + k + np.arange(k), probes] = 1  # ... and without it
         raw = self._measure_steadily(frames, n, layout, n_components)
         full_scale = self._opu.full_scale_dn
@@ -197,8 +242,9 @@ class LinearMode:
         variance = float(((z[:, mask] ** 2 - noise[mask]) / (4 * reference[mask])).mean())
         if variance <= 0:
             raise AcquisitionError("the signal features give no measurable light: check the laser and exposure")
+        feature_dn = float((values[2 * n + k :][:, mask] - dark[mask]).mean())
         calibration = ReferenceCalibration(
-            reference.astype(np.float32), dark.astype(np.float32), mask, variance, n, key
+            reference.astype(np.float32), dark.astype(np.float32), mask, variance, n, key, max(feature_dn, 0.0)
         )
         _log.info("linear-mode reference: %.1f%% of %d outputs usable", 100 * calibration.usable_fraction, n_components)
         return calibration
@@ -275,20 +321,23 @@ class LinearMode:
         limit = DEFAULT_MAX_CALL_BYTES if max_call_bytes is None else int(max_call_bytes)
         gap = self._opu._shortest_sequence_frames()
         step = PilotPlan.most_vectors(limit // call_bytes(1, n_features, n_components), per, gap)
-        calibration = self.calibration(n_features, n_components)
-        layout = self.layout(n_features)
-        clipped_count = clipped_size = 0
-        for start in range(0, nonzero.size, step):
-            rows = nonzero[start : start + step]
-            projected, clipped, levels = self._project_rows(
-                plus[rows], minus[rows], n_components, scheme, calibration, layout
-            )
-            calibration = self._watch_light(
-                plus, minus, rows, projected, clipped, levels, n_components, scheme, calibration
-            )
-            out[rows] = projected
-            clipped_count += int(clipped.sum())
-            clipped_size += clipped.size
+        settings = self._base_settings = self._opu.camera_settings
+        try:
+            try:
+                clipped_count, clipped_size = self._project_groups(
+                    plus, minus, nonzero, out, n_components, scheme, step
+                )
+            except _LightChanged:  # the reference is measured anew: project the call again as under this light
+                try:
+                    clipped_count, clipped_size = self._project_groups(
+                        plus, minus, nonzero, out, n_components, scheme, step
+                    )
+                except _LightChanged:
+                    raise AcquisitionError(
+                        "the light changed for good twice within one call: check that the laser is stable"
+                    ) from None
+        finally:
+            self._restore_camera(settings)
         self.saturated_outputs += clipped_count
         self._clipped_in_call[0] += clipped_count
         self._clipped_in_call[1] += clipped_size
@@ -315,6 +364,164 @@ class LinearMode:
             100 * share,
         )
 
+    def _project_groups(
+        self,
+        plus: np.ndarray,
+        minus: np.ndarray,
+        nonzero: np.ndarray,
+        out: np.ndarray,
+        n_components: int,
+        scheme: str,
+        step: int,
+    ) -> tuple[int, int]:
+        """Project the nonzero rows range by range into ``out``; returns (outputs zeroed, outputs made)."""
+        n_features = plus.shape[1]
+        calibration = self.calibration(n_features, n_components)
+        layout = self.layout(n_features)
+        settings = self._base_settings
+        assert settings is not None
+        clipped_count = clipped_size = 0
+        groups = self._plan_ranges(plus, minus, nonzero, calibration, layout, scheme, set())
+        self.last_ranges = []
+        while groups:
+            level, factor, group_rows = groups.pop(0)
+            in_range = self._enter_range(n_features, n_components, calibration, level, factor, settings)
+            if in_range is None:  # this reference level changed the reference's shape: not used again
+                groups += self._plan_ranges(plus, minus, group_rows, calibration, layout, scheme, {level})
+                continue
+            self.ranges_used[(level, factor)] = self.ranges_used.get((level, factor), 0) + group_rows.size
+            self.last_ranges.append((level, factor, group_rows.size))
+            for start in range(0, group_rows.size, step):
+                rows = group_rows[start : start + step]
+                projected, clipped, levels = self._project_rows(
+                    plus[rows], minus[rows], n_components, scheme, in_range, layout
+                )
+                self._watch_light(plus, minus, rows, projected, clipped, levels, n_components, scheme, in_range)
+                out[rows] = projected
+                clipped_count += int(clipped.sum())
+                clipped_size += clipped.size
+        return clipped_count, clipped_size
+
+    def _plan_ranges(
+        self,
+        plus: np.ndarray,
+        minus: np.ndarray,
+        rows: np.ndarray,
+        calibration: ReferenceCalibration,
+        layout: SplitLayout,
+        scheme: str,
+        excluded: set[int],
+    ) -> list[tuple[int, float, np.ndarray]]:
+        """Rows grouped by (reference level, exposure factor), the whole reference at the settings' exposure
+        first; one group of all rows in that range without auto-ranging."""
+        n_levels = layout.reference_levels
+        self._bad_levels |= excluded
+        if not self.auto_range or calibration.feature_dn <= 0 or not rows.size:
+            return [(n_levels, 1.0, rows)]
+        light = np.maximum(plus[rows].sum(axis=1), minus[rows].sum(axis=1)) * calibration.feature_dn
+        levels = [n_levels] if scheme == "two_frame" else [j for j in range(1, n_levels + 1)]
+        levels = [j for j in levels if j == n_levels or j not in self._bad_levels]
+        usable = calibration.mask
+        target = (self._opu.full_scale_dn - float(np.median(calibration.dark_dn[usable]))) / self.peak_factor
+        settings = self._opu.camera_settings
+        low_us, high_us = self._opu.camera.geometry.exposure_range_us
+        exposure_us = float(settings.exposure_us or 1)
+        factor_range = (low_us / exposure_us, min(self.max_exposure_factor, high_us / exposure_us))
+        chosen, factors = choose_ranges(
+            light, float(calibration.reference_dn[usable].mean()), levels, n_levels, target, factor_range
+        )
+        groups: dict[tuple[int, float], list[int]] = {}
+        for row, level, factor in zip(rows, chosen, factors, strict=True):
+            groups.setdefault((int(level), float(factor)), []).append(int(row))
+        order = sorted(groups, key=lambda key: (key != (n_levels, 1.0), key))
+        return [(level, factor, np.asarray(groups[(level, factor)], dtype=np.int64)) for level, factor in order]
+
+    def _enter_range(
+        self,
+        n_features: int,
+        n_components: int,
+        calibration: ReferenceCalibration,
+        level: int,
+        factor: float,
+        settings: CameraSettings,
+    ) -> ReferenceCalibration | None:
+        """Set the camera for a range and return its calibration (measured the first time), or None when the level
+        does not keep the reference's shape. The whole reference at the settings' exposure is ``calibration``."""
+        layout = self.layout(n_features)
+        if level == layout.reference_levels and factor == 1.0:
+            self._restore_camera(settings)
+            return calibration
+        assert settings.exposure_us is not None and settings.frame_time_us is not None
+        exposure_us = int(round(settings.exposure_us * factor))
+        current = self._opu.camera_settings
+        if current.exposure_us != exposure_us:
+            margin = settings.frame_time_us - settings.exposure_us
+            self._opu.configure_camera(
+                exposure_us=exposure_us, frame_time_us=max(settings.frame_time_us, exposure_us + margin)
+            )
+            self.exposure_changes += 1
+        key = (calibration.key, level, exposure_us)
+        if key not in self._ranges:
+            actual = self._opu.camera_settings.exposure_us or exposure_us
+            self._ranges[key] = self._measure_range(
+                n_features, n_components, calibration, level, actual / settings.exposure_us
+            )
+        return self._ranges[key]
+
+    def _restore_camera(self, settings: CameraSettings) -> None:
+        current = self._opu.camera_settings
+        if (current.exposure_us, current.frame_time_us) != (settings.exposure_us, settings.frame_time_us):
+            self._opu.configure_camera(exposure_us=settings.exposure_us, frame_time_us=settings.frame_time_us)
+            self.exposure_changes += 1
+
+    def _measure_range(
+        self, n_features: int, n_components: int, calibration: ReferenceCalibration, level: int, factor: float
+    ) -> ReferenceCalibration | None:
+        """Dark and reference-at-``level`` frames at the camera's present exposure: the range's reference is the
+        whole reference's map times their measured ratio, once the level is shown to keep its shape."""
+        layout = self.layout(n_features)
+        n = max(8, self.calibration_frames // 2)
+        frames = np.zeros((2 * n, layout.n_table_features), dtype=np.uint8)
+        frames[n:, n_features:] = layout.reference_bits(level)
+        values = self._measure_steadily(frames, n, layout, n_components).astype(np.float32)
+        dark = values[:n].mean(axis=0)
+        reference = values[n:].mean(axis=0) - dark
+        usable = calibration.mask
+        whole = calibration.reference_dn[usable]
+        gain = float(reference[usable].mean() / whole.mean())
+        expected = (level / layout.reference_levels) ** 2 * factor
+        correlation = float(np.corrcoef(reference[usable], whole)[0, 1]) if gain > 0 else 0.0
+        _log.debug(
+            "reference level %d at exposure x%.3g: light %.4g (%.4g expected), map correlation %.5f",
+            level,
+            factor,
+            gain,
+            expected,
+            correlation,
+        )
+        if correlation < _MIN_LEVEL_CORRELATION or abs(gain / expected - 1) > _LEVEL_GAIN_TOLERANCE:
+            _log.info(
+                "reference level %d/%d changes the reference's shape (map correlation %.3f, light %.3g of %.3g "
+                "expected): it is not used",
+                level,
+                layout.reference_levels,
+                correlation,
+                gain,
+                expected,
+            )
+            return None
+        return ReferenceCalibration(
+            (calibration.reference_dn * gain).astype(np.float32),
+            dark.astype(np.float32),
+            calibration.mask,
+            calibration.entry_variance,
+            n,
+            calibration.key,
+            calibration.feature_dn * factor,
+            level,
+            factor,
+        )
+
     def _watch_light(
         self,
         plus: np.ndarray,
@@ -326,26 +533,28 @@ class LinearMode:
         n_components: int,
         scheme: str,
         calibration: ReferenceCalibration,
-    ) -> ReferenceCalibration:
+    ) -> None:
         """Project again (in place) the rows whose pilots say the light moved while they were projected.
 
         Rows still off after being projected again are projected again, up to ``_LIGHT_RERUNS`` times. A glitch of
         the light touches a few sequences, so the rows projected again come back on level in the main; when their
-        median level stays off by more than ``MIN_SHIFT``, the light itself changed since the reference was
-        measured: the reference is measured again (the matrix B keeps its scale, which the reference sets) and
-        the rows projected with it. Rows still off after the last time raise AcquisitionError: they are never
-        returned as if right. Returns the calibration in force afterwards.
+        median level stays off by more than ``MIN_SHIFT`` twice in a row (a re-run that fits in one sequence can meet
+        another glitch), the light itself changed since the reference was measured: the reference is measured
+        again (the matrix B keeps its scale, which the reference sets) and ``_LightChanged`` makes the caller
+        project the whole call again under it, as a device calibrated under this light would. Rows still off after
+        the last time raise AcquisitionError: they are never returned as if right.
         """
         moved = np.abs(levels - 1.0) > MIN_SHIFT
         layout = self.layout(plus.shape[1])
-        changed_for_good = remeasured = False
+        off_in_a_row = 0
         shift = 0.0
         for _ in range(_LIGHT_RERUNS):
             if not moved.any():
-                return calibration
+                return
             again = np.flatnonzero(moved)
             self.light_reruns += int(again.size)
-            if changed_for_good and not remeasured:
+            # A re-run small enough for one sequence can meet another glitch: twice off in a row is a change.
+            if off_in_a_row >= 2:
                 _log.warning(
                     "the light changed since the linear-mode reference was measured (%d vectors still off by a "
                     "median %.0f%% when projected again): measuring the reference again",
@@ -353,10 +562,9 @@ class LinearMode:
                     100 * shift,
                 )
                 self.reference_remeasured += 1
-                calibration = self.calibration(plus.shape[1], n_components, refresh=True)
-                remeasured = True
-            else:
-                _log.warning("the light moved while %d vectors were projected: projecting them again", again.size)
+                self._remeasure(plus.shape[1], n_components)
+                raise _LightChanged
+            _log.warning("the light moved while %d vectors were projected: projecting them again", again.size)
             source = rows[again]
             redo, redo_clipped, redo_levels = self._project_rows(
                 plus[source], minus[source], n_components, scheme, calibration, layout
@@ -364,7 +572,7 @@ class LinearMode:
             projected[again], clipped[again] = redo, redo_clipped
             # A glitch touches a few of the sequences that project these rows again; a change for good, all.
             shift = float(np.median(redo_levels)) - 1.0
-            changed_for_good = abs(shift) > MIN_SHIFT
+            off_in_a_row = off_in_a_row + 1 if abs(shift) > MIN_SHIFT else 0
             moved = np.zeros_like(moved)
             moved[again[np.abs(redo_levels - 1.0) > MIN_SHIFT]] = True
         if moved.any():
@@ -372,7 +580,16 @@ class LinearMode:
                 f"the light kept moving: {int(moved.sum())} vectors were still off its level after being projected "
                 f"{_LIGHT_RERUNS} more times; check that the laser is stable"
             )
-        return calibration
+
+    def _remeasure(self, n_features: int, n_components: int) -> None:
+        """The light changed for good: the whole reference measured again at the settings' exposure (it sets B's
+        scale, as for a device calibrated under this light) and the ranges measured against the old one
+        forgotten."""
+        settings = self._base_settings
+        assert settings is not None
+        self._restore_camera(settings)
+        whole = self.calibration(n_features, n_components, refresh=True)
+        self._ranges = {key: value for key, value in self._ranges.items() if key[0] != whole.key}
 
     def _project_rows(
         self,
@@ -387,7 +604,8 @@ class LinearMode:
         light level from the pilots shown with it)."""
         started = time.perf_counter()
         n_rows, n_features = p.shape
-        reference = np.ones((n_rows, 1), dtype=np.uint8)
+        bits = layout.reference_bits(calibration.level)
+        reference = np.broadcast_to(bits, (n_rows, bits.size))
         if scheme == "four_frame":
             parts = [
                 np.hstack([p, reference]),
@@ -399,10 +617,10 @@ class LinearMode:
             parts = [np.hstack([p, reference]), np.hstack([m, reference])]
         per = FRAMES_PER_TERNARY[scheme]
         assert len(parts) == per
-        pilot = np.zeros(n_features + 1, dtype=np.uint8)
-        pilot[-1] = 1  # the reference alone
+        pilot = np.zeros(layout.n_table_features, dtype=np.uint8)
+        pilot[n_features:] = bits  # the reference alone
         plan = PilotPlan(n_rows, per, self._opu._shortest_sequence_frames())
-        frames = plan.frames(np.stack(parts, axis=1).reshape(n_rows * per, n_features + 1), pilot)
+        frames = plan.frames(np.stack(parts, axis=1).reshape(n_rows * per, layout.n_table_features), pilot)
         del parts
         encoded = time.perf_counter()
         shown = self._opu.acquire(frames, layout, n_components, warn_saturated=False)  # reported as zeroed outputs
@@ -419,8 +637,11 @@ class LinearMode:
         raw = counts.astype(np.float32)
         del counts
         scale = np.zeros(n_components, dtype=np.float32)
-        # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance.
-        scale[usable] = 1.0 / (2.0 * np.sqrt(calibration.reference_dn[usable] * calibration.entry_variance))
+        # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance, and by
+        # the square root of the exposure factor, which the cross term carries once more than |R r| does.
+        scale[usable] = 1.0 / (
+            2.0 * np.sqrt(calibration.reference_dn[usable] * calibration.entry_variance * calibration.exposure_factor)
+        )
         combine = combine_four if scheme == "four_frame" else combine_two
         projected = combine(np.ascontiguousarray(raw), scale)
         projected[clipped] = 0.0
@@ -535,9 +756,10 @@ DEFAULT_MAX_CALL_BYTES = 256 * 1024 * 1024
 
 def call_bytes(frames: int, n_features: int, n_components: int) -> int:
     """Working memory of ``frames`` DMD frames in a linear-mode call, in bytes: each frame's uint8 table row
-    (n_features + 1) and its camera values as float32 (4 x n_components). Transient copies (the raw counts, the
-    combined rows) add at most about as much again; the bound is for sizing chunks, not an exact account."""
-    return int(frames) * (int(n_features) + 1 + 4 * int(n_components))
+    (n_features + REFERENCE_LEVELS) and its camera values as float32 (4 x n_components). Transient copies (the raw
+    counts, the combined rows) add at most about as much again; the bound is for sizing chunks, not an exact
+    account."""
+    return int(frames) * (int(n_features) + REFERENCE_LEVELS + 4 * int(n_components))
 
 
 def _fit_encoder(E: np.ndarray, n_bits: int | None) -> BitPlaneEncoder | None:

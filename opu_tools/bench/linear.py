@@ -47,7 +47,8 @@ def bench_fidelity(quick: bool, repeats: int) -> list[BenchResult]:
         def correlation(values: np.ndarray, vectors: np.ndarray) -> float:
             mask = opu.linear_mode.calibration(n_features, n_out).mask
             F = emulator.ground_truth.feature_matrix()[:, :n_out]
-            B = np.real(np.conj(F[n_features]) / np.abs(F[n_features]) * F[:n_features])
+            reference = F[n_features:].sum(axis=0)  # the reference's features, all on
+            B = np.real(np.conj(reference) / np.abs(reference) * F[:n_features])
             return float(np.corrcoef(values[:, mask].ravel(), (vectors @ B)[:, mask].ravel())[0, 1])
 
         for scheme in ("four_frame", "two_frame"):

@@ -562,7 +562,7 @@ def test_device_calls_are_bounded_in_bytes_and_results_are_unchanged(direct) -> 
         acquire = svc.opu.acquire
 
         def recording(frames, layout, n_components, **options):
-            calls.append(linear.call_bytes(len(frames), frames.shape[1] - 1, n_components))
+            calls.append(linear.call_bytes(len(frames), frames.shape[1] - linear.REFERENCE_LEVELS, n_components))
             return acquire(frames, layout, n_components, **options)
 
         svc.opu.acquire = recording
@@ -595,7 +595,7 @@ def test_direct_linear_calls_are_chunked_with_bit_identical_results(direct, monk
     acquire = direct.acquire
 
     def recording(frames, layout, n_components, **options):
-        calls.append(linear.call_bytes(len(frames), frames.shape[1] - 1, n_components))
+        calls.append(linear.call_bytes(len(frames), frames.shape[1] - linear.REFERENCE_LEVELS, n_components))
         return acquire(frames, layout, n_components, **options)
 
     limit = 4 * linear.call_bytes(4, N_FEATURES, 80)  # 4 ternary rows of four frames a call

@@ -33,9 +33,9 @@ def exact_lab_linear_matrix(opu, n_features: int) -> np.ndarray:
     of the reference's, from the world's optics, on the ROI the last linear_transform used."""
     world = opu.emulator
     layout = opu.linear_mode.layout(n_features)
-    bits = np.eye(layout.n_table_features, dtype=np.uint8)  # each feature alone, then the reference alone
+    bits = np.eye(layout.n_table_features, dtype=np.uint8)  # each feature alone, then each reference feature
     packed = layout.expand(bits)
     amplitudes = world.optics.cell_amplitudes(packed).astype(np.complex64)
     fields = amplitudes @ world.ground_truth.transmission()
-    reference = fields[layout.reference_feature]
+    reference = fields[n_features:].sum(axis=0)  # the reference's features, all on
     return np.real(np.conj(reference) / np.abs(reference) * fields[:n_features])
