@@ -59,6 +59,11 @@ class ReferenceResult(CalibrationResult):
         """The scale of every output, at full precision."""
         return self.calibration.entry_variance
 
+    @summarised_property(convert=float)
+    def feature_dn(self) -> float:
+        """Mean intensity of one signal feature alone (DN): the light auto-ranging plans with."""
+        return self.calibration.feature_dn
+
     @summarised_property(digits=3)
     def reference_median_dn(self) -> float:
         """Median reference intensity of the usable outputs (0 when none is usable)."""
@@ -152,6 +157,7 @@ def install_reference(opu: Opu, summary: dict[str, Any], arrays: dict[str, np.nd
             mask.copy(),
             float(summary["entry_variance"]),
             int(summary.get("n_frames", 0)),
+            feature_dn=float(summary.get("feature_dn", 0.0)),  # records from before auto-ranging lack it
         ),
     )
     return True

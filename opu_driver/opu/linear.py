@@ -132,7 +132,7 @@ class LinearMode:
         reference_fraction: float = 0.5,
         min_reference: float = 0.1,
         calibration_frames: int = 32,
-        auto_range: bool = True,
+        auto_range: bool = False,
         max_exposure_factor: float = 64.0,
         peak_factor: float = 8.0,
     ) -> None:
@@ -141,7 +141,8 @@ class LinearMode:
         self.min_reference = min_reference
         self.calibration_frames = calibration_frames
         self.auto_range = auto_range
-        """Choose each vector's reference level and exposure from its light (see :mod:`.ranging`)."""
+        """Choose each vector's reference level and exposure from its light (see :mod:`.ranging`). Off by default
+        for now: the calibration routines' frame counts and noise predictions still assume one range."""
         self.max_exposure_factor = max_exposure_factor
         """The longest exposure auto-ranging may use, as a multiple of the settings' exposure."""
         self.peak_factor = peak_factor

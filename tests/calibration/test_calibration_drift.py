@@ -58,19 +58,20 @@ def test_drift_is_flagged_and_the_correlation_follows_the_drift_model():
         frame_us = 500
         repeat_us = 2 * N_PROBES * frame_us
         reference_us = t_b - 4 * N_PROBES * frame_us - 80 * frame_us
-        u_c = np.abs(fields(reference_us)[N_FEATURES])
+        u_c = np.abs(fields(reference_us)[N_FEATURES:].sum(axis=0))  # the reference features, all on
 
         def noise_free(F):
             # what the four-frame scheme returns with R = F and the reference measured at the refresh:
             # 2 Re[conj(R r) R e] / (2 |R_c r|) (up to one common scale)
-            return np.real(np.conj(F[N_FEATURES]) * (probes @ F[:N_FEATURES])) / u_c
+            return np.real(np.conj(F[N_FEATURES:].sum(axis=0)) * (probes @ F[:N_FEATURES])) / u_c
 
         baseline_signal = (noise_free(fields(t_b - repeat_us / 2)) + noise_free(fields(t_b + repeat_us / 2))) / 2
         exact = [correlation(noise_free(fields(t_b + t * 1e6)), baseline_signal) for t in result.times_s]
         cos_b, sin_b = gt.drift_mix(t_b)
         theta_b = math.atan2(sin_b, cos_b)
-        u_b = F_b[N_FEATURES]
-        u_new = F_1[N_FEATURES] * cos_b - F_0[N_FEATURES] * sin_b  # the part of the reference field the baseline lacks
+        u_b = F_b[N_FEATURES:].sum(axis=0)
+        # the part of the reference field the baseline lacks
+        u_new = F_1[N_FEATURES:].sum(axis=0) * cos_b - F_0[N_FEATURES:].sum(axis=0) * sin_b
         K = float(np.mean(np.abs(u_new) ** 2 / np.abs(u_b) ** 2))
 
     assert result.needs_recalibration and monitor.needs_recalibration

@@ -114,7 +114,7 @@ def test_random_probes_reach_the_derived_correlation():
         F = opu.emulator.ground_truth.feature_matrix()[:, :N_OUT].astype(np.complex128)
     assert result.n_frames_probes == probe_frames
     assert result.saturated_frames == 0
-    exact = _exact_matrix(F[:N_FEATURES], F[N_FEATURES])[:, m]
+    exact = _exact_matrix(F[:N_FEATURES], F[N_FEATURES:].sum(axis=0))[:, m]  # the reference features, all on
     estimate = result.matrix[:, m].astype(np.float64)
     rho = np.corrcoef(estimate.ravel(), exact.ravel())[0, 1]
     # Least squares with p random +-1 probes: entry noise s^2 [(P^T P)^-1]_jj, whose mean is s^2 / (p - k - 1)
@@ -144,7 +144,7 @@ def test_without_noise_the_estimate_is_exact_up_to_the_adc_rounding():
     # here because the test divides by the same reference_dn the linear mode used.
     scale = 1.0 / (2.0 * np.sqrt(cal.reference_dn[m].astype(np.float64) * cal.entry_variance))
     estimate_dn = result.matrix[:, m] / scale
-    exact_dn = 2 * g * np.real(np.conj(F[N_FEATURES]) * F[:N_FEATURES])[:, m]
+    exact_dn = 2 * g * np.real(np.conj(F[N_FEATURES:].sum(axis=0)) * F[:N_FEATURES])[:, m]
     n = hadamard_order(N_FEATURES)
     rms = np.sqrt(np.mean((estimate_dn - exact_dn) ** 2))
     # float32 outputs add ~1e-7 relative: negligible. 1.1 x: the rms of ~240,000 entries is within 1% of sd.

@@ -52,9 +52,6 @@ def test_two_frame_scheme_and_bit_planes_are_correlated_with_the_exact_projectio
 def test_the_same_input_gives_the_same_projection_and_linearity_holds_without_noise():
     # A short exposure keeps the brightest frame (a + b + reference) below saturation, where linearity ends.
     with opu_driver.open(SIM + "&noise=0", pixel_format="MONO12", exposure_us=100) as opu:
-        # one range for all three (auto-ranging would give them different exposures and ADC roundings, and its
-        # longer exposures saturate a few outputs: its own test is below)
-        opu.linear_mode.auto_range = False
         rng = np.random.default_rng(2)
         a = (rng.random((20, N_FEATURES)) < 0.3).astype(np.int8)
         b = ((rng.random((20, N_FEATURES)) < 0.3) & (a == 0)).astype(np.int8)
@@ -74,6 +71,7 @@ def test_auto_ranging_projects_sparse_and_dense_vectors_through_one_matrix():
     # must still be E @ B with the same B. Without noise only the ADC rounding and the few outputs zeroed for
     # saturation remain: every row correlates with the exact projection at 0.99 or more.
     with opu_driver.open(SIM + "&noise=0", pixel_format="MONO12") as opu:
+        opu.linear_mode.auto_range = True
         rng = np.random.default_rng(8)
         density = np.repeat([0.05, 0.15, 0.3, 0.6, 1.0], 6)[:, None]
         E = (rng.random((30, N_FEATURES)) < density) * rng.choice([-1, 1], size=(30, N_FEATURES))
@@ -163,7 +161,6 @@ def test_bad_input_is_refused_before_anything_is_sent(E, kwargs):
 
 def test_outputs_from_saturated_frames_are_zeroed_and_reported(caplog):
     with opu_driver.open(SIM, pixel_format="MONO12", exposure_us=1500) as opu:
-        opu.linear_mode.auto_range = False  # keep the saturating exposure (auto-ranging would shorten it)
         E = np.ones((10, N_FEATURES), dtype=np.int8)  # every feature on: the brightest frames
         with caplog.at_level("WARNING", logger="opu_driver.opu.linear"):
             Y = opu.linear_transform(E, N_OUT)
