@@ -7,7 +7,8 @@ Benchmarks:
   complex64 ``abs(X @ R) ** 2`` of the same size, with peak memory of each, and the cost of the default
   noise model on top of ``noise=0``;
 - encoders: separated bit planes against a plain numpy version of the same algorithm (time, transient memory);
-- linear: ``opu.linear_transform`` throughput, four-frame and two-frame schemes;
+- linear: ``opu.linear_transform`` throughput, four-frame and two-frame schemes; fidelity to the exact B e per error
+  density at the reference geometry, one range against auto-ranging (frames per vector, vectors/s);
 - dfa: DFA projections per second, direct, through the in-process client and through the service with 1, 4 and
   8 client processes (opu_tools/bench/dfa.py);
 - lm: one DFA feedback step of a language model (2,048 per-token error vectors of 65 entries -> 4 x 64 outputs),
@@ -52,9 +53,9 @@ def _encoders(quick: bool, repeats: int) -> list[BenchResult]:
 
 
 def _linear(quick: bool, repeats: int) -> list[BenchResult]:
-    from .linear import bench_fidelity, bench_linear
+    from .linear import bench_density, bench_fidelity, bench_linear
 
-    return bench_linear(quick, repeats) + bench_fidelity(quick, repeats)
+    return bench_linear(quick, repeats) + bench_fidelity(quick, repeats) + bench_density(quick, repeats)
 
 
 def _dfa(quick: bool, repeats: int) -> list[BenchResult]:

@@ -10,7 +10,10 @@ import opu_driver
 
 from .timing import REFERENCE_QUERY, BenchResult, median_time_s
 
-__all__ = ["bench_linear", "bench_fidelity"]
+__all__ = ["bench_linear", "bench_fidelity", "bench_density"]
+
+DENSITIES = (0.01, 0.04, 0.1, 0.4, 1.0)
+"""Shares of nonzero entries of the ternary errors of the fidelity-per-density table."""
 
 
 def bench_linear(quick: bool, repeats: int) -> list[BenchResult]:
@@ -69,4 +72,57 @@ def bench_fidelity(quick: bool, repeats: int) -> list[BenchResult]:
                     "Gaussian inputs vs exact B x",
                 )
             )
+    return results
+
+
+def _exact_matrix(opu: opu_driver.Opu, n_features: int, n_out: int) -> np.ndarray:
+    """Re[exp(-i phi) R] of the emulator's ground truth, for the split layout loaded (the whole reference on)."""
+    emulator = opu.emulator
+    assert emulator is not None  # a sim:// device carries its emulator
+    F = emulator.ground_truth.feature_matrix()[:, :n_out]
+    reference = F[n_features:].sum(axis=0)
+    return np.real(np.conj(reference) / np.abs(reference) * F[:n_features])
+
+
+def _density_rows(
+    opu: opu_driver.Opu, label: str, errors: dict[float, np.ndarray], real: np.ndarray
+) -> list[BenchResult]:
+    n_features, n_out = 1000, 4096
+    linear = opu.linear_mode
+    results = []
+    for density, E in errors.items():
+        opu.linear_transform(E, n_out)  # the references of every range, measured once
+        frames, device_us = opu.counters.frames_sent, opu.device_time_us
+        t = median_time_s(functools.partial(opu.linear_transform, E, n_out), 1)
+        per_vector = (opu.counters.frames_sent - frames) / E.shape[0]
+        device_ms = (opu.device_time_us - device_us) / E.shape[0] / 1000  # longer exposures cost device time
+        Y = opu.linear_transform(E, n_out)
+        mask = linear.calibration(n_features, n_out).mask
+        B = _exact_matrix(opu, n_features, n_out)
+        rho = float(np.corrcoef(Y[:, mask].ravel(), (E @ B)[:, mask].ravel())[0, 1])
+        note = (
+            f"{per_vector:.1f} frames and {device_ms:.2f} ms of device time a vector, "
+            f"{len(linear.last_ranges)} ranges, {E.shape[0] / t:,.0f} vectors/s here"
+        )
+        results.append(BenchResult(f"fidelity {label}, density {density:.0%}", rho, "corr", note))
+    Y = opu.linear_transform(real, n_out, n_bits=4)
+    rho = float(np.corrcoef(Y[:, mask].ravel(), (real @ B)[:, mask].ravel())[0, 1])
+    results.append(BenchResult(f"fidelity {label}, real values, 4 bit planes", rho, "corr"))
+    return results
+
+
+def bench_density(quick: bool, repeats: int) -> list[BenchResult]:
+    """Four-frame fidelity to the exact B e per error density at the reference geometry (1000 -> 4096), one range
+    against auto-ranging, MONO8 and MONO12; and what auto-ranging costs: frames per vector and vectors/s."""
+    batch = 16 if quick else 64
+    rng = np.random.default_rng(11)
+    errors = {d: rng.choice([-1, 1], size=(batch, 1000)) * (rng.random((batch, 1000)) < d) for d in DENSITIES}
+    real = rng.normal(size=(batch, 1000))
+    results = []
+    for pixel_format in ("MONO8",) if quick else ("MONO8", "MONO12"):
+        for auto in (False, True):
+            with opu_driver.open(f"sim://?seed=6&{REFERENCE_QUERY}", pixel_format=pixel_format) as opu:
+                opu.linear_mode.auto_range = auto
+                label = f"{pixel_format} {'auto-ranging' if auto else 'one range'}"
+                results += _density_rows(opu, label, errors, real)
     return results
