@@ -119,6 +119,17 @@ class StageTimes:
         )
 
 
+def _merge_groups(
+    groups: list[tuple[int, float, np.ndarray]], more: list[tuple[int, float, np.ndarray]]
+) -> list[tuple[int, float, np.ndarray]]:
+    """``groups`` with the rows of ``more`` added to the queued group of the same range (or queued after them)."""
+    merged = {(level, factor): rows for level, factor, rows in groups}
+    for level, factor, rows in more:
+        queued = merged.get((level, factor))
+        merged[(level, factor)] = rows if queued is None else np.concatenate([queued, rows])
+    return [(level, factor, rows) for (level, factor), rows in merged.items()]
+
+
 class _LightChanged(Exception):
     """Raised inside a call when the light changed for good and the reference was measured again."""
 
@@ -150,15 +161,16 @@ class LinearMode:
         one value in e^peak_factor saturates)."""
         self._layouts: dict[int, SplitLayout] = {}
         self._calibrations: dict[tuple, ReferenceCalibration] = {}
-        self._ranges: dict[tuple, ReferenceCalibration | None] = {}
-        self._bad_levels: set[int] = set()
+        self._ranges: dict[tuple, ReferenceCalibration | None] = {}  # None: a level that changes the reference
         self._base_settings: CameraSettings | None = None  # the settings' camera times during a call
+        self._pending_restore: CameraSettings | None = None  # set while the camera is in a range
+        self._range_exposure_us: int | None = None  # the exposure auto-ranging last set
         self.ranges_used: dict[tuple[int, float], int] = {}
         """Vectors projected in each (reference level, exposure factor) since the Opu opened."""
         self.exposure_changes = 0
+        """Camera reconfigurations auto-ranging made (each costs a settings write and, on hardware, a frame)."""
         self.last_ranges: list[tuple[int, float, int]] = []
         """(reference level, exposure factor, vectors) of each range of the last call's ternary rows."""
-        """Camera reconfigurations auto-ranging made (each costs a settings write and, on hardware, a frame)."""
         self.saturated_outputs = 0
         self._clipped_in_call = [0, 0]  # outputs zeroed, outputs made, since the last report
         self.light_reruns = 0
@@ -205,13 +217,19 @@ class LinearMode:
         key = self._key(n_features, n_components)
         if refresh or key not in self._calibrations:
             self._calibrations[key] = self._calibrate(n_features, n_components, key)
+            self._forget_ranges(key)
         return self._calibrations[key]
+
+    def _forget_ranges(self, key: tuple) -> None:
+        """Drop the ranges measured against an earlier whole reference of these settings."""
+        self._ranges = {k: v for k, v in self._ranges.items() if k[0] != key}
 
     def install(self, n_features: int, n_components: int, calibration: ReferenceCalibration) -> None:
         """Use a stored calibration for these sizes under the current settings (instead of measuring one)."""
         key = self._key(n_features, n_components)
         calibration.key = key
         self._calibrations[key] = calibration
+        self._forget_ranges(key)
 
     def _calibrate(self, n_features: int, n_components: int, key: tuple) -> ReferenceCalibration:
         layout = self.layout(n_features)
@@ -322,6 +340,8 @@ class LinearMode:
         limit = DEFAULT_MAX_CALL_BYTES if max_call_bytes is None else int(max_call_bytes)
         gap = self._opu._shortest_sequence_frames()
         step = PilotPlan.most_vectors(limit // call_bytes(1, n_features, n_components), per, gap)
+        if self._pending_restore is not None:  # an earlier call could not put the camera back
+            self._restore_camera(self._pending_restore)
         settings = self._base_settings = self._opu.camera_settings
         try:
             try:
@@ -382,25 +402,28 @@ class LinearMode:
         settings = self._base_settings
         assert settings is not None
         clipped_count = clipped_size = 0
-        groups = self._plan_ranges(plus, minus, nonzero, calibration, layout, scheme, set())
+        groups = self._plan_ranges(plus, minus, nonzero, calibration, layout, scheme)
         self.last_ranges = []
         while groups:
             level, factor, group_rows = groups.pop(0)
             in_range = self._enter_range(n_features, n_components, calibration, level, factor, settings)
-            if in_range is None:  # this reference level changed the reference's shape: not used again
-                groups += self._plan_ranges(plus, minus, group_rows, calibration, layout, scheme, {level})
+            if in_range is None:  # this range changes the reference's shape: plan its rows without it
+                groups = _merge_groups(groups, self._plan_ranges(plus, minus, group_rows, calibration, layout, scheme))
                 continue
-            self.ranges_used[(level, factor)] = self.ranges_used.get((level, factor), 0) + group_rows.size
             self.last_ranges.append((level, factor, group_rows.size))
             for start in range(0, group_rows.size, step):
                 rows = group_rows[start : start + step]
                 projected, clipped, levels = self._project_rows(
                     plus[rows], minus[rows], n_components, scheme, in_range, layout
                 )
-                self._watch_light(plus, minus, rows, projected, clipped, levels, n_components, scheme, in_range)
+                in_range = self._watch_light(
+                    plus, minus, rows, projected, clipped, levels, n_components, scheme, in_range
+                )
                 out[rows] = projected
                 clipped_count += int(clipped.sum())
                 clipped_size += clipped.size
+        for level, factor, n_rows in self.last_ranges:  # counted once the call went through
+            self.ranges_used[(level, factor)] = self.ranges_used.get((level, factor), 0) + n_rows
         return clipped_count, clipped_size
 
     def _plan_ranges(
@@ -411,20 +434,20 @@ class LinearMode:
         calibration: ReferenceCalibration,
         layout: SplitLayout,
         scheme: str,
-        excluded: set[int],
     ) -> list[tuple[int, float, np.ndarray]]:
         """Rows grouped by (reference level, exposure factor), the whole reference at the settings' exposure
-        first; one group of all rows in that range without auto-ranging."""
+        first; one group of all rows in that range without auto-ranging. Ranges found unusable for these settings
+        are left out: their rows go to the whole reference at the settings' exposure, which always works."""
         n_levels = layout.reference_levels
-        self._bad_levels |= excluded
         if not self.auto_range or calibration.feature_dn <= 0 or not rows.size:
             return [(n_levels, 1.0, rows)]
+        refused = {(k[1], k[2]) for k, v in self._ranges.items() if v is None and k[0] == calibration.key}
+        bad_levels = {level for level, _ in refused if level != n_levels}
         light = np.maximum(plus[rows].sum(axis=1), minus[rows].sum(axis=1)) * calibration.feature_dn
-        levels = [n_levels] if scheme == "two_frame" else [j for j in range(1, n_levels + 1)]
-        levels = [j for j in levels if j == n_levels or j not in self._bad_levels]
+        levels = [n_levels] if scheme == "two_frame" else [j for j in range(1, n_levels + 1) if j not in bad_levels]
         usable = calibration.mask
         target = (self._opu.full_scale_dn - float(np.median(calibration.dark_dn[usable]))) / self.peak_factor
-        settings = self._opu.camera_settings
+        settings = self._base_settings or self._opu.camera_settings
         low_us, high_us = self._opu.camera.geometry.exposure_range_us
         exposure_us = float(settings.exposure_us or 1)
         factor_range = (low_us / exposure_us, min(self.max_exposure_factor, high_us / exposure_us))
@@ -433,6 +456,9 @@ class LinearMode:
         )
         groups: dict[tuple[int, float], list[int]] = {}
         for row, level, factor in zip(rows, chosen, factors, strict=True):
+            exposure_us = int(round((settings.exposure_us or 1) * factor))
+            if (int(level), exposure_us) in refused:
+                level, factor = n_levels, 1.0
             groups.setdefault((int(level), float(factor)), []).append(int(row))
         order = sorted(groups, key=lambda key: (key != (n_levels, 1.0), key))
         return [(level, factor, np.asarray(groups[(level, factor)], dtype=np.int64)) for level, factor in order]
@@ -454,14 +480,20 @@ class LinearMode:
             return calibration
         assert settings.exposure_us is not None and settings.frame_time_us is not None
         exposure_us = int(round(settings.exposure_us * factor))
-        current = self._opu.camera_settings
-        if current.exposure_us != exposure_us:
+        key = (calibration.key, level, exposure_us)
+        if key not in self._ranges:
+            # A range's reference is measured against the whole one: first make sure the light is still the light
+            # the whole one was measured under (else its change would pass into this range's scale unseen).
+            self._restore_camera(settings)
+            self._check_light(n_features, n_components, calibration)
+        if self._range_exposure_us != exposure_us:
             margin = settings.frame_time_us - settings.exposure_us
+            self._pending_restore = settings
             self._opu.configure_camera(
                 exposure_us=exposure_us, frame_time_us=max(settings.frame_time_us, exposure_us + margin)
             )
+            self._range_exposure_us = exposure_us
             self.exposure_changes += 1
-        key = (calibration.key, level, exposure_us)
         if key not in self._ranges:
             actual = self._opu.camera_settings.exposure_us or exposure_us
             self._ranges[key] = self._measure_range(
@@ -469,11 +501,31 @@ class LinearMode:
             )
         return self._ranges[key]
 
+    def _check_light(self, n_features: int, n_components: int, calibration: ReferenceCalibration) -> None:
+        """Pilots of the whole reference at the settings' exposure: a light off by more than ``MIN_SHIFT`` from
+        the whole reference's is a change for good (the reference is measured again and the call projected again)."""
+        layout = self.layout(n_features)
+        frames = np.zeros((4, layout.n_table_features), dtype=np.uint8)
+        frames[:, n_features:] = 1
+        shown = self._opu.acquire(frames, layout, n_components, warn_saturated=False)
+        level = float(np.median(pilot_levels(shown, calibration.reference_dn, calibration.dark_dn, calibration.mask)))
+        if abs(level - 1.0) > MIN_SHIFT:
+            _log.warning(
+                "the light changed by %.0f%% since the linear-mode reference was measured: measuring it again",
+                100 * (level - 1.0),
+            )
+            self.reference_remeasured += 1
+            self._remeasure(n_features, n_components)
+            raise _LightChanged
+
     def _restore_camera(self, settings: CameraSettings) -> None:
+        """Put the camera back to the settings' exposure and frame time (a no-op when it is there)."""
         current = self._opu.camera_settings
         if (current.exposure_us, current.frame_time_us) != (settings.exposure_us, settings.frame_time_us):
             self._opu.configure_camera(exposure_us=settings.exposure_us, frame_time_us=settings.frame_time_us)
             self.exposure_changes += 1
+        self._pending_restore = None
+        self._range_exposure_us = settings.exposure_us
 
     def _measure_range(
         self, n_features: int, n_components: int, calibration: ReferenceCalibration, level: int, factor: float
@@ -534,16 +586,18 @@ class LinearMode:
         n_components: int,
         scheme: str,
         calibration: ReferenceCalibration,
-    ) -> None:
+    ) -> ReferenceCalibration:
         """Project again (in place) the rows whose pilots say the light moved while they were projected.
 
         Rows still off after being projected again are projected again, up to ``_LIGHT_RERUNS`` times. A glitch of
         the light touches a few sequences, so the rows projected again come back on level in the main; when their
         median level stays off by more than ``MIN_SHIFT`` twice in a row (a re-run that fits in one sequence can meet
         another glitch), the light itself changed since the reference was measured: the reference is measured
-        again (the matrix B keeps its scale, which the reference sets) and ``_LightChanged`` makes the caller
-        project the whole call again under it, as a device calibrated under this light would. Rows still off after
-        the last time raise AcquisitionError: they are never returned as if right.
+        again (the matrix B keeps its scale, which the reference sets). With one range the rows are projected with
+        it; with auto-ranging the ranges measured against the old reference are forgotten and ``_LightChanged``
+        makes the caller project this call's rows again under the new one, as a device calibrated under this light
+        would. Rows still off after the last time raise AcquisitionError: they are never returned as if right.
+        Returns the calibration in force afterwards.
         """
         moved = np.abs(levels - 1.0) > MIN_SHIFT
         layout = self.layout(plus.shape[1])
@@ -551,7 +605,7 @@ class LinearMode:
         shift = 0.0
         for _ in range(_LIGHT_RERUNS):
             if not moved.any():
-                return
+                return calibration
             again = np.flatnonzero(moved)
             self.light_reruns += int(again.size)
             # A re-run small enough for one sequence can meet another glitch: twice off in a row is a change.
@@ -563,8 +617,11 @@ class LinearMode:
                     100 * shift,
                 )
                 self.reference_remeasured += 1
-                self._remeasure(plus.shape[1], n_components)
-                raise _LightChanged
+                if self.auto_range:
+                    self._remeasure(plus.shape[1], n_components)
+                    raise _LightChanged
+                calibration = self.calibration(plus.shape[1], n_components, refresh=True)
+                off_in_a_row = -_LIGHT_RERUNS  # measured again once: a light still moving is an error below
             _log.warning("the light moved while %d vectors were projected: projecting them again", again.size)
             source = rows[again]
             redo, redo_clipped, redo_levels = self._project_rows(
@@ -581,6 +638,7 @@ class LinearMode:
                 f"the light kept moving: {int(moved.sum())} vectors were still off its level after being projected "
                 f"{_LIGHT_RERUNS} more times; check that the laser is stable"
             )
+        return calibration
 
     def _remeasure(self, n_features: int, n_components: int) -> None:
         """The light changed for good: the whole reference measured again at the settings' exposure (it sets B's
@@ -589,8 +647,7 @@ class LinearMode:
         settings = self._base_settings
         assert settings is not None
         self._restore_camera(settings)
-        whole = self.calibration(n_features, n_components, refresh=True)
-        self._ranges = {key: value for key, value in self._ranges.items() if key[0] != whole.key}
+        self.calibration(n_features, n_components, refresh=True)  # forgets the ranges of the old one
 
     def _project_rows(
         self,

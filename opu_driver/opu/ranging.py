@@ -6,13 +6,15 @@ noise of its two bright frames, |a + b+|^2 and |a + b-|^2. With I_r = E|a|^2 and
 
     SNR^2 = 2 I_r I_e / (2 (I_r + I_e) + read and ADC noise)
 
-The exposure is bounded by the brightest frame: N (I_r + I_e) x peak <= full scale. At a fixed brightest frame
-the SNR is largest with I_r = I_e, and then grows with the exposure. A sparse error lights few mirrors: beside the
-whole reference its I_e is hundreds of times smaller than I_r, the brightest frame is the reference's, and most of
-the camera's range is the reference's shot noise. So each vector gets:
+The exposure is bounded by the brightest frame, |a + b+|^2 (or |a + b-|^2): N (I_r + I_+) x peak <= full
+scale. At a fixed brightest frame the SNR is largest with I_r near I_e / sqrt(2), and then grows with the
+exposure. A sparse error lights few mirrors: beside the whole reference its I_e is hundreds of times smaller than
+I_r, the brightest frame is the reference's, and most of the camera's range is the reference's shot noise. So
+each vector gets:
 
 - a reference level j of L (the split layout's reference rows, :meth:`SplitLayout.reference_bits`): the reference
-  at amplitude j/L, intensity (j/L)^2 I_r, the level whose intensity is closest to the vector's I_e;
+  at amplitude j/L, intensity (j/L)^2 I_r, the level whose intensity is closest to the light of the vector's
+  brighter half, max(I_+, I_-) = I_e / 2 (near enough the optimum, and simple to state);
 - an exposure factor k (a power of sqrt(2), floored) that brings the mean of its brightest frame to
   full scale / ``peak_factor``, within the camera's exposure range and ``max_exposure_factor``.
 

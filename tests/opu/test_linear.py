@@ -90,6 +90,40 @@ def test_auto_ranging_projects_sparse_and_dense_vectors_through_one_matrix():
         assert gains.std() / gains.mean() < 0.02
 
 
+def test_auto_ranging_sees_a_light_change_before_it_measures_a_new_range():
+    # A range's reference is measured against the whole one: a light that changed since then must be seen first
+    # (else the change would pass into that range's scale unseen): the result is a device calibrated under it.
+    dense = np.tile([1, -1], (4, N_FEATURES // 2)).astype(np.int8)
+    sparse = np.zeros((6, N_FEATURES), dtype=np.int8)
+    sparse[:, 0], sparse[:, 3] = 1, -1
+    with opu_driver.open(SIM + "&noise=0", pixel_format="MONO12") as opu:
+        opu.linear_mode.auto_range = True
+        opu.linear_transform(dense, N_OUT)  # the whole reference, and the range of dense vectors
+        opu.emulator.set_faults("light:1")  # a fifth less light from now on
+        y = opu.linear_transform(sparse, N_OUT)
+        assert opu.linear_mode.reference_remeasured == 1
+        assert {level for level, _, _ in opu.linear_mode.last_ranges} != {8}  # a weaker reference was used
+    with opu_driver.open(SIM + "&noise=0", pixel_format="MONO12") as fresh:
+        fresh.linear_mode.auto_range = True
+        fresh.emulator.set_faults("light:1")
+        np.testing.assert_allclose(y, fresh.linear_transform(sparse, N_OUT), rtol=1e-4, atol=1e-4)
+
+
+def test_a_refused_range_sends_its_vectors_to_the_whole_reference(monkeypatch):
+    # Whatever range is refused (here every range but the settings' own), the call completes, through the whole
+    # reference at the settings' exposure, which needs no range of its own.
+    E = _ternary(np.random.default_rng(9), 12)
+    with opu_driver.open(SIM + "&noise=0", pixel_format="MONO12") as opu:
+        expected = opu.linear_transform(E, N_OUT)  # one range
+        linear = opu.linear_mode
+        linear.auto_range = True
+        monkeypatch.setattr(linear, "_measure_range", lambda *args: None)
+        for scheme in ("four_frame", "two_frame"):
+            opu.linear_transform(E, N_OUT, scheme=scheme)
+            assert [(level, factor) for level, factor, _ in linear.last_ranges] == [(8, 1.0)]
+        np.testing.assert_array_equal(opu.linear_transform(E, N_OUT), expected)
+
+
 def test_effective_matrix_entries_are_zero_mean_unit_variance_gaussian():
     with opu_driver.open(SIM + "&noise=0", pixel_format="MONO12") as opu:
         B = opu.linear_transform(np.eye(N_FEATURES, dtype=np.int8), N_OUT)
