@@ -343,6 +343,7 @@ class LinearMode:
         if self._pending_restore is not None:  # an earlier call could not put the camera back
             self._restore_camera(self._pending_restore)
         settings = self._base_settings = self._opu.camera_settings
+        self._range_exposure_us = settings.exposure_us  # where the camera is now (the caller may have changed it)
         try:
             try:
                 clipped_count, clipped_size = self._project_groups(
