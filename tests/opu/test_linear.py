@@ -88,6 +88,12 @@ def test_auto_ranging_projects_sparse_and_dense_vectors_through_one_matrix():
         # and the same scale: each row's least-squares gain against the exact projection is the same
         gains = (Y[:, kept] * exact[:, kept]).sum(axis=1) / (exact[:, kept] ** 2).sum(axis=1)
         assert gains.std() / gains.mean() < 0.02
+        # the same again after the caller halves the exposure (ranges start from the camera's present exposure)
+        opu.configure_camera(exposure_us=200)
+        Y2 = opu.linear_transform(E, N_OUT)
+        kept2 = kept & linear.calibration(N_FEATURES, N_OUT).mask
+        gains2 = (Y2[:, kept2] * exact[:, kept2]).sum(axis=1) / (exact[:, kept2] ** 2).sum(axis=1)
+        assert gains2.std() / gains2.mean() < 0.02
 
 
 def test_auto_ranging_sees_a_light_change_before_it_measures_a_new_range():
