@@ -21,21 +21,27 @@ with learning curves and the final alignment angles between the DFA and backprop
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._cli import choice_list, int_list
+from ._cli import (
+    add_output_arguments,
+    choice_list,
+    configure_logging,
+    group_runs,
+    int_list,
+    run_grid,
+    write_results,
+)
 from .base import Projector
 from .data import Dataset
 from .dfa import DEFAULT_THRESHOLD, FeedbackProjection
@@ -203,23 +209,13 @@ def run(
     from .data import load_dataset
 
     data = load_dataset(settings.dataset, seed=settings.split_seed)
-    results = []
-    for method in methods:
-        for seed in seeds:
-            result = run_method(method, data, settings, seed)
-            results.append(result)
-            if progress is not None:
-                progress(result)
-    return results
+    return run_grid(methods, seeds, lambda method, seed: run_method(method, data, settings, seed), progress)
 
 
 def summarise(results: Sequence[MethodResult]) -> list[dict[str, Any]]:
     """One row per (method, dataset): median accuracy, frames and wall time over seeds, and every accuracy."""
-    rows: dict[tuple[str, str], list[MethodResult]] = {}
-    for result in results:
-        rows.setdefault((result.method, result.dataset), []).append(result)
     summary = []
-    for (method, dataset), group in rows.items():
+    for (method, dataset), group in group_runs(results, lambda r: (r.method, r.dataset)).items():
         frames = [r.frames for r in group if r.frames is not None]
         summary.append(
             {
@@ -319,18 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.pixel_format,
         help="camera pixel format for sim:// and usb:// (default MONO12)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="write every run and the table as JSON")
-    parser.add_argument("--plot", type=Path, default=None, help="write learning curves (PNG, needs matplotlib)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log driver warnings and progress")
+    add_output_arguments(parser, "log driver warnings and progress")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose)
     try:
         settings = RunSettings(
             dataset=args.dataset,
@@ -368,14 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.out is not None:
-        document = {
-            "command": "python -m dfa_client.train " + " ".join(sys.argv[1:] if argv is None else argv),
-            "settings": asdict(settings),
-            "platform": {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()},
-            "table": summary,
-            "runs": [asdict(r) for r in results],
-        }
-        args.out.write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
+        command = "python -m dfa_client.train " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_results(args.out, command, settings, {"numpy": np.__version__}, summary, results, _json_default)
         print(f"wrote {args.out}")
     if args.plot is not None:
         plot_curves(results, args.plot)

@@ -29,15 +29,13 @@ changes the initial weights, the batches and the digital B; the optical B is the
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,15 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from ._cli import choice_list, int_list
+from ._cli import (
+    add_output_arguments,
+    choice_list,
+    configure_logging,
+    group_runs,
+    int_list,
+    run_grid,
+    write_results,
+)
 from .base import Projector
 from .dfa import DEFAULT_THRESHOLD, TERNARY_RULES, FeedbackProjection, alignment_angle
 from .errors import DfaError, InvalidInputError
@@ -435,23 +441,13 @@ def run(
     progress: Callable[[TransformerResult], object] | None = None,
 ) -> list[TransformerResult]:
     """Every method for every seed."""
-    results = []
-    for method in methods:
-        for seed in seeds:
-            result = run_method(method, settings, seed)
-            results.append(result)
-            if progress is not None:
-                progress(result)
-    return results
+    return run_grid(methods, seeds, lambda method, seed: run_method(method, settings, seed), progress)
 
 
 def summarise(results: Sequence[TransformerResult]) -> list[dict[str, Any]]:
     """One row per (task, method): medians over seeds of the metric, frames, wall time and alignment angles."""
-    groups: dict[tuple[str, str], list[TransformerResult]] = {}
-    for result in results:
-        groups.setdefault((result.task, result.method), []).append(result)
     rows = []
-    for (task, method), group in groups.items():
+    for (task, method), group in group_runs(results, lambda r: (r.task, r.method)).items():
         frames = [r.frames for r in group if r.frames is not None]
         metric = statistics.median(r.metric for r in group)
         angles = [r.alignment_deg for r in group if r.alignment_deg]
@@ -558,18 +554,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr-backprop", type=float, default=None)
     parser.add_argument("--lr-dfa", type=float, default=None)
     parser.add_argument("--url", default=None, help="optical projector URL (sim://, usb://, rig://, tcp://)")
-    parser.add_argument("--out", type=Path, default=None, help="write every run and the table as JSON")
-    parser.add_argument("--plot", type=Path, default=None, help="write learning curves (PNG, needs matplotlib)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    add_output_arguments(parser, "log progress")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose)
     settings = default_settings(args.task)
     changes = {
         "epochs": args.epochs,
@@ -605,18 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(summary))
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.out is not None:
-        document = {
-            "command": "python -m dfa_client.train_transformer " + " ".join(sys.argv[1:] if argv is None else argv),
-            "settings": asdict(settings),
-            "platform": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "machine": platform.machine(),
-            },
-            "table": summary,
-            "runs": [asdict(r) for r in results],
-        }
-        args.out.write_text(json.dumps(document, indent=2) + "\n")
+        command = "python -m dfa_client.train_transformer " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_results(args.out, command, settings, {"torch": torch.__version__}, summary, results)
         print(f"wrote {args.out}")
     if args.plot is not None:
         plot_curves(results, settings, args.plot)
