@@ -389,8 +389,7 @@ class OPU:
         encoder = encoder_cls() if isinstance(encoder_cls, type) else encoder_cls
         X_np, was_tensor = to_numpy(encoder.transform(X))
         batch_shape, rows = self._rows(X_np, fit)
-        if not linear:
-            _check_binary(rows)
+        # values other than 0 and 1 (floats included) are refused by Opu.transform before anything is sent
         start = dt.datetime.now(dt.timezone.utc)
         if linear:
             flat = opu.linear_transform(rows, self.n_components)
@@ -461,14 +460,3 @@ def _decoder(decoder_cls: Any, encoder: Any) -> BaseTransformer:
         return decoder_cls
     params = encoder.get_params() if hasattr(encoder, "get_params") else {}
     return decoder_cls(**params)
-
-
-def _check_binary(rows: np.ndarray) -> None:
-    """Refuse what lightonml silently cast to uint8 (floats, values other than 0 and 1)."""
-    if rows.dtype != np.bool_ and not np.issubdtype(rows.dtype, np.integer):
-        raise InvalidInputError(
-            f"transform takes binary input (bool or integer 0/1), got dtype {rows.dtype}: encode it first "
-            "(e.g. encoder_cls=BinaryThresholdEncoder)"
-        )
-    if rows.dtype != np.bool_ and rows.size and (rows.min() < 0 or rows.max() > 1):
-        raise InvalidInputError("transform takes binary input: values other than 0 and 1 found")
