@@ -17,6 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from opu_driver.opu.ranging import choose_ranges
+
 __all__ = ["LinearNoiseModel", "predict_fidelity"]
 
 
@@ -61,14 +65,17 @@ class LinearNoiseModel:
         return math.sqrt(snr2 / (1 + snr2) * (1 - zeroed))
 
     def auto_range(self, nonzero: float) -> tuple[int, float]:
-        """The (level, exposure factor) auto-ranging picks for such a vector (as opu_driver.opu.ranging does)."""
+        """The (level, exposure factor) auto-ranging picks for such a vector (the driver's own rule)."""
         light = self.all_on_e * self.feature_share * nonzero / 2  # the brighter of e+ and e-
-        reference = self.all_on_e * self.reference_share
-        levels = range(1, self.reference_levels + 1)
-        level = min(levels, key=lambda j: abs(math.log((j / self.reference_levels) ** 2 * reference / light)))
-        total = light + (level / self.reference_levels) ** 2 * reference
-        steps = math.floor(math.log(self.full_well_e / self.peak_factor / total) / math.log(math.sqrt(2)))
-        return level, min(self.max_factor, math.sqrt(2) ** steps)
+        levels, factors = choose_ranges(
+            np.array([light]),
+            self.all_on_e * self.reference_share,
+            list(range(1, self.reference_levels + 1)),
+            self.reference_levels,
+            self.full_well_e / self.peak_factor,
+            (0.0, self.max_factor),
+        )
+        return int(levels[0]), float(factors[0])
 
 
 def predict_fidelity(density: float, bits: int, auto: bool, n_features: int = 1000) -> float:
