@@ -192,27 +192,32 @@ class GroundTruth:
         out *= np.float32(self.field_scale)
         return out
 
-    def feature_weights(self) -> npt.NDArray[np.float32]:
+    def feature_weights(self, runs: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:
         """Dense W (n_features, n_cells): area fraction of each cell driven by each feature, from the runs
-        expanded mirror by mirror."""
-        layout = self._optics.layout
-        if layout is None:
-            raise RuntimeError("no layout loaded")
+        (feature, first mirror, n_mirrors) expanded mirror by mirror: those given, else the loaded layout's."""
+        if runs is None:
+            layout = self._optics.layout
+            if layout is None:
+                raise RuntimeError("no layout loaded")
+            runs, n_features = layout.runs, layout.n_features
+        else:
+            runs = np.asarray(runs, dtype=np.int64).reshape(-1, 3)
+            n_features = int(runs[:, 0].max()) + 1 if runs.size else 0
         config = self.config
-        runs = layout.runs
         lengths = runs[:, 2]
         starts = np.repeat(runs[:, 1] - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
         mirrors = starts + np.arange(int(lengths.sum()), dtype=np.int64)
         features = np.repeat(runs[:, 0], lengths)
         rows, cols = np.divmod(mirrors, config.dmd_width)
         cells = (rows // config.cell_mirrors) * self.cell_grid_shape[1] + cols // config.cell_mirrors
-        weights = np.zeros((layout.n_features, self.n_input_modes), dtype=np.float64)
+        weights = np.zeros((n_features, self.n_input_modes), dtype=np.float64)
         np.add.at(weights, (features, cells), 1.0 / config.cell_mirrors**2)
         return weights.astype(np.float32)
 
-    def feature_matrix(self, time_us: float = 0.0) -> npt.NDArray[np.complex64]:
-        """Complex field of each feature on the current ROI (n_features, n_px): W @ T_px."""
-        weights = self.feature_weights()
+    def feature_matrix(self, time_us: float = 0.0, runs: npt.ArrayLike | None = None) -> npt.NDArray[np.complex64]:
+        """Complex field of each feature on the current ROI (n_features, n_px): W @ T_px, for the runs given (a
+        layout's ``runs``) or else the loaded layout."""
+        weights = self.feature_weights(runs)
         out = np.zeros((weights.shape[0], self._optics.n_pixels), dtype=np.complex64)
         for start in range(0, self.n_input_modes, INPUT_BLOCK):
             block = slice(start, min(self.n_input_modes, start + INPUT_BLOCK))

@@ -67,7 +67,7 @@ class LinearNoiseModel:
     def auto_range(self, nonzero: float) -> tuple[int, float]:
         """The (level, exposure factor) auto-ranging picks for such a vector (the driver's own rule)."""
         light = self.all_on_e * self.feature_share * nonzero / 2  # the brighter of e+ and e-
-        levels, factors = choose_ranges(
+        (where,) = choose_ranges(
             np.array([light]),
             self.all_on_e * self.reference_share,
             list(range(1, self.reference_levels + 1)),
@@ -75,7 +75,7 @@ class LinearNoiseModel:
             self.full_well_e / self.peak_factor,
             (0.0, self.max_factor),
         )
-        return int(levels[0]), float(factors[0])
+        return where.level, where.factor
 
 
 def predict_fidelity(density: float, bits: int, auto: bool, n_features: int = 1000) -> float:

@@ -64,11 +64,23 @@ class TwoReferenceLayout(SplitLayout):
     def n_table_features(self) -> int:
         return self.n_features + 2
 
+    @classmethod
+    def beside(cls, layout: SplitLayout) -> TwoReferenceLayout:
+        """The two-reference layout of a split layout's signal (its features on the same mirrors)."""
+        return cls(
+            layout.n_features,
+            layout.dmd_width,
+            layout.dmd_height,
+            reference_fraction=layout.reference_fraction,
+            signal_layout=layout.signal_layout,
+            reference_levels=layout.reference_levels,
+        )
+
     def _build_runs(self) -> np.ndarray:
         runs = super()._build_runs().astype(np.int64)
-        reference = runs[:, 0] == self.n_features
+        reference = runs[:, 0] >= self.n_features  # every reference level's rows
         rows = runs[:, 1] // self.dmd_width
-        runs[reference & (rows >= self.dmd_height // 2), 0] = self.n_features + 1
+        runs[reference, 0] = self.n_features + (rows[reference] >= self.dmd_height // 2)
         return runs
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from ..encoding.layouts import SplitLayout
 from ..errors import InvalidInputError
 from ..opu import PROJECTION_SCHEMES, Opu, Roi
 from ..validation import check_bool, check_choice, check_int, is_int
@@ -144,7 +143,6 @@ def _validate(
 ) -> int:
     """Check every argument (nothing is sent); return the number of probes."""
     check_int(n_features, "n_features", low=1)
-    info = opu.info
     check_components(opu, n_components)
     check_choice(probes, "probes", PROBES)
     check_choice(scheme, "scheme", PROJECTION_SCHEMES)
@@ -154,9 +152,9 @@ def _validate(
     check_bool(progress, "progress")
     check_seed(seed)
     # The layouts refuse a signal that does not fit beside the reference region(s).
-    SplitLayout(int(n_features), info.dmd_width, info.dmd_height)
+    layout = opu.linear_mode.layout(int(n_features))
     if nonlinear_check:
-        TwoReferenceLayout(int(n_features), info.dmd_width, info.dmd_height)
+        TwoReferenceLayout.beside(layout)
     if n_features + 2 > opu.max_features:
         raise InvalidInputError(f"{n_features} features exceed the {opu.max_features - 2} a probe table can hold")
     order = hadamard_order(int(n_features))
@@ -363,8 +361,7 @@ def _nonlinear_check(
     bar,
 ) -> dict:
     """Complex field matrix from two references and Hadamard probes; held-out binary frames compared."""
-    info = opu.info
-    layout = TwoReferenceLayout(n_features, info.dmd_width, info.dmd_height)
+    layout = TwoReferenceLayout.beside(opu.linear_mode.layout(n_features))
     a_col, b_col = layout.reference_features
     width = layout.n_table_features
     full_scale = opu.full_scale_dn

@@ -158,13 +158,46 @@ class MacroPixelLayout(Layout):
         return side
 
     def _build_runs(self) -> np.ndarray:
-        side, cols, rows = self.grid()
-        feature = np.arange(self.n_features, dtype=np.int64)
-        fx = (feature % cols) * side
-        fy = (feature // cols) * side
-        line = np.arange(side, dtype=np.int64)
-        first = ((fy[:, None] + line[None, :]) * self.dmd_width + fx[:, None]).ravel()
-        return np.stack([np.repeat(feature, side), first, np.full(first.size, side, dtype=np.int64)], axis=1)
+        side, cols, _ = self.grid()
+        return _grid_runs(self.n_features, self.dmd_width, side, side, cols)
+
+
+def _grid_runs(n_features: int, width: int, feature_width: int, feature_height: int, cols: int) -> np.ndarray:
+    """Runs of features as rectangles of feature_width x feature_height mirrors, ``cols`` a row of the grid, from
+    the top-left mirror of an array ``width`` mirrors wide."""
+    feature = np.arange(n_features, dtype=np.int64)
+    fx = (feature % cols) * feature_width
+    fy = (feature // cols) * feature_height
+    line = np.arange(feature_height, dtype=np.int64)
+    first = ((fy[:, None] + line[None, :]) * width + fx[:, None]).ravel()
+    return np.stack(
+        [np.repeat(feature, feature_height), first, np.full(first.size, feature_width, dtype=np.int64)], axis=1
+    )
+
+
+_MIN_ALIGNED_AREA = 0.9
+"""A split layout's row-aligned signal grid is used when its features keep this share of the square ones' mirrors."""
+
+
+def _row_aligned_grid(
+    n_features: int, width: int, height: int, multiple: int, max_area: int
+) -> tuple[int, int, int] | None:
+    """(feature width, feature height, columns) of a grid of rectangles whose height is a multiple of ``multiple``
+    rows that holds n_features with at most ``max_area`` mirrors each: the squarest of those within 5% of the most
+    mirrors, or None when none fits."""
+    grids = []
+    for feature_height in range(multiple, height + 1, multiple):
+        cols = math.ceil(n_features / (height // feature_height))
+        feature_width = min(width // cols, max_area // feature_height)
+        if feature_width >= 1:
+            grids.append((feature_width, feature_height, cols))
+    if not grids:
+        return None
+    most = max(w * h for w, h, _ in grids)
+    return max(
+        (grid for grid in grids if grid[0] * grid[1] >= 0.95 * most),
+        key=lambda grid: min(grid[0], grid[1]) / max(grid[0], grid[1]),
+    )
 
 
 def _remap_runs(runs: np.ndarray, sub_width: int, width: int, x0: int) -> np.ndarray:
@@ -202,11 +235,18 @@ class SplitLayout(Layout):
     cell of the optics whose height is a multiple of L keeps the same share j/L of its mirrors ON: the reference
     field keeps its shape and phase at amplitude j/L, and the linear mode's matrix stays the same at a weaker
     reference (a dimmer reference beside a sparse signal is what the camera's range wants).
+
+    ``signal_level`` m (1..L; None: every row) dims the signal the same way: each signal feature keeps only its
+    mirrors on the rows of the first m of those L row classes, so its field is about m/L of the whole feature's
+    (exactly so for each optical input cell it fills over whole groups of L rows). A strong reference beside a
+    dimmed signal is what the two-frame scheme needs, whose error term |R e+|^2 - |R e-|^2 shrinks with the signal's
+    intensity while the interference term shrinks only with its amplitude.
     """
 
     reference_fraction: float = 0.5
     signal_layout: str = "macro"
     reference_levels: int = 1
+    signal_level: int | None = None
     kind_name = "split"
 
     def __post_init__(self) -> None:
@@ -220,6 +260,10 @@ class SplitLayout(Layout):
                 f"reference_levels must be a power of two no larger than the DMD's {self.dmd_height} rows, got "
                 f"{levels!r}"
             )
+        if self.signal_level is not None and (
+            not isinstance(self.signal_level, (int, np.integer)) or not 1 <= self.signal_level <= levels
+        ):
+            raise InvalidInputError(f"signal_level must be within 1..{levels} or None, got {self.signal_level!r}")
         reference_cols = int(round(self.dmd_width * float(self.reference_fraction)))
         if not 1 <= reference_cols < self.dmd_width:
             raise InvalidInputError(
@@ -231,6 +275,12 @@ class SplitLayout(Layout):
             raise InvalidInputError(
                 f"{self.n_features} features do not fit the {signal_cols}x{self.dmd_height} mirrors left beside "
                 f"the reference region"
+            )
+        if self.signal_level is not None and not self.rows_aligned:
+            raise InvalidInputError(
+                f"signal_level needs signal features of whole groups of {levels} rows: {self.n_features} "
+                f"features beside this reference leave none (the macro signal layout and reference_levels > 1 give "
+                "them where they fit)"
             )
         super().__post_init__()
 
@@ -258,10 +308,36 @@ class SplitLayout(Layout):
         bits[:level] = 1
         return bits
 
+    @cached_property
+    def _signal_grid(self) -> tuple[int, int, int] | None:
+        """The macro signal's grid of rectangles L rows high or a multiple of it, when L > 1 and one fits."""
+        if self.signal_layout != "macro" or self.reference_levels == 1:
+            return None
+        # as many mirrors a feature as the square macro-pixels have at most, and not much fewer: about the same
+        # light, cut another way (else the square macro-pixels, and no signal levels)
+        side = MacroPixelLayout.largest_side(self.n_features, self.signal_width, self.dmd_height)
+        grid = _row_aligned_grid(
+            self.n_features, self.signal_width, self.dmd_height, self.reference_levels, side * side
+        )
+        if grid is None or grid[0] * grid[1] < _MIN_ALIGNED_AREA * side * side:
+            return None
+        return grid
+
+    @property
+    def rows_aligned(self) -> bool:
+        """Whether every signal feature holds whole groups of ``reference_levels`` rows, aligned to multiples of
+        it: then a signal level dims each feature's field without changing its shape (see the class doc)."""
+        return self._signal_grid is not None
+
     def _build_runs(self) -> np.ndarray:
         signal_width = self.signal_width
-        inner = LAYOUT_KINDS[self.signal_layout](self.n_features, signal_width, self.dmd_height)
-        signal = _remap_runs(inner.runs, signal_width, self.dmd_width, 0)
+        grid = self._signal_grid
+        if grid is not None:
+            feature_width, feature_height, cols = grid
+            inner_runs = _grid_runs(self.n_features, signal_width, feature_width, feature_height, cols)
+        else:
+            inner_runs = LAYOUT_KINDS[self.signal_layout](self.n_features, signal_width, self.dmd_height).runs
+        signal = _remap_runs(inner_runs, signal_width, self.dmd_width, 0)  # each run within one row
         rows = np.arange(self.dmd_height, dtype=np.int64)
         levels = self.reference_levels
         width_bits = levels.bit_length() - 1
@@ -269,6 +345,9 @@ class SplitLayout(Layout):
         position = np.array([int(format(k, f"0{width_bits}b")[::-1], 2) if width_bits else 0 for k in range(levels)])
         feature_of_class = np.empty(levels, dtype=np.int64)
         feature_of_class[position] = np.arange(levels)
+        if self.signal_level is not None:
+            signal_rows = signal[:, 1].astype(np.int64) // self.dmd_width
+            signal = signal[feature_of_class[signal_rows % levels] < self.signal_level]
         reference = np.stack(
             [
                 self.n_features + feature_of_class[rows % levels],

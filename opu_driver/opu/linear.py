@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,7 +33,7 @@ from ..encoding.layouts import SplitLayout
 from ..errors import AcquisitionError
 from ..native import combine_four, combine_two
 from .light import MIN_SHIFT, PilotPlan, pilot_levels
-from .ranging import choose_ranges
+from .ranging import FOUR_FRAME_RATIO, TWO_FRAME_RATIO, Range, choose_ranges
 
 if TYPE_CHECKING:
     from ..devices.camera import CameraSettings
@@ -64,6 +64,7 @@ REFERENCE_LEVELS = 8
 """Reference features of the linear mode's split layout: its reference can be shown at amplitude j/8, j = 1..8."""
 _MIN_LEVEL_CORRELATION = 0.995  # a weaker reference whose map correlates less with the whole one changed shape
 _LEVEL_GAIN_TOLERANCE = 0.5  # and one whose light is more than 50% off (j/L)^2 x the exposure factor as well
+_SIGNAL_GAIN_TOLERANCE = 0.1  # a signal level's scale is its share of mirrors: its light must agree within 10%
 
 
 @dataclass
@@ -83,6 +84,10 @@ class ReferenceCalibration:
     """The reference level this calibration shows (None: the whole reference)."""
     exposure_factor: float = 1.0
     """Exposure relative to the settings the calibration was keyed by (auto-ranging's ranges)."""
+    signal_level: int | None = None
+    """The signal level of the layout its projections go through (None: the whole signal)."""
+    signal_amplitude: float = 1.0
+    """The field of a feature at that signal level, as a share of the whole feature's (signal_level / L)."""
 
     @property
     def usable_fraction(self) -> float:
@@ -120,14 +125,14 @@ class StageTimes:
 
 
 def _merge_groups(
-    groups: list[tuple[int, float, np.ndarray]], more: list[tuple[int, float, np.ndarray]]
-) -> list[tuple[int, float, np.ndarray]]:
+    groups: list[tuple[Range, np.ndarray]], more: list[tuple[Range, np.ndarray]]
+) -> list[tuple[Range, np.ndarray]]:
     """``groups`` with the rows of ``more`` added to the queued group of the same range (or queued after them)."""
-    merged = {(level, factor): rows for level, factor, rows in groups}
-    for level, factor, rows in more:
-        queued = merged.get((level, factor))
-        merged[(level, factor)] = rows if queued is None else np.concatenate([queued, rows])
-    return [(level, factor, rows) for (level, factor), rows in merged.items()]
+    merged = dict(groups)
+    for where, rows in more:
+        queued = merged.get(where)
+        merged[where] = rows if queued is None else np.concatenate([queued, rows])
+    return list(merged.items())
 
 
 class _LightChanged(Exception):
@@ -159,18 +164,19 @@ class LinearMode:
         self.peak_factor = peak_factor
         """Auto-ranging aims the brightest frame's mean at full scale / peak_factor (speckle is exponential: about
         one value in e^peak_factor saturates)."""
-        self._layouts: dict[int, SplitLayout] = {}
+        self._layouts: dict[tuple[int, int | None], SplitLayout] = {}
         self._calibrations: dict[tuple, ReferenceCalibration] = {}
         self._ranges: dict[tuple, ReferenceCalibration | None] = {}  # None: a level that changes the reference
+        self._signal_levels: dict[tuple, bool] = {}  # (base key, signal level): whether it keeps the signal's shape
         self._base_settings: CameraSettings | None = None  # the settings' camera times during a call
         self._pending_restore: CameraSettings | None = None  # set while the camera is in a range
         self._range_exposure_us: int | None = None  # the exposure auto-ranging last set
-        self.ranges_used: dict[tuple[int, float], int] = {}
-        """Vectors projected in each (reference level, exposure factor) since the Opu opened."""
+        self.ranges_used: dict[Range, int] = {}
+        """Vectors projected in each range (reference level, signal level, exposure factor) since the Opu opened."""
         self.exposure_changes = 0
         """Camera reconfigurations auto-ranging made (each costs a settings write and, on hardware, a frame)."""
-        self.last_ranges: list[tuple[int, float, int]] = []
-        """(reference level, exposure factor, vectors) of each range of the last call's ternary rows."""
+        self.last_ranges: list[tuple[Range, int]] = []
+        """(range, vectors) of each range of the last call's ternary rows, in the order they were projected."""
         self.saturated_outputs = 0
         self._clipped_in_call = [0, 0]  # outputs zeroed, outputs made, since the last report
         self.light_reruns = 0
@@ -191,17 +197,21 @@ class LinearMode:
             t.encode_s + encode_s, t.device_s + device_s, t.decode_s + decode_s, t.device_calls + calls
         )
 
-    def layout(self, n_features: int) -> SplitLayout:
-        if n_features not in self._layouts:
+    def layout(self, n_features: int, signal_level: int | None = None) -> SplitLayout:
+        """The split layout of n_features: the whole signal, or the signal dimmed to ``signal_level`` of L (the
+        two-frame scheme's strong-reference layouts; the features and the reference on the same mirrors)."""
+        key = (n_features, signal_level)
+        if key not in self._layouts:
             info = self._opu.info
-            self._layouts[n_features] = SplitLayout(
+            self._layouts[key] = SplitLayout(
                 n_features,
                 info.dmd_width,
                 info.dmd_height,
                 reference_fraction=self.reference_fraction,
                 reference_levels=min(REFERENCE_LEVELS, 1 << (info.dmd_height.bit_length() - 1)),
+                signal_level=signal_level,
             )
-        return self._layouts[n_features]
+        return self._layouts[key]
 
     def call_frames(self, n_rows: int, scheme: str = "four_frame") -> int:
         """Frames one device call of ``n_rows`` nonzero ternary rows sends: the rows' frames and the light pilots
@@ -223,6 +233,7 @@ class LinearMode:
     def _forget_ranges(self, key: tuple) -> None:
         """Drop the ranges measured against an earlier whole reference of these settings."""
         self._ranges = {k: v for k, v in self._ranges.items() if k[0] != key}
+        self._signal_levels = {k: v for k, v in self._signal_levels.items() if k[0] != key}
 
     def install(self, n_features: int, n_components: int, calibration: ReferenceCalibration) -> None:
         """Use a stored calibration for these sizes under the current settings (instead of measuring one)."""
@@ -399,32 +410,29 @@ class LinearMode:
         """Project the nonzero rows range by range into ``out``; returns (outputs zeroed, outputs made)."""
         n_features = plus.shape[1]
         calibration = self.calibration(n_features, n_components)
-        layout = self.layout(n_features)
         settings = self._base_settings
         assert settings is not None
         clipped_count = clipped_size = 0
-        groups = self._plan_ranges(plus, minus, nonzero, calibration, layout, scheme)
+        groups = self._plan_ranges(plus, minus, nonzero, calibration, scheme)
         self.last_ranges = []
         while groups:
-            level, factor, group_rows = groups.pop(0)
-            in_range = self._enter_range(n_features, n_components, calibration, level, factor, settings)
-            if in_range is None:  # this range changes the reference's shape: plan its rows without it
-                groups = _merge_groups(groups, self._plan_ranges(plus, minus, group_rows, calibration, layout, scheme))
+            where, group_rows = groups.pop(0)
+            in_range = self._enter_range(n_features, n_components, calibration, where, settings)
+            if in_range is None:  # this range changes the reference's or the signal's shape: plan without it
+                groups = _merge_groups(groups, self._plan_ranges(plus, minus, group_rows, calibration, scheme))
                 continue
-            self.last_ranges.append((level, factor, group_rows.size))
+            self.last_ranges.append((where, group_rows.size))
             for start in range(0, group_rows.size, step):
                 rows = group_rows[start : start + step]
-                projected, clipped, levels = self._project_rows(
-                    plus[rows], minus[rows], n_components, scheme, in_range, layout
-                )
+                projected, clipped, levels = self._project_rows(plus[rows], minus[rows], n_components, scheme, in_range)
                 in_range = self._watch_light(
                     plus, minus, rows, projected, clipped, levels, n_components, scheme, in_range
                 )
                 out[rows] = projected
                 clipped_count += int(clipped.sum())
                 clipped_size += clipped.size
-        for level, factor, n_rows in self.last_ranges:  # counted once the call went through
-            self.ranges_used[(level, factor)] = self.ranges_used.get((level, factor), 0) + n_rows
+        for where, n_rows in self.last_ranges:  # counted once the call went through
+            self.ranges_used[where] = self.ranges_used.get(where, 0) + n_rows
         return clipped_count, clipped_size
 
     def _plan_ranges(
@@ -433,74 +441,173 @@ class LinearMode:
         minus: np.ndarray,
         rows: np.ndarray,
         calibration: ReferenceCalibration,
-        layout: SplitLayout,
         scheme: str,
-    ) -> list[tuple[int, float, np.ndarray]]:
-        """Rows grouped by (reference level, exposure factor), the whole reference at the settings' exposure
-        first; one group of all rows in that range without auto-ranging. Ranges found unusable for these settings
-        are left out: their rows go to the whole reference at the settings' exposure, which always works."""
+    ) -> list[tuple[Range, np.ndarray]]:
+        """Rows grouped by range, the whole reference and signal at the settings' exposure first.
+
+        Four-frame: one group of all rows in that range without auto-ranging. Two-frame: each row's signal level
+        is chosen even without auto-ranging (at the settings' exposure and the whole reference), as its error term
+        asks of a bright vector; with auto-ranging its reference level and exposure too. Ranges found unusable for
+        these settings are left out: their rows go to the whole reference and signal at the settings' exposure,
+        which always works."""
+        n_features = plus.shape[1]
+        layout = self.layout(n_features)
         n_levels = layout.reference_levels
-        if not self.auto_range or calibration.feature_dn <= 0 or not rows.size:
-            return [(n_levels, 1.0, rows)]
-        refused = {(k[1], k[2]) for k, v in self._ranges.items() if v is None and k[0] == calibration.key}
+        whole = Range(n_levels, n_levels, 1.0)
+        two_frame = scheme == "two_frame"
+        if calibration.feature_dn <= 0 or not rows.size or not (self.auto_range or two_frame):
+            return [(whole, rows)]
+        key = calibration.key
+        refused = {(k[1], k[2]) for k, v in self._ranges.items() if v is None and k[0] == key}
         bad_levels = {level for level, _ in refused if level != n_levels}
+        levels = [j for j in range(1, n_levels + 1) if j not in bad_levels] if self.auto_range else [n_levels]
+        signal_levels = None
+        if two_frame and layout.rows_aligned:
+            signal_levels = [m for m in range(1, n_levels) if self._signal_levels.get((key, m), True)]
         light = np.maximum(plus[rows].sum(axis=1), minus[rows].sum(axis=1)) * calibration.feature_dn
-        levels = [n_levels] if scheme == "two_frame" else [j for j in range(1, n_levels + 1) if j not in bad_levels]
         usable = calibration.mask
         target = (self._opu.full_scale_dn - float(np.median(calibration.dark_dn[usable]))) / self.peak_factor
         settings = self._base_settings or self._opu.camera_settings
-        low_us, high_us = self._opu.camera.geometry.exposure_range_us
         exposure_us = float(settings.exposure_us or 1)
-        factor_range = (low_us / exposure_us, min(self.max_exposure_factor, high_us / exposure_us))
-        chosen, factors = choose_ranges(
-            light, float(calibration.reference_dn[usable].mean()), levels, n_levels, target, factor_range
+        if self.auto_range:
+            low_us, high_us = self._opu.camera.geometry.exposure_range_us
+            factor_range = (low_us / exposure_us, min(self.max_exposure_factor, high_us / exposure_us))
+        else:
+            factor_range = (1.0, 1.0)
+        chosen = choose_ranges(
+            light,
+            float(calibration.reference_dn[usable].mean()),
+            levels,
+            n_levels,
+            target,
+            factor_range,
+            signal_levels=signal_levels,
+            ratio=TWO_FRAME_RATIO if two_frame else FOUR_FRAME_RATIO,
         )
-        groups: dict[tuple[int, float], list[int]] = {}
-        for row, level, factor in zip(rows, chosen, factors, strict=True):
-            exposure_us = int(round((settings.exposure_us or 1) * factor))
-            if (int(level), exposure_us) in refused:
-                level, factor = n_levels, 1.0
-            groups.setdefault((int(level), float(factor)), []).append(int(row))
-        order = sorted(groups, key=lambda key: (key != (n_levels, 1.0), key))
-        return [(level, factor, np.asarray(groups[(level, factor)], dtype=np.int64)) for level, factor in order]
+        groups: dict[Range, list[int]] = {}
+        for row, where in zip(rows, chosen, strict=True):
+            if (where.level, int(round(exposure_us * where.factor))) in refused:
+                where = Range(n_levels, where.signal_level, 1.0)
+            groups.setdefault(where, []).append(int(row))
+        order = sorted(groups, key=lambda where: (where != whole, where))
+        return [(where, np.asarray(groups[where], dtype=np.int64)) for where in order]
 
     def _enter_range(
         self,
         n_features: int,
         n_components: int,
         calibration: ReferenceCalibration,
-        level: int,
-        factor: float,
+        where: Range,
         settings: CameraSettings,
     ) -> ReferenceCalibration | None:
-        """Set the camera for a range and return its calibration (measured the first time), or None when the level
-        does not keep the reference's shape. The whole reference at the settings' exposure is ``calibration``."""
+        """Set the camera for a range and return its calibration (measured the first time), or None when its
+        reference level does not keep the reference's shape or its signal level the signal's. The whole reference
+        at the settings' exposure is ``calibration``."""
         layout = self.layout(n_features)
-        if level == layout.reference_levels and factor == 1.0:
+        n_levels = layout.reference_levels
+        if where.signal_level != n_levels:
+            checked = (calibration.key, where.signal_level)
+            if checked not in self._signal_levels:  # refused levels are left out of the next plans
+                self._signal_levels[checked] = self._signal_level_holds(
+                    n_features, n_components, calibration, where.signal_level, settings
+                )
+            if not self._signal_levels[checked]:
+                return None
+        if where.level == n_levels and where.factor == 1.0:
             self._restore_camera(settings)
-            return calibration
-        assert settings.exposure_us is not None and settings.frame_time_us is not None
-        exposure_us = int(round(settings.exposure_us * factor))
-        key = (calibration.key, level, exposure_us)
+            in_range: ReferenceCalibration | None = calibration
+        else:
+            in_range = self._reference_range(n_features, n_components, calibration, where, settings)
+        if in_range is None or where.signal_level == n_levels:
+            return in_range
+        return replace(in_range, signal_level=where.signal_level, signal_amplitude=where.signal_level / n_levels)
+
+    def _reference_range(
+        self,
+        n_features: int,
+        n_components: int,
+        calibration: ReferenceCalibration,
+        where: Range,
+        settings: CameraSettings,
+    ) -> ReferenceCalibration | None:
+        """The camera set to the range's exposure, and the reference of its level there (measured the first
+        time; None when that level does not keep the reference's shape)."""
+        assert settings.exposure_us is not None
+        exposure_us = int(round(settings.exposure_us * where.factor))
+        key = (calibration.key, where.level, exposure_us)
         if key not in self._ranges:
             # A range's reference is measured against the whole one: first make sure the light is still the light
             # the whole one was measured under (else its change would pass into this range's scale unseen).
             self._restore_camera(settings)
             self._check_light(n_features, n_components, calibration)
-        if self._range_exposure_us != exposure_us:
-            margin = settings.frame_time_us - settings.exposure_us
-            self._pending_restore = settings
-            self._opu.configure_camera(
-                exposure_us=exposure_us, frame_time_us=max(settings.frame_time_us, exposure_us + margin)
-            )
-            self._range_exposure_us = exposure_us
-            self.exposure_changes += 1
+        self._set_exposure(exposure_us, settings)
         if key not in self._ranges:
             actual = self._opu.camera_settings.exposure_us or exposure_us
             self._ranges[key] = self._measure_range(
-                n_features, n_components, calibration, level, actual / settings.exposure_us
+                n_features, n_components, calibration, where.level, actual / settings.exposure_us
             )
         return self._ranges[key]
+
+    def _set_exposure(self, exposure_us: int, settings: CameraSettings) -> None:
+        """The camera at ``exposure_us`` (the frame time kept at least as much longer than it as the settings'),
+        remembered to be put back to ``settings`` after the call."""
+        assert settings.exposure_us is not None and settings.frame_time_us is not None
+        if self._range_exposure_us == exposure_us:
+            return
+        margin = settings.frame_time_us - settings.exposure_us
+        self._pending_restore = settings
+        self._opu.configure_camera(
+            exposure_us=exposure_us, frame_time_us=max(settings.frame_time_us, exposure_us + margin)
+        )
+        self._range_exposure_us = exposure_us
+        self.exposure_changes += 1
+
+    def _signal_level_holds(
+        self,
+        n_features: int,
+        n_components: int,
+        calibration: ReferenceCalibration,
+        signal_level: int,
+        settings: CameraSettings,
+    ) -> bool:
+        """Whether a signal level dims every feature's field to signal_level / L without changing its shape:
+        measured once per whole reference, from all signal features ON at the level (exposed longer, by up to
+        (L / level)^2, so that its frames are about as bright) against all of them ON whole at the settings'
+        exposure. The layout gives each feature exactly that share of its mirrors on every L rows; optics that
+        resolve finer than L rows would break it, and then the level is not used."""
+        assert settings.exposure_us is not None
+        whole_layout = self.layout(n_features)
+        n_levels = whole_layout.reference_levels
+        n = max(8, self.calibration_frames // 2)
+        frames = np.zeros((n, whole_layout.n_table_features), dtype=np.uint8)
+        frames[:, :n_features] = 1
+        self._restore_camera(settings)
+        whole = self._opu.acquire(frames, whole_layout, n_components, warn_saturated=False)
+        whole_dn = whole.astype(np.float32).mean(axis=0) - calibration.dark_dn
+        low_us, high_us = self._opu.camera.geometry.exposure_range_us
+        boost = min((n_levels / signal_level) ** 2, self.max_exposure_factor, high_us / settings.exposure_us)
+        self._set_exposure(int(round(settings.exposure_us * boost)), settings)
+        boost = (self._opu.camera_settings.exposure_us or settings.exposure_us) / settings.exposure_us
+        both = np.concatenate([np.zeros_like(frames), frames])
+        values = self._opu.acquire(both, self.layout(n_features, signal_level), n_components, warn_saturated=False)
+        dimmed = values.astype(np.float32)
+        dimmed_dn = dimmed[n:].mean(axis=0) - dimmed[:n].mean(axis=0)
+        usable = calibration.mask & (whole < self._opu.full_scale_dn).all(axis=0)
+        usable &= (values < self._opu.full_scale_dn).all(axis=0)
+        expected = (signal_level / n_levels) ** 2 * boost
+        gain = float(dimmed_dn[usable].mean() / whole_dn[usable].mean()) if usable.any() else 0.0
+        correlation = float(np.corrcoef(dimmed_dn[usable], whole_dn[usable])[0, 1]) if gain > 0 else 0.0
+        holds = correlation >= _MIN_LEVEL_CORRELATION and abs(gain / expected - 1) <= _SIGNAL_GAIN_TOLERANCE
+        (_log.debug if holds else _log.info)(
+            "signal level %d/%d: light %.4g (%.4g expected), map correlation %.5f%s",
+            signal_level,
+            n_levels,
+            gain,
+            expected,
+            correlation,
+            "" if holds else ": it changes the signal's shape and is not used",
+        )
+        return holds
 
     def _check_light(self, n_features: int, n_components: int, calibration: ReferenceCalibration) -> None:
         """Pilots of the whole reference at the settings' exposure: a light off by more than ``MIN_SHIFT`` from
@@ -594,14 +701,14 @@ class LinearMode:
         the light touches a few sequences, so the rows projected again come back on level in the main; when their
         median level stays off by more than ``MIN_SHIFT`` twice in a row (a re-run that fits in one sequence can meet
         another glitch), the light itself changed since the reference was measured: the reference is measured
-        again (the matrix B keeps its scale, which the reference sets). With one range the rows are projected with
-        it; with auto-ranging the ranges measured against the old reference are forgotten and ``_LightChanged``
-        makes the caller project this call's rows again under the new one, as a device calibrated under this light
-        would. Rows still off after the last time raise AcquisitionError: they are never returned as if right.
+        again (the matrix B keeps its scale, which the reference sets). With one range (four-frame without
+        auto-ranging) the rows are projected with it; otherwise the ranges measured against the old reference are
+        forgotten and ``_LightChanged`` makes the caller project this call's rows again under the new one, as a
+        device calibrated under this light would. Rows still off after the last time raise AcquisitionError: they
+        are never returned as if right.
         Returns the calibration in force afterwards.
         """
         moved = np.abs(levels - 1.0) > MIN_SHIFT
-        layout = self.layout(plus.shape[1])
         off_in_a_row = 0
         shift = 0.0
         for _ in range(_LIGHT_RERUNS):
@@ -618,7 +725,7 @@ class LinearMode:
                     100 * shift,
                 )
                 self.reference_remeasured += 1
-                if self.auto_range:
+                if self.auto_range or scheme == "two_frame":  # several ranges: the call starts again
                     self._remeasure(plus.shape[1], n_components)
                     raise _LightChanged
                 calibration = self.calibration(plus.shape[1], n_components, refresh=True)
@@ -626,7 +733,7 @@ class LinearMode:
             _log.warning("the light moved while %d vectors were projected: projecting them again", again.size)
             source = rows[again]
             redo, redo_clipped, redo_levels = self._project_rows(
-                plus[source], minus[source], n_components, scheme, calibration, layout
+                plus[source], minus[source], n_components, scheme, calibration
             )
             projected[again], clipped[again] = redo, redo_clipped
             # A glitch touches a few of the sequences that project these rows again; a change for good, all.
@@ -657,12 +764,12 @@ class LinearMode:
         n_components: int,
         scheme: str,
         calibration: ReferenceCalibration,
-        layout: SplitLayout,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One device call for nonzero ternary rows: (projections, mask of outputs zeroed for saturation, each row's
-        light level from the pilots shown with it)."""
+        """One device call for nonzero ternary rows, through the layout of the calibration's signal level:
+        (projections, mask of outputs zeroed for saturation, each row's light level from the pilots shown with it)."""
         started = time.perf_counter()
         n_rows, n_features = p.shape
+        layout = self.layout(n_features, calibration.signal_level)
         bits = layout.reference_bits(calibration.level)
         reference = np.broadcast_to(bits, (n_rows, bits.size))
         if scheme == "four_frame":
@@ -696,10 +803,13 @@ class LinearMode:
         raw = counts.astype(np.float32)
         del counts
         scale = np.zeros(n_components, dtype=np.float32)
-        # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance, and by
-        # the square root of the exposure factor, which the cross term carries once more than |R r| does.
+        # y / (2 |R r|) has entries of the calibrated variance: divide by its square root for unit variance, by the
+        # square root of the exposure factor, which the cross term carries once more than |R r| does, and by the
+        # signal level's share of each feature's field.
         scale[usable] = 1.0 / (
-            2.0 * np.sqrt(calibration.reference_dn[usable] * calibration.entry_variance * calibration.exposure_factor)
+            2.0
+            * calibration.signal_amplitude
+            * np.sqrt(calibration.reference_dn[usable] * calibration.entry_variance * calibration.exposure_factor)
         )
         combine = combine_four if scheme == "four_frame" else combine_two
         projected = combine(np.ascontiguousarray(raw), scale)

@@ -78,8 +78,9 @@ def test_without_noise_repeats_are_identical_and_linearity_is_limited_by_the_adc
         if scheme == "four_frame":
             assert row.linearity_error < bound
         else:
-            # the two-frame scheme keeps |R e+|^2 - |R e-|^2: far beyond rounding, and beyond the four-frame error
-            assert row.linearity_error > 10 * bound
+            # the two-frame scheme keeps |R e+|^2 - |R e-|^2 (smaller beside its dimmed signal, still there): beyond
+            # rounding, and beyond the four-frame error
+            assert row.linearity_error > 5 * bound
             assert row.linearity_error > 5 * result.row("four_frame").linearity_error
         # bit planes: the quantisation error falls as the step 1 / (2^b - 1) shrinks
         errors = [result.row(scheme, b).linearity_error for b in (1, 2, 4, 8)]
@@ -116,9 +117,10 @@ def test_snr_grows_then_saturates_with_bits_and_two_frame_is_less_linear():
     # 3 N over var L(a + b) = 2 S + N (a, b disjoint, of about equal weight): sqrt(3 / (2 snr + 1)). Allowance 20%:
     # |a| and |b| differ by a few entries in ~21 (up to ~15% in S), the noise variance is estimated (3% sd), and
     # a + b carries more light than a, hence a little more shot noise (the error sits a few % above).
-    # Two-frame: its bias |R e+|^2 - |R e-|^2 comes on top, so well above what its own noise explains.
+    # Two-frame: its bias |R e+|^2 - |R e-|^2 comes on top, so above what its own noise explains by more than that
+    # allowance (its signal level is chosen to bring the bias down to the size of the noise, not below it).
     assert four.linearity_error == pytest.approx(math.sqrt(3 / (2 * four.snr + 1)), rel=0.2)
-    assert two.linearity_error > 1.5 * math.sqrt(3 / (2 * two.snr + 1))
+    assert two.linearity_error > 1.2 * math.sqrt(3 / (2 * two.snr + 1))
     assert two.linearity_error > 1.5 * four.linearity_error
     # With the three projections' noise taken off, the four-frame residual is what the 20% allowance above leaves
     # (sqrt(0.2 x 3 N) at most), and the two-frame bias stands out.

@@ -104,3 +104,53 @@ def test_split_layout_refuses_sizes_that_do_not_fit():
         SplitLayout(2, 6, 4, reference_fraction=1.0)
     with pytest.raises(InvalidInputError):
         SplitLayout(2, 6, 4, signal_layout="split")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(4, 80), st.sampled_from([2, 4, 8]), st.integers(1, 12), st.data())
+def test_signal_levels_dim_each_feature_by_whole_groups_of_rows(width, levels, row_groups, data):
+    # A row-aligned signal holds each feature on whole groups of L rows starting at multiples of L; signal level m
+    # keeps m rows of each group, the same ones for every feature, so each feature keeps exactly m/L of its mirrors
+    # in every group (and any optical cell whose rows are whole groups sees its field scaled by m/L).
+    height = levels * row_groups
+    signal_width = width - int(round(width * 0.5))
+    n = data.draw(st.integers(1, signal_width * height))
+    whole = SplitLayout(n, width, height, reference_levels=levels)
+    if not whole.rows_aligned:
+        with pytest.raises(InvalidInputError):
+            SplitLayout(n, width, height, reference_levels=levels, signal_level=1)
+        return
+    square = MacroPixelLayout.largest_side(n, signal_width, height) ** 2
+    per = whole.mirrors_per_feature()[:n]
+    assert (per <= square).all() and (per >= 0.9 * square).all()  # about the square macro-pixels' light
+    grid = whole.mirror_feature_map().reshape(height, width)
+    groups = grid[:, :signal_width].reshape(row_groups, levels, signal_width)
+    assert (groups == groups[:, :1]).all()  # every group of L rows is one feature's (or none's), column by column
+    for m in range(1, levels + 1):
+        dimmed = SplitLayout(n, width, height, reference_levels=levels, signal_level=m)
+        assert dimmed.n_table_features == whole.n_table_features
+        kept = dimmed.mirror_feature_map().reshape(height, width)
+        np.testing.assert_array_equal(kept[:, signal_width:], grid[:, signal_width:])  # the same reference
+        on = (kept[:, :signal_width] >= 0).reshape(row_groups, levels, signal_width)
+        rows_kept = on.any(axis=(0, 2))
+        assert rows_kept.sum() == m  # the same m rows of every group
+        assert (on[:, rows_kept] == (groups[:, rows_kept] >= 0)).all()
+        assert not on[:, ~rows_kept].any()
+        lit = kept[:, :signal_width] >= 0
+        assert (kept[:, :signal_width][lit] == grid[:, :signal_width][lit]).all()  # each mirror keeps its feature
+        np.testing.assert_array_equal(dimmed.mirrors_per_feature()[:n] * levels, per * m)
+        # and the dimmer levels keep a subset of the brighter ones' rows
+        if m > 1:
+            previous = SplitLayout(n, width, height, reference_levels=levels, signal_level=m - 1)
+            assert ((previous.mirror_feature_map() >= 0) <= (dimmed.mirror_feature_map() >= 0)).all()
+
+
+def test_signal_level_is_refused_outside_its_range_or_without_row_aligned_features():
+    for bad in (0, 9, 2.5, "4"):
+        with pytest.raises(InvalidInputError):
+            SplitLayout(48, 96, 64, reference_levels=8, signal_level=bad)
+    with pytest.raises(InvalidInputError):
+        SplitLayout(48, 96, 64, signal_level=1)  # one reference level: no row classes to dim by
+    with pytest.raises(InvalidInputError):
+        SplitLayout(48, 96, 64, reference_levels=8, signal_layout="lined", signal_level=4)
+    assert SplitLayout(48, 96, 64, reference_levels=8, signal_level=4).rows_aligned

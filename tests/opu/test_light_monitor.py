@@ -73,9 +73,7 @@ def test_without_the_monitor_the_light_fault_would_spoil_the_result(fault_free):
         linear = opu.linear_mode
         calibration = linear.calibration(N_FEATURES, N_COMPONENTS)
         plus, minus = (E > 0).astype(np.uint8), (E < 0).astype(np.uint8)
-        projected, _, levels = linear._project_rows(
-            plus, minus, N_COMPONENTS, "four_frame", calibration, linear.layout(N_FEATURES)
-        )
+        projected, _, levels = linear._project_rows(plus, minus, N_COMPONENTS, "four_frame", calibration)
     assert np.abs(levels - (1 - 0.2)).max() < 0.01  # the pilots read the x0.8 light
     wrong = np.abs(projected - fault_free[None, "four_frame", "ternary"]).max(axis=1)
     assert (wrong > 0.05 * np.abs(fault_free[None, "four_frame", "ternary"]).max()).all()

@@ -45,8 +45,9 @@ GOLDEN_DIR = TESTS_DIR / "golden"
 
 def exact_linear_matrix(opu, n_features: int, n_components: int) -> np.ndarray:
     """Re[exp(-i phi) R] (n_features x n_components): the linear mode's matrix before its unit-variance scaling,
-    from the emulator's ground truth. The split layout must be the one loaded (right after a linear_transform)."""
-    F = opu.emulator.ground_truth.feature_matrix()[:, :n_components]
+    from the emulator's ground truth, for the linear mode's split layout with its whole signal."""
+    runs = opu.linear_mode.layout(n_features).runs
+    F = opu.emulator.ground_truth.feature_matrix(runs=runs)[:, :n_components]
     reference_field = F[n_features:].sum(axis=0)  # the reference's features, all on
     return np.real(np.conj(reference_field) / np.abs(reference_field) * F[:n_features])
 
