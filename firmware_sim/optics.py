@@ -29,8 +29,10 @@ different rounding, for different batch sizes).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +48,7 @@ __all__ = ["OpticalPath", "Roi", "CellLayout", "cell_overlaps", "FOLD_CACHE_BYTE
 logger = logging.getLogger(__name__)
 
 FOLD_CACHE_BYTES = 2 * 2**30
+_RECENT_FOLDS = 4  # layouts whose folds are kept besides the current one
 """Largest folded feature matrix (both drift matrices together) kept in memory; larger folds are streamed."""
 RAW_CACHE_BYTES = 256 * 2**20
 """Largest mode-level transmission (per matrix: drift keeps two) kept for raw frames; larger ones are
@@ -298,6 +301,10 @@ class OpticalPath:
             tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.int64]] | None
         ) = None
         self._raw_blocks: dict[tuple[int, int, int], npt.NDArray[np.float32]] = {}
+        # Folds of the last few layouts under the current ROI, by layout digest: a driver that alternates between
+        # layouts (the linear mode's signal levels) finds its matrices folded already.
+        self._layout_key = b""
+        self._recent_folds: OrderedDict[bytes, tuple[CellLayout, dict[int, npt.NDArray[np.float32]]]] = OrderedDict()
         self._raw_cached: bool | None = None
 
     def _all_on_field_scale(self) -> float:
@@ -352,19 +359,39 @@ class OpticalPath:
             )
         ):
             raise ValueError("layout runs out of range (the firmware validates layouts before loading them)")
-        features, cells, counts = cell_overlaps(
-            table, self.config.dmd_width, self.config.dmd_height, self.config.cell_mirrors
-        )
-        self._layout = CellLayout(int(n_features), table, features, cells, counts)
-        self._folded.clear()
+        key = hashlib.sha256(np.int64(n_features).tobytes() + table.tobytes()).digest()
+        self._keep_fold()
+        recent = self._recent_folds.pop(key, None)
+        if recent is not None:
+            self._layout, self._folded = recent[0], recent[1]
+        else:
+            features, cells, counts = cell_overlaps(
+                table, self.config.dmd_width, self.config.dmd_height, self.config.cell_mirrors
+            )
+            self._layout = CellLayout(int(n_features), table, features, cells, counts)
+            self._folded = {}
+        self._layout_key = key
         self._fold_streamed = False
         self._by_cell = None
-        logger.debug("layout: %d features, %d runs, %d (feature, cell) weights", n_features, len(table), cells.size)
+        logger.debug("layout: %d features, %d runs, folded before: %s", n_features, len(table), recent is not None)
+
+    def _keep_fold(self) -> None:
+        """Keep the current layout's folded matrices among the recent ones (at most ``_RECENT_FOLDS`` layouts and
+        half the fold budget, oldest dropped first)."""
+        if self._layout is None or not self._folded:
+            return
+        self._recent_folds[self._layout_key] = (self._layout, self._folded)
+        while len(self._recent_folds) > _RECENT_FOLDS or (
+            sum(m.nbytes for _, folded in self._recent_folds.values() for m in folded.values())
+            > self.fold_cache_bytes // 2
+        ):
+            self._recent_folds.popitem(last=False)
 
     def clear_layout(self) -> None:
         """Forget the layout table (feature frames are refused until the next one)."""
         self._layout = None
-        self._folded.clear()
+        self._folded = {}
+        self._recent_folds.clear()
         self._fold_streamed = False
         self._by_cell = None
 
@@ -380,7 +407,8 @@ class OpticalPath:
             return
         self._roi = roi
         self._roi_modes = None
-        self._folded.clear()
+        self._folded = {}
+        self._recent_folds.clear()  # folded for the old ROI
         self._fold_streamed = False
         self._raw_blocks.clear()
         self._raw_cached = None

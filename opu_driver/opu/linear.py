@@ -584,7 +584,7 @@ class LinearMode:
         self._restore_camera(settings)
         whole = self._opu.acquire(frames, whole_layout, n_components, warn_saturated=False)
         whole_dn = whole.astype(np.float32).mean(axis=0) - calibration.dark_dn
-        low_us, high_us = self._opu.camera.geometry.exposure_range_us
+        high_us = self._opu.camera.geometry.exposure_range_us[1]
         boost = min((n_levels / signal_level) ** 2, self.max_exposure_factor, high_us / settings.exposure_us)
         self._set_exposure(int(round(settings.exposure_us * boost)), settings)
         boost = (self._opu.camera_settings.exposure_us or settings.exposure_us) / settings.exposure_us

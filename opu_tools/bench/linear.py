@@ -47,9 +47,7 @@ def bench_fidelity(quick: bool, repeats: int) -> list[BenchResult]:
     with opu_driver.open("sim://?seed=7&dmd=320x256&camera=128x128") as opu:
 
         def correlation(values: np.ndarray, vectors: np.ndarray) -> float:
-            mask = opu.linear_mode.calibration(n_features, n_out).mask
-            B = _exact_matrix(opu, n_features, n_out)
-            return float(np.corrcoef(values[:, mask].ravel(), (vectors @ B)[:, mask].ravel())[0, 1])
+            return _fidelity(opu, values, vectors)
 
         for scheme in ("four_frame", "two_frame"):
             results.append(
@@ -82,6 +80,14 @@ def _exact_matrix(opu: opu_driver.Opu, n_features: int, n_out: int) -> np.ndarra
     return np.real(np.conj(reference) / np.abs(reference) * F[:n_features])
 
 
+def _fidelity(opu: opu_driver.Opu, Y: np.ndarray, vectors: np.ndarray) -> float:
+    """Correlation of linear projections Y of ``vectors`` with the exact ones, over the outputs the linear mode uses."""
+    n_features, n_out = vectors.shape[1], Y.shape[1]
+    mask = opu.linear_mode.calibration(n_features, n_out).mask
+    B = _exact_matrix(opu, n_features, n_out)
+    return float(np.corrcoef(Y[:, mask].ravel(), (vectors @ B)[:, mask].ravel())[0, 1])
+
+
 @dataclass(frozen=True)
 class _DensityRun:
     """One configuration's measurements at one error density."""
@@ -96,7 +102,7 @@ class _DensityRun:
 
 
 def _density_runs(opu: opu_driver.Opu, label: str, scheme: str, errors: dict[float, np.ndarray]) -> list[_DensityRun]:
-    n_features, n_out = 1000, 4096
+    n_out = 4096
     linear = opu.linear_mode
     runs = []
     for density, E in errors.items():
@@ -105,20 +111,13 @@ def _density_runs(opu: opu_driver.Opu, label: str, scheme: str, errors: dict[flo
         t = median_time_s(functools.partial(opu.linear_transform, E, n_out, scheme=scheme), 1)
         per_vector = (opu.counters.frames_sent - frames) / E.shape[0]
         device_ms = (opu.device_time_us - device_us) / E.shape[0] / 1000  # longer exposures cost device time
-        Y = opu.linear_transform(E, n_out, scheme=scheme)
-        mask = linear.calibration(n_features, n_out).mask
-        B = _exact_matrix(opu, n_features, n_out)
-        rho = float(np.corrcoef(Y[:, mask].ravel(), (E @ B)[:, mask].ravel())[0, 1])
+        rho = _fidelity(opu, opu.linear_transform(E, n_out, scheme=scheme), E)
         runs.append(_DensityRun(label, density, rho, per_vector, device_ms, E.shape[0] / t, len(linear.last_ranges)))
     return runs
 
 
 def _real_row(opu: opu_driver.Opu, label: str, real: np.ndarray) -> BenchResult:
-    n_features, n_out = 1000, 4096
-    Y = opu.linear_transform(real, n_out, n_bits=4)
-    mask = opu.linear_mode.calibration(n_features, n_out).mask
-    B = _exact_matrix(opu, n_features, n_out)
-    rho = float(np.corrcoef(Y[:, mask].ravel(), (real @ B)[:, mask].ravel())[0, 1])
+    rho = _fidelity(opu, opu.linear_transform(real, 4096, n_bits=4), real)
     return BenchResult(f"fidelity {label}, real values, 4 bit planes", rho, "corr")
 
 

@@ -408,6 +408,29 @@ class TestOpticalPath:
         assert got.shape == (12, 41 * 23) and got.dtype == np.float32
         assert np.abs(got - expected).max() < 1e-4 * expected.mean()
 
+    def test_switching_back_to_a_recent_layout_reuses_its_fold_and_gives_the_same_intensities(self) -> None:
+        # A driver that alternates layouts finds the earlier one folded already: the same intensities bit for bit,
+        # and the same as a fresh emulator's; a new ROI folds afresh.
+        config = small_config(seed=8, dmd_width=60, dmd_height=44, camera_width=70, camera_height=50, grain_px=2.5)
+        layouts = [(29, scattered_runs(config, 29, seed=1)), (17, scattered_runs(config, 17, seed=2))]
+        bits = {n: (np.random.default_rng(n).random((6, n)) < 0.5).astype(np.uint8) for n, _ in layouts}
+        fresh = {}
+        for n, runs in layouts:
+            alone = OpticalPath(config)
+            alone.set_layout(n, runs)
+            fresh[n] = alone.intensity_features(bits[n], None)
+        optics = OpticalPath(config)
+        for n, runs in layouts + layouts:
+            optics.set_layout(n, runs)
+            np.testing.assert_array_equal(optics.intensity_features(bits[n], None), fresh[n])
+        folded = optics._folded
+        optics.set_layout(*layouts[0])
+        optics.set_layout(*layouts[1])
+        assert optics._folded is folded  # kept, not folded again
+        optics.set_roi(5, 7, 41, 23)
+        expected = optics.ground_truth.expected_intensity_features(bits[17])
+        assert np.abs(optics.intensity_features(bits[17], None) - expected).max() < 1e-4 * expected.mean()
+
     @pytest.mark.parametrize("grain", [1.0, 2.5])
     def test_raw_frame_equals_expanded_feature_frame(self, grain: float) -> None:
         config = small_config(seed=9, dmd_width=60, dmd_height=44, camera_width=50, camera_height=40, grain_px=grain)
